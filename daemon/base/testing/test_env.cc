@@ -1,0 +1,82 @@
+#include "daemon/base/testing/test_env.h"
+
+#include <ftw.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+namespace warmstart {
+namespace testing {
+namespace {
+
+uint32_t g_seed = 0;
+
+bool Exists(const std::string& path) {
+  return ::access(path.c_str(), F_OK) == 0;
+}
+
+int RemoveEntry(const char* path, const struct stat*, int, struct FTW*) {
+  ::remove(path);
+  return 0;
+}
+
+}  // namespace
+
+std::string FixturePath(const std::string& relative) {
+  if (const char* root = std::getenv("WARMSTART_FIXTURES")) {
+    return std::string(root) + "/" + relative;
+  }
+  const char* srcdir = std::getenv("TEST_SRCDIR");
+  const std::string base = srcdir != nullptr ? srcdir : ".";
+  // Bazel 4 lays external repositories out both ways, depending on
+  // --legacy_external_runfiles; accept either.
+  for (const std::string& candidate :
+       {base + "/shared/fixtures/" + relative,
+        base + "/__main__/external/shared/fixtures/" + relative}) {
+    if (Exists(candidate)) return candidate;
+  }
+  return base + "/shared/fixtures/" + relative;
+}
+
+std::string ReadFileOrDie(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    std::fprintf(stderr, "cannot read %s\n", path.c_str());
+    std::abort();
+  }
+  std::ostringstream contents;
+  contents << in.rdbuf();
+  return contents.str();
+}
+
+uint32_t TestSeed() { return g_seed; }
+void SetTestSeed(uint32_t seed) { g_seed = seed; }
+
+ShortTempDir::ShortTempDir() {
+  char pattern[] = "/tmp/ws-XXXXXX";
+  if (::mkdtemp(pattern) == nullptr) {
+    std::perror("mkdtemp");
+    std::abort();
+  }
+  path_ = pattern;
+}
+
+ShortTempDir::ShortTempDir(ShortTempDir&& other) noexcept
+    : path_(std::move(other.path_)) {
+  other.path_.clear();
+}
+
+ShortTempDir::~ShortTempDir() {
+  if (path_.empty()) return;
+  ::nftw(path_.c_str(), RemoveEntry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+std::string ShortTempDir::Join(const std::string& name) const {
+  return path_ + "/" + name;
+}
+
+}  // namespace testing
+}  // namespace warmstart

@@ -1,0 +1,50 @@
+// Test environment helpers: fixtures, short temporary directories, the seed.
+#ifndef WARMSTART_DAEMON_BASE_TESTING_TEST_ENV_H_
+#define WARMSTART_DAEMON_BASE_TESTING_TEST_ENV_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace warmstart {
+namespace testing {
+
+// The absolute path of `relative` under shared/fixtures (e.g.
+// "safetensors/golden_rs_f32.safetensors"). Found through
+// $WARMSTART_FIXTURES, else through the test's Bazel runfiles (the
+// @shared repository declared in WORKSPACE).
+std::string FixturePath(const std::string& relative);
+
+// Reads a whole file; aborts the test binary on failure (tests only).
+std::string ReadFileOrDie(const std::string& path);
+
+// The random seed of this test run: printed at start by the test main and
+// taken from --seed=N or $WARMSTART_TEST_SEED when given.
+uint32_t TestSeed();
+void SetTestSeed(uint32_t seed);
+
+// A fresh directory under /tmp, short enough for unix socket paths (Bazel's
+// TEST_TMPDIR passes the 108-byte sun_path limit). Removed with its contents
+// when the object is destroyed. Move-only.
+class ShortTempDir {
+ public:
+  ShortTempDir();
+  ~ShortTempDir();
+  ShortTempDir(ShortTempDir&& other) noexcept;
+  ShortTempDir& operator=(ShortTempDir&&) = delete;
+  ShortTempDir(const ShortTempDir&) = delete;
+  ShortTempDir& operator=(const ShortTempDir&) = delete;
+
+  const std::string& path() const { return path_; }
+  // path() + "/" + name.
+  std::string Join(const std::string& name) const;
+
+ private:
+  std::string path_;
+};
+
+}  // namespace testing
+}  // namespace warmstart
+
+#endif  // WARMSTART_DAEMON_BASE_TESTING_TEST_ENV_H_

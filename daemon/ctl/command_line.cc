@@ -1,0 +1,64 @@
+#include "daemon/ctl/command_line.h"
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+
+namespace warmstart {
+namespace ctl {
+
+std::string CommandLine::Value(const std::string& name,
+                               const std::string& fallback) const {
+  auto it = values.find(name);
+  return it == values.end() ? fallback : it->second;
+}
+
+absl::StatusOr<CommandLine> ParseCommandLine(
+    int argc, const char* const* argv,
+    const std::set<std::string>& value_flags) {
+  CommandLine line;
+  bool only_positional = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (only_positional || !absl::StartsWith(arg, "--") || arg == "--") {
+      if (arg == "--" && !only_positional) {
+        only_positional = true;
+        continue;
+      }
+      if (line.command.empty()) {
+        line.command = arg;
+      } else {
+        line.arguments.push_back(arg);
+      }
+      continue;
+    }
+    std::string name = arg;
+    std::string value;
+    bool has_value = false;
+    if (size_t equals = arg.find('='); equals != std::string::npos) {
+      name = arg.substr(0, equals);
+      value = arg.substr(equals + 1);
+      has_value = true;
+    }
+    if (value_flags.count(name) == 0) {
+      if (has_value) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(name, " takes no value"));
+      }
+      line.switches.insert(name);
+      continue;
+    }
+    if (!has_value) {
+      if (i + 1 >= argc) {
+        return absl::InvalidArgumentError(absl::StrCat(name, " needs a value"));
+      }
+      value = argv[++i];
+    }
+    if (!line.values.emplace(name, value).second) {
+      return absl::InvalidArgumentError(absl::StrCat(name, " given twice"));
+    }
+  }
+  return line;
+}
+
+}  // namespace ctl
+}  // namespace warmstart

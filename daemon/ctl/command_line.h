@@ -1,0 +1,50 @@
+// The command line of warmstartctl: a subcommand, its positional arguments
+// and its --flags, in any order ("--socket PATH" may come before or after
+// the subcommand).
+#ifndef WARMSTART_DAEMON_CTL_COMMAND_LINE_H_
+#define WARMSTART_DAEMON_CTL_COMMAND_LINE_H_
+
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace warmstart {
+namespace ctl {
+
+// Exit statuses, shared by every subcommand.
+enum ExitCode {
+  kExitOk = 0,
+  kExitUsage = 1,
+  kExitMalformed = 2,
+  kExitUnavailable = 3,
+  kExitNotFound = 4,
+  kExitRefused = 5,
+  kExitTimeout = 6,
+  kExitChecksum = 7,
+};
+
+struct CommandLine {
+  std::string command;                        // Empty when none was given.
+  std::vector<std::string> arguments;         // Positional, in order.
+  std::map<std::string, std::string> values;  // --name VALUE / --name=VALUE.
+  std::set<std::string> switches;             // --name without a value.
+
+  bool Has(const std::string& name) const { return switches.count(name) > 0; }
+  // The value of --name, or `fallback` when absent.
+  std::string Value(const std::string& name, const std::string& fallback) const;
+};
+
+// Parses argv[1..]. `value_flags` names the flags that take a value (as
+// "--name"); every other "--x" is a switch. Fails with InvalidArgument on a
+// value flag without a value or a repeated value flag.
+absl::StatusOr<CommandLine> ParseCommandLine(
+    int argc, const char* const* argv,
+    const std::set<std::string>& value_flags);
+
+}  // namespace ctl
+}  // namespace warmstart
+
+#endif  // WARMSTART_DAEMON_CTL_COMMAND_LINE_H_

@@ -1,0 +1,58 @@
+#include "daemon/ctl/command_line.h"
+
+#include "daemon/base/testing/status_matchers.h"
+
+namespace warmstart {
+namespace ctl {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+const std::set<std::string> kValueFlags = {"--socket", "--timeout"};
+
+absl::StatusOr<CommandLine> Parse(std::vector<const char*> args) {
+  args.insert(args.begin(), "warmstartctl");
+  return ParseCommandLine(static_cast<int>(args.size()), args.data(),
+                          kValueFlags);
+}
+
+TEST(CommandLineTest, FlagsBeforeOrAfterTheCommand) {
+  ASSERT_OK_AND_ASSIGN(auto before, Parse({"--socket", "/s", "status", "m"}));
+  ASSERT_OK_AND_ASSIGN(auto after, Parse({"status", "m", "--socket=/s"}));
+  for (const CommandLine& line : {before, after}) {
+    EXPECT_EQ(line.command, "status");
+    EXPECT_THAT(line.arguments, ElementsAre("m"));
+    EXPECT_EQ(line.Value("--socket", "default"), "/s");
+  }
+}
+
+TEST(CommandLineTest, SwitchesAndDefaults) {
+  ASSERT_OK_AND_ASSIGN(auto line, Parse({"inspect", "--json", "a", "b"}));
+  EXPECT_TRUE(line.Has("--json"));
+  EXPECT_FALSE(line.Has("--hash"));
+  EXPECT_THAT(line.arguments, ElementsAre("a", "b"));
+  EXPECT_EQ(line.Value("--timeout", "60"), "60");
+}
+
+TEST(CommandLineTest, DoubleDashEndsFlags) {
+  ASSERT_OK_AND_ASSIGN(auto line, Parse({"inspect", "--", "--json"}));
+  EXPECT_FALSE(line.Has("--json"));
+  EXPECT_THAT(line.arguments, ElementsAre("--json"));
+}
+
+TEST(CommandLineTest, Errors) {
+  EXPECT_THAT(Parse({"wait-ready", "--timeout"}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("--timeout needs a value")));
+  EXPECT_THAT(
+      Parse({"--socket", "a", "--socket", "b"}),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("given twice")));
+  EXPECT_THAT(Parse({"--json=yes"}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("takes no value")));
+}
+
+}  // namespace
+}  // namespace ctl
+}  // namespace warmstart

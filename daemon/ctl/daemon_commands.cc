@@ -1,0 +1,116 @@
+#include "daemon/ctl/daemon_commands.h"
+
+#include <cstdio>
+#include <string>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/time/clock.h"
+#include "client/client.h"
+#include "nlohmann/json.hpp"
+
+namespace warmstart {
+namespace ctl {
+namespace {
+
+std::string SocketPath(const CommandLine& line) {
+  return line.Value("--socket", client::kDefaultSocket);
+}
+
+int Fail(int code, const std::string& message) {
+  std::fprintf(stderr, "warmstartctl: %s\n", message.c_str());
+  return code;
+}
+
+const char* BackendName(v1::Backend backend) {
+  switch (backend) {
+    case v1::BACKEND_HOST:
+      return "host";
+    case v1::BACKEND_CUDA:
+      return "cuda";
+    default:
+      return "unknown";
+  }
+}
+
+}  // namespace
+
+int RunInfo(const CommandLine& line) {
+  client::ConnectOptions options;
+  options.socket_path = SocketPath(line);
+  auto connected = client::Client::Connect(options);
+  if (!connected.ok()) {
+    return Fail(connected.status().code() == absl::StatusCode::kUnavailable
+                    ? kExitUnavailable
+                    : kExitRefused,
+                std::string(connected.status().message()));
+  }
+  const v1::ServerInfo& info = (*connected)->server_info();
+  if (line.Has("--json")) {
+    nlohmann::ordered_json out = {
+        {"version", info.version()},
+        {"protocol", std::to_string(info.protocol_major()) + "." +
+                         std::to_string(info.protocol_minor())},
+        {"backend", BackendName(info.backend())},
+        {"cuda_status", info.cuda_status()},
+        {"pid", info.pid()},
+        {"devices", nlohmann::ordered_json::array()}};
+    for (const v1::Device& device : info.devices()) {
+      out["devices"].push_back({{"uuid", device.uuid()},
+                                {"name", device.name()},
+                                {"total_bytes", device.total_bytes()}});
+    }
+    std::printf("%s\n", out.dump(2).c_str());
+    return kExitOk;
+  }
+  std::printf("warmstartd %s (protocol %u.%u), pid %u\n",
+              info.version().c_str(), info.protocol_major(),
+              info.protocol_minor(), info.pid());
+  std::printf("backend: %s\n", BackendName(info.backend()));
+  if (info.backend() != v1::BACKEND_CUDA) {
+    std::printf("cuda: %s\n", info.cuda_status().c_str());
+  }
+  for (const v1::Device& device : info.devices()) {
+    std::printf("device: %s %s\n", device.uuid().c_str(),
+                device.name().c_str());
+  }
+  return kExitOk;
+}
+
+int RunWaitReady(const CommandLine& line) {
+  double seconds = 60;
+  const std::string timeout_text = line.Value("--timeout", "60");
+  if (!absl::SimpleAtod(timeout_text, &seconds) || seconds < 0) {
+    return Fail(kExitUsage, "--timeout \"" + timeout_text +
+                                "\": expected a number of seconds");
+  }
+  const absl::Time deadline = absl::Now() + absl::Seconds(seconds);
+  std::string last_error = "not tried";
+  do {
+    client::ConnectOptions options;
+    options.socket_path = SocketPath(line);
+    options.timeout = std::max(absl::Milliseconds(100), deadline - absl::Now());
+    options.wait_for_daemon = true;
+    auto connected = client::Client::Connect(options);
+    if (connected.ok()) {
+      auto serving = (*connected)->IsServing(absl::Seconds(2));
+      if (serving.ok() && *serving) {
+        std::printf("ready\n");
+        return kExitOk;
+      }
+      last_error = serving.ok() ? "daemon is not serving yet"
+                                : std::string(serving.status().message());
+    } else {
+      last_error = std::string(connected.status().message());
+      if (connected.status().code() == absl::StatusCode::kFailedPrecondition) {
+        return Fail(kExitRefused, last_error);
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  } while (absl::Now() < deadline);
+  return Fail(kExitTimeout,
+              "not ready after " + timeout_text + " s: " + last_error);
+}
+
+}  // namespace ctl
+}  // namespace warmstart

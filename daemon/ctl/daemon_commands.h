@@ -1,0 +1,21 @@
+// warmstartctl subcommands that talk to a running daemon.
+#ifndef WARMSTART_DAEMON_CTL_DAEMON_COMMANDS_H_
+#define WARMSTART_DAEMON_CTL_DAEMON_COMMANDS_H_
+
+#include "daemon/ctl/command_line.h"
+
+namespace warmstart {
+namespace ctl {
+
+// `info [--json]`: the daemon's version, protocol, backend and devices.
+int RunInfo(const CommandLine& line);
+
+// `wait-ready [--timeout SECONDS]`: waits (default 60 s) until the daemon
+// answers and reports SERVING; retries while its socket does not exist yet.
+// For startup probes: exit 0 when ready, 6 on timeout.
+int RunWaitReady(const CommandLine& line);
+
+}  // namespace ctl
+}  // namespace warmstart
+
+#endif  // WARMSTART_DAEMON_CTL_DAEMON_COMMANDS_H_

@@ -1,0 +1,63 @@
+// warmstartctl: the operator's tool for warmstartd.
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "daemon/base/version.h"
+#include "daemon/ctl/command_line.h"
+#include "daemon/ctl/daemon_commands.h"
+
+namespace warmstart {
+namespace ctl {
+namespace {
+
+constexpr char kUsage[] =
+    R"(usage: warmstartctl [--socket PATH] COMMAND [ARGS] [--json]
+
+commands (talk to a running warmstartd):
+  info                     the daemon's version, protocol, backend and devices
+  wait-ready [--timeout S] wait until the daemon serves (default 60 s); for
+                           startup probes
+
+global flags:
+  --socket PATH            the daemon's socket
+                           (default /run/warmstart/warmstart.sock)
+  --json                   machine-readable output
+  --version                print the version and exit
+  --help                   print this help and exit
+
+exit status: 0 fine, 1 usage, 2 malformed input, 3 daemon unavailable,
+4 not found, 5 refused, 6 timeout, 7 checksum mismatch
+)";
+
+int Run(int argc, char** argv) {
+  auto parsed = ParseCommandLine(argc, argv, {"--socket", "--timeout"});
+  if (!parsed.ok()) {
+    std::fprintf(stderr, "warmstartctl: %s (see --help)\n",
+                 std::string(parsed.status().message()).c_str());
+    return kExitUsage;
+  }
+  const CommandLine& line = *parsed;
+  if (line.Has("--version")) {
+    std::printf("warmstartctl %s (protocol %d.%d)\n", kVersion, kProtocolMajor,
+                kProtocolMinor);
+    return kExitOk;
+  }
+  if (line.Has("--help") || line.command == "help") {
+    std::fputs(kUsage, stdout);
+    return kExitOk;
+  }
+  if (line.command == "info") return RunInfo(line);
+  if (line.command == "wait-ready") return RunWaitReady(line);
+  std::fprintf(stderr, "warmstartctl: %s (see --help)\n",
+               line.command.empty()
+                   ? "no command given"
+                   : ("unknown command \"" + line.command + "\"").c_str());
+  return kExitUsage;
+}
+
+}  // namespace
+}  // namespace ctl
+}  // namespace warmstart
+
+int main(int argc, char** argv) { return warmstart::ctl::Run(argc, argv); }

@@ -1,0 +1,59 @@
+#include "daemon/service/unix_socket.h"
+
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "daemon/base/errno_status.h"
+#include "daemon/base/scoped_fd.h"
+
+namespace warmstart {
+
+absl::Status PrepareSocketPath(const std::string& path) {
+  sockaddr_un address{};
+  if (path.empty() || path.size() >= sizeof(address.sun_path)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "socket path \"", path, "\": must be 1 to ",
+        sizeof(address.sun_path) - 1, " bytes long (it is ", path.size(), ")"));
+  }
+  const size_t slash = path.rfind('/');
+  if (slash != std::string::npos && slash > 0) {
+    const std::string parent = path.substr(0, slash);
+    if (::mkdir(parent.c_str(), 0755) != 0 && errno != EEXIST) {
+      return ErrnoToStatus(errno, absl::StrCat("create directory ", parent));
+    }
+  }
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return absl::OkStatus();
+    return ErrnoToStatus(errno, absl::StrCat("stat ", path));
+  }
+  if (!S_ISSOCK(st.st_mode)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        path, ": exists and is not a socket; refusing to replace it"));
+  }
+  // gRPC would unlink the path and bind over a running daemon: probe first.
+  ScopedFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!probe.valid()) return ErrnoToStatus(errno, "socket");
+  address.sun_family = AF_UNIX;
+  std::memcpy(address.sun_path, path.data(), path.size());
+  if (::connect(probe.get(), reinterpret_cast<const sockaddr*>(&address),
+                sizeof(address)) == 0) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        path, ": another server is listening there (is warmstartd running?)"));
+  }
+  if (errno != ECONNREFUSED) {
+    return ErrnoToStatus(errno, absl::StrCat("probe ", path));
+  }
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+    return ErrnoToStatus(errno, absl::StrCat("remove stale socket ", path));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace warmstart

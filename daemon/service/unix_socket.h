@@ -1,0 +1,19 @@
+// Preparing the path of a listening unix socket.
+#ifndef WARMSTART_DAEMON_SERVICE_UNIX_SOCKET_H_
+#define WARMSTART_DAEMON_SERVICE_UNIX_SOCKET_H_
+
+#include <string>
+
+#include "absl/status/status.h"
+
+namespace warmstart {
+
+// Makes `path` ready to bind: creates its parent directory (mode 0755) when
+// missing, removes a stale socket left by a process that died, and refuses
+// when a live server already listens there or the path is not a socket.
+// Fails with InvalidArgument when the path does not fit sun_path.
+absl::Status PrepareSocketPath(const std::string& path);
+
+}  // namespace warmstart
+
+#endif  // WARMSTART_DAEMON_SERVICE_UNIX_SOCKET_H_

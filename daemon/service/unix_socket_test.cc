@@ -1,0 +1,78 @@
+#include "daemon/service/unix_socket.h"
+
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <fstream>
+
+#include "daemon/base/scoped_fd.h"
+#include "daemon/base/testing/status_matchers.h"
+#include "daemon/base/testing/test_env.h"
+
+namespace warmstart {
+namespace {
+
+using ::testing::HasSubstr;
+
+ScopedFd BindAt(const std::string& path, bool listen_too) {
+  ScopedFd fd(::socket(AF_UNIX, SOCK_STREAM, 0));
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::memcpy(address.sun_path, path.data(), path.size());
+  EXPECT_EQ(
+      ::bind(fd.get(), reinterpret_cast<sockaddr*>(&address), sizeof(address)),
+      0);
+  if (listen_too) EXPECT_EQ(::listen(fd.get(), 1), 0);
+  return fd;
+}
+
+bool Exists(const std::string& path) {
+  struct stat st;
+  return ::lstat(path.c_str(), &st) == 0;
+}
+
+TEST(PrepareSocketPathTest, CreatesMissingParent) {
+  testing::ShortTempDir dir;
+  EXPECT_OK(PrepareSocketPath(dir.Join("run/d.sock")));
+  EXPECT_TRUE(Exists(dir.Join("run")));
+}
+
+TEST(PrepareSocketPathTest, RemovesStaleSocket) {
+  testing::ShortTempDir dir;
+  const std::string path = dir.Join("d.sock");
+  { ScopedFd bound = BindAt(path, /*listen_too=*/false); }
+  ASSERT_TRUE(Exists(path));
+  EXPECT_OK(PrepareSocketPath(path));
+  EXPECT_FALSE(Exists(path));
+}
+
+TEST(PrepareSocketPathTest, RefusesWhenAServerListens) {
+  testing::ShortTempDir dir;
+  const std::string path = dir.Join("d.sock");
+  ScopedFd live = BindAt(path, /*listen_too=*/true);
+  EXPECT_THAT(PrepareSocketPath(path),
+              StatusIs(absl::StatusCode::kAlreadyExists,
+                       HasSubstr("another server is listening")));
+  EXPECT_TRUE(Exists(path));
+}
+
+TEST(PrepareSocketPathTest, RefusesToReplaceARegularFile) {
+  testing::ShortTempDir dir;
+  const std::string path = dir.Join("not-a-socket");
+  std::ofstream(path) << "data";
+  EXPECT_THAT(PrepareSocketPath(path),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("not a socket")));
+}
+
+TEST(PrepareSocketPathTest, RefusesPathsLongerThanSunPath) {
+  EXPECT_THAT(PrepareSocketPath("/tmp/" + std::string(200, 'x')),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("must be 1 to 107 bytes")));
+}
+
+}  // namespace
+}  // namespace warmstart

@@ -1,0 +1,82 @@
+# Shared set-up for tools/test, tools/demo and tools/install: installs what
+# is missing from Debian's packages and PyPI, and says nothing when all of it
+# is already there. Source it; it defines functions only.
+
+# Debian packages the build, the tests and the demo need.
+WARMSTART_APT_PACKAGES=(
+  bazel-bootstrap pkg-config
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libabsl-dev liburing-dev libspdlog-dev libfmt-dev libgtest-dev libgmock-dev
+  libsodium-dev libssl-dev zlib1g-dev libsystemd-dev nlohmann-json3-dev
+  clang-14 libclang-rt-14-dev
+  python3 python3-venv python3-pytest python3-numpy python3-torch
+)
+
+# PyPI packages for tests: the reference writers of safetensors and GGUF.
+WARMSTART_PIP_PACKAGES=(safetensors gguf)
+
+warmstart_root() {
+  cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd
+}
+
+warmstart_log() {
+  echo "[$(basename "$0")] $*" >&2
+}
+
+# Installs the Debian packages that are missing.
+warmstart_ensure_packages() {
+  local missing=()
+  local package
+  for package in "${WARMSTART_APT_PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null |
+        grep -q "install ok installed"; then
+      missing+=("$package")
+    fi
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  warmstart_log "installing Debian packages: ${missing[*]}"
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  local log
+  log="$(mktemp)"
+  if ! { $sudo apt-get update -qq &&
+         $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+       } >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    warmstart_log "installing Debian packages failed"
+    return 1
+  fi
+  rm -f "$log"
+}
+
+# Makes $WARMSTART_VENV: Debian's python3 with its numpy and torch
+# (--system-site-packages) plus the PyPI packages tests need.
+warmstart_ensure_venv() {
+  local root
+  root="$(warmstart_root)"
+  export WARMSTART_VENV="$root/.venv"
+  if [ ! -x "$WARMSTART_VENV/bin/python3" ]; then
+    warmstart_log "creating the Python test environment in .venv"
+    /usr/bin/python3 -m venv --system-site-packages "$WARMSTART_VENV"
+  fi
+  if ! "$WARMSTART_VENV/bin/python3" -c "import safetensors, gguf" \
+      2>/dev/null; then
+    warmstart_log "installing PyPI packages: ${WARMSTART_PIP_PACKAGES[*]}"
+    "$WARMSTART_VENV/bin/pip" install -q --disable-pip-version-check \
+        "${WARMSTART_PIP_PACKAGES[@]}"
+  fi
+}
+
+# Builds with Bazel, quiet unless something fails.
+warmstart_build() {
+  local log
+  log="$(mktemp)"
+  if ! bazel build --noshow_progress "$@" >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    return 1
+  fi
+  rm -f "$log"
+}
