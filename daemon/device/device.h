@@ -1,0 +1,84 @@
+// Device: where loaded weights live, behind one narrow interface with two
+// implementations: host shared memory (host_device.h) and GPU memory
+// (cuda_device.h).
+//
+// The loader allocates one or more DeviceAllocations per model, copies
+// tensors into them from pinned staging slabs, and the service exports them
+// to clients. An allocation is freed when its owner (the registry, through
+// the loaded model) destroys it.
+#ifndef WARMSTART_DAEMON_DEVICE_DEVICE_H_
+#define WARMSTART_DAEMON_DEVICE_DEVICE_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace warmstart {
+
+// How a client reaches an allocation.
+struct ExportedMemory {
+  enum class Kind { kHostMemfd, kCudaVmmFd, kCudaIpcHandle };
+  Kind kind = Kind::kHostMemfd;
+  // kHostMemfd and kCudaVmmFd: a descriptor owned by the allocation; the
+  // service sends a duplicate. -1 otherwise.
+  int fd = -1;
+  // kCudaIpcHandle: the 64-byte legacy IPC handle.
+  std::string ipc_handle;
+  uint64_t size = 0;  // Bytes the client maps.
+};
+
+// A block of device memory. Destroying it frees the memory (the caller makes
+// sure no copy into it is still in flight: Device::Synchronize).
+class DeviceAllocation {
+ public:
+  virtual ~DeviceAllocation() = default;
+
+  virtual uint64_t size() const = 0;
+  // Where the bytes are, when the CPU can write them directly (host
+  // memory); null for GPU memory.
+  virtual char* host_data() = 0;
+  // Makes the memory read-only for everyone it is exported to (host: seals
+  // the memfd). Called once the load has completed.
+  virtual absl::Status Seal() = 0;
+  virtual ExportedMemory Export() const = 0;
+};
+
+// Thread safety: implementations are thread-safe.
+class Device {
+ public:
+  virtual ~Device() = default;
+
+  // "host", or the GPU's UUID ("GPU-...").
+  virtual const std::string& uuid() const = 0;
+
+  // Allocates `bytes` (rounded up to the device's granularity) of zeroed
+  // memory. `label` names it in diagnostics (the model name). Fails with
+  // ResourceExhausted, naming the size, when the memory is not there.
+  virtual absl::StatusOr<std::unique_ptr<DeviceAllocation>> Allocate(
+      uint64_t bytes, const std::string& label) = 0;
+
+  // Makes [data, data+bytes) usable as a copy source (pins it for DMA).
+  // The staging pool calls it once per slab region at start.
+  virtual absl::Status RegisterHostMemory(void* data, uint64_t bytes) = 0;
+  virtual void UnregisterHostMemory(void* data) = 0;
+
+  // Copies `bytes` from `source` (registered host memory) into
+  // `destination` at `offset`, possibly asynchronously. `done` runs exactly
+  // once, on any thread, when `source` may be reused, with the copy's status.
+  // REQUIRES: [offset, offset+bytes) lies inside `destination`, which
+  // outlives the copy.
+  virtual void CopyFromHost(DeviceAllocation& destination, uint64_t offset,
+                            const char* source, uint64_t bytes,
+                            std::function<void(absl::Status)> done) = 0;
+
+  // Waits until every copy issued so far has completed.
+  virtual absl::Status Synchronize() = 0;
+};
+
+}  // namespace warmstart
+
+#endif  // WARMSTART_DAEMON_DEVICE_DEVICE_H_

@@ -1,0 +1,198 @@
+#include "daemon/device/host_device.h"
+
+#include <fcntl.h>
+#include <linux/memfd.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "daemon/base/errno_status.h"
+#include "daemon/base/logging.h"
+#include "daemon/base/metrics.h"
+#include "daemon/base/scoped_fd.h"
+
+namespace warmstart {
+namespace {
+
+constexpr uint64_t kHugePageBytes = uint64_t{2} << 20;
+constexpr uint64_t kPageBytes = 4096;
+
+uint64_t RoundUp(uint64_t value, uint64_t multiple) {
+  return (value + multiple - 1) / multiple * multiple;
+}
+
+class HostAllocation : public DeviceAllocation {
+ public:
+  HostAllocation(ScopedFd memfd, char* data, uint64_t size)
+      : memfd_(std::move(memfd)), data_(data), size_(size) {}
+  ~HostAllocation() override {
+    if (data_ != nullptr) ::munmap(data_, size_);
+  }
+
+  uint64_t size() const override { return size_; }
+  char* host_data() override { return data_; }
+
+  absl::Status Seal() override {
+    // F_SEAL_FUTURE_WRITE keeps this writable mapping but refuses new
+    // writable ones and write(2), so clients can only map it read-only.
+    if (::fcntl(memfd_.get(), F_ADD_SEALS,
+                F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE |
+                    F_SEAL_SEAL) != 0) {
+      return ErrnoToStatus(errno, "seal host memory");
+    }
+    return absl::OkStatus();
+  }
+
+  ExportedMemory Export() const override {
+    ExportedMemory exported;
+    exported.kind = ExportedMemory::Kind::kHostMemfd;
+    exported.fd = memfd_.get();
+    exported.size = size_;
+    return exported;
+  }
+
+ private:
+  ScopedFd memfd_;
+  char* data_;
+  uint64_t size_;
+};
+
+// Reserves and faults in every page of the memfd mapping, on `threads`
+// threads. A loader that writes into fresh pages is bound by page faults, so
+// they are taken ahead of the copy on several cores. fallocate reserves the
+// memory first so that a shortage is an error here rather than a SIGBUS on
+// first touch.
+absl::Status Prefault(int memfd, char* data, uint64_t size, unsigned threads,
+                      const std::string& label) {
+  const uint64_t chunk = uint64_t{64} << 20;
+  std::atomic<uint64_t> next{0};
+  std::atomic<int> first_error{0};
+  auto worker = [&] {
+    for (uint64_t begin = next.fetch_add(chunk); begin < size;
+         begin = next.fetch_add(chunk)) {
+      const uint64_t length = std::min(chunk, size - begin);
+      if (::fallocate(memfd, 0, static_cast<off_t>(begin),
+                      static_cast<off_t>(length)) != 0) {
+        int expected = 0;
+        first_error.compare_exchange_strong(expected, errno);
+        return;
+      }
+      if (::madvise(data + begin, length, MADV_POPULATE_WRITE) != 0) {
+        // Kernels before 5.14 lack MADV_POPULATE_WRITE; the pages are
+        // allocated already, so touching them cannot fault fatally.
+        for (uint64_t offset = 0; offset < length; offset += kPageBytes) {
+          data[begin + offset] = 0;
+        }
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  for (unsigned i = 1; i < threads; ++i) pool.emplace_back(worker);
+  worker();
+  for (std::thread& thread : pool) thread.join();
+  if (int error = first_error.load(); error != 0) {
+    absl::Status status = ErrnoToStatus(
+        error,
+        absl::StrCat("reserve ", size, " bytes of host memory for ", label));
+    return absl::ResourceExhaustedError(status.message());
+  }
+  return absl::OkStatus();
+}
+
+// MemAvailable from /proc/meminfo, in bytes; 0 when unknown.
+uint64_t AvailableMemoryBytes() {
+  std::FILE* meminfo = std::fopen("/proc/meminfo", "re");
+  if (meminfo == nullptr) return 0;
+  char line[256];
+  unsigned long long kib = 0;
+  while (std::fgets(line, sizeof(line), meminfo) != nullptr) {
+    if (std::sscanf(line, "MemAvailable: %llu kB", &kib) == 1) break;
+  }
+  std::fclose(meminfo);
+  return static_cast<uint64_t>(kib) * 1024;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<DeviceAllocation>> HostDevice::Allocate(
+    uint64_t bytes, const std::string& label) {
+  // Shared memory has no limit of its own: reserving more than the machine
+  // has would push it into the OOM killer instead of failing.
+  if (const uint64_t available = AvailableMemoryBytes();
+      available != 0 && bytes > available) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("host memory for ", label, ": ", bytes, " bytes wanted, ",
+                     available, " available"));
+  }
+  const std::string name = absl::StrCat("warmstart:", label);
+  ScopedFd memfd;
+  uint64_t size = RoundUp(std::max<uint64_t>(bytes, 1), kPageBytes);
+  char* data = nullptr;
+  if (options_.huge_pages) {
+    const uint64_t huge_size = RoundUp(size, kHugePageBytes);
+    memfd.reset(::memfd_create(name.c_str(),
+                               MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_HUGETLB));
+    if (memfd.valid() && ::ftruncate(memfd.get(), huge_size) == 0) {
+      void* mapped = ::mmap(nullptr, huge_size, PROT_READ | PROT_WRITE,
+                            MAP_SHARED | MAP_POPULATE, memfd.get(), 0);
+      if (mapped != MAP_FAILED) {
+        data = static_cast<char*>(mapped);
+        size = huge_size;
+      }
+    }
+    if (data == nullptr) {
+      memfd.reset();
+      static std::atomic<bool> warned{false};
+      if (!warned.exchange(true)) {
+        Logger("device")->warn(
+            "no huge pages reserved (vm.nr_hugepages): host memory uses 4 KiB "
+            "pages, which load more slowly");
+      }
+      Metrics::Global()
+          .GetCounter("warmstart_host_hugepage_fallback_total",
+                      "Host allocations that fell back to 4 KiB pages.")
+          ->Add();
+    }
+  }
+  if (data == nullptr) {
+    memfd.reset(::memfd_create(name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING));
+    if (!memfd.valid()) return ErrnoToStatus(errno, "memfd_create " + name);
+    if (::ftruncate(memfd.get(), static_cast<off_t>(size)) != 0) {
+      return ErrnoToStatus(errno, absl::StrCat("size host memory for ", label,
+                                               " to ", size, " bytes"));
+    }
+    void* mapped = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED,
+                          memfd.get(), 0);
+    if (mapped == MAP_FAILED) {
+      return ErrnoToStatus(
+          errno,
+          absl::StrCat("map ", size, " bytes of host memory for ", label));
+    }
+    data = static_cast<char*>(mapped);
+    absl::Status prefaulted =
+        Prefault(memfd.get(), data, size,
+                 std::max(1u, options_.prefault_threads), label);
+    if (!prefaulted.ok()) {
+      ::munmap(data, size);
+      return prefaulted;
+    }
+  }
+  return std::unique_ptr<DeviceAllocation>(
+      new HostAllocation(std::move(memfd), data, size));
+}
+
+void HostDevice::CopyFromHost(DeviceAllocation& destination, uint64_t offset,
+                              const char* source, uint64_t bytes,
+                              std::function<void(absl::Status)> done) {
+  std::memcpy(destination.host_data() + offset, source, bytes);
+  done(absl::OkStatus());
+}
+
+}  // namespace warmstart

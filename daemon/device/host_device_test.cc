@@ -1,0 +1,97 @@
+#include "daemon/device/host_device.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <string>
+
+#include "daemon/base/metrics.h"
+#include "daemon/base/testing/status_matchers.h"
+
+namespace warmstart {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(HostDeviceTest, AllocationIsZeroedWritableAndExportedAsMemfd) {
+  HostDevice device(HostDeviceOptions{});
+  ASSERT_OK_AND_ASSIGN(auto allocation, device.Allocate(10000, "model-a"));
+  EXPECT_GE(allocation->size(), 10000u);
+  char* data = allocation->host_data();
+  ASSERT_NE(data, nullptr);
+  for (uint64_t i = 0; i < allocation->size(); ++i) ASSERT_EQ(data[i], 0) << i;
+
+  const std::string payload = "weights!";
+  bool done = false;
+  device.CopyFromHost(*allocation, 4096, payload.data(), payload.size(),
+                      [&](absl::Status status) {
+                        EXPECT_OK(status);
+                        done = true;
+                      });
+  EXPECT_TRUE(done);
+  EXPECT_EQ(std::string(data + 4096, payload.size()), payload);
+
+  ExportedMemory exported = allocation->Export();
+  EXPECT_EQ(exported.kind, ExportedMemory::Kind::kHostMemfd);
+  EXPECT_EQ(exported.size, allocation->size());
+  // Another mapping of the exported descriptor sees the same bytes.
+  void* view =
+      ::mmap(nullptr, exported.size, PROT_READ, MAP_SHARED, exported.fd, 0);
+  ASSERT_NE(view, MAP_FAILED);
+  EXPECT_EQ(std::memcmp(static_cast<char*>(view) + 4096, payload.data(),
+                        payload.size()),
+            0);
+  ::munmap(view, exported.size);
+}
+
+TEST(HostDeviceTest, SealedMemoryCannotBeWrittenOrResizedThroughTheExport) {
+  HostDevice device(HostDeviceOptions{});
+  ASSERT_OK_AND_ASSIGN(auto allocation, device.Allocate(1 << 20, "sealed"));
+  allocation->host_data()[0] = 42;
+  ASSERT_OK(allocation->Seal());
+
+  // What a client would get: its own descriptor for the memfd.
+  const int fd = ::dup(allocation->Export().fd);
+  ASSERT_GE(fd, 0);
+  EXPECT_EQ(::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0),
+            MAP_FAILED);
+  EXPECT_EQ(errno, EPERM);
+  EXPECT_NE(::ftruncate(fd, 0), 0);
+  EXPECT_NE(::ftruncate(fd, 1 << 21), 0);
+  char byte = 1;
+  EXPECT_NE(::pwrite(fd, &byte, 1, 0), 1);
+  EXPECT_EQ(::fcntl(fd, F_GET_SEALS) & F_SEAL_SEAL, F_SEAL_SEAL);
+  // Read-only mappings still work and see the data.
+  void* view = ::mmap(nullptr, 4096, PROT_READ, MAP_SHARED, fd, 0);
+  ASSERT_NE(view, MAP_FAILED);
+  EXPECT_EQ(static_cast<char*>(view)[0], 42);
+  // mprotect cannot make a shared read-only mapping of a sealed memfd
+  // writable.
+  EXPECT_NE(::mprotect(view, 4096, PROT_READ | PROT_WRITE), 0);
+  ::munmap(view, 4096);
+  ::close(fd);
+}
+
+TEST(HostDeviceTest, AllocationBeyondMemoryIsResourceExhausted) {
+  HostDevice device(HostDeviceOptions{.huge_pages = false});
+  EXPECT_THAT(
+      device.Allocate(uint64_t{1} << 42, "too-big"),
+      StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("too-big")));
+}
+
+TEST(HostDeviceTest, HugePageFallbackIsCounted) {
+  Counter* fallbacks = Metrics::Global().GetCounter(
+      "warmstart_host_hugepage_fallback_total", "");
+  const uint64_t before = fallbacks->value();
+  HostDevice device(HostDeviceOptions{.huge_pages = true});
+  ASSERT_OK_AND_ASSIGN(auto allocation, device.Allocate(4 << 20, "huge"));
+  if (allocation->size() % (2 << 20) == 0 && fallbacks->value() == before) {
+    GTEST_SKIP() << "this machine has huge pages reserved";
+  }
+  EXPECT_EQ(fallbacks->value(), before + 1);
+}
+
+}  // namespace
+}  // namespace warmstart

@@ -1,0 +1,57 @@
+// FaultInjectingDevice: a Device for tests that wraps another and fails on
+// request (out of memory at the N-th allocation, a pin or copy error at the
+// N-th call), and counts what is alive so tests can check that everything
+// was given back.
+//
+// Thread safety: thread-safe.
+#ifndef WARMSTART_DAEMON_DEVICE_TESTING_FAULT_INJECTING_DEVICE_H_
+#define WARMSTART_DAEMON_DEVICE_TESTING_FAULT_INJECTING_DEVICE_H_
+
+#include <atomic>
+#include <memory>
+
+#include "daemon/device/device.h"
+
+namespace warmstart {
+namespace testing {
+
+struct DeviceFaults {
+  int fail_allocation_at = 0;  // 1-based; 0 never. ResourceExhausted.
+  int fail_register_at = 0;    // 1-based; 0 never. Internal.
+  int fail_copy_at = 0;        // 1-based; 0 never. Internal (via `done`).
+};
+
+class FaultInjectingDevice : public Device {
+ public:
+  // `inner` does the real work and must outlive this device.
+  FaultInjectingDevice(Device* inner, DeviceFaults faults)
+      : inner_(inner), faults_(faults) {}
+
+  const std::string& uuid() const override { return inner_->uuid(); }
+  absl::StatusOr<std::unique_ptr<DeviceAllocation>> Allocate(
+      uint64_t bytes, const std::string& label) override;
+  absl::Status RegisterHostMemory(void* data, uint64_t bytes) override;
+  void UnregisterHostMemory(void* data) override;
+  void CopyFromHost(DeviceAllocation& destination, uint64_t offset,
+                    const char* source, uint64_t bytes,
+                    std::function<void(absl::Status)> done) override;
+  absl::Status Synchronize() override { return inner_->Synchronize(); }
+
+  int live_allocations() const { return live_allocations_.load(); }
+  int registered_regions() const { return registered_.load(); }
+  int copies() const { return copies_.load(); }
+
+ private:
+  Device* const inner_;
+  const DeviceFaults faults_;
+  std::atomic<int> allocation_calls_{0};
+  std::atomic<int> register_calls_{0};
+  std::atomic<int> copies_{0};
+  std::atomic<int> live_allocations_{0};
+  std::atomic<int> registered_{0};
+};
+
+}  // namespace testing
+}  // namespace warmstart
+
+#endif  // WARMSTART_DAEMON_DEVICE_TESTING_FAULT_INJECTING_DEVICE_H_
