@@ -6,6 +6,7 @@
 #include "daemon/base/version.h"
 #include "daemon/ctl/command_line.h"
 #include "daemon/ctl/daemon_commands.h"
+#include "daemon/ctl/inspect_command.h"
 
 namespace warmstart {
 namespace ctl {
@@ -13,6 +14,20 @@ namespace {
 
 constexpr char kUsage[] =
     R"(usage: warmstartctl [--socket PATH] COMMAND [ARGS] [--json]
+
+commands (no daemon needed):
+  inspect PATH...          list the tensors of a checkpoint: a weight file
+                           (safetensors, tensorizer .tensors, GGUF), a
+                           *.index.json shard index, or a folder
+      --json               one JSON object: {"files": [...]}
+      --hash               add each tensor's sha256 (of its stored bytes; of
+                           the plaintext when encrypted; of zeros for a meta
+                           tensor)
+      --verify             check the checksums the file stores (exit 7 on a
+                           mismatch)
+      --full-metadata      every element of GGUF metadata arrays
+      --key-hex HEX | --key-file F | --password P | --password-file F
+                           the key of encrypted tensorizer files
 
 commands (talk to a running warmstartd):
   info                     the daemon's version, protocol, backend and devices
@@ -31,7 +46,10 @@ exit status: 0 fine, 1 usage, 2 malformed input, 3 daemon unavailable,
 )";
 
 int Run(int argc, char** argv) {
-  auto parsed = ParseCommandLine(argc, argv, {"--socket", "--timeout"});
+  auto parsed =
+      ParseCommandLine(argc, argv,
+                       {"--socket", "--timeout", "--key-hex", "--key-file",
+                        "--password", "--password-file"});
   if (!parsed.ok()) {
     std::fprintf(stderr, "warmstartctl: %s (see --help)\n",
                  std::string(parsed.status().message()).c_str());
@@ -47,6 +65,7 @@ int Run(int argc, char** argv) {
     std::fputs(kUsage, stdout);
     return kExitOk;
   }
+  if (line.command == "inspect") return RunInspect(line);
   if (line.command == "info") return RunInfo(line);
   if (line.command == "wait-ready") return RunWaitReady(line);
   std::fprintf(stderr, "warmstartctl: %s (see --help)\n",

@@ -1,0 +1,77 @@
+// ByteSource: random-access reads of a checkpoint file, for header parsing.
+//
+// Parsers read headers through this interface so the same code runs on a real
+// file (FileByteSource), on bytes in memory (fuzzing, malformed-input tests)
+// and on fault-injecting fakes.
+//
+// Thread safety: implementations here are safe for concurrent ReadAt calls.
+#ifndef WARMSTART_DAEMON_FORMATS_BYTE_SOURCE_H_
+#define WARMSTART_DAEMON_FORMATS_BYTE_SOURCE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "daemon/base/scoped_fd.h"
+
+namespace warmstart {
+
+class ByteSource {
+ public:
+  virtual ~ByteSource() = default;
+
+  // The name used in error messages (normally the file's path).
+  virtual const std::string& name() const = 0;
+  // Total size in bytes, fixed when the source was opened.
+  virtual uint64_t size() const = 0;
+  // Reads exactly `length` bytes at `offset` into `out`. Returns OutOfRange,
+  // naming the file and offset, when the range passes the end.
+  // REQUIRES: `out` has room for `length` bytes.
+  virtual absl::Status ReadAt(uint64_t offset, uint64_t length,
+                              char* out) const = 0;
+};
+
+// Reads a regular file with pread. Owns the descriptor.
+class FileByteSource : public ByteSource {
+ public:
+  // Opens `path` read-only; fails on directories and non-regular files.
+  static absl::StatusOr<std::unique_ptr<FileByteSource>> Open(
+      const std::string& path);
+
+  const std::string& name() const override { return path_; }
+  uint64_t size() const override { return size_; }
+  absl::Status ReadAt(uint64_t offset, uint64_t length,
+                      char* out) const override;
+  int fd() const { return fd_.get(); }
+
+ private:
+  FileByteSource(std::string path, ScopedFd fd, uint64_t size)
+      : path_(std::move(path)), fd_(std::move(fd)), size_(size) {}
+
+  std::string path_;
+  ScopedFd fd_;
+  uint64_t size_;
+};
+
+// Reads from bytes in memory. Does not own them: `data` must outlive it.
+class MemoryByteSource : public ByteSource {
+ public:
+  MemoryByteSource(std::string name, absl::string_view data)
+      : name_(std::move(name)), data_(data) {}
+
+  const std::string& name() const override { return name_; }
+  uint64_t size() const override { return data_.size(); }
+  absl::Status ReadAt(uint64_t offset, uint64_t length,
+                      char* out) const override;
+
+ private:
+  std::string name_;
+  absl::string_view data_;
+};
+
+}  // namespace warmstart
+
+#endif  // WARMSTART_DAEMON_FORMATS_BYTE_SOURCE_H_

@@ -1,0 +1,23 @@
+"""fuzz_target: one libFuzzer target per parser.
+
+With --config=fuzz (clang, -fsanitize=fuzzer) the binary is a libFuzzer
+fuzzer; `tools/fuzz` runs it. In every other build it links replay_main.cc,
+which runs the target once on each file it is given, and a test replays the
+real fixtures through it, so the targets build and run in every `tools/test`.
+"""
+
+def fuzz_target(name, srcs, corpus_glob, deps = []):
+    native.cc_binary(
+        name = name,
+        srcs = srcs,
+        deps = deps + select({
+            ":fuzzing": [],
+            "//conditions:default": [":replay_main"],
+        }),
+    )
+    native.sh_test(
+        name = name + "_replay_test",
+        srcs = ["replay_test.sh"],
+        args = ["$(location :%s)" % name, corpus_glob],
+        data = [":" + name, "@shared//:fixtures"],
+    )
