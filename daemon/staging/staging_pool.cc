@@ -107,6 +107,16 @@ StagingPool::Slab StagingPool::Acquire() {
   absl::MutexLock lock(&mutex_);
   mutex_.Await(absl::Condition(
       +[](std::vector<int>* free) { return !free->empty(); }, &free_));
+  return LendLocked();
+}
+
+StagingPool::Slab StagingPool::TryAcquire() {
+  absl::MutexLock lock(&mutex_);
+  if (free_.empty()) return Slab();
+  return LendLocked();
+}
+
+StagingPool::Slab StagingPool::LendLocked() {
   Slab slab;
   slab.pool_ = this;
   slab.index_ = free_.back();

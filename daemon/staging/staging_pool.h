@@ -72,6 +72,8 @@ class StagingPool {
 
   // Blocks until a slab is free and lends it.
   Slab Acquire();
+  // Lends a free slab, or returns an invalid one when none is free.
+  Slab TryAcquire();
 
   // One entry per slab, in index order (for io_uring buffer registration).
   std::vector<iovec> Regions() const;
@@ -83,6 +85,7 @@ class StagingPool {
  private:
   StagingPool(Device* device, char* base, uint64_t slab_bytes,
               uint64_t slab_count);
+  Slab LendLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void Release(int index);
 
   Device* const device_;

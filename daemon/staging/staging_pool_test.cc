@@ -53,6 +53,16 @@ TEST(StagingPoolTest, SlabsComeBackWhenDestroyedOrMoved) {
   EXPECT_EQ(pool->free_slabs(), 2);
 }
 
+TEST(StagingPoolTest, TryAcquireReturnsInvalidWhenNoneIsFree) {
+  HostDevice device(HostDeviceOptions{});
+  ASSERT_OK_AND_ASSIGN(auto pool, StagingPool::Create({kSlab, kSlab}, &device));
+  StagingPool::Slab only = pool->TryAcquire();
+  EXPECT_TRUE(only.valid());
+  EXPECT_FALSE(pool->TryAcquire().valid());
+  only = StagingPool::Slab();
+  EXPECT_TRUE(pool->TryAcquire().valid());
+}
+
 TEST(StagingPoolTest, AcquireWaitsForAReturnedSlabAndNeverAllocates) {
   HostDevice device(HostDeviceOptions{});
   ASSERT_OK_AND_ASSIGN(auto pool,

@@ -1,0 +1,79 @@
+#include "daemon/io/read_file.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include <atomic>
+#include <cerrno>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "daemon/base/errno_status.h"
+#include "daemon/base/logging.h"
+#include "daemon/base/metrics.h"
+
+namespace warmstart {
+namespace {
+
+int OpenRetryingEintr(const std::string& path, int flags) {
+  int fd;
+  do {
+    fd = ::open(path.c_str(), flags);
+  } while (fd < 0 && errno == EINTR);
+  return fd;
+}
+
+void NoteDirectRefused(const std::string& path) {
+  static Counter* const counter = Metrics::Global().GetCounter(
+      "warmstart_io_direct_refused_total",
+      "Files opened buffered because their filesystem refused O_DIRECT.");
+  counter->Add();
+  static std::atomic<bool> warned{false};
+  if (!warned.exchange(true)) {
+    Logger("io")->warn(
+        "the filesystem of {} refuses O_DIRECT; reading such files through "
+        "the page cache (warned once; see "
+        "warmstart_io_direct_refused_total)",
+        path);
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<ReadFile> OpenReadFile(const std::string& path,
+                                      bool want_direct) {
+  constexpr int kFlags = O_RDONLY | O_CLOEXEC;
+  int fd = OpenRetryingEintr(path, want_direct ? kFlags | O_DIRECT : kFlags);
+  // open() answers EINVAL for O_DIRECT on filesystems without direct I/O
+  // (tmpfs before Linux 6.6, procfs, some FUSE and network filesystems).
+  const bool refused = fd < 0 && errno == EINVAL && want_direct;
+  if (refused) fd = OpenRetryingEintr(path, kFlags);
+  if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("open ", path));
+  ReadFile file;
+  file.fd.reset(fd);
+  file.path = path;
+  file.direct = want_direct && !refused;
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    return ErrnoToStatus(errno, absl::StrCat("fstat ", path));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, " is not a regular file"));
+  }
+  file.size = static_cast<uint64_t>(st.st_size);
+  // Counted only now, so a path that is no file at all is not reported as a
+  // filesystem without direct I/O.
+  if (refused) NoteDirectRefused(path);
+  return file;
+}
+
+AlignedRange AlignForDirect(uint64_t offset, uint64_t length) {
+  constexpr uint64_t kMask = kDirectAlignment - 1;
+  const uint64_t begin = offset & ~kMask;
+  const uint64_t end = (offset + length + kMask) & ~kMask;
+  return AlignedRange{begin, end - begin, offset - begin};
+}
+
+}  // namespace warmstart

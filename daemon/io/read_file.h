@@ -1,0 +1,54 @@
+// ReadFile: a weight file opened for the read engines, with or without
+// O_DIRECT, and the alignment arithmetic O_DIRECT reads need.
+//
+// Thread safety: a ReadFile is not synchronised; its descriptor may be read
+// from many threads (the engines do) while the ReadFile outlives them.
+#ifndef WARMSTART_DAEMON_IO_READ_FILE_H_
+#define WARMSTART_DAEMON_IO_READ_FILE_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "daemon/base/scoped_fd.h"
+
+namespace warmstart {
+
+// O_DIRECT reads need file offsets, lengths and memory addresses aligned to
+// the device's logical block; 4096 covers every block size in use.
+constexpr uint64_t kDirectAlignment = 4096;
+
+// A file open for reading. Move-only: owns its descriptor.
+struct ReadFile {
+  ScopedFd fd;
+  std::string path;
+  // The size when the file was opened.
+  uint64_t size = 0;
+  // Whether `fd` was opened with O_DIRECT (reads must then be aligned to
+  // kDirectAlignment in offset, length and destination address).
+  bool direct = false;
+};
+
+// Opens the regular file at `path` read-only, with O_DIRECT when
+// `want_direct`. A filesystem that refuses O_DIRECT (EINVAL on open) gets a
+// buffered descriptor instead (direct == false): that degraded mode logs one
+// warning per process and counts in warmstart_io_direct_refused_total.
+// Errors: NotFound, PermissionDenied, ... from errno (naming the path);
+// InvalidArgument when `path` is not a regular file.
+absl::StatusOr<ReadFile> OpenReadFile(const std::string& path,
+                                      bool want_direct);
+
+// The smallest kDirectAlignment-aligned range that covers [offset,
+// offset + length): read `aligned_length` bytes at `aligned_offset`, and the
+// wanted bytes start `lead` bytes into the result.
+struct AlignedRange {
+  uint64_t aligned_offset;
+  uint64_t aligned_length;
+  uint64_t lead;
+};
+// REQUIRES: offset + length + kDirectAlignment does not overflow.
+AlignedRange AlignForDirect(uint64_t offset, uint64_t length);
+
+}  // namespace warmstart
+
+#endif  // WARMSTART_DAEMON_IO_READ_FILE_H_

@@ -1,0 +1,273 @@
+#include "daemon/loader/loader.h"
+
+#include <algorithm>
+#include <map>
+#include <optional>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "daemon/base/status_macros.h"
+#include "daemon/formats/tensor_data.h"
+#include "daemon/io/read_file.h"
+#include "daemon/loader/layout.h"
+
+namespace warmstart {
+namespace {
+
+// One planned read and what became of it.
+struct ChunkSlot {
+  StagingPool::Slab slab;
+  uint64_t lead = 0;  // Where the chunk's bytes start in the slab.
+  bool submitted = false;
+  bool done = false;
+  absl::StatusOr<uint64_t> bytes_read = uint64_t{0};
+};
+
+// The copies issued from one slab: the slab goes back to the pool when the
+// last of them completes.
+struct SlabCopies {
+  explicit SlabCopies(StagingPool::Slab slab) : slab(std::move(slab)) {}
+  StagingPool::Slab slab;
+  absl::Mutex mutex;
+  int pending ABSL_GUARDED_BY(mutex) = 0;
+};
+
+// The first copy error, shared with the device's completion callbacks.
+struct CopyErrors {
+  absl::Mutex mutex;
+  absl::Status first ABSL_GUARDED_BY(mutex);
+  void Record(absl::Status status) {
+    absl::MutexLock lock(&mutex);
+    if (first.ok()) first = std::move(status);
+  }
+  absl::Status Get() {
+    absl::MutexLock lock(&mutex);
+    return first;
+  }
+};
+
+absl::Status CheckLoadable(const Manifest& manifest) {
+  for (const FileManifest& file : manifest.files) {
+    if (file.big_endian) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          file.path,
+          ": big-endian GGUF files cannot be loaded (their tensors would be "
+          "byte-swapped on a little-endian machine); convert the file"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<LoadedModel> Loader::Load(const Manifest& manifest,
+                                         const std::string& label,
+                                         const LoadOptions& options) {
+  RETURN_IF_ERROR(CheckLoadable(manifest));
+  ASSIGN_OR_RETURN(ArenaLayout layout,
+                   LayoutArena(manifest, options.alignment));
+  // Room in a slab for the O_DIRECT lead before a chunk and the tail after
+  // it.
+  const uint64_t max_chunk = pool_->slab_bytes() - 2 * kDirectAlignment;
+  ASSIGN_OR_RETURN(std::vector<ReadChunk> chunks,
+                   PlanReads(manifest, layout, max_chunk));
+
+  LoadedModel model;
+  for (const TensorPlacement& placement : layout.placements) {
+    const TensorEntry& tensor =
+        manifest.files[placement.file_index].tensors[placement.tensor_index];
+    model.tensors.push_back({tensor.name, tensor.dtype, tensor.shape,
+                             tensor.nbytes, placement.arena_offset});
+    model.tensor_bytes += tensor.nbytes;
+  }
+  // Allocations come back zeroed, which is what meta tensors and padding
+  // need.
+  ASSIGN_OR_RETURN(
+      model.arena,
+      device_->Allocate(std::max<uint64_t>(layout.total_bytes, 1), label));
+
+  // Keys and checksum verifiers, per placement.
+  std::vector<const KeyMaterial*> keys(layout.placements.size(), nullptr);
+  std::vector<std::optional<ChecksumVerifier>> verifiers(
+      layout.placements.size());
+  for (size_t p = 0; p < layout.placements.size(); ++p) {
+    const TensorPlacement& placement = layout.placements[p];
+    const FileManifest& file = manifest.files[placement.file_index];
+    const TensorEntry& tensor = file.tensors[placement.tensor_index];
+    if (tensor.encryption.has_value() && options.keys != nullptr) {
+      ASSIGN_OR_RETURN(keys[p], options.keys->KeyFor(file.path, tensor));
+    }
+    if (options.verify_checksums && !tensor.checksums.empty()) {
+      ASSIGN_OR_RETURN(ChecksumVerifier verifier,
+                       ChecksumVerifier::Start(file.path, tensor));
+      if (tensor.stored_bytes == 0) {
+        // A meta tensor's checksums cover its header alone.
+        RETURN_IF_ERROR(verifier.Finish());
+      } else {
+        verifiers[p].emplace(std::move(verifier));
+      }
+    }
+  }
+
+  std::map<size_t, ReadFile> files;
+  for (const ReadChunk& chunk : chunks) {
+    if (files.count(chunk.file_index)) continue;
+    const std::string& path = manifest.files[chunk.file_index].path;
+    ASSIGN_OR_RETURN(ReadFile file, OpenReadFile(path, options.direct_io));
+    files.emplace(chunk.file_index, std::move(file));
+  }
+
+  absl::Mutex mutex;
+  std::vector<ChunkSlot> slots(chunks.size());
+  auto copy_errors = std::make_shared<CopyErrors>();
+  const absl::Time start = absl::Now();
+  LoadProgress progress;
+  progress.bytes_total = model.tensor_bytes;
+  // Meta tensors are zeros already: done before anything is read.
+  for (const TensorPlacement& placement : layout.placements) {
+    const TensorEntry& tensor =
+        manifest.files[placement.file_index].tensors[placement.tensor_index];
+    if (tensor.stored_bytes == 0) progress.bytes_done += tensor.nbytes;
+  }
+
+  auto submit = [&](size_t i, StagingPool::Slab slab) {
+    const ReadChunk& chunk = chunks[i];
+    const ReadFile& file = files.at(chunk.file_index);
+    ReadRequest request;
+    request.fd = file.fd.get();
+    request.file_name = file.path;
+    request.destination = slab.data();
+    uint64_t lead = 0;
+    if (file.direct) {
+      const AlignedRange range =
+          AlignForDirect(chunk.file_offset, chunk.length);
+      request.offset = range.aligned_offset;
+      request.length = range.aligned_length;
+      lead = range.lead;
+    } else {
+      request.offset = chunk.file_offset;
+      request.length = chunk.length;
+    }
+    {
+      absl::MutexLock lock(&mutex);
+      slots[i].slab = std::move(slab);
+      slots[i].lead = lead;
+      slots[i].submitted = true;
+    }
+    engine_->Submit(request, [&mutex, &slots, i](absl::StatusOr<uint64_t> r) {
+      absl::MutexLock lock(&mutex);
+      slots[i].bytes_read = std::move(r);
+      slots[i].done = true;
+    });
+  };
+
+  // Copies the pieces of chunk `i` out of its slab, decrypting and
+  // verifying on the way.
+  auto process = [&](size_t i) -> absl::Status {
+    const ReadChunk& chunk = chunks[i];
+    const ReadFile& file = files.at(chunk.file_index);
+    StagingPool::Slab slab;
+    uint64_t lead;
+    {
+      absl::MutexLock lock(&mutex);
+      RETURN_IF_ERROR(slots[i].bytes_read.status());
+      RETURN_IF_ERROR(
+          CheckReadCovers(ReadRequest{-1, chunk.file_offset - slots[i].lead, 0,
+                                      nullptr, file.path},
+                          *slots[i].bytes_read, slots[i].lead + chunk.length));
+      slab = std::move(slots[i].slab);
+      lead = slots[i].lead;
+    }
+    char* const base = slab.data() + lead;
+    for (const Piece& piece : chunk.pieces) {
+      const TensorEntry& tensor =
+          manifest.files[chunk.file_index]
+              .tensors[layout.placements[piece.placement].tensor_index];
+      char* data = base + piece.chunk_offset;
+      if (tensor.encryption.has_value()) {
+        RETURN_IF_ERROR(DecryptInPlace(file.path, tensor, keys[piece.placement],
+                                       piece.tensor_offset, data,
+                                       piece.length));
+      }
+      if (auto& verifier = verifiers[piece.placement]; verifier.has_value()) {
+        RETURN_IF_ERROR(
+            verifier->Update(absl::string_view(data, piece.length)));
+        if (piece.tensor_offset + piece.length == tensor.stored_bytes) {
+          RETURN_IF_ERROR(verifier->Finish());
+        }
+      }
+    }
+    auto copies = std::make_shared<SlabCopies>(std::move(slab));
+    {
+      absl::MutexLock lock(&copies->mutex);
+      copies->pending = static_cast<int>(chunk.pieces.size());
+    }
+    for (const Piece& piece : chunk.pieces) {
+      const uint64_t offset =
+          layout.placements[piece.placement].arena_offset + piece.tensor_offset;
+      device_->CopyFromHost(*model.arena, offset, base + piece.chunk_offset,
+                            piece.length,
+                            [copies, copy_errors](absl::Status status) {
+                              if (!status.ok())
+                                copy_errors->Record(std::move(status));
+                              absl::MutexLock lock(&copies->mutex);
+                              if (--copies->pending == 0)
+                                copies->slab = StagingPool::Slab();
+                            });
+      progress.bytes_done += piece.length;
+    }
+    return absl::OkStatus();
+  };
+
+  absl::Status status;
+  size_t next_submit = 0;
+  for (size_t i = 0; i < chunks.size() && status.ok(); ++i) {
+    if (options.cancel != nullptr && options.cancel->load()) {
+      status = absl::CancelledError(
+          absl::StrCat("loading ", label, " was cancelled"));
+      break;
+    }
+    // Keep as many reads in flight as there are free slabs. When chunk i
+    // itself has not been submitted, nothing of this load waits to be
+    // processed, so blocking for a slab cannot deadlock: slabs come back as
+    // copies (ours or other loads') complete.
+    while (next_submit < chunks.size()) {
+      StagingPool::Slab slab =
+          next_submit == i ? pool_->Acquire() : pool_->TryAcquire();
+      if (!slab.valid()) break;
+      submit(next_submit++, std::move(slab));
+    }
+    {
+      absl::MutexLock lock(&mutex);
+      mutex.Await(absl::Condition(&slots[i].done));
+    }
+    status = process(i);
+    if (status.ok()) status = copy_errors->Get();
+    if (status.ok() && options.on_progress) {
+      const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+      progress.bytes_per_second =
+          seconds > 0 ? static_cast<double>(progress.bytes_done) / seconds : 0;
+      options.on_progress(progress);
+    }
+  }
+  // Whatever happened, wait for every read still in flight (their callbacks
+  // touch `slots`) and for every copy (they read the slabs and write the
+  // arena), so nothing outlives this call.
+  {
+    absl::MutexLock lock(&mutex);
+    for (size_t i = 0; i < next_submit; ++i) {
+      mutex.Await(absl::Condition(&slots[i].done));
+      slots[i].slab = StagingPool::Slab();
+    }
+  }
+  absl::Status synchronized = device_->Synchronize();
+  if (status.ok()) status = synchronized;
+  if (status.ok()) status = copy_errors->Get();
+  if (!status.ok()) return status;
+  if (options.on_progress && chunks.empty()) options.on_progress(progress);
+  RETURN_IF_ERROR(model.arena->Seal());
+  return model;
+}
+
+}  // namespace warmstart

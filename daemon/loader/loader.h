@@ -1,0 +1,99 @@
+// Loader: turns a Manifest into resident device memory.
+//
+// Reads go through a ReadEngine into StagingPool slabs (O_DIRECT on aligned
+// supersets when wanted and allowed), encrypted data is decrypted in the
+// slab, and each piece is copied to its place in one device allocation (the
+// arena). Reading slab N+1 overlaps copying slab N; a slab goes back to the
+// pool when the copy that reads it has completed. Chunks are processed in
+// file order so that optional checksum verification sees each tensor's
+// bytes in order.
+//
+// All or nothing: on any error or cancellation every read is waited for,
+// every slab returned, and the arena freed; the error names the file and the
+// offset. Nothing half-loaded is ever returned.
+//
+// Thread safety: Load may run concurrently for different models on one
+// Loader; they share the engine, the pool and the device.
+#ifndef WARMSTART_DAEMON_LOADER_LOADER_H_
+#define WARMSTART_DAEMON_LOADER_LOADER_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "daemon/device/device.h"
+#include "daemon/formats/key_provider.h"
+#include "daemon/formats/manifest.h"
+#include "daemon/io/read_engine.h"
+#include "daemon/staging/staging_pool.h"
+
+namespace warmstart {
+
+struct LoadedTensor {
+  std::string name;
+  std::string dtype;
+  std::vector<uint64_t> shape;
+  uint64_t nbytes = 0;
+  uint64_t offset = 0;  // Within the arena.
+};
+
+// A model resident on a device. Move-only: owns its arena.
+struct LoadedModel {
+  std::unique_ptr<DeviceAllocation> arena;
+  std::vector<LoadedTensor> tensors;  // In manifest order.
+  uint64_t tensor_bytes = 0;          // Sum of nbytes.
+};
+
+struct LoadProgress {
+  uint64_t bytes_done = 0;
+  uint64_t bytes_total = 0;
+  double bytes_per_second = 0;
+};
+
+struct LoadOptions {
+  // Tensors start at multiples of max(alignment, element size) in the arena.
+  uint64_t alignment = 256;
+  // Recompute the checksums files store (tensorizer) while loading; off by
+  // default because SHA-256 runs far below disk speed.
+  bool verify_checksums = false;
+  // O_DIRECT reads (falls back to buffered where refused). Buffered reads
+  // win when the files are already in the page cache.
+  bool direct_io = true;
+  // Keys for encrypted tensors; null means none (they fail to load).
+  KeyProvider* keys = nullptr;
+  // Called after each chunk lands, on the loading thread.
+  std::function<void(const LoadProgress&)> on_progress;
+  // Polled between chunks; when it becomes true the load stops with
+  // Cancelled.
+  const std::atomic<bool>* cancel = nullptr;
+};
+
+class Loader {
+ public:
+  // All three must outlive the loader.
+  Loader(ReadEngine* engine, StagingPool* pool, Device* device)
+      : engine_(engine), pool_(pool), device_(device) {}
+
+  // Loads every tensor of `manifest` into one new allocation labelled
+  // `label`. Errors: InvalidArgument for what cannot be loaded (big-endian
+  // GGUF, a cipher chunk larger than a slab); the device's error when the
+  // arena cannot be allocated; DataLoss (or the errno class) for read
+  // failures and files that changed since they were parsed; the key and
+  // checksum errors of tensor_data.h; Cancelled.
+  absl::StatusOr<LoadedModel> Load(const Manifest& manifest,
+                                   const std::string& label,
+                                   const LoadOptions& options);
+
+ private:
+  ReadEngine* const engine_;
+  StagingPool* const pool_;
+  Device* const device_;
+};
+
+}  // namespace warmstart
+
+#endif  // WARMSTART_DAEMON_LOADER_LOADER_H_

@@ -1,0 +1,381 @@
+#include "daemon/loader/loader.h"
+
+#include <openssl/sha.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/escaping.h"
+#include "daemon/base/testing/status_matchers.h"
+#include "daemon/base/testing/test_env.h"
+#include "daemon/device/host_device.h"
+#include "daemon/device/testing/fault_injecting_device.h"
+#include "daemon/formats/byte_source.h"
+#include "daemon/formats/checkpoint.h"
+#include "daemon/formats/tensor_data.h"
+#include "daemon/io/fault_injecting_engine.h"
+#include "nlohmann/json.hpp"
+
+namespace warmstart {
+namespace {
+
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+
+std::string Sha256Hex(const char* data, uint64_t size) {
+  unsigned char digest[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(data), size, digest);
+  return absl::BytesToHexString(
+      absl::string_view(reinterpret_cast<const char*>(digest), sizeof(digest)));
+}
+
+// The key of an encrypted fixture, from its expected-values file.
+std::unique_ptr<KeyProvider> FixtureKeys(const std::string& path) {
+  if (path.find(".tensors") == std::string::npos) {
+    return std::make_unique<KeyProvider>();
+  }
+  auto expected = nlohmann::json::parse(testing::ReadFileOrDie(path + ".json"),
+                                        nullptr, false);
+  if (expected.contains("key_hex")) {
+    auto key = KeyFromHex(expected["key_hex"].get<std::string>());
+    return std::make_unique<KeyProvider>(std::move(*key));
+  }
+  if (expected.contains("password")) {
+    return std::make_unique<KeyProvider>(
+        Password(expected["password"].get<std::string>()));
+  }
+  return std::make_unique<KeyProvider>();
+}
+
+struct Setup {
+  ReadEngineOptions::Kind engine = ReadEngineOptions::Kind::kIoUring;
+  bool direct = true;
+  uint64_t slab_bytes = 4 << 20;
+  uint64_t pool_bytes = 12 << 20;
+};
+
+std::string SetupName(const ::testing::TestParamInfo<Setup>& info) {
+  return std::string(info.param.engine == ReadEngineOptions::Kind::kIoUring
+                         ? "uring"
+                         : "pread") +
+         (info.param.direct ? "_direct" : "_buffered") + "_slab" +
+         std::to_string(info.param.slab_bytes >> 10) + "k";
+}
+
+class LoaderFixtureTest : public ::testing::TestWithParam<Setup> {
+ protected:
+  void SetUp() override {
+    ReadEngineOptions engine_options;
+    engine_options.kind = GetParam().engine;
+    auto engine = CreateReadEngine(engine_options);
+    ASSERT_OK(engine.status());
+    engine_ = std::move(*engine);
+    auto pool = StagingPool::Create(
+        {GetParam().pool_bytes, GetParam().slab_bytes}, &device_);
+    ASSERT_OK(pool.status());
+    pool_ = std::move(*pool);
+    ASSERT_OK(engine_->RegisterBuffers(pool_->Regions()));
+  }
+
+  HostDevice host_{HostDeviceOptions{}};
+  testing::FaultInjectingDevice device_{&host_, {}};
+  std::unique_ptr<ReadEngine> engine_;
+  std::unique_ptr<StagingPool> pool_;
+};
+
+const char* const kFixtures[] = {
+    "safetensors/candle_whisper_mel_filters.safetensors",
+    "safetensors/coffeevampir3_save_model_f32_meta.safetensors",
+    "safetensors/fastsafetensors_a_f16_meta.safetensors",
+    "safetensors/golden_py_bf16.safetensors",
+    "safetensors/golden_py_i32_f16_alignment.safetensors",
+    "safetensors/golden_py_i32_metadata.safetensors",
+    "safetensors/golden_rs_empty.safetensors",
+    "safetensors/golden_rs_f32.safetensors",
+    "safetensors/golden_rs_f32_padded.safetensors",
+    "safetensors/golden_rs_f4_subbyte.safetensors",
+    "safetensors/golden_rs_metadata_only.safetensors",
+    "tensorizer/encrypted_key_v3.tensors",
+    "tensorizer/encrypted_meta_v4_flag.tensors",
+    "tensorizer/encrypted_password_v3.tensors",
+    "tensorizer/meta_bf16_v4.tensors",
+    "tensorizer/meta_tensors_v4.tensors",
+    "tensorizer/module_mixed_v2.tensors",
+    "tensorizer/module_simple_v1.tensors",
+    "gguf/ggmlc-v3-alltypes.gguf",
+    "gguf/ggmlc-v3-empty.gguf",
+    "gguf/ggmlc-v3-metaonly.gguf",
+    "gguf/ggufpy-v1-tensors.gguf",
+    "gguf/ggufpy-v3-alltypes.gguf",
+    "gguf/ggufpy-v3-nested-array.gguf",
+    "gguf/ollama-llama-2-tiny-random.gguf",
+};
+
+TEST_P(LoaderFixtureTest, EveryTensorOfEveryFixtureLandsIntact) {
+  for (const char* fixture : kFixtures) {
+    SCOPED_TRACE(fixture);
+    const std::string path = testing::FixturePath(fixture);
+    ASSERT_OK_AND_ASSIGN(Manifest manifest, OpenCheckpoint(path, {}));
+    std::unique_ptr<KeyProvider> keys = FixtureKeys(path);
+    Loader loader(engine_.get(), pool_.get(), &device_);
+    LoadOptions options;
+    options.direct_io = GetParam().direct;
+    options.keys = keys.get();
+    options.verify_checksums = true;
+    uint64_t last_done = 0;
+    options.on_progress = [&](const LoadProgress& progress) {
+      EXPECT_GE(progress.bytes_done, last_done);
+      EXPECT_LE(progress.bytes_done, progress.bytes_total);
+      last_done = progress.bytes_done;
+    };
+    // An encrypted tensor is decrypted a whole cipher chunk at a time, in a
+    // slab: small slabs cannot take big cipher chunks.
+    uint64_t largest_cipher_chunk = 0;
+    for (const TensorEntry& tensor : manifest.files[0].tensors) {
+      if (tensor.encryption.has_value()) {
+        largest_cipher_chunk = std::max(
+            largest_cipher_chunk,
+            std::min(tensor.encryption->chunk_size, tensor.stored_bytes));
+      }
+    }
+    if (largest_cipher_chunk > GetParam().slab_bytes - 2 * 4096) {
+      EXPECT_THAT(loader.Load(manifest, "m", options),
+                  StatusIs(absl::StatusCode::kInvalidArgument,
+                           HasSubstr("do not fit staging slabs")));
+      continue;
+    }
+    ASSERT_OK_AND_ASSIGN(LoadedModel model,
+                         loader.Load(manifest, "m", options));
+    EXPECT_EQ(last_done, model.tensor_bytes);
+
+    ASSERT_OK_AND_ASSIGN(auto source, FileByteSource::Open(path));
+    size_t t = 0;
+    for (const TensorEntry& tensor : manifest.files[0].tensors) {
+      const LoadedTensor& loaded = model.tensors[t++];
+      EXPECT_EQ(loaded.name, tensor.name);
+      EXPECT_EQ(loaded.offset % 256, 0u);
+      ASSERT_LE(loaded.offset + loaded.nbytes, model.arena->size());
+      const KeyMaterial* key = nullptr;
+      ASSERT_OK_AND_ASSIGN(key, keys->KeyFor(path, tensor));
+      ASSERT_OK_AND_ASSIGN(std::string expected,
+                           TensorSha256Hex(*source, tensor, key));
+      EXPECT_EQ(
+          Sha256Hex(model.arena->host_data() + loaded.offset, loaded.nbytes),
+          expected)
+          << tensor.name;
+    }
+  }
+  EXPECT_EQ(pool_->free_slabs(), pool_->slab_count());
+  EXPECT_EQ(device_.live_allocations(), 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    EnginesAndSlabs, LoaderFixtureTest,
+    ::testing::Values(
+        Setup{ReadEngineOptions::Kind::kIoUring, true},
+        Setup{ReadEngineOptions::Kind::kPread, true},
+        Setup{ReadEngineOptions::Kind::kIoUring, false},
+        Setup{ReadEngineOptions::Kind::kPread, false},
+        // Slabs much smaller than the tensors: many chunks, split tensors.
+        Setup{ReadEngineOptions::Kind::kIoUring, true, 12 << 10, 36 << 10},
+        Setup{ReadEngineOptions::Kind::kPread, false, 12 << 10, 24 << 10}),
+    SetupName);
+
+// A checkpoint written by the test: one file with `count` tensors of
+// `tensor_bytes` random-looking bytes, in safetensors layout.
+std::string WriteSafetensors(const std::string& path, int count,
+                             uint64_t tensor_bytes) {
+  std::string header = "{";
+  for (int i = 0; i < count; ++i) {
+    if (i > 0) header += ",";
+    header += "\"t" + std::to_string(i) + "\":{\"dtype\":\"U8\",\"shape\":[" +
+              std::to_string(tensor_bytes) + "],\"data_offsets\":[" +
+              std::to_string(i * tensor_bytes) + "," +
+              std::to_string((i + 1) * tensor_bytes) + "]}";
+  }
+  header += "}";
+  std::string bytes(8, '\0');
+  for (int i = 0; i < 8; ++i)
+    bytes[i] = static_cast<char>(header.size() >> (8 * i));
+  bytes += header;
+  uint32_t state = 12345;
+  for (uint64_t i = 0; i < count * tensor_bytes; ++i) {
+    state = state * 1664525 + 1013904223;
+    bytes.push_back(static_cast<char>(state >> 24));
+  }
+  std::ofstream(path, std::ios::binary) << bytes;
+  return bytes;
+}
+
+class LoaderFaultTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    path_ = dir_.Join("model.safetensors");
+    WriteSafetensors(path_, 8, 100000);
+    auto manifest = OpenCheckpoint(path_, {});
+    ASSERT_OK(manifest.status());
+    manifest_ = std::move(*manifest);
+  }
+
+  // Loads through `engine` options and `device_faults`; checks that nothing
+  // leaked whatever happened.
+  absl::StatusOr<LoadedModel> LoadWith(
+      FaultInjectingEngine::Options faults, testing::DeviceFaults device_faults,
+      const std::atomic<bool>* cancel = nullptr) {
+    HostDevice host(HostDeviceOptions{});
+    testing::FaultInjectingDevice device(&host, device_faults);
+    ReadEngineOptions engine_options;
+    engine_options.kind = ReadEngineOptions::Kind::kPread;
+    FaultInjectingEngine engine(std::move(*CreateReadEngine(engine_options)),
+                                std::move(faults));
+    auto pool = StagingPool::Create({3 * 65536, 65536}, &device);
+    EXPECT_OK(pool.status());
+    Loader loader(&engine, pool->get(), &device);
+    LoadOptions options;
+    options.cancel = cancel;
+    absl::StatusOr<LoadedModel> result =
+        loader.Load(manifest_, "faulty", options);
+    EXPECT_EQ((*pool)->free_slabs(), (*pool)->slab_count());
+    EXPECT_EQ(device.live_allocations(), result.ok() ? 1 : 0);
+    if (result.ok()) result->arena.reset();  // Before the device goes.
+    return result;
+  }
+
+  testing::ShortTempDir dir_;
+  std::string path_;
+  Manifest manifest_;
+};
+
+TEST_F(LoaderFaultTest, CleanLoadThroughTheFaultInjectorSucceeds) {
+  EXPECT_OK(LoadWith({}, {}).status());
+}
+
+TEST_F(LoaderFaultTest, EioAtTheNthReadFailsNamingFileAndOffset) {
+  for (uint64_t n : {1, 3, 7}) {
+    FaultInjectingEngine::Options faults;
+    faults.fail_read = n;
+    EXPECT_THAT(LoadWith(faults, {}),
+                StatusIs(absl::StatusCode::kDataLoss,
+                         AllOf(HasSubstr(path_), HasSubstr("offset"))))
+        << n;
+  }
+}
+
+TEST_F(LoaderFaultTest, ShortReadsAreResubmittedAndTheBytesAreRight) {
+  FaultInjectingEngine::Options faults;
+  faults.max_bytes_per_read = 4096;
+  EXPECT_OK(LoadWith(faults, {}).status());
+}
+
+TEST_F(LoaderFaultTest, FileTruncatedDuringTheLoadIsDataLoss) {
+  FaultInjectingEngine::Options faults;
+  faults.action_before_read = 4;
+  faults.action = [this] { ASSERT_EQ(::truncate(path_.c_str(), 200000), 0); };
+  EXPECT_THAT(LoadWith(faults, {}),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       AllOf(HasSubstr(path_), HasSubstr("truncated"))));
+}
+
+TEST_F(LoaderFaultTest, DeviceOutOfMemoryIsResourceExhausted) {
+  EXPECT_THAT(
+      LoadWith({}, {.fail_allocation_at = 1}),
+      StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("faulty")));
+}
+
+TEST_F(LoaderFaultTest, CopyFailureFailsTheLoad) {
+  EXPECT_THAT(LoadWith({}, {.fail_copy_at = 5}),
+              StatusIs(absl::StatusCode::kInternal, HasSubstr("copy")));
+}
+
+TEST_F(LoaderFaultTest, CancellationStopsAndReleasesEverything) {
+  std::atomic<bool> cancel{true};
+  EXPECT_THAT(LoadWith({}, {}, &cancel),
+              StatusIs(absl::StatusCode::kCancelled, HasSubstr("faulty")));
+}
+
+TEST(LoaderTest, ChecksumMismatchIsCaughtOnlyWhenVerifying) {
+  testing::ShortTempDir dir;
+  const std::string path = dir.Join("damaged.tensors");
+  std::string bytes = testing::ReadFileOrDie(
+      testing::FixturePath("tensorizer/module_simple_v1.tensors"));
+  ASSERT_OK_AND_ASSIGN(
+      Manifest original,
+      OpenCheckpoint(
+          testing::FixturePath("tensorizer/module_simple_v1.tensors"), {}));
+  const TensorEntry& victim = original.files[0].tensors.back();
+  bytes[victim.offset] ^= 0x01;
+  std::ofstream(path, std::ios::binary) << bytes;
+  ASSERT_OK_AND_ASSIGN(Manifest manifest, OpenCheckpoint(path, {}));
+
+  HostDevice device(HostDeviceOptions{});
+  auto engine = CreateReadEngine({});
+  ASSERT_OK(engine.status());
+  ASSERT_OK_AND_ASSIGN(auto pool,
+                       StagingPool::Create({1 << 20, 1 << 20}, &device));
+  Loader loader(engine->get(), pool.get(), &device);
+  LoadOptions options;
+  EXPECT_OK(loader.Load(manifest, "unverified", options).status());
+  options.verify_checksums = true;
+  EXPECT_THAT(loader.Load(manifest, "verified", options),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       AllOf(HasSubstr(path), HasSubstr(victim.name),
+                             HasSubstr("mismatch"))));
+}
+
+TEST(LoaderTest, EncryptedWithoutKeyAndWithWrongKeyAreRefused) {
+  const std::string path =
+      testing::FixturePath("tensorizer/encrypted_key_v3.tensors");
+  ASSERT_OK_AND_ASSIGN(Manifest manifest, OpenCheckpoint(path, {}));
+  HostDevice device(HostDeviceOptions{});
+  auto engine = CreateReadEngine({});
+  ASSERT_OK(engine.status());
+  ASSERT_OK_AND_ASSIGN(auto pool,
+                       StagingPool::Create({8 << 20, 4 << 20}, &device));
+  Loader loader(engine->get(), pool.get(), &device);
+  EXPECT_THAT(loader.Load(manifest, "m", {}),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("a key is needed")));
+  ASSERT_OK_AND_ASSIGN(KeyMaterial wrong, KeyFromHex(std::string(64, '0')));
+  KeyProvider keys(std::move(wrong));
+  LoadOptions options;
+  options.keys = &keys;
+  EXPECT_THAT(loader.Load(manifest, "m", options),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("decryption failed")));
+  EXPECT_EQ(pool->free_slabs(), pool->slab_count());
+}
+
+TEST(LoaderTest, SlabsSmallerThanACipherChunkAreRefusedClearly) {
+  const std::string path =
+      testing::FixturePath("tensorizer/encrypted_key_v3.tensors");
+  ASSERT_OK_AND_ASSIGN(Manifest manifest, OpenCheckpoint(path, {}));
+  HostDevice device(HostDeviceOptions{});
+  auto engine = CreateReadEngine({});
+  ASSERT_OK(engine.status());
+  ASSERT_OK_AND_ASSIGN(auto pool,
+                       StagingPool::Create({64 << 10, 64 << 10}, &device));
+  Loader loader(engine->get(), pool.get(), &device);
+  EXPECT_THAT(loader.Load(manifest, "m", {}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("do not fit staging slabs")));
+}
+
+TEST(LoaderTest, BigEndianGgufIsRefusedByTheLoader) {
+  const std::string path =
+      testing::FixturePath("gguf/ggufpy-v3-bigendian.gguf");
+  ASSERT_OK_AND_ASSIGN(Manifest manifest, OpenCheckpoint(path, {}));
+  HostDevice device(HostDeviceOptions{});
+  auto engine = CreateReadEngine({});
+  ASSERT_OK(engine.status());
+  ASSERT_OK_AND_ASSIGN(auto pool,
+                       StagingPool::Create({1 << 20, 1 << 20}, &device));
+  Loader loader(engine->get(), pool.get(), &device);
+  EXPECT_THAT(loader.Load(manifest, "m", {}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr(path), HasSubstr("big-endian"))));
+}
+
+}  // namespace
+}  // namespace warmstart
