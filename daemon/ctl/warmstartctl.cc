@@ -4,6 +4,7 @@
 #include <string>
 
 #include "daemon/base/version.h"
+#include "daemon/ctl/bench_command.h"
 #include "daemon/ctl/command_line.h"
 #include "daemon/ctl/daemon_commands.h"
 #include "daemon/ctl/inspect_command.h"
@@ -29,6 +30,14 @@ commands (no daemon needed):
       --key-hex HEX | --key-file F | --password P | --password-file F
                            the key of encrypted tensorizer files
 
+  bench PATH...            load a checkpoint repeatedly, cold and warm, against
+                           the O_DIRECT-read and page-cache-to-shared-memory
+                           baselines measured in the same run
+      --backend host|cuda  (default host)
+      --io uring|pread     (default uring)
+      --runs N             runs per mode (default 5)
+      --staging-mib N      staging pool size (default 256)
+
 commands (talk to a running warmstartd):
   info                     the daemon's version, protocol, backend and devices
   wait-ready [--timeout S] wait until the daemon serves (default 60 s); for
@@ -46,10 +55,10 @@ exit status: 0 fine, 1 usage, 2 malformed input, 3 daemon unavailable,
 )";
 
 int Run(int argc, char** argv) {
-  auto parsed =
-      ParseCommandLine(argc, argv,
-                       {"--socket", "--timeout", "--key-hex", "--key-file",
-                        "--password", "--password-file"});
+  auto parsed = ParseCommandLine(
+      argc, argv,
+      {"--socket", "--timeout", "--key-hex", "--key-file", "--password",
+       "--password-file", "--backend", "--io", "--runs", "--staging-mib"});
   if (!parsed.ok()) {
     std::fprintf(stderr, "warmstartctl: %s (see --help)\n",
                  std::string(parsed.status().message()).c_str());
@@ -66,6 +75,7 @@ int Run(int argc, char** argv) {
     return kExitOk;
   }
   if (line.command == "inspect") return RunInspect(line);
+  if (line.command == "bench") return RunBenchCommand(line);
   if (line.command == "info") return RunInfo(line);
   if (line.command == "wait-ready") return RunWaitReady(line);
   std::fprintf(stderr, "warmstartctl: %s (see --help)\n",

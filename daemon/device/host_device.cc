@@ -28,11 +28,82 @@ uint64_t RoundUp(uint64_t value, uint64_t multiple) {
   return (value + multiple - 1) / multiple * multiple;
 }
 
+// Reserves and faults in the pages of a memfd mapping on background
+// threads, in ascending order, while the loader fills the allocation: a
+// host load is bound by first-touch page faults, so taking them on other
+// cores ahead of the copies hides most of their cost. fallocate reserves the
+// memory so that a shortage is a status rather than a SIGBUS.
+class Prefaulter {
+ public:
+  Prefaulter(int memfd, char* data, uint64_t size, unsigned threads)
+      : memfd_(memfd), data_(data), size_(size) {
+    for (unsigned i = 0; i < threads; ++i) {
+      threads_.emplace_back([this] { Run(); });
+    }
+  }
+  ~Prefaulter() {
+    stop_ = true;
+    Join();
+  }
+
+  // Waits for the prefault to finish; returns the errno of the first
+  // failure, or 0.
+  int Join() {
+    for (std::thread& thread : threads_) {
+      if (thread.joinable()) thread.join();
+    }
+    return first_error_.load();
+  }
+
+ private:
+  static constexpr uint64_t kChunk = uint64_t{8} << 20;
+
+  void Run() {
+    for (uint64_t begin = next_.fetch_add(kChunk); begin < size_ && !stop_;
+         begin = next_.fetch_add(kChunk)) {
+      const uint64_t length = std::min(kChunk, size_ - begin);
+      if (::fallocate(memfd_, 0, static_cast<off_t>(begin),
+                      static_cast<off_t>(length)) != 0) {
+        int expected = 0;
+        first_error_.compare_exchange_strong(expected, errno);
+        stop_ = true;
+        return;
+      }
+      if (::madvise(data_ + begin, length, MADV_POPULATE_WRITE) != 0) {
+        // Kernels before 5.14 lack MADV_POPULATE_WRITE; the pages are
+        // allocated already, so a read fault maps them as well.
+        for (uint64_t offset = 0; offset < length; offset += kPageBytes) {
+          (void)*static_cast<volatile char*>(data_ + begin + offset);
+        }
+      }
+    }
+  }
+
+  const int memfd_;
+  char* const data_;
+  const uint64_t size_;
+  std::atomic<uint64_t> next_{0};
+  std::atomic<bool> stop_{false};
+  std::atomic<int> first_error_{0};
+  std::vector<std::thread> threads_;
+};
+
 class HostAllocation : public DeviceAllocation {
  public:
-  HostAllocation(ScopedFd memfd, char* data, uint64_t size)
-      : memfd_(std::move(memfd)), data_(data), size_(size) {}
+  // `prefault_threads` > 0 starts reserving and faulting the pages in.
+  HostAllocation(ScopedFd memfd, char* data, uint64_t size,
+                 unsigned prefault_threads, std::string label)
+      : memfd_(std::move(memfd)),
+        data_(data),
+        size_(size),
+        label_(std::move(label)) {
+    if (prefault_threads > 0) {
+      prefaulter_ = std::make_unique<Prefaulter>(memfd_.get(), data_, size_,
+                                                 prefault_threads);
+    }
+  }
   ~HostAllocation() override {
+    prefaulter_.reset();
     if (data_ != nullptr) ::munmap(data_, size_);
   }
 
@@ -40,6 +111,16 @@ class HostAllocation : public DeviceAllocation {
   char* host_data() override { return data_; }
 
   absl::Status Seal() override {
+    if (prefaulter_ != nullptr) {
+      const int error = prefaulter_->Join();
+      prefaulter_.reset();
+      if (error != 0) {
+        absl::Status status = ErrnoToStatus(
+            error, absl::StrCat("reserve ", size_, " bytes of host memory for ",
+                                label_));
+        return absl::ResourceExhaustedError(status.message());
+      }
+    }
     // F_SEAL_FUTURE_WRITE keeps this writable mapping but refuses new
     // writable ones and write(2), so clients can only map it read-only.
     if (::fcntl(memfd_.get(), F_ADD_SEALS,
@@ -62,49 +143,9 @@ class HostAllocation : public DeviceAllocation {
   ScopedFd memfd_;
   char* data_;
   uint64_t size_;
+  std::string label_;
+  std::unique_ptr<Prefaulter> prefaulter_;
 };
-
-// Reserves and faults in every page of the memfd mapping, on `threads`
-// threads. A loader that writes into fresh pages is bound by page faults, so
-// they are taken ahead of the copy on several cores. fallocate reserves the
-// memory first so that a shortage is an error here rather than a SIGBUS on
-// first touch.
-absl::Status Prefault(int memfd, char* data, uint64_t size, unsigned threads,
-                      const std::string& label) {
-  const uint64_t chunk = uint64_t{64} << 20;
-  std::atomic<uint64_t> next{0};
-  std::atomic<int> first_error{0};
-  auto worker = [&] {
-    for (uint64_t begin = next.fetch_add(chunk); begin < size;
-         begin = next.fetch_add(chunk)) {
-      const uint64_t length = std::min(chunk, size - begin);
-      if (::fallocate(memfd, 0, static_cast<off_t>(begin),
-                      static_cast<off_t>(length)) != 0) {
-        int expected = 0;
-        first_error.compare_exchange_strong(expected, errno);
-        return;
-      }
-      if (::madvise(data + begin, length, MADV_POPULATE_WRITE) != 0) {
-        // Kernels before 5.14 lack MADV_POPULATE_WRITE; the pages are
-        // allocated already, so touching them cannot fault fatally.
-        for (uint64_t offset = 0; offset < length; offset += kPageBytes) {
-          data[begin + offset] = 0;
-        }
-      }
-    }
-  };
-  std::vector<std::thread> pool;
-  for (unsigned i = 1; i < threads; ++i) pool.emplace_back(worker);
-  worker();
-  for (std::thread& thread : pool) thread.join();
-  if (int error = first_error.load(); error != 0) {
-    absl::Status status = ErrnoToStatus(
-        error,
-        absl::StrCat("reserve ", size, " bytes of host memory for ", label));
-    return absl::ResourceExhaustedError(status.message());
-  }
-  return absl::OkStatus();
-}
 
 // MemAvailable from /proc/meminfo, in bytes; 0 when unknown.
 uint64_t AvailableMemoryBytes() {
@@ -135,6 +176,7 @@ absl::StatusOr<std::unique_ptr<DeviceAllocation>> HostDevice::Allocate(
   ScopedFd memfd;
   uint64_t size = RoundUp(std::max<uint64_t>(bytes, 1), kPageBytes);
   char* data = nullptr;
+  unsigned prefault_threads = 0;  // Huge pages are populated by mmap.
   if (options_.huge_pages) {
     const uint64_t huge_size = RoundUp(size, kHugePageBytes);
     memfd.reset(::memfd_create(name.c_str(),
@@ -176,16 +218,10 @@ absl::StatusOr<std::unique_ptr<DeviceAllocation>> HostDevice::Allocate(
           absl::StrCat("map ", size, " bytes of host memory for ", label));
     }
     data = static_cast<char*>(mapped);
-    absl::Status prefaulted =
-        Prefault(memfd.get(), data, size,
-                 std::max(1u, options_.prefault_threads), label);
-    if (!prefaulted.ok()) {
-      ::munmap(data, size);
-      return prefaulted;
-    }
+    prefault_threads = std::max(1u, options_.prefault_threads);
   }
-  return std::unique_ptr<DeviceAllocation>(
-      new HostAllocation(std::move(memfd), data, size));
+  return std::unique_ptr<DeviceAllocation>(new HostAllocation(
+      std::move(memfd), data, size, prefault_threads, label));
 }
 
 void HostDevice::CopyFromHost(DeviceAllocation& destination, uint64_t offset,

@@ -15,13 +15,20 @@
 namespace warmstart {
 namespace {
 
+// Chunks read ahead of the one being processed. One 16 MiB O_DIRECT read
+// already keeps a virtual disk busy and deeper queues only slowed it (by
+// 10-15% here), while a GPU copy overlaps one read at most.
+constexpr size_t kChunksInFlight = 3;
+
 // One planned read and what became of it.
 struct ChunkSlot {
   StagingPool::Slab slab;
   uint64_t lead = 0;  // Where the chunk's bytes start in the slab.
-  bool submitted = false;
+  // Reads not yet completed: one for a staged chunk, one per piece for a
+  // chunk read in place.
+  int pending_reads = 0;
   bool done = false;
-  absl::StatusOr<uint64_t> bytes_read = uint64_t{0};
+  absl::Status status;
 };
 
 // The copies issued from one slab: the slab goes back to the pool when the
@@ -153,13 +160,58 @@ absl::StatusOr<LoadedModel> Loader::Load(const Manifest& manifest,
       absl::MutexLock lock(&mutex);
       slots[i].slab = std::move(slab);
       slots[i].lead = lead;
-      slots[i].submitted = true;
+      slots[i].pending_reads = 1;
     }
-    engine_->Submit(request, [&mutex, &slots, i](absl::StatusOr<uint64_t> r) {
+    const uint64_t needed = lead + chunk.length;
+    engine_->Submit(request, [&mutex, &slots, i, request,
+                              needed](absl::StatusOr<uint64_t> r) {
       absl::MutexLock lock(&mutex);
-      slots[i].bytes_read = std::move(r);
+      slots[i].status =
+          r.ok() ? CheckReadCovers(request, *r, needed) : r.status();
       slots[i].done = true;
     });
+  };
+
+  // The host arena is ordinary memory: buffered reads of plain data can land
+  // in it directly, with no staging copy.
+  const bool host_arena = model.arena->host_data() != nullptr;
+  auto reads_in_place = [&](const ReadChunk& chunk) {
+    if (!host_arena || files.at(chunk.file_index).direct) return false;
+    for (const Piece& piece : chunk.pieces) {
+      const TensorEntry& tensor =
+          manifest.files[chunk.file_index]
+              .tensors[layout.placements[piece.placement].tensor_index];
+      if (tensor.encryption.has_value() || verifiers[piece.placement]) {
+        return false;
+      }
+    }
+    return true;
+  };
+  auto submit_in_place = [&](size_t i) {
+    const ReadChunk& chunk = chunks[i];
+    const ReadFile& file = files.at(chunk.file_index);
+    {
+      absl::MutexLock lock(&mutex);
+      slots[i].pending_reads = static_cast<int>(chunk.pieces.size());
+    }
+    for (const Piece& piece : chunk.pieces) {
+      ReadRequest request;
+      request.fd = file.fd.get();
+      request.file_name = file.path;
+      request.offset = chunk.file_offset + piece.chunk_offset;
+      request.length = piece.length;
+      request.destination = model.arena->host_data() +
+                            layout.placements[piece.placement].arena_offset +
+                            piece.tensor_offset;
+      engine_->Submit(request, [&mutex, &slots, i,
+                                request](absl::StatusOr<uint64_t> r) {
+        absl::MutexLock lock(&mutex);
+        absl::Status status =
+            r.ok() ? CheckReadCovers(request, *r, request.length) : r.status();
+        if (slots[i].status.ok()) slots[i].status = std::move(status);
+        if (--slots[i].pending_reads == 0) slots[i].done = true;
+      });
+    }
   };
 
   // Copies the pieces of chunk `i` out of its slab, decrypting and
@@ -171,13 +223,16 @@ absl::StatusOr<LoadedModel> Loader::Load(const Manifest& manifest,
     uint64_t lead;
     {
       absl::MutexLock lock(&mutex);
-      RETURN_IF_ERROR(slots[i].bytes_read.status());
-      RETURN_IF_ERROR(
-          CheckReadCovers(ReadRequest{-1, chunk.file_offset - slots[i].lead, 0,
-                                      nullptr, file.path},
-                          *slots[i].bytes_read, slots[i].lead + chunk.length));
+      RETURN_IF_ERROR(slots[i].status);
       slab = std::move(slots[i].slab);
       lead = slots[i].lead;
+    }
+    if (!slab.valid()) {
+      // Read in place: the bytes are where they belong already.
+      for (const Piece& piece : chunk.pieces) {
+        progress.bytes_done += piece.length;
+      }
+      return absl::OkStatus();
     }
     char* const base = slab.data() + lead;
     for (const Piece& piece : chunk.pieces) {
@@ -232,7 +287,11 @@ absl::StatusOr<LoadedModel> Loader::Load(const Manifest& manifest,
     // itself has not been submitted, nothing of this load waits to be
     // processed, so blocking for a slab cannot deadlock: slabs come back as
     // copies (ours or other loads') complete.
-    while (next_submit < chunks.size()) {
+    while (next_submit < chunks.size() && next_submit < i + kChunksInFlight) {
+      if (reads_in_place(chunks[next_submit])) {
+        submit_in_place(next_submit++);
+        continue;
+      }
       StagingPool::Slab slab =
           next_submit == i ? pool_->Acquire() : pool_->TryAcquire();
       if (!slab.valid()) break;

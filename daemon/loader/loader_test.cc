@@ -223,7 +223,7 @@ class LoaderFaultTest : public ::testing::Test {
   // leaked whatever happened.
   absl::StatusOr<LoadedModel> LoadWith(
       FaultInjectingEngine::Options faults, testing::DeviceFaults device_faults,
-      const std::atomic<bool>* cancel = nullptr) {
+      const std::atomic<bool>* cancel = nullptr, bool direct_io = true) {
     HostDevice host(HostDeviceOptions{});
     testing::FaultInjectingDevice device(&host, device_faults);
     ReadEngineOptions engine_options;
@@ -235,6 +235,7 @@ class LoaderFaultTest : public ::testing::Test {
     Loader loader(&engine, pool->get(), &device);
     LoadOptions options;
     options.cancel = cancel;
+    options.direct_io = direct_io;
     absl::StatusOr<LoadedModel> result =
         loader.Load(manifest_, "faulty", options);
     EXPECT_EQ((*pool)->free_slabs(), (*pool)->slab_count());
@@ -261,6 +262,27 @@ TEST_F(LoaderFaultTest, EioAtTheNthReadFailsNamingFileAndOffset) {
                          AllOf(HasSubstr(path_), HasSubstr("offset"))))
         << n;
   }
+}
+
+TEST_F(LoaderFaultTest, EioWhileReadingInPlaceFailsAndReleasesEverything) {
+  // Buffered reads of plain data land in the host arena directly.
+  for (uint64_t n : {1, 5, 8}) {  // One read per tensor: 8 in all.
+    FaultInjectingEngine::Options faults;
+    faults.fail_read = n;
+    EXPECT_THAT(LoadWith(faults, {}, nullptr, /*direct_io=*/false),
+                StatusIs(absl::StatusCode::kDataLoss, HasSubstr(path_)))
+        << n;
+  }
+  EXPECT_OK(LoadWith({}, {}, nullptr, /*direct_io=*/false).status());
+}
+
+TEST_F(LoaderFaultTest, FileTruncatedWhileReadingInPlaceIsDataLoss) {
+  FaultInjectingEngine::Options faults;
+  faults.action_before_read = 4;
+  faults.action = [this] { ASSERT_EQ(::truncate(path_.c_str(), 200000), 0); };
+  EXPECT_THAT(LoadWith(faults, {}, nullptr, /*direct_io=*/false),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       AllOf(HasSubstr(path_), HasSubstr("truncated"))));
 }
 
 TEST_F(LoaderFaultTest, ShortReadsAreResubmittedAndTheBytesAreRight) {

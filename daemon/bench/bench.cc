@@ -1,0 +1,237 @@
+#include "daemon/bench/bench.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <thread>
+
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "daemon/base/errno_status.h"
+#include "daemon/base/scoped_fd.h"
+#include "daemon/base/status_macros.h"
+#include "daemon/bench/page_cache.h"
+#include "daemon/formats/checkpoint.h"
+#include "daemon/io/read_file.h"
+#include "daemon/loader/loader.h"
+#include "daemon/staging/staging_pool.h"
+
+namespace warmstart {
+namespace {
+
+// VmRSS - RssShmem of this process, in bytes.
+uint64_t RssOutsideSharedMemory() {
+  std::FILE* status = std::fopen("/proc/self/status", "re");
+  if (status == nullptr) return 0;
+  char line[256];
+  unsigned long long rss = 0, shmem = 0, value;
+  while (std::fgets(line, sizeof(line), status) != nullptr) {
+    if (std::sscanf(line, "VmRSS: %llu kB", &value) == 1) rss = value;
+    if (std::sscanf(line, "RssShmem: %llu kB", &value) == 1) shmem = value;
+  }
+  std::fclose(status);
+  return (rss > shmem ? rss - shmem : 0) * 1024;
+}
+
+// Samples RssOutsideSharedMemory every few milliseconds while it lives.
+class RssSampler {
+ public:
+  explicit RssSampler(std::atomic<uint64_t>* peak) : peak_(peak) {
+    thread_ = std::thread([this] {
+      while (!stop_.load()) {
+        Update();
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+    });
+  }
+  ~RssSampler() {
+    stop_ = true;
+    thread_.join();
+    Update();
+  }
+
+ private:
+  void Update() {
+    const uint64_t now = RssOutsideSharedMemory();
+    uint64_t seen = peak_->load();
+    while (now > seen && !peak_->compare_exchange_weak(seen, now)) {
+    }
+  }
+
+  std::atomic<uint64_t>* peak_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+double GigabytesPerSecond(uint64_t bytes, absl::Duration elapsed) {
+  return static_cast<double>(bytes) / absl::ToDoubleSeconds(elapsed) / 1e9;
+}
+
+// Sequential O_DIRECT reads of every file into one reused aligned buffer.
+absl::StatusOr<absl::Duration> OdirectReadBaseline(
+    const std::vector<std::string>& files) {
+  constexpr uint64_t kBuffer = uint64_t{16} << 20;
+  void* buffer = nullptr;
+  if (::posix_memalign(&buffer, kDirectAlignment, kBuffer) != 0) {
+    return absl::ResourceExhaustedError("baseline buffer");
+  }
+  std::unique_ptr<void, decltype(&std::free)> owned(buffer, &std::free);
+  const absl::Time start = absl::Now();
+  for (const std::string& path : files) {
+    ASSIGN_OR_RETURN(ReadFile file, OpenReadFile(path, /*want_direct=*/true));
+    for (uint64_t offset = 0; offset < file.size;) {
+      const ssize_t n =
+          ::pread(file.fd.get(), buffer, kBuffer, static_cast<off_t>(offset));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return ErrnoToStatus(errno, "baseline read " + path);
+      if (n == 0) break;
+      offset += static_cast<uint64_t>(n);
+    }
+  }
+  return absl::Now() - start;
+}
+
+// Reads every cached file into one freshly created shared memory mapping of
+// their total size.
+absl::StatusOr<absl::Duration> PageCacheToFreshShmBaseline(
+    const std::vector<std::string>& files, uint64_t total) {
+  const absl::Time start = absl::Now();
+  ScopedFd memfd(::memfd_create("warmstart-bench-baseline", MFD_CLOEXEC));
+  if (!memfd.valid()) return ErrnoToStatus(errno, "memfd_create");
+  if (::ftruncate(memfd.get(), static_cast<off_t>(total)) != 0) {
+    return ErrnoToStatus(errno, "ftruncate baseline memory");
+  }
+  void* mapped = ::mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_SHARED,
+                        memfd.get(), 0);
+  if (mapped == MAP_FAILED) return ErrnoToStatus(errno, "mmap baseline");
+  char* out = static_cast<char*>(mapped);
+  absl::Status status;
+  for (const std::string& path : files) {
+    ScopedFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd.valid()) {
+      status = ErrnoToStatus(errno, "open " + path);
+      break;
+    }
+    while (true) {
+      const ssize_t n = ::read(fd.get(), out, 64 << 20);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        status = ErrnoToStatus(errno, "baseline read " + path);
+        break;
+      }
+      if (n == 0) break;
+      out += n;
+    }
+  }
+  const absl::Duration elapsed = absl::Now() - start;
+  ::munmap(mapped, total);
+  if (!status.ok()) return status;
+  return elapsed;
+}
+
+}  // namespace
+
+double Median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  const size_t middle = values.size() / 2;
+  return values.size() % 2 == 1 ? values[middle]
+                                : (values[middle - 1] + values[middle]) / 2;
+}
+
+absl::StatusOr<BenchResult> RunBench(const BenchOptions& options,
+                                     Device* device) {
+  Manifest manifest;
+  for (const std::string& path : options.paths) {
+    ASSIGN_OR_RETURN(Manifest part, OpenCheckpoint(path, {}));
+    for (FileManifest& file : part.files) {
+      manifest.files.push_back(std::move(file));
+    }
+  }
+  BenchResult result;
+  result.runs = options.runs;
+  result.staging_bytes = options.staging_bytes;
+  std::vector<std::string> files;
+  for (const FileManifest& file : manifest.files) {
+    files.push_back(file.path);
+    result.file_bytes += file.file_size;
+  }
+  result.files = files.size();
+
+  ReadEngineOptions engine_options;
+  engine_options.kind = options.io;
+  ASSIGN_OR_RETURN(std::unique_ptr<ReadEngine> engine,
+                   CreateReadEngine(engine_options));
+  result.io = std::string(engine->name());
+  std::atomic<uint64_t> peak{0};
+  ASSIGN_OR_RETURN(
+      std::unique_ptr<StagingPool> pool,
+      StagingPool::Create({options.staging_bytes, options.slab_bytes}, device));
+  RETURN_IF_ERROR(engine->RegisterBuffers(pool->Regions()));
+  Loader loader(engine.get(), pool.get(), device);
+  auto log = [&](const std::string& line) {
+    if (options.log) options.log(line);
+  };
+
+  auto set_cache = [&](bool cold) -> absl::Status {
+    for (const std::string& path : files) {
+      RETURN_IF_ERROR(cold ? EvictFromPageCache(path) : WarmPageCache(path));
+      ASSIGN_OR_RETURN(double resident, ResidentFraction(path));
+      if (cold ? resident > 0.05 : resident < 0.95) {
+        return absl::FailedPreconditionError(absl::StrFormat(
+            "%s: %.0f%% of its pages are cached after trying to make it %s",
+            path, resident * 100, cold ? "cold" : "warm"));
+      }
+    }
+    return absl::OkStatus();
+  };
+
+  for (const bool cold : {true, false}) {
+    ModeResult mode;
+    mode.mode = cold ? "cold" : "warm";
+    mode.baseline = cold ? "odirect_read" : "pagecache_to_fresh_shm";
+    for (int run = 0; run < options.runs; ++run) {
+      RETURN_IF_ERROR(set_cache(cold));
+      LoadOptions load_options;
+      load_options.direct_io = cold;
+      absl::Time start = absl::Now();
+      {
+        RssSampler sampler(&peak);
+        ASSIGN_OR_RETURN(LoadedModel model,
+                         loader.Load(manifest, "bench", load_options));
+      }
+      const double load =
+          GigabytesPerSecond(result.file_bytes, absl::Now() - start);
+      RETURN_IF_ERROR(set_cache(cold));
+      absl::Duration baseline_time;
+      if (cold) {
+        ASSIGN_OR_RETURN(baseline_time, OdirectReadBaseline(files));
+      } else {
+        ASSIGN_OR_RETURN(baseline_time,
+                         PageCacheToFreshShmBaseline(files, result.file_bytes));
+      }
+      const double baseline =
+          GigabytesPerSecond(result.file_bytes, baseline_time);
+      mode.load_gbps.push_back(load);
+      mode.baseline_gbps.push_back(baseline);
+      mode.ratios.push_back(load / baseline);
+      log(absl::StrFormat("%s run %d: load %.3f GB/s, %s %.3f GB/s, ratio %.3f",
+                          mode.mode, run + 1, load, mode.baseline, baseline,
+                          load / baseline));
+    }
+    mode.gbps_median = Median(mode.load_gbps);
+    mode.baseline_gbps_median = Median(mode.baseline_gbps);
+    mode.ratio_median = Median(mode.ratios);
+    result.results.push_back(std::move(mode));
+  }
+  result.peak_rss_outside_arena = peak.load();
+  return result;
+}
+
+}  // namespace warmstart

@@ -1,0 +1,72 @@
+// The load benchmark behind `warmstartctl bench`: loads a checkpoint again
+// and again, cold (file pages evicted) and warm (pages cached), and measures
+// in the same run, alternating with the loads, the baseline each mode is
+// held to:
+//   cold: a sequential O_DIRECT read of the same files into one reused
+//         aligned buffer ("odirect_read"): what the disk gives;
+//   warm: reading the cached files into freshly created shared memory of
+//         the same size ("pagecache_to_fresh_shm"): what the page cache and
+//         fresh-page faults give.
+// GB/s are 10^9 bytes per second of file bytes; a mode's ratio is the median
+// of the per-run ratios load / baseline.
+#ifndef WARMSTART_DAEMON_BENCH_BENCH_H_
+#define WARMSTART_DAEMON_BENCH_BENCH_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "daemon/device/device.h"
+#include "daemon/io/read_engine.h"
+
+namespace warmstart {
+
+struct BenchOptions {
+  std::vector<std::string> paths;  // As `inspect` takes them.
+  ReadEngineOptions::Kind io = ReadEngineOptions::Kind::kIoUring;
+  int runs = 5;
+  uint64_t staging_bytes = uint64_t{256} << 20;
+  uint64_t slab_bytes = uint64_t{16} << 20;
+  // Receives one line per measurement, as it happens (progress on stderr).
+  std::function<void(const std::string&)> log;
+};
+
+struct ModeResult {
+  std::string mode;      // "cold" or "warm".
+  std::string baseline;  // "odirect_read" or "pagecache_to_fresh_shm".
+  std::vector<double> load_gbps;
+  std::vector<double> baseline_gbps;
+  std::vector<double> ratios;
+  double gbps_median = 0;
+  double baseline_gbps_median = 0;
+  double ratio_median = 0;
+};
+
+struct BenchResult {
+  uint64_t file_bytes = 0;
+  size_t files = 0;
+  int runs = 0;
+  std::string io;  // The engine that ran: "io_uring" or "pread".
+  std::vector<ModeResult> results;
+  // The most resident memory the process held outside shared memory (the
+  // arena) while loading: VmRSS - RssShmem, sampled every few ms.
+  uint64_t peak_rss_outside_arena = 0;
+  uint64_t staging_bytes = 0;
+};
+
+// Runs the benchmark, loading onto `device` (which must outlive the call).
+// Errors: those of opening and loading the checkpoint; FailedPrecondition
+// when the page cache cannot be emptied for a cold run (checked with
+// mincore) or filled for a warm one.
+absl::StatusOr<BenchResult> RunBench(const BenchOptions& options,
+                                     Device* device);
+
+// The median of `values` (the mean of the middle two for an even count).
+// REQUIRES: !values.empty().
+double Median(std::vector<double> values);
+
+}  // namespace warmstart
+
+#endif  // WARMSTART_DAEMON_BENCH_BENCH_H_

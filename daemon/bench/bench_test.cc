@@ -1,0 +1,90 @@
+#include "daemon/bench/bench.h"
+
+#include <fstream>
+#include <string>
+
+#include "daemon/base/testing/status_matchers.h"
+#include "daemon/base/testing/test_env.h"
+#include "daemon/bench/page_cache.h"
+#include "daemon/device/host_device.h"
+
+namespace warmstart {
+namespace {
+
+using ::testing::DoubleEq;
+using ::testing::Gt;
+using ::testing::HasSubstr;
+using ::testing::Lt;
+
+// A safetensors file with one U8 tensor of `bytes` bytes.
+std::string WriteCheckpoint(const testing::ShortTempDir& dir, uint64_t bytes) {
+  const std::string path = dir.Join("m.safetensors");
+  std::string header = "{\"w\":{\"dtype\":\"U8\",\"shape\":[" +
+                       std::to_string(bytes) + "],\"data_offsets\":[0," +
+                       std::to_string(bytes) + "]}}";
+  header.append((8 - header.size() % 8) % 8, ' ');
+  std::string prefix(8, '\0');
+  for (int i = 0; i < 8; ++i)
+    prefix[i] = static_cast<char>(header.size() >> (8 * i));
+  std::ofstream out(path, std::ios::binary);
+  out << prefix << header << std::string(bytes, '\x5a');
+  return path;
+}
+
+TEST(MedianTest, OddAndEvenCounts) {
+  EXPECT_THAT(Median({3, 1, 2}), DoubleEq(2));
+  EXPECT_THAT(Median({4, 1, 3, 2}), DoubleEq(2.5));
+}
+
+TEST(PageCacheTest, EvictAndWarmChangeResidency) {
+  testing::ShortTempDir dir;
+  const std::string path = WriteCheckpoint(dir, 8 << 20);
+  ASSERT_OK(EvictFromPageCache(path));
+  ASSERT_OK_AND_ASSIGN(double cold, ResidentFraction(path));
+  EXPECT_THAT(cold, Lt(0.05));
+  ASSERT_OK(WarmPageCache(path));
+  ASSERT_OK_AND_ASSIGN(double warm, ResidentFraction(path));
+  EXPECT_THAT(warm, Gt(0.95));
+  EXPECT_THAT(ResidentFraction(dir.Join("missing")),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("missing")));
+}
+
+TEST(RunBenchTest, MeasuresBothModesAgainstTheirBaselines) {
+  testing::ShortTempDir dir;
+  const std::string path = WriteCheckpoint(dir, 16 << 20);
+  HostDevice device(HostDeviceOptions{});
+  BenchOptions options;
+  options.paths = {path};
+  options.runs = 2;
+  options.staging_bytes = 16 << 20;
+  options.slab_bytes = 4 << 20;
+  int lines = 0;
+  options.log = [&lines](const std::string&) { ++lines; };
+  ASSERT_OK_AND_ASSIGN(BenchResult result, RunBench(options, &device));
+  EXPECT_EQ(result.files, 1u);
+  EXPECT_GT(result.file_bytes, 16u << 20);
+  EXPECT_EQ(lines, 4);
+  ASSERT_EQ(result.results.size(), 2u);
+  EXPECT_EQ(result.results[0].mode, "cold");
+  EXPECT_EQ(result.results[0].baseline, "odirect_read");
+  EXPECT_EQ(result.results[1].mode, "warm");
+  EXPECT_EQ(result.results[1].baseline, "pagecache_to_fresh_shm");
+  for (const ModeResult& mode : result.results) {
+    ASSERT_EQ(mode.ratios.size(), 2u);
+    EXPECT_GT(mode.gbps_median, 0);
+    EXPECT_GT(mode.baseline_gbps_median, 0);
+    EXPECT_THAT(mode.ratio_median, DoubleEq(Median(mode.ratios)));
+  }
+  EXPECT_GT(result.peak_rss_outside_arena, 0u);
+}
+
+TEST(RunBenchTest, MissingCheckpointIsAnError) {
+  HostDevice device(HostDeviceOptions{});
+  BenchOptions options;
+  options.paths = {"/nonexistent/model.safetensors"};
+  EXPECT_THAT(RunBench(options, &device),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("nonexistent")));
+}
+
+}  // namespace
+}  // namespace warmstart

@@ -1,0 +1,67 @@
+#include "daemon/bench/page_cache.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "daemon/base/errno_status.h"
+#include "daemon/base/scoped_fd.h"
+
+namespace warmstart {
+namespace {
+
+absl::StatusOr<ScopedFd> OpenForRead(const std::string& path) {
+  ScopedFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return ErrnoToStatus(errno, "open " + path);
+  return fd;
+}
+
+}  // namespace
+
+absl::Status EvictFromPageCache(const std::string& path) {
+  absl::StatusOr<ScopedFd> fd = OpenForRead(path);
+  if (!fd.ok()) return fd.status();
+  // Dirty pages cannot be dropped: write them back first.
+  ::fdatasync(fd->get());
+  const int rc = ::posix_fadvise(fd->get(), 0, 0, POSIX_FADV_DONTNEED);
+  if (rc != 0) return ErrnoToStatus(rc, "posix_fadvise DONTNEED " + path);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<double> ResidentFraction(const std::string& path) {
+  absl::StatusOr<ScopedFd> fd = OpenForRead(path);
+  if (!fd.ok()) return fd.status();
+  struct stat st;
+  if (::fstat(fd->get(), &st) != 0) return ErrnoToStatus(errno, "stat " + path);
+  if (st.st_size == 0) return 1.0;
+  const size_t size = static_cast<size_t>(st.st_size);
+  void* mapped = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd->get(), 0);
+  if (mapped == MAP_FAILED) return ErrnoToStatus(errno, "mmap " + path);
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  std::vector<unsigned char> resident((size + page - 1) / page);
+  const int rc = ::mincore(mapped, size, resident.data());
+  const int error = errno;
+  ::munmap(mapped, size);
+  if (rc != 0) return ErrnoToStatus(error, "mincore " + path);
+  size_t count = 0;
+  for (unsigned char bits : resident) count += bits & 1;
+  return static_cast<double>(count) / static_cast<double>(resident.size());
+}
+
+absl::Status WarmPageCache(const std::string& path) {
+  absl::StatusOr<ScopedFd> fd = OpenForRead(path);
+  if (!fd.ok()) return fd.status();
+  std::vector<char> buffer(8 << 20);
+  while (true) {
+    const ssize_t n = ::read(fd->get(), buffer.data(), buffer.size());
+    if (n == 0) return absl::OkStatus();
+    if (n < 0 && errno != EINTR) return ErrnoToStatus(errno, "read " + path);
+  }
+}
+
+}  // namespace warmstart

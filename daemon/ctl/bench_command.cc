@@ -1,0 +1,107 @@
+#include "daemon/ctl/bench_command.h"
+
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "absl/strings/numbers.h"
+#include "daemon/bench/bench.h"
+#include "daemon/device/host_device.h"
+#include "nlohmann/json.hpp"
+
+namespace warmstart {
+namespace ctl {
+namespace {
+
+int Fail(int code, const std::string& message) {
+  std::fprintf(stderr, "warmstartctl: %s\n", message.c_str());
+  return code;
+}
+
+}  // namespace
+
+int RunBenchCommand(const CommandLine& line) {
+  if (line.arguments.empty()) return Fail(kExitUsage, "bench needs a PATH");
+  BenchOptions options;
+  options.paths = line.arguments;
+  const std::string backend = line.Value("--backend", "host");
+  const std::string io = line.Value("--io", "uring");
+  if (io == "uring") {
+    options.io = ReadEngineOptions::Kind::kIoUring;
+  } else if (io == "pread") {
+    options.io = ReadEngineOptions::Kind::kPread;
+  } else {
+    return Fail(kExitUsage, "--io \"" + io + "\": expected uring or pread");
+  }
+  if (!absl::SimpleAtoi(line.Value("--runs", "5"), &options.runs) ||
+      options.runs < 1) {
+    return Fail(kExitUsage, "--runs: expected a positive number");
+  }
+  uint64_t staging_mib = options.staging_bytes >> 20;
+  if (!absl::SimpleAtoi(
+          line.Value("--staging-mib", std::to_string(staging_mib)),
+          &staging_mib) ||
+      staging_mib < 16) {
+    return Fail(kExitUsage, "--staging-mib: expected a number >= 16");
+  }
+  options.staging_bytes = staging_mib << 20;
+
+  std::unique_ptr<Device> device;
+  if (backend == "host") {
+    device = std::make_unique<HostDevice>(HostDeviceOptions{});
+  } else if (backend == "cuda") {
+    return Fail(kExitUnavailable,
+                "--backend cuda: the CUDA backend is not built into bench yet");
+  } else {
+    return Fail(kExitUsage,
+                "--backend \"" + backend + "\": expected host or cuda");
+  }
+  const bool json = line.Has("--json");
+  options.log = [](const std::string& text) {
+    std::fprintf(stderr, "%s\n", text.c_str());
+  };
+  auto result = RunBench(options, device.get());
+  if (!result.ok()) {
+    return Fail(result.status().code() == absl::StatusCode::kNotFound
+                    ? kExitNotFound
+                    : kExitMalformed,
+                std::string(result.status().message()));
+  }
+  if (json) {
+    nlohmann::ordered_json out = {
+        {"file_bytes", result->file_bytes},
+        {"runs", result->runs},
+        {"peak_rss_outside_arena_bytes", result->peak_rss_outside_arena},
+        {"staging_bytes", result->staging_bytes},
+        {"results", nlohmann::ordered_json::array()}};
+    for (const ModeResult& mode : result->results) {
+      out["results"].push_back(
+          {{"mode", mode.mode},
+           {"backend", backend},
+           {"io", result->io},
+           {"gbps_median", mode.gbps_median},
+           {"baseline", mode.baseline},
+           {"baseline_gbps_median", mode.baseline_gbps_median},
+           {"ratio_median", mode.ratio_median}});
+    }
+    std::printf("%s\n", out.dump(2).c_str());
+    return kExitOk;
+  }
+  std::printf("%.3f GB in %zu file(s), %d runs per mode, backend %s, io %s\n",
+              result->file_bytes / 1e9, result->files, result->runs,
+              backend.c_str(), result->io.c_str());
+  for (const ModeResult& mode : result->results) {
+    std::printf("%-5s load %.3f GB/s   %s %.3f GB/s   ratio %.3f (medians)\n",
+                mode.mode.c_str(), mode.gbps_median, mode.baseline.c_str(),
+                mode.baseline_gbps_median, mode.ratio_median);
+  }
+  std::printf(
+      "peak resident memory outside the arena: %.1f MiB (staging pool %.0f "
+      "MiB)\n",
+      result->peak_rss_outside_arena / 1048576.0,
+      result->staging_bytes / 1048576.0);
+  return kExitOk;
+}
+
+}  // namespace ctl
+}  // namespace warmstart
