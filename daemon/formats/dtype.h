@@ -31,8 +31,9 @@ const DTypeInfo* FindDType(absl::string_view name);
 // Every known dtype, in a stable order.
 const std::vector<DTypeInfo>& AllDTypes();
 
-// The number of elements in `shape` ([] is a scalar: 1 element). Fails with
-// InvalidArgument when the product overflows 64 bits.
+// The number of elements in `shape` ([] is a scalar: 1 element; any 0
+// dimension makes 0). Fails with InvalidArgument when the product overflows
+// 64 bits.
 absl::StatusOr<uint64_t> ElementCount(const std::vector<uint64_t>& shape);
 
 // The byte size of `element_count` elements of `dtype`. Fails with

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Replays the shared fixtures matching a glob through one fuzz target.
-# Usage: replay_test.sh FUZZER GLOB   (GLOB relative to shared/fixtures)
+# Replays the shared fixtures matching a glob, and any further files given,
+# through one fuzz target.
+# Usage: replay_test.sh FUZZER GLOB [FILE...]  (GLOB relative to
+# shared/fixtures)
 set -euo pipefail
 fuzzer="$1"
 pattern="$2"
@@ -11,6 +13,6 @@ for candidate in "$TEST_SRCDIR/shared/fixtures" \
 done
 [ -n "$fixtures" ] || { echo "fixtures not found in runfiles" >&2; exit 1; }
 shopt -s nullglob globstar
-inputs=("$fixtures"/$pattern)
+inputs=("$fixtures"/$pattern "${@:3}")
 [ ${#inputs[@]} -gt 0 ] || { echo "no fixtures match $pattern" >&2; exit 1; }
 "$fuzzer" "${inputs[@]}"
