@@ -18,7 +18,7 @@ namespace {
 // Chunks read ahead of the one being processed. One 16 MiB O_DIRECT read
 // already keeps a virtual disk busy and deeper queues only slowed it (by
 // 10-15% here), while a GPU copy overlaps one read at most.
-constexpr size_t kChunksInFlight = 3;
+constexpr size_t kChunksInFlight = 2;
 
 // One planned read and what became of it.
 struct ChunkSlot {
