@@ -24,6 +24,30 @@ std::string FormatUuid(const CUuuid& uuid) {
       b[12], b[13], b[14], b[15]);
 }
 
+// One entry point to resolve and where its address goes.
+struct EntryPoint {
+  const char* symbol;
+  void** fn;
+};
+
+template <typename Fn>
+EntryPoint Entry(const char* symbol, Fn* fn) {
+  return {symbol, reinterpret_cast<void**>(fn)};
+}
+
+// Resolves `symbol` through cuGetProcAddress; false when the driver lacks it.
+bool ResolveEntry(PFN_cuGetProcAddress_v12000 get_proc, const EntryPoint& e) {
+  CUdriverProcAddressQueryResult found;
+  const CUresult rc = get_proc(e.symbol, e.fn, kRequestedAbi,
+                               CU_GET_PROC_ADDRESS_DEFAULT, &found);
+  if (rc != CUDA_SUCCESS || found != CU_GET_PROC_ADDRESS_SUCCESS ||
+      *e.fn == nullptr) {
+    *e.fn = nullptr;
+    return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<CudaDriver>> CudaDriver::Load() {
@@ -53,72 +77,141 @@ absl::StatusOr<std::unique_ptr<CudaDriver>> CudaDriver::Load() {
     return absl::UnavailableError(absl::StrCat(
         "no usable CUDA driver: cuDriverGetVersion failed (", rc, ")"));
   }
-  RETURN_IF_ERROR(
-      driver->Resolve("cuDeviceGetCount",
-                      reinterpret_cast<void**>(&driver->device_get_count_)));
-  RETURN_IF_ERROR(driver->Resolve(
-      "cuDeviceGet", reinterpret_cast<void**>(&driver->device_get_)));
-  RETURN_IF_ERROR(driver->Resolve(
-      "cuDeviceGetName", reinterpret_cast<void**>(&driver->device_get_name_)));
-  RETURN_IF_ERROR(
-      driver->Resolve("cuDeviceTotalMem",
-                      reinterpret_cast<void**>(&driver->device_total_mem_)));
-  RETURN_IF_ERROR(driver->Resolve(
-      "cuDeviceGetUuid", reinterpret_cast<void**>(&driver->device_get_uuid_)));
-  RETURN_IF_ERROR(
-      driver->Resolve("cuGetErrorString",
-                      reinterpret_cast<void**>(&driver->get_error_string_)));
-  return driver;
-}
-
-CudaDriver::~CudaDriver() { ::dlclose(library_); }
-
-absl::Status CudaDriver::Resolve(const char* symbol, void** fn) {
   auto get_proc = reinterpret_cast<PFN_cuGetProcAddress_v12000>(
-      ::dlsym(library_, "cuGetProcAddress_v2"));
+      ::dlsym(library, "cuGetProcAddress_v2"));
   if (get_proc == nullptr) {
     return absl::UnavailableError(
         "no usable CUDA driver: cuGetProcAddress_v2 missing (driver older "
         "than CUDA 12)");
   }
-  CUdriverProcAddressQueryResult found;
-  CUresult rc =
-      get_proc(symbol, fn, kRequestedAbi, CU_GET_PROC_ADDRESS_DEFAULT, &found);
-  if (rc != CUDA_SUCCESS || found != CU_GET_PROC_ADDRESS_SUCCESS ||
-      *fn == nullptr) {
-    return absl::UnavailableError(absl::StrCat(
-        "no usable CUDA driver: entry point ", symbol, " not found"));
+
+  CudaApi& api = driver->api_;
+  const EntryPoint required[] = {
+      Entry("cuDeviceGetCount", &api.device_get_count),
+      Entry("cuDeviceGet", &api.device_get),
+      Entry("cuDeviceGetName", &api.device_get_name),
+      Entry("cuDeviceTotalMem", &api.device_total_mem),
+      Entry("cuDeviceGetUuid", &api.device_get_uuid),
+      Entry("cuDeviceGetAttribute", &api.device_get_attribute),
+      Entry("cuGetErrorName", &api.get_error_name),
+      Entry("cuGetErrorString", &api.get_error_string),
+      Entry("cuDevicePrimaryCtxRetain", &api.device_primary_ctx_retain),
+      Entry("cuDevicePrimaryCtxRelease", &api.device_primary_ctx_release),
+      Entry("cuCtxSetCurrent", &api.ctx_set_current),
+      Entry("cuCtxPushCurrent", &api.ctx_push_current),
+      Entry("cuCtxPopCurrent", &api.ctx_pop_current),
+      Entry("cuMemAlloc", &api.mem_alloc),
+      Entry("cuMemFree", &api.mem_free),
+      Entry("cuIpcGetMemHandle", &api.ipc_get_mem_handle),
+      Entry("cuMemHostRegister", &api.mem_host_register),
+      Entry("cuMemHostUnregister", &api.mem_host_unregister),
+      Entry("cuStreamCreate", &api.stream_create),
+      Entry("cuStreamDestroy", &api.stream_destroy),
+      Entry("cuStreamSynchronize", &api.stream_synchronize),
+      Entry("cuEventCreate", &api.event_create),
+      Entry("cuEventRecord", &api.event_record),
+      Entry("cuEventSynchronize", &api.event_synchronize),
+      Entry("cuEventDestroy", &api.event_destroy),
+      Entry("cuMemsetD8Async", &api.memset_d8_async),
+      Entry("cuMemcpyHtoDAsync", &api.memcpy_htod_async),
+      Entry("cuMemcpyDtoH", &api.memcpy_dtoh),
+  };
+  for (const EntryPoint& entry : required) {
+    if (!ResolveEntry(get_proc, entry)) {
+      return absl::UnavailableError(absl::StrCat(
+          "no usable CUDA driver: entry point ", entry.symbol, " not found"));
+    }
   }
-  return absl::OkStatus();
+  // VMM is all or nothing: without any one of these the device falls back
+  // to cuMemAlloc and legacy IPC handles.
+  const EntryPoint vmm[] = {
+      Entry("cuMemGetAllocationGranularity",
+            &api.mem_get_allocation_granularity),
+      Entry("cuMemCreate", &api.mem_create),
+      Entry("cuMemRelease", &api.mem_release),
+      Entry("cuMemExportToShareableHandle",
+            &api.mem_export_to_shareable_handle),
+      Entry("cuMemAddressReserve", &api.mem_address_reserve),
+      Entry("cuMemAddressFree", &api.mem_address_free),
+      Entry("cuMemMap", &api.mem_map),
+      Entry("cuMemUnmap", &api.mem_unmap),
+      Entry("cuMemSetAccess", &api.mem_set_access),
+  };
+  bool has_vmm = true;
+  for (const EntryPoint& entry : vmm) {
+    has_vmm = ResolveEntry(get_proc, entry) && has_vmm;
+  }
+  if (!has_vmm) {
+    for (const EntryPoint& entry : vmm) *entry.fn = nullptr;
+  }
+  return driver;
+}
+
+CudaDriver::~CudaDriver() { ::dlclose(library_); }
+
+absl::Status CudaDriver::ToStatus(CUresult result,
+                                  absl::string_view what) const {
+  if (result == CUDA_SUCCESS) return absl::OkStatus();
+  const char* name = nullptr;
+  const char* text = nullptr;
+  // Both leave the pointer null for codes the driver does not know.
+  api_.get_error_name(result, &name);
+  api_.get_error_string(result, &text);
+  const std::string message =
+      absl::StrCat(what, " failed: ", name != nullptr ? name : "CUDA error",
+                   ": ", text != nullptr ? text : "unknown", " (", result, ")");
+  switch (result) {
+    case CUDA_ERROR_OUT_OF_MEMORY:
+      return absl::ResourceExhaustedError(message);
+    case CUDA_ERROR_NO_DEVICE:
+    case CUDA_ERROR_NOT_INITIALIZED:
+    case CUDA_ERROR_DEINITIALIZED:
+    case CUDA_ERROR_DEVICE_UNAVAILABLE:
+    case CUDA_ERROR_SYSTEM_DRIVER_MISMATCH:
+      return absl::UnavailableError(message);
+    case CUDA_ERROR_NOT_SUPPORTED:
+      return absl::UnimplementedError(message);
+    case CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED:
+      return absl::AlreadyExistsError(message);
+    case CUDA_ERROR_INVALID_VALUE:
+      return absl::InvalidArgumentError(message);
+    default:
+      return absl::InternalError(message);
+  }
+}
+
+absl::StatusOr<CudaDeviceInfo> CudaDriver::Device(int ordinal) const {
+  int count = 0;
+  RETURN_IF_ERROR(ToStatus(api_.device_get_count(&count), "cuDeviceGetCount"));
+  if (ordinal < 0 || ordinal >= count) {
+    return absl::NotFoundError(absl::StrCat("no GPU with ordinal ", ordinal,
+                                            ": the CUDA driver sees ", count));
+  }
+  CUdevice device;
+  RETURN_IF_ERROR(ToStatus(api_.device_get(&device, ordinal), "cuDeviceGet"));
+  CudaDeviceInfo info;
+  info.ordinal = ordinal;
+  char name[256] = {};
+  RETURN_IF_ERROR(ToStatus(api_.device_get_name(name, sizeof(name) - 1, device),
+                           "cuDeviceGetName"));
+  info.name = name;
+  size_t total = 0;
+  RETURN_IF_ERROR(
+      ToStatus(api_.device_total_mem(&total, device), "cuDeviceTotalMem"));
+  info.total_bytes = total;
+  CUuuid uuid;
+  RETURN_IF_ERROR(
+      ToStatus(api_.device_get_uuid(&uuid, device), "cuDeviceGetUuid"));
+  info.uuid = FormatUuid(uuid);
+  return info;
 }
 
 absl::StatusOr<std::vector<CudaDeviceInfo>> CudaDriver::Devices() const {
-  auto check = [this](CUresult rc, const char* what) -> absl::Status {
-    if (rc == CUDA_SUCCESS) return absl::OkStatus();
-    const char* text = nullptr;
-    get_error_string_(rc, &text);
-    return absl::InternalError(absl::StrCat(
-        what, " failed: ", text != nullptr ? text : "?", " (", rc, ")"));
-  };
   int count = 0;
-  RETURN_IF_ERROR(check(device_get_count_(&count), "cuDeviceGetCount"));
+  RETURN_IF_ERROR(ToStatus(api_.device_get_count(&count), "cuDeviceGetCount"));
   std::vector<CudaDeviceInfo> devices;
   for (int i = 0; i < count; ++i) {
-    CUdevice device;
-    RETURN_IF_ERROR(check(device_get_(&device, i), "cuDeviceGet"));
-    CudaDeviceInfo info;
-    info.ordinal = i;
-    char name[256] = {};
-    RETURN_IF_ERROR(check(device_get_name_(name, sizeof(name) - 1, device),
-                          "cuDeviceGetName"));
-    info.name = name;
-    size_t total = 0;
-    RETURN_IF_ERROR(
-        check(device_total_mem_(&total, device), "cuDeviceTotalMem"));
-    info.total_bytes = total;
-    CUuuid uuid;
-    RETURN_IF_ERROR(check(device_get_uuid_(&uuid, device), "cuDeviceGetUuid"));
-    info.uuid = FormatUuid(uuid);
+    ASSIGN_OR_RETURN(CudaDeviceInfo info, Device(i));
     devices.push_back(std::move(info));
   }
   return devices;

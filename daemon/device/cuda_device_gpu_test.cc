@@ -1,0 +1,255 @@
+// The CUDA backend on a REAL GPU through the real driver: the proof that the
+// simulated tests (cuda_device_test.cc) cannot give. Each test skips with
+// the reason when there is no driver or no GPU (CI). On a GPU machine:
+//   bazel test //daemon/device:cuda_device_gpu_test
+#include <dlfcn.h>
+#include <openssl/sha.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "absl/strings/escaping.h"
+#include "daemon/base/testing/status_matchers.h"
+#include "daemon/base/testing/test_env.h"
+#include "daemon/device/cuda_device.h"
+#include "daemon/device/cuda_driver.h"
+#include "daemon/formats/byte_source.h"
+#include "daemon/formats/checkpoint.h"
+#include "daemon/formats/tensor_data.h"
+#include "daemon/io/read_engine.h"
+#include "daemon/loader/loader.h"
+#include "daemon/staging/staging_pool.h"
+
+namespace warmstart {
+namespace {
+
+using ::testing::StartsWith;
+
+constexpr uint64_t kMiB = uint64_t{1} << 20;
+
+// Page-aligned host memory pinned through `device` for its lifetime.
+class PinnedBuffer {
+ public:
+  PinnedBuffer(Device* device, uint64_t bytes)
+      : device_(device), bytes_(bytes) {
+    void* data = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    EXPECT_NE(data, MAP_FAILED);
+    data_ = static_cast<char*>(data);
+    EXPECT_OK(device_->RegisterHostMemory(data_, bytes_));
+  }
+  ~PinnedBuffer() {
+    device_->UnregisterHostMemory(data_);
+    ::munmap(data_, bytes_);
+  }
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+
+  char* data() { return data_; }
+
+ private:
+  Device* const device_;
+  const uint64_t bytes_;
+  char* data_ = nullptr;
+};
+
+void FillPattern(char* data, uint64_t bytes, uint32_t seed) {
+  uint32_t state = seed;
+  for (uint64_t i = 0; i < bytes; ++i) {
+    state = state * 1664525 + 1013904223;
+    data[i] = static_cast<char>(state >> 24);
+  }
+}
+
+std::string Sha256Hex(const std::string& data) {
+  unsigned char digest[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(data.data()), data.size(),
+         digest);
+  return absl::BytesToHexString(
+      absl::string_view(reinterpret_cast<const char*>(digest), sizeof(digest)));
+}
+
+// Parameter: whether VMM allocations are allowed (true) or legacy cuMemAlloc
+// with IPC handles is forced (false).
+class CudaGpuTest : public ::testing::TestWithParam<bool> {
+ protected:
+  void SetUp() override {
+    auto driver = CudaDriver::Load();
+    if (!driver.ok()) GTEST_SKIP() << "no GPU here: " << driver.status();
+    driver_ = std::move(*driver);
+    ASSERT_OK_AND_ASSIGN(auto devices, driver_->Devices());
+    if (devices.empty()) GTEST_SKIP() << "CUDA driver present but no GPU";
+    CudaDeviceOptions options;
+    options.allow_vmm = GetParam();
+    ASSERT_OK_AND_ASSIGN(device_,
+                         CudaDevice::Create(driver_.get(), 0, options));
+    if (GetParam() && !device_->uses_vmm()) {
+      GTEST_SKIP() << device_->name()
+                   << " cannot export VMM memory as file descriptors";
+    }
+  }
+
+  void TearDown() override {
+    device_.reset();
+    driver_.reset();
+  }
+
+  std::unique_ptr<CudaDriver> driver_;
+  std::unique_ptr<CudaDevice> device_;
+};
+
+std::string PathName(const ::testing::TestParamInfo<bool>& info) {
+  return info.param ? "vmm" : "legacy";
+}
+
+TEST_P(CudaGpuTest, AllocatesZeroedMemoryAndCopiesIntoIt) {
+  EXPECT_THAT(device_->uuid(), StartsWith("GPU-"));
+  ASSERT_OK_AND_ASSIGN(auto allocation, device_->Allocate(5 * kMiB + 3, "m"));
+  EXPECT_EQ(allocation->size() % (2 * kMiB), 0u);
+  EXPECT_GE(allocation->size(), 5 * kMiB + 3);
+  EXPECT_EQ(allocation->host_data(), nullptr);
+  EXPECT_EQ(static_cast<CudaAllocation&>(*allocation).vmm(), GetParam());
+  std::string read_back(allocation->size(), 'x');
+  ASSERT_OK(
+      device_->CopyToHost(*allocation, 0, read_back.data(), read_back.size()));
+  EXPECT_EQ(read_back, std::string(allocation->size(), '\0'));
+
+  // 64 pieces of 64 KiB, landing at an odd offset, over both streams.
+  constexpr uint64_t kPiece = 64 << 10;
+  constexpr int kPieces = 64;
+  constexpr uint64_t kOffset = 4097;
+  PinnedBuffer source(device_.get(), kPieces * kPiece);
+  FillPattern(source.data(), kPieces * kPiece, 1);
+  std::vector<absl::Status> statuses(kPieces, absl::UnknownError("not run"));
+  for (int i = 0; i < kPieces; ++i) {
+    device_->CopyFromHost(*allocation, kOffset + i * kPiece,
+                          source.data() + i * kPiece, kPiece,
+                          [&statuses, i](absl::Status status) {
+                            statuses[i] = std::move(status);
+                          });
+  }
+  ASSERT_OK(device_->Synchronize());
+  for (const absl::Status& status : statuses) EXPECT_OK(status);
+  ASSERT_OK(
+      device_->CopyToHost(*allocation, 0, read_back.data(), read_back.size()));
+  EXPECT_EQ(
+      std::memcmp(read_back.data() + kOffset, source.data(), kPieces * kPiece),
+      0);
+  EXPECT_EQ(read_back.substr(0, kOffset), std::string(kOffset, '\0'));
+  EXPECT_EQ(read_back.back(), '\0');
+}
+
+TEST_P(CudaGpuTest, ExportsTheAllocation) {
+  ASSERT_OK_AND_ASSIGN(auto allocation, device_->Allocate(2 * kMiB, "m"));
+  PinnedBuffer source(device_.get(), kMiB);
+  FillPattern(source.data(), kMiB, 2);
+  absl::Status copied = absl::UnknownError("not run");
+  device_->CopyFromHost(*allocation, 0, source.data(), kMiB,
+                        [&copied](absl::Status status) { copied = status; });
+  ASSERT_OK(device_->Synchronize());
+  ASSERT_OK(copied);
+
+  const ExportedMemory exported = allocation->Export();
+  EXPECT_EQ(exported.size, allocation->size());
+  if (!GetParam()) {
+    EXPECT_EQ(exported.kind, ExportedMemory::Kind::kCudaIpcHandle);
+    ASSERT_EQ(exported.ipc_handle.size(), 64u);
+    EXPECT_NE(exported.ipc_handle, std::string(64, '\0'));
+    return;
+  }
+  EXPECT_EQ(exported.kind, ExportedMemory::Kind::kCudaVmmFd);
+  ASSERT_GE(exported.fd, 0);
+  struct stat info;
+  ASSERT_EQ(::fstat(exported.fd, &info), 0);
+
+  // Import the descriptor as a client would (here in-process, which the
+  // driver allows for POSIX descriptors) and read the bytes through it.
+  const char* path = std::getenv("WARMSTART_LIBCUDA");
+  void* library =
+      ::dlopen(path != nullptr ? path : "libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
+  ASSERT_NE(library, nullptr) << ::dlerror();
+  auto get_proc = reinterpret_cast<PFN_cuGetProcAddress_v12000>(
+      ::dlsym(library, "cuGetProcAddress_v2"));
+  ::dlclose(library);
+  ASSERT_NE(get_proc, nullptr);
+  PFN_cuMemImportFromShareableHandle_v10020 import = nullptr;
+  CUdriverProcAddressQueryResult found;
+  ASSERT_EQ(get_proc("cuMemImportFromShareableHandle",
+                     reinterpret_cast<void**>(&import), 12000,
+                     CU_GET_PROC_ADDRESS_DEFAULT, &found),
+            CUDA_SUCCESS);
+  ASSERT_NE(import, nullptr);
+
+  const CudaApi& api = driver_->api();
+  CUdevice cu_device = 0;
+  ASSERT_EQ(api.device_get(&cu_device, 0), CUDA_SUCCESS);
+  CUcontext context = nullptr;
+  ASSERT_EQ(api.device_primary_ctx_retain(&context, cu_device), CUDA_SUCCESS);
+  ASSERT_EQ(api.ctx_push_current(context), CUDA_SUCCESS);
+  CUmemGenericAllocationHandle handle = 0;
+  ASSERT_EQ(import(&handle,
+                   reinterpret_cast<void*>(static_cast<intptr_t>(exported.fd)),
+                   CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR),
+            CUDA_SUCCESS);
+  CUdeviceptr pointer = 0;
+  ASSERT_EQ(api.mem_address_reserve(&pointer, exported.size, 0, 0, 0),
+            CUDA_SUCCESS);
+  ASSERT_EQ(api.mem_map(pointer, exported.size, 0, handle, 0), CUDA_SUCCESS);
+  CUmemAccessDesc access = {};
+  access.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  access.location.id = cu_device;
+  access.flags = CU_MEM_ACCESS_FLAGS_PROT_READ;
+  ASSERT_EQ(api.mem_set_access(pointer, exported.size, &access, 1),
+            CUDA_SUCCESS);
+  std::string imported(kMiB, 'x');
+  EXPECT_EQ(api.memcpy_dtoh(imported.data(), pointer, kMiB), CUDA_SUCCESS);
+  EXPECT_EQ(std::memcmp(imported.data(), source.data(), kMiB), 0);
+  EXPECT_EQ(api.mem_unmap(pointer, exported.size), CUDA_SUCCESS);
+  EXPECT_EQ(api.mem_address_free(pointer, exported.size), CUDA_SUCCESS);
+  EXPECT_EQ(api.mem_release(handle), CUDA_SUCCESS);
+  CUcontext popped = nullptr;
+  EXPECT_EQ(api.ctx_pop_current(&popped), CUDA_SUCCESS);
+  EXPECT_EQ(api.device_primary_ctx_release(cu_device), CUDA_SUCCESS);
+}
+
+TEST_P(CudaGpuTest, LoaderLandsFixturesOnTheGpu) {
+  ASSERT_OK_AND_ASSIGN(auto engine, CreateReadEngine(ReadEngineOptions()));
+  ASSERT_OK_AND_ASSIGN(
+      auto pool, StagingPool::Create({36 << 10, 12 << 10}, device_.get()));
+  ASSERT_OK(engine->RegisterBuffers(pool->Regions()));
+  Loader loader(engine.get(), pool.get(), device_.get());
+  for (const char* fixture :
+       {"safetensors/candle_whisper_mel_filters.safetensors",
+        "safetensors/golden_py_i32_f16_alignment.safetensors",
+        "tensorizer/module_mixed_v2.tensors",
+        "gguf/ollama-llama-2-tiny-random.gguf"}) {
+    SCOPED_TRACE(fixture);
+    const std::string path = testing::FixturePath(fixture);
+    ASSERT_OK_AND_ASSIGN(Manifest manifest, OpenCheckpoint(path, {}));
+    ASSERT_OK_AND_ASSIGN(LoadedModel model,
+                         loader.Load(manifest, "m", LoadOptions()));
+    ASSERT_OK_AND_ASSIGN(auto source, FileByteSource::Open(path));
+    for (size_t t = 0; t < model.tensors.size(); ++t) {
+      const LoadedTensor& loaded = model.tensors[t];
+      std::string bytes(loaded.nbytes, '\0');
+      ASSERT_OK(device_->CopyToHost(*model.arena, loaded.offset, bytes.data(),
+                                    bytes.size()));
+      ASSERT_OK_AND_ASSIGN(
+          std::string expected,
+          TensorSha256Hex(*source, manifest.files[0].tensors[t], nullptr));
+      EXPECT_EQ(Sha256Hex(bytes), expected) << loaded.name;
+    }
+  }
+  EXPECT_EQ(pool->free_slabs(), pool->slab_count());
+}
+
+INSTANTIATE_TEST_SUITE_P(AllocationPaths, CudaGpuTest, ::testing::Bool(),
+                         PathName);
+
+}  // namespace
+}  // namespace warmstart

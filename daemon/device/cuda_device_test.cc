@@ -1,0 +1,706 @@
+// The CUDA backend against the SIMULATED driver (testing/cuda_sim.h):
+// allocation on both paths, export, stream and event ordering, slab
+// recycling through the real Loader, and every error path. Simulated device
+// memory is host memory, so the tests read it directly through
+// device_pointer() or the exported memfd. What only a GPU can prove is in
+// cuda_device_gpu_test.cc.
+#include "daemon/device/cuda_device.h"
+
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <openssl/sha.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <ostream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/escaping.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "daemon/base/metrics.h"
+#include "daemon/base/testing/status_matchers.h"
+#include "daemon/base/testing/test_env.h"
+#include "daemon/device/cuda_driver.h"
+#include "daemon/device/testing/cuda_sim.h"
+#include "daemon/formats/byte_source.h"
+#include "daemon/formats/checkpoint.h"
+#include "daemon/formats/tensor_data.h"
+#include "daemon/io/read_engine.h"
+#include "daemon/loader/loader.h"
+#include "daemon/staging/staging_pool.h"
+
+namespace warmstart {
+namespace {
+
+using ::testing::AllOf;
+using ::testing::ElementsAreArray;
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+constexpr uint64_t kMiB = uint64_t{1} << 20;
+
+std::string SimLibraryPath() {
+  const char* srcdir = std::getenv("TEST_SRCDIR");
+  const char* workspace = std::getenv("TEST_WORKSPACE");
+  return std::string(srcdir != nullptr ? srcdir : ".") + "/" +
+         (workspace != nullptr ? workspace : "warmstart") +
+         "/daemon/device/libcuda_sim.so";
+}
+
+// Loads the simulated driver; `options` (WARMSTART_SIM_* variables) are set
+// for the cuInit that Load makes and removed afterwards.
+absl::StatusOr<std::unique_ptr<CudaDriver>> LoadSimulatedDriver(
+    const std::map<std::string, std::string>& options = {}) {
+  ::setenv("WARMSTART_LIBCUDA", SimLibraryPath().c_str(), 1);
+  for (const auto& [name, value] : options) {
+    ::setenv(name.c_str(), value.c_str(), 1);
+  }
+  auto driver = CudaDriver::Load();
+  for (const auto& [name, value] : options) ::unsetenv(name.c_str());
+  ::unsetenv("WARMSTART_LIBCUDA");
+  return driver;
+}
+
+// The simulation's test controls, from the library the driver loaded.
+struct SimControls {
+  decltype(&warmstart_sim_inject) inject = nullptr;
+  decltype(&warmstart_sim_pause_streams) pause_streams = nullptr;
+  decltype(&warmstart_sim_live_allocations) live_allocations = nullptr;
+  decltype(&warmstart_sim_live_address_ranges) live_address_ranges = nullptr;
+  decltype(&warmstart_sim_registered_host_regions) registered_host_regions =
+      nullptr;
+  decltype(&warmstart_sim_outstanding_copies) outstanding_copies = nullptr;
+  decltype(&warmstart_sim_live_streams) live_streams = nullptr;
+  decltype(&warmstart_sim_live_events) live_events = nullptr;
+  decltype(&warmstart_sim_context_retains) context_retains = nullptr;
+  decltype(&warmstart_sim_pageable_copies) pageable_copies = nullptr;
+};
+
+template <typename Fn>
+void Bind(void* library, const char* name, Fn* fn) {
+  *fn = reinterpret_cast<Fn>(::dlsym(library, name));
+  ASSERT_NE(*fn, nullptr) << name << ": " << ::dlerror();
+}
+
+// REQUIRES: LoadSimulatedDriver has loaded the library.
+void BindSim(SimControls* sim) {
+  void* library = ::dlopen(SimLibraryPath().c_str(), RTLD_NOW | RTLD_NOLOAD);
+  ASSERT_NE(library, nullptr) << ::dlerror();
+  Bind(library, "warmstart_sim_inject", &sim->inject);
+  Bind(library, "warmstart_sim_pause_streams", &sim->pause_streams);
+  Bind(library, "warmstart_sim_live_allocations", &sim->live_allocations);
+  Bind(library, "warmstart_sim_live_address_ranges", &sim->live_address_ranges);
+  Bind(library, "warmstart_sim_registered_host_regions",
+       &sim->registered_host_regions);
+  Bind(library, "warmstart_sim_outstanding_copies", &sim->outstanding_copies);
+  Bind(library, "warmstart_sim_live_streams", &sim->live_streams);
+  Bind(library, "warmstart_sim_live_events", &sim->live_events);
+  Bind(library, "warmstart_sim_context_retains", &sim->context_retains);
+  Bind(library, "warmstart_sim_pageable_copies", &sim->pageable_copies);
+  // The library is linked with -z nodelete: the functions stay valid.
+  ::dlclose(library);
+}
+
+// Simulated device memory is host memory.
+const char* SimulatedBytes(const DeviceAllocation& allocation) {
+  return reinterpret_cast<const char*>(
+      static_cast<const CudaAllocation&>(allocation).device_pointer());
+}
+
+std::string Sha256Hex(const char* data, uint64_t size) {
+  unsigned char digest[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(data), size, digest);
+  return absl::BytesToHexString(
+      absl::string_view(reinterpret_cast<const char*>(digest), sizeof(digest)));
+}
+
+// Page-aligned host memory pinned through `device` for its lifetime.
+class PinnedBuffer {
+ public:
+  PinnedBuffer(Device* device, uint64_t bytes)
+      : device_(device), bytes_(bytes) {
+    void* data = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    EXPECT_NE(data, MAP_FAILED);
+    data_ = static_cast<char*>(data);
+    EXPECT_OK(device_->RegisterHostMemory(data_, bytes_));
+  }
+  ~PinnedBuffer() {
+    device_->UnregisterHostMemory(data_);
+    ::munmap(data_, bytes_);
+  }
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+
+  char* data() { return data_; }
+
+ private:
+  Device* const device_;
+  const uint64_t bytes_;
+  char* data_ = nullptr;
+};
+
+void FillPattern(char* data, uint64_t bytes, uint32_t seed) {
+  uint32_t state = seed;
+  for (uint64_t i = 0; i < bytes; ++i) {
+    state = state * 1664525 + 1013904223;
+    data[i] = static_cast<char>(state >> 24);
+  }
+}
+
+// Opens the simulated driver and GPU; checks when the test ends that the
+// device gave everything back to the driver.
+class SimulatedCudaTest : public ::testing::Test {
+ protected:
+  void Open(const std::map<std::string, std::string>& options,
+            CudaDeviceOptions device_options = {}) {
+    ASSERT_OK_AND_ASSIGN(driver_, LoadSimulatedDriver(options));
+    ASSERT_NO_FATAL_FAILURE(BindSim(&sim_));
+    ASSERT_OK_AND_ASSIGN(device_,
+                         CudaDevice::Create(driver_.get(), 0, device_options));
+  }
+
+  void TearDown() override {
+    device_.reset();
+    if (sim_.live_allocations != nullptr) {
+      EXPECT_EQ(sim_.live_allocations(), 0);
+      EXPECT_EQ(sim_.live_address_ranges(), 0);
+      EXPECT_EQ(sim_.registered_host_regions(), 0);
+      EXPECT_EQ(sim_.outstanding_copies(), 0);
+      EXPECT_EQ(sim_.live_streams(), 0);
+      EXPECT_EQ(sim_.live_events(), 0);
+      EXPECT_EQ(sim_.context_retains(), 0);
+    }
+    driver_.reset();
+  }
+
+  std::unique_ptr<CudaDriver> driver_;
+  SimControls sim_;
+  std::unique_ptr<CudaDevice> device_;
+};
+
+// Both allocation paths: VMM (true) and cuMemAlloc with legacy IPC (false).
+class CudaDeviceTest : public SimulatedCudaTest,
+                       public ::testing::WithParamInterface<bool> {
+ protected:
+  void SetUp() override {
+    ASSERT_NO_FATAL_FAILURE(
+        Open({{"WARMSTART_SIM_VMM", GetParam() ? "1" : "0"}}));
+  }
+};
+
+std::string PathName(const ::testing::TestParamInfo<bool>& info) {
+  return info.param ? "vmm" : "legacy";
+}
+
+TEST_P(CudaDeviceTest, DescribesTheSimulatedGpu) {
+  EXPECT_THAT(device_->uuid(), StartsWith("GPU-"));
+  EXPECT_EQ(device_->uuid().size(), 40u);
+  EXPECT_EQ(device_->name(), "warmstart simulated GPU (not a real device)");
+  EXPECT_EQ(device_->uses_vmm(), GetParam());
+}
+
+TEST_P(CudaDeviceTest, AllocationsAreRoundedAndZeroed) {
+  ASSERT_OK_AND_ASSIGN(auto allocation, device_->Allocate(3 * kMiB + 5, "m"));
+  EXPECT_EQ(allocation->size(), 4 * kMiB);
+  EXPECT_EQ(allocation->host_data(), nullptr);
+  EXPECT_EQ(static_cast<CudaAllocation&>(*allocation).vmm(), GetParam());
+  // The simulation fills new memory with 0xA5, so zeros prove the backend
+  // cleared it.
+  const std::string zeros(allocation->size(), '\0');
+  EXPECT_EQ(
+      std::memcmp(SimulatedBytes(*allocation), zeros.data(), zeros.size()), 0);
+  std::string read_back(4096, 'x');
+  ASSERT_OK(device_->CopyToHost(*allocation, kMiB, read_back.data(),
+                                read_back.size()));
+  EXPECT_EQ(read_back, std::string(4096, '\0'));
+  EXPECT_OK(allocation->Seal());
+  EXPECT_EQ(sim_.live_allocations(), 1);
+}
+
+TEST_P(CudaDeviceTest, ExportsTheAllocation) {
+  ASSERT_OK_AND_ASSIGN(auto allocation, device_->Allocate(kMiB, "m"));
+  PinnedBuffer source(device_.get(), 8192);
+  FillPattern(source.data(), 8192, 7);
+  absl::Status copied = absl::UnknownError("not run");
+  device_->CopyFromHost(*allocation, 4096, source.data(), 8192,
+                        [&](absl::Status status) { copied = status; });
+  ASSERT_OK(device_->Synchronize());
+  ASSERT_OK(copied);
+
+  const ExportedMemory exported = allocation->Export();
+  EXPECT_EQ(exported.size, 2 * kMiB);
+  if (GetParam()) {
+    EXPECT_EQ(exported.kind, ExportedMemory::Kind::kCudaVmmFd);
+    ASSERT_GE(exported.fd, 0);
+    EXPECT_TRUE(exported.ipc_handle.empty());
+    // The simulated export is the memfd behind the memory: a client that
+    // maps it sees the copied bytes.
+    void* view =
+        ::mmap(nullptr, exported.size, PROT_READ, MAP_SHARED, exported.fd, 0);
+    ASSERT_NE(view, MAP_FAILED) << std::strerror(errno);
+    const char* bytes = static_cast<const char*>(view);
+    EXPECT_EQ(std::memcmp(bytes + 4096, source.data(), 8192), 0);
+    EXPECT_EQ(bytes[0], 0);
+    EXPECT_EQ(bytes[4096 + 8192], 0);
+    ::munmap(view, exported.size);
+    EXPECT_EQ(allocation->Export().fd, exported.fd) << "exported once";
+    allocation.reset();
+    EXPECT_EQ(::fcntl(exported.fd, F_GETFD), -1) << "closed with the memory";
+  } else {
+    EXPECT_EQ(exported.kind, ExportedMemory::Kind::kCudaIpcHandle);
+    EXPECT_EQ(exported.fd, -1);
+    ASSERT_EQ(exported.ipc_handle.size(), 64u);
+    EXPECT_THAT(exported.ipc_handle, StartsWith("simulated IPC handle"));
+    EXPECT_EQ(
+        std::memcmp(SimulatedBytes(*allocation) + 4096, source.data(), 8192),
+        0);
+  }
+}
+
+TEST_P(CudaDeviceTest, CopiesAreAsynchronousAndReportInIssueOrder) {
+  constexpr int kCopies = 16;
+  constexpr uint64_t kPiece = 4096;
+  ASSERT_OK_AND_ASSIGN(auto allocation, device_->Allocate(kMiB, "m"));
+  PinnedBuffer source(device_.get(), kCopies * kPiece);
+  FillPattern(source.data(), kCopies * kPiece, 11);
+  const char* device_bytes = SimulatedBytes(*allocation);
+
+  absl::Mutex mutex;
+  std::vector<int> order;
+  std::vector<bool> landed(kCopies, false);
+  sim_.pause_streams(1);
+  for (int i = 0; i < kCopies; ++i) {
+    const uint64_t offset = i * kPiece;
+    device_->CopyFromHost(*allocation, offset, source.data() + offset, kPiece,
+                          [&, i, offset](absl::Status status) {
+                            EXPECT_OK(status);
+                            absl::MutexLock lock(&mutex);
+                            order.push_back(i);
+                            // The callback releases the source: the bytes must
+                            // be there.
+                            landed[i] = std::memcmp(device_bytes + offset,
+                                                    source.data() + offset,
+                                                    kPiece) == 0;
+                          });
+  }
+  // Every copy is queued and none has run: CopyFromHost did not wait. The
+  // pause gives a completion thread that reported too early time to do so.
+  absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_EQ(sim_.outstanding_copies(), kCopies);
+  {
+    absl::MutexLock lock(&mutex);
+    EXPECT_TRUE(order.empty());
+  }
+  sim_.pause_streams(0);
+  ASSERT_OK(device_->Synchronize());
+  std::vector<int> expected(kCopies);
+  for (int i = 0; i < kCopies; ++i) expected[i] = i;
+  absl::MutexLock lock(&mutex);
+  EXPECT_THAT(order, ElementsAreArray(expected));
+  EXPECT_EQ(landed, std::vector<bool>(kCopies, true));
+  // Events are reused: no more exist than copies were in flight at once.
+  EXPECT_LE(sim_.live_events(), kCopies);
+}
+
+TEST_P(CudaDeviceTest, EventsAreReusedOnceTheirCopiesComplete) {
+  ASSERT_OK_AND_ASSIGN(auto allocation, device_->Allocate(kMiB, "m"));
+  PinnedBuffer source(device_.get(), 4096);
+  for (int i = 0; i < 50; ++i) {
+    device_->CopyFromHost(*allocation, 0, source.data(), 4096,
+                          [](absl::Status status) { EXPECT_OK(status); });
+    ASSERT_OK(device_->Synchronize());
+  }
+  EXPECT_EQ(sim_.live_events(), 1);
+}
+
+TEST_P(CudaDeviceTest, OutOfMemoryNamesTheSizeAndLeaksNothing) {
+  auto allocation = device_->Allocate(uint64_t{2} << 30, "big-model");
+  EXPECT_THAT(allocation,
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       AllOf(HasSubstr("big-model"), HasSubstr("2147483648"),
+                             HasSubstr("CUDA_ERROR_OUT_OF_MEMORY"))));
+  EXPECT_EQ(sim_.live_allocations(), 0);
+  EXPECT_EQ(sim_.live_address_ranges(), 0);
+  // The device is still usable.
+  EXPECT_OK(device_->Allocate(kMiB, "small").status());
+}
+
+TEST_P(CudaDeviceTest, FailedPinningFailsThePoolAndUnpinsTheRest) {
+  sim_.inject("cuMemHostRegister", 3, CUDA_ERROR_OUT_OF_MEMORY);
+  auto pool = StagingPool::Create({4 * 65536, 65536}, device_.get());
+  EXPECT_THAT(pool, StatusIs(absl::StatusCode::kResourceExhausted,
+                             AllOf(HasSubstr("pin slab 2 of 4"),
+                                   HasSubstr("cuMemHostRegister"))));
+  EXPECT_EQ(sim_.registered_host_regions(), 0);
+}
+
+// The fixtures the loader test also loads, minus the encrypted ones.
+const char* const kFixtures[] = {
+    "safetensors/candle_whisper_mel_filters.safetensors",
+    "safetensors/coffeevampir3_save_model_f32_meta.safetensors",
+    "safetensors/fastsafetensors_a_f16_meta.safetensors",
+    "safetensors/golden_py_bf16.safetensors",
+    "safetensors/golden_py_i32_f16_alignment.safetensors",
+    "safetensors/golden_rs_empty.safetensors",
+    "safetensors/golden_rs_f32_padded.safetensors",
+    "safetensors/golden_rs_f4_subbyte.safetensors",
+    "tensorizer/meta_tensors_v4.tensors",
+    "tensorizer/module_mixed_v2.tensors",
+    "tensorizer/module_simple_v1.tensors",
+    "gguf/ggmlc-v3-alltypes.gguf",
+    "gguf/ggufpy-v3-alltypes.gguf",
+    "gguf/ollama-llama-2-tiny-random.gguf",
+};
+
+// Loads `fixture` with `loader` and checks every tensor's bytes in the
+// simulated device memory against the file.
+void LoadAndCheck(Loader& loader, const char* fixture) {
+  SCOPED_TRACE(fixture);
+  const std::string path = testing::FixturePath(fixture);
+  ASSERT_OK_AND_ASSIGN(Manifest manifest, OpenCheckpoint(path, {}));
+  LoadOptions options;
+  options.direct_io = false;
+  ASSERT_OK_AND_ASSIGN(LoadedModel model, loader.Load(manifest, "m", options));
+  ASSERT_OK_AND_ASSIGN(auto source, FileByteSource::Open(path));
+  size_t t = 0;
+  for (const TensorEntry& tensor : manifest.files[0].tensors) {
+    const LoadedTensor& loaded = model.tensors[t++];
+    ASSERT_LE(loaded.offset + loaded.nbytes, model.arena->size());
+    ASSERT_OK_AND_ASSIGN(std::string expected,
+                         TensorSha256Hex(*source, tensor, nullptr));
+    EXPECT_EQ(
+        Sha256Hex(SimulatedBytes(*model.arena) + loaded.offset, loaded.nbytes),
+        expected)
+        << tensor.name;
+  }
+}
+
+TEST_P(CudaDeviceTest, LoaderLandsEveryTensorThroughSmallSlabs) {
+  ASSERT_OK_AND_ASSIGN(auto engine, CreateReadEngine(ReadEngineOptions()));
+  // Three 12 KiB slabs: most tensors span several slabs, so slabs are
+  // recycled many times per load, each only after its copies completed.
+  ASSERT_OK_AND_ASSIGN(
+      auto pool, StagingPool::Create({36 << 10, 12 << 10}, device_.get()));
+  ASSERT_OK(engine->RegisterBuffers(pool->Regions()));
+  EXPECT_EQ(sim_.registered_host_regions(), 3);
+  Loader loader(engine.get(), pool.get(), device_.get());
+  for (const char* fixture : kFixtures) LoadAndCheck(loader, fixture);
+  EXPECT_EQ(pool->free_slabs(), pool->slab_count());
+  EXPECT_EQ(sim_.pageable_copies(), 0) << "every copy came from a pinned slab";
+  EXPECT_EQ(sim_.live_allocations(), 0);
+}
+
+TEST_P(CudaDeviceTest, ConcurrentLoadsShareTheDevice) {
+  ASSERT_OK_AND_ASSIGN(auto engine, CreateReadEngine(ReadEngineOptions()));
+  ASSERT_OK_AND_ASSIGN(auto pool,
+                       StagingPool::Create({8 << 14, 1 << 14}, device_.get()));
+  ASSERT_OK(engine->RegisterBuffers(pool->Regions()));
+  Loader loader(engine.get(), pool.get(), device_.get());
+  std::vector<std::thread> threads;
+  for (const char* fixture :
+       {"gguf/ollama-llama-2-tiny-random.gguf",
+        "safetensors/candle_whisper_mel_filters.safetensors",
+        "tensorizer/module_mixed_v2.tensors"}) {
+    threads.emplace_back([&loader, fixture] {
+      for (int i = 0; i < 3; ++i) LoadAndCheck(loader, fixture);
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_EQ(pool->free_slabs(), pool->slab_count());
+}
+
+INSTANTIATE_TEST_SUITE_P(AllocationPaths, CudaDeviceTest, ::testing::Bool(),
+                         PathName);
+
+// A failure injected at one driver call inside Allocate.
+struct AllocationFault {
+  bool vmm;
+  const char* call;
+  CUresult error;
+  absl::StatusCode code;
+};
+
+void PrintTo(const AllocationFault& fault, std::ostream* out) {
+  *out << (fault.vmm ? "vmm " : "legacy ") << fault.call;
+}
+
+std::string AllocationFaultName(
+    const ::testing::TestParamInfo<AllocationFault>& info) {
+  return std::string(info.param.vmm ? "vmm_" : "legacy_") + info.param.call;
+}
+
+class AllocationFaultTest
+    : public SimulatedCudaTest,
+      public ::testing::WithParamInterface<AllocationFault> {};
+
+TEST_P(AllocationFaultTest, FailsWithTheDriverErrorAndLeaksNothing) {
+  ASSERT_NO_FATAL_FAILURE(
+      Open({{"WARMSTART_SIM_VMM", GetParam().vmm ? "1" : "0"}}));
+  sim_.inject(GetParam().call, 1, GetParam().error);
+  EXPECT_THAT(
+      device_->Allocate(3 * kMiB, "model-x"),
+      StatusIs(GetParam().code,
+               AllOf(HasSubstr("GPU memory for model-x"),
+                     HasSubstr("4194304 bytes"), HasSubstr(GetParam().call))));
+  EXPECT_EQ(sim_.live_allocations(), 0);
+  EXPECT_EQ(sim_.live_address_ranges(), 0);
+  ASSERT_OK_AND_ASSIGN(auto allocation, device_->Allocate(3 * kMiB, "again"));
+  EXPECT_EQ(SimulatedBytes(*allocation)[0], 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    EveryStep, AllocationFaultTest,
+    ::testing::Values(
+        AllocationFault{true, "cuCtxPushCurrent", CUDA_ERROR_INVALID_CONTEXT,
+                        absl::StatusCode::kInternal},
+        AllocationFault{true, "cuMemCreate", CUDA_ERROR_OUT_OF_MEMORY,
+                        absl::StatusCode::kResourceExhausted},
+        AllocationFault{true, "cuMemAddressReserve", CUDA_ERROR_OUT_OF_MEMORY,
+                        absl::StatusCode::kResourceExhausted},
+        AllocationFault{true, "cuMemMap", CUDA_ERROR_INVALID_VALUE,
+                        absl::StatusCode::kInvalidArgument},
+        AllocationFault{true, "cuMemSetAccess", CUDA_ERROR_UNKNOWN,
+                        absl::StatusCode::kInternal},
+        AllocationFault{true, "cuMemExportToShareableHandle",
+                        CUDA_ERROR_NOT_SUPPORTED,
+                        absl::StatusCode::kUnimplemented},
+        AllocationFault{true, "cuMemsetD8Async", CUDA_ERROR_ILLEGAL_ADDRESS,
+                        absl::StatusCode::kInternal},
+        AllocationFault{true, "cuStreamSynchronize", CUDA_ERROR_LAUNCH_FAILED,
+                        absl::StatusCode::kInternal},
+        AllocationFault{false, "cuMemAlloc", CUDA_ERROR_OUT_OF_MEMORY,
+                        absl::StatusCode::kResourceExhausted},
+        AllocationFault{false, "cuIpcGetMemHandle", CUDA_ERROR_INVALID_VALUE,
+                        absl::StatusCode::kInvalidArgument},
+        AllocationFault{false, "cuMemsetD8Async", CUDA_ERROR_ILLEGAL_ADDRESS,
+                        absl::StatusCode::kInternal},
+        AllocationFault{false, "cuStreamSynchronize", CUDA_ERROR_LAUNCH_FAILED,
+                        absl::StatusCode::kInternal}),
+    AllocationFaultName);
+
+// A checkpoint written by the test: `count` tensors of `tensor_bytes`
+// pseudo-random bytes in safetensors layout.
+void WriteSafetensors(const std::string& path, int count,
+                      uint64_t tensor_bytes) {
+  std::string header = "{";
+  for (int i = 0; i < count; ++i) {
+    if (i > 0) header += ",";
+    header += "\"t" + std::to_string(i) + "\":{\"dtype\":\"U8\",\"shape\":[" +
+              std::to_string(tensor_bytes) + "],\"data_offsets\":[" +
+              std::to_string(i * tensor_bytes) + "," +
+              std::to_string((i + 1) * tensor_bytes) + "]}";
+  }
+  header += "}";
+  std::string bytes(8, '\0');
+  for (int i = 0; i < 8; ++i) {
+    bytes[i] = static_cast<char>(header.size() >> (8 * i));
+  }
+  bytes += header;
+  std::string data(count * tensor_bytes, '\0');
+  FillPattern(data.data(), data.size(), 12345);
+  bytes += data;
+  std::ofstream(path, std::ios::binary) << bytes;
+}
+
+// A failure injected at the n-th call of a copy-path entry point while the
+// Loader loads a model.
+struct CopyFault {
+  const char* call;
+  int nth;
+  CUresult error;
+};
+
+void PrintTo(const CopyFault& fault, std::ostream* out) {
+  *out << fault.call << " call " << fault.nth;
+}
+
+std::string CopyFaultName(const ::testing::TestParamInfo<CopyFault>& info) {
+  return info.param.call;
+}
+
+class CopyFaultTest : public SimulatedCudaTest,
+                      public ::testing::WithParamInterface<CopyFault> {};
+
+TEST_P(CopyFaultTest, LoaderReturnsTheErrorWithEverySlabBack) {
+  ASSERT_NO_FATAL_FAILURE(Open({}));
+  testing::ShortTempDir dir;
+  const std::string path = dir.Join("model.safetensors");
+  WriteSafetensors(path, 8, 100000);
+  ASSERT_OK_AND_ASSIGN(Manifest manifest, OpenCheckpoint(path, {}));
+  ASSERT_OK_AND_ASSIGN(auto engine, CreateReadEngine(ReadEngineOptions()));
+  ASSERT_OK_AND_ASSIGN(auto pool,
+                       StagingPool::Create({3 * 65536, 65536}, device_.get()));
+  Loader loader(engine.get(), pool.get(), device_.get());
+
+  sim_.inject(GetParam().call, GetParam().nth, GetParam().error);
+  auto failed = loader.Load(manifest, "faulty", LoadOptions());
+  EXPECT_THAT(failed, StatusIs(absl::StatusCode::kInternal,
+                               AllOf(HasSubstr(GetParam().call),
+                                     HasSubstr("simulated driver"))));
+  EXPECT_EQ(pool->free_slabs(), pool->slab_count());
+  EXPECT_EQ(sim_.live_allocations(), 0);
+  EXPECT_EQ(sim_.outstanding_copies(), 0);
+
+  // The error was the copy's alone: the next load succeeds.
+  ASSERT_OK_AND_ASSIGN(LoadedModel model,
+                       loader.Load(manifest, "healthy", LoadOptions()));
+  ASSERT_OK_AND_ASSIGN(auto source, FileByteSource::Open(path));
+  for (size_t t = 0; t < model.tensors.size(); ++t) {
+    ASSERT_OK_AND_ASSIGN(
+        std::string expected,
+        TensorSha256Hex(*source, manifest.files[0].tensors[t], nullptr));
+    EXPECT_EQ(Sha256Hex(SimulatedBytes(*model.arena) + model.tensors[t].offset,
+                        model.tensors[t].nbytes),
+              expected);
+  }
+  EXPECT_EQ(pool->free_slabs(), pool->slab_count());
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    CopyPath, CopyFaultTest,
+    ::testing::Values(
+        CopyFault{"cuMemcpyHtoDAsync", 5, CUDA_ERROR_ILLEGAL_ADDRESS},
+        CopyFault{"cuEventCreate", 2, CUDA_ERROR_UNKNOWN},
+        CopyFault{"cuEventRecord", 5, CUDA_ERROR_LAUNCH_FAILED},
+        CopyFault{"cuEventSynchronize", 5, CUDA_ERROR_LAUNCH_FAILED}),
+    CopyFaultName);
+
+TEST_F(SimulatedCudaTest, SynchronizeWaitsForSlowCopies) {
+  ASSERT_NO_FATAL_FAILURE(Open({{"WARMSTART_SIM_COPY_DELAY_US", "2000"}}));
+  ASSERT_OK_AND_ASSIGN(auto allocation, device_->Allocate(kMiB, "m"));
+  PinnedBuffer source(device_.get(), 20 * 4096);
+  FillPattern(source.data(), 20 * 4096, 3);
+  std::atomic<int> reported{0};
+  for (int i = 0; i < 20; ++i) {
+    device_->CopyFromHost(*allocation, i * 4096, source.data() + i * 4096, 4096,
+                          [&](absl::Status status) {
+                            EXPECT_OK(status);
+                            reported.fetch_add(1);
+                          });
+  }
+  EXPECT_LT(reported.load(), 20) << "copies take 2 ms each";
+  ASSERT_OK(device_->Synchronize());
+  EXPECT_EQ(reported.load(), 20);
+  EXPECT_EQ(sim_.outstanding_copies(), 0);
+  EXPECT_EQ(std::memcmp(SimulatedBytes(*allocation), source.data(), 20 * 4096),
+            0);
+}
+
+TEST_F(SimulatedCudaTest, DeviceWithoutFileDescriptorExportUsesLegacyIpc) {
+  Counter* fallbacks = Metrics::Global().GetCounter(
+      "warmstart_cuda_legacy_ipc_fallback_total", "");
+  const uint64_t before = fallbacks->value();
+  ASSERT_NO_FATAL_FAILURE(Open({{"WARMSTART_SIM_POSIX_FD", "0"}}));
+  EXPECT_TRUE(driver_->has_vmm());
+  EXPECT_FALSE(device_->uses_vmm());
+  EXPECT_EQ(fallbacks->value(), before + 1);
+  ASSERT_OK_AND_ASSIGN(auto allocation, device_->Allocate(kMiB, "m"));
+  EXPECT_EQ(allocation->Export().kind, ExportedMemory::Kind::kCudaIpcHandle);
+}
+
+TEST_F(SimulatedCudaTest, DriverWithoutVmmEntryPointsUsesLegacyIpc) {
+  ASSERT_NO_FATAL_FAILURE(
+      Open({{"WARMSTART_SIM_MISSING", "cuMemExportToShareableHandle"}}));
+  EXPECT_FALSE(driver_->has_vmm());
+  EXPECT_EQ(driver_->api().mem_create, nullptr);
+  EXPECT_FALSE(device_->uses_vmm());
+  ASSERT_OK_AND_ASSIGN(auto allocation, device_->Allocate(kMiB, "m"));
+  EXPECT_EQ(allocation->Export().kind, ExportedMemory::Kind::kCudaIpcHandle);
+}
+
+TEST_F(SimulatedCudaTest, AllowVmmOffForcesLegacyIpc) {
+  CudaDeviceOptions options;
+  options.allow_vmm = false;
+  ASSERT_NO_FATAL_FAILURE(Open({}, options));
+  EXPECT_FALSE(device_->uses_vmm());
+}
+
+TEST_F(SimulatedCudaTest, MissingRequiredEntryPointFailsLoad) {
+  EXPECT_THAT(
+      LoadSimulatedDriver({{"WARMSTART_SIM_MISSING", "cuMemcpyHtoDAsync"}}),
+      StatusIs(absl::StatusCode::kUnavailable,
+               AllOf(StartsWith("no usable CUDA driver"),
+                     HasSubstr("cuMemcpyHtoDAsync"))));
+}
+
+TEST_F(SimulatedCudaTest, FailingCuInitIsNoUsableDriver) {
+  EXPECT_THAT(LoadSimulatedDriver({{"WARMSTART_SIM_INIT_ERROR", "100"}}),
+              StatusIs(absl::StatusCode::kUnavailable,
+                       StartsWith("no usable CUDA driver: cuInit failed")));
+}
+
+TEST_F(SimulatedCudaTest, NoDriverAtAllIsAClearStatus) {
+  ::setenv("WARMSTART_LIBCUDA", "/nonexistent/libcuda.so.1", 1);
+  auto driver = CudaDriver::Load();
+  ::unsetenv("WARMSTART_LIBCUDA");
+  EXPECT_THAT(driver, StatusIs(absl::StatusCode::kUnavailable,
+                               StartsWith("no CUDA driver")));
+}
+
+TEST_F(SimulatedCudaTest, DriverWithoutGpuHasNoDeviceToOpen) {
+  ASSERT_OK_AND_ASSIGN(driver_,
+                       LoadSimulatedDriver({{"WARMSTART_SIM_DEVICES", "0"}}));
+  ASSERT_OK_AND_ASSIGN(auto devices, driver_->Devices());
+  EXPECT_TRUE(devices.empty());
+  EXPECT_THAT(CudaDevice::Create(driver_.get(), 0, {}),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("ordinal 0")));
+}
+
+TEST_F(SimulatedCudaTest, RejectsOptionsOutOfRange) {
+  ASSERT_OK_AND_ASSIGN(driver_, LoadSimulatedDriver());
+  CudaDeviceOptions options;
+  options.copy_streams = 0;
+  EXPECT_THAT(
+      CudaDevice::Create(driver_.get(), 0, options),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("copy_streams")));
+}
+
+// Create fails part-way through and undoes what it had set up.
+class CreateFaultTest : public SimulatedCudaTest,
+                        public ::testing::WithParamInterface<const char*> {};
+
+TEST_P(CreateFaultTest, UndoesEverything) {
+  ASSERT_OK_AND_ASSIGN(driver_, LoadSimulatedDriver());
+  ASSERT_NO_FATAL_FAILURE(BindSim(&sim_));
+  // The second call: the first of each has succeeded by then.
+  sim_.inject(GetParam(), 2, CUDA_ERROR_UNKNOWN);
+  EXPECT_THAT(CudaDevice::Create(driver_.get(), 0, {}),
+              StatusIs(absl::StatusCode::kInternal, HasSubstr(GetParam())));
+  // TearDown checks that no stream or context retain is left.
+}
+
+INSTANTIATE_TEST_SUITE_P(EveryStep, CreateFaultTest,
+                         ::testing::Values("cuDeviceGetAttribute",
+                                           "cuStreamCreate"));
+
+TEST_F(SimulatedCudaTest, CompletionThreadWithoutContextFailsCreate) {
+  ASSERT_OK_AND_ASSIGN(driver_, LoadSimulatedDriver());
+  ASSERT_NO_FATAL_FAILURE(BindSim(&sim_));
+  sim_.inject("cuCtxSetCurrent", 1, CUDA_ERROR_INVALID_CONTEXT);
+  EXPECT_THAT(
+      CudaDevice::Create(driver_.get(), 0, {}),
+      StatusIs(absl::StatusCode::kInternal, HasSubstr("cuCtxSetCurrent")));
+}
+
+TEST_F(SimulatedCudaTest, CallsLeaveTheCallersContextStackAlone) {
+  ASSERT_NO_FATAL_FAILURE(Open({}));
+  // Without a context of its own on this thread, a driver call that needs
+  // one fails; the device's calls push and pop theirs.
+  ASSERT_OK_AND_ASSIGN(auto allocation, device_->Allocate(kMiB, "m"));
+  CUcontext current = nullptr;
+  EXPECT_EQ(driver_->api().ctx_pop_current(&current),
+            CUDA_ERROR_INVALID_CONTEXT);
+}
+
+}  // namespace
+}  // namespace warmstart
