@@ -124,6 +124,52 @@ TEST(DaemonCliTest, WaitReadyWaitsForADaemonThatStartsLater) {
   EXPECT_EQ(daemon.Stop(SIGTERM, 10000), 0);
 }
 
+TEST(BenchCliTest, HostBenchReportsBothModesAsJson) {
+  const std::string fixture =
+      FixturePath("safetensors/candle_whisper_mel_filters.safetensors");
+  RunResult bench =
+      RunProcess({Ctl(), "bench", fixture, "--runs", "1", "--json"});
+  ASSERT_EQ(bench.exit_code, 0) << bench.err;
+  auto json = nlohmann::json::parse(bench.out, nullptr, false);
+  ASSERT_FALSE(json.is_discarded()) << bench.out;
+  EXPECT_EQ(json["runs"], 1);
+  EXPECT_EQ(json["file_bytes"], 64400);
+  ASSERT_EQ(json["results"].size(), 2u);
+  EXPECT_EQ(json["results"][0]["mode"], "cold");
+  EXPECT_EQ(json["results"][0]["baseline"], "odirect_read");
+  EXPECT_EQ(json["results"][1]["mode"], "warm");
+  EXPECT_EQ(json["results"][1]["baseline"], "pagecache_to_fresh_shm");
+  EXPECT_GT(json["results"][1]["ratio_median"].get<double>(), 0);
+}
+
+TEST(BenchCliTest, CudaBenchOnTheSimulatedDriverAddsTheCopyPeak) {
+  const std::string fixture =
+      FixturePath("safetensors/candle_whisper_mel_filters.safetensors");
+  ::setenv("WARMSTART_LIBCUDA",
+           BinaryPath("daemon/device/libcuda_sim.so").c_str(), 1);
+  RunResult bench = RunProcess(
+      {Ctl(), "bench", fixture, "--backend", "cuda", "--runs", "1", "--json"});
+  ::unsetenv("WARMSTART_LIBCUDA");
+  ASSERT_EQ(bench.exit_code, 0) << bench.err;
+  auto json = nlohmann::json::parse(bench.out, nullptr, false);
+  ASSERT_EQ(json["results"].size(), 3u) << bench.out;
+  EXPECT_EQ(json["results"][2]["mode"], "h2d_peak");
+  EXPECT_EQ(json["results"][2]["backend"], "cuda");
+  EXPECT_TRUE(json["results"][2]["baseline"].is_null());
+  EXPECT_GT(json["results"][2]["gbps_median"].get<double>(), 0);
+}
+
+TEST(BenchCliTest, CudaWithoutADriverIsUnavailable) {
+  ::setenv("WARMSTART_LIBCUDA", "/nonexistent/libcuda.so.1", 1);
+  RunResult bench = RunProcess(
+      {Ctl(), "bench", FixturePath("safetensors/golden_rs_f32.safetensors"),
+       "--backend", "cuda"});
+  ::unsetenv("WARMSTART_LIBCUDA");
+  EXPECT_EQ(bench.exit_code, 3);
+  EXPECT_THAT(bench.err, HasSubstr("no CUDA driver"));
+  EXPECT_EQ(bench.out, "");
+}
+
 }  // namespace
 }  // namespace testing
 }  // namespace warmstart

@@ -29,13 +29,18 @@ struct BenchOptions {
   int runs = 5;
   uint64_t staging_bytes = uint64_t{256} << 20;
   uint64_t slab_bytes = uint64_t{16} << 20;
+  // Also measure the peak pinned host-to-device copy rate through the
+  // device (mode "h2d_peak", GPUs only: for host memory it is a memcpy).
+  bool measure_h2d_peak = false;
   // Receives one line per measurement, as it happens (progress on stderr).
   std::function<void(const std::string&)> log;
 };
 
 struct ModeResult {
-  std::string mode;      // "cold" or "warm".
-  std::string baseline;  // "odirect_read" or "pagecache_to_fresh_shm".
+  std::string mode;  // "cold", "warm" or "h2d_peak".
+  // "odirect_read" or "pagecache_to_fresh_shm"; empty for h2d_peak, which
+  // is itself the ceiling a GPU load is held to.
+  std::string baseline;
   std::vector<double> load_gbps;
   std::vector<double> baseline_gbps;
   std::vector<double> ratios;

@@ -6,6 +6,24 @@
 namespace warmstart {
 namespace ctl {
 
+int ExitCodeFor(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kDataLoss:
+      return kExitChecksum;
+    case absl::StatusCode::kNotFound:
+      return kExitNotFound;
+    case absl::StatusCode::kPermissionDenied:
+    case absl::StatusCode::kResourceExhausted:
+      return kExitRefused;
+    case absl::StatusCode::kUnavailable:
+      return kExitUnavailable;
+    case absl::StatusCode::kDeadlineExceeded:
+      return kExitTimeout;
+    default:
+      return kExitMalformed;
+  }
+}
+
 std::string CommandLine::Value(const std::string& name,
                                const std::string& fallback) const {
   auto it = values.find(name);

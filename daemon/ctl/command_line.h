@@ -26,6 +26,11 @@ enum ExitCode {
   kExitChecksum = 7,
 };
 
+// The exit status for a failed command: DataLoss (a checksum) 7, NotFound 4,
+// PermissionDenied and ResourceExhausted (refused) 5, Unavailable 3,
+// DeadlineExceeded 6, anything else 2 (malformed input).
+int ExitCodeFor(const absl::Status& status);
+
 struct CommandLine {
   std::string command;                        // Empty when none was given.
   std::vector<std::string> arguments;         // Positional, in order.

@@ -53,6 +53,17 @@ TEST(CommandLineTest, Errors) {
                        HasSubstr("takes no value")));
 }
 
+TEST(ExitCodeForTest, FollowsTheTable) {
+  EXPECT_EQ(ExitCodeFor(absl::InvalidArgumentError("x")), kExitMalformed);
+  EXPECT_EQ(ExitCodeFor(absl::FailedPreconditionError("x")), kExitMalformed);
+  EXPECT_EQ(ExitCodeFor(absl::NotFoundError("x")), kExitNotFound);
+  EXPECT_EQ(ExitCodeFor(absl::PermissionDeniedError("x")), kExitRefused);
+  EXPECT_EQ(ExitCodeFor(absl::ResourceExhaustedError("x")), kExitRefused);
+  EXPECT_EQ(ExitCodeFor(absl::UnavailableError("x")), kExitUnavailable);
+  EXPECT_EQ(ExitCodeFor(absl::DeadlineExceededError("x")), kExitTimeout);
+  EXPECT_EQ(ExitCodeFor(absl::DataLossError("x")), kExitChecksum);
+}
+
 }  // namespace
 }  // namespace ctl
 }  // namespace warmstart

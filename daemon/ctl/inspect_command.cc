@@ -60,19 +60,6 @@ std::string ShapeText(const std::vector<uint64_t>& shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ","), "]");
 }
 
-int ExitCodeFor(const absl::Status& status) {
-  switch (status.code()) {
-    case absl::StatusCode::kDataLoss:
-      return kExitChecksum;
-    case absl::StatusCode::kNotFound:
-      return kExitNotFound;
-    case absl::StatusCode::kPermissionDenied:
-      return kExitRefused;
-    default:
-      return kExitMalformed;
-  }
-}
-
 struct InspectOptions {
   bool json = false;
   bool hash = false;
