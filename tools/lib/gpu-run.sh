@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The GPU half of tools/gpu-check: runs inside the bundle on the GPU machine.
+# Prints the GPU test results and the bench figures; copies them to $OUT
+# when set. Exits non-zero when a test fails.
+set -uo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+export LD_LIBRARY_PATH="$here/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export WARMSTART_FIXTURES="$here/fixtures"
+out="${OUT:-$(mktemp -d)}"
+mkdir -p "$out"
+status=0
+
+nvidia-smi --query-gpu=name,uuid,driver_version,memory.total --format=csv \
+    2>&1 | tee "$out/gpu.txt"
+for test in "$here"/tests/*; do
+  name="$(basename "$test")"
+  echo "== $name"
+  "$test" --gtest_output="xml:$out/$name.xml" >"$out/$name.log" 2>&1 ||
+      status=1
+  grep -E '^\[ +(OK|FAILED|SKIPPED|PASSED) +\]' "$out/$name.log"
+done
+
+work="$(mktemp -d /tmp/ws-gpu-XXXXXX)"
+trap 'rm -rf "$work"' EXIT
+echo "== generating a 4 GB checkpoint"
+checkpoint="$("$here/bin/gen_checkpoint" --out "$work/ckpt" --bytes 4G \
+    --shards 4 --max_tensor 512MiB)"
+echo "== warmstartctl bench --backend cuda (4 GB, 3 runs per mode)"
+"$here/bin/warmstartctl" bench "$checkpoint" --backend cuda --runs 3 \
+    2> "$out/bench.log" | tee "$out/bench.txt" || status=1
+"$here/bin/warmstartctl" bench "$checkpoint" --backend cuda --runs 3 --json \
+    2>> "$out/bench.log" > "$out/bench.json" || status=1
+cat "$out/bench.json"
+exit $status
