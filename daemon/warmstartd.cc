@@ -52,6 +52,9 @@ Stop it with SIGTERM or SIGINT.
 
 struct BackendChoice {
   v1::Backend backend = v1::BACKEND_HOST;
+  // Kept for the process's lifetime: unloading libcuda after cuInit is not
+  // safe.
+  std::unique_ptr<CudaDriver> driver;
   std::string cuda_status;
   std::vector<CudaDeviceInfo> gpus;
 };
@@ -67,6 +70,7 @@ absl::StatusOr<BackendChoice> ChooseBackend(const std::string& requested) {
   auto driver = CudaDriver::Load();
   if (driver.ok()) {
     gpus = (*driver)->Devices();
+    choice.driver = std::move(*driver);
   } else {
     gpus = driver.status();
   }
@@ -102,6 +106,15 @@ int Run(int argc, char** argv) {
     }
   }
   absl::ParseCommandLine(argc, argv);
+
+  // Stop signals are taken synchronously by sigwait at the end. Block them
+  // before anything starts a thread (the CUDA driver does, in cuInit; gRPC
+  // does) so that no other thread receives one and dies of it.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
   LogFormat format;
   absl::Status status =
@@ -146,14 +159,6 @@ int Run(int argc, char** argv) {
     log->error("{}", status.message());
     return 1;
   }
-
-  // Signals are taken synchronously by sigwait below; block them before gRPC
-  // starts its threads so none of those threads receives them.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGTERM);
-  sigaddset(&stop_signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
   grpc::EnableDefaultHealthCheckService(true);
   WarmstartService service(info);

@@ -188,3 +188,23 @@ def test_missing_path_exits_4():
     result = inspect(os.path.join(FIXTURES, "no-such-file.safetensors"))
     assert result.returncode == 4
     assert "no-such-file.safetensors" in result.stderr
+
+
+def test_checksum_mismatch_exits_7(tmp_path):
+    source = [p for p in TENSORIZER if "module_simple_v1" in p][0]
+    data = bytearray(open(source, "rb").read())
+    tensors = json.loads(inspect("--json", source).stdout)["files"][0]["tensors"]
+    data[tensors[-1]["offset"]] ^= 0x01
+    damaged = tmp_path / "damaged.tensors"
+    damaged.write_bytes(bytes(data))
+    result = inspect("--verify", str(damaged))
+    assert result.returncode == 7, result.stderr
+    assert result.stdout == ""
+    assert "mismatch" in result.stderr
+    assert len(result.stderr.strip().split("\n")) == 1
+
+
+def test_mistyped_flag_is_a_usage_error():
+    result = inspect("--verfy", SAFETENSORS[0])
+    assert result.returncode == 1
+    assert "unknown flag --verfy" in result.stderr

@@ -193,15 +193,17 @@ absl::StatusOr<BenchResult> RunBench(const BenchOptions& options,
   }
   result.files = files.size();
 
+  // The pool is declared first so that it outlives the engine its slabs are
+  // registered with.
+  ASSIGN_OR_RETURN(
+      std::unique_ptr<StagingPool> pool,
+      StagingPool::Create({options.staging_bytes, options.slab_bytes}, device));
   ReadEngineOptions engine_options;
   engine_options.kind = options.io;
   ASSIGN_OR_RETURN(std::unique_ptr<ReadEngine> engine,
                    CreateReadEngine(engine_options));
   result.io = std::string(engine->name());
   std::atomic<uint64_t> peak{0};
-  ASSIGN_OR_RETURN(
-      std::unique_ptr<StagingPool> pool,
-      StagingPool::Create({options.staging_bytes, options.slab_bytes}, device));
   RETURN_IF_ERROR(engine->RegisterBuffers(pool->Regions()));
   Loader loader(engine.get(), pool.get(), device);
   auto log = [&](const std::string& line) {

@@ -43,8 +43,9 @@ int RunBenchCommand(const CommandLine& line) {
   if (!absl::SimpleAtoi(
           line.Value("--staging-mib", std::to_string(staging_mib)),
           &staging_mib) ||
-      staging_mib < 16) {
-    return Fail(kExitUsage, "--staging-mib: expected a number >= 16");
+      staging_mib < 16 || staging_mib > (uint64_t{1} << 20)) {
+    return Fail(kExitUsage,
+                "--staging-mib: expected a number from 16 to 1048576");
   }
   options.staging_bytes = staging_mib << 20;
 

@@ -2,14 +2,14 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "daemon/formats/tensor_data.h"
 
 namespace warmstart {
 namespace ctl {
 
 int ExitCodeFor(const absl::Status& status) {
+  if (IsChecksumMismatch(status)) return kExitChecksum;
   switch (status.code()) {
-    case absl::StatusCode::kDataLoss:
-      return kExitChecksum;
     case absl::StatusCode::kNotFound:
       return kExitNotFound;
     case absl::StatusCode::kPermissionDenied:
@@ -76,6 +76,27 @@ absl::StatusOr<CommandLine> ParseCommandLine(
     }
   }
   return line;
+}
+
+absl::Status CheckFlags(const CommandLine& line,
+                        const std::set<std::string>& switches,
+                        const std::set<std::string>& value_flags) {
+  for (const std::string& name : line.switches) {
+    if (switches.count(name) == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown flag ", name,
+                       value_flags.count(name) ? " (it needs a value)" : "",
+                       line.command.empty() ? "" : " for " + line.command));
+    }
+  }
+  for (const auto& [name, value] : line.values) {
+    if (value_flags.count(name) == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown flag ", name,
+                       line.command.empty() ? "" : " for " + line.command));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace ctl

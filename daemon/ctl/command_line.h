@@ -26,9 +26,10 @@ enum ExitCode {
   kExitChecksum = 7,
 };
 
-// The exit status for a failed command: DataLoss (a checksum) 7, NotFound 4,
-// PermissionDenied and ResourceExhausted (refused) 5, Unavailable 3,
-// DeadlineExceeded 6, anything else 2 (malformed input).
+// The exit status for a failed command: a stored checksum that does not
+// match 7, NotFound 4, PermissionDenied and ResourceExhausted (refused) 5,
+// Unavailable 3, DeadlineExceeded 6, anything else 2 (malformed input, and
+// read errors, which the table has no status of their own for).
 int ExitCodeFor(const absl::Status& status);
 
 struct CommandLine {
@@ -48,6 +49,13 @@ struct CommandLine {
 absl::StatusOr<CommandLine> ParseCommandLine(
     int argc, const char* const* argv,
     const std::set<std::string>& value_flags);
+
+// Checks that `line` uses only the given switches and value flags (as
+// "--name"); InvalidArgument naming the first unknown one otherwise, so a
+// mistyped flag is a usage error rather than silently ignored.
+absl::Status CheckFlags(const CommandLine& line,
+                        const std::set<std::string>& switches,
+                        const std::set<std::string>& value_flags);
 
 }  // namespace ctl
 }  // namespace warmstart

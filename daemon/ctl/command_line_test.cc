@@ -1,6 +1,7 @@
 #include "daemon/ctl/command_line.h"
 
 #include "daemon/base/testing/status_matchers.h"
+#include "daemon/formats/tensor_data.h"
 
 namespace warmstart {
 namespace ctl {
@@ -53,6 +54,19 @@ TEST(CommandLineTest, Errors) {
                        HasSubstr("takes no value")));
 }
 
+TEST(CheckFlagsTest, UnknownFlagsAreUsageErrors) {
+  ASSERT_OK_AND_ASSIGN(auto line, Parse({"inspect", "--verfy", "m"}));
+  EXPECT_THAT(CheckFlags(line, {"--verify", "--json"}, {"--socket"}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("unknown flag --verfy for inspect")));
+  ASSERT_OK_AND_ASSIGN(auto good, Parse({"inspect", "--json", "--socket=s"}));
+  EXPECT_OK(CheckFlags(good, {"--verify", "--json"}, {"--socket"}));
+  ASSERT_OK_AND_ASSIGN(auto value, Parse({"status", "--timeout=3"}));
+  EXPECT_THAT(
+      CheckFlags(value, {}, {"--socket"}),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--timeout")));
+}
+
 TEST(ExitCodeForTest, FollowsTheTable) {
   EXPECT_EQ(ExitCodeFor(absl::InvalidArgumentError("x")), kExitMalformed);
   EXPECT_EQ(ExitCodeFor(absl::FailedPreconditionError("x")), kExitMalformed);
@@ -61,7 +75,10 @@ TEST(ExitCodeForTest, FollowsTheTable) {
   EXPECT_EQ(ExitCodeFor(absl::ResourceExhaustedError("x")), kExitRefused);
   EXPECT_EQ(ExitCodeFor(absl::UnavailableError("x")), kExitUnavailable);
   EXPECT_EQ(ExitCodeFor(absl::DeadlineExceededError("x")), kExitTimeout);
-  EXPECT_EQ(ExitCodeFor(absl::DataLossError("x")), kExitChecksum);
+  EXPECT_EQ(ExitCodeFor(absl::DataLossError("read: EIO")), kExitMalformed);
+  absl::Status mismatch = absl::DataLossError("SHA-256 mismatch");
+  mismatch.SetPayload(kChecksumMismatchPayload, absl::Cord());
+  EXPECT_EQ(ExitCodeFor(mismatch), kExitChecksum);
 }
 
 }  // namespace

@@ -1,6 +1,8 @@
 // warmstartctl: the operator's tool for warmstartd.
 #include <cstdio>
 #include <cstring>
+#include <map>
+#include <set>
 #include <string>
 
 #include "daemon/base/version.h"
@@ -74,10 +76,34 @@ int Run(int argc, char** argv) {
     std::fputs(kUsage, stdout);
     return kExitOk;
   }
-  if (line.command == "inspect") return RunInspect(line);
-  if (line.command == "bench") return RunBenchCommand(line);
-  if (line.command == "info") return RunInfo(line);
-  if (line.command == "wait-ready") return RunWaitReady(line);
+  struct Command {
+    int (*run)(const CommandLine&);
+    std::set<std::string> switches;
+    std::set<std::string> value_flags;
+  };
+  const std::map<std::string, Command> commands = {
+      {"inspect",
+       {RunInspect,
+        {"--json", "--hash", "--verify", "--full-metadata"},
+        {"--key-hex", "--key-file", "--password", "--password-file",
+         "--socket"}}},
+      {"bench",
+       {RunBenchCommand,
+        {"--json"},
+        {"--backend", "--io", "--runs", "--staging-mib", "--socket"}}},
+      {"info", {RunInfo, {"--json"}, {"--socket"}}},
+      {"wait-ready", {RunWaitReady, {}, {"--socket", "--timeout"}}},
+  };
+  if (auto command = commands.find(line.command); command != commands.end()) {
+    absl::Status flags =
+        CheckFlags(line, command->second.switches, command->second.value_flags);
+    if (!flags.ok()) {
+      std::fprintf(stderr, "warmstartctl: %s (see --help)\n",
+                   std::string(flags.message()).c_str());
+      return kExitUsage;
+    }
+    return command->second.run(line);
+  }
   std::fprintf(stderr, "warmstartctl: %s (see --help)\n",
                line.command.empty()
                    ? "no command given"

@@ -42,9 +42,8 @@ class DeviceAllocation {
   // memory); null for GPU memory.
   virtual char* host_data() = 0;
   // Makes the memory read-only for everyone it is exported to (host: seals
-  // the memfd) and reports a failure of work the device finished in the
-  // background (host: reserving the pages). Called once the load has
-  // completed; an error means the allocation must not be served.
+  // the memfd). Called once the load has completed; an error means the
+  // allocation must not be served.
   virtual absl::Status Seal() = 0;
   virtual ExportedMemory Export() const = 0;
 };

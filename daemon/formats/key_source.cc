@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -183,6 +184,16 @@ absl::StatusOr<KeyMaterial> KeyFromFile(const std::string& path) {
         absl::StrCat(path, ": ", key.status().message()));
   }
   return key;
+}
+
+absl::StatusOr<KeyMaterial> KeyFromEnvironment(const std::string& variable) {
+  const char* path = std::getenv(variable.c_str());
+  if (path == nullptr || *path == '\0') {
+    return absl::FailedPreconditionError(
+        absl::StrCat("environment variable ", variable,
+                     " should name the key file, but it is not set"));
+  }
+  return KeyFromFile(path);
 }
 
 absl::StatusOr<Password> PasswordFromFile(const std::string& path) {

@@ -78,6 +78,12 @@ absl::StatusOr<KeyMaterial> KeyFromHex(absl::string_view hex);
 // Errors name the path and say which forms are accepted.
 absl::StatusOr<KeyMaterial> KeyFromFile(const std::string& path);
 
+// The key in the file that environment variable `variable` names (so the
+// key itself never appears in a config file or a command line), read as
+// KeyFromFile reads it. FailedPrecondition when the variable is unset or
+// empty, naming the variable.
+absl::StatusOr<KeyMaterial> KeyFromEnvironment(const std::string& variable);
+
 // Reads a password file (at most 64 KiB). One trailing "\n" or "\r\n" is
 // removed, since editors and `echo` add one; an empty password is an error.
 absl::StatusOr<Password> PasswordFromFile(const std::string& path);

@@ -238,5 +238,19 @@ TEST_F(DeriveKeyTest, OtherAlgorithmsAndSaltSizesAreRejected) {
                        HasSubstr("the salt is 4 bytes; Argon2id needs 16")));
 }
 
+TEST(KeyFromEnvironmentTest, ReadsTheFileTheVariableNames) {
+  testing::ShortTempDir dir;
+  const std::string path = dir.Join("key.hex");
+  std::ofstream(path) << std::string(64, 'a') << "\n";
+  ::setenv("WARMSTART_TEST_KEY_FILE", path.c_str(), 1);
+  ASSERT_OK_AND_ASSIGN(KeyMaterial key,
+                       KeyFromEnvironment("WARMSTART_TEST_KEY_FILE"));
+  EXPECT_EQ(key.data()[0], 0xaa);
+  ::unsetenv("WARMSTART_TEST_KEY_FILE");
+  EXPECT_THAT(KeyFromEnvironment("WARMSTART_TEST_KEY_FILE"),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("WARMSTART_TEST_KEY_FILE")));
+}
+
 }  // namespace
 }  // namespace warmstart

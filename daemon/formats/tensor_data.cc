@@ -9,6 +9,7 @@
 #include <memory>
 #include <vector>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -333,10 +334,17 @@ absl::Status ChecksumVerifier::Finish() {
     }
   }
   if (!mismatches.empty()) {
-    return absl::DataLossError(
+    absl::Status status = absl::DataLossError(
         absl::StrCat(where_, ": ", absl::StrJoin(mismatches, "; ")));
+    status.SetPayload(kChecksumMismatchPayload, absl::Cord());
+    return status;
   }
   return absl::OkStatus();
+}
+
+bool IsChecksumMismatch(const absl::Status& status) {
+  return status.code() == absl::StatusCode::kDataLoss &&
+         status.GetPayload(kChecksumMismatchPayload).has_value();
 }
 
 absl::Status VerifyStoredChecksums(const ByteSource& source,

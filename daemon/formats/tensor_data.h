@@ -86,6 +86,15 @@ absl::Status DecryptInPlace(absl::string_view file_name,
 
 class Sha256Digest;  // An incremental SHA-256; defined in tensor_data.cc.
 
+// The payload type ChecksumVerifier::Finish (and VerifyStoredChecksums) puts
+// on a mismatch, which tells it apart from other DataLoss errors such as
+// EIO.
+inline constexpr char kChecksumMismatchPayload[] =
+    "type.warmstart.dev/checksum_mismatch";
+
+// True for a status that reports a stored checksum that does not match.
+bool IsChecksumMismatch(const absl::Status& status);
+
 // Recomputes `tensor`'s stored checksums from its stored plaintext given in
 // order, in pieces of any size. Move-only.
 class ChecksumVerifier {
@@ -107,7 +116,14 @@ class ChecksumVerifier {
     std::shared_ptr<Sha256Digest> sha;
   };
   ChecksumVerifier() = default;
+  ChecksumVerifier(const ChecksumVerifier&) = delete;
+  ChecksumVerifier& operator=(const ChecksumVerifier&) = delete;
 
+ public:
+  ChecksumVerifier(ChecksumVerifier&&) = default;
+  ChecksumVerifier& operator=(ChecksumVerifier&&) = default;
+
+ private:
   std::string where_;
   std::vector<Running> running_;
 };

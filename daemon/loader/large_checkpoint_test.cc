@@ -18,8 +18,8 @@ namespace {
 std::string Sha256Hex(const char* data, uint64_t size) {
   unsigned char digest[SHA256_DIGEST_LENGTH];
   SHA256(reinterpret_cast<const unsigned char*>(data), size, digest);
-  return absl::BytesToHexString(absl::string_view(
-      reinterpret_cast<const char*>(digest), sizeof(digest)));
+  return absl::BytesToHexString(
+      absl::string_view(reinterpret_cast<const char*>(digest), sizeof(digest)));
 }
 
 class LargeCheckpointTest
@@ -41,8 +41,8 @@ TEST_P(LargeCheckpointTest, EveryTensorOfATwoGigabyteCheckpointIsIntact) {
   ReadEngineOptions engine_options;
   engine_options.kind = GetParam();
   ASSERT_OK_AND_ASSIGN(auto engine, CreateReadEngine(engine_options));
-  ASSERT_OK_AND_ASSIGN(auto pool, StagingPool::Create({64 << 20, 8 << 20},
-                                                      &device));
+  ASSERT_OK_AND_ASSIGN(auto pool,
+                       StagingPool::Create({64 << 20, 8 << 20}, &device));
   Loader loader(engine.get(), pool.get(), &device);
   for (const bool direct : {true, false}) {
     SCOPED_TRACE(direct ? "O_DIRECT" : "buffered");
@@ -59,9 +59,9 @@ TEST_P(LargeCheckpointTest, EveryTensorOfATwoGigabyteCheckpointIsIntact) {
         ASSERT_EQ(loaded.name, tensor.name);
         ASSERT_OK_AND_ASSIGN(std::string expected,
                              TensorSha256Hex(*source, tensor, nullptr));
-        ASSERT_EQ(Sha256Hex(model.arena->host_data() + loaded.offset,
-                            loaded.nbytes),
-                  expected)
+        ASSERT_EQ(
+            Sha256Hex(model.arena->host_data() + loaded.offset, loaded.nbytes),
+            expected)
             << tensor.name;
       }
     }

@@ -47,6 +47,9 @@ absl::StatusOr<ArenaLayout> LayoutArena(const Manifest& manifest,
 absl::StatusOr<std::vector<ReadChunk>> PlanReads(const Manifest& manifest,
                                                  const ArenaLayout& layout,
                                                  uint64_t max_chunk_bytes) {
+  if (max_chunk_bytes == 0) {
+    return absl::InvalidArgumentError("read chunks cannot be 0 bytes long");
+  }
   // Placements of each file, in file offset order.
   std::vector<std::vector<size_t>> by_file(manifest.files.size());
   for (size_t p = 0; p < layout.placements.size(); ++p) {
@@ -69,8 +72,8 @@ absl::StatusOr<std::vector<ReadChunk>> PlanReads(const Manifest& manifest,
     for (size_t p : by_file[f]) {
       const TensorEntry& tensor = tensor_of(p);
       // Encrypted data decrypts in whole cipher chunks; plain data can be
-      // cut anywhere.
-      uint64_t unit = max_chunk_bytes;
+      // cut anywhere, so it fills what is left of a chunk.
+      uint64_t unit = 1;
       if (tensor.encryption.has_value()) {
         unit = std::min(tensor.encryption->chunk_size, tensor.stored_bytes);
         if (unit > max_chunk_bytes) {

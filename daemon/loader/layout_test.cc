@@ -88,6 +88,8 @@ TEST(PlanReadsTest, EncryptedTensorsAreCutAtCipherChunks) {
     }
   }
   EXPECT_EQ(starts, (std::vector<uint64_t>{0, 600}));
+  EXPECT_THAT(PlanReads(manifest, layout, 0),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("0")));
   EXPECT_THAT(PlanReads(manifest, layout, 299),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("do not fit staging slabs")));

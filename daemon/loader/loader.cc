@@ -76,6 +76,12 @@ absl::StatusOr<LoadedModel> Loader::Load(const Manifest& manifest,
                    LayoutArena(manifest, options.alignment));
   // Room in a slab for the O_DIRECT lead before a chunk and the tail after
   // it.
+  if (pool_->slab_bytes() <= 2 * kDirectAlignment) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "staging slabs of ", pool_->slab_bytes(),
+        " bytes are too small: they need room for O_DIRECT alignment (",
+        2 * kDirectAlignment, " bytes) and data"));
+  }
   const uint64_t max_chunk = pool_->slab_bytes() - 2 * kDirectAlignment;
   ASSIGN_OR_RETURN(std::vector<ReadChunk> chunks,
                    PlanReads(manifest, layout, max_chunk));

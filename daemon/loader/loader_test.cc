@@ -384,6 +384,23 @@ TEST(LoaderTest, SlabsSmallerThanACipherChunkAreRefusedClearly) {
                        HasSubstr("do not fit staging slabs")));
 }
 
+TEST(LoaderTest, SlabsWithNoRoomBeyondAlignmentAreRefused) {
+  const std::string path =
+      testing::FixturePath("safetensors/golden_rs_f32.safetensors");
+  ASSERT_OK_AND_ASSIGN(Manifest manifest, OpenCheckpoint(path, {}));
+  HostDevice device(HostDeviceOptions{});
+  auto engine = CreateReadEngine({});
+  ASSERT_OK(engine.status());
+  for (uint64_t slab : {4096, 8192}) {
+    ASSERT_OK_AND_ASSIGN(auto pool, StagingPool::Create({slab, slab}, &device));
+    Loader loader(engine->get(), pool.get(), &device);
+    EXPECT_THAT(
+        loader.Load(manifest, "m", {}),
+        StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("too small")))
+        << slab;
+  }
+}
+
 TEST(LoaderTest, BigEndianGgufIsRefusedByTheLoader) {
   const std::string path =
       testing::FixturePath("gguf/ggufpy-v3-bigendian.gguf");

@@ -25,7 +25,9 @@ ScopedFd BindAt(const std::string& path, bool listen_too) {
   EXPECT_EQ(
       ::bind(fd.get(), reinterpret_cast<sockaddr*>(&address), sizeof(address)),
       0);
-  if (listen_too) EXPECT_EQ(::listen(fd.get(), 1), 0);
+  if (listen_too) {
+    EXPECT_EQ(::listen(fd.get(), 1), 0);
+  }
   return fd;
 }
 
