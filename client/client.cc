@@ -44,11 +44,11 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
                                 grpc::InsecureChannelCredentials(), arguments);
   std::unique_ptr<Client> client(new Client(options.socket_path, channel));
 
-  auto stub = v1::Warmstart::NewStub(channel);
+  auto warmstart = v1::Warmstart::NewStub(channel);
   grpc::ClientContext context;
   context.set_deadline(Deadline(deadline));
   context.set_wait_for_ready(options.wait_for_daemon);
-  grpc::Status status = stub->GetServerInfo(
+  grpc::Status status = warmstart->GetServerInfo(
       &context, v1::GetServerInfoRequest(), &client->server_info_);
   if (!status.ok()) {
     return Unavailable(options.socket_path, status.error_message());
@@ -64,12 +64,12 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
 }
 
 absl::StatusOr<bool> Client::IsServing(absl::Duration timeout) {
-  auto stub = grpc::health::v1::Health::NewStub(channel_);
+  auto health = grpc::health::v1::Health::NewStub(channel_);
   grpc::ClientContext context;
   context.set_deadline(Deadline(absl::Now() + timeout));
   grpc::health::v1::HealthCheckRequest request;
   grpc::health::v1::HealthCheckResponse response;
-  grpc::Status status = stub->Check(&context, request, &response);
+  grpc::Status status = health->Check(&context, request, &response);
   if (!status.ok()) return Unavailable(socket_path_, status.error_message());
   return response.status() == grpc::health::v1::HealthCheckResponse::SERVING;
 }
