@@ -53,8 +53,8 @@ absl::Status FileByteSource::ReadAt(uint64_t offset, uint64_t length,
                         static_cast<off_t>(offset + done));
     if (n < 0) {
       if (errno == EINTR) continue;
-      return ErrnoToStatus(errno,
-                           absl::StrCat(path_, ": read at byte ", offset + done));
+      return ErrnoToStatus(
+          errno, absl::StrCat(path_, ": read at byte ", offset + done));
     }
     if (n == 0) {
       // The file shrank after it was opened.

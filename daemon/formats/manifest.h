@@ -31,7 +31,8 @@ struct StoredChecksum {
   enum class Kind { kCrc32, kSha256 };
   Kind kind;
   std::string prefix;
-  std::string digest;  // Raw bytes: 4 for CRC32 (big-endian value), 32 for SHA-256.
+  std::string
+      digest;  // Raw bytes: 4 for CRC32 (big-endian value), 32 for SHA-256.
 };
 
 // Argon2id parameters for a key derived from a password (libsodium

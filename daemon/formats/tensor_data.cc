@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "daemon/base/status_macros.h"
+#include "daemon/formats/text_util.h"
 
 namespace warmstart {
 
@@ -71,24 +72,6 @@ static_assert(
     "tensorizer MACs are Poly1305 tags");
 
 constexpr size_t kCrc32Bytes = 4;
-
-// Names come from files; escape what would break a one-line message.
-std::string Quote(absl::string_view text) {
-  std::string out = "\"";
-  for (char c : text) {
-    const auto byte = static_cast<unsigned char>(c);
-    if (c == '"' || c == '\\') {
-      out.push_back('\\');
-      out.push_back(c);
-    } else if (byte < 0x20 || byte == 0x7f) {
-      absl::StrAppend(&out, "\\x", absl::Hex(byte, absl::kZeroPad2));
-    } else {
-      out.push_back(c);
-    }
-  }
-  out.push_back('"');
-  return out;
-}
 
 std::string Where(absl::string_view file_name, const TensorEntry& tensor) {
   return absl::StrCat(file_name, ": tensor ", Quote(tensor.name));

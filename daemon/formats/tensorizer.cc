@@ -16,6 +16,7 @@
 #include "absl/strings/string_view.h"
 #include "daemon/base/status_macros.h"
 #include "daemon/formats/dtype.h"
+#include "daemon/formats/text_util.h"
 #include "nlohmann/json.hpp"
 
 namespace warmstart {
@@ -91,83 +92,6 @@ constexpr OpaqueDType kOpaqueDTypes[] = {
     {"torch.float8_e5m2fnuz", "F8_E5M2FNUZ"},
     {"torch.float8_e8m0fnu", "F8_E8M0"},
 };
-
-// Returns the index of the first byte of `text` that does not start a valid
-// UTF-8 sequence (overlong forms, surrogates and values past U+10FFFF are
-// invalid), or npos when all of it is valid. Python's strict UTF-8 decoder,
-// which the reference reader uses on names, rejects the same sequences.
-size_t FindInvalidUtf8(absl::string_view text) {
-  size_t i = 0;
-  while (i < text.size()) {
-    const auto lead = static_cast<unsigned char>(text[i]);
-    if (lead < 0x80) {
-      ++i;
-      continue;
-    }
-    size_t length;
-    uint32_t code_point;
-    uint32_t smallest;
-    if ((lead & 0xe0) == 0xc0) {
-      length = 2;
-      code_point = lead & 0x1f;
-      smallest = 0x80;
-    } else if ((lead & 0xf0) == 0xe0) {
-      length = 3;
-      code_point = lead & 0x0f;
-      smallest = 0x800;
-    } else if ((lead & 0xf8) == 0xf0) {
-      length = 4;
-      code_point = lead & 0x07;
-      smallest = 0x10000;
-    } else {
-      return i;
-    }
-    if (text.size() - i < length) return i;
-    for (size_t k = 1; k < length; ++k) {
-      const auto next = static_cast<unsigned char>(text[i + k]);
-      if ((next & 0xc0) != 0x80) return i;
-      code_point = (code_point << 6) | (next & 0x3f);
-    }
-    if (code_point < smallest || code_point > 0x10ffff ||
-        (code_point >= 0xd800 && code_point <= 0xdfff)) {
-      return i;
-    }
-    i += length;
-  }
-  return absl::string_view::npos;
-}
-
-// Quotes text from the file for a message: one line, unambiguous, and valid
-// UTF-8 whatever the file held (messages end up in JSON logs). Long text is
-// cut at a character boundary.
-std::string Quote(absl::string_view text) {
-  const bool utf8 = FindInvalidUtf8(text) == absl::string_view::npos;
-  bool cut = false;
-  if (text.size() > kMaxQuotedName) {
-    size_t end = kMaxQuotedName;
-    while (utf8 && end > 0 &&
-           (static_cast<unsigned char>(text[end]) & 0xc0) == 0x80) {
-      --end;
-    }
-    text = text.substr(0, end);
-    cut = true;
-  }
-  std::string out = "\"";
-  for (char c : text) {
-    const auto byte = static_cast<unsigned char>(c);
-    if (c == '"' || c == '\\') {
-      out.push_back('\\');
-      out.push_back(c);
-    } else if (byte < 0x20 || byte == 0x7f || (!utf8 && byte >= 0x80)) {
-      absl::StrAppend(&out, "\\x", absl::Hex(byte, absl::kZeroPad2));
-    } else {
-      out.push_back(c);
-    }
-  }
-  out.push_back('"');
-  if (cut) out += "...";
-  return out;
-}
 
 std::string ShapeString(const std::vector<uint64_t>& shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
