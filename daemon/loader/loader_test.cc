@@ -317,7 +317,32 @@ TEST_F(LoaderFaultTest, CancellationStopsAndReleasesEverything) {
               StatusIs(absl::StatusCode::kCancelled, HasSubstr("faulty")));
 }
 
-TEST(LoaderTest, ChecksumMismatchIsCaughtOnlyWhenVerifying) {
+// A host device, an engine and a loader whose pool the test sizes.
+class LoaderTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto engine = CreateReadEngine({});
+    ASSERT_OK(engine.status());
+    engine_ = std::move(*engine);
+  }
+
+  // A loader over a new pool of `pool_bytes` in slabs of `slab_bytes`.
+  Loader& LoaderWithSlabs(uint64_t pool_bytes, uint64_t slab_bytes) {
+    loader_.reset();
+    auto pool = StagingPool::Create({pool_bytes, slab_bytes}, &device_);
+    EXPECT_OK(pool.status());
+    pool_ = std::move(*pool);
+    loader_ = std::make_unique<Loader>(engine_.get(), pool_.get(), &device_);
+    return *loader_;
+  }
+
+  HostDevice device_{HostDeviceOptions{}};
+  std::unique_ptr<ReadEngine> engine_;
+  std::unique_ptr<StagingPool> pool_;
+  std::unique_ptr<Loader> loader_;
+};
+
+TEST_F(LoaderTest, ChecksumMismatchIsCaughtOnlyWhenVerifying) {
   testing::ShortTempDir dir;
   const std::string path = dir.Join("damaged.tensors");
   std::string bytes = testing::ReadFileOrDie(
@@ -331,12 +356,7 @@ TEST(LoaderTest, ChecksumMismatchIsCaughtOnlyWhenVerifying) {
   std::ofstream(path, std::ios::binary) << bytes;
   ASSERT_OK_AND_ASSIGN(Manifest manifest, OpenCheckpoint(path, {}));
 
-  HostDevice device(HostDeviceOptions{});
-  auto engine = CreateReadEngine({});
-  ASSERT_OK(engine.status());
-  ASSERT_OK_AND_ASSIGN(auto pool,
-                       StagingPool::Create({1 << 20, 1 << 20}, &device));
-  Loader loader(engine->get(), pool.get(), &device);
+  Loader& loader = LoaderWithSlabs(1 << 20, 1 << 20);
   LoadOptions options;
   EXPECT_OK(loader.Load(manifest, "unverified", options).status());
   options.verify_checksums = true;
@@ -346,16 +366,11 @@ TEST(LoaderTest, ChecksumMismatchIsCaughtOnlyWhenVerifying) {
                              HasSubstr("mismatch"))));
 }
 
-TEST(LoaderTest, EncryptedWithoutKeyAndWithWrongKeyAreRefused) {
+TEST_F(LoaderTest, EncryptedWithoutKeyAndWithWrongKeyAreRefused) {
   const std::string path =
       testing::FixturePath("tensorizer/encrypted_key_v3.tensors");
   ASSERT_OK_AND_ASSIGN(Manifest manifest, OpenCheckpoint(path, {}));
-  HostDevice device(HostDeviceOptions{});
-  auto engine = CreateReadEngine({});
-  ASSERT_OK(engine.status());
-  ASSERT_OK_AND_ASSIGN(auto pool,
-                       StagingPool::Create({8 << 20, 4 << 20}, &device));
-  Loader loader(engine->get(), pool.get(), &device);
+  Loader& loader = LoaderWithSlabs(8 << 20, 4 << 20);
   EXPECT_THAT(loader.Load(manifest, "m", {}),
               StatusIs(absl::StatusCode::kFailedPrecondition,
                        HasSubstr("a key is needed")));
@@ -366,34 +381,25 @@ TEST(LoaderTest, EncryptedWithoutKeyAndWithWrongKeyAreRefused) {
   EXPECT_THAT(loader.Load(manifest, "m", options),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("decryption failed")));
-  EXPECT_EQ(pool->free_slabs(), pool->slab_count());
+  EXPECT_EQ(pool_->free_slabs(), pool_->slab_count());
 }
 
-TEST(LoaderTest, SlabsSmallerThanACipherChunkAreRefusedClearly) {
+TEST_F(LoaderTest, SlabsSmallerThanACipherChunkAreRefusedClearly) {
   const std::string path =
       testing::FixturePath("tensorizer/encrypted_key_v3.tensors");
   ASSERT_OK_AND_ASSIGN(Manifest manifest, OpenCheckpoint(path, {}));
-  HostDevice device(HostDeviceOptions{});
-  auto engine = CreateReadEngine({});
-  ASSERT_OK(engine.status());
-  ASSERT_OK_AND_ASSIGN(auto pool,
-                       StagingPool::Create({64 << 10, 64 << 10}, &device));
-  Loader loader(engine->get(), pool.get(), &device);
+  Loader& loader = LoaderWithSlabs(64 << 10, 64 << 10);
   EXPECT_THAT(loader.Load(manifest, "m", {}),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("do not fit staging slabs")));
 }
 
-TEST(LoaderTest, SlabsWithNoRoomBeyondAlignmentAreRefused) {
+TEST_F(LoaderTest, SlabsWithNoRoomBeyondAlignmentAreRefused) {
   const std::string path =
       testing::FixturePath("safetensors/golden_rs_f32.safetensors");
   ASSERT_OK_AND_ASSIGN(Manifest manifest, OpenCheckpoint(path, {}));
-  HostDevice device(HostDeviceOptions{});
-  auto engine = CreateReadEngine({});
-  ASSERT_OK(engine.status());
   for (uint64_t slab : {4096, 8192}) {
-    ASSERT_OK_AND_ASSIGN(auto pool, StagingPool::Create({slab, slab}, &device));
-    Loader loader(engine->get(), pool.get(), &device);
+    Loader& loader = LoaderWithSlabs(slab, slab);
     EXPECT_THAT(
         loader.Load(manifest, "m", {}),
         StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("too small")))
@@ -401,16 +407,11 @@ TEST(LoaderTest, SlabsWithNoRoomBeyondAlignmentAreRefused) {
   }
 }
 
-TEST(LoaderTest, BigEndianGgufIsRefusedByTheLoader) {
+TEST_F(LoaderTest, BigEndianGgufIsRefusedByTheLoader) {
   const std::string path =
       testing::FixturePath("gguf/ggufpy-v3-bigendian.gguf");
   ASSERT_OK_AND_ASSIGN(Manifest manifest, OpenCheckpoint(path, {}));
-  HostDevice device(HostDeviceOptions{});
-  auto engine = CreateReadEngine({});
-  ASSERT_OK(engine.status());
-  ASSERT_OK_AND_ASSIGN(auto pool,
-                       StagingPool::Create({1 << 20, 1 << 20}, &device));
-  Loader loader(engine->get(), pool.get(), &device);
+  Loader& loader = LoaderWithSlabs(1 << 20, 1 << 20);
   EXPECT_THAT(loader.Load(manifest, "m", {}),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        AllOf(HasSubstr(path), HasSubstr("big-endian"))));
