@@ -112,7 +112,8 @@ absl::StatusOr<absl::Duration> PageCacheToFreshShmBaseline(
   void* mapped = ::mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_SHARED,
                         memfd.get(), 0);
   if (mapped == MAP_FAILED) return ErrnoToStatus(errno, "mmap baseline");
-  char* out = static_cast<char*>(mapped);
+  char* const base = static_cast<char*>(mapped);
+  char* out = base;
   absl::Status status;
   for (const std::string& path : files) {
     ScopedFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
@@ -121,7 +122,11 @@ absl::StatusOr<absl::Duration> PageCacheToFreshShmBaseline(
       break;
     }
     while (true) {
-      const ssize_t n = ::read(fd.get(), out, 64 << 20);
+      // Bounded by the mapping, in case a file grew since it was measured.
+      const uint64_t room = total - static_cast<uint64_t>(out - base);
+      if (room == 0) break;
+      const ssize_t n =
+          ::read(fd.get(), out, std::min<uint64_t>(room, uint64_t{64} << 20));
       if (n < 0 && errno == EINTR) continue;
       if (n < 0) {
         status = ErrnoToStatus(errno, "baseline read " + path);

@@ -25,6 +25,7 @@ StagingPool::Slab& StagingPool::Slab::operator=(Slab&& other) noexcept {
     index_ = other.index_;
     other.pool_ = nullptr;
     other.data_ = nullptr;
+    other.size_ = 0;
     other.index_ = -1;
   }
   return *this;
@@ -34,6 +35,7 @@ void StagingPool::Slab::Return() {
   if (pool_ != nullptr) pool_->Release(index_);
   pool_ = nullptr;
   data_ = nullptr;
+  size_ = 0;
   index_ = -1;
 }
 
