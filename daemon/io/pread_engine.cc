@@ -22,6 +22,7 @@ absl::StatusOr<uint64_t> ReadFully(const ReadRequest& request) {
     }
     if (got == 0) break;  // The file ends here.
     done += static_cast<uint64_t>(got);
+    if (done < request.length && ShortReadIsEndOfFile(request, done)) break;
   }
   return done;
 }

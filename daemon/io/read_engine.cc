@@ -1,12 +1,14 @@
 #include "daemon/io/read_engine.h"
 
 #include <atomic>
+#include <cstdint>
 
 #include "absl/strings/str_cat.h"
 #include "daemon/base/errno_status.h"
 #include "daemon/base/logging.h"
 #include "daemon/base/metrics.h"
 #include "daemon/io/pread_engine.h"
+#include "daemon/io/read_file.h"
 #include "daemon/io/uring_engine.h"
 
 namespace warmstart {
@@ -66,6 +68,14 @@ absl::Status ReadErrorStatus(int error_number, const ReadRequest& request,
                        absl::StrCat("read ", request.file_name, " at offset ",
                                     offset, " (request: ", request.length,
                                     " bytes at offset ", request.offset, ")"));
+}
+
+bool ShortReadIsEndOfFile(const ReadRequest& request, uint64_t done) {
+  const bool aligned =
+      request.offset % kDirectAlignment == 0 &&
+      request.length % kDirectAlignment == 0 &&
+      reinterpret_cast<uintptr_t>(request.destination) % kDirectAlignment == 0;
+  return aligned && (request.offset + done) % kDirectAlignment != 0;
 }
 
 absl::Status CheckReadCovers(const ReadRequest& request, uint64_t bytes_read,

@@ -124,6 +124,15 @@ constexpr uint64_t kMaxBytesPerCall = 0x7ffff000;
 absl::Status ReadErrorStatus(int error_number, const ReadRequest& request,
                              uint64_t offset);
 
+// Whether a read that has delivered `done` bytes of `request` so far, the
+// last call returning fewer than asked, has reached the end of the file. For
+// a request aligned for O_DIRECT (offset, length and destination multiples
+// of kDirectAlignment), a stop at an unaligned position can only be the end
+// of the file, and asking again there would be refused (EINVAL) by
+// filesystems on the older direct-I/O path; otherwise the caller reads on
+// and a 0-byte answer tells.
+bool ShortReadIsEndOfFile(const ReadRequest& request, uint64_t done);
+
 // OK when a completed read delivered at least `needed` bytes; otherwise
 // DataLoss naming the file and where it ended early (a file shorter than
 // its header claims, or truncated while it was being read).

@@ -747,5 +747,16 @@ TEST(RegisterBuffersDeathTest, LockedMemoryLimitLeavesBuffersUnregistered) {
       ::testing::ExitedWithCode(0), "");
 }
 
+TEST(ShortReadIsEndOfFileTest, OnlyAnUnalignedStopOfAnAlignedRequest) {
+  alignas(4096) static char buffer[3 * 4096];
+  ReadRequest aligned{-1, 4096, 2 * 4096, buffer, "f"};
+  EXPECT_TRUE(ShortReadIsEndOfFile(aligned, 100));
+  EXPECT_FALSE(ShortReadIsEndOfFile(aligned, 4096));  // May be interrupted.
+  ReadRequest buffered{-1, 10, 2 * 4096, buffer, "f"};
+  EXPECT_FALSE(ShortReadIsEndOfFile(buffered, 100));
+  ReadRequest unaligned_memory{-1, 4096, 2 * 4096, buffer + 1, "f"};
+  EXPECT_FALSE(ShortReadIsEndOfFile(unaligned_memory, 100));
+}
+
 }  // namespace
 }  // namespace warmstart

@@ -242,7 +242,8 @@ void UringEngine::Complete(Read* read, int result) {
   read->bytes_done += static_cast<uint64_t>(result);
   // 0 bytes: the file ends here. Fewer than asked: the kernel stopped short
   // (at the end of the file, or interrupted); the next read tells which.
-  if (result == 0 || read->bytes_done == read->request.length) {
+  if (result == 0 || read->bytes_done == read->request.length ||
+      ShortReadIsEndOfFile(read->request, read->bytes_done)) {
     Finish(read, read->bytes_done);
     return;
   }
