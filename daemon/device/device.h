@@ -41,6 +41,12 @@ class DeviceAllocation {
   // Where the bytes are, when the CPU can write them directly (host
   // memory); null for GPU memory.
   virtual char* host_data() = 0;
+  // Blocks until [0, end) may be written directly through host_data():
+  // host memory is reserved in the background, ahead of the writers. Fails
+  // (ResourceExhausted) when the memory could not be had. CopyFromHost waits
+  // by itself; code writing through host_data() must call it first.
+  virtual absl::Status WaitWritable(uint64_t end) { return absl::OkStatus(); }
+
   // Makes the memory read-only for everyone it is exported to (host: seals
   // the memfd). Called once the load has completed; an error means the
   // allocation must not be served.

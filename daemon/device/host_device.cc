@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "daemon/base/errno_status.h"
 #include "daemon/base/logging.h"
 #include "daemon/base/metrics.h"
@@ -28,32 +29,81 @@ uint64_t RoundUp(uint64_t value, uint64_t multiple) {
   return (value + multiple - 1) / multiple * multiple;
 }
 
-// Faults the pages of a memfd mapping in on background threads, in
-// ascending order, while the loader fills the allocation: a host load is
-// bound by first-touch page faults, so taking them on other cores ahead of
-// the copies hides most of their cost. The memory itself was reserved with
-// fallocate before (cheap: about 10 GB/s here), so nothing here can fail
-// for want of memory.
+// Reserves the pages of a memfd mapping (fallocate, in ascending order, on
+// one thread) and faults them in (on the others, behind the reservation)
+// while the loader fills the allocation. A host load is bound by first-touch
+// page faults, so taking them on other cores ahead of the copies hides most
+// of their cost. Writers wait for the reservation to pass what they write
+// (WaitReserved), so a shortage is a status for the loader, never the OOM
+// killer or a SIGBUS on first touch.
 class Prefaulter {
  public:
-  Prefaulter(char* data, uint64_t size, unsigned threads)
-      : data_(data), size_(size) {
-    for (unsigned i = 0; i < threads; ++i) {
-      threads_.emplace_back([this] { Run(); });
+  Prefaulter(int memfd, char* data, uint64_t size, unsigned threads,
+             std::string label)
+      : memfd_(memfd), data_(data), size_(size), label_(std::move(label)) {
+    // The reservation is cheap (about 10 GB/s here); its thread then helps
+    // fault pages in.
+    threads_.emplace_back([this] {
+      Reserve();
+      Populate();
+    });
+    for (unsigned i = 1; i < threads; ++i) {
+      threads_.emplace_back([this] { Populate(); });
     }
   }
   ~Prefaulter() {
-    stop_ = true;
+    {
+      absl::MutexLock lock(&mutex_);
+      stopping_ = true;
+    }
     for (std::thread& thread : threads_) thread.join();
+  }
+
+  // Blocks until [0, end) is reserved; the reservation's error otherwise.
+  absl::Status WaitReserved(uint64_t end) {
+    absl::MutexLock lock(&mutex_);
+    auto ready = [this, end]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+      return reserved_ >= end || !error_.ok() || stopping_;
+    };
+    mutex_.Await(absl::Condition(&ready));
+    if (reserved_ >= end) return absl::OkStatus();
+    if (!error_.ok()) return error_;
+    return absl::CancelledError("host memory is being released");
   }
 
  private:
   static constexpr uint64_t kChunk = uint64_t{8} << 20;
 
-  void Run() {
-    for (uint64_t begin = next_.fetch_add(kChunk); begin < size_ && !stop_;
+  bool Stopping() {
+    absl::MutexLock lock(&mutex_);
+    return stopping_;
+  }
+
+  void Reserve() {
+    for (uint64_t begin = 0; begin < size_ && !Stopping(); begin += kChunk) {
+      const uint64_t length = std::min(kChunk, size_ - begin);
+      int rc;
+      do {
+        rc = ::fallocate(memfd_, 0, static_cast<off_t>(begin),
+                         static_cast<off_t>(length));
+      } while (rc != 0 && errno == EINTR);
+      absl::MutexLock lock(&mutex_);
+      if (rc != 0) {
+        absl::Status status = ErrnoToStatus(
+            errno, absl::StrCat("reserve ", size_, " bytes of host memory for ",
+                                label_));
+        error_ = absl::ResourceExhaustedError(status.message());
+        return;
+      }
+      reserved_ = begin + length;
+    }
+  }
+
+  void Populate() {
+    for (uint64_t begin = next_.fetch_add(kChunk); begin < size_ && !Stopping();
          begin = next_.fetch_add(kChunk)) {
       const uint64_t length = std::min(kChunk, size_ - begin);
+      if (!WaitReserved(begin + length).ok()) return;
       if (::madvise(data_ + begin, length, MADV_POPULATE_WRITE) != 0) {
         // Kernels before 5.14 lack MADV_POPULATE_WRITE; the pages exist
         // already, so a read fault maps them as well.
@@ -64,22 +114,27 @@ class Prefaulter {
     }
   }
 
+  const int memfd_;
   char* const data_;
   const uint64_t size_;
+  const std::string label_;
   std::atomic<uint64_t> next_{0};
-  std::atomic<bool> stop_{false};
+  absl::Mutex mutex_;
+  bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
+  uint64_t reserved_ ABSL_GUARDED_BY(mutex_) = 0;
+  absl::Status error_ ABSL_GUARDED_BY(mutex_);
   std::vector<std::thread> threads_;
 };
 
 class HostAllocation : public DeviceAllocation {
  public:
-  // `prefault_threads` > 0 starts faulting the pages in.
+  // `prefault_threads` > 0 starts reserving and faulting the pages in.
   HostAllocation(ScopedFd memfd, char* data, uint64_t size,
-                 unsigned prefault_threads)
+                 unsigned prefault_threads, std::string label)
       : memfd_(std::move(memfd)), data_(data), size_(size) {
     if (prefault_threads > 0) {
-      prefaulter_ =
-          std::make_unique<Prefaulter>(data_, size_, prefault_threads);
+      prefaulter_ = std::make_unique<Prefaulter>(
+          memfd_.get(), data_, size_, prefault_threads, std::move(label));
     }
   }
   ~HostAllocation() override {
@@ -90,7 +145,13 @@ class HostAllocation : public DeviceAllocation {
   uint64_t size() const override { return size_; }
   char* host_data() override { return data_; }
 
+  absl::Status WaitWritable(uint64_t end) override {
+    return prefaulter_ == nullptr ? absl::OkStatus()
+                                  : prefaulter_->WaitReserved(end);
+  }
+
   absl::Status Seal() override {
+    // Everything was written, so everything was reserved.
     prefaulter_.reset();
     // F_SEAL_FUTURE_WRITE keeps this writable mapping but refuses new
     // writable ones and write(2), so clients can only map it read-only.
@@ -151,23 +212,6 @@ uint64_t AvailableMemoryBytes() {
   return available;
 }
 
-// Reserves (allocates and zeroes) every page of the memfd, so that a
-// shortage is a status here rather than the OOM killer or a SIGBUS when the
-// loader first touches a page.
-absl::Status Reserve(int memfd, uint64_t size, const std::string& label) {
-  int rc;
-  do {
-    rc = ::fallocate(memfd, 0, 0, static_cast<off_t>(size));
-  } while (rc != 0 && errno == EINTR);
-  if (rc != 0) {
-    absl::Status status = ErrnoToStatus(
-        errno,
-        absl::StrCat("reserve ", size, " bytes of host memory for ", label));
-    return absl::ResourceExhaustedError(status.message());
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<DeviceAllocation>> HostDevice::Allocate(
@@ -226,20 +270,20 @@ absl::StatusOr<std::unique_ptr<DeviceAllocation>> HostDevice::Allocate(
           absl::StrCat("map ", size, " bytes of host memory for ", label));
     }
     data = static_cast<char*>(mapped);
-    absl::Status reserved = Reserve(memfd.get(), size, label);
-    if (!reserved.ok()) {
-      ::munmap(data, size);
-      return reserved;
-    }
     prefault_threads = std::max(1u, options_.prefault_threads);
   }
-  return std::unique_ptr<DeviceAllocation>(
-      new HostAllocation(std::move(memfd), data, size, prefault_threads));
+  return std::unique_ptr<DeviceAllocation>(new HostAllocation(
+      std::move(memfd), data, size, prefault_threads, label));
 }
 
 void HostDevice::CopyFromHost(DeviceAllocation& destination, uint64_t offset,
                               const char* source, uint64_t bytes,
                               std::function<void(absl::Status)> done) {
+  if (absl::Status writable = destination.WaitWritable(offset + bytes);
+      !writable.ok()) {
+    done(std::move(writable));
+    return;
+  }
   std::memcpy(destination.host_data() + offset, source, bytes);
   done(absl::OkStatus());
 }

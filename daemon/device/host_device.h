@@ -2,11 +2,12 @@
 // GPU (CPU inference) and for every test.
 //
 // An allocation is a memfd (huge pages where the system has them reserved),
-// mapped read-write in the daemon. Allocate reserves its pages (fallocate:
-// a shortage, also under a cgroup limit, is ResourceExhausted then, never
-// the OOM killer later) and faults them in on background threads, ahead of
-// the copies, because the first write into fresh pages is the slow part of
-// loading (about 1.1-1.4 GB/s here, below the page cache).
+// mapped read-write in the daemon. Its pages are reserved (fallocate) and
+// faulted in on background threads, ahead of the copies, because the first
+// write into fresh pages is the slow part of loading (about 1.1-1.4 GB/s
+// here, below the page cache). Writers wait for the reservation
+// (WaitWritable), so a shortage is ResourceExhausted, never the OOM killer;
+// Allocate refuses up front what is over MemAvailable or the cgroup limit.
 // Exported as the memfd itself; Seal() adds F_SEAL_SHRINK, F_SEAL_GROW and
 // F_SEAL_FUTURE_WRITE so no client can resize it or map it writable.
 //

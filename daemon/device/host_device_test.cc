@@ -93,5 +93,17 @@ TEST(HostDeviceTest, HugePageFallbackIsCounted) {
   EXPECT_EQ(fallbacks->value(), before + 1);
 }
 
+TEST(HostDeviceTest, WritersWaitForTheReservationAndReleaseNeverHangs) {
+  HostDevice device(HostDeviceOptions{.huge_pages = false});
+  ASSERT_OK_AND_ASSIGN(auto allocation, device.Allocate(256 << 20, "big"));
+  ASSERT_OK(allocation->WaitWritable(allocation->size()));
+  allocation->host_data()[allocation->size() - 1] = 1;
+  // Destroyed while pages are still being faulted in: the background
+  // threads stop instead of waiting for work that will not come.
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_OK_AND_ASSIGN(auto released, device.Allocate(512 << 20, "gone"));
+  }
+}
+
 }  // namespace
 }  // namespace warmstart

@@ -193,9 +193,14 @@ absl::StatusOr<LoadedModel> Loader::Load(const Manifest& manifest,
     }
     return true;
   };
-  auto submit_in_place = [&](size_t i) {
+  auto submit_in_place = [&](size_t i) -> absl::Status {
     const ReadChunk& chunk = chunks[i];
     const ReadFile& file = files.at(chunk.file_index);
+    // The reads write the arena directly: its memory must be there first.
+    const Piece& last = chunk.pieces.back();
+    RETURN_IF_ERROR(model.arena->WaitWritable(
+        layout.placements[last.placement].arena_offset + last.tensor_offset +
+        last.length));
     {
       absl::MutexLock lock(&mutex);
       slots[i].pending_reads = static_cast<int>(chunk.pieces.size());
@@ -218,6 +223,7 @@ absl::StatusOr<LoadedModel> Loader::Load(const Manifest& manifest,
         if (--slots[i].pending_reads == 0) slots[i].done = true;
       });
     }
+    return absl::OkStatus();
   };
 
   // Copies the pieces of chunk `i` out of its slab, decrypting and
@@ -289,13 +295,15 @@ absl::StatusOr<LoadedModel> Loader::Load(const Manifest& manifest,
           absl::StrCat("loading ", label, " was cancelled"));
       break;
     }
-    // Keep as many reads in flight as there are free slabs. When chunk i
-    // itself has not been submitted, nothing of this load waits to be
-    // processed, so blocking for a slab cannot deadlock: slabs come back as
-    // copies (ours or other loads') complete.
+    // Keep up to kChunksInFlight chunks read ahead, as free slabs allow.
+    // When chunk i itself has not been submitted, nothing of this load
+    // waits to be processed, so blocking for a slab cannot deadlock: slabs
+    // come back as copies (ours or other loads') complete.
     while (next_submit < chunks.size() && next_submit < i + kChunksInFlight) {
       if (reads_in_place(chunks[next_submit])) {
-        submit_in_place(next_submit++);
+        status = submit_in_place(next_submit);
+        if (!status.ok()) break;
+        ++next_submit;
         continue;
       }
       StagingPool::Slab slab =
@@ -303,6 +311,7 @@ absl::StatusOr<LoadedModel> Loader::Load(const Manifest& manifest,
       if (!slab.valid()) break;
       submit(next_submit++, std::move(slab));
     }
+    if (!status.ok()) break;
     {
       absl::MutexLock lock(&mutex);
       mutex.Await(absl::Condition(&slots[i].done));

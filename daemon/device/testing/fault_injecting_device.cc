@@ -18,6 +18,9 @@ class CountedAllocation : public DeviceAllocation {
 
   uint64_t size() const override { return inner_->size(); }
   char* host_data() override { return inner_->host_data(); }
+  absl::Status WaitWritable(uint64_t end) override {
+    return inner_->WaitWritable(end);
+  }
   absl::Status Seal() override { return inner_->Seal(); }
   ExportedMemory Export() const override { return inner_->Export(); }
   DeviceAllocation& inner() { return *inner_; }
