@@ -18,6 +18,7 @@
 #include "daemon/base/testing/test_env.h"
 #include "daemon/device/cuda_device.h"
 #include "daemon/device/cuda_driver.h"
+#include "daemon/device/testing/pinned_buffer.h"
 #include "daemon/formats/byte_source.h"
 #include "daemon/formats/checkpoint.h"
 #include "daemon/formats/tensor_data.h"
@@ -28,51 +29,13 @@
 namespace warmstart {
 namespace {
 
+using ::warmstart::testing::FillPattern;
+using ::warmstart::testing::PinnedBuffer;
+using ::warmstart::testing::Sha256Hex;
+
 using ::testing::StartsWith;
 
 constexpr uint64_t kMiB = uint64_t{1} << 20;
-
-// Page-aligned host memory pinned through `device` for its lifetime.
-class PinnedBuffer {
- public:
-  PinnedBuffer(Device* device, uint64_t bytes)
-      : device_(device), bytes_(bytes) {
-    void* data = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
-                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    EXPECT_NE(data, MAP_FAILED);
-    data_ = static_cast<char*>(data);
-    EXPECT_OK(device_->RegisterHostMemory(data_, bytes_));
-  }
-  ~PinnedBuffer() {
-    device_->UnregisterHostMemory(data_);
-    ::munmap(data_, bytes_);
-  }
-  PinnedBuffer(const PinnedBuffer&) = delete;
-  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
-
-  char* data() { return data_; }
-
- private:
-  Device* const device_;
-  const uint64_t bytes_;
-  char* data_ = nullptr;
-};
-
-void FillPattern(char* data, uint64_t bytes, uint32_t seed) {
-  uint32_t state = seed;
-  for (uint64_t i = 0; i < bytes; ++i) {
-    state = state * 1664525 + 1013904223;
-    data[i] = static_cast<char>(state >> 24);
-  }
-}
-
-std::string Sha256Hex(const std::string& data) {
-  unsigned char digest[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(data.data()), data.size(),
-         digest);
-  return absl::BytesToHexString(
-      absl::string_view(reinterpret_cast<const char*>(digest), sizeof(digest)));
-}
 
 // Parameter: whether VMM allocations are allowed (true) or legacy cuMemAlloc
 // with IPC handles is forced (false).

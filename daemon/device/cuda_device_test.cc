@@ -31,6 +31,7 @@
 #include "daemon/base/testing/test_env.h"
 #include "daemon/device/cuda_driver.h"
 #include "daemon/device/testing/cuda_sim.h"
+#include "daemon/device/testing/pinned_buffer.h"
 #include "daemon/formats/byte_source.h"
 #include "daemon/formats/checkpoint.h"
 #include "daemon/formats/tensor_data.h"
@@ -40,6 +41,10 @@
 
 namespace warmstart {
 namespace {
+
+using ::warmstart::testing::FillPattern;
+using ::warmstart::testing::PinnedBuffer;
+using ::warmstart::testing::Sha256Hex;
 
 using ::testing::AllOf;
 using ::testing::ElementsAreArray;
@@ -114,47 +119,6 @@ void BindSim(SimControls* sim) {
 const char* SimulatedBytes(const DeviceAllocation& allocation) {
   return reinterpret_cast<const char*>(
       static_cast<const CudaAllocation&>(allocation).device_pointer());
-}
-
-std::string Sha256Hex(const char* data, uint64_t size) {
-  unsigned char digest[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(data), size, digest);
-  return absl::BytesToHexString(
-      absl::string_view(reinterpret_cast<const char*>(digest), sizeof(digest)));
-}
-
-// Page-aligned host memory pinned through `device` for its lifetime.
-class PinnedBuffer {
- public:
-  PinnedBuffer(Device* device, uint64_t bytes)
-      : device_(device), bytes_(bytes) {
-    void* data = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
-                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    EXPECT_NE(data, MAP_FAILED);
-    data_ = static_cast<char*>(data);
-    EXPECT_OK(device_->RegisterHostMemory(data_, bytes_));
-  }
-  ~PinnedBuffer() {
-    device_->UnregisterHostMemory(data_);
-    ::munmap(data_, bytes_);
-  }
-  PinnedBuffer(const PinnedBuffer&) = delete;
-  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
-
-  char* data() { return data_; }
-
- private:
-  Device* const device_;
-  const uint64_t bytes_;
-  char* data_ = nullptr;
-};
-
-void FillPattern(char* data, uint64_t bytes, uint32_t seed) {
-  uint32_t state = seed;
-  for (uint64_t i = 0; i < bytes; ++i) {
-    state = state * 1664525 + 1013904223;
-    data[i] = static_cast<char>(state >> 24);
-  }
 }
 
 // Opens the simulated driver and GPU; checks when the test ends that the
@@ -378,9 +342,9 @@ void LoadAndCheck(Loader& loader, const char* fixture) {
     ASSERT_LE(loaded.offset + loaded.nbytes, model.arena->size());
     ASSERT_OK_AND_ASSIGN(std::string expected,
                          TensorSha256Hex(*source, tensor, nullptr));
-    EXPECT_EQ(
-        Sha256Hex(SimulatedBytes(*model.arena) + loaded.offset, loaded.nbytes),
-        expected)
+    EXPECT_EQ(Sha256Hex(absl::string_view(
+                  SimulatedBytes(*model.arena) + loaded.offset, loaded.nbytes)),
+              expected)
         << tensor.name;
   }
 }
@@ -559,8 +523,9 @@ TEST_P(CopyFaultTest, LoaderReturnsTheErrorWithEverySlabBack) {
     ASSERT_OK_AND_ASSIGN(
         std::string expected,
         TensorSha256Hex(*source, manifest.files[0].tensors[t], nullptr));
-    EXPECT_EQ(Sha256Hex(SimulatedBytes(*model.arena) + model.tensors[t].offset,
-                        model.tensors[t].nbytes),
+    EXPECT_EQ(Sha256Hex(absl::string_view(
+                  SimulatedBytes(*model.arena) + model.tensors[t].offset,
+                  model.tensors[t].nbytes)),
               expected);
   }
   EXPECT_EQ(pool->free_slabs(), pool->slab_count());

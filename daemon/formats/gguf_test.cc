@@ -30,6 +30,8 @@
 namespace warmstart {
 namespace {
 
+using ::warmstart::testing::Sha256Hex;
+
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
 using Expected = nlohmann::json;  // The fixtures' expected-values files.
@@ -77,14 +79,6 @@ const ValueTypeName& TypeNamed(const std::string& name) {
   }
   ADD_FAILURE() << "unknown type name in expected values: " << name;
   return kValueTypeNames[0];
-}
-
-std::string Sha256Hex(absl::string_view bytes) {
-  unsigned char digest[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(),
-         digest);
-  return absl::BytesToHexString(
-      absl::string_view(reinterpret_cast<const char*>(digest), sizeof(digest)));
 }
 
 // Writes GGUF fields in a chosen version and byte order. Builds the

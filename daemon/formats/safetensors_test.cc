@@ -23,6 +23,8 @@
 namespace warmstart {
 namespace {
 
+using ::warmstart::testing::Sha256Hex;
+
 using ::testing::AllOf;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
@@ -52,14 +54,6 @@ std::string LengthField(uint64_t length) {
 absl::StatusOr<FileManifest> ParseBytes(absl::string_view bytes) {
   MemoryByteSource source("mem.safetensors", bytes);
   return ParseSafetensors(source, ParseOptions());
-}
-
-std::string Sha256Hex(absl::string_view bytes) {
-  unsigned char digest[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(),
-         digest);
-  return absl::BytesToHexString(
-      absl::string_view(reinterpret_cast<const char*>(digest), sizeof(digest)));
 }
 
 // ---------------------------------------------------------------------------

@@ -15,12 +15,7 @@
 namespace warmstart {
 namespace {
 
-std::string Sha256Hex(const char* data, uint64_t size) {
-  unsigned char digest[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(data), size, digest);
-  return absl::BytesToHexString(
-      absl::string_view(reinterpret_cast<const char*>(digest), sizeof(digest)));
-}
+using ::warmstart::testing::Sha256Hex;
 
 class LargeCheckpointTest
     : public ::testing::TestWithParam<ReadEngineOptions::Kind> {};
@@ -59,9 +54,9 @@ TEST_P(LargeCheckpointTest, EveryTensorOfATwoGigabyteCheckpointIsIntact) {
         ASSERT_EQ(loaded.name, tensor.name);
         ASSERT_OK_AND_ASSIGN(std::string expected,
                              TensorSha256Hex(*source, tensor, nullptr));
-        ASSERT_EQ(
-            Sha256Hex(model.arena->host_data() + loaded.offset, loaded.nbytes),
-            expected)
+        ASSERT_EQ(Sha256Hex(absl::string_view(
+                      model.arena->host_data() + loaded.offset, loaded.nbytes)),
+                  expected)
             << tensor.name;
       }
     }

@@ -21,15 +21,10 @@
 namespace warmstart {
 namespace {
 
+using ::warmstart::testing::Sha256Hex;
+
 using ::testing::AllOf;
 using ::testing::HasSubstr;
-
-std::string Sha256Hex(const char* data, uint64_t size) {
-  unsigned char digest[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(data), size, digest);
-  return absl::BytesToHexString(
-      absl::string_view(reinterpret_cast<const char*>(digest), sizeof(digest)));
-}
 
 // The key of an encrypted fixture, from its expected-values file.
 std::unique_ptr<KeyProvider> FixtureKeys(const std::string& path) {
@@ -161,9 +156,9 @@ TEST_P(LoaderFixtureTest, EveryTensorOfEveryFixtureLandsIntact) {
       ASSERT_OK_AND_ASSIGN(key, keys->KeyFor(path, tensor));
       ASSERT_OK_AND_ASSIGN(std::string expected,
                            TensorSha256Hex(*source, tensor, key));
-      EXPECT_EQ(
-          Sha256Hex(model.arena->host_data() + loaded.offset, loaded.nbytes),
-          expected)
+      EXPECT_EQ(Sha256Hex(absl::string_view(
+                    model.arena->host_data() + loaded.offset, loaded.nbytes)),
+                expected)
           << tensor.name;
     }
   }

@@ -1,12 +1,15 @@
 #include "daemon/base/testing/test_env.h"
 
 #include <ftw.h>
+#include <openssl/sha.h>
 #include <stdlib.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <fstream>
 #include <sstream>
+
+#include "absl/strings/escaping.h"
 
 namespace warmstart {
 namespace testing {
@@ -39,6 +42,22 @@ std::string FixturePath(const std::string& relative) {
     if (Exists(candidate)) return candidate;
   }
   return base + "/shared/fixtures/" + relative;
+}
+
+std::string Sha256Hex(absl::string_view bytes) {
+  unsigned char digest[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(),
+         digest);
+  return absl::BytesToHexString(
+      absl::string_view(reinterpret_cast<const char*>(digest), sizeof(digest)));
+}
+
+void FillPattern(char* data, uint64_t bytes, uint32_t seed) {
+  uint32_t state = seed;
+  for (uint64_t i = 0; i < bytes; ++i) {
+    state = state * 1664525 + 1013904223;
+    data[i] = static_cast<char>(state >> 24);
+  }
 }
 
 std::string ReadFileOrDie(const std::string& path) {

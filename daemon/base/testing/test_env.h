@@ -6,6 +6,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace warmstart {
 namespace testing {
@@ -15,6 +16,12 @@ namespace testing {
 // $WARMSTART_FIXTURES, else through the test's Bazel runfiles (the
 // @shared repository declared in WORKSPACE).
 std::string FixturePath(const std::string& relative);
+
+// The lowercase hex SHA-256 of `bytes`.
+std::string Sha256Hex(absl::string_view bytes);
+
+// Fills `data` with a reproducible pseudo-random pattern drawn from `seed`.
+void FillPattern(char* data, uint64_t bytes, uint32_t seed);
 
 // Reads a whole file; aborts the test binary on failure (tests only).
 std::string ReadFileOrDie(const std::string& path);
