@@ -22,6 +22,19 @@ done
 
 work="$(mktemp -d /tmp/ws-gpu-XXXXXX)"
 trap 'rm -rf "$work"' EXIT
+
+echo "== warmstartd on this machine: start, wait-ready, info, SIGTERM"
+"$here/bin/warmstartd" --socket "$work/d.sock" 2> "$out/warmstartd.log" &
+daemon=$!
+if "$here/bin/warmstartctl" wait-ready --socket "$work/d.sock" --timeout 30 &&
+   "$here/bin/warmstartctl" info --socket "$work/d.sock" | tee "$out/info.txt"
+then
+  kill -TERM "$daemon"
+  wait "$daemon" || { echo "warmstartd did not exit cleanly" >&2; status=1; }
+else
+  kill -KILL "$daemon" 2>/dev/null
+  status=1
+fi
 echo "== generating a 4 GB checkpoint"
 checkpoint="$("$here/bin/gen_checkpoint" --out "$work/ckpt" --bytes 4G \
     --shards 4 --max_tensor 512MiB)"
