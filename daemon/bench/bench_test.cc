@@ -16,21 +16,6 @@ using ::testing::Gt;
 using ::testing::HasSubstr;
 using ::testing::Lt;
 
-// A safetensors file with one U8 tensor of `bytes` bytes.
-std::string WriteCheckpoint(const testing::ShortTempDir& dir, uint64_t bytes) {
-  const std::string path = dir.Join("m.safetensors");
-  std::string header = "{\"w\":{\"dtype\":\"U8\",\"shape\":[" +
-                       std::to_string(bytes) + "],\"data_offsets\":[0," +
-                       std::to_string(bytes) + "]}}";
-  header.append((8 - header.size() % 8) % 8, ' ');
-  std::string prefix(8, '\0');
-  for (int i = 0; i < 8; ++i)
-    prefix[i] = static_cast<char>(header.size() >> (8 * i));
-  std::ofstream out(path, std::ios::binary);
-  out << prefix << header << std::string(bytes, '\x5a');
-  return path;
-}
-
 TEST(MedianTest, OddAndEvenCounts) {
   EXPECT_THAT(Median({3, 1, 2}), DoubleEq(2));
   EXPECT_THAT(Median({4, 1, 3, 2}), DoubleEq(2.5));
@@ -38,7 +23,8 @@ TEST(MedianTest, OddAndEvenCounts) {
 
 TEST(PageCacheTest, EvictAndWarmChangeResidency) {
   testing::ShortTempDir dir;
-  const std::string path = WriteCheckpoint(dir, 8 << 20);
+  const std::string path = dir.Join("m.safetensors");
+  testing::WriteTestSafetensors(path, 1, 8 << 20);
   ASSERT_OK(EvictFromPageCache(path));
   ASSERT_OK_AND_ASSIGN(double cold, ResidentFraction(path));
   EXPECT_THAT(cold, Lt(0.05));
@@ -51,7 +37,8 @@ TEST(PageCacheTest, EvictAndWarmChangeResidency) {
 
 TEST(RunBenchTest, MeasuresBothModesAgainstTheirBaselines) {
   testing::ShortTempDir dir;
-  const std::string path = WriteCheckpoint(dir, 16 << 20);
+  const std::string path = dir.Join("m.safetensors");
+  testing::WriteTestSafetensors(path, 1, 16 << 20);
   HostDevice device(HostDeviceOptions{});
   BenchOptions options;
   options.paths = {path};

@@ -452,30 +452,6 @@ INSTANTIATE_TEST_SUITE_P(
                         absl::StatusCode::kInternal}),
     AllocationFaultName);
 
-// A checkpoint written by the test: `count` tensors of `tensor_bytes`
-// pseudo-random bytes in safetensors layout.
-void WriteSafetensors(const std::string& path, int count,
-                      uint64_t tensor_bytes) {
-  std::string header = "{";
-  for (int i = 0; i < count; ++i) {
-    if (i > 0) header += ",";
-    header += "\"t" + std::to_string(i) + "\":{\"dtype\":\"U8\",\"shape\":[" +
-              std::to_string(tensor_bytes) + "],\"data_offsets\":[" +
-              std::to_string(i * tensor_bytes) + "," +
-              std::to_string((i + 1) * tensor_bytes) + "]}";
-  }
-  header += "}";
-  std::string bytes(8, '\0');
-  for (int i = 0; i < 8; ++i) {
-    bytes[i] = static_cast<char>(header.size() >> (8 * i));
-  }
-  bytes += header;
-  std::string data(count * tensor_bytes, '\0');
-  FillPattern(data.data(), data.size(), 12345);
-  bytes += data;
-  std::ofstream(path, std::ios::binary) << bytes;
-}
-
 // A failure injected at the n-th call of a copy-path entry point while the
 // Loader loads a model.
 struct CopyFault {
@@ -499,7 +475,7 @@ TEST_P(CopyFaultTest, LoaderReturnsTheErrorWithEverySlabBack) {
   ASSERT_NO_FATAL_FAILURE(Open({}));
   testing::ShortTempDir dir;
   const std::string path = dir.Join("model.safetensors");
-  WriteSafetensors(path, 8, 100000);
+  testing::WriteTestSafetensors(path, 8, 100000);
   ASSERT_OK_AND_ASSIGN(Manifest manifest, OpenCheckpoint(path, {}));
   ASSERT_OK_AND_ASSIGN(auto engine, CreateReadEngine(ReadEngineOptions()));
   ASSERT_OK_AND_ASSIGN(auto pool,

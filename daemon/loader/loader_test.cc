@@ -178,37 +178,11 @@ INSTANTIATE_TEST_SUITE_P(
         Setup{ReadEngineOptions::Kind::kPread, false, 12 << 10, 24 << 10}),
     SetupName);
 
-// A checkpoint written by the test: one file with `count` tensors of
-// `tensor_bytes` random-looking bytes, in safetensors layout.
-std::string WriteSafetensors(const std::string& path, int count,
-                             uint64_t tensor_bytes) {
-  std::string header = "{";
-  for (int i = 0; i < count; ++i) {
-    if (i > 0) header += ",";
-    header += "\"t" + std::to_string(i) + "\":{\"dtype\":\"U8\",\"shape\":[" +
-              std::to_string(tensor_bytes) + "],\"data_offsets\":[" +
-              std::to_string(i * tensor_bytes) + "," +
-              std::to_string((i + 1) * tensor_bytes) + "]}";
-  }
-  header += "}";
-  std::string bytes(8, '\0');
-  for (int i = 0; i < 8; ++i)
-    bytes[i] = static_cast<char>(header.size() >> (8 * i));
-  bytes += header;
-  uint32_t state = 12345;
-  for (uint64_t i = 0; i < count * tensor_bytes; ++i) {
-    state = state * 1664525 + 1013904223;
-    bytes.push_back(static_cast<char>(state >> 24));
-  }
-  std::ofstream(path, std::ios::binary) << bytes;
-  return bytes;
-}
-
 class LoaderFaultTest : public ::testing::Test {
  protected:
   void SetUp() override {
     path_ = dir_.Join("model.safetensors");
-    WriteSafetensors(path_, 8, 100000);
+    testing::WriteTestSafetensors(path_, 8, 100000);
     auto manifest = OpenCheckpoint(path_, {});
     ASSERT_OK(manifest.status());
     manifest_ = std::move(*manifest);

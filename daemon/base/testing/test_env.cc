@@ -60,6 +60,34 @@ void FillPattern(char* data, uint64_t bytes, uint32_t seed) {
   }
 }
 
+void WriteTestSafetensors(const std::string& path, int count,
+                          uint64_t tensor_bytes) {
+  std::string header = "{";
+  for (int i = 0; i < count; ++i) {
+    if (i > 0) header += ",";
+    header += "\"t" + std::to_string(i) + "\":{\"dtype\":\"U8\",\"shape\":[" +
+              std::to_string(tensor_bytes) + "],\"data_offsets\":[" +
+              std::to_string(i * tensor_bytes) + "," +
+              std::to_string((i + 1) * tensor_bytes) + "]}";
+  }
+  header += "}";
+  header.append((8 - header.size() % 8) % 8, ' ');
+  std::string bytes(8, '\0');
+  for (int i = 0; i < 8; ++i) {
+    bytes[i] = static_cast<char>(header.size() >> (8 * i));
+  }
+  bytes += header;
+  std::string data(count * tensor_bytes, '\0');
+  FillPattern(data.data(), data.size(), 12345);
+  bytes += data;
+  std::ofstream out(path, std::ios::binary);
+  out << bytes;
+  if (!out.flush()) {
+    std::fprintf(stderr, "cannot write %s\n", path.c_str());
+    std::abort();
+  }
+}
+
 std::string ReadFileOrDie(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {

@@ -23,6 +23,13 @@ std::string Sha256Hex(absl::string_view bytes);
 // Fills `data` with a reproducible pseudo-random pattern drawn from `seed`.
 void FillPattern(char* data, uint64_t bytes, uint32_t seed);
 
+// Writes a safetensors file at `path` holding `count` U8 tensors "t0",
+// "t1", ... of `tensor_bytes` pattern bytes each (FillPattern, seed 12345),
+// for load tests that need a checkpoint of a chosen size. Format tests use
+// the reference writers' files instead. Aborts on a write error.
+void WriteTestSafetensors(const std::string& path, int count,
+                          uint64_t tensor_bytes);
+
 // Reads a whole file; aborts the test binary on failure (tests only).
 std::string ReadFileOrDie(const std::string& path);
 
