@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "daemon/base/errno_status.h"
+#include "daemon/base/status_macros.h"
 
 namespace warmstart {
 namespace {
@@ -27,9 +28,8 @@ bool RangeFits(uint64_t offset, uint64_t length, uint64_t size) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<FileByteSource>> FileByteSource::Open(
-    const std::string& path) {
-  ScopedFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd.valid()) return ErrnoToStatus(errno, absl::StrCat("open ", path));
+    const std::string& path, const FileOpener& opener) {
+  ASSIGN_OR_RETURN(ScopedFd fd, opener.Open(path, O_RDONLY));
   struct stat st;
   if (::fstat(fd.get(), &st) != 0) {
     return ErrnoToStatus(errno, absl::StrCat("stat ", path));

@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "daemon/base/file_opener.h"
 #include "daemon/base/scoped_fd.h"
 
 namespace warmstart {
@@ -37,9 +38,11 @@ class ByteSource {
 // Reads a regular file with pread. Owns the descriptor.
 class FileByteSource : public ByteSource {
  public:
-  // Opens `path` read-only; fails on directories and non-regular files.
+  // Opens `path` read-only through `opener` (which the source does not
+  // keep); fails on directories and non-regular files with InvalidArgument,
+  // and with the opener's error when it refuses or cannot open the path.
   static absl::StatusOr<std::unique_ptr<FileByteSource>> Open(
-      const std::string& path);
+      const std::string& path, const FileOpener& opener = PlainFileOpener());
 
   const std::string& name() const override { return path_; }
   uint64_t size() const override { return size_; }

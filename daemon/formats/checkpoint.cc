@@ -1,6 +1,7 @@
 #include "daemon/formats/checkpoint.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -19,6 +20,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "daemon/base/errno_status.h"
+#include "daemon/base/file_opener.h"
+#include "daemon/base/scoped_fd.h"
 #include "daemon/base/status_macros.h"
 #include "daemon/formats/gguf.h"
 #include "daemon/formats/safetensors.h"
@@ -183,18 +186,30 @@ std::string StripTrailingSlashes(std::string path) {
   return path;
 }
 
+// The opener that `options` names, or the plain one.
+const FileOpener& OpenerOf(const ParseOptions& options) {
+  return options.opener != nullptr ? *options.opener : PlainFileOpener();
+}
+
 // Stats `path`, following symbolic links (Hugging Face caches link every
-// file to a blob).
-absl::StatusOr<struct stat> Stat(const std::string& path) {
+// file to a blob). The path is opened (O_PATH) through the options' opener
+// so that a confined opener refuses it before anything about it is learnt.
+absl::StatusOr<struct stat> Stat(const std::string& path,
+                                 const ParseOptions& options) {
   struct stat st;
-  if (::stat(path.c_str(), &st) != 0) return ErrnoToStatus(errno, path);
+  if (options.opener == nullptr) {
+    if (::stat(path.c_str(), &st) != 0) return ErrnoToStatus(errno, path);
+    return st;
+  }
+  ASSIGN_OR_RETURN(ScopedFd fd, options.opener->Open(path, O_PATH));
+  if (::fstat(fd.get(), &st) != 0) return ErrnoToStatus(errno, path);
   return st;
 }
 
 absl::StatusOr<FileManifest> OpenFile(const std::string& path,
                                       const ParseOptions& options) {
   ASSIGN_OR_RETURN(std::unique_ptr<FileByteSource> source,
-                   FileByteSource::Open(path));
+                   FileByteSource::Open(path, OpenerOf(options)));
   return ParseFile(*source, options);
 }
 
@@ -227,7 +242,7 @@ bool IsPlainFileName(absl::string_view name) {
 absl::StatusOr<Manifest> OpenIndex(const std::string& index_path,
                                    const ParseOptions& options) {
   ASSIGN_OR_RETURN(std::unique_ptr<FileByteSource> source,
-                   FileByteSource::Open(index_path));
+                   FileByteSource::Open(index_path, OpenerOf(options)));
   if (source->size() > kMaxIndexFileBytes) {
     return Invalid(
         index_path, "at byte 0",
@@ -338,9 +353,14 @@ absl::StatusOr<Manifest> OpenIndex(const std::string& index_path,
 
 absl::StatusOr<Manifest> OpenDirectory(const std::string& directory,
                                        const ParseOptions& options) {
-  std::unique_ptr<DIR, int (*)(DIR*)> dir(::opendir(directory.c_str()),
-                                          &::closedir);
+  // The directory is listed through a descriptor from the opener, so that a
+  // confined opener refuses a directory that resolves outside its roots.
+  ASSIGN_OR_RETURN(ScopedFd fd,
+                   OpenerOf(options).Open(directory, O_RDONLY | O_DIRECTORY));
+  std::unique_ptr<DIR, int (*)(DIR*)> dir(::fdopendir(fd.get()), &::closedir);
   if (dir == nullptr) return ErrnoToStatus(errno, directory);
+  // The DIR stream owns the descriptor now.
+  const int dir_fd = fd.release();
   std::vector<std::string> names;
   while (true) {
     errno = 0;
@@ -363,7 +383,12 @@ absl::StatusOr<Manifest> OpenDirectory(const std::string& directory,
                             absl::EndsWith(name, ".tensors") ||
                             absl::EndsWith(name, ".gguf");
     if (!is_index && !is_weights) continue;
-    ASSIGN_OR_RETURN(struct stat st, Stat(prefix + name));
+    // Follows symbolic links, as Stat does; a link that leads outside a
+    // confined opener's roots is refused when the file is opened.
+    struct stat st;
+    if (::fstatat(dir_fd, name.c_str(), &st, 0) != 0) {
+      return ErrnoToStatus(errno, prefix + name);
+    }
     if (!S_ISREG(st.st_mode)) continue;
     (is_index ? indexes : weights).push_back(prefix + name);
   }
@@ -429,7 +454,7 @@ absl::StatusOr<FileManifest> ParseFile(const ByteSource& source,
 
 absl::StatusOr<Manifest> OpenCheckpoint(const std::string& path,
                                         const ParseOptions& options) {
-  ASSIGN_OR_RETURN(struct stat st, Stat(path));
+  ASSIGN_OR_RETURN(struct stat st, Stat(path, options));
   Manifest manifest;
   if (S_ISDIR(st.st_mode)) {
     ASSIGN_OR_RETURN(manifest,

@@ -13,6 +13,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "daemon/base/file_opener.h"
 #include "daemon/base/testing/status_matchers.h"
 #include "daemon/base/testing/test_env.h"
 #include "daemon/formats/byte_source.h"
@@ -531,6 +532,127 @@ TEST(DirectoryTest, ReportsAnInvalidFile) {
   EXPECT_THAT(OpenCheckpoint(dir.path(), ParseOptions()),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        StartsWith(dir.Join("b.safetensors") + ": not a")));
+}
+
+// ---------------------------------------------------------------------------
+// Confined to model roots: every open goes through ParseOptions::opener.
+
+// "<tmp>/root/model" holds a checkpoint; "<tmp>/outside" is beyond the only
+// allowed root, "<tmp>/root".
+class ConfinedTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = dir_.Join("root");
+    model_ = root_ + "/model";
+    outside_ = dir_.Join("outside");
+    for (const std::string& d : {root_, model_, outside_}) {
+      ASSERT_EQ(::mkdir(d.c_str(), 0755), 0) << d;
+    }
+    WriteFile(model_ + "/a.safetensors", Shard({{"a", 2}}));
+    WriteFile(outside_ + "/b.safetensors", Shard({{"b", 3}}));
+    ASSERT_OK_AND_ASSIGN(opener_, BeneathRootsOpener::Create({root_}));
+    options_.opener = opener_.get();
+  }
+
+  testing::ShortTempDir dir_;
+  std::string root_;
+  std::string model_;
+  std::string outside_;
+  std::unique_ptr<BeneathRootsOpener> opener_;
+  ParseOptions options_;
+};
+
+TEST_F(ConfinedTest, OpensACheckpointInsideTheRoot) {
+  // Relative links that stay inside, as in a Hugging Face cache, are fine.
+  WriteFile(root_ + "/blob", Shard({{"c", 1}}));
+  ASSERT_EQ(::symlink("../blob", (model_ + "/c.safetensors").c_str()), 0);
+  ASSERT_OK_AND_ASSIGN(Manifest manifest, OpenCheckpoint(model_, options_));
+  ASSERT_THAT(manifest.files, SizeIs(2));
+  EXPECT_THAT(TensorNames(manifest.files[1]), ElementsAre("c"));
+  ASSERT_OK_AND_ASSIGN(manifest,
+                       OpenCheckpoint(model_ + "/a.safetensors", options_));
+  EXPECT_THAT(manifest.files, SizeIs(1));
+}
+
+TEST_F(ConfinedTest, RefusesACheckpointOutsideTheRoots) {
+  const std::string path = outside_ + "/b.safetensors";
+  EXPECT_THAT(OpenCheckpoint(path, options_),
+              StatusIs(absl::StatusCode::kPermissionDenied,
+                       StartsWith(path +
+                                  ": not beneath an allowed model "
+                                  "root (" +
+                                  root_ + ")")));
+  EXPECT_THAT(OpenCheckpoint(outside_, options_),
+              StatusIs(absl::StatusCode::kPermissionDenied,
+                       HasSubstr("not beneath an allowed model root")));
+}
+
+TEST_F(ConfinedTest, RefusesADirectoryWhoseWeightFileLinksOutside) {
+  const std::string link = model_ + "/b.safetensors";
+  ASSERT_EQ(::symlink((outside_ + "/b.safetensors").c_str(), link.c_str()), 0);
+  // Unconfined, the link is followed.
+  ASSERT_OK_AND_ASSIGN(Manifest manifest,
+                       OpenCheckpoint(model_, ParseOptions()));
+  EXPECT_THAT(manifest.files, SizeIs(2));
+  EXPECT_THAT(OpenCheckpoint(model_, options_),
+              StatusIs(absl::StatusCode::kPermissionDenied,
+                       link + ": resolves outside the model root " + root_));
+}
+
+TEST_F(ConfinedTest, RefusesADirectoryThatLinksOutside) {
+  const std::string link = root_ + "/linked";
+  ASSERT_EQ(::symlink("../outside", link.c_str()), 0);
+  EXPECT_OK(OpenCheckpoint(link, ParseOptions()).status());
+  EXPECT_THAT(OpenCheckpoint(link, options_),
+              StatusIs(absl::StatusCode::kPermissionDenied,
+                       link + ": resolves outside the model root " + root_));
+  EXPECT_THAT(OpenCheckpoint(link + "/", options_),
+              StatusIs(absl::StatusCode::kPermissionDenied,
+                       HasSubstr("resolves outside the model root")));
+}
+
+TEST_F(ConfinedTest, RefusesAnIndexWhoseShardEscapes) {
+  ASSERT_EQ(::symlink("../../outside/b.safetensors",
+                      (model_ + "/b.safetensors").c_str()),
+            0);
+  const std::string index = model_ + "/model.safetensors.index.json";
+  nlohmann::json json = {
+      {"weight_map", {{"a", "a.safetensors"}, {"b", "b.safetensors"}}}};
+  WriteFile(index, json.dump());
+  ASSERT_OK_AND_ASSIGN(Manifest manifest,
+                       OpenCheckpoint(index, ParseOptions()));
+  EXPECT_THAT(manifest.files, SizeIs(2));
+  for (const std::string& path : {index, model_}) {
+    EXPECT_THAT(
+        OpenCheckpoint(path, options_),
+        StatusIs(absl::StatusCode::kPermissionDenied,
+                 AllOf(StartsWith(index + ": shard \"b.safetensors\": "),
+                       HasSubstr(model_ +
+                                 "/b.safetensors: resolves outside "
+                                 "the model root " +
+                                 root_))))
+        << path;
+  }
+}
+
+TEST_F(ConfinedTest, RefusesAnIndexThatLinksOutside) {
+  const std::string outside_index = outside_ + "/model.safetensors.index.json";
+  WriteFile(outside_index,
+            nlohmann::json({{"weight_map", {{"b", "b.safetensors"}}}}).dump());
+  const std::string link = model_ + "/model.safetensors.index.json";
+  ASSERT_EQ(::symlink(outside_index.c_str(), link.c_str()), 0);
+  EXPECT_THAT(OpenCheckpoint(link, options_),
+              StatusIs(absl::StatusCode::kPermissionDenied,
+                       link + ": resolves outside the model root " + root_));
+  EXPECT_THAT(OpenCheckpoint(model_, options_),
+              StatusIs(absl::StatusCode::kPermissionDenied,
+                       link + ": resolves outside the model root " + root_));
+}
+
+TEST_F(ConfinedTest, MissingPathInsideTheRootIsNotFound) {
+  const std::string path = model_ + "/absent.safetensors";
+  EXPECT_THAT(OpenCheckpoint(path, options_),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr(path)));
 }
 
 }  // namespace

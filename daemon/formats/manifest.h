@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/strings/string_view.h"
+#include "daemon/base/file_opener.h"
 #include "nlohmann/json.hpp"
 
 namespace warmstart {
@@ -89,6 +90,10 @@ struct Manifest {
 struct ParseOptions {
   // Keep every element of GGUF metadata arrays, not just type and length.
   bool full_metadata = false;
+  // Opens every file and directory that OpenCheckpoint reads (weight files,
+  // shards, index files, checkpoint directories); null means plain open(2).
+  // Not owned: it must outlive the call.
+  const FileOpener* opener = nullptr;
 };
 
 }  // namespace warmstart

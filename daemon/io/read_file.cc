@@ -16,14 +16,6 @@
 namespace warmstart {
 namespace {
 
-int OpenRetryingEintr(const std::string& path, int flags) {
-  int fd;
-  do {
-    fd = ::open(path.c_str(), flags);
-  } while (fd < 0 && errno == EINTR);
-  return fd;
-}
-
 void NoteDirectRefused(const std::string& path) {
   static Counter* const counter = Metrics::Global().GetCounter(
       "warmstart_io_direct_refused_total",
@@ -41,21 +33,23 @@ void NoteDirectRefused(const std::string& path) {
 
 }  // namespace
 
-absl::StatusOr<ReadFile> OpenReadFile(const std::string& path,
-                                      bool want_direct) {
-  constexpr int kFlags = O_RDONLY | O_CLOEXEC;
-  int fd = OpenRetryingEintr(path, want_direct ? kFlags | O_DIRECT : kFlags);
+absl::StatusOr<ReadFile> OpenReadFile(const std::string& path, bool want_direct,
+                                      const FileOpener& opener) {
+  absl::StatusOr<ScopedFd> fd =
+      opener.Open(path, want_direct ? O_RDONLY | O_DIRECT : O_RDONLY);
   // open() answers EINVAL for O_DIRECT on filesystems without direct I/O
-  // (tmpfs before Linux 6.6, procfs, some FUSE and network filesystems).
-  const bool refused = fd < 0 && errno == EINVAL && want_direct;
-  if (refused) fd = OpenRetryingEintr(path, kFlags);
-  if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("open ", path));
+  // (tmpfs before Linux 6.6, procfs, some FUSE and network filesystems); the
+  // openers report it as InvalidArgument. Other errors of that class
+  // (ENOTDIR, ENAMETOOLONG, ...) come back again from the buffered open.
+  const bool refused = want_direct && absl::IsInvalidArgument(fd.status());
+  if (refused) fd = opener.Open(path, O_RDONLY);
+  if (!fd.ok()) return fd.status();
   ReadFile file;
-  file.fd.reset(fd);
+  file.fd = *std::move(fd);
   file.path = path;
   file.direct = want_direct && !refused;
   struct stat st;
-  if (::fstat(fd, &st) != 0) {
+  if (::fstat(file.fd.get(), &st) != 0) {
     return ErrnoToStatus(errno, absl::StrCat("fstat ", path));
   }
   if (!S_ISREG(st.st_mode)) {

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "daemon/base/file_opener.h"
 #include "daemon/base/scoped_fd.h"
 
 namespace warmstart {
@@ -29,14 +30,17 @@ struct ReadFile {
   bool direct = false;
 };
 
-// Opens the regular file at `path` read-only, with O_DIRECT when
-// `want_direct`. A filesystem that refuses O_DIRECT (EINVAL on open) gets a
-// buffered descriptor instead (direct == false): that degraded mode logs one
-// warning per process and counts in warmstart_io_direct_refused_total.
-// Errors: NotFound, PermissionDenied, ... from errno (naming the path);
+// Opens the regular file at `path` read-only through `opener` (not kept),
+// with O_DIRECT when `want_direct`. A filesystem that refuses O_DIRECT
+// (EINVAL on open) gets a buffered descriptor instead (direct == false):
+// that degraded mode logs one warning per process and counts in
+// warmstart_io_direct_refused_total.
+// Errors: NotFound, PermissionDenied, ... from errno (naming the path), and
+// the opener's refusals (PermissionDenied for a path outside its roots);
 // InvalidArgument when `path` is not a regular file.
-absl::StatusOr<ReadFile> OpenReadFile(const std::string& path,
-                                      bool want_direct);
+absl::StatusOr<ReadFile> OpenReadFile(
+    const std::string& path, bool want_direct,
+    const FileOpener& opener = PlainFileOpener());
 
 // The smallest kDirectAlignment-aligned range that covers [offset,
 // offset + length): read `aligned_length` bytes at `aligned_offset`, and the

@@ -123,11 +123,14 @@ absl::StatusOr<LoadedModel> Loader::Load(const Manifest& manifest,
     }
   }
 
+  const FileOpener& opener =
+      options.opener != nullptr ? *options.opener : PlainFileOpener();
   std::map<size_t, ReadFile> files;
   for (const ReadChunk& chunk : chunks) {
     if (files.count(chunk.file_index)) continue;
     const std::string& path = manifest.files[chunk.file_index].path;
-    ASSIGN_OR_RETURN(ReadFile file, OpenReadFile(path, options.direct_io));
+    ASSIGN_OR_RETURN(ReadFile file,
+                     OpenReadFile(path, options.direct_io, opener));
     files.emplace(chunk.file_index, std::move(file));
   }
 

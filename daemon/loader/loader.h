@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "daemon/base/file_opener.h"
 #include "daemon/device/device.h"
 #include "daemon/formats/key_provider.h"
 #include "daemon/formats/manifest.h"
@@ -68,6 +69,10 @@ struct LoadOptions {
   bool direct_io = true;
   // Keys for encrypted tensors; null means none (they fail to load).
   KeyProvider* keys = nullptr;
+  // Opens the manifest's files for reading; null means plain open(2). A
+  // BeneathRootsOpener refuses files outside its roots (PermissionDenied).
+  // Not owned: it must outlive the call.
+  const FileOpener* opener = nullptr;
   // Called after each chunk lands, on the loading thread.
   std::function<void(const LoadProgress&)> on_progress;
   // Polled between chunks; when it becomes true the load stops with
@@ -84,7 +89,8 @@ class Loader {
   // Loads every tensor of `manifest` into one new allocation labelled
   // `label`. Errors: InvalidArgument for what cannot be loaded (big-endian
   // GGUF, a cipher chunk larger than a slab); the device's error when the
-  // arena cannot be allocated; DataLoss (or the errno class) for read
+  // arena cannot be allocated; the opener's refusals and the errno class of
+  // files that cannot be opened; DataLoss (or the errno class) for read
   // failures and files that changed since they were parsed; the key and
   // checksum errors of tensor_data.h; Cancelled.
   absl::StatusOr<LoadedModel> Load(const Manifest& manifest,

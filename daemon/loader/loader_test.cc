@@ -1,6 +1,7 @@
 #include "daemon/loader/loader.h"
 
 #include <openssl/sha.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -8,6 +9,7 @@
 #include <vector>
 
 #include "absl/strings/escaping.h"
+#include "daemon/base/file_opener.h"
 #include "daemon/base/testing/status_matchers.h"
 #include "daemon/base/testing/test_env.h"
 #include "daemon/device/host_device.h"
@@ -384,6 +386,48 @@ TEST_F(LoaderTest, BigEndianGgufIsRefusedByTheLoader) {
   EXPECT_THAT(loader.Load(manifest, "m", {}),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        AllOf(HasSubstr(path), HasSubstr("big-endian"))));
+}
+
+TEST_F(LoaderTest, OpenerConfinesTheFilesItReads) {
+  testing::ShortTempDir dir;
+  const std::string root = dir.Join("root");
+  const std::string outside = dir.Join("outside");
+  ASSERT_EQ(::mkdir(root.c_str(), 0755), 0);
+  ASSERT_EQ(::mkdir(outside.c_str(), 0755), 0);
+  const std::string inside_path = root + "/model.safetensors";
+  const std::string outside_path = outside + "/model.safetensors";
+  testing::WriteTestSafetensors(inside_path, 4, 10000);
+  testing::WriteTestSafetensors(outside_path, 4, 10000);
+  ASSERT_OK_AND_ASSIGN(Manifest inside, OpenCheckpoint(inside_path, {}));
+  ASSERT_OK_AND_ASSIGN(Manifest beyond, OpenCheckpoint(outside_path, {}));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<BeneathRootsOpener> opener,
+                       BeneathRootsOpener::Create({root}));
+
+  Loader& loader = LoaderWithSlabs(1 << 20, 1 << 20);
+  LoadOptions options;
+  options.opener = opener.get();
+  for (bool direct : {true, false}) {
+    options.direct_io = direct;
+    absl::StatusOr<LoadedModel> loaded = loader.Load(inside, "in", options);
+    EXPECT_OK(loaded.status()) << direct;
+    EXPECT_THAT(loader.Load(beyond, "out", options),
+                StatusIs(absl::StatusCode::kPermissionDenied,
+                         AllOf(HasSubstr(outside_path),
+                               HasSubstr("not beneath an allowed model root"))))
+        << direct;
+  }
+
+  // A file swapped for a link to outside after it was parsed is refused too.
+  ASSERT_EQ(::unlink(inside_path.c_str()), 0);
+  ASSERT_EQ(::symlink(outside_path.c_str(), inside_path.c_str()), 0);
+  EXPECT_THAT(loader.Load(inside, "swapped", options),
+              StatusIs(absl::StatusCode::kPermissionDenied,
+                       HasSubstr(inside_path +
+                                 ": resolves outside the model root " + root)));
+  EXPECT_EQ(pool_->free_slabs(), pool_->slab_count());
+  // Unconfined, the same manifests load.
+  EXPECT_OK(loader.Load(beyond, "plain", {}).status());
+  EXPECT_OK(loader.Load(inside, "plain", {}).status());
 }
 
 }  // namespace
