@@ -164,6 +164,44 @@ bool IsLoopbackHost(const std::string& host) {
          (ntohl(v4.s_addr) >> 24) == 127;
 }
 
+// An empty `tcp` is fine (nothing listens); otherwise "host:port" with a
+// loopback host unless `allow_non_loopback`.
+absl::Status ValidateHostPort(absl::string_view field, const std::string& tcp,
+                              bool allow_non_loopback) {
+  if (tcp.empty()) return absl::OkStatus();
+  const size_t colon = tcp.rfind(':');
+  if (colon == std::string::npos) {
+    return Invalid(field, absl::StrCat("\"", tcp, "\": expected host:port"));
+  }
+  const std::string host = tcp.substr(0, colon);
+  const std::string port_text = tcp.substr(colon + 1);
+  uint32_t port = 0;
+  const bool digits_only =
+      !port_text.empty() && port_text.size() <= 5 &&
+      std::all_of(port_text.begin(), port_text.end(), absl::ascii_isdigit);
+  if (!digits_only || !absl::SimpleAtoi(port_text, &port) || port > 65535) {
+    return Invalid(field, absl::StrCat("\"", tcp, "\": port \"", port_text,
+                                       "\" is not a number from 0 to 65535"));
+  }
+  if (host.empty()) {
+    return Invalid(field, absl::StrCat("\"", tcp, "\": host is empty"));
+  }
+  if (host.find(':') != std::string::npos && host.front() != '[') {
+    return Invalid(field, absl::StrCat("\"", tcp,
+                                       "\": write an IPv6 host in brackets, as "
+                                       "[::1]:port"));
+  }
+  if (!allow_non_loopback && !IsLoopbackHost(host)) {
+    return Invalid(field,
+                   absl::StrCat("\"", tcp,
+                                "\": host is not loopback (127.x, [::1], "
+                                "localhost); set listen.allow_non_loopback "
+                                "to serve unauthenticated gRPC beyond this "
+                                "machine"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateListen(const v1::Listen& listen) {
   const std::string& socket = listen.unix_socket();
   if (socket.empty()) return Invalid("listen.unix_socket", "is empty");
@@ -184,42 +222,11 @@ absl::Status ValidateListen(const v1::Listen& listen) {
         absl::StrFormat("%#o is not a permission mode (at most 0777)",
                         listen.socket_mode()));
   }
-  const std::string& tcp = listen.tcp_address();
-  if (tcp.empty()) return absl::OkStatus();
-  const size_t colon = tcp.rfind(':');
-  if (colon == std::string::npos) {
-    return Invalid("listen.tcp_address",
-                   absl::StrCat("\"", tcp, "\": expected host:port"));
-  }
-  const std::string host = tcp.substr(0, colon);
-  const std::string port_text = tcp.substr(colon + 1);
-  uint32_t port = 0;
-  const bool digits_only =
-      !port_text.empty() && port_text.size() <= 5 &&
-      std::all_of(port_text.begin(), port_text.end(), absl::ascii_isdigit);
-  if (!digits_only || !absl::SimpleAtoi(port_text, &port) || port > 65535) {
-    return Invalid("listen.tcp_address",
-                   absl::StrCat("\"", tcp, "\": port \"", port_text,
-                                "\" is not a number from 0 to 65535"));
-  }
-  if (host.empty()) {
-    return Invalid("listen.tcp_address",
-                   absl::StrCat("\"", tcp, "\": host is empty"));
-  }
-  if (host.find(':') != std::string::npos && host.front() != '[') {
-    return Invalid("listen.tcp_address",
-                   absl::StrCat("\"", tcp,
-                                "\": write an IPv6 host in brackets, as "
-                                "[::1]:port"));
-  }
-  if (!listen.allow_non_loopback() && !IsLoopbackHost(host)) {
-    return Invalid("listen.tcp_address",
-                   absl::StrCat("\"", tcp,
-                                "\": host is not loopback (127.x, [::1], "
-                                "localhost); set listen.allow_non_loopback "
-                                "to serve unauthenticated gRPC beyond this "
-                                "machine"));
-  }
+  RETURN_IF_ERROR(ValidateHostPort("listen.tcp_address", listen.tcp_address(),
+                                   listen.allow_non_loopback()));
+  RETURN_IF_ERROR(ValidateHostPort("listen.metrics_address",
+                                   listen.metrics_address(),
+                                   listen.allow_non_loopback()));
   return absl::OkStatus();
 }
 

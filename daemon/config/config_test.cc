@@ -215,6 +215,16 @@ TEST_F(ConfigTest, EachValidationErrorNamesItsField) {
          c.mutable_listen()->set_tcp_address("10.0.0.1:50051");
        },
        "listen.tcp_address: \"10.0.0.1:50051\": host is not loopback"},
+      {"metrics not loopback",
+       [](DaemonConfig& c, const std::string&) {
+         c.mutable_listen()->set_metrics_address("0.0.0.0:9464");
+       },
+       "listen.metrics_address: \"0.0.0.0:9464\": host is not loopback"},
+      {"metrics without port",
+       [](DaemonConfig& c, const std::string&) {
+         c.mutable_listen()->set_metrics_address("localhost");
+       },
+       "listen.metrics_address: \"localhost\": expected host:port"},
       {"relative model root",
        [](DaemonConfig& c, const std::string&) { c.add_model_roots("models"); },
        "model_roots[1]: \"models\" is not an absolute path"},

@@ -44,6 +44,13 @@ MATCHER_P2(StatusIs, code, message_matcher,
              message_matcher, std::string(status.message()), result_listener);
 }
 
+// StatusIs(code): any message.
+MATCHER_P(StatusIs, code, "has code " + absl::StatusCodeToString(code)) {
+  const absl::Status& status = testing_internal::GetStatus(arg);
+  *result_listener << "status: " << status;
+  return status.code() == code;
+}
+
 }  // namespace warmstart
 
 #define WS_TESTING_CONCAT_INNER_(a, b) a##b
