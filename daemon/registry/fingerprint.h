@@ -1,0 +1,53 @@
+// Fingerprint: what identifies the files a model was loaded from, so that
+// loading the same name again can tell "the same files" (join the load)
+// from "other files" or "the same path, changed on disk" (refuse).
+//
+// Plain values and pure functions of the file system; thread-safe.
+#ifndef WARMSTART_DAEMON_REGISTRY_FINGERPRINT_H_
+#define WARMSTART_DAEMON_REGISTRY_FINGERPRINT_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "daemon/base/file_opener.h"
+#include "daemon/formats/manifest.h"
+
+namespace warmstart {
+
+// Bytes at the start of each file that the header hash covers: every
+// safetensors and tensorizer header we have seen, and the metadata of most
+// GGUF files, fit; a file rewritten in place with the same size and mtime
+// almost always differs there.
+inline constexpr uint64_t kHeaderHashBytes = uint64_t{1} << 20;
+
+struct FileFingerprint {
+  std::string path;
+  uint64_t device = 0;
+  uint64_t inode = 0;
+  uint64_t size = 0;
+  int64_t mtime_ns = 0;
+  std::string header_sha256;  // Hex, of the first kHeaderHashBytes.
+
+  bool operator==(const FileFingerprint& other) const;
+  bool operator!=(const FileFingerprint& other) const {
+    return !(*this == other);
+  }
+};
+
+using Fingerprint = std::vector<FileFingerprint>;
+
+// Fingerprints every file of `manifest`, opened through `opener`. Errors:
+// those of the opener (NotFound, PermissionDenied for a path outside the
+// model roots, ...) and of reading, naming the file.
+absl::StatusOr<Fingerprint> FingerprintFiles(const Manifest& manifest,
+                                             const FileOpener& opener);
+
+// Why `now` differs from `before`, for error messages ("<path>: size 10 ->
+// 12"); empty when they are equal.
+std::string DescribeChange(const Fingerprint& before, const Fingerprint& now);
+
+}  // namespace warmstart
+
+#endif  // WARMSTART_DAEMON_REGISTRY_FINGERPRINT_H_

@@ -1,0 +1,72 @@
+#include "daemon/registry/fingerprint.h"
+
+#include <sys/stat.h>
+
+#include "daemon/base/testing/status_matchers.h"
+#include "daemon/base/testing/test_env.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace warmstart {
+namespace {
+
+using ::testing::HasSubstr;
+using ::warmstart::testing::ShortTempDir;
+using ::warmstart::testing::WriteTestSafetensors;
+
+Manifest ManifestOf(const std::string& path) {
+  Manifest manifest;
+  manifest.files.emplace_back();
+  manifest.files.back().path = path;
+  return manifest;
+}
+
+TEST(FingerprintTest, SameFileSameFingerprint) {
+  ShortTempDir dir;
+  const std::string path = dir.Join("m.safetensors");
+  WriteTestSafetensors(path, 2, 4096);
+  ASSERT_OK_AND_ASSIGN(Fingerprint a,
+                       FingerprintFiles(ManifestOf(path), PlainFileOpener()));
+  ASSERT_OK_AND_ASSIGN(Fingerprint b,
+                       FingerprintFiles(ManifestOf(path), PlainFileOpener()));
+  EXPECT_EQ(a, b);
+  EXPECT_EQ(DescribeChange(a, b), "");
+  ASSERT_EQ(a.size(), 1u);
+  EXPECT_EQ(a[0].header_sha256.size(), 64u);
+}
+
+TEST(FingerprintTest, NamesWhatChanged) {
+  ShortTempDir dir;
+  const std::string path = dir.Join("m.safetensors");
+  WriteTestSafetensors(path, 2, 4096);
+  ASSERT_OK_AND_ASSIGN(Fingerprint before,
+                       FingerprintFiles(ManifestOf(path), PlainFileOpener()));
+
+  WriteTestSafetensors(path, 3, 4096);
+  ASSERT_OK_AND_ASSIGN(Fingerprint grown,
+                       FingerprintFiles(ManifestOf(path), PlainFileOpener()));
+  EXPECT_THAT(DescribeChange(before, grown), HasSubstr(path + ": size "));
+
+  // Same size, same inode, same mtime, other bytes: only the hash tells.
+  Fingerprint forged = before;
+  forged[0].header_sha256 = std::string(64, '0');
+  EXPECT_THAT(DescribeChange(before, forged), HasSubstr("header changed"));
+
+  Fingerprint touched = before;
+  touched[0].mtime_ns += 1;
+  EXPECT_THAT(DescribeChange(before, touched), HasSubstr("modified"));
+
+  Fingerprint replaced = before;
+  replaced[0].inode += 1;
+  EXPECT_THAT(DescribeChange(before, replaced), HasSubstr("replaced"));
+}
+
+TEST(FingerprintTest, MissingFileIsNotFound) {
+  EXPECT_THAT(FingerprintFiles(ManifestOf("/tmp/does-not-exist.safetensors"),
+                               PlainFileOpener()),
+              StatusIs(absl::StatusCode::kNotFound,
+                       HasSubstr("/tmp/does-not-exist.safetensors")));
+}
+
+}  // namespace
+}  // namespace warmstart

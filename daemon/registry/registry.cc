@@ -1,0 +1,714 @@
+#include "daemon/registry/registry.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "daemon/base/logging.h"
+#include "daemon/base/metrics.h"
+#include "daemon/base/status_macros.h"
+#include "daemon/formats/checkpoint.h"
+#include "daemon/loader/layout.h"
+#include "daemon/registry/fingerprint.h"
+#include "daemon/registry/random_id.h"
+
+namespace warmstart {
+
+struct Registry::Model {
+  std::string name;
+  std::string path;
+  std::vector<std::string> devices;
+  Fingerprint fingerprint;
+  bool pinned = false;
+  v1::ModelState state = v1::LOADING;
+  uint64_t bytes_loaded = 0;  // Over every device.
+  uint64_t bytes_total = 0;
+  std::string error;
+  absl::StatusCode error_code = absl::StatusCode::kOk;
+  uint32_t tensor_count = 0;
+  uint64_t arena_bytes = 0;  // On each device.
+  // One per device once loaded, in `devices` order; read only when READY.
+  std::vector<LoadedModel> replicas;
+  int leases = 0;
+  absl::Time started;
+  absl::Time last_used;
+  absl::Time last_progress_signal;
+  double load_seconds = 0;
+  std::atomic<bool> cancel{false};
+  uint64_t version = 0;
+};
+
+namespace {
+
+// A progress change wakes watchers at most this often; state changes always
+// do.
+constexpr absl::Duration kProgressInterval = absl::Milliseconds(100);
+constexpr size_t kMaxNameBytes = 128;
+constexpr size_t kMaxPathBytes = 4096;
+
+struct RegistryMetrics {
+  Counter* loads = Metrics::Global().GetCounter("warmstart_loads_total",
+                                                "Model loads started");
+  Counter* load_failures = Metrics::Global().GetCounter(
+      "warmstart_load_failures_total", "Model loads that failed");
+  Counter* load_bytes = Metrics::Global().GetCounter(
+      "warmstart_load_bytes_total", "Bytes of models loaded onto devices");
+  Counter* evictions = Metrics::Global().GetCounter(
+      "warmstart_evictions_total", "Models evicted to make room");
+  Counter* leases_granted = Metrics::Global().GetCounter(
+      "warmstart_leases_granted_total", "Leases granted");
+  Gauge* models =
+      Metrics::Global().GetGauge("warmstart_models", "Models listed");
+  Gauge* leases = Metrics::Global().GetGauge("warmstart_leases", "Leases held");
+  Gauge* resident_bytes = Metrics::Global().GetGauge(
+      "warmstart_resident_bytes", "Bytes of models on all devices");
+};
+
+RegistryMetrics& RegistryMetricsOnce() {
+  static RegistryMetrics* metrics = new RegistryMetrics();
+  return *metrics;
+}
+
+absl::Status CheckName(const std::string& name) {
+  const bool well_formed =
+      !name.empty() && name.size() <= kMaxNameBytes &&
+      std::all_of(name.begin(), name.end(), [](char c) {
+        return absl::ascii_isalnum(c) || c == '.' || c == '_' || c == '-';
+      });
+  if (well_formed) return absl::OkStatus();
+  const std::string shown =
+      name.size() > 64 ? absl::StrCat(name.substr(0, 64), "...") : name;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "model name \"", absl::CHexEscape(shown), "\" (", name.size(),
+      " bytes): must be 1 to 128 characters of A-Z a-z 0-9 . _ -"));
+}
+
+}  // namespace
+
+Registry::Registry(RegistryOptions options) : options_(std::move(options)) {
+  RegistryMetricsOnce();
+}
+
+Registry::~Registry() {
+  std::map<std::thread::id, std::thread> threads;
+  {
+    absl::MutexLock lock(&mutex_);
+    leasing_stopped_ = true;
+    for (auto& [name, model] : models_) model->cancel = true;
+    threads.swap(threads_);
+  }
+  for (auto& [id, thread] : threads) thread.join();
+  std::map<std::string, std::shared_ptr<Model>> models;
+  {
+    absl::MutexLock lock(&mutex_);
+    leases_.clear();
+    models.swap(models_);
+    UpdateGaugesLocked();
+  }
+}
+
+const RegistryTarget* Registry::FindTarget(const std::string& uuid) const {
+  for (const RegistryTarget& target : options_.targets) {
+    if (target.device->uuid() == uuid) return &target;
+  }
+  return nullptr;
+}
+
+absl::StatusOr<v1::ModelStatus> Registry::Load(const ModelRequest& request) {
+  RETURN_IF_ERROR(CheckName(request.name));
+  if (request.path.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model ", request.name, ": path is empty"));
+  }
+  if (request.path.size() > kMaxPathBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model ", request.name, ": path is ", request.path.size(),
+                     " bytes, more than ", kMaxPathBytes));
+  }
+  std::vector<std::string> devices;
+  for (const std::string& uuid : request.devices) {
+    if (FindTarget(uuid) == nullptr) {
+      std::vector<std::string> known;
+      for (const RegistryTarget& target : options_.targets) {
+        known.push_back(target.device->uuid());
+      }
+      return absl::InvalidArgumentError(absl::StrCat(
+          "model ", request.name, ": no device \"", absl::CHexEscape(uuid),
+          "\" (this daemon has ", absl::StrJoin(known, ", "), ")"));
+    }
+    if (std::find(devices.begin(), devices.end(), uuid) == devices.end()) {
+      devices.push_back(uuid);
+    }
+  }
+  if (devices.empty()) {
+    for (const RegistryTarget& target : options_.targets) {
+      devices.push_back(target.device->uuid());
+    }
+  }
+
+  // Parsing and fingerprinting read headers only; doing it here, before the
+  // model is listed, turns bad paths and files into an error of this call.
+  ParseOptions parse_options;
+  parse_options.opener = options_.opener;
+  ASSIGN_OR_RETURN(Manifest manifest,
+                   OpenCheckpoint(request.path, parse_options));
+  ASSIGN_OR_RETURN(Fingerprint fingerprint,
+                   FingerprintFiles(manifest, *options_.opener));
+  ASSIGN_OR_RETURN(ArenaLayout layout,
+                   LayoutArena(manifest, options_.load.alignment));
+  uint64_t tensor_bytes = 0;
+  uint32_t tensor_count = 0;
+  for (const FileManifest& file : manifest.files) {
+    for (const TensorEntry& tensor : file.tensors) {
+      tensor_bytes += tensor.nbytes;
+      ++tensor_count;
+    }
+  }
+  for (const std::string& uuid : devices) {
+    const RegistryTarget& target = *FindTarget(uuid);
+    if (target.budget_bytes != 0 && layout.total_bytes > target.budget_bytes) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("model ", request.name, " needs ", layout.total_bytes,
+                       " bytes on ", uuid, ", more than its whole budget of ",
+                       target.budget_bytes, " bytes"));
+    }
+  }
+
+  absl::MutexLock lock(&mutex_);
+  if (leasing_stopped_) {
+    return absl::UnavailableError("the daemon is shutting down");
+  }
+  auto it = models_.find(request.name);
+  if (it != models_.end() && it->second->state == v1::FAILED) {
+    RemoveLocked(request.name);
+    it = models_.end();
+  }
+  if (it != models_.end()) {
+    Model& model = *it->second;
+    if (model.path != request.path) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "model ", request.name, " is already loaded from ", model.path,
+          "; unload it before loading ", request.path, " under that name"));
+    }
+    const std::string change = DescribeChange(model.fingerprint, fingerprint);
+    if (!change.empty()) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("model ", request.name, " is loaded from ", model.path,
+                       ", which changed on disk since (", change,
+                       "); unload it and load it again"));
+    }
+    if (!request.devices.empty() && devices != model.devices) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("model ", request.name, " is loaded on ",
+                       absl::StrJoin(model.devices, ", "), ", not ",
+                       absl::StrJoin(devices, ", ")));
+    }
+    if (model.state == v1::UNLOADING) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "model ", request.name,
+          " is being unloaded; load it again once its last lease is "
+          "released"));
+    }
+    if (request.pinned && !model.pinned) {
+      model.pinned = true;
+      ChangedLocked(model);
+    }
+    return StatusLocked(model);
+  }
+
+  auto model = std::make_shared<Model>();
+  model->name = request.name;
+  model->path = request.path;
+  model->devices = devices;
+  model->fingerprint = std::move(fingerprint);
+  model->pinned = request.pinned;
+  model->bytes_total = tensor_bytes * devices.size();
+  model->tensor_count = tensor_count;
+  model->arena_bytes = layout.total_bytes;
+  model->started = absl::Now();
+  model->last_used = model->started;
+  models_[request.name] = model;
+  ChangedLocked(*model);
+  UpdateGaugesLocked();
+  RegistryMetricsOnce().loads->Add();
+  Logger("registry")
+      ->info("loading model {} from {} onto {} ({} bytes)", request.name,
+             request.path, absl::StrJoin(devices, ", "), tensor_bytes);
+
+  ReapFinishedThreadsLocked();
+  // The new thread blocks on mutex_ until this call returns, so it cannot
+  // finish before it is recorded.
+  std::thread thread(&Registry::RunLoad, this, model, std::move(manifest),
+                     request.keys);
+  const std::thread::id id = thread.get_id();
+  threads_.emplace(id, std::move(thread));
+  return StatusLocked(*model);
+}
+
+void Registry::RunLoad(std::shared_ptr<Model> model, Manifest manifest,
+                       std::shared_ptr<KeyProvider> keys) {
+  absl::Status status = LoadReplicas(*model, manifest, keys.get());
+  std::shared_ptr<Model> removed;
+  std::vector<LoadedModel> to_free;
+  auto log = Logger("registry");
+  {
+    absl::MutexLock lock(&mutex_);
+    if (status.ok() && model->cancel) {
+      status = absl::CancelledError("unloaded while loading");
+    }
+    if (status.ok()) {
+      model->state = v1::READY;
+      model->load_seconds = absl::ToDoubleSeconds(absl::Now() - model->started);
+      model->last_used = absl::Now();
+      RegistryMetricsOnce().load_bytes->Add(model->bytes_total);
+      log->info("model {} ready: {} tensors, {} bytes in {:.2f} s", model->name,
+                model->tensor_count, model->bytes_total, model->load_seconds);
+    } else {
+      to_free.swap(model->replicas);
+      if (model->cancel) {
+        auto it = models_.find(model->name);
+        if (it != models_.end() && it->second == model) {
+          removed = RemoveLocked(model->name);
+        }
+        log->info("model {}: load cancelled", model->name);
+      } else {
+        model->state = v1::FAILED;
+        model->error = std::string(status.message());
+        model->error_code = status.code();
+        RegistryMetricsOnce().load_failures->Add();
+        log->error("model {} failed to load: {}", model->name,
+                   status.message());
+      }
+    }
+    ChangedLocked(*model);
+    UpdateGaugesLocked();
+    finished_threads_.push_back(std::this_thread::get_id());
+  }
+  // `to_free` and `removed` free device memory here, outside the lock.
+}
+
+absl::Status Registry::LoadReplicas(Model& model, const Manifest& manifest,
+                                    KeyProvider* keys) {
+  const uint64_t per_device = model.bytes_total / model.devices.size();
+  for (size_t i = 0; i < model.devices.size(); ++i) {
+    const std::string& uuid = model.devices[i];
+    const RegistryTarget& target = *FindTarget(uuid);
+    std::vector<std::shared_ptr<Model>> evicted;
+    {
+      absl::MutexLock lock(&mutex_);
+      RETURN_IF_ERROR(ReserveLocked(target, model.arena_bytes, model, evicted));
+    }
+    evicted.clear();
+
+    LoadOptions options = options_.load;
+    options.keys = keys;
+    options.cancel = &model.cancel;
+    options.opener = options_.opener;
+    const uint64_t base = per_device * i;
+    options.on_progress = [this, &model, base](const LoadProgress& progress) {
+      absl::MutexLock lock(&mutex_);
+      model.bytes_loaded = base + progress.bytes_done;
+      const absl::Time now = absl::Now();
+      if (now - model.last_progress_signal >= kProgressInterval ||
+          progress.bytes_done == progress.bytes_total) {
+        model.last_progress_signal = now;
+        ChangedLocked(model);
+      }
+    };
+    absl::StatusOr<LoadedModel> loaded;
+    while (true) {
+      loaded = target.loader->Load(manifest, model.name, options);
+      if (loaded.ok() || !absl::IsResourceExhausted(loaded.status()) ||
+          model.cancel) {
+        break;
+      }
+      // The device itself is full: make room the way a budget would.
+      bool made_room;
+      {
+        absl::MutexLock lock(&mutex_);
+        made_room = EvictOneLocked(uuid, model, evicted);
+      }
+      evicted.clear();
+      if (!made_room) break;
+    }
+    if (!loaded.ok()) {
+      return absl::Status(loaded.status().code(),
+                          absl::StrCat("loading model ", model.name, " onto ",
+                                       uuid, ": ", loaded.status().message()));
+    }
+    // The loader has sealed the arena: clients can only map it read-only.
+    absl::MutexLock lock(&mutex_);
+    model.replicas.push_back(*std::move(loaded));
+  }
+  // The loader read the files by path; make sure they are still the ones
+  // fingerprinted when the load was asked for.
+  ASSIGN_OR_RETURN(Fingerprint now,
+                   FingerprintFiles(manifest, *options_.opener));
+  const std::string change = DescribeChange(model.fingerprint, now);
+  if (!change.empty()) {
+    return absl::DataLossError(absl::StrCat(
+        "model ", model.name, ": files changed while loading: ", change));
+  }
+  return absl::OkStatus();
+}
+
+uint64_t Registry::ResidentBytesLocked(const std::string& uuid) const {
+  uint64_t bytes = 0;
+  for (const auto& [name, model] : models_) {
+    if (model->state == v1::FAILED) continue;
+    if (std::find(model->devices.begin(), model->devices.end(), uuid) !=
+        model->devices.end()) {
+      bytes += model->arena_bytes;
+    }
+  }
+  return bytes;
+}
+
+absl::Status Registry::ReserveLocked(
+    const RegistryTarget& target, uint64_t bytes, const Model& model,
+    std::vector<std::shared_ptr<Model>>& evicted) {
+  if (target.budget_bytes == 0) return absl::OkStatus();
+  const std::string& uuid = target.device->uuid();
+  // ResidentBytesLocked counts `model` itself: it is listed while loading.
+  while (ResidentBytesLocked(uuid) > target.budget_bytes) {
+    if (!EvictOneLocked(uuid, model, evicted)) {
+      const uint64_t others = ResidentBytesLocked(uuid) - bytes;
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "model ", model.name, " needs ", bytes, " bytes on ", uuid,
+          "; the budget is ", target.budget_bytes, " bytes and ", others,
+          " are held by models that are pinned, leased or loading"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+bool Registry::EvictOneLocked(const std::string& uuid, const Model& loading,
+                              std::vector<std::shared_ptr<Model>>& evicted) {
+  const Model* victim = nullptr;
+  for (const auto& [name, model] : models_) {
+    if (model.get() == &loading || model->state != v1::READY ||
+        model->leases > 0 || model->pinned ||
+        std::find(model->devices.begin(), model->devices.end(), uuid) ==
+            model->devices.end()) {
+      continue;
+    }
+    if (victim == nullptr || model->last_used < victim->last_used) {
+      victim = model.get();
+    }
+  }
+  if (victim == nullptr) return false;
+  Logger("registry")
+      ->info(
+          "evicting model {} ({} bytes on {}, unused for {:.1f} s) to make "
+          "room "
+          "for {}",
+          victim->name, victim->arena_bytes, uuid,
+          absl::ToDoubleSeconds(absl::Now() - victim->last_used), loading.name);
+  RegistryMetricsOnce().evictions->Add();
+  evicted.push_back(RemoveLocked(victim->name));
+  return true;
+}
+
+std::shared_ptr<Registry::Model> Registry::RemoveLocked(
+    const std::string& name) {
+  auto it = models_.find(name);
+  std::shared_ptr<Model> model = std::move(it->second);
+  models_.erase(it);
+  ChangedLocked(*model);
+  UpdateGaugesLocked();
+  return model;
+}
+
+void Registry::ChangedLocked(Model& model) {
+  model.version = next_version_++;
+  changed_.SignalAll();
+}
+
+void Registry::ReapFinishedThreadsLocked() {
+  for (const std::thread::id& id : finished_threads_) {
+    auto it = threads_.find(id);
+    // Its last act was to record itself, under mutex_: joining is
+    // immediate.
+    it->second.join();
+    threads_.erase(it);
+  }
+  finished_threads_.clear();
+}
+
+void Registry::UpdateGaugesLocked() {
+  RegistryMetrics& metrics = RegistryMetricsOnce();
+  metrics.models->Set(static_cast<int64_t>(models_.size()));
+  metrics.leases->Set(static_cast<int64_t>(leases_.size()));
+  uint64_t resident = 0;
+  for (const RegistryTarget& target : options_.targets) {
+    resident += ResidentBytesLocked(target.device->uuid());
+  }
+  metrics.resident_bytes->Set(static_cast<int64_t>(resident));
+}
+
+v1::ModelStatus Registry::StatusLocked(const Model& model) const {
+  v1::ModelStatus status;
+  status.set_name(model.name);
+  status.set_path(model.path);
+  status.set_state(model.state);
+  status.set_bytes_loaded(model.state == v1::READY ? model.bytes_total
+                                                   : model.bytes_loaded);
+  status.set_bytes_total(model.bytes_total);
+  const double seconds =
+      model.state == v1::LOADING
+          ? absl::ToDoubleSeconds(absl::Now() - model.started)
+          : model.load_seconds;
+  if (seconds > 0) {
+    status.set_bytes_per_second(static_cast<double>(status.bytes_loaded()) /
+                                seconds);
+  }
+  status.set_error(model.error);
+  status.set_error_code(static_cast<int32_t>(model.error_code));
+  status.set_leases(static_cast<uint32_t>(model.leases));
+  status.set_pinned(model.pinned);
+  for (const std::string& uuid : model.devices) status.add_devices(uuid);
+  status.set_tensor_count(model.tensor_count);
+  status.set_resident_bytes(model.arena_bytes);
+  status.set_load_seconds(model.load_seconds);
+  return status;
+}
+
+absl::StatusOr<v1::ModelStatus> Registry::WaitLoaded(const std::string& name,
+                                                     absl::Time deadline) {
+  absl::MutexLock lock(&mutex_);
+  while (true) {
+    auto it = models_.find(name);
+    if (it == models_.end()) {
+      return absl::NotFoundError(absl::StrCat("no model named ", name));
+    }
+    if (it->second->state != v1::LOADING) return StatusLocked(*it->second);
+    if (changed_.WaitWithDeadline(&mutex_, deadline)) {
+      it = models_.find(name);
+      if (it == models_.end()) continue;
+      return StatusLocked(*it->second);
+    }
+  }
+}
+
+absl::StatusOr<v1::ModelStatus> Registry::WaitForChange(const std::string& name,
+                                                        uint64_t* version,
+                                                        absl::Time deadline) {
+  absl::MutexLock lock(&mutex_);
+  while (true) {
+    auto it = models_.find(name);
+    if (it == models_.end()) {
+      return absl::NotFoundError(absl::StrCat("no model named ", name));
+    }
+    const bool timed_out = it->second->version > *version
+                               ? false
+                               : changed_.WaitWithDeadline(&mutex_, deadline);
+    it = models_.find(name);
+    if (it == models_.end()) continue;
+    if (it->second->version > *version || timed_out) {
+      *version = it->second->version;
+      return StatusLocked(*it->second);
+    }
+  }
+}
+
+absl::StatusOr<LeaseGrant> Registry::Acquire(const std::string& name,
+                                             const std::string& session,
+                                             absl::Time deadline) {
+  RETURN_IF_ERROR(CheckName(name));
+  absl::MutexLock lock(&mutex_);
+  while (true) {
+    if (leasing_stopped_) {
+      return absl::UnavailableError(
+          "the daemon is shutting down and grants no new leases");
+    }
+    auto it = models_.find(name);
+    if (it == models_.end()) {
+      return absl::NotFoundError(absl::StrCat("no model named ", name));
+    }
+    Model& model = *it->second;
+    if (model.state != v1::LOADING) break;
+    if (changed_.WaitWithDeadline(&mutex_, deadline)) {
+      it = models_.find(name);
+      if (it != models_.end() && it->second->state == v1::LOADING) {
+        return absl::DeadlineExceededError(
+            absl::StrFormat("model %s is still loading (%d of %d bytes)", name,
+                            it->second->bytes_loaded, it->second->bytes_total));
+      }
+    }
+  }
+  const std::shared_ptr<Model>& model = models_.at(name);
+  if (model->state == v1::FAILED) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("model ", name, " failed to load: ", model->error));
+  }
+  if (model->state == v1::UNLOADING) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("model ", name, " is being unloaded"));
+  }
+  LeaseGrant grant;
+  grant.lease_id = RandomId();
+  ++model->leases;
+  model->last_used = absl::Now();
+  leases_[grant.lease_id] = Lease{session, model};
+  ChangedLocked(*model);
+  UpdateGaugesLocked();
+  RegistryMetricsOnce().leases_granted->Add();
+  grant.model = StatusLocked(*model);
+  grant.tensors = model->replicas.front().tensors;
+  for (size_t i = 0; i < model->devices.size(); ++i) {
+    grant.memory.push_back(
+        {model->devices[i], model->replicas[i].arena->Export()});
+  }
+  return grant;
+}
+
+absl::Status Registry::Release(const std::string& lease_id,
+                               const std::string& session) {
+  std::shared_ptr<Model> freed;
+  absl::MutexLock lock(&mutex_);
+  auto it = leases_.find(lease_id);
+  if (it == leases_.end()) {
+    return absl::NotFoundError(absl::StrCat(
+        "no lease \"", absl::CHexEscape(lease_id.substr(0, 64)), "\""));
+  }
+  if (it->second.session != session) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("lease ", lease_id, " belongs to another session"));
+  }
+  std::shared_ptr<Model> model = std::move(it->second.model);
+  leases_.erase(it);
+  --model->leases;
+  model->last_used = absl::Now();
+  ChangedLocked(*model);
+  if (model->state == v1::UNLOADING && model->leases == 0) {
+    auto listed = models_.find(model->name);
+    if (listed != models_.end() && listed->second == model) {
+      freed = RemoveLocked(model->name);
+      Logger("registry")
+          ->info("model {} unloaded: its last lease is released", model->name);
+    }
+  }
+  UpdateGaugesLocked();
+  // The mutex is released before `freed` (declared first) frees the memory.
+  return absl::OkStatus();
+}
+
+int Registry::ReleaseSession(const std::string& session) {
+  std::vector<std::string> ids;
+  {
+    absl::MutexLock lock(&mutex_);
+    for (const auto& [id, lease] : leases_) {
+      if (lease.session == session) ids.push_back(id);
+    }
+  }
+  int released = 0;
+  for (const std::string& id : ids) {
+    if (Release(id, session).ok()) ++released;
+  }
+  return released;
+}
+
+absl::StatusOr<v1::ModelStatus> Registry::Unload(const std::string& name,
+                                                 bool force) {
+  std::shared_ptr<Model> freed;
+  absl::MutexLock lock(&mutex_);
+  auto it = models_.find(name);
+  if (it == models_.end()) {
+    return absl::NotFoundError(absl::StrCat("no model named ", name));
+  }
+  Model& model = *it->second;
+  switch (model.state) {
+    case v1::LOADING:
+      // The load thread sees the flag between chunks and removes the model.
+      model.cancel = true;
+      model.state = v1::UNLOADING;
+      ChangedLocked(model);
+      return StatusLocked(model);
+    case v1::UNLOADING:
+      return StatusLocked(model);
+    case v1::READY:
+      if (model.leases > 0) {
+        if (!force) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "model ", name, " has ", model.leases,
+              " lease(s); unload --force stops new leases and frees it once "
+              "they are released"));
+        }
+        model.state = v1::UNLOADING;
+        ChangedLocked(model);
+        Logger("registry")
+            ->info("model {} unloading: waiting for {} lease(s) to be released",
+                   name, model.leases);
+        return StatusLocked(model);
+      }
+      break;
+    default:
+      break;
+  }
+  v1::ModelStatus last = StatusLocked(model);
+  last.set_state(v1::UNLOADING);
+  freed = RemoveLocked(name);
+  Logger("registry")->info("model {} unloaded", name);
+  return last;
+}
+
+absl::Status Registry::SetPinned(const std::string& name, bool pinned) {
+  absl::MutexLock lock(&mutex_);
+  auto it = models_.find(name);
+  if (it == models_.end()) {
+    return absl::NotFoundError(absl::StrCat("no model named ", name));
+  }
+  it->second->pinned = pinned;
+  ChangedLocked(*it->second);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::ModelStatus> Registry::Get(const std::string& name) const {
+  absl::MutexLock lock(&mutex_);
+  auto it = models_.find(name);
+  if (it == models_.end()) {
+    return absl::NotFoundError(absl::StrCat("no model named ", name));
+  }
+  return StatusLocked(*it->second);
+}
+
+std::vector<v1::ModelStatus> Registry::List() const {
+  absl::MutexLock lock(&mutex_);
+  std::vector<v1::ModelStatus> list;
+  for (const auto& [name, model] : models_)
+    list.push_back(StatusLocked(*model));
+  return list;
+}
+
+RegistryStats Registry::Stats() const {
+  absl::MutexLock lock(&mutex_);
+  RegistryStats stats;
+  stats.models = static_cast<uint32_t>(models_.size());
+  stats.leases = static_cast<uint32_t>(leases_.size());
+  for (const RegistryTarget& target : options_.targets) {
+    stats.devices.push_back({target.device->uuid(),
+                             ResidentBytesLocked(target.device->uuid()),
+                             target.budget_bytes});
+  }
+  return stats;
+}
+
+void Registry::StopLeasing() {
+  absl::MutexLock lock(&mutex_);
+  leasing_stopped_ = true;
+  changed_.SignalAll();
+}
+
+int Registry::WaitUntilUnleased(absl::Time deadline) {
+  absl::MutexLock lock(&mutex_);
+  while (!leases_.empty()) {
+    if (changed_.WaitWithDeadline(&mutex_, deadline)) break;
+  }
+  return static_cast<int>(leases_.size());
+}
+
+}  // namespace warmstart

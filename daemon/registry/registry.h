@@ -1,0 +1,213 @@
+// Registry: the models the daemon holds, their loads, leases and eviction.
+//
+// A model is loaded once per name onto one or more devices, on a thread of
+// its own; callers loading the same name from the same files join that
+// load. Clients take leases on ready models; a leased model's memory is
+// never freed. Forced unloads stop new leases and free the memory when the
+// last lease goes. When a load needs room on a device (over its budget, or
+// refused by the device), unleased, unpinned, ready models on that device
+// are evicted least recently used first; otherwise the load fails with
+// ResourceExhausted and the figures.
+//
+// Model states: LOADING -> READY | FAILED; READY -> UNLOADING (forced while
+// leased) -> gone; READY -> gone (unload, eviction). A FAILED model stays
+// listed with its error until it is unloaded or loaded again.
+//
+// Thread safety: every method is thread-safe. Waiting methods block the
+// calling thread (a gRPC handler) on a condition variable, up to a deadline.
+#ifndef WARMSTART_DAEMON_REGISTRY_REGISTRY_H_
+#define WARMSTART_DAEMON_REGISTRY_REGISTRY_H_
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "daemon/base/file_opener.h"
+#include "daemon/device/device.h"
+#include "daemon/formats/key_provider.h"
+#include "daemon/loader/loader.h"
+#include "proto/warmstart.pb.h"
+
+namespace warmstart {
+
+// A device the registry loads onto.
+struct RegistryTarget {
+  Device* device = nullptr;  // Not owned; outlives the registry.
+  Loader* loader = nullptr;  // Not owned; loads onto `device`.
+  // Most bytes of models resident on the device; 0 means no budget (the
+  // device's own free memory is the limit).
+  uint64_t budget_bytes = 0;
+};
+
+struct RegistryOptions {
+  // At least one, with distinct device uuids.
+  std::vector<RegistryTarget> targets;
+  // Every model file is opened through it (the model roots). Not owned;
+  // outlives the registry.
+  const FileOpener* opener = nullptr;
+  // Alignment, direct I/O and checksum verification for every load; the
+  // registry sets keys, on_progress, cancel and opener itself.
+  LoadOptions load;
+};
+
+struct ModelRequest {
+  // [A-Za-z0-9._-]{1,128}.
+  std::string name;
+  std::string path;
+  // Device uuids; empty means every target.
+  std::vector<std::string> devices;
+  // Never evicted to make room (preloads).
+  bool pinned = false;
+  // For encrypted files; null means none.
+  std::shared_ptr<KeyProvider> keys;
+};
+
+// What a lease gives a client: the layout and the memory to map. The
+// descriptors in `memory` stay owned by the model's allocations, which stay
+// alive while the lease is held.
+struct LeaseGrant {
+  std::string lease_id;
+  v1::ModelStatus model;
+  std::vector<LoadedTensor> tensors;
+  struct Memory {
+    std::string device_uuid;
+    ExportedMemory exported;
+  };
+  std::vector<Memory> memory;  // One per device, in ModelStatus.devices order.
+};
+
+struct RegistryStats {
+  uint32_t models = 0;
+  uint32_t leases = 0;
+  struct DeviceUse {
+    std::string uuid;
+    uint64_t resident_bytes = 0;
+    uint64_t budget_bytes = 0;
+  };
+  std::vector<DeviceUse> devices;
+};
+
+class Registry {
+ public:
+  explicit Registry(RegistryOptions options);
+  // Cancels loads in progress, waits for their threads and frees every
+  // model, leased or not: by then the daemon has stopped serving.
+  ~Registry();
+  Registry(const Registry&) = delete;
+  Registry& operator=(const Registry&) = delete;
+
+  // Starts loading `request`, or joins the load (or the loaded model) of the
+  // same name from the same files, and returns the model's status now. The
+  // headers are parsed and the files fingerprinted before returning, so a
+  // malformed file, a path outside the roots or a missing file fails here
+  // (InvalidArgument, PermissionDenied, NotFound) and nothing is listed.
+  // The same name from other files, or from files changed since, is
+  // AlreadyExists; a FAILED model of that name is replaced by a new load.
+  // Unavailable once StopLeasing has been called.
+  absl::StatusOr<v1::ModelStatus> Load(const ModelRequest& request);
+
+  // Waits until the model is no longer LOADING, or `deadline`, and returns
+  // its status. NotFound when there is (no longer) such a model.
+  absl::StatusOr<v1::ModelStatus> WaitLoaded(const std::string& name,
+                                             absl::Time deadline);
+
+  // Returns the model's status once it has changed since `*version` (0
+  // returns at once) or at `deadline`, and sets `*version`. NotFound when
+  // there is (no longer) such a model.
+  absl::StatusOr<v1::ModelStatus> WaitForChange(const std::string& name,
+                                                uint64_t* version,
+                                                absl::Time deadline);
+
+  // Takes a lease for `session`, waiting for a load in progress until
+  // `deadline` (DeadlineExceeded). Errors: NotFound; FailedPrecondition for
+  // a FAILED or UNLOADING model; Unavailable after StopLeasing.
+  absl::StatusOr<LeaseGrant> Acquire(const std::string& name,
+                                     const std::string& session,
+                                     absl::Time deadline);
+
+  // Releases a lease of `session`. NotFound for an unknown lease,
+  // PermissionDenied for another session's.
+  absl::Status Release(const std::string& lease_id, const std::string& session);
+
+  // Releases every lease of `session` (its client went away); returns how
+  // many there were.
+  int ReleaseSession(const std::string& session);
+
+  // Unloads a model and returns its last status. A loading model is
+  // cancelled. A leased one is refused (FailedPrecondition, with the lease
+  // count) unless `force`: then it is UNLOADING until its last lease is
+  // released. NotFound when there is no such model.
+  absl::StatusOr<v1::ModelStatus> Unload(const std::string& name, bool force);
+
+  // Pins or unpins a model (SIGHUP re-reading the preload list). NotFound
+  // when there is no such model.
+  absl::Status SetPinned(const std::string& name, bool pinned);
+
+  absl::StatusOr<v1::ModelStatus> Get(const std::string& name) const;
+  std::vector<v1::ModelStatus> List() const;  // By name.
+  RegistryStats Stats() const;
+
+  // From now on Acquire and Load fail with Unavailable (shutting down).
+  void StopLeasing();
+  // Waits until no lease is held or `deadline`; returns the leases left.
+  int WaitUntilUnleased(absl::Time deadline);
+
+ private:
+  struct Model;
+  struct Lease {
+    std::string session;
+    std::shared_ptr<Model> model;
+  };
+
+  void RunLoad(std::shared_ptr<Model> model, Manifest manifest,
+               std::shared_ptr<KeyProvider> keys);
+  absl::Status LoadReplicas(Model& model, const Manifest& manifest,
+                            KeyProvider* keys);
+  // Makes room for `bytes` more on `target` for `model` within its budget,
+  // evicting into `evicted`. ResourceExhausted with the figures otherwise.
+  absl::Status ReserveLocked(const RegistryTarget& target, uint64_t bytes,
+                             const Model& model,
+                             std::vector<std::shared_ptr<Model>>& evicted)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Evicts the least recently used evictable model on `uuid`; false when
+  // there is none.
+  bool EvictOneLocked(const std::string& uuid, const Model& loading,
+                      std::vector<std::shared_ptr<Model>>& evicted)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  uint64_t ResidentBytesLocked(const std::string& uuid) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Removes `model` from the table; its memory is freed when the caller
+  // drops the returned reference, outside the lock.
+  std::shared_ptr<Model> RemoveLocked(const std::string& name)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  v1::ModelStatus StatusLocked(const Model& model) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void ChangedLocked(Model& model) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void ReapFinishedThreadsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void UpdateGaugesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  const RegistryTarget* FindTarget(const std::string& uuid) const;
+
+  const RegistryOptions options_;
+
+  mutable absl::Mutex mutex_;
+  absl::CondVar changed_;
+  std::map<std::string, std::shared_ptr<Model>> models_ ABSL_GUARDED_BY(mutex_);
+  std::map<std::string, Lease> leases_ ABSL_GUARDED_BY(mutex_);
+  bool leasing_stopped_ ABSL_GUARDED_BY(mutex_) = false;
+  uint64_t next_version_ ABSL_GUARDED_BY(mutex_) = 1;
+  // Load threads; finished ones are joined at the next load.
+  std::map<std::thread::id, std::thread> threads_ ABSL_GUARDED_BY(mutex_);
+  std::vector<std::thread::id> finished_threads_ ABSL_GUARDED_BY(mutex_);
+};
+
+}  // namespace warmstart
+
+#endif  // WARMSTART_DAEMON_REGISTRY_REGISTRY_H_

@@ -1,0 +1,385 @@
+#include "daemon/registry/registry.h"
+
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "daemon/base/file_opener.h"
+#include "daemon/base/testing/status_matchers.h"
+#include "daemon/base/testing/test_env.h"
+#include "daemon/device/host_device.h"
+#include "daemon/device/testing/fault_injecting_device.h"
+#include "daemon/io/read_engine.h"
+#include "daemon/staging/staging_pool.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace warmstart {
+namespace {
+
+using ::testing::HasSubstr;
+using ::warmstart::testing::FillPattern;
+using ::warmstart::testing::Sha256Hex;
+using ::warmstart::testing::ShortTempDir;
+using ::warmstart::testing::WriteTestSafetensors;
+
+constexpr uint64_t kTensorBytes = 256 << 10;
+constexpr int kTensors = 4;
+// LayoutArena places the four tensors back to back: the arena's size.
+constexpr uint64_t kModelBytes = kTensors * kTensorBytes;
+
+absl::Time Soon() { return absl::Now() + absl::Seconds(30); }
+
+// A registry over the host device (wrapped to count allocations and inject
+// faults), reading beneath one model root.
+class RegistryTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Start({}, 0); }
+
+  void Start(testing::DeviceFaults faults, uint64_t budget) {
+    registry_.reset();
+    loader_.reset();
+    pool_.reset();
+    device_ = std::make_unique<testing::FaultInjectingDevice>(&host_, faults);
+    ReadEngineOptions engine_options;
+    engine_options.kind = ReadEngineOptions::Kind::kPread;
+    auto engine = CreateReadEngine(engine_options);
+    ASSERT_OK(engine.status());
+    engine_ = std::move(*engine);
+    auto pool = StagingPool::Create({8 << 20, 4 << 20}, device_.get());
+    ASSERT_OK(pool.status());
+    pool_ = std::move(*pool);
+    loader_ =
+        std::make_unique<Loader>(engine_.get(), pool_.get(), device_.get());
+    auto opener = BeneathRootsOpener::Create({root_.path()});
+    ASSERT_OK(opener.status());
+    opener_ = std::move(*opener);
+    RegistryOptions options;
+    options.targets.push_back({device_.get(), loader_.get(), budget});
+    options.opener = opener_.get();
+    options.load.direct_io = false;
+    registry_ = std::make_unique<Registry>(std::move(options));
+  }
+
+  std::string WriteModel(const std::string& file, int tensors = kTensors) {
+    const std::string path = root_.Join(file);
+    WriteTestSafetensors(path, tensors, kTensorBytes);
+    return path;
+  }
+
+  ModelRequest Request(const std::string& name, const std::string& path) {
+    ModelRequest request;
+    request.name = name;
+    request.path = path;
+    return request;
+  }
+
+  v1::ModelStatus LoadReady(const std::string& name, const std::string& path,
+                            bool pinned = false) {
+    ModelRequest request = Request(name, path);
+    request.pinned = pinned;
+    auto started = registry_->Load(request);
+    EXPECT_OK(started.status());
+    auto loaded = registry_->WaitLoaded(name, Soon());
+    EXPECT_OK(loaded.status());
+    EXPECT_EQ(loaded->state(), v1::READY) << loaded->error();
+    return *loaded;
+  }
+
+  ShortTempDir root_;
+  HostDevice host_{HostDeviceOptions{}};
+  std::unique_ptr<testing::FaultInjectingDevice> device_;
+  std::unique_ptr<ReadEngine> engine_;
+  std::unique_ptr<StagingPool> pool_;
+  std::unique_ptr<Loader> loader_;
+  std::unique_ptr<BeneathRootsOpener> opener_;
+  std::unique_ptr<Registry> registry_;
+};
+
+TEST_F(RegistryTest, LoadsAndLeasesReadOnlySealedMemory) {
+  const std::string path = WriteModel("m.safetensors");
+  v1::ModelStatus status = LoadReady("m", path);
+  EXPECT_EQ(status.bytes_loaded(), kModelBytes);
+  EXPECT_EQ(status.bytes_total(), kModelBytes);
+  EXPECT_EQ(status.tensor_count(), static_cast<uint32_t>(kTensors));
+  EXPECT_THAT(status.devices(), ::testing::ElementsAre("host"));
+
+  ASSERT_OK_AND_ASSIGN(LeaseGrant grant,
+                       registry_->Acquire("m", "session-1", Soon()));
+  EXPECT_EQ(grant.model.leases(), 1u);
+  ASSERT_EQ(grant.memory.size(), 1u);
+  const ExportedMemory& memory = grant.memory[0].exported;
+  ASSERT_EQ(memory.kind, ExportedMemory::Kind::kHostMemfd);
+  void* mapped =
+      ::mmap(nullptr, memory.size, PROT_READ, MAP_SHARED, memory.fd, 0);
+  ASSERT_NE(mapped, MAP_FAILED);
+  // WriteTestSafetensors fills the data section with one pattern.
+  std::string expected(kModelBytes, '\0');
+  FillPattern(expected.data(), kModelBytes, 12345);
+  ASSERT_EQ(grant.tensors.size(), static_cast<size_t>(kTensors));
+  for (size_t i = 0; i < grant.tensors.size(); ++i) {
+    const LoadedTensor& tensor = grant.tensors[i];
+    EXPECT_EQ(tensor.nbytes, kTensorBytes);
+    EXPECT_EQ(
+        Sha256Hex(absl::string_view(
+            static_cast<const char*>(mapped) + tensor.offset, tensor.nbytes)),
+        Sha256Hex(
+            absl::string_view(expected).substr(i * kTensorBytes, kTensorBytes)))
+        << tensor.name;
+  }
+  ::munmap(mapped, memory.size);
+  // Sealed: nobody can map it writable or resize it.
+  EXPECT_EQ(::mmap(nullptr, memory.size, PROT_READ | PROT_WRITE, MAP_SHARED,
+                   memory.fd, 0),
+            MAP_FAILED);
+  EXPECT_NE(::ftruncate(memory.fd, 0), 0);
+  ASSERT_OK(registry_->Release(grant.lease_id, "session-1"));
+  ASSERT_OK_AND_ASSIGN(v1::ModelStatus after, registry_->Get("m"));
+  EXPECT_EQ(after.leases(), 0u);
+}
+
+TEST_F(RegistryTest, ConcurrentLoadsOfTheSameFilesLoadOnce) {
+  const std::string path = WriteModel("m.safetensors");
+  std::vector<std::thread> threads;
+  std::atomic<int> ready{0};
+  for (int i = 0; i < 20; ++i) {
+    threads.emplace_back([&] {
+      if (!registry_->Load(Request("m", path)).ok()) return;
+      auto status = registry_->WaitLoaded("m", Soon());
+      if (status.ok() && status->state() == v1::READY) ++ready;
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_EQ(ready.load(), 20);
+  EXPECT_EQ(device_->live_allocations(), 1);
+}
+
+TEST_F(RegistryTest, SameNameFromOtherOrChangedFilesIsRefused) {
+  const std::string path = WriteModel("m.safetensors");
+  const std::string other = WriteModel("other.safetensors");
+  LoadReady("m", path);
+  EXPECT_THAT(registry_->Load(Request("m", other)),
+              StatusIs(absl::StatusCode::kAlreadyExists,
+                       HasSubstr("already loaded from " + path)));
+  // Rewritten with another size: a changed file, not the loaded one.
+  WriteTestSafetensors(path, kTensors + 1, kTensorBytes);
+  EXPECT_THAT(registry_->Load(Request("m", path)),
+              StatusIs(absl::StatusCode::kAlreadyExists,
+                       HasSubstr("changed on disk since")));
+}
+
+TEST_F(RegistryTest, PathsOutsideTheRootAreRefusedAndNothingIsListed) {
+  ShortTempDir outside;
+  const std::string escaped = outside.Join("x.safetensors");
+  WriteTestSafetensors(escaped, 1, 4096);
+  ASSERT_EQ(::symlink(escaped.c_str(), root_.Join("link.safetensors").c_str()),
+            0);
+  EXPECT_THAT(registry_->Load(Request("a", escaped)),
+              StatusIs(absl::StatusCode::kPermissionDenied));
+  EXPECT_THAT(registry_->Load(Request("b", root_.Join("link.safetensors"))),
+              StatusIs(absl::StatusCode::kPermissionDenied));
+  EXPECT_THAT(registry_->Load(Request("c", root_.Join("../x.safetensors"))),
+              StatusIs(absl::StatusCode::kPermissionDenied));
+  EXPECT_TRUE(registry_->List().empty());
+}
+
+TEST_F(RegistryTest, MalformedRequestsGetClearErrors) {
+  const std::string path = WriteModel("m.safetensors");
+  EXPECT_THAT(registry_->Load(Request("", path)),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("must be 1 to 128 characters")));
+  EXPECT_THAT(registry_->Load(Request(std::string(100000, 'x'), path)),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("(100000 bytes)")));
+  EXPECT_THAT(registry_->Load(Request("a/b", path)),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(
+      registry_->Load(Request("m", "")),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("path is empty")));
+  EXPECT_THAT(
+      registry_->Load(Request("m", "/" + std::string(5000, 'p'))),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("5001 bytes")));
+  ModelRequest on_gpu = Request("m", path);
+  on_gpu.devices = {"GPU-nonexistent"};
+  EXPECT_THAT(registry_->Load(on_gpu),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("no device \"GPU-nonexistent\"")));
+  EXPECT_THAT(registry_->Acquire("absent", "s", Soon()),
+              StatusIs(absl::StatusCode::kNotFound,
+                       HasSubstr("no model named absent")));
+  EXPECT_THAT(registry_->Release("no-such-lease", "s"),
+              StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(registry_->Unload("absent", false),
+              StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST_F(RegistryTest, LeasesBelongToTheirSession) {
+  LoadReady("m", WriteModel("m.safetensors"));
+  ASSERT_OK_AND_ASSIGN(LeaseGrant a, registry_->Acquire("m", "s1", Soon()));
+  ASSERT_OK_AND_ASSIGN(LeaseGrant b, registry_->Acquire("m", "s1", Soon()));
+  ASSERT_OK_AND_ASSIGN(LeaseGrant c, registry_->Acquire("m", "s2", Soon()));
+  EXPECT_THAT(registry_->Release(a.lease_id, "s2"),
+              StatusIs(absl::StatusCode::kPermissionDenied));
+  EXPECT_EQ(registry_->ReleaseSession("s1"), 2);
+  EXPECT_EQ(registry_->Get("m")->leases(), 1u);
+  EXPECT_THAT(registry_->Release(a.lease_id, "s1"),
+              StatusIs(absl::StatusCode::kNotFound));
+  ASSERT_OK(registry_->Release(c.lease_id, "s2"));
+  EXPECT_EQ(registry_->Stats().leases, 0u);
+}
+
+TEST_F(RegistryTest, ForcedUnloadFreesMemoryAfterTheLastRelease) {
+  LoadReady("m", WriteModel("m.safetensors"));
+  ASSERT_OK_AND_ASSIGN(LeaseGrant lease, registry_->Acquire("m", "s", Soon()));
+  EXPECT_THAT(registry_->Unload("m", /*force=*/false),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("has 1 lease(s)")));
+  ASSERT_OK_AND_ASSIGN(v1::ModelStatus unloading,
+                       registry_->Unload("m", /*force=*/true));
+  EXPECT_EQ(unloading.state(), v1::UNLOADING);
+  EXPECT_EQ(device_->live_allocations(), 1);
+  EXPECT_THAT(registry_->Acquire("m", "s", Soon()),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("being unloaded")));
+  ASSERT_OK(registry_->Release(lease.lease_id, "s"));
+  EXPECT_EQ(device_->live_allocations(), 0);
+  EXPECT_THAT(registry_->Get("m"), StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST_F(RegistryTest, UnleasedUnloadFreesAtOnce) {
+  LoadReady("m", WriteModel("m.safetensors"));
+  ASSERT_OK(registry_->Unload("m", false).status());
+  EXPECT_EQ(device_->live_allocations(), 0);
+  EXPECT_TRUE(registry_->List().empty());
+}
+
+TEST_F(RegistryTest, EvictsLeastRecentlyUsedUnpinnedModelsToFitTheBudget) {
+  Start({}, 2 * kModelBytes + kModelBytes / 2);
+  LoadReady("a", WriteModel("a.safetensors"));
+  LoadReady("b", WriteModel("b.safetensors"));
+  // Using "a" makes "b" the least recently used.
+  ASSERT_OK_AND_ASSIGN(LeaseGrant lease, registry_->Acquire("a", "s", Soon()));
+  ASSERT_OK(registry_->Release(lease.lease_id, "s"));
+  LoadReady("c", WriteModel("c.safetensors"));
+  std::vector<std::string> names;
+  for (const v1::ModelStatus& model : registry_->List()) {
+    names.push_back(model.name());
+  }
+  EXPECT_THAT(names, ::testing::ElementsAre("a", "c"));
+  EXPECT_EQ(device_->live_allocations(), 2);
+  EXPECT_EQ(registry_->Stats().devices[0].resident_bytes, 2 * kModelBytes);
+}
+
+TEST_F(RegistryTest, PinnedAndLeasedModelsAreNotEvicted) {
+  Start({}, 2 * kModelBytes + kModelBytes / 2);
+  LoadReady("pinned", WriteModel("p.safetensors"), /*pinned=*/true);
+  LoadReady("leased", WriteModel("l.safetensors"));
+  ASSERT_OK_AND_ASSIGN(LeaseGrant lease,
+                       registry_->Acquire("leased", "s", Soon()));
+  ASSERT_OK(registry_->Load(Request("new", WriteModel("n.safetensors"))));
+  ASSERT_OK_AND_ASSIGN(v1::ModelStatus failed,
+                       registry_->WaitLoaded("new", Soon()));
+  EXPECT_EQ(failed.state(), v1::FAILED);
+  EXPECT_THAT(failed.error(), HasSubstr("pinned, leased or loading"));
+  EXPECT_THAT(failed.error(),
+              HasSubstr(absl::StrCat("the budget is ",
+                                     2 * kModelBytes + kModelBytes / 2)));
+  EXPECT_EQ(registry_->List().size(), 3u);
+  EXPECT_EQ(device_->live_allocations(), 2);
+}
+
+TEST_F(RegistryTest, ModelLargerThanTheBudgetIsRefusedAtOnce) {
+  Start({}, kModelBytes / 2);
+  EXPECT_THAT(registry_->Load(Request("m", WriteModel("m.safetensors"))),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       HasSubstr("more than its whole budget")));
+  EXPECT_TRUE(registry_->List().empty());
+}
+
+TEST_F(RegistryTest, EvictsWhenTheDeviceItselfIsFull) {
+  // The second allocation fails as if the device were full: loading "b"
+  // evicts "a" and tries again.
+  testing::DeviceFaults faults;
+  faults.fail_allocation_at = 2;
+  Start(faults, 0);
+  LoadReady("a", WriteModel("a.safetensors"));
+  LoadReady("b", WriteModel("b.safetensors"));
+  EXPECT_THAT(registry_->Get("a"), StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST_F(RegistryTest, FailedLoadIsReportedAndRetried) {
+  // The device is "full" once, with nothing to evict.
+  testing::DeviceFaults faults;
+  faults.fail_allocation_at = 1;
+  Start(faults, 0);
+  const std::string path = WriteModel("m.safetensors");
+  ASSERT_OK(registry_->Load(Request("m", path)));
+  ASSERT_OK_AND_ASSIGN(v1::ModelStatus failed,
+                       registry_->WaitLoaded("m", Soon()));
+  EXPECT_EQ(failed.state(), v1::FAILED);
+  EXPECT_THAT(failed.error(), HasSubstr("loading model m onto host"));
+  EXPECT_EQ(device_->live_allocations(), 0);
+  EXPECT_THAT(registry_->Acquire("m", "s", Soon()),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("failed to load")));
+  // Loading it again replaces the failed entry (the fault was one-shot).
+  EXPECT_EQ(LoadReady("m", path).state(), v1::READY);
+}
+
+TEST_F(RegistryTest, WatchSeesTheLoadThroughToReady) {
+  const std::string path = WriteModel("m.safetensors", 32);
+  ASSERT_OK(registry_->Load(Request("m", path)));
+  uint64_t version = 0;
+  v1::ModelState state = v1::LOADING;
+  int updates = 0;
+  while (state == v1::LOADING) {
+    ASSERT_OK_AND_ASSIGN(v1::ModelStatus status,
+                         registry_->WaitForChange("m", &version, Soon()));
+    state = status.state();
+    ++updates;
+  }
+  EXPECT_EQ(state, v1::READY);
+  EXPECT_GE(updates, 1);
+}
+
+TEST_F(RegistryTest, ShutdownStopsNewLeasesAndWaitsForReleases) {
+  LoadReady("m", WriteModel("m.safetensors"));
+  ASSERT_OK_AND_ASSIGN(LeaseGrant lease, registry_->Acquire("m", "s", Soon()));
+  registry_->StopLeasing();
+  EXPECT_THAT(registry_->Acquire("m", "s", Soon()),
+              StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_EQ(registry_->WaitUntilUnleased(absl::Now() + absl::Milliseconds(50)),
+            1);
+  std::thread releaser([&] {
+    absl::SleepFor(absl::Milliseconds(50));
+    ASSERT_OK(registry_->Release(lease.lease_id, "s"));
+  });
+  EXPECT_EQ(registry_->WaitUntilUnleased(Soon()), 0);
+  releaser.join();
+}
+
+TEST_F(RegistryTest, UnloadWhileLoadingCancelsTheLoad) {
+  // 64 MiB through an 8 MiB pool: long enough to unload mid-way.
+  const std::string path = root_.Join("big.safetensors");
+  WriteTestSafetensors(path, 64, 1 << 20);
+  ASSERT_OK(registry_->Load(Request("big", path)));
+  ASSERT_OK_AND_ASSIGN(v1::ModelStatus unloading,
+                       registry_->Unload("big", false));
+  EXPECT_EQ(unloading.state(), v1::UNLOADING);
+  // Gone once the load thread has seen the flag, between two chunks.
+  const absl::Time deadline = Soon();
+  while (!registry_->List().empty() && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_TRUE(registry_->List().empty());
+  registry_.reset();
+  EXPECT_EQ(device_->live_allocations(), 0);
+}
+
+}  // namespace
+}  // namespace warmstart
