@@ -1,31 +1,30 @@
 // warmstartd: keeps model weights resident and hands them to inference
 // workers over gRPC on a unix socket.
 #include <signal.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstring>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
-#include "absl/strings/str_cat.h"
+#include "absl/strings/match.h"
 #include "daemon/base/logging.h"
 #include "daemon/base/version.h"
-#include "daemon/device/cuda_driver.h"
-#include "daemon/service/info_service.h"
-#include "daemon/service/unix_socket.h"
-#include "grpcpp/grpcpp.h"
-#include "grpcpp/health_check_service_interface.h"
+#include "daemon/config/config.h"
+#include "daemon/server/server.h"
 
-ABSL_FLAG(std::string, socket, "/run/warmstart/warmstart.sock",
-          "unix socket to serve gRPC on");
-ABSL_FLAG(std::string, backend, "auto",
-          "where weights live: auto (cuda when a GPU is usable, else host), "
-          "host or cuda");
-ABSL_FLAG(std::string, log_format, "text", "log lines as text or json");
+ABSL_FLAG(std::string, config, "", "DaemonConfig textproto file");
+ABSL_FLAG(std::string, socket, "", "unix socket to serve gRPC on");
+ABSL_FLAG(std::vector<std::string>, model_root, {},
+          "directory models may be loaded from (repeatable)");
+ABSL_FLAG(std::vector<std::string>, preload, {},
+          "NAME=PATH to load at start (repeatable)");
+ABSL_FLAG(std::string, backend, "", "auto, host or cuda");
+ABSL_FLAG(std::string, log_format, "", "text or json");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn or error");
 
 namespace warmstart {
@@ -37,9 +36,14 @@ Keeps model weights resident in GPU memory (or host shared memory) and hands
 them to inference workers over gRPC, so a restarted worker maps its weights in
 milliseconds instead of reloading them.
 
-flags:
+flags (they override the --config file):
+  --config FILE          DaemonConfig textproto (see deploy/)
   --socket PATH          unix socket to serve on
-                         (default /run/warmstart/warmstart.sock)
+                         (default /run/warmstart/warmstart.sock; the handle
+                         socket is PATH.handles)
+  --model_root DIR       directory models may be loaded from; repeat it or
+                         give a comma-separated list
+  --preload NAME=PATH    a required model to load at start; repeatable
   --backend MODE         auto | host | cuda (default auto: cuda when a GPU is
                          usable, else host shared memory)
   --log_format FORMAT    text | json (default text)
@@ -47,49 +51,30 @@ flags:
   --version              print the version and exit
   --help                 print this help and exit
 
-Stop it with SIGTERM or SIGINT.
+signals: SIGTERM/SIGINT stop gracefully (no new leases; waits up to
+shutdown_grace_seconds for leases to be released); SIGHUP re-reads the
+preload list of --config.
 )";
 
-struct BackendChoice {
-  v1::Backend backend = v1::BACKEND_HOST;
-  // Kept for the process's lifetime: unloading libcuda after cuInit is not
-  // safe.
-  std::unique_ptr<CudaDriver> driver;
-  std::string cuda_status;
-  std::vector<CudaDeviceInfo> gpus;
-};
-
-absl::StatusOr<BackendChoice> ChooseBackend(const std::string& requested) {
-  if (requested != "auto" && requested != "host" && requested != "cuda") {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--backend \"", requested, "\": expected auto, host or cuda"));
+// Every value of a repeatable flag, in order: Abseil keeps only the last
+// occurrence, and operators expect `--model_root a --model_root b` to mean
+// both.
+std::vector<std::string> RepeatedFlag(int argc, char** argv,
+                                      const std::string& name) {
+  std::vector<std::string> values;
+  const std::string dashed = "--" + name;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--") break;
+    if ((arg == dashed || arg == "-" + name) && i + 1 < argc) {
+      values.push_back(argv[++i]);
+    } else if (absl::StartsWith(arg, dashed + "=")) {
+      values.push_back(arg.substr(dashed.size() + 1));
+    } else if (absl::StartsWith(arg, "-" + name + "=")) {
+      values.push_back(arg.substr(name.size() + 2));
+    }
   }
-  BackendChoice choice;
-  absl::StatusOr<std::vector<CudaDeviceInfo>> gpus =
-      absl::UnavailableError("not probed");
-  auto driver = CudaDriver::Load();
-  if (driver.ok()) {
-    gpus = (*driver)->Devices();
-    choice.driver = std::move(*driver);
-  } else {
-    gpus = driver.status();
-  }
-  if (gpus.ok() && gpus->empty()) {
-    gpus = absl::UnavailableError("the CUDA driver sees no GPU");
-  }
-  if (gpus.ok()) {
-    choice.gpus = *gpus;
-    choice.cuda_status = "ok";
-  } else {
-    choice.cuda_status = std::string(gpus.status().message());
-  }
-  if (requested == "cuda" && !gpus.ok()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("--backend cuda: ", gpus.status().message()));
-  }
-  choice.backend =
-      (requested == "host" || !gpus.ok()) ? v1::BACKEND_HOST : v1::BACKEND_CUDA;
-  return choice;
+  return values;
 }
 
 int Run(int argc, char** argv) {
@@ -107,85 +92,70 @@ int Run(int argc, char** argv) {
   }
   absl::ParseCommandLine(argc, argv);
 
-  // Stop signals are taken synchronously by sigwait at the end. Block them
-  // before anything starts a thread (the CUDA driver does, in cuInit; gRPC
-  // does) so that no other thread receives one and dies of it.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGTERM);
-  sigaddset(&stop_signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  // Stop and reload signals are taken synchronously by sigwait below. Block
+  // them before anything starts a thread (the CUDA driver does, in cuInit;
+  // gRPC does) so that no other thread receives one and dies of it.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  LogFormat format;
-  absl::Status status =
-      ParseLogFormat(absl::GetFlag(FLAGS_log_format), &format);
-  if (status.ok()) status = InitLogging(format, absl::GetFlag(FLAGS_log_level));
+  ConfigFlags flags;
+  flags.config = absl::GetFlag(FLAGS_config);
+  flags.socket = absl::GetFlag(FLAGS_socket);
+  flags.model_roots = RepeatedFlag(argc, argv, "model_root");
+  flags.preloads = RepeatedFlag(argc, argv, "preload");
+  flags.backend = absl::GetFlag(FLAGS_backend);
+  flags.log_format = absl::GetFlag(FLAGS_log_format);
+  absl::StatusOr<v1::DaemonConfig> config = BuildConfig(flags);
+  if (!config.ok()) {
+    std::fprintf(stderr, "warmstartd: %s\n",
+                 std::string(config.status().message()).c_str());
+    return 1;
+  }
+  absl::Status status = InitLogging(config->log_format() == v1::LOG_FORMAT_JSON
+                                        ? LogFormat::kJson
+                                        : LogFormat::kText,
+                                    absl::GetFlag(FLAGS_log_level));
   if (!status.ok()) {
     std::fprintf(stderr, "warmstartd: %s\n",
                  std::string(status.message()).c_str());
     return 1;
   }
   auto log = Logger("daemon");
+  log->info("configuration: {}", EchoConfig(*config));
 
-  auto backend = ChooseBackend(absl::GetFlag(FLAGS_backend));
-  if (!backend.ok()) {
-    log->error("{}", backend.status().message());
+  absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(*config);
+  if (!server.ok()) {
+    log->error("{}", server.status().message());
     return 1;
   }
-  v1::ServerInfo info;
-  info.set_version(kVersion);
-  info.set_protocol_major(kProtocolMajor);
-  info.set_protocol_minor(kProtocolMinor);
-  info.set_backend(backend->backend);
-  info.set_cuda_status(backend->cuda_status);
-  info.set_pid(static_cast<uint32_t>(::getpid()));
-  if (backend->backend == v1::BACKEND_CUDA) {
-    for (const CudaDeviceInfo& gpu : backend->gpus) {
-      v1::Device* device = info.add_devices();
-      device->set_uuid(gpu.uuid);
-      device->set_name(gpu.name);
-      device->set_total_bytes(gpu.total_bytes);
+  (*server)->ApplyPreloads(*config);
+
+  while (true) {
+    int signal_number = 0;
+    sigwait(&signals, &signal_number);
+    if (signal_number != SIGHUP) {
+      log->info("received {}, shutting down", strsignal(signal_number));
+      break;
     }
-  } else {
-    info.add_devices()->set_uuid("host");
-    if (absl::GetFlag(FLAGS_backend) == "auto") {
-      log->warn("using the host backend: {}", backend->cuda_status);
+    if (flags.config.empty()) {
+      log->info("received SIGHUP; no --config file to re-read");
+      continue;
     }
+    absl::StatusOr<v1::DaemonConfig> reloaded = BuildConfig(flags);
+    if (!reloaded.ok()) {
+      log->error("SIGHUP: keeping the current preloads: {}",
+                 reloaded.status().message());
+      continue;
+    }
+    log->info("SIGHUP: re-reading the preload list of {}", flags.config);
+    (*server)->ApplyPreloads(*reloaded);
   }
-
-  const std::string socket_path = absl::GetFlag(FLAGS_socket);
-  status = PrepareSocketPath(socket_path);
-  if (!status.ok()) {
-    log->error("{}", status.message());
-    return 1;
-  }
-
-  grpc::EnableDefaultHealthCheckService(true);
-  WarmstartService service(info);
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort("unix:" + socket_path,
-                           grpc::InsecureServerCredentials());
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr) {
-    log->error("cannot listen on unix socket {}", socket_path);
-    return 1;
-  }
-  if (::chmod(socket_path.c_str(), 0660) != 0) {
-    log->warn("chmod 0660 {}: {}", socket_path, std::strerror(errno));
-  }
-  server->GetHealthCheckService()->SetServingStatus(true);
-  log->info("warmstartd {} serving on unix:{} (backend {}, pid {})", kVersion,
-            socket_path, backend->backend == v1::BACKEND_CUDA ? "cuda" : "host",
-            ::getpid());
-
-  int signal_number = 0;
-  sigwait(&stop_signals, &signal_number);
-  log->info("received {}, shutting down", strsignal(signal_number));
-  server->GetHealthCheckService()->SetServingStatus(false);
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  server->Wait();
-  ::unlink(socket_path.c_str());
+  (*server)->Shutdown();
+  server->reset();
   log->info("stopped");
   return 0;
 }

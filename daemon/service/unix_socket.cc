@@ -1,5 +1,6 @@
 #include "daemon/service/unix_socket.h"
 
+#include <grp.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -8,7 +9,9 @@
 #include <cerrno>
 #include <cstring>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "daemon/base/errno_status.h"
 #include "daemon/base/scoped_fd.h"
 
@@ -52,6 +55,27 @@ absl::Status PrepareSocketPath(const std::string& path) {
   }
   if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
     return ErrnoToStatus(errno, absl::StrCat("remove stale socket ", path));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ApplySocketPermissions(const std::string& path, uint32_t mode,
+                                    const std::string& group) {
+  if (!group.empty()) {
+    gid_t gid = 0;
+    struct group* entry = ::getgrnam(group.c_str());
+    if (entry != nullptr) {
+      gid = entry->gr_gid;
+    } else if (!absl::SimpleAtoi(group, &gid)) {
+      return absl::NotFoundError(
+          absl::StrCat("socket group \"", group, "\": no such group"));
+    }
+    if (::chown(path.c_str(), static_cast<uid_t>(-1), gid) != 0) {
+      return ErrnoToStatus(errno, absl::StrCat("chown :", group, " ", path));
+    }
+  }
+  if (::chmod(path.c_str(), static_cast<mode_t>(mode)) != 0) {
+    return ErrnoToStatus(errno, absl::StrFormat("chmod %#o %s", mode, path));
   }
   return absl::OkStatus();
 }

@@ -2,6 +2,7 @@
 #ifndef WARMSTART_DAEMON_SERVICE_UNIX_SOCKET_H_
 #define WARMSTART_DAEMON_SERVICE_UNIX_SOCKET_H_
 
+#include <cstdint>
 #include <string>
 
 #include "absl/status/status.h"
@@ -13,6 +14,13 @@ namespace warmstart {
 // when a live server already listens there or the path is not a socket.
 // Fails with InvalidArgument when the path does not fit sun_path.
 absl::Status PrepareSocketPath(const std::string& path);
+
+// Sets the permission bits of the socket file at `path` to `mode` and, when
+// `group` is not empty, its group to that group (by name or number).
+// Errors: NotFound naming an unknown group; the errno status of chmod or
+// chown, naming the path.
+absl::Status ApplySocketPermissions(const std::string& path, uint32_t mode,
+                                    const std::string& group);
 
 }  // namespace warmstart
 

@@ -1,0 +1,423 @@
+#include "daemon/server/server.h"
+
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "daemon/base/logging.h"
+#include "daemon/base/metrics.h"
+#include "daemon/base/status_macros.h"
+#include "daemon/base/version.h"
+#include "daemon/device/cuda_device.h"
+#include "daemon/device/host_device.h"
+#include "daemon/formats/key_source.h"
+#include "daemon/service/unix_socket.h"
+#include "grpcpp/health_check_service_interface.h"
+
+namespace warmstart {
+namespace {
+
+// Handle socket file name: beside the gRPC socket, so that a client that
+// reaches one (through a shared emptyDir, say) reaches the other.
+constexpr char kHandleSocketSuffix[] = ".handles";
+constexpr absl::Duration kReadinessPoll = absl::Milliseconds(250);
+
+// The opener when no model root is configured: nothing may be loaded.
+class NoRootsOpener : public FileOpener {
+ public:
+  absl::StatusOr<ScopedFd> Open(const std::string& path, int) const override {
+    return absl::PermissionDeniedError(
+        absl::StrCat(path,
+                     ": no model roots are configured (--model_root or "
+                     "model_roots in --config)"));
+  }
+};
+
+std::string Basename(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+absl::StatusOr<std::shared_ptr<KeyProvider>> KeysFor(
+    const v1::Preload& preload) {
+  switch (preload.key().source_case()) {
+    case v1::KeySource::kKeyFile: {
+      ASSIGN_OR_RETURN(KeyMaterial key, KeyFromFile(preload.key().key_file()));
+      return std::make_shared<KeyProvider>(std::move(key));
+    }
+    case v1::KeySource::kKeyEnv: {
+      ASSIGN_OR_RETURN(KeyMaterial key,
+                       KeyFromEnvironment(preload.key().key_env()));
+      return std::make_shared<KeyProvider>(std::move(key));
+    }
+    case v1::KeySource::kPasswordFile: {
+      ASSIGN_OR_RETURN(Password password,
+                       PasswordFromFile(preload.key().password_file()));
+      return std::make_shared<KeyProvider>(std::move(password));
+    }
+    case v1::KeySource::SOURCE_NOT_SET:
+      break;
+  }
+  return std::shared_ptr<KeyProvider>();
+}
+
+Counter* PreloadFailures() {
+  static Counter* counter = Metrics::Global().GetCounter(
+      "warmstart_preload_failures_total", "Preloads that failed to load");
+  return counter;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(
+    const v1::DaemonConfig& config) {
+  std::unique_ptr<Server> server(new Server());
+  server->config_ = config;
+  v1::ServerInfo info;
+  info.set_version(kVersion);
+  info.set_protocol_major(kProtocolMajor);
+  info.set_protocol_minor(kProtocolMinor);
+  info.set_pid(static_cast<uint32_t>(::getpid()));
+  info.set_handle_socket_name(
+      Basename(config.listen().unix_socket() + kHandleSocketSuffix));
+  RETURN_IF_ERROR(server->SetUpTargets(config, info));
+
+  if (config.model_roots().empty()) {
+    server->opener_ = std::make_unique<NoRootsOpener>();
+  } else {
+    ASSIGN_OR_RETURN(
+        server->opener_,
+        BeneathRootsOpener::Create(std::vector<std::string>(
+            config.model_roots().begin(), config.model_roots().end())));
+  }
+  RegistryOptions options;
+  for (Target& target : server->targets_) {
+    options.targets.push_back(
+        {target.device.get(), target.loader.get(), target.budget_bytes});
+  }
+  options.opener = server->opener_.get();
+  server->registry_ = std::make_unique<Registry>(std::move(options));
+  RETURN_IF_ERROR(server->Listen(config, info));
+  return server;
+}
+
+absl::Status Server::SetUpTargets(const v1::DaemonConfig& config,
+                                  v1::ServerInfo& info) {
+  auto log = Logger("daemon");
+  std::vector<CudaDeviceInfo> gpus;
+  std::string cuda_status;
+  absl::StatusOr<std::unique_ptr<CudaDriver>> driver = CudaDriver::Load();
+  absl::Status usable = driver.status();
+  if (driver.ok()) {
+    auto devices = (*driver)->Devices();
+    usable = devices.status();
+    if (devices.ok()) gpus = *std::move(devices);
+    if (usable.ok() && gpus.empty()) {
+      usable = absl::UnavailableError("the CUDA driver sees no GPU");
+    }
+    driver_ = *std::move(driver);
+  }
+  info.set_cuda_status(usable.ok() ? "ok" : std::string(usable.message()));
+  const bool use_cuda =
+      config.backend() == v1::BACKEND_CHOICE_CUDA ||
+      (config.backend() == v1::BACKEND_CHOICE_AUTO && usable.ok());
+  if (config.backend() == v1::BACKEND_CHOICE_CUDA && !usable.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("backend cuda: ", usable.message()));
+  }
+  if (!use_cuda && config.backend() == v1::BACKEND_CHOICE_AUTO) {
+    log->warn("using the host backend: {}", usable.message());
+  }
+  info.set_backend(use_cuda ? v1::BACKEND_CUDA : v1::BACKEND_HOST);
+
+  auto budget_of = [&config](const std::string& uuid) -> uint64_t {
+    for (const v1::DeviceBudget& budget : config.budgets()) {
+      if (budget.device() == uuid) return budget.bytes();
+    }
+    return 0;
+  };
+  std::vector<std::unique_ptr<Device>> devices;
+  if (use_cuda) {
+    for (const CudaDeviceInfo& gpu : gpus) {
+      ASSIGN_OR_RETURN(
+          std::unique_ptr<CudaDevice> device,
+          CudaDevice::Create(driver_.get(), gpu.ordinal, CudaDeviceOptions{}));
+      devices.push_back(std::move(device));
+      v1::Device* described = info.add_devices();
+      described->set_uuid(gpu.uuid);
+      described->set_name(gpu.name);
+      described->set_total_bytes(gpu.total_bytes);
+    }
+  } else {
+    devices.push_back(std::make_unique<HostDevice>(HostDeviceOptions{}));
+    info.add_devices()->set_uuid("host");
+  }
+
+  ReadEngineOptions engine_options;
+  switch (config.io_engine()) {
+    case v1::IO_ENGINE_URING:
+      engine_options.kind = ReadEngineOptions::Kind::kIoUring;
+      break;
+    case v1::IO_ENGINE_PREAD:
+      engine_options.kind = ReadEngineOptions::Kind::kPread;
+      break;
+    default:
+      engine_options.kind = ReadEngineOptions::Kind::kAuto;
+      break;
+  }
+  for (std::unique_ptr<Device>& device : devices) {
+    Target target;
+    target.budget_bytes = budget_of(device->uuid());
+    target.device = std::move(device);
+    ASSIGN_OR_RETURN(target.pool, StagingPool::Create({config.staging_bytes(),
+                                                       config.slab_bytes()},
+                                                      target.device.get()));
+    ASSIGN_OR_RETURN(target.engine, CreateReadEngine(engine_options));
+    RETURN_IF_ERROR(target.engine->RegisterBuffers(target.pool->Regions()));
+    target.loader = std::make_unique<Loader>(
+        target.engine.get(), target.pool.get(), target.device.get());
+    targets_.push_back(std::move(target));
+  }
+  for (const v1::DeviceBudget& budget : config.budgets()) {
+    const bool known = std::any_of(
+        targets_.begin(), targets_.end(),
+        [&](const Target& t) { return t.device->uuid() == budget.device(); });
+    if (!known) {
+      log->warn("budgets: no device {} on this machine; its budget is unused",
+                budget.device());
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Server::Listen(const v1::DaemonConfig& config,
+                            const v1::ServerInfo& info) {
+  const v1::Listen& listen = config.listen();
+  const std::string& socket = listen.unix_socket();
+  const std::string handle_socket = socket + kHandleSocketSuffix;
+  RETURN_IF_ERROR(PrepareSocketPath(socket));
+  RETURN_IF_ERROR(PrepareSocketPath(handle_socket));
+  Registry* registry = registry_.get();
+  ASSIGN_OR_RETURN(
+      sessions_,
+      SessionServer::Start(handle_socket, [registry](const std::string& id) {
+        const int released = registry->ReleaseSession(id);
+        if (released > 0) {
+          Logger("sessions")
+              ->info("session {} closed: released its {} lease(s)", id,
+                     released);
+        }
+      }));
+  RETURN_IF_ERROR(ApplySocketPermissions(handle_socket, listen.socket_mode(),
+                                         listen.socket_group()));
+
+  service_ =
+      std::make_unique<WarmstartService>(info, registry, sessions_.get());
+  service_->SetReadiness(v1::Readiness::STARTING, "loading preloads");
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("unix:" + socket, grpc::InsecureServerCredentials());
+  int tcp_port = 0;
+  if (!listen.tcp_address().empty()) {
+    builder.AddListeningPort(listen.tcp_address(),
+                             grpc::InsecureServerCredentials(), &tcp_port);
+  }
+  builder.RegisterService(service_.get());
+  grpc_server_ = builder.BuildAndStart();
+  if (grpc_server_ == nullptr) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot serve gRPC on unix:", socket,
+                     listen.tcp_address().empty()
+                         ? ""
+                         : absl::StrCat(" and ", listen.tcp_address())));
+  }
+  if (!listen.tcp_address().empty() && tcp_port == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", listen.tcp_address()));
+  }
+  grpc_server_->GetHealthCheckService()->SetServingStatus(false);
+  RETURN_IF_ERROR(ApplySocketPermissions(socket, listen.socket_mode(),
+                                         listen.socket_group()));
+  if (!listen.metrics_address().empty()) {
+    ASSIGN_OR_RETURN(metrics_endpoint_,
+                     MetricsEndpoint::Start(listen.metrics_address(), [] {
+                       return Metrics::Global().PrometheusText();
+                     }));
+  }
+  Logger("daemon")->info(
+      "warmstartd {} serving on unix:{}{}{} (backend {}, handle socket {}, "
+      "pid {})",
+      kVersion, socket,
+      listen.tcp_address().empty() ? "" : " and " + listen.tcp_address(),
+      metrics_endpoint_ == nullptr
+          ? ""
+          : absl::StrCat(", metrics on http://", listen.metrics_address(),
+                         "/metrics"),
+      info.backend() == v1::BACKEND_CUDA ? "cuda" : "host", handle_socket,
+      ::getpid());
+  return absl::OkStatus();
+}
+
+void Server::ApplyPreloads(const v1::DaemonConfig& config) {
+  StopReadinessThread();
+  auto log = Logger("daemon");
+  std::vector<std::string> required;
+  std::vector<std::string> failed;
+  std::vector<std::string> pinned;
+  for (const v1::Preload& preload : config.preloads()) {
+    absl::StatusOr<std::shared_ptr<KeyProvider>> keys = KeysFor(preload);
+    absl::StatusOr<v1::ModelStatus> started = keys.status();
+    if (keys.ok()) {
+      ModelRequest request;
+      request.name = preload.name();
+      request.path = preload.path();
+      request.devices.assign(preload.devices().begin(),
+                             preload.devices().end());
+      request.pinned = !preload.evictable();
+      request.keys = *std::move(keys);
+      started = registry_->Load(request);
+    }
+    if (!started.ok()) {
+      const std::string why =
+          absl::StrCat("preload ", preload.name(), " (", preload.path(),
+                       "): ", started.status().message());
+      PreloadFailures()->Add();
+      if (preload.optional()) {
+        log->warn("{} (optional: serving without it)", why);
+      } else {
+        log->error("{}", why);
+        failed.push_back(why);
+      }
+      continue;
+    }
+    if (!preload.evictable()) pinned.push_back(preload.name());
+    if (!preload.optional()) required.push_back(preload.name());
+  }
+  // Models pinned by the previous preload list but not this one become
+  // evictable; they stay loaded until something needs the room.
+  for (const std::string& name : pinned_preloads_) {
+    if (std::find(pinned.begin(), pinned.end(), name) == pinned.end()) {
+      (void)registry_->SetPinned(name, false);
+    }
+  }
+  pinned_preloads_ = pinned;
+  stop_readiness_ = false;
+  readiness_thread_ = std::thread(
+      [this, required = std::move(required), failed = std::move(failed)] {
+        TrackReadiness(required, failed);
+      });
+}
+
+void Server::TrackReadiness(std::vector<std::string> required,
+                            std::vector<std::string> failed_early) {
+  if (!failed_early.empty()) {
+    SetReady(v1::Readiness::FAILED, absl::StrJoin(failed_early, "; "));
+    return;
+  }
+  if (!required.empty()) {
+    SetReady(v1::Readiness::STARTING,
+             absl::StrCat("loading ", required.size(), " required preload(s)"));
+  }
+  for (const std::string& name : required) {
+    while (true) {
+      if (stop_readiness_) return;
+      absl::StatusOr<v1::ModelStatus> status =
+          registry_->WaitLoaded(name, absl::Now() + kReadinessPoll);
+      if (!status.ok()) {
+        SetReady(v1::Readiness::FAILED,
+                 absl::StrCat("required preload ", name, ": ",
+                              status.status().message()));
+        return;
+      }
+      if (status->state() == v1::LOADING) continue;
+      if (status->state() != v1::READY) {
+        PreloadFailures()->Add();
+        SetReady(v1::Readiness::FAILED,
+                 absl::StrCat("required preload ", name,
+                              " failed: ", status->error()));
+        return;
+      }
+      break;
+    }
+  }
+  SetReady(v1::Readiness::READY,
+           required.empty() ? "no required preloads"
+                            : absl::StrCat(required.size(),
+                                           " required preload(s) resident"));
+}
+
+void Server::SetReady(v1::Readiness::State state, const std::string& message) {
+  auto log = Logger("daemon");
+  service_->SetReadiness(state, message);
+  const bool serving = state == v1::Readiness::READY;
+  grpc_server_->GetHealthCheckService()->SetServingStatus(serving);
+  switch (state) {
+    case v1::Readiness::READY:
+      log->info("ready: {}", message);
+      sd_notifyf(0, "READY=1\nSTATUS=ready: %s", message.c_str());
+      break;
+    case v1::Readiness::FAILED:
+      log->error("not ready: {}", message);
+      sd_notifyf(0, "STATUS=failed: %s", message.c_str());
+      break;
+    default:
+      sd_notifyf(0, "STATUS=%s", message.c_str());
+      break;
+  }
+}
+
+void Server::StopReadinessThread() {
+  stop_readiness_ = true;
+  if (readiness_thread_.joinable()) readiness_thread_.join();
+}
+
+int Server::Shutdown() {
+  auto log = Logger("daemon");
+  StopReadinessThread();
+  SetReady(v1::Readiness::STOPPING, "shutting down");
+  sd_notify(0, "STOPPING=1");
+  registry_->StopLeasing();
+  const absl::Duration grace = absl::Seconds(config_.shutdown_grace_seconds());
+  const int held = registry_->Stats().leases;
+  if (held > 0) {
+    log->info("waiting up to {} s for {} lease(s) to be released",
+              config_.shutdown_grace_seconds(), held);
+  }
+  const int left = registry_->WaitUntilUnleased(absl::Now() + grace);
+  if (left > 0) {
+    log->warn("{} lease(s) still held after {} s; releasing everything", left,
+              config_.shutdown_grace_seconds());
+  }
+  // In-flight calls (a WatchModel stream, say) get a second to finish.
+  grpc_server_->Shutdown(std::chrono::system_clock::now() +
+                         std::chrono::seconds(1));
+  grpc_server_->Wait();
+  return left;
+}
+
+Server::~Server() {
+  StopReadinessThread();
+  if (grpc_server_ != nullptr) {
+    grpc_server_->Shutdown(std::chrono::system_clock::now());
+    grpc_server_->Wait();
+    // Only a socket this server bound: a failed start may have found
+    // another daemon's.
+    ::unlink(config_.listen().unix_socket().c_str());
+  }
+  metrics_endpoint_.reset();
+  sessions_.reset();
+  service_.reset();
+  registry_.reset();
+  // Pools unregister from their devices before the devices go.
+  for (Target& target : targets_) {
+    target.loader.reset();
+    target.engine.reset();
+    target.pool.reset();
+    target.device.reset();
+  }
+}
+
+}  // namespace warmstart

@@ -1,0 +1,103 @@
+// Server: warmstartd assembled from its configuration.
+//
+// Owns, in dependency order: the CUDA driver (when used), one device per
+// target with its staging pool, read engine and loader, the registry, the
+// handle socket's session server, the gRPC server (unix socket, optional
+// TCP) and the optional metrics endpoint. Tracks readiness: health is
+// SERVING, ServerInfo.readiness READY and systemd told READY=1 once every
+// required preload is resident; a required preload that fails makes
+// readiness FAILED at once, with the reason.
+//
+// Thread safety: Start, ApplyPreloads and Shutdown are called from the
+// daemon's main thread only; everything else runs on gRPC and load threads.
+#ifndef WARMSTART_DAEMON_SERVER_SERVER_H_
+#define WARMSTART_DAEMON_SERVER_SERVER_H_
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "daemon/device/cuda_driver.h"
+#include "daemon/device/device.h"
+#include "daemon/io/read_engine.h"
+#include "daemon/loader/loader.h"
+#include "daemon/registry/registry.h"
+#include "daemon/service/metrics_endpoint.h"
+#include "daemon/service/session_server.h"
+#include "daemon/service/warmstart_service.h"
+#include "daemon/staging/staging_pool.h"
+#include "grpcpp/grpcpp.h"
+#include "proto/config.pb.h"
+
+namespace warmstart {
+
+class Server {
+ public:
+  // Chooses the backend, sets up every device, listens on the sockets and
+  // serves (readiness STARTING until ApplyPreloads' required models are
+  // resident). `config` has been through BuildConfig. Errors name what
+  // failed: the backend ("--backend cuda: no GPU"), a socket path, the
+  // staging pool, the metrics address.
+  static absl::StatusOr<std::unique_ptr<Server>> Start(
+      const v1::DaemonConfig& config);
+
+  // Frees everything in reverse order. Shutdown first for a graceful stop.
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Loads `config`'s preloads (joining models already loaded from the same
+  // files) and pins them unless evictable; preloads no longer listed are
+  // unpinned, not unloaded. Returns at once; readiness follows the loads.
+  void ApplyPreloads(const v1::DaemonConfig& config);
+
+  // Graceful stop: readiness STOPPING and health NOT_SERVING, no new leases
+  // or loads, waits up to the configured grace period for leases to be
+  // released, then stops the gRPC server. Returns the leases still held
+  // when it gave up waiting.
+  int Shutdown();
+
+ private:
+  struct Target {
+    std::unique_ptr<Device> device;
+    std::unique_ptr<StagingPool> pool;
+    std::unique_ptr<ReadEngine> engine;
+    std::unique_ptr<Loader> loader;
+    uint64_t budget_bytes = 0;
+  };
+
+  Server() = default;
+  absl::Status SetUpTargets(const v1::DaemonConfig& config,
+                            v1::ServerInfo& info);
+  absl::Status Listen(const v1::DaemonConfig& config,
+                      const v1::ServerInfo& info);
+  // Waits for `required` preloads and sets readiness; runs on
+  // readiness_thread_ until done or `stop_readiness_`.
+  void TrackReadiness(std::vector<std::string> required,
+                      std::vector<std::string> failed_early);
+  void SetReady(v1::Readiness::State state, const std::string& message);
+  void StopReadinessThread();
+
+  v1::DaemonConfig config_;
+  std::unique_ptr<CudaDriver> driver_;  // Kept: unloading after cuInit is
+                                        // not safe.
+  std::vector<Target> targets_;
+  // Beneath the model roots; refuses everything when there are none.
+  std::unique_ptr<FileOpener> opener_;
+  std::unique_ptr<Registry> registry_;
+  std::unique_ptr<SessionServer> sessions_;
+  std::unique_ptr<WarmstartService> service_;
+  std::unique_ptr<grpc::Server> grpc_server_;
+  std::unique_ptr<MetricsEndpoint> metrics_endpoint_;
+  std::vector<std::string> pinned_preloads_;
+
+  std::atomic<bool> stop_readiness_{false};
+  std::thread readiness_thread_;
+};
+
+}  // namespace warmstart
+
+#endif  // WARMSTART_DAEMON_SERVER_SERVER_H_

@@ -1,0 +1,235 @@
+#include "daemon/service/session_server.h"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "daemon/base/errno_status.h"
+#include "daemon/base/logging.h"
+#include "daemon/base/metrics.h"
+#include "daemon/registry/random_id.h"
+#include "proto/warmstart.pb.h"
+
+namespace warmstart {
+namespace {
+
+// Descriptors in one bundle at most: one per device of a model.
+constexpr size_t kMaxFdsPerBundle = 64;
+
+Gauge* SessionsGauge() {
+  static Gauge* gauge = Metrics::Global().GetGauge(
+      "warmstart_sessions", "Client sessions open on the handle socket");
+  return gauge;
+}
+
+// Sends one datagram holding `message` and, when given, `fds`.
+absl::Status SendMessage(int socket, const v1::HandleMessage& message,
+                         const std::vector<int>& fds) {
+  const std::string bytes = message.SerializeAsString();
+  iovec data{const_cast<char*>(bytes.data()), bytes.size()};
+  msghdr header{};
+  header.msg_iov = &data;
+  header.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerBundle)];
+  if (!fds.empty()) {
+    const size_t fd_bytes = sizeof(int) * fds.size();
+    header.msg_control = control;
+    header.msg_controllen = CMSG_SPACE(fd_bytes);
+    cmsghdr* rights = CMSG_FIRSTHDR(&header);
+    rights->cmsg_level = SOL_SOCKET;
+    rights->cmsg_type = SCM_RIGHTS;
+    rights->cmsg_len = CMSG_LEN(fd_bytes);
+    std::memcpy(CMSG_DATA(rights), fds.data(), fd_bytes);
+  }
+  while (true) {
+    // Non-blocking: a peer that stopped reading fails its own acquire
+    // instead of stalling a gRPC thread.
+    const ssize_t sent =
+        ::sendmsg(socket, &header, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (sent >= 0) return absl::OkStatus();
+    if (errno != EINTR) return ErrnoToStatus(errno, "handle socket sendmsg");
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<SessionServer>> SessionServer::Start(
+    const std::string& path, std::function<void(const std::string&)> on_close) {
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(address.sun_path)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "handle socket ", path, " is ", path.size(),
+        " bytes; a unix socket path must be under ", sizeof(address.sun_path)));
+  }
+  std::memcpy(address.sun_path, path.data(), path.size());
+  ScopedFd listener(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  if (!listener.valid()) return ErrnoToStatus(errno, "handle socket");
+  if (::bind(listener.get(), reinterpret_cast<const sockaddr*>(&address),
+             sizeof(address)) != 0) {
+    return ErrnoToStatus(errno, absl::StrCat("bind ", path));
+  }
+  if (::listen(listener.get(), 128) != 0) {
+    return ErrnoToStatus(errno, absl::StrCat("listen ", path));
+  }
+  ScopedFd stop_event(::eventfd(0, EFD_CLOEXEC));
+  if (!stop_event.valid()) return ErrnoToStatus(errno, "eventfd");
+  return std::unique_ptr<SessionServer>(new SessionServer(
+      std::move(listener), std::move(stop_event), path, std::move(on_close)));
+}
+
+SessionServer::SessionServer(ScopedFd listener, ScopedFd stop_event,
+                             std::string path,
+                             std::function<void(const std::string&)> on_close)
+    : listener_(std::move(listener)),
+      stop_event_(std::move(stop_event)),
+      path_(std::move(path)),
+      on_close_(std::move(on_close)),
+      thread_([this] { Run(); }) {}
+
+SessionServer::~SessionServer() {
+  const uint64_t one = 1;
+  (void)!::write(stop_event_.get(), &one, sizeof(one));
+  thread_.join();
+  absl::MutexLock lock(&mutex_);
+  sessions_.clear();
+  ids_by_fd_.clear();
+  SessionsGauge()->Set(0);
+  ::unlink(path_.c_str());
+}
+
+void SessionServer::Run() {
+  auto log = Logger("sessions");
+  std::vector<pollfd> polled;
+  while (true) {
+    polled.clear();
+    polled.push_back({stop_event_.get(), POLLIN, 0});
+    polled.push_back({listener_.get(), POLLIN, 0});
+    {
+      absl::MutexLock lock(&mutex_);
+      for (const auto& [fd, id] : ids_by_fd_) {
+        polled.push_back({fd, POLLIN, 0});
+      }
+    }
+    if (::poll(polled.data(), polled.size(), -1) < 0) {
+      if (errno == EINTR) continue;
+      log->error("poll: {}", std::strerror(errno));
+      return;
+    }
+    if (polled[0].revents != 0) return;
+    if (polled[1].revents != 0) Accept();
+    for (size_t i = 2; i < polled.size(); ++i) {
+      if (polled[i].revents == 0) continue;
+      char discard[256];
+      const ssize_t n =
+          ::recv(polled[i].fd, discard, sizeof(discard), MSG_DONTWAIT);
+      if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EINTR))) continue;
+      const std::string id = CloseSession(polled[i].fd);
+      if (!id.empty()) on_close_(id);
+    }
+  }
+}
+
+void SessionServer::Accept() {
+  auto log = Logger("sessions");
+  ScopedFd socket(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  if (!socket.valid()) {
+    if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
+      log->warn("accept on {}: {}", path_, std::strerror(errno));
+    }
+    return;
+  }
+  ucred credentials{};
+  socklen_t length = sizeof(credentials);
+  if (::getsockopt(socket.get(), SOL_SOCKET, SO_PEERCRED, &credentials,
+                   &length) != 0) {
+    log->warn("SO_PEERCRED on {}: {}", path_, std::strerror(errno));
+    return;
+  }
+  const SessionPeer peer{credentials.pid, credentials.uid, credentials.gid};
+  {
+    absl::MutexLock lock(&mutex_);
+    if (sessions_.size() >= kMaxSessions) {
+      log->warn("refusing a session from pid {} uid {}: {} sessions are open",
+                peer.pid, peer.uid, kMaxSessions);
+      return;
+    }
+  }
+  const std::string id = RandomId();
+  v1::HandleMessage hello;
+  hello.mutable_hello()->set_session_id(id);
+  absl::Status sent = SendMessage(socket.get(), hello, {});
+  if (!sent.ok()) {
+    log->warn("session for pid {}: {}", peer.pid, sent.message());
+    return;
+  }
+  log->debug("session {} opened by pid {} uid {} gid {}", id, peer.pid,
+             peer.uid, peer.gid);
+  absl::MutexLock lock(&mutex_);
+  ids_by_fd_[socket.get()] = id;
+  sessions_[id] = Session{std::move(socket), peer};
+  SessionsGauge()->Set(static_cast<int64_t>(sessions_.size()));
+}
+
+std::string SessionServer::CloseSession(int fd) {
+  absl::MutexLock lock(&mutex_);
+  auto it = ids_by_fd_.find(fd);
+  if (it == ids_by_fd_.end()) return "";
+  std::string id = std::move(it->second);
+  ids_by_fd_.erase(it);
+  auto session = sessions_.find(id);
+  Logger("sessions")
+      ->debug("session {} of pid {} closed", id, session->second.peer.pid);
+  sessions_.erase(session);
+  SessionsGauge()->Set(static_cast<int64_t>(sessions_.size()));
+  return id;
+}
+
+absl::StatusOr<SessionPeer> SessionServer::Find(
+    const std::string& session_id) const {
+  absl::MutexLock lock(&mutex_);
+  auto it = sessions_.find(session_id);
+  if (it == sessions_.end()) {
+    return absl::NotFoundError("unknown or closed session");
+  }
+  return it->second.peer;
+}
+
+absl::Status SessionServer::SendFds(const std::string& session_id,
+                                    uint64_t transfer_id,
+                                    const std::vector<int>& fds) {
+  if (fds.size() > kMaxFdsPerBundle) {
+    return absl::InternalError(absl::StrCat(fds.size(),
+                                            " descriptors in one bundle; at "
+                                            "most ",
+                                            kMaxFdsPerBundle));
+  }
+  v1::HandleMessage message;
+  message.mutable_fds()->set_transfer_id(transfer_id);
+  message.mutable_fds()->set_count(static_cast<uint32_t>(fds.size()));
+  // Held while sending so that the session thread cannot close the socket
+  // under us.
+  absl::MutexLock lock(&mutex_);
+  auto it = sessions_.find(session_id);
+  if (it == sessions_.end()) {
+    return absl::UnavailableError("the session's handle socket is closed");
+  }
+  absl::Status sent = SendMessage(it->second.socket.get(), message, fds);
+  if (!sent.ok()) {
+    return absl::UnavailableError(absl::StrCat(
+        "cannot send descriptors to the client: ", sent.message()));
+  }
+  return absl::OkStatus();
+}
+
+size_t SessionServer::session_count() const {
+  absl::MutexLock lock(&mutex_);
+  return sessions_.size();
+}
+
+}  // namespace warmstart

@@ -1,0 +1,105 @@
+// SessionServer: the handle socket, where clients open sessions and receive
+// file descriptors.
+//
+// gRPC 1.51 tells a handler neither who called nor when the caller's
+// connection closes, so a client first connects here: a SOCK_SEQPACKET unix
+// socket. The server records the peer (SO_PEERCRED), sends a
+// v1::HandleMessage `hello` with a new session id, and watches the socket:
+// when it closes (the client exited or died) `on_close` runs, which
+// releases the session's leases. Descriptors for a lease are sent as
+// SCM_RIGHTS with a HandleMessage `fds`.
+//
+// Clients send nothing on the socket; whatever they send is discarded.
+//
+// Thread safety: thread-safe. One thread accepts and watches every session;
+// `on_close` runs on it.
+#ifndef WARMSTART_DAEMON_SERVICE_SESSION_SERVER_H_
+#define WARMSTART_DAEMON_SERVICE_SESSION_SERVER_H_
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "daemon/base/scoped_fd.h"
+
+namespace warmstart {
+
+// Who opened a session.
+struct SessionPeer {
+  pid_t pid = 0;
+  uid_t uid = 0;
+  gid_t gid = 0;
+};
+
+// Sessions open at once at most; more connections are closed at once (and
+// logged), so a runaway client cannot exhaust the daemon's descriptors.
+inline constexpr size_t kMaxSessions = 4096;
+
+class SessionServer {
+ public:
+  // Listens on `path` (which PrepareSocketPath has made ready) and starts
+  // the session thread. `on_close(session_id)` runs once per session when
+  // its socket closes, not for sessions still open at destruction.
+  static absl::StatusOr<std::unique_ptr<SessionServer>> Start(
+      const std::string& path,
+      std::function<void(const std::string&)> on_close);
+
+  // Stops the thread, closes every session and removes the socket file.
+  ~SessionServer();
+  SessionServer(const SessionServer&) = delete;
+  SessionServer& operator=(const SessionServer&) = delete;
+
+  // The peer of an open session; NotFound (Unauthenticated at the gRPC
+  // layer) for an unknown or closed one.
+  absl::StatusOr<SessionPeer> Find(const std::string& session_id) const;
+
+  // A fresh, non-zero id for a descriptor bundle.
+  uint64_t NextTransferId() { return next_transfer_id_.fetch_add(1); }
+
+  // Sends `fds` (not given away: the kernel duplicates them into the peer)
+  // as bundle `transfer_id` on the session's socket. Fails with Unavailable
+  // when the session is gone or its peer stopped reading.
+  absl::Status SendFds(const std::string& session_id, uint64_t transfer_id,
+                       const std::vector<int>& fds);
+
+  size_t session_count() const;
+
+ private:
+  struct Session {
+    ScopedFd socket;
+    SessionPeer peer;
+  };
+
+  SessionServer(ScopedFd listener, ScopedFd stop_event, std::string path,
+                std::function<void(const std::string&)> on_close);
+  void Run();
+  void Accept();
+  // Closes the session on `fd`; returns its id ("" if unknown).
+  std::string CloseSession(int fd);
+
+  const ScopedFd listener_;
+  const ScopedFd stop_event_;
+  const std::string path_;
+  const std::function<void(const std::string&)> on_close_;
+  std::atomic<uint64_t> next_transfer_id_{1};
+
+  mutable absl::Mutex mutex_;
+  std::map<std::string, Session> sessions_ ABSL_GUARDED_BY(mutex_);
+  std::map<int, std::string> ids_by_fd_ ABSL_GUARDED_BY(mutex_);
+
+  std::thread thread_;  // Last: starts once everything above exists.
+};
+
+}  // namespace warmstart
+
+#endif  // WARMSTART_DAEMON_SERVICE_SESSION_SERVER_H_

@@ -1,0 +1,255 @@
+#include "daemon/service/warmstart_service.h"
+
+#include <algorithm>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "daemon/base/logging.h"
+#include "daemon/base/metrics.h"
+
+namespace warmstart {
+namespace {
+
+// How long a call without a deadline waits for a load in progress.
+constexpr absl::Duration kDefaultWait = absl::Hours(24);
+// Blocking waits wake this often to notice a cancelled call.
+constexpr absl::Duration kCancelPoll = absl::Milliseconds(250);
+
+grpc::Status ToGrpc(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                      std::string(status.message()));
+}
+
+absl::Time DeadlineOf(const grpc::ServerContext& context) {
+  const auto deadline = context.deadline();
+  if (deadline == std::chrono::system_clock::time_point::max()) {
+    return absl::Now() + kDefaultWait;
+  }
+  return std::min(absl::FromChrono(deadline), absl::Now() + kDefaultWait);
+}
+
+v1::MemoryKind KindOf(ExportedMemory::Kind kind) {
+  switch (kind) {
+    case ExportedMemory::Kind::kHostMemfd:
+      return v1::HOST_MEMFD;
+    case ExportedMemory::Kind::kCudaVmmFd:
+      return v1::CUDA_VMM_FD;
+    case ExportedMemory::Kind::kCudaIpcHandle:
+      return v1::CUDA_IPC_HANDLE;
+  }
+  return v1::MEMORY_KIND_UNSPECIFIED;
+}
+
+Counter* RefusedPaths() {
+  static Counter* counter = Metrics::Global().GetCounter(
+      "warmstart_refused_paths_total",
+      "Loads refused because the path is outside the model roots");
+  return counter;
+}
+
+}  // namespace
+
+void WarmstartService::SetReadiness(v1::Readiness::State state,
+                                    const std::string& message) {
+  absl::MutexLock lock(&mutex_);
+  readiness_.set_state(state);
+  readiness_.set_message(message);
+}
+
+v1::Readiness WarmstartService::readiness() const {
+  absl::MutexLock lock(&mutex_);
+  return readiness_;
+}
+
+absl::StatusOr<std::string> WarmstartService::SessionOf(
+    const grpc::ServerContext& context) {
+  const auto& metadata = context.client_metadata();
+  auto it = metadata.find(kSessionMetadataKey);
+  if (it == metadata.end()) {
+    return absl::UnauthenticatedError(
+        "no session: connect to the daemon's handle socket and send its "
+        "session id as metadata \"warmstart-session\"");
+  }
+  std::string id(it->second.data(), it->second.size());
+  if (!sessions_->Find(id).ok()) {
+    return absl::UnauthenticatedError(absl::StrCat(
+        "session \"", absl::CHexEscape(id.substr(0, 64)),
+        "\" is unknown or closed; open a new one on the handle socket"));
+  }
+  return id;
+}
+
+absl::StatusOr<v1::ModelStatus> WarmstartService::WaitLoaded(
+    grpc::ServerContext& context, const std::string& name) {
+  const absl::Time deadline = DeadlineOf(context);
+  while (true) {
+    const absl::Time until = std::min(deadline, absl::Now() + kCancelPoll);
+    absl::StatusOr<v1::ModelStatus> status = registry_->WaitLoaded(name, until);
+    if (!status.ok() || status->state() != v1::LOADING) return status;
+    if (context.IsCancelled()) {
+      return absl::CancelledError("the call was cancelled; the load goes on");
+    }
+    if (absl::Now() >= deadline) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "model ", name, " is still loading (", status->bytes_loaded(), " of ",
+          status->bytes_total(), " bytes); the load goes on"));
+    }
+  }
+}
+
+grpc::Status WarmstartService::GetServerInfo(grpc::ServerContext*,
+                                             const v1::GetServerInfoRequest*,
+                                             v1::ServerInfo* response) {
+  *response = info_;
+  *response->mutable_readiness() = readiness();
+  return grpc::Status::OK;
+}
+
+grpc::Status WarmstartService::LoadModel(grpc::ServerContext* context,
+                                         const v1::LoadModelRequest* request,
+                                         v1::ModelStatus* response) {
+  ModelRequest model;
+  model.name = request->name();
+  model.path = request->path();
+  model.devices.assign(request->devices().begin(), request->devices().end());
+  absl::StatusOr<v1::ModelStatus> status = registry_->Load(model);
+  if (!status.ok()) {
+    if (absl::IsPermissionDenied(status.status())) {
+      RefusedPaths()->Add();
+      Logger("service")->warn("refused to load model {} from {}: {}",
+                              absl::CHexEscape(model.name.substr(0, 128)),
+                              absl::CHexEscape(model.path.substr(0, 4096)),
+                              status.status().message());
+    }
+    return ToGrpc(status.status());
+  }
+  if (!request->no_wait()) status = WaitLoaded(*context, model.name);
+  if (!status.ok()) return ToGrpc(status.status());
+  if (status->state() == v1::FAILED) {
+    return grpc::Status(static_cast<grpc::StatusCode>(status->error_code()),
+                        status->error());
+  }
+  *response = *std::move(status);
+  return grpc::Status::OK;
+}
+
+grpc::Status WarmstartService::WatchModel(
+    grpc::ServerContext* context, const v1::WatchModelRequest* request,
+    grpc::ServerWriter<v1::ModelStatus>* writer) {
+  uint64_t version = 0;
+  while (!context->IsCancelled()) {
+    absl::StatusOr<v1::ModelStatus> status = registry_->WaitForChange(
+        request->name(), &version, absl::Now() + kCancelPoll);
+    if (!status.ok()) return ToGrpc(status.status());
+    if (!writer->Write(*status)) return grpc::Status::CANCELLED;
+    if (status->state() == v1::READY || status->state() == v1::FAILED) {
+      return grpc::Status::OK;
+    }
+  }
+  return grpc::Status::CANCELLED;
+}
+
+grpc::Status WarmstartService::AcquireModel(
+    grpc::ServerContext* context, const v1::AcquireModelRequest* request,
+    v1::Lease* response) {
+  absl::StatusOr<std::string> session = SessionOf(*context);
+  if (!session.ok()) return ToGrpc(session.status());
+  absl::StatusOr<LeaseGrant> grant =
+      registry_->Acquire(request->name(), *session, DeadlineOf(*context));
+  if (!grant.ok()) return ToGrpc(grant.status());
+
+  response->set_lease_id(grant->lease_id);
+  *response->mutable_model() = grant->model;
+  std::vector<int> fds;
+  for (const LeaseGrant::Memory& memory : grant->memory) {
+    v1::Allocation* allocation = response->add_allocations();
+    allocation->set_device_uuid(memory.device_uuid);
+    allocation->set_kind(KindOf(memory.exported.kind));
+    allocation->set_size(memory.exported.size);
+    if (memory.exported.kind == ExportedMemory::Kind::kCudaIpcHandle) {
+      allocation->set_ipc_handle(memory.exported.ipc_handle);
+    } else {
+      allocation->set_fd_index(static_cast<uint32_t>(fds.size()));
+      fds.push_back(memory.exported.fd);
+    }
+  }
+  for (const LoadedTensor& tensor : grant->tensors) {
+    v1::Tensor* out = response->add_tensors();
+    out->set_name(tensor.name);
+    out->set_dtype(tensor.dtype);
+    for (uint64_t dim : tensor.shape) out->add_shape(dim);
+    out->set_nbytes(tensor.nbytes);
+    out->set_offset(tensor.offset);
+  }
+  // The lease exists before the descriptors go out: if the session closes
+  // now, either the send fails (and the lease is released here) or the
+  // session's close releases it.
+  absl::Status sent = absl::OkStatus();
+  if (!fds.empty()) {
+    const uint64_t transfer_id = sessions_->NextTransferId();
+    sent = sessions_->SendFds(*session, transfer_id, fds);
+    response->set_fd_transfer_id(transfer_id);
+  } else if (!sessions_->Find(*session).ok()) {
+    sent = absl::UnavailableError("the session's handle socket is closed");
+  }
+  if (!sent.ok()) {
+    (void)registry_->Release(grant->lease_id, *session);
+    return ToGrpc(sent);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status WarmstartService::ReleaseModel(
+    grpc::ServerContext* context, const v1::ReleaseModelRequest* request,
+    v1::ReleaseModelResponse*) {
+  absl::StatusOr<std::string> session = SessionOf(*context);
+  if (!session.ok()) return ToGrpc(session.status());
+  return ToGrpc(registry_->Release(request->lease_id(), *session));
+}
+
+grpc::Status WarmstartService::UnloadModel(
+    grpc::ServerContext*, const v1::UnloadModelRequest* request,
+    v1::ModelStatus* response) {
+  absl::StatusOr<v1::ModelStatus> status =
+      registry_->Unload(request->name(), request->force());
+  if (!status.ok()) return ToGrpc(status.status());
+  *response = *std::move(status);
+  return grpc::Status::OK;
+}
+
+grpc::Status WarmstartService::ListModels(grpc::ServerContext*,
+                                          const v1::ListModelsRequest* request,
+                                          v1::ListModelsResponse* response) {
+  if (!request->name().empty()) {
+    absl::StatusOr<v1::ModelStatus> status = registry_->Get(request->name());
+    if (!status.ok()) return ToGrpc(status.status());
+    *response->add_models() = *std::move(status);
+    return grpc::Status::OK;
+  }
+  for (v1::ModelStatus& status : registry_->List()) {
+    *response->add_models() = std::move(status);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status WarmstartService::GetStats(grpc::ServerContext*,
+                                        const v1::GetStatsRequest*,
+                                        v1::Stats* response) {
+  const RegistryStats stats = registry_->Stats();
+  response->set_models(stats.models);
+  response->set_leases(stats.leases);
+  response->set_sessions(static_cast<uint32_t>(sessions_->session_count()));
+  for (const RegistryStats::DeviceUse& use : stats.devices) {
+    v1::DeviceStats* device = response->add_devices();
+    device->set_uuid(use.uuid);
+    device->set_resident_bytes(use.resident_bytes);
+    device->set_budget_bytes(use.budget_bytes);
+  }
+  for (const auto& [name, value] : Metrics::Global().Snapshot()) {
+    (*response->mutable_metrics())[name] = value;
+  }
+  return grpc::Status::OK;
+}
+
+}  // namespace warmstart

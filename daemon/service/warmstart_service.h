@@ -1,0 +1,80 @@
+// The warmstart.v1 gRPC service: server identification, models, leases.
+//
+// Handlers translate between the protocol and the registry; sessions come
+// from the SessionServer (metadata "warmstart-session"), and descriptors
+// for a lease are sent over the session's handle socket before the reply.
+//
+// Thread safety: handlers run concurrently on gRPC's threads; the service
+// keeps no mutable state of its own besides the readiness, which is
+// thread-safe.
+#ifndef WARMSTART_DAEMON_SERVICE_WARMSTART_SERVICE_H_
+#define WARMSTART_DAEMON_SERVICE_WARMSTART_SERVICE_H_
+
+#include <string>
+
+#include "absl/synchronization/mutex.h"
+#include "daemon/registry/registry.h"
+#include "daemon/service/session_server.h"
+#include "proto/warmstart.grpc.pb.h"
+
+namespace warmstart {
+
+// The gRPC metadata key carrying a session id.
+inline constexpr char kSessionMetadataKey[] = "warmstart-session";
+
+class WarmstartService final : public v1::Warmstart::Service {
+ public:
+  // `info` is GetServerInfo's answer except for the readiness, which
+  // SetReadiness changes. `registry` and `sessions` are not owned and
+  // outlive the service.
+  WarmstartService(v1::ServerInfo info, Registry* registry,
+                   SessionServer* sessions)
+      : info_(std::move(info)), registry_(registry), sessions_(sessions) {}
+
+  void SetReadiness(v1::Readiness::State state, const std::string& message);
+  v1::Readiness readiness() const;
+
+  grpc::Status GetServerInfo(grpc::ServerContext* context,
+                             const v1::GetServerInfoRequest* request,
+                             v1::ServerInfo* response) override;
+  grpc::Status LoadModel(grpc::ServerContext* context,
+                         const v1::LoadModelRequest* request,
+                         v1::ModelStatus* response) override;
+  grpc::Status WatchModel(grpc::ServerContext* context,
+                          const v1::WatchModelRequest* request,
+                          grpc::ServerWriter<v1::ModelStatus>* writer) override;
+  grpc::Status AcquireModel(grpc::ServerContext* context,
+                            const v1::AcquireModelRequest* request,
+                            v1::Lease* response) override;
+  grpc::Status ReleaseModel(grpc::ServerContext* context,
+                            const v1::ReleaseModelRequest* request,
+                            v1::ReleaseModelResponse* response) override;
+  grpc::Status UnloadModel(grpc::ServerContext* context,
+                           const v1::UnloadModelRequest* request,
+                           v1::ModelStatus* response) override;
+  grpc::Status ListModels(grpc::ServerContext* context,
+                          const v1::ListModelsRequest* request,
+                          v1::ListModelsResponse* response) override;
+  grpc::Status GetStats(grpc::ServerContext* context,
+                        const v1::GetStatsRequest* request,
+                        v1::Stats* response) override;
+
+ private:
+  // The caller's open session, from its metadata; Unauthenticated when
+  // missing, unknown or closed.
+  absl::StatusOr<std::string> SessionOf(const grpc::ServerContext& context);
+  // Waits for `name` to leave LOADING, giving up when the call is
+  // cancelled or its deadline passes.
+  absl::StatusOr<v1::ModelStatus> WaitLoaded(grpc::ServerContext& context,
+                                             const std::string& name);
+
+  const v1::ServerInfo info_;
+  Registry* const registry_;
+  SessionServer* const sessions_;
+  mutable absl::Mutex mutex_;
+  v1::Readiness readiness_ ABSL_GUARDED_BY(mutex_);
+};
+
+}  // namespace warmstart
+
+#endif  // WARMSTART_DAEMON_SERVICE_WARMSTART_SERVICE_H_
