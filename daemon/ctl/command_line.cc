@@ -24,6 +24,27 @@ int ExitCodeFor(const absl::Status& status) {
   }
 }
 
+int ExitCodeForDaemonCall(const absl::Status& status) {
+  // The checksum payload does not cross gRPC; the daemon's message for a
+  // stored checksum that does not match does (VerifyStoredChecksums).
+  if (status.code() == absl::StatusCode::kDataLoss &&
+      absl::StrContains(status.message(), " mismatch: expected ")) {
+    return kExitChecksum;
+  }
+  switch (status.code()) {
+    case absl::StatusCode::kAlreadyExists:
+    case absl::StatusCode::kFailedPrecondition:
+      return kExitRefused;
+    default:
+      return ExitCodeFor(status);
+  }
+}
+
+std::vector<std::string> CommandLine::Values(const std::string& name) const {
+  auto it = lists.find(name);
+  return it == lists.end() ? std::vector<std::string>() : it->second;
+}
+
 std::string CommandLine::Value(const std::string& name,
                                const std::string& fallback) const {
   auto it = values.find(name);
@@ -31,8 +52,8 @@ std::string CommandLine::Value(const std::string& name,
 }
 
 absl::StatusOr<CommandLine> ParseCommandLine(
-    int argc, const char* const* argv,
-    const std::set<std::string>& value_flags) {
+    int argc, const char* const* argv, const std::set<std::string>& value_flags,
+    const std::set<std::string>& repeatable_flags) {
   CommandLine line;
   bool only_positional = false;
   for (int i = 1; i < argc; ++i) {
@@ -57,7 +78,8 @@ absl::StatusOr<CommandLine> ParseCommandLine(
       value = arg.substr(equals + 1);
       has_value = true;
     }
-    if (value_flags.count(name) == 0) {
+    const bool repeatable = repeatable_flags.count(name) > 0;
+    if (value_flags.count(name) == 0 && !repeatable) {
       if (has_value) {
         return absl::InvalidArgumentError(
             absl::StrCat(name, " takes no value"));
@@ -70,6 +92,10 @@ absl::StatusOr<CommandLine> ParseCommandLine(
         return absl::InvalidArgumentError(absl::StrCat(name, " needs a value"));
       }
       value = argv[++i];
+    }
+    if (repeatable) {
+      line.lists[name].push_back(value);
+      continue;
     }
     if (!line.values.emplace(name, value).second) {
       return absl::InvalidArgumentError(absl::StrCat(name, " given twice"));
@@ -90,6 +116,13 @@ absl::Status CheckFlags(const CommandLine& line,
     }
   }
   for (const auto& [name, value] : line.values) {
+    if (value_flags.count(name) == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown flag ", name,
+                       line.command.empty() ? "" : " for " + line.command));
+    }
+  }
+  for (const auto& [name, list] : line.lists) {
     if (value_flags.count(name) == 0) {
       return absl::InvalidArgumentError(
           absl::StrCat("unknown flag ", name,

@@ -32,23 +32,36 @@ enum ExitCode {
 // read errors, which the table has no status of their own for).
 int ExitCodeFor(const absl::Status& status);
 
+// The exit status for a failed call to the daemon: as ExitCodeFor, and the
+// daemon's refusals AlreadyExists (the name is taken) and
+// FailedPrecondition (leased, incompatible protocol) are 5 too; DataLoss
+// with the daemon's checksum mismatch message ("... mismatch: expected
+// ...") is 7.
+int ExitCodeForDaemonCall(const absl::Status& status);
+
 struct CommandLine {
   std::string command;                        // Empty when none was given.
   std::vector<std::string> arguments;         // Positional, in order.
   std::map<std::string, std::string> values;  // --name VALUE / --name=VALUE.
-  std::set<std::string> switches;             // --name without a value.
+  // Repeatable value flags, every value in order.
+  std::map<std::string, std::vector<std::string>> lists;
+  std::set<std::string> switches;  // --name without a value.
 
   bool Has(const std::string& name) const { return switches.count(name) > 0; }
   // The value of --name, or `fallback` when absent.
   std::string Value(const std::string& name, const std::string& fallback) const;
+  // Every value of the repeatable flag --name (none when absent).
+  std::vector<std::string> Values(const std::string& name) const;
 };
 
 // Parses argv[1..]. `value_flags` names the flags that take a value (as
-// "--name"); every other "--x" is a switch. Fails with InvalidArgument on a
-// value flag without a value or a repeated value flag.
+// "--name"); every other "--x" is a switch. `repeatable_flags` name value
+// flags that may be given more than once (into `lists`). Fails with
+// InvalidArgument on a value flag without a value or a repeated value flag
+// that is not repeatable.
 absl::StatusOr<CommandLine> ParseCommandLine(
-    int argc, const char* const* argv,
-    const std::set<std::string>& value_flags);
+    int argc, const char* const* argv, const std::set<std::string>& value_flags,
+    const std::set<std::string>& repeatable_flags = {});
 
 // Checks that `line` uses only the given switches and value flags (as
 // "--name"); InvalidArgument naming the first unknown one otherwise, so a

@@ -54,6 +54,22 @@ TEST(CommandLineTest, Errors) {
                        HasSubstr("takes no value")));
 }
 
+TEST(CommandLineTest, RepeatableFlagsCollectEveryValue) {
+  std::vector<const char*> args = {"warmstartctl",  "load",     "m",
+                                   "--device",      "GPU-1",    "/p",
+                                   "--device=host", "--socket", "s"};
+  ASSERT_OK_AND_ASSIGN(
+      auto line, ParseCommandLine(static_cast<int>(args.size()), args.data(),
+                                  kValueFlags, {"--device"}));
+  EXPECT_THAT(line.Values("--device"), ElementsAre("GPU-1", "host"));
+  EXPECT_THAT(line.Values("--other"), ElementsAre());
+  EXPECT_THAT(line.arguments, ElementsAre("m", "/p"));
+  EXPECT_OK(CheckFlags(line, {}, {"--socket", "--device"}));
+  EXPECT_THAT(CheckFlags(line, {}, {"--socket"}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("unknown flag --device for load")));
+}
+
 TEST(CheckFlagsTest, UnknownFlagsAreUsageErrors) {
   ASSERT_OK_AND_ASSIGN(auto line, Parse({"inspect", "--verfy", "m"}));
   EXPECT_THAT(CheckFlags(line, {"--verify", "--json"}, {"--socket"}),
@@ -79,6 +95,23 @@ TEST(ExitCodeForTest, FollowsTheTable) {
   absl::Status mismatch = absl::DataLossError("SHA-256 mismatch");
   mismatch.SetPayload(kChecksumMismatchPayload, absl::Cord());
   EXPECT_EQ(ExitCodeFor(mismatch), kExitChecksum);
+}
+
+TEST(ExitCodeForTest, DaemonRefusalsAreExit5) {
+  EXPECT_EQ(ExitCodeForDaemonCall(absl::AlreadyExistsError("x")), kExitRefused);
+  EXPECT_EQ(ExitCodeForDaemonCall(absl::FailedPreconditionError("x")),
+            kExitRefused);
+  EXPECT_EQ(ExitCodeForDaemonCall(absl::PermissionDeniedError("x")),
+            kExitRefused);
+  EXPECT_EQ(ExitCodeForDaemonCall(absl::NotFoundError("x")), kExitNotFound);
+  EXPECT_EQ(ExitCodeForDaemonCall(absl::UnavailableError("x")),
+            kExitUnavailable);
+  EXPECT_EQ(ExitCodeForDaemonCall(absl::AbortedError("x")), kExitMalformed);
+  EXPECT_EQ(ExitCodeForDaemonCall(absl::DataLossError("read: EIO")),
+            kExitMalformed);
+  EXPECT_EQ(ExitCodeForDaemonCall(absl::DataLossError(
+                "m.tensors: tensor w: SHA-256 mismatch: expected ab, got cd")),
+            kExitChecksum);
 }
 
 }  // namespace

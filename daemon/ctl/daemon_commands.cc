@@ -22,6 +22,21 @@ int Fail(int code, const std::string& message) {
   return code;
 }
 
+const char* ReadinessName(v1::Readiness::State state) {
+  switch (state) {
+    case v1::Readiness::STARTING:
+      return "starting";
+    case v1::Readiness::READY:
+      return "ready";
+    case v1::Readiness::FAILED:
+      return "failed";
+    case v1::Readiness::STOPPING:
+      return "stopping";
+    default:
+      return "unknown";
+  }
+}
+
 const char* BackendName(v1::Backend backend) {
   switch (backend) {
     case v1::BACKEND_HOST:
@@ -45,7 +60,7 @@ int RunInfo(const CommandLine& line) {
                     : kExitRefused,
                 std::string(connected.status().message()));
   }
-  const v1::ServerInfo& info = (*connected)->server_info();
+  const v1::ServerInfo info = (*connected)->server_info();
   if (line.Has("--json")) {
     nlohmann::ordered_json out = {
         {"version", info.version()},
@@ -54,6 +69,9 @@ int RunInfo(const CommandLine& line) {
         {"backend", BackendName(info.backend())},
         {"cuda_status", info.cuda_status()},
         {"pid", info.pid()},
+        {"readiness",
+         {{"state", ReadinessName(info.readiness().state())},
+          {"message", info.readiness().message()}}},
         {"devices", nlohmann::ordered_json::array()}};
     for (const v1::Device& device : info.devices()) {
       out["devices"].push_back({{"uuid", device.uuid()},
@@ -67,6 +85,11 @@ int RunInfo(const CommandLine& line) {
               info.version().c_str(), info.protocol_major(),
               info.protocol_minor(), info.pid());
   std::printf("backend: %s\n", BackendName(info.backend()));
+  if (info.readiness().state() != v1::Readiness::STATE_UNSPECIFIED) {
+    std::printf("readiness: %s%s%s\n", ReadinessName(info.readiness().state()),
+                info.readiness().message().empty() ? "" : ": ",
+                info.readiness().message().c_str());
+  }
   if (info.backend() != v1::BACKEND_CUDA) {
     std::printf("cuda: %s\n", info.cuda_status().c_str());
   }
@@ -93,6 +116,16 @@ int RunWaitReady(const CommandLine& line) {
     options.wait_for_daemon = true;
     auto connected = client::Client::Connect(options);
     if (connected.ok()) {
+      // A required preload failed: the daemon will never serve, so say why
+      // now instead of waiting out the timeout.
+      const v1::Readiness readiness = (*connected)->server_info().readiness();
+      if (readiness.state() == v1::Readiness::FAILED) {
+        const std::string why = readiness.message().empty()
+                                    ? "(no reason given)"
+                                    : readiness.message();
+        return Fail(kExitRefused, "daemon at " + options.socket_path +
+                                      " failed to become ready: " + why);
+      }
       auto serving = (*connected)->IsServing(absl::Seconds(2));
       if (serving.ok() && *serving) {
         std::printf("ready\n");

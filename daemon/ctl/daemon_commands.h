@@ -12,7 +12,9 @@ int RunInfo(const CommandLine& line);
 
 // `wait-ready [--timeout SECONDS]`: waits (default 60 s) until the daemon
 // answers and reports SERVING; retries while its socket does not exist yet.
-// For startup probes: exit 0 when ready, 6 on timeout.
+// For startup probes: exit 0 when ready, 6 on timeout, 5 at once when the
+// daemon reports that it failed to become ready (a required preload
+// failed), with its message.
 int RunWaitReady(const CommandLine& line);
 
 }  // namespace ctl

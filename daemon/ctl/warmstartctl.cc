@@ -10,6 +10,7 @@
 #include "daemon/ctl/command_line.h"
 #include "daemon/ctl/daemon_commands.h"
 #include "daemon/ctl/inspect_command.h"
+#include "daemon/ctl/models_commands.h"
 
 namespace warmstart {
 namespace ctl {
@@ -43,7 +44,21 @@ commands (no daemon needed):
 commands (talk to a running warmstartd):
   info                     the daemon's version, protocol, backend and devices
   wait-ready [--timeout S] wait until the daemon serves (default 60 s); for
-                           startup probes
+                           startup probes (exit 5 at once if it failed to
+                           become ready)
+  load NAME PATH           load a checkpoint (a weight file, a *.index.json
+                           shard index or a folder, beneath the daemon's
+                           model roots) as NAME and wait until it is ready,
+                           showing progress on stderr
+      --no-wait            return once the load has started
+      --device UUID        load onto this device ("host" or "GPU-..."); may
+                           be repeated (default every device)
+      --timeout S          stop waiting after S seconds (exit 6; the load
+                           goes on)
+  ls                       the models: NAME STATE SIZE LEASES DEVICES PATH
+  status NAME              one model's state, progress, leases and devices
+  unload NAME              free a model (refused while it is leased)
+      --force              free it once its last lease is released
 
 global flags:
   --socket PATH            the daemon's socket
@@ -60,7 +75,8 @@ int Run(int argc, char** argv) {
   auto parsed = ParseCommandLine(
       argc, argv,
       {"--socket", "--timeout", "--key-hex", "--key-file", "--password",
-       "--password-file", "--backend", "--io", "--runs", "--staging-mib"});
+       "--password-file", "--backend", "--io", "--runs", "--staging-mib"},
+      /*repeatable_flags=*/{"--device"});
   if (!parsed.ok()) {
     std::fprintf(stderr, "warmstartctl: %s (see --help)\n",
                  std::string(parsed.status().message()).c_str());
@@ -93,6 +109,13 @@ int Run(int argc, char** argv) {
         {"--backend", "--io", "--runs", "--staging-mib", "--socket"}}},
       {"info", {RunInfo, {"--json"}, {"--socket"}}},
       {"wait-ready", {RunWaitReady, {}, {"--socket", "--timeout"}}},
+      {"load",
+       {RunLoad,
+        {"--json", "--no-wait"},
+        {"--socket", "--device", "--timeout"}}},
+      {"ls", {RunList, {"--json"}, {"--socket"}}},
+      {"status", {RunStatus, {"--json"}, {"--socket"}}},
+      {"unload", {RunUnload, {"--json", "--force"}, {"--socket"}}},
   };
   if (auto command = commands.find(line.command); command != commands.end()) {
     absl::Status flags =

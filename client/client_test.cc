@@ -1,0 +1,531 @@
+#include "client/client.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "client/testing/fake_daemon.h"
+#include "daemon/base/testing/status_matchers.h"
+#include "daemon/base/testing/test_env.h"
+#include "tests/subprocess.h"
+
+namespace warmstart {
+namespace client {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::warmstart::testing::ChildProcess;
+using ::warmstart::testing::FakeBehavior;
+using ::warmstart::testing::FakeCall;
+using ::warmstart::testing::FakeDaemon;
+using ::warmstart::testing::FakeModel;
+using ::warmstart::testing::ShortTempDir;
+
+// The descriptors of this process that are the fake's weight memfds (the
+// fake closes its own copies once sent, so these are the client's).
+std::vector<int> OpenWeightMemfds() {
+  std::vector<int> fds;
+  DIR* dir = ::opendir("/proc/self/fd");
+  if (dir == nullptr) return fds;
+  while (dirent* entry = ::readdir(dir)) {
+    if (entry->d_name[0] == '.') continue;
+    char target[256];
+    const std::string link = std::string("/proc/self/fd/") + entry->d_name;
+    ssize_t n = ::readlink(link.c_str(), target, sizeof(target) - 1);
+    if (n <= 0) continue;
+    target[n] = '\0';
+    if (std::strncmp(target, "/memfd:ws-fake-weights", 22) == 0) {
+      fds.push_back(std::atoi(entry->d_name));
+    }
+  }
+  ::closedir(dir);
+  return fds;
+}
+
+v1::ModelStatus MakeStatus(const std::string& name, v1::ModelState state,
+                           uint64_t loaded, uint64_t total) {
+  v1::ModelStatus status;
+  status.set_name(name);
+  status.set_path("/models/" + name + ".safetensors");
+  status.set_state(state);
+  status.set_bytes_loaded(loaded);
+  status.set_bytes_total(total);
+  status.add_devices("host");
+  return status;
+}
+
+class ClientTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    FakeModel model = ::warmstart::testing::PatternModel("tiny", 10000);
+    bytes_ = model.bytes;
+    model.progress = {MakeStatus("tiny", v1::LOADING, 0, bytes_.size()),
+                      MakeStatus("tiny", v1::LOADING, 5000, bytes_.size())};
+    fake_.AddModel(model);
+    ASSERT_OK(fake_.Start());
+  }
+
+  std::unique_ptr<Client> Connect() {
+    ConnectOptions options;
+    options.socket_path = fake_.socket_path();
+    options.timeout = absl::Seconds(2);
+    auto client = Client::Connect(options);
+    EXPECT_OK(client.status());
+    return client.ok() ? std::move(*client) : nullptr;
+  }
+
+  void SetBehavior(void (*change)(FakeBehavior&)) {
+    FakeBehavior behavior = fake_.behavior();
+    change(behavior);
+    fake_.set_behavior(behavior);
+  }
+
+  std::string bytes_;
+  ShortTempDir dir_;
+  FakeDaemon fake_{dir_.path()};
+};
+
+TEST_F(ClientTest, AcquireMapsTheBytesReadOnly) {
+  auto client = Connect();
+  ASSERT_NE(client, nullptr);
+  ASSERT_OK_AND_ASSIGN(ModelMapping mapping, client->Acquire("tiny"));
+  EXPECT_TRUE(mapping.held());
+  EXPECT_EQ(mapping.model().name(), "tiny");
+  EXPECT_EQ(mapping.lease_id(), "lease-1");
+  ASSERT_EQ(mapping.tensors().size(), 2u);
+  const TensorView* b = mapping.Find("b");
+  ASSERT_NE(b, nullptr);
+  EXPECT_EQ(b->dtype, "U8");
+  EXPECT_THAT(b->shape, ElementsAre(100));
+  EXPECT_EQ(b->nbytes, 100u);
+  EXPECT_EQ(b->device_uuid, "host");
+  EXPECT_EQ(std::string(static_cast<const char*>(b->data), b->nbytes),
+            bytes_.substr(256, 100));
+  EXPECT_EQ(mapping.Find("b", "host"), b);
+  EXPECT_EQ(mapping.Find("b", "GPU-0"), nullptr);
+  EXPECT_EQ(mapping.Find("c"), nullptr);
+  const TensorView* a = mapping.Find("a");
+  ASSERT_NE(a, nullptr);
+  EXPECT_EQ(std::memcmp(a->data, bytes_.data(), 64), 0);
+
+  // Nothing this process holds can change the weights.
+  std::vector<int> memfds = OpenWeightMemfds();
+  ASSERT_EQ(memfds.size(), 1u);
+  const int fd = memfds[0];
+  EXPECT_EQ(::fcntl(fd, F_GETFD) & FD_CLOEXEC, FD_CLOEXEC);
+  errno = 0;
+  EXPECT_EQ(::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0),
+            MAP_FAILED);
+  EXPECT_EQ(errno, EPERM);
+  EXPECT_NE(::ftruncate(fd, 0), 0);
+  EXPECT_NE(::ftruncate(fd, 1 << 20), 0);
+  EXPECT_NE(::pwrite(fd, "x", 1, 0), 1);
+  void* page = const_cast<void*>(a->data);
+  EXPECT_NE(::mprotect(page, 4096, PROT_READ | PROT_WRITE), 0);
+
+  const std::string lease = mapping.lease_id();
+  EXPECT_OK(mapping.Release());
+  EXPECT_FALSE(mapping.held());
+  EXPECT_TRUE(mapping.tensors().empty());
+  EXPECT_TRUE(OpenWeightMemfds().empty());
+  EXPECT_THAT(fake_.released_leases(), ElementsAre(lease));
+  EXPECT_EQ(fake_.outstanding_leases(), 0);
+  // Idempotent: nothing is sent twice.
+  EXPECT_OK(mapping.Release());
+  EXPECT_THAT(fake_.released_leases(), ElementsAre(lease));
+}
+
+TEST_F(ClientTest, DestructorAndMoveRelease) {
+  auto client = Connect();
+  ASSERT_NE(client, nullptr);
+  {
+    ASSERT_OK_AND_ASSIGN(ModelMapping first, client->Acquire("tiny"));
+    ModelMapping moved(std::move(first));
+    EXPECT_FALSE(first.held());
+    EXPECT_TRUE(moved.held());
+    ASSERT_OK_AND_ASSIGN(ModelMapping second, client->Acquire("tiny"));
+    // Assigning over a held mapping releases it first.
+    moved = std::move(second);
+    EXPECT_THAT(fake_.released_leases(), ElementsAre("lease-1"));
+    EXPECT_EQ(moved.lease_id(), "lease-2");
+    EXPECT_EQ(OpenWeightMemfds().size(), 1u);
+  }
+  EXPECT_THAT(fake_.released_leases(), ElementsAre("lease-1", "lease-2"));
+  EXPECT_TRUE(OpenWeightMemfds().empty());
+}
+
+TEST_F(ClientTest, MappingOutlivesClient) {
+  auto client = Connect();
+  ASSERT_NE(client, nullptr);
+  ASSERT_OK_AND_ASSIGN(ModelMapping mapping, client->Acquire("tiny"));
+  client.reset();
+  const TensorView* b = mapping.Find("b");
+  ASSERT_NE(b, nullptr);
+  EXPECT_EQ(std::string(static_cast<const char*>(b->data), b->nbytes),
+            bytes_.substr(256, 100));
+  EXPECT_OK(mapping.Release());
+  EXPECT_THAT(fake_.released_leases(), ElementsAre("lease-1"));
+}
+
+TEST_F(ClientTest, SessionIdRidesOnEveryCallOnceOpen) {
+  auto client = Connect();
+  ASSERT_NE(client, nullptr);
+  ASSERT_OK(client->List().status());
+  ASSERT_OK_AND_ASSIGN(ModelMapping mapping, client->Acquire("tiny"));
+  ASSERT_OK(client->List().status());
+  ASSERT_OK(client->Stats().status());
+  ASSERT_OK(mapping.Release());
+  ASSERT_EQ(fake_.session_ids().size(), 1u);
+  const std::string session = fake_.session_ids()[0];
+  EXPECT_EQ(session.size(), 32u);
+  std::vector<std::string> seen;
+  for (const FakeCall& call : fake_.calls()) {
+    seen.push_back(call.method + "=" + call.session_id);
+  }
+  EXPECT_THAT(seen,
+              ElementsAre("GetServerInfo=", "ListModels=", "GetServerInfo=",
+                          "AcquireModel=" + session, "ListModels=" + session,
+                          "GetStats=" + session, "ReleaseModel=" + session));
+}
+
+TEST_F(ClientTest, StaleBundlesAreSkippedAndClosed) {
+  SetBehavior([](FakeBehavior& b) { b.send_stale_bundle = true; });
+  auto client = Connect();
+  ASSERT_NE(client, nullptr);
+  ASSERT_OK_AND_ASSIGN(ModelMapping first, client->Acquire("tiny"));
+  ASSERT_OK_AND_ASSIGN(ModelMapping second, client->Acquire("tiny"));
+  for (const ModelMapping* mapping : {&first, &second}) {
+    const TensorView* a = mapping->Find("a");
+    ASSERT_NE(a, nullptr);
+    EXPECT_EQ(std::memcmp(a->data, bytes_.data(), 64), 0);
+  }
+  // Only the two mapped memfds are open: the stale ones were closed.
+  EXPECT_EQ(OpenWeightMemfds().size(), 2u);
+}
+
+TEST_F(ClientTest, WrongDescriptorCountIsAnErrorAndLeaksNothing) {
+  SetBehavior([](FakeBehavior& b) { b.extra_fds = 2; });
+  auto client = Connect();
+  ASSERT_NE(client, nullptr);
+  EXPECT_TRUE(OpenWeightMemfds().empty());
+  EXPECT_THAT(client->Acquire("tiny"),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       HasSubstr("sent 3 descriptors for 1 allocations")));
+  EXPECT_TRUE(OpenWeightMemfds().empty());
+  EXPECT_THAT(fake_.released_leases(), ElementsAre("lease-1"));
+  EXPECT_EQ(fake_.outstanding_leases(), 0);
+
+  SetBehavior([](FakeBehavior& b) {
+    b.extra_fds = 0;
+    b.count_delta = 1;
+  });
+  EXPECT_THAT(client->Acquire("tiny"),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       HasSubstr("announced 2 descriptors but carried 1")));
+  EXPECT_TRUE(OpenWeightMemfds().empty());
+  EXPECT_EQ(fake_.outstanding_leases(), 0);
+
+  // The session survives a bad bundle.
+  SetBehavior([](FakeBehavior& b) { b.count_delta = 0; });
+  EXPECT_OK(client->Acquire("tiny").status());
+}
+
+TEST_F(ClientTest, UnsafeDescriptorsAreRefused) {
+  auto client = Connect();
+  ASSERT_NE(client, nullptr);
+  SetBehavior([](FakeBehavior& b) { b.seal = false; });
+  EXPECT_THAT(client->Acquire("tiny"),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("not sealed")));
+  SetBehavior([](FakeBehavior& b) {
+    b.seal = true;
+    b.allocation_size = 1 << 20;
+  });
+  EXPECT_THAT(client->Acquire("tiny"),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       HasSubstr("holds 10000 bytes, fewer than the 1048576")));
+  SetBehavior([](FakeBehavior& b) { b.allocation_size = 300; });
+  EXPECT_THAT(client->Acquire("tiny"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("tensor b (bytes 256 + 100) lies outside its "
+                                 "allocation of 300 bytes")));
+  EXPECT_TRUE(OpenWeightMemfds().empty());
+  EXPECT_EQ(fake_.outstanding_leases(), 0);
+  EXPECT_EQ(fake_.released_leases().size(), 3u);
+}
+
+TEST_F(ClientTest, GpuModelsNeedCudaImport) {
+  SetBehavior([](FakeBehavior& b) {
+    b.kind = v1::CUDA_VMM_FD;
+    b.device_uuid = "GPU-1234";
+  });
+  auto client = Connect();
+  ASSERT_NE(client, nullptr);
+  EXPECT_THAT(client->Acquire("tiny"),
+              StatusIs(absl::StatusCode::kUnimplemented,
+                       HasSubstr("model tiny is on GPU GPU-1234; CUDA import "
+                                 "is not built yet")));
+  EXPECT_TRUE(OpenWeightMemfds().empty());
+  EXPECT_EQ(fake_.outstanding_leases(), 0);
+}
+
+TEST_F(ClientTest, DaemonErrorsKeepTheirCodeAndMessage) {
+  auto client = Connect();
+  ASSERT_NE(client, nullptr);
+  EXPECT_THAT(client->Acquire("nope"),
+              StatusIs(absl::StatusCode::kNotFound, "no model named nope"));
+  EXPECT_THAT(client->GetModel("nope"),
+              StatusIs(absl::StatusCode::kNotFound, "no model named nope"));
+  EXPECT_THAT(client->Unload("nope"),
+              StatusIs(absl::StatusCode::kNotFound, "no model named nope"));
+  FakeBehavior behavior = fake_.behavior();
+  behavior.load_error =
+      grpc::Status(grpc::StatusCode::ALREADY_EXISTS, "tiny is other files");
+  behavior.unload_error =
+      grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "tiny is leased");
+  fake_.set_behavior(behavior);
+  EXPECT_THAT(
+      client->Load("tiny", "/models/x"),
+      StatusIs(absl::StatusCode::kAlreadyExists, "tiny is other files"));
+  EXPECT_THAT(
+      client->Unload("tiny"),
+      StatusIs(absl::StatusCode::kFailedPrecondition, "tiny is leased"));
+}
+
+TEST_F(ClientTest, LoadWatchListUnload) {
+  auto client = Connect();
+  ASSERT_NE(client, nullptr);
+  LoadModelOptions options;
+  options.devices = {"host"};
+  options.no_wait = true;
+  ASSERT_OK_AND_ASSIGN(v1::ModelStatus started,
+                       client->Load("tiny", "/models/tiny", options));
+  EXPECT_EQ(started.state(), v1::LOADING);
+  ASSERT_EQ(fake_.load_requests().size(), 1u);
+  EXPECT_EQ(fake_.load_requests()[0].path(), "/models/tiny");
+  EXPECT_TRUE(fake_.load_requests()[0].no_wait());
+  EXPECT_THAT(fake_.load_requests()[0].devices(), ElementsAre("host"));
+
+  std::vector<uint64_t> loaded;
+  EXPECT_OK(client->Watch("tiny", [&](const v1::ModelStatus& status) {
+    loaded.push_back(status.bytes_loaded());
+  }));
+  EXPECT_THAT(loaded, ElementsAre(0, 5000, 10000));
+  EXPECT_THAT(client->Watch("nope", [](const v1::ModelStatus&) {}),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("nope")));
+
+  ASSERT_OK_AND_ASSIGN(v1::ModelStatus ready, client->Load("tiny", "/m"));
+  EXPECT_EQ(ready.state(), v1::READY);
+
+  ASSERT_OK_AND_ASSIGN(auto models, client->List());
+  ASSERT_EQ(models.size(), 1u);
+  EXPECT_EQ(models[0].name(), "tiny");
+  ASSERT_OK_AND_ASSIGN(v1::ModelStatus one, client->GetModel("tiny"));
+  EXPECT_EQ(one.bytes_total(), 10000u);
+  ASSERT_OK_AND_ASSIGN(v1::Stats stats, client->Stats());
+  EXPECT_EQ(stats.models(), 1u);
+  ASSERT_OK_AND_ASSIGN(v1::ServerInfo info, client->ServerInfo());
+  EXPECT_EQ(info.handle_socket_name(), "ws.handles");
+
+  ASSERT_OK(client->Unload("tiny", /*force=*/true).status());
+  ASSERT_EQ(fake_.unload_requests().size(), 1u);
+  EXPECT_TRUE(fake_.unload_requests()[0].force());
+  ASSERT_OK_AND_ASSIGN(models, client->List());
+  EXPECT_TRUE(models.empty());
+}
+
+TEST_F(ClientTest, FailedLoadIsTheModelsError) {
+  FakeModel broken;
+  broken.status = MakeStatus("broken", v1::FAILED, 10, 100);
+  broken.status.set_error("read /models/broken: Input/output error");
+  broken.status.set_error_code(static_cast<int>(absl::StatusCode::kDataLoss));
+  broken.progress = {MakeStatus("broken", v1::LOADING, 10, 100)};
+  fake_.AddModel(broken);
+  auto client = Connect();
+  ASSERT_NE(client, nullptr);
+  int calls = 0;
+  EXPECT_THAT(client->Watch("broken", [&](const v1::ModelStatus&) { ++calls; }),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       "read /models/broken: Input/output error"));
+  EXPECT_EQ(calls, 2);
+  // Whether the load call waits (the daemon's error) or not (the failed
+  // status), the result is the model's error.
+  EXPECT_THAT(client->Load("broken", "/models/broken"),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("Input/output")));
+  // A no_wait load that finds the model failed already.
+  broken.progress.clear();
+  broken.status.set_name("dead");
+  fake_.AddModel(broken);
+  LoadModelOptions no_wait;
+  no_wait.no_wait = true;
+  EXPECT_THAT(client->Load("dead", "/models/dead", no_wait),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("Input/output")));
+}
+
+TEST_F(ClientTest, DaemonGoneIsUnavailableNamingTheSocket) {
+  ConnectOptions options;
+  options.socket_path = fake_.socket_path();
+  options.timeout = absl::Milliseconds(500);
+  ASSERT_OK_AND_ASSIGN(auto client, Client::Connect(options));
+  ASSERT_OK_AND_ASSIGN(ModelMapping mapping, client->Acquire("tiny"));
+  fake_.Stop();
+  const std::string expected = "daemon unavailable at " + fake_.socket_path();
+  EXPECT_THAT(client->List(),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr(expected)));
+  EXPECT_THAT(client->Acquire("tiny"),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr(expected)));
+  // The weights stay readable; the lease ended with the session.
+  EXPECT_EQ(std::memcmp(mapping.Find("a")->data, bytes_.data(), 64), 0);
+  EXPECT_THAT(mapping.Release(),
+              StatusIs(absl::StatusCode::kUnavailable,
+                       HasSubstr("has closed (the daemon restarted")));
+  EXPECT_TRUE(OpenWeightMemfds().empty());
+
+  options.timeout = absl::Milliseconds(200);
+  EXPECT_THAT(Client::Connect(options),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr(expected)));
+}
+
+TEST_F(ClientTest, ReconnectsAfterTheDaemonRestarts) {
+  auto client = Connect();
+  ASSERT_NE(client, nullptr);
+  ASSERT_OK_AND_ASSIGN(ModelMapping before, client->Acquire("tiny"));
+  fake_.Stop();
+  ASSERT_OK(fake_.Start());
+  ASSERT_OK_AND_ASSIGN(ModelMapping after, client->Acquire("tiny"));
+  ASSERT_EQ(fake_.session_ids().size(), 2u);
+  EXPECT_NE(fake_.session_ids()[0], fake_.session_ids()[1]);
+  EXPECT_EQ(std::memcmp(after.Find("a")->data, bytes_.data(), 64), 0);
+  EXPECT_EQ(std::memcmp(before.Find("a")->data, bytes_.data(), 64), 0);
+  // The old lease died with its session: nothing is sent for it.
+  EXPECT_THAT(before.Release(), StatusIs(absl::StatusCode::kUnavailable,
+                                         HasSubstr("has closed")));
+  EXPECT_OK(after.Release());
+  EXPECT_THAT(fake_.released_leases(), ElementsAre(after.lease_id()));
+  std::vector<FakeCall> calls = fake_.calls();
+  ASSERT_FALSE(calls.empty());
+  EXPECT_EQ(calls.back().method, "ReleaseModel");
+  EXPECT_EQ(calls.back().session_id, fake_.session_ids()[1]);
+}
+
+TEST_F(ClientTest, ProtocolIsCheckedAgainOnReconnect) {
+  auto client = Connect();
+  ASSERT_NE(client, nullptr);
+  ASSERT_OK(client->Acquire("tiny").status());
+  fake_.Stop();
+  SetBehavior([](FakeBehavior& b) { b.protocol_major = 2; });
+  ASSERT_OK(fake_.Start());
+  EXPECT_THAT(client->Acquire("tiny"),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("speaks protocol 2.0")));
+  ConnectOptions options;
+  options.socket_path = fake_.socket_path();
+  EXPECT_THAT(Client::Connect(options),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("this client speaks 1.x")));
+}
+
+// The fake as a child process: a daemon that can die without a goodbye.
+class FakeDaemonProcess {
+ public:
+  // Starts it serving in `dir`, logging into `dir`/`log`; waits until it
+  // serves.
+  FakeDaemonProcess(const std::string& dir, const std::string& log)
+      : log_dir_(dir + "/" + log) {
+    ::mkdir(log_dir_.c_str(), 0755);
+    child_ = std::make_unique<ChildProcess>(
+        std::vector<std::string>{
+            ::warmstart::testing::BinaryPath("client/fake_daemon_main"), dir},
+        log_dir_);
+    const absl::Time deadline = absl::Now() + absl::Seconds(20);
+    while (child_->Stderr().find("ready") == std::string::npos &&
+           absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+  }
+
+  bool ready() const {
+    return child_->Stderr().find("ready") != std::string::npos;
+  }
+  void Kill() { child_->Stop(SIGKILL, 5000); }
+
+ private:
+  std::string log_dir_;
+  std::unique_ptr<ChildProcess> child_;
+};
+
+TEST(ClientCrashTest, ReconnectsAfterTheDaemonIsKilled) {
+  ShortTempDir dir;
+  auto first = std::make_unique<FakeDaemonProcess>(dir.path(), "one");
+  ASSERT_TRUE(first->ready());
+  ConnectOptions options;
+  options.socket_path = dir.Join("ws.sock");
+  options.timeout = absl::Seconds(5);
+  ASSERT_OK_AND_ASSIGN(auto client, Client::Connect(options));
+  ASSERT_OK_AND_ASSIGN(ModelMapping before, client->Acquire("tiny"));
+  const std::string bytes =
+      ::warmstart::testing::PatternModel("tiny", 10000).bytes;
+
+  first->Kill();
+  // The weights stay mapped (the memfd lives while this process maps it),
+  // and a dead daemon is reported as such.
+  EXPECT_EQ(std::memcmp(before.Find("a")->data, bytes.data(), 64), 0);
+  EXPECT_THAT(client->List(), StatusIs(absl::StatusCode::kUnavailable,
+                                       HasSubstr("daemon unavailable at " +
+                                                 options.socket_path)));
+
+  FakeDaemonProcess second(dir.path(), "two");
+  ASSERT_TRUE(second.ready());
+  // The channel's connection died without a goodbye; the first calls after
+  // the restart reconnect instead of failing on it.
+  EXPECT_OK(client->List().status());
+  ASSERT_OK_AND_ASSIGN(ModelMapping after, client->Acquire("tiny"));
+  EXPECT_EQ(std::memcmp(after.Find("b")->data, bytes.data() + 256, 100), 0);
+  EXPECT_THAT(before.Release(), StatusIs(absl::StatusCode::kUnavailable,
+                                         HasSubstr("has closed")));
+  EXPECT_OK(after.Release());
+  second.Kill();
+}
+
+TEST(ClientCrashTest, AcquireReconnectsAsTheFirstCallAfterAKill) {
+  ShortTempDir dir;
+  auto first = std::make_unique<FakeDaemonProcess>(dir.path(), "one");
+  ASSERT_TRUE(first->ready());
+  ConnectOptions options;
+  options.socket_path = dir.Join("ws.sock");
+  ASSERT_OK_AND_ASSIGN(auto client, Client::Connect(options));
+  ASSERT_OK(client->Acquire("tiny").status());
+  first->Kill();
+  FakeDaemonProcess second(dir.path(), "two");
+  ASSERT_TRUE(second.ready());
+  ASSERT_OK_AND_ASSIGN(ModelMapping after, client->Acquire("tiny"));
+  EXPECT_TRUE(after.held());
+  second.Kill();
+}
+
+TEST(ClientCrashTest, ReadOnlyCallsAreRetriedAfterAKill) {
+  ShortTempDir dir;
+  auto first = std::make_unique<FakeDaemonProcess>(dir.path(), "one");
+  ASSERT_TRUE(first->ready());
+  ConnectOptions options;
+  options.socket_path = dir.Join("ws.sock");
+  ASSERT_OK_AND_ASSIGN(auto client, Client::Connect(options));
+  ASSERT_OK(client->List().status());
+  first->Kill();
+  FakeDaemonProcess second(dir.path(), "two");
+  ASSERT_TRUE(second.ready());
+  EXPECT_OK(client->List().status());
+  second.Kill();
+}
+
+}  // namespace
+}  // namespace client
+}  // namespace warmstart

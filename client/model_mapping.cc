@@ -1,0 +1,201 @@
+#include "client/model_mapping.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "client/connection.h"
+#include "client/session.h"
+#include "client/unique_fd.h"
+
+namespace warmstart {
+namespace client {
+namespace {
+
+bool CarriesFd(v1::MemoryKind kind) {
+  return kind == v1::HOST_MEMFD || kind == v1::CUDA_VMM_FD;
+}
+
+}  // namespace
+
+ModelMapping::ModelMapping() = default;
+
+ModelMapping::~ModelMapping() { Release().IgnoreError(); }
+
+ModelMapping::ModelMapping(ModelMapping&& other) noexcept { Swap(other); }
+
+ModelMapping& ModelMapping::operator=(ModelMapping&& other) noexcept {
+  if (this != &other) {
+    Release().IgnoreError();
+    Swap(other);
+  }
+  return *this;
+}
+
+void ModelMapping::Swap(ModelMapping& other) noexcept {
+  std::swap(connection_, other.connection_);
+  std::swap(session_, other.session_);
+  lease_.Swap(&other.lease_);
+  std::swap(fds_, other.fds_);
+  std::swap(regions_, other.regions_);
+  std::swap(tensors_, other.tensors_);
+  std::swap(index_, other.index_);
+  std::swap(held_, other.held_);
+}
+
+const TensorView* ModelMapping::Find(absl::string_view name,
+                                     absl::string_view device_uuid) const {
+  auto it = index_.find(std::string(name));
+  if (it == index_.end() || it->second.empty()) return nullptr;
+  if (device_uuid.empty()) return &tensors_[it->second.front()];
+  for (size_t i : it->second) {
+    if (tensors_[i].device_uuid == device_uuid) return &tensors_[i];
+  }
+  return nullptr;
+}
+
+absl::Status ModelMapping::Release() {
+  if (!held_) return absl::OkStatus();
+  held_ = false;
+  tensors_.clear();
+  index_.clear();
+  for (const Region& region : regions_) ::munmap(region.base, region.size);
+  regions_.clear();
+  for (int fd : fds_) ::close(fd);
+  fds_.clear();
+  absl::Status status = connection_->ReleaseLease(*session_, lease_.lease_id());
+  // Dropping the session lets its socket close once nothing else uses it.
+  session_.reset();
+  connection_.reset();
+  return status;
+}
+
+absl::StatusOr<ModelMapping> ModelMapping::Map(
+    std::shared_ptr<internal::Connection> connection,
+    std::shared_ptr<internal::Session> session, v1::Lease lease,
+    std::vector<internal::UniqueFd> fds) {
+  ModelMapping mapping;
+  mapping.connection_ = std::move(connection);
+  mapping.session_ = std::move(session);
+  mapping.lease_ = std::move(lease);
+  mapping.fds_.reserve(fds.size());
+  for (internal::UniqueFd& fd : fds) mapping.fds_.push_back(fd.Release());
+  mapping.held_ = true;
+  // From here on the mapping owns everything: on error, Release() unmaps,
+  // closes the descriptors and ends the lease.
+  if (absl::Status mapped = mapping.MapAllocations(); !mapped.ok()) {
+    mapping.Release().IgnoreError();
+    return mapped;
+  }
+  return mapping;
+}
+
+absl::Status ModelMapping::MapAllocations() {
+  const std::string& model = lease_.model().name();
+  int fd_allocations = 0;
+  for (const v1::Allocation& allocation : lease_.allocations()) {
+    if (CarriesFd(allocation.kind())) ++fd_allocations;
+  }
+  if (static_cast<size_t>(fd_allocations) != fds_.size()) {
+    return absl::DataLossError(
+        absl::StrCat("lease ", lease_.lease_id(), " on model ", model,
+                     ": the daemon sent ", fds_.size(), " descriptors for ",
+                     fd_allocations, " allocations that need one"));
+  }
+  if (lease_.allocations().empty() && lease_.tensors_size() > 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("lease ", lease_.lease_id(), " on model ", model, ": ",
+                     lease_.tensors_size(), " tensors but no allocations"));
+  }
+  for (int a = 0; a < lease_.allocations_size(); ++a) {
+    const v1::Allocation& allocation = lease_.allocations(a);
+    for (const v1::Tensor& tensor : lease_.tensors()) {
+      if (tensor.offset() > allocation.size() ||
+          tensor.nbytes() > allocation.size() - tensor.offset()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("model ", model, ": tensor ", tensor.name(),
+                         " (bytes ", tensor.offset(), " + ", tensor.nbytes(),
+                         ") lies outside its allocation of ", allocation.size(),
+                         " bytes on ", allocation.device_uuid()));
+      }
+    }
+    if (CarriesFd(allocation.kind()) && allocation.fd_index() >= fds_.size()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "lease ", lease_.lease_id(), " on model ", model, ": allocation ", a,
+          " names descriptor ", allocation.fd_index(), " of ", fds_.size()));
+    }
+    switch (allocation.kind()) {
+      case v1::HOST_MEMFD:
+        break;
+      case v1::CUDA_VMM_FD:
+      case v1::CUDA_IPC_HANDLE:
+        return absl::UnimplementedError(absl::StrCat(
+            "model ", model, " is on GPU ", allocation.device_uuid(),
+            "; CUDA import is not built yet"));
+      default:
+        return absl::InvalidArgumentError(absl::StrCat(
+            "lease ", lease_.lease_id(), " on model ", model, ": allocation ",
+            a, " has unknown memory kind ", allocation.kind()));
+    }
+  }
+  // Everything checked; now map.
+  for (int a = 0; a < lease_.allocations_size(); ++a) {
+    const v1::Allocation& allocation = lease_.allocations(a);
+    const int fd = fds_[allocation.fd_index()];
+    struct stat st;
+    if (::fstat(fd, &st) != 0) {
+      return absl::DataLossError(absl::StrCat("model ", model,
+                                              ": fstat(descriptor ", a,
+                                              "): ", std::strerror(errno)));
+    }
+    if (static_cast<uint64_t>(st.st_size) < allocation.size()) {
+      return absl::DataLossError(
+          absl::StrCat("model ", model, ": the descriptor for allocation ", a,
+                       " holds ", st.st_size, " bytes, fewer than the ",
+                       allocation.size(), " the lease names"));
+    }
+    // A memfd that could shrink would turn reads into SIGBUS, one that
+    // could be written would let the daemon change weights under us.
+    const int seals = ::fcntl(fd, F_GET_SEALS);
+    const bool unwritable =
+        seals >= 0 && (seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE)) != 0;
+    if (seals < 0 || (seals & F_SEAL_SHRINK) == 0 || !unwritable) {
+      return absl::DataLossError(absl::StrCat(
+          "model ", model, ": the memfd for allocation ", a,
+          " is not sealed against shrinking and writing; not mapping it"));
+    }
+    const char* base = nullptr;
+    if (allocation.size() > 0) {
+      void* address =
+          ::mmap(nullptr, allocation.size(), PROT_READ, MAP_SHARED, fd, 0);
+      if (address == MAP_FAILED) {
+        const int error = errno;
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "model ", model, ": mmap of ", allocation.size(),
+            " bytes (allocation ", a, "): ", std::strerror(error)));
+      }
+      regions_.push_back({address, allocation.size()});
+      base = static_cast<const char*>(address);
+    }
+    for (const v1::Tensor& tensor : lease_.tensors()) {
+      TensorView view;
+      view.name = tensor.name();
+      view.dtype = tensor.dtype();
+      view.shape.assign(tensor.shape().begin(), tensor.shape().end());
+      view.nbytes = tensor.nbytes();
+      view.device_uuid = allocation.device_uuid();
+      view.data = base == nullptr ? nullptr : base + tensor.offset();
+      index_[view.name].push_back(tensors_.size());
+      tensors_.push_back(std::move(view));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace client
+}  // namespace warmstart

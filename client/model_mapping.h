@@ -1,0 +1,128 @@
+// A model's weights as mapped into this process: the lease that keeps them
+// allocated in the daemon, the mappings, and views of the tensors.
+#ifndef WARMSTART_CLIENT_MODEL_MAPPING_H_
+#define WARMSTART_CLIENT_MODEL_MAPPING_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "proto/warmstart.pb.h"
+
+namespace warmstart {
+namespace client {
+
+namespace internal {
+class Connection;
+class Session;
+class UniqueFd;
+}  // namespace internal
+
+// One tensor in one allocation (one device's copy of the model). Plain
+// data; `data` points into memory owned by the ModelMapping it came from.
+struct TensorView {
+  std::string name;
+  // As `warmstartctl inspect` names it ("F32", "BF16", "Q4_K", ...).
+  std::string dtype;
+  std::vector<uint64_t> shape;
+  uint64_t nbytes = 0;
+  // "host", or the GPU's UUID ("GPU-...").
+  std::string device_uuid;
+  // The tensor's first byte, read-only. Host memory: this process may read
+  // it; writing faults (the mapping is PROT_READ, the memfd sealed).
+  // Null for an empty allocation.
+  const void* data = nullptr;
+};
+
+// Owns a lease on a model and its mappings. Move-only. Holds the client's
+// connection and session, so it may outlive the Client it came from (the
+// session, and so the lease, stays open while any mapping uses it).
+//
+// Thread safety: const methods may be called from several threads at once;
+// Release(), assignment and destruction must not run concurrently with any
+// other use of the same object.
+class ModelMapping {
+ public:
+  // An empty mapping, holding nothing (as a moved-from one).
+  ModelMapping();
+  // Calls Release() and ignores its status (which may block for up to
+  // kDefaultCallTimeout on the ReleaseModel call).
+  ~ModelMapping();
+  ModelMapping(ModelMapping&& other) noexcept;
+  // Releases what this mapping held first.
+  ModelMapping& operator=(ModelMapping&& other) noexcept;
+  ModelMapping(const ModelMapping&) = delete;
+  ModelMapping& operator=(const ModelMapping&) = delete;
+
+  // The model as it was when the lease was granted.
+  const v1::ModelStatus& model() const { return lease_.model(); }
+  const std::string& lease_id() const { return lease_.lease_id(); }
+
+  // Every tensor in every allocation, allocation by allocation, each in
+  // the daemon's order. Empty once released. REQUIRES: the views' data
+  // pointers are used only until Release() (or destruction).
+  const std::vector<TensorView>& tensors() const { return tensors_; }
+
+  // The tensor named `name` on `device_uuid`, or on the first allocation's
+  // device when `device_uuid` is empty; null when there is none.
+  const TensorView* Find(absl::string_view name,
+                         absl::string_view device_uuid = "") const;
+
+  // Whether the lease is still held (not released, not moved from).
+  bool held() const { return held_; }
+
+  // Unmaps the memory, closes the descriptors and sends ReleaseModel.
+  // Idempotent: later calls return OK and do nothing. The local resources
+  // are freed whatever the status; Unavailable when the session has closed
+  // (the daemon already ended the lease) or the daemon cannot be reached,
+  // else the daemon's error.
+  absl::Status Release();
+
+ private:
+  friend class Client;
+
+  struct Region {
+    void* base;
+    size_t size;
+  };
+
+  // Takes ownership of `lease` and `fds` (the bundle the daemon sent with
+  // it, in fd_index order) and maps the lease's allocations. On any error
+  // the descriptors are closed, nothing stays mapped and the lease is
+  // released. Errors: DataLoss when the descriptors do not match the
+  // allocations (count, size) or a memfd is not sealed; InvalidArgument
+  // when a tensor lies outside its allocation or an allocation is of an
+  // unknown kind; Unimplemented for GPU allocations (CUDA import is not
+  // built yet); ResourceExhausted when mmap fails.
+  static absl::StatusOr<ModelMapping> Map(
+      std::shared_ptr<internal::Connection> connection,
+      std::shared_ptr<internal::Session> session, v1::Lease lease,
+      std::vector<internal::UniqueFd> fds);
+
+  // Maps every allocation and fills tensors_/index_. REQUIRES: held_.
+  absl::Status MapAllocations();
+
+  void Swap(ModelMapping& other) noexcept;
+
+  std::shared_ptr<internal::Connection> connection_;
+  std::shared_ptr<internal::Session> session_;
+  v1::Lease lease_;
+  // Owned descriptors, closed by Release().
+  std::vector<int> fds_;
+  // Owned mappings, unmapped by Release().
+  std::vector<Region> regions_;
+  std::vector<TensorView> tensors_;
+  // Tensor name to its indices in tensors_, one per allocation.
+  std::unordered_map<std::string, std::vector<size_t>> index_;
+  bool held_ = false;
+};
+
+}  // namespace client
+}  // namespace warmstart
+
+#endif  // WARMSTART_CLIENT_MODEL_MAPPING_H_

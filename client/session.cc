@@ -1,0 +1,230 @@
+#include "client/session.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace warmstart {
+namespace client {
+namespace internal {
+namespace {
+
+// The most descriptors one SCM_RIGHTS message can carry (SCM_MAX_FD).
+constexpr size_t kMaxFdsPerMessage = 253;
+// HandleMessages are a few dozen bytes; anything near this is not one.
+constexpr size_t kMaxMessageBytes = 4096;
+
+std::string ErrnoText(int error) { return std::strerror(error); }
+
+// Milliseconds for poll() until `deadline`: -1 for never, 0 when past.
+int PollTimeoutMs(absl::Time deadline) {
+  if (deadline == absl::InfiniteFuture()) return -1;
+  const absl::Duration left = deadline - absl::Now();
+  if (left <= absl::ZeroDuration()) return 0;
+  // Round up so a wait never ends just before the deadline and spins.
+  const int64_t ms = absl::ToInt64Milliseconds(left + absl::Milliseconds(1) -
+                                               absl::Nanoseconds(1));
+  return ms > 60000 ? 60000 : static_cast<int>(ms);
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<Session>> Session::Open(
+    const std::string& handle_path, const std::string& daemon_socket,
+    absl::Time deadline) {
+  sockaddr_un address = {};
+  address.sun_family = AF_UNIX;
+  if (handle_path.size() >= sizeof(address.sun_path)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("handle socket path ", handle_path, " is longer than ",
+                     sizeof(address.sun_path) - 1, " bytes"));
+  }
+  std::memcpy(address.sun_path, handle_path.data(), handle_path.size());
+  UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  if (!fd.valid()) {
+    return absl::InternalError(
+        absl::StrCat("socket(AF_UNIX, SOCK_SEQPACKET): ", ErrnoText(errno)));
+  }
+  int rc;
+  do {
+    rc = ::connect(fd.get(), reinterpret_cast<const sockaddr*>(&address),
+                   sizeof(address));
+  } while (rc != 0 && errno == EINTR);
+  if (rc != 0) {
+    return absl::UnavailableError(
+        absl::StrCat("daemon unavailable at ", daemon_socket,
+                     ": cannot connect to its handle socket ", handle_path,
+                     ": ", ErrnoText(errno)));
+  }
+  std::shared_ptr<Session> session(
+      new Session(std::move(fd), handle_path, daemon_socket));
+  absl::StatusOr<Datagram> hello = session->Receive(deadline);
+  if (!hello.ok()) {
+    if (hello.status().code() == absl::StatusCode::kDeadlineExceeded) {
+      return absl::UnavailableError(absl::StrCat(
+          "daemon unavailable at ", daemon_socket,
+          ": no session hello on its handle socket ", handle_path));
+    }
+    return hello.status();
+  }
+  if (!hello->message.has_hello() ||
+      hello->message.hello().session_id().empty()) {
+    return absl::DataLossError(
+        absl::StrCat("handle socket ", handle_path,
+                     ": the first message is not a session hello"));
+  }
+  session->id_ = hello->message.hello().session_id();
+  return session;
+}
+
+bool Session::Closed() {
+  if (closed_.load(std::memory_order_acquire)) return true;
+  pollfd pfd = {fd_.get(), POLLIN | POLLRDHUP, 0};
+  int rc;
+  do {
+    rc = ::poll(&pfd, 1, 0);
+  } while (rc < 0 && errno == EINTR);
+  // POLLRDHUP/POLLHUP: the daemon closed its end. Queued bundles may still
+  // sit before the end of stream, but no lease can be used any more.
+  if (rc > 0 && (pfd.revents & (POLLHUP | POLLRDHUP | POLLERR | POLLNVAL))) {
+    closed_.store(true, std::memory_order_release);
+  }
+  return closed_.load(std::memory_order_acquire);
+}
+
+absl::Status Session::ClosedError() const {
+  return absl::UnavailableError(absl::StrCat(
+      "session ", id_, " with the daemon at ", daemon_socket_,
+      " has closed (the daemon restarted or dropped it); its leases ended "
+      "with it"));
+}
+
+bool Session::DiscardQueued() {
+  for (;;) {
+    // A stale bundle's descriptors close as `stale` goes out of scope.
+    absl::StatusOr<Datagram> stale = Receive(absl::InfinitePast());
+    // DataLoss: a malformed datagram, consumed; look at the next one. Any
+    // other error ends the loop: DeadlineExceeded means nothing more is
+    // queued, Unavailable that the session has closed.
+    if (!stale.ok() && stale.status().code() != absl::StatusCode::kDataLoss) {
+      break;
+    }
+  }
+  return !Closed();
+}
+
+absl::StatusOr<std::vector<UniqueFd>> Session::ReceiveFds(uint64_t transfer_id,
+                                                          absl::Time deadline) {
+  for (;;) {
+    absl::StatusOr<Datagram> datagram = Receive(deadline);
+    if (!datagram.ok()) {
+      if (datagram.status().code() == absl::StatusCode::kDeadlineExceeded) {
+        return absl::DataLossError(
+            absl::StrCat("handle socket ", handle_path_, ": descriptor bundle ",
+                         transfer_id, " did not arrive"));
+      }
+      return datagram.status();
+    }
+    if (!datagram->message.has_fds() ||
+        datagram->message.fds().transfer_id() != transfer_id) {
+      // Acquires are serialized, so a bundle for another transfer belongs
+      // to an acquire that already failed: close it (by dropping it).
+      continue;
+    }
+    if (datagram->fds_truncated) {
+      return absl::DataLossError(absl::StrCat(
+          "handle socket ", handle_path_, ": descriptor bundle ", transfer_id,
+          " was truncated (more than ", kMaxFdsPerMessage,
+          " descriptors, or this process is out of descriptors)"));
+    }
+    if (datagram->fds.size() != datagram->message.fds().count()) {
+      return absl::DataLossError(absl::StrCat(
+          "handle socket ", handle_path_, ": descriptor bundle ", transfer_id,
+          " announced ", datagram->message.fds().count(),
+          " descriptors but carried ", datagram->fds.size()));
+    }
+    return std::move(datagram->fds);
+  }
+}
+
+absl::StatusOr<Session::Datagram> Session::Receive(absl::Time deadline) {
+  if (closed_.load(std::memory_order_acquire)) return ClosedError();
+  for (;;) {
+    pollfd pfd = {fd_.get(), POLLIN, 0};
+    const int rc = ::poll(&pfd, 1, PollTimeoutMs(deadline));
+    if (rc < 0) {
+      if (errno == EINTR) continue;
+      return absl::InternalError(
+          absl::StrCat("poll(handle socket): ", ErrnoText(errno)));
+    }
+    if (rc == 0) {
+      if (absl::Now() >= deadline) {
+        return absl::DeadlineExceededError("no message on the handle socket");
+      }
+      continue;  // poll's timeout is capped; keep waiting.
+    }
+    // Readable, or hung up: recvmsg tells which (0 at end of stream).
+    break;
+  }
+  char data[kMaxMessageBytes];
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage)];
+  iovec iov = {data, sizeof(data)};
+  msghdr message = {};
+  message.msg_iov = &iov;
+  message.msg_iovlen = 1;
+  message.msg_control = control;
+  message.msg_controllen = sizeof(control);
+  ssize_t n;
+  do {
+    // MSG_DONTWAIT: poll said readable; never block past the deadline if
+    // another reader got there first.
+    n = ::recvmsg(fd_.get(), &message, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      return absl::DeadlineExceededError("no message on the handle socket");
+    }
+    if (errno != ECONNRESET) {
+      return absl::InternalError(absl::StrCat(
+          "recvmsg(handle socket ", handle_path_, "): ", ErrnoText(errno)));
+    }
+    n = 0;  // A reset connection is a closed one.
+  }
+  Datagram datagram;
+  // Take ownership of every descriptor first, so that no error path below
+  // can leak one.
+  for (cmsghdr* header = CMSG_FIRSTHDR(&message); header != nullptr;
+       header = CMSG_NXTHDR(&message, header)) {
+    if (header->cmsg_level != SOL_SOCKET || header->cmsg_type != SCM_RIGHTS) {
+      continue;
+    }
+    const size_t count = (header->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    const unsigned char* bytes = CMSG_DATA(header);
+    for (size_t i = 0; i < count; ++i) {
+      int fd;
+      std::memcpy(&fd, bytes + i * sizeof(int), sizeof(int));
+      datagram.fds.emplace_back(fd);
+    }
+  }
+  datagram.fds_truncated = (message.msg_flags & MSG_CTRUNC) != 0;
+  if (n == 0) {
+    closed_.store(true, std::memory_order_release);
+    return ClosedError();
+  }
+  if ((message.msg_flags & MSG_TRUNC) != 0 ||
+      !datagram.message.ParseFromArray(data, static_cast<int>(n))) {
+    return absl::DataLossError(absl::StrCat(
+        "handle socket ", handle_path_,
+        ": a message that is not a HandleMessage (", n, " bytes)"));
+  }
+  return datagram;
+}
+
+}  // namespace internal
+}  // namespace client
+}  // namespace warmstart

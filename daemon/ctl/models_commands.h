@@ -1,0 +1,34 @@
+// warmstartctl subcommands that manage the daemon's models: load, ls,
+// status, unload. Each prints its result on stdout (as JSON with --json),
+// one line "warmstartctl: <message>" on stderr when it fails, and returns
+// the exit status (ExitCodeForDaemonCall).
+#ifndef WARMSTART_DAEMON_CTL_MODELS_COMMANDS_H_
+#define WARMSTART_DAEMON_CTL_MODELS_COMMANDS_H_
+
+#include "daemon/ctl/command_line.h"
+
+namespace warmstart {
+namespace ctl {
+
+// `load NAME PATH [--no-wait] [--device UUID]... [--timeout S] [--json]`:
+// asks the daemon to load PATH (made absolute against the current
+// directory) as NAME and waits until it is ready, printing
+// "loading NAME: X of Y MiB (Z MiB/s)" on stderr about once a second and
+// "NAME ready: N tensors, X MiB in S s" at the end. --no-wait returns once
+// the load has started; --timeout stops waiting (exit 6; the load goes on).
+int RunLoad(const CommandLine& line);
+
+// `ls [--json]`: a table NAME STATE SIZE LEASES DEVICES PATH.
+int RunList(const CommandLine& line);
+
+// `status NAME [--json]`: one model's state, progress, leases and devices.
+int RunStatus(const CommandLine& line);
+
+// `unload NAME [--force] [--json]`: frees a model; refused (exit 5) while
+// it is leased unless --force (then it is freed when its last lease goes).
+int RunUnload(const CommandLine& line);
+
+}  // namespace ctl
+}  // namespace warmstart
+
+#endif  // WARMSTART_DAEMON_CTL_MODELS_COMMANDS_H_

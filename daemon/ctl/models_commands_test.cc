@@ -1,0 +1,244 @@
+#include "daemon/ctl/models_commands.h"
+
+#include <unistd.h>
+
+#include <string>
+#include <vector>
+
+#include "client/testing/fake_daemon.h"
+#include "daemon/base/testing/status_matchers.h"
+#include "daemon/base/testing/test_env.h"
+#include "daemon/ctl/daemon_commands.h"
+#include "nlohmann/json.hpp"
+
+namespace warmstart {
+namespace ctl {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+using ::warmstart::testing::FakeBehavior;
+using ::warmstart::testing::FakeDaemon;
+using ::warmstart::testing::FakeModel;
+using ::warmstart::testing::ShortTempDir;
+
+constexpr uint64_t kMiB = 1024 * 1024;
+
+v1::ModelStatus MakeStatus(const std::string& name, v1::ModelState state,
+                           uint64_t loaded, uint64_t total) {
+  v1::ModelStatus status;
+  status.set_name(name);
+  status.set_path("/models/" + name);
+  status.set_state(state);
+  status.set_bytes_loaded(loaded);
+  status.set_bytes_total(total);
+  status.set_bytes_per_second(50.0 * kMiB);
+  status.add_devices("host");
+  return status;
+}
+
+struct Output {
+  int code;
+  std::string out;
+  std::string err;
+};
+
+class ModelsCommandsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    FakeModel tiny;
+    tiny.status = MakeStatus("tiny", v1::READY, 300 * kMiB, 300 * kMiB);
+    tiny.status.set_tensor_count(7);
+    tiny.status.set_load_seconds(1.5);
+    tiny.status.set_leases(2);
+    tiny.progress = {MakeStatus("tiny", v1::LOADING, 0, 300 * kMiB),
+                     MakeStatus("tiny", v1::LOADING, 100 * kMiB, 300 * kMiB)};
+    fake_.AddModel(tiny);
+    FakeModel broken;
+    broken.status = MakeStatus("broken", v1::FAILED, 10, 100);
+    broken.status.set_error("read /models/broken: Input/output error");
+    broken.status.set_error_code(static_cast<int>(absl::StatusCode::kDataLoss));
+    fake_.AddModel(broken);
+    ASSERT_OK(fake_.Start());
+  }
+
+  // Runs `command` on `args` (after the subcommand name) with --socket set
+  // to the fake's, capturing what it prints.
+  Output Run(int (*command)(const CommandLine&), std::vector<std::string> args,
+             bool with_socket = true) {
+    std::vector<std::string> words = {"warmstartctl", "cmd"};
+    words.insert(words.end(), args.begin(), args.end());
+    if (with_socket) {
+      words.push_back("--socket");
+      words.push_back(fake_.socket_path());
+    }
+    std::vector<const char*> argv;
+    for (const std::string& word : words) argv.push_back(word.c_str());
+    absl::StatusOr<CommandLine> line =
+        ParseCommandLine(static_cast<int>(argv.size()), argv.data(),
+                         {"--socket", "--timeout"}, {"--device"});
+    EXPECT_OK(line.status());
+    if (!line.ok()) return {-1, "", ""};
+    ::testing::internal::CaptureStdout();
+    ::testing::internal::CaptureStderr();
+    Output output;
+    output.code = command(*line);
+    output.out = ::testing::internal::GetCapturedStdout();
+    output.err = ::testing::internal::GetCapturedStderr();
+    return output;
+  }
+
+  ShortTempDir dir_;
+  FakeDaemon fake_{dir_.path()};
+};
+
+TEST_F(ModelsCommandsTest, LoadWaitsShowingProgress) {
+  Output load = Run(RunLoad, {"tiny", "/models/tiny", "--device", "host",
+                              "--device", "GPU-1"});
+  EXPECT_EQ(load.code, kExitOk) << load.err;
+  EXPECT_EQ(load.out, "tiny ready: 7 tensors, 300.0 MiB in 1.50 s\n");
+  EXPECT_THAT(load.err,
+              StartsWith("loading tiny: 0.0 of 300.0 MiB (50.0 MiB/s)\n"));
+  ASSERT_EQ(fake_.load_requests().size(), 1u);
+  const v1::LoadModelRequest request = fake_.load_requests()[0];
+  EXPECT_EQ(request.name(), "tiny");
+  EXPECT_EQ(request.path(), "/models/tiny");
+  EXPECT_THAT(request.devices(), ElementsAre("host", "GPU-1"));
+}
+
+TEST_F(ModelsCommandsTest, LoadNoWaitAndJson) {
+  Output load = Run(RunLoad, {"tiny", "rel/dir", "--no-wait", "--json"});
+  EXPECT_EQ(load.code, kExitOk) << load.err;
+  auto json = nlohmann::json::parse(load.out);
+  EXPECT_EQ(json["state"], "loading");
+  EXPECT_EQ(json["bytes_total"], 300 * kMiB);
+  char cwd[4096];
+  ASSERT_NE(::getcwd(cwd, sizeof(cwd)), nullptr);
+  EXPECT_EQ(fake_.load_requests().back().path(), std::string(cwd) + "/rel/dir");
+
+  Output waited = Run(RunLoad, {"tiny", "/models/tiny", "--json"});
+  EXPECT_EQ(waited.code, kExitOk) << waited.err;
+  EXPECT_EQ(nlohmann::json::parse(waited.out)["state"], "ready");
+}
+
+TEST_F(ModelsCommandsTest, LoadErrorsAreOneLineWithTheirExitCode) {
+  Output failed = Run(RunLoad, {"broken", "/models/broken"});
+  EXPECT_EQ(failed.code, kExitMalformed);
+  EXPECT_EQ(failed.err,
+            "warmstartctl: read /models/broken: Input/output error\n");
+
+  FakeBehavior behavior;
+  behavior.load_error = grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
+                                     "tiny is loaded from other files");
+  fake_.set_behavior(behavior);
+  Output taken = Run(RunLoad, {"tiny", "/models/other"});
+  EXPECT_EQ(taken.code, kExitRefused);
+  EXPECT_EQ(taken.err, "warmstartctl: tiny is loaded from other files\n");
+  behavior.load_error = grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                                     "/etc is outside the model roots");
+  fake_.set_behavior(behavior);
+  EXPECT_EQ(Run(RunLoad, {"x", "/etc"}).code, kExitRefused);
+
+  EXPECT_EQ(Run(RunLoad, {"tiny"}).code, kExitUsage);
+  EXPECT_EQ(Run(RunLoad, {"tiny", "/m", "--timeout", "soon"}).code, kExitUsage);
+}
+
+TEST_F(ModelsCommandsTest, ListIsATable) {
+  Output ls = Run(RunList, {});
+  EXPECT_EQ(ls.code, kExitOk) << ls.err;
+  EXPECT_EQ(ls.out,
+            "NAME    STATE   SIZE       LEASES  DEVICES  PATH\n"
+            "broken  failed  100 B      0       host     /models/broken\n"
+            "tiny    ready   300.0 MiB  2       host     /models/tiny\n");
+  Output json = Run(RunList, {"--json"});
+  EXPECT_EQ(json.code, kExitOk);
+  auto parsed = nlohmann::json::parse(json.out);
+  ASSERT_EQ(parsed["models"].size(), 2u);
+  EXPECT_EQ(parsed["models"][1]["name"], "tiny");
+}
+
+TEST_F(ModelsCommandsTest, StatusJsonAndText) {
+  Output status = Run(RunStatus, {"tiny", "--json"});
+  EXPECT_EQ(status.code, kExitOk) << status.err;
+  auto json = nlohmann::json::parse(status.out);
+  EXPECT_EQ(json["name"], "tiny");
+  EXPECT_EQ(json["path"], "/models/tiny");
+  EXPECT_EQ(json["state"], "ready");
+  EXPECT_EQ(json["leases"], 2);
+  EXPECT_EQ(json["bytes_loaded"], 300 * kMiB);
+  EXPECT_EQ(json["bytes_total"], 300 * kMiB);
+  EXPECT_EQ(json["error"], "");
+  EXPECT_EQ(json["devices"], nlohmann::json::array({"host"}));
+
+  Output broken = Run(RunStatus, {"broken", "--json"});
+  EXPECT_EQ(nlohmann::json::parse(broken.out)["state"], "failed");
+  Output text = Run(RunStatus, {"broken"});
+  EXPECT_THAT(text.out, HasSubstr("broken: failed\n"));
+  EXPECT_THAT(text.out, HasSubstr("error:    read /models/broken"));
+
+  Output missing = Run(RunStatus, {"nope"});
+  EXPECT_EQ(missing.code, kExitNotFound);
+  EXPECT_EQ(missing.err, "warmstartctl: no model named nope\n");
+}
+
+TEST_F(ModelsCommandsTest, UnloadIsRefusedWhileLeased) {
+  FakeBehavior behavior;
+  behavior.unload_error =
+      grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "tiny has 2 leases");
+  fake_.set_behavior(behavior);
+  Output refused = Run(RunUnload, {"tiny"});
+  EXPECT_EQ(refused.code, kExitRefused);
+  EXPECT_EQ(refused.err, "warmstartctl: tiny has 2 leases\n");
+  fake_.set_behavior(FakeBehavior());
+  Output unloaded = Run(RunUnload, {"tiny", "--force"});
+  EXPECT_EQ(unloaded.code, kExitOk) << unloaded.err;
+  EXPECT_EQ(unloaded.out, "tiny unloaded\n");
+  EXPECT_TRUE(fake_.unload_requests().back().force());
+  EXPECT_EQ(Run(RunUnload, {"tiny"}).code, kExitNotFound);
+}
+
+TEST_F(ModelsCommandsTest, NoDaemonIsExit3) {
+  const std::string socket = dir_.Join("none.sock");
+  const std::vector<
+      std::pair<int (*)(const CommandLine&), std::vector<std::string>>>
+      commands = {{RunList, {}},
+                  {RunStatus, {"m"}},
+                  {RunUnload, {"m"}},
+                  {RunLoad, {"m", "/m"}}};
+  for (auto [command, args] : commands) {
+    args.push_back("--socket");
+    args.push_back(socket);
+    Output output = Run(command, args, /*with_socket=*/false);
+    EXPECT_EQ(output.code, kExitUnavailable);
+    EXPECT_EQ(output.err, "warmstartctl: daemon unavailable at " + socket +
+                              ": no such socket\n");
+  }
+}
+
+TEST_F(ModelsCommandsTest, WaitReadyStopsAtOnceWhenTheDaemonFailed) {
+  FakeBehavior behavior;
+  behavior.readiness.set_state(v1::Readiness::FAILED);
+  behavior.readiness.set_message("preload llama: /models/llama: not found");
+  fake_.set_behavior(behavior);
+  const absl::Time start = absl::Now();
+  Output wait = Run(RunWaitReady, {"--timeout", "30"});
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+  EXPECT_EQ(wait.code, kExitRefused);
+  EXPECT_EQ(wait.err, "warmstartctl: daemon at " + fake_.socket_path() +
+                          " failed to become ready: preload llama: "
+                          "/models/llama: not found\n");
+}
+
+TEST_F(ModelsCommandsTest, InfoShowsReadiness) {
+  FakeBehavior behavior;
+  behavior.readiness.set_state(v1::Readiness::STARTING);
+  fake_.set_behavior(behavior);
+  Output info = Run(RunInfo, {"--json"});
+  EXPECT_EQ(info.code, kExitOk) << info.err;
+  EXPECT_EQ(nlohmann::json::parse(info.out)["readiness"]["state"], "starting");
+}
+
+}  // namespace
+}  // namespace ctl
+}  // namespace warmstart
