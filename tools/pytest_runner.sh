@@ -3,12 +3,15 @@
 # the venv of reference writers that tools/test makes ($WARMSTART_VENV).
 # Usage: pytest_runner.sh TEST.py [WARMSTARTCTL]
 #   WARMSTARTCTL (optional) is exported as $WARMSTART_CTL; the shared
-#   fixtures, when in the runfiles, as $WARMSTART_FIXTURES.
+#   fixtures, when in the runfiles, as $WARMSTART_FIXTURES; the runfiles
+#   root as $WARMSTART_RUNFILES.
 set -euo pipefail
 test_file="$1"
 if [ $# -ge 2 ]; then
   export WARMSTART_CTL="$PWD/$2"
 fi
+# The runfiles tree, where tests find the other binaries they start.
+export WARMSTART_RUNFILES="$PWD"
 for candidate in "${TEST_SRCDIR:-}/shared/fixtures" \
                  "${TEST_SRCDIR:-}/${TEST_WORKSPACE:-}/external/shared/fixtures"; do
   if [ -d "$candidate" ]; then

@@ -269,7 +269,7 @@ void Server::ApplyPreloads(const v1::DaemonConfig& config) {
   std::vector<std::string> pinned;
   for (const v1::Preload& preload : config.preloads()) {
     absl::StatusOr<std::shared_ptr<KeyProvider>> keys = KeysFor(preload);
-    absl::StatusOr<v1::ModelStatus> started = keys.status();
+    absl::Status started = keys.status();
     if (keys.ok()) {
       ModelRequest request;
       request.name = preload.name();
@@ -278,12 +278,12 @@ void Server::ApplyPreloads(const v1::DaemonConfig& config) {
                              preload.devices().end());
       request.pinned = !preload.evictable();
       request.keys = *std::move(keys);
-      started = registry_->Load(request);
+      started = registry_->Load(request).status();
     }
     if (!started.ok()) {
       const std::string why =
           absl::StrCat("preload ", preload.name(), " (", preload.path(),
-                       "): ", started.status().message());
+                       "): ", started.message());
       PreloadFailures()->Add();
       if (preload.optional()) {
         log->warn("{} (optional: serving without it)", why);
