@@ -242,8 +242,9 @@ std::string NormalizeAbsolute(const std::string& path) {
   return out.empty() ? "/" : out;
 }
 
-bool IsBeneath(const std::string& path, const std::string& root) {
-  if (root == "/") return path != "/";
+// A root itself counts: a checkpoint directory may be a model root.
+bool IsAtOrBeneath(const std::string& path, const std::string& root) {
+  if (root == "/" || path == root) return true;
   return absl::StartsWith(path, root) && path.size() > root.size() &&
          path[root.size()] == '/';
 }
@@ -320,7 +321,7 @@ absl::Status ValidateModels(const DaemonConfig& config) {
                      absl::StrCat("\"", path, "\" contains \"..\""));
     }
     bool beneath = false;
-    for (const std::string& root : roots) beneath |= IsBeneath(normal, root);
+    for (const std::string& root : roots) beneath |= IsAtOrBeneath(normal, root);
     if (!beneath) {
       return Invalid(
           field + ".path",

@@ -275,11 +275,6 @@ TEST_F(ConfigTest, EachValidationErrorNamesItsField) {
          c.mutable_preloads(0)->set_path(root + "-other/m.safetensors");
        },
        "-other/m.safetensors\" is not beneath any of model_roots"},
-      {"preload path is a root",
-       [](DaemonConfig& c, const std::string& root) {
-         c.mutable_preloads(0)->set_path(root + "/.");
-       },
-       "/.\" is not beneath any of model_roots"},
       {"empty key file",
        [](DaemonConfig& c, const std::string&) {
          c.mutable_preloads(0)->mutable_key()->set_key_file("");
@@ -367,6 +362,16 @@ TEST_F(ConfigTest, PreloadPathsAreNormalizedLexically) {
   v1::Preload* preload = config.add_preloads();
   preload->set_name("model");
   preload->set_path(root_ + "//./sub/model.gguf");
+  ApplyDefaults(config);
+  EXPECT_OK(ValidateConfig(config));
+}
+
+TEST_F(ConfigTest, APreloadMayBeAModelRootItself) {
+  DaemonConfig config;
+  config.add_model_roots(root_);
+  v1::Preload* preload = config.add_preloads();
+  preload->set_name("checkpoint-dir");
+  preload->set_path(root_ + "/.");
   ApplyDefaults(config);
   EXPECT_OK(ValidateConfig(config));
 }
