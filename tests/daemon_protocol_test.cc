@@ -34,7 +34,9 @@ constexpr char kFixture[] = "gguf/ollama-llama-2-tiny-random.gguf";
 
 class DaemonProtocolTest : public ::testing::Test {
  protected:
-  void SetUp() override {
+  void SetUp() override { SetUpModelsAndStart(); }
+
+  void SetUpModelsAndStart() {
     root_ = dir_.Join("models");
     std::filesystem::create_directory(root_);
     model_path_ = root_ + "/tiny.gguf";
@@ -46,7 +48,7 @@ class DaemonProtocolTest : public ::testing::Test {
   void StartDaemon() {
     daemon_ = std::make_unique<ChildProcess>(
         std::vector<std::string>{BinaryPath("daemon/warmstartd"), "--socket",
-                                 socket_, "--backend", "host", "--model_root",
+                                 socket_, "--backend", backend_, "--model_root",
                                  root_, "--preload", "tiny=" + model_path_},
         dir_.path());
     testing::RunResult ready =
@@ -103,6 +105,7 @@ class DaemonProtocolTest : public ::testing::Test {
   }
 
   ShortTempDir dir_;
+  std::string backend_ = "host";
   std::string root_;
   std::string model_path_;
   std::string socket_;
@@ -245,6 +248,57 @@ TEST_F(DaemonProtocolTest, ClientReconnectsAfterADaemonRestart) {
   // The old lease died with the old daemon; releasing it is harmless.
   (void)before.Release();
   ASSERT_OK(after.Release());
+}
+
+// The CUDA backend end to end, on the simulated driver: the daemon loads
+// onto the "GPU" and exports its memory by descriptor (VMM) or IPC handle.
+class SimulatedGpuTest : public DaemonProtocolTest {
+ protected:
+  void SetUp() override {
+    ::setenv("WARMSTART_LIBCUDA",
+             BinaryPath("daemon/device/libcuda_sim.so").c_str(), 1);
+    backend_ = "cuda";
+    SetUpModelsAndStart();
+  }
+  void TearDown() override { ::unsetenv("WARMSTART_LIBCUDA"); }
+};
+
+TEST_F(SimulatedGpuTest, LeasesDescribeDeviceMemoryByUuid) {
+  std::string session;
+  const int handles = OpenSession(&session);
+  grpc::ClientContext context;
+  context.AddMetadata("warmstart-session", session);
+  v1::AcquireModelRequest request;
+  request.set_name("tiny");
+  v1::Lease lease;
+  grpc::Status status = Stub()->AcquireModel(&context, request, &lease);
+  ASSERT_TRUE(status.ok()) << status.error_message() << daemon_->Stderr();
+  ASSERT_EQ(lease.allocations_size(), 1);
+  const v1::Allocation& allocation = lease.allocations(0);
+  EXPECT_THAT(allocation.device_uuid(), ::testing::StartsWith("GPU-"));
+  EXPECT_THAT(lease.model().devices(),
+              ::testing::ElementsAre(allocation.device_uuid()));
+  EXPECT_EQ(lease.tensors_size(), 12);
+  if (allocation.kind() == v1::CUDA_IPC_HANDLE) {
+    EXPECT_EQ(allocation.ipc_handle().size(), 64u);
+    EXPECT_EQ(lease.fd_transfer_id(), 0u);
+  } else {
+    ASSERT_EQ(allocation.kind(), v1::CUDA_VMM_FD);
+    uint64_t transfer_id = 0;
+    std::vector<int> fds = ReceiveFds(handles, &transfer_id);
+    EXPECT_EQ(transfer_id, lease.fd_transfer_id());
+    ASSERT_EQ(fds.size(), 1u);
+    ::close(fds[0]);
+  }
+  // The client library maps host memory only until CUDA import exists.
+  client::ConnectOptions options;
+  options.socket_path = socket_;
+  ASSERT_OK_AND_ASSIGN(auto client, client::Client::Connect(options));
+  EXPECT_EQ(client->server_info().backend(), v1::BACKEND_CUDA);
+  EXPECT_THAT(client->Acquire("tiny", absl::Seconds(10)),
+              StatusIs(absl::StatusCode::kUnimplemented,
+                       HasSubstr("CUDA import is not built yet")));
+  ::close(handles);
 }
 
 }  // namespace
