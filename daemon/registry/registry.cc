@@ -252,7 +252,7 @@ absl::StatusOr<v1::ModelStatus> Registry::Load(const ModelRequest& request) {
 void Registry::RunLoad(std::shared_ptr<Model> model, Manifest manifest,
                        std::shared_ptr<KeyProvider> keys) {
   absl::Status status = LoadReplicas(*model, manifest, keys.get());
-  std::shared_ptr<Model> removed;
+  std::vector<LoadedModel> removed;
   std::vector<LoadedModel> to_free;
   auto log = Logger("registry");
   {
@@ -297,7 +297,7 @@ absl::Status Registry::LoadReplicas(Model& model, const Manifest& manifest,
   for (size_t i = 0; i < model.devices.size(); ++i) {
     const std::string& uuid = model.devices[i];
     const RegistryTarget& target = *FindTarget(uuid);
-    std::vector<std::shared_ptr<Model>> evicted;
+    std::vector<LoadedModel> evicted;
     {
       absl::MutexLock lock(&mutex_);
       RETURN_IF_ERROR(ReserveLocked(target, model.arena_bytes, model, evicted));
@@ -368,9 +368,9 @@ uint64_t Registry::ResidentBytesLocked(const std::string& uuid) const {
   return bytes;
 }
 
-absl::Status Registry::ReserveLocked(
-    const RegistryTarget& target, uint64_t bytes, const Model& model,
-    std::vector<std::shared_ptr<Model>>& evicted) {
+absl::Status Registry::ReserveLocked(const RegistryTarget& target,
+                                     uint64_t bytes, const Model& model,
+                                     std::vector<LoadedModel>& evicted) {
   if (target.budget_bytes == 0) return absl::OkStatus();
   const std::string& uuid = target.device->uuid();
   // ResidentBytesLocked counts `model` itself: it is listed while loading.
@@ -387,7 +387,7 @@ absl::Status Registry::ReserveLocked(
 }
 
 bool Registry::EvictOneLocked(const std::string& uuid, const Model& loading,
-                              std::vector<std::shared_ptr<Model>>& evicted) {
+                              std::vector<LoadedModel>& evicted) {
   const Model* victim = nullptr;
   for (const auto& [name, model] : models_) {
     if (model.get() == &loading || model->state != v1::READY ||
@@ -409,18 +409,23 @@ bool Registry::EvictOneLocked(const std::string& uuid, const Model& loading,
           victim->name, victim->arena_bytes, uuid,
           absl::ToDoubleSeconds(absl::Now() - victim->last_used), loading.name);
   RegistryMetricsOnce().evictions->Add();
-  evicted.push_back(RemoveLocked(victim->name));
+  for (LoadedModel& replica : RemoveLocked(victim->name)) {
+    evicted.push_back(std::move(replica));
+  }
   return true;
 }
 
-std::shared_ptr<Registry::Model> Registry::RemoveLocked(
-    const std::string& name) {
+std::vector<LoadedModel> Registry::RemoveLocked(const std::string& name) {
   auto it = models_.find(name);
   std::shared_ptr<Model> model = std::move(it->second);
   models_.erase(it);
   ChangedLocked(*model);
   UpdateGaugesLocked();
-  return model;
+  // The memory goes with the caller, not with the last reference to the
+  // Model (a load thread may still hold one for a moment).
+  std::vector<LoadedModel> replicas;
+  replicas.swap(model->replicas);
+  return replicas;
 }
 
 void Registry::ChangedLocked(Model& model) {
@@ -568,7 +573,7 @@ absl::StatusOr<LeaseGrant> Registry::Acquire(const std::string& name,
 
 absl::Status Registry::Release(const std::string& lease_id,
                                const std::string& session) {
-  std::shared_ptr<Model> freed;
+  std::vector<LoadedModel> freed;
   absl::MutexLock lock(&mutex_);
   auto it = leases_.find(lease_id);
   if (it == leases_.end()) {
@@ -614,7 +619,7 @@ int Registry::ReleaseSession(const std::string& session) {
 
 absl::StatusOr<v1::ModelStatus> Registry::Unload(const std::string& name,
                                                  bool force) {
-  std::shared_ptr<Model> freed;
+  std::vector<LoadedModel> freed;
   absl::MutexLock lock(&mutex_);
   auto it = models_.find(name);
   if (it == models_.end()) {

@@ -175,18 +175,18 @@ class Registry {
   // evicting into `evicted`. ResourceExhausted with the figures otherwise.
   absl::Status ReserveLocked(const RegistryTarget& target, uint64_t bytes,
                              const Model& model,
-                             std::vector<std::shared_ptr<Model>>& evicted)
+                             std::vector<LoadedModel>& evicted)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Evicts the least recently used evictable model on `uuid`; false when
   // there is none.
   bool EvictOneLocked(const std::string& uuid, const Model& loading,
-                      std::vector<std::shared_ptr<Model>>& evicted)
+                      std::vector<LoadedModel>& evicted)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   uint64_t ResidentBytesLocked(const std::string& uuid) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
-  // Removes `model` from the table; its memory is freed when the caller
-  // drops the returned reference, outside the lock.
-  std::shared_ptr<Model> RemoveLocked(const std::string& name)
+  // Removes the model from the table and returns its memory, which the
+  // caller frees outside the lock.
+  std::vector<LoadedModel> RemoveLocked(const std::string& name)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   v1::ModelStatus StatusLocked(const Model& model) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);

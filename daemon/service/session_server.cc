@@ -160,20 +160,26 @@ void SessionServer::Accept() {
       return;
     }
   }
+  // Registered before the hello goes out: a client may call with its
+  // session id the moment it reads it.
   const std::string id = RandomId();
+  const int fd = socket.get();
+  {
+    absl::MutexLock lock(&mutex_);
+    ids_by_fd_[fd] = id;
+    sessions_[id] = Session{std::move(socket), peer};
+    SessionsGauge()->Set(static_cast<int64_t>(sessions_.size()));
+  }
   v1::HandleMessage hello;
   hello.mutable_hello()->set_session_id(id);
-  absl::Status sent = SendMessage(socket.get(), hello, {});
+  absl::Status sent = SendMessage(fd, hello, {});
   if (!sent.ok()) {
     log->warn("session for pid {}: {}", peer.pid, sent.message());
+    CloseSession(fd);
     return;
   }
   log->debug("session {} opened by pid {} uid {} gid {}", id, peer.pid,
              peer.uid, peer.gid);
-  absl::MutexLock lock(&mutex_);
-  ids_by_fd_[socket.get()] = id;
-  sessions_[id] = Session{std::move(socket), peer};
-  SessionsGauge()->Set(static_cast<int64_t>(sessions_.size()));
 }
 
 std::string SessionServer::CloseSession(int fd) {
