@@ -232,6 +232,20 @@ absl::StatusOr<v1::Stats> Client::Stats(absl::Duration timeout) {
   return stats;
 }
 
+namespace {
+
+// Leases whose acquire gave up after the daemon granted them: nobody else
+// knows their ids, so release them now (best effort: a failure means the
+// session is gone, and its leases with it).
+void ReleaseOrphanedLeases(internal::Connection& connection,
+                           internal::Session& session) {
+  for (const std::string& lease_id : session.TakeOrphanedLeases()) {
+    connection.ReleaseLease(session, lease_id).IgnoreError();
+  }
+}
+
+}  // namespace
+
 absl::StatusOr<ModelMapping> Client::Acquire(const std::string& name,
                                              absl::Duration timeout) {
   const absl::Time deadline = timeout == absl::InfiniteDuration()
@@ -241,6 +255,7 @@ absl::StatusOr<ModelMapping> Client::Acquire(const std::string& name,
   absl::StatusOr<std::shared_ptr<internal::Session>> session =
       connection_->SessionForAcquire(deadline);
   if (!session.ok()) return session.status();
+  ReleaseOrphanedLeases(*connection_, **session);
 
   v1::AcquireModelRequest request;
   request.set_name(name);
@@ -267,6 +282,7 @@ absl::StatusOr<ModelMapping> Client::Acquire(const std::string& name,
     }
     fds = std::move(*received);
   }
+  ReleaseOrphanedLeases(*connection_, **session);
   return ModelMapping::Map(connection_, *std::move(session), std::move(lease),
                            std::move(fds));
 }

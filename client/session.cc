@@ -108,6 +108,10 @@ bool Session::DiscardQueued() {
   for (;;) {
     // A stale bundle's descriptors close as `stale` goes out of scope.
     absl::StatusOr<Datagram> stale = Receive(absl::InfinitePast());
+    if (stale.ok() && stale->message.has_fds() &&
+        !stale->message.fds().lease_id().empty()) {
+      orphaned_leases_.push_back(stale->message.fds().lease_id());
+    }
     // DataLoss: a malformed datagram, consumed; look at the next one. Any
     // other error ends the loop: DeadlineExceeded means nothing more is
     // queued, Unavailable that the session has closed.
@@ -133,7 +137,12 @@ absl::StatusOr<std::vector<UniqueFd>> Session::ReceiveFds(uint64_t transfer_id,
     if (!datagram->message.has_fds() ||
         datagram->message.fds().transfer_id() != transfer_id) {
       // Acquires are serialized, so a bundle for another transfer belongs
-      // to an acquire that already failed: close it (by dropping it).
+      // to an acquire that already failed: close it (by dropping it) and
+      // have its lease released.
+      if (datagram->message.has_fds() &&
+          !datagram->message.fds().lease_id().empty()) {
+        orphaned_leases_.push_back(datagram->message.fds().lease_id());
+      }
       continue;
     }
     if (datagram->fds_truncated) {

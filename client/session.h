@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -73,6 +74,13 @@ class Session {
   absl::StatusOr<std::vector<UniqueFd>> ReceiveFds(uint64_t transfer_id,
                                                    absl::Time deadline);
 
+  // The leases of the stale bundles dropped so far (their acquires gave up
+  // before the reply came, so nobody else will release them); empties the
+  // list. The caller releases them.
+  std::vector<std::string> TakeOrphanedLeases() {
+    return std::exchange(orphaned_leases_, {});
+  }
+
  private:
   struct Datagram {
     v1::HandleMessage message;
@@ -96,6 +104,8 @@ class Session {
   const std::string handle_path_;
   const std::string daemon_socket_;
   std::atomic<bool> closed_{false};
+  // Touched only by the thread that reads the socket (see above).
+  std::vector<std::string> orphaned_leases_;
 };
 
 }  // namespace internal

@@ -4,6 +4,7 @@
 #include <map>
 #include <optional>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -66,7 +67,20 @@ absl::Status CheckLoadable(const Manifest& manifest) {
   return absl::OkStatus();
 }
 
+// A device's ResourceExhausted, marked as the device being full.
+absl::Status MarkedDeviceFull(absl::Status status) {
+  if (absl::IsResourceExhausted(status)) {
+    status.SetPayload(kDeviceFullPayload, absl::Cord());
+  }
+  return status;
+}
+
 }  // namespace
+
+bool IsDeviceFull(const absl::Status& status) {
+  return absl::IsResourceExhausted(status) &&
+         status.GetPayload(kDeviceFullPayload).has_value();
+}
 
 absl::StatusOr<LoadedModel> Loader::Load(const Manifest& manifest,
                                          const std::string& label,
@@ -96,9 +110,10 @@ absl::StatusOr<LoadedModel> Loader::Load(const Manifest& manifest,
   }
   // Allocations come back zeroed, which is what meta tensors and padding
   // need.
-  ASSIGN_OR_RETURN(
-      model.arena,
-      device_->Allocate(std::max<uint64_t>(layout.total_bytes, 1), label));
+  absl::StatusOr<std::unique_ptr<DeviceAllocation>> arena =
+      device_->Allocate(std::max<uint64_t>(layout.total_bytes, 1), label);
+  if (!arena.ok()) return MarkedDeviceFull(arena.status());
+  model.arena = *std::move(arena);
 
   // Keys and checksum verifiers, per placement.
   std::vector<const KeyMaterial*> keys(layout.placements.size(), nullptr);
@@ -201,9 +216,9 @@ absl::StatusOr<LoadedModel> Loader::Load(const Manifest& manifest,
     const ReadFile& file = files.at(chunk.file_index);
     // The reads write the arena directly: its memory must be there first.
     const Piece& last = chunk.pieces.back();
-    RETURN_IF_ERROR(model.arena->WaitWritable(
+    RETURN_IF_ERROR(MarkedDeviceFull(model.arena->WaitWritable(
         layout.placements[last.placement].arena_offset + last.tensor_offset +
-        last.length));
+        last.length)));
     {
       absl::MutexLock lock(&mutex);
       slots[i].pending_reads = static_cast<int>(chunk.pieces.size());

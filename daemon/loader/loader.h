@@ -80,6 +80,13 @@ struct LoadOptions {
   const std::atomic<bool>* cancel = nullptr;
 };
 
+// Marks the ResourceExhausted errors that mean the device itself has no
+// room for the arena (its allocation, or host memory that could not be
+// reserved), as opposed to other exhausted resources (descriptors, disk):
+// only those are worth freeing device memory and trying again for.
+inline constexpr char kDeviceFullPayload[] = "type.warmstart.dev/device_full";
+bool IsDeviceFull(const absl::Status& status);
+
 class Loader {
  public:
   // All three must outlive the loader.
@@ -89,10 +96,11 @@ class Loader {
   // Loads every tensor of `manifest` into one new allocation labelled
   // `label`. Errors: InvalidArgument for what cannot be loaded (big-endian
   // GGUF, a cipher chunk larger than a slab); the device's error when the
-  // arena cannot be allocated; the opener's refusals and the errno class of
-  // files that cannot be opened; DataLoss (or the errno class) for read
-  // failures and files that changed since they were parsed; the key and
-  // checksum errors of tensor_data.h; Cancelled.
+  // arena cannot be allocated (IsDeviceFull when it is out of memory); the
+  // opener's refusals and the errno class of files that cannot be opened;
+  // DataLoss (or the errno class) for read failures and files that changed
+  // since they were parsed; the key and checksum errors of tensor_data.h;
+  // Cancelled.
   absl::StatusOr<LoadedModel> Load(const Manifest& manifest,
                                    const std::string& label,
                                    const LoadOptions& options);

@@ -272,9 +272,19 @@ TEST_F(LoaderFaultTest, FileTruncatedDuringTheLoadIsDataLoss) {
 }
 
 TEST_F(LoaderFaultTest, DeviceOutOfMemoryIsResourceExhausted) {
-  EXPECT_THAT(
-      LoadWith({}, {.fail_allocation_at = 1}),
-      StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("faulty")));
+  absl::Status status = LoadWith({}, {.fail_allocation_at = 1}).status();
+  EXPECT_THAT(status, StatusIs(absl::StatusCode::kResourceExhausted,
+                               HasSubstr("faulty")));
+  EXPECT_TRUE(IsDeviceFull(status));
+}
+
+TEST_F(LoaderFaultTest, OtherExhaustedResourcesAreNotTheDeviceBeingFull) {
+  FaultInjectingEngine::Options faults;
+  faults.fail_read = 2;
+  faults.fail_errno = ENOMEM;
+  absl::Status status = LoadWith(faults, {}).status();
+  EXPECT_THAT(status, StatusIs(absl::StatusCode::kResourceExhausted));
+  EXPECT_FALSE(IsDeviceFull(status));
 }
 
 TEST_F(LoaderFaultTest, CopyFailureFailsTheLoad) {

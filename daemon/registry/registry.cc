@@ -1,6 +1,7 @@
 #include "daemon/registry/registry.h"
 
 #include <algorithm>
+#include <set>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -31,6 +32,9 @@ struct Registry::Model {
   absl::StatusCode error_code = absl::StatusCode::kOk;
   uint32_t tensor_count = 0;
   uint64_t arena_bytes = 0;  // On each device.
+  // Devices where the arena's room is reserved (within the budget); only
+  // those count as used.
+  std::set<std::string> reserved_on;
   // One per device once loaded, in `devices` order; read only when READY.
   std::vector<LoadedModel> replicas;
   int leases = 0;
@@ -65,7 +69,8 @@ struct RegistryMetrics {
       Metrics::Global().GetGauge("warmstart_models", "Models listed");
   Gauge* leases = Metrics::Global().GetGauge("warmstart_leases", "Leases held");
   Gauge* resident_bytes = Metrics::Global().GetGauge(
-      "warmstart_resident_bytes", "Bytes of models on all devices");
+      "warmstart_resident_bytes",
+      "Bytes of device memory held or reserved for models, all devices");
 };
 
 RegistryMetrics& RegistryMetricsOnce() {
@@ -120,6 +125,14 @@ const RegistryTarget* Registry::FindTarget(const std::string& uuid) const {
 
 absl::StatusOr<v1::ModelStatus> Registry::Load(const ModelRequest& request) {
   RETURN_IF_ERROR(CheckName(request.name));
+  // Threads of finished loads are joined here, outside the lock: their
+  // last act (freeing what a failed load allocated) may take a while.
+  std::vector<std::thread> finished;
+  {
+    absl::MutexLock lock(&mutex_);
+    finished = TakeFinishedThreadsLocked();
+  }
+  for (std::thread& thread : finished) thread.join();
   if (request.path.empty()) {
     return absl::InvalidArgumentError(
         absl::StrCat("model ", request.name, ": path is empty"));
@@ -137,8 +150,9 @@ absl::StatusOr<v1::ModelStatus> Registry::Load(const ModelRequest& request) {
         known.push_back(target.device->uuid());
       }
       return absl::InvalidArgumentError(absl::StrCat(
-          "model ", request.name, ": no device \"", absl::CHexEscape(uuid),
-          "\" (this daemon has ", absl::StrJoin(known, ", "), ")"));
+          "model ", request.name, ": no device \"",
+          absl::CHexEscape(uuid.substr(0, 64)), "\" (this daemon has ",
+          absl::StrJoin(known, ", "), ")"));
     }
     if (std::find(devices.begin(), devices.end(), uuid) == devices.end()) {
       devices.push_back(uuid);
@@ -208,10 +222,9 @@ absl::StatusOr<v1::ModelStatus> Registry::Load(const ModelRequest& request) {
                        absl::StrJoin(devices, ", ")));
     }
     if (model.state == v1::UNLOADING) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "model ", request.name,
-          " is being unloaded; load it again once its last lease is "
-          "released"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("model ", request.name,
+                       " is being unloaded; load it again once it is gone"));
     }
     if (request.pinned && !model.pinned) {
       model.pinned = true;
@@ -239,7 +252,6 @@ absl::StatusOr<v1::ModelStatus> Registry::Load(const ModelRequest& request) {
       ->info("loading model {} from {} onto {} ({} bytes)", request.name,
              request.path, absl::StrJoin(devices, ", "), tensor_bytes);
 
-  ReapFinishedThreadsLocked();
   // The new thread blocks on mutex_ until this call returns, so it cannot
   // finish before it is recorded.
   std::thread thread(&Registry::RunLoad, this, model, std::move(manifest),
@@ -322,8 +334,7 @@ absl::Status Registry::LoadReplicas(Model& model, const Manifest& manifest,
     absl::StatusOr<LoadedModel> loaded;
     while (true) {
       loaded = target.loader->Load(manifest, model.name, options);
-      if (loaded.ok() || !absl::IsResourceExhausted(loaded.status()) ||
-          model.cancel) {
+      if (loaded.ok() || !IsDeviceFull(loaded.status()) || model.cancel) {
         break;
       }
       // The device itself is full: make room the way a budget would.
@@ -359,9 +370,7 @@ absl::Status Registry::LoadReplicas(Model& model, const Manifest& manifest,
 uint64_t Registry::ResidentBytesLocked(const std::string& uuid) const {
   uint64_t bytes = 0;
   for (const auto& [name, model] : models_) {
-    if (model->state == v1::FAILED) continue;
-    if (std::find(model->devices.begin(), model->devices.end(), uuid) !=
-        model->devices.end()) {
+    if (model->state != v1::FAILED && model->reserved_on.count(uuid) > 0) {
       bytes += model->arena_bytes;
     }
   }
@@ -369,20 +378,22 @@ uint64_t Registry::ResidentBytesLocked(const std::string& uuid) const {
 }
 
 absl::Status Registry::ReserveLocked(const RegistryTarget& target,
-                                     uint64_t bytes, const Model& model,
+                                     uint64_t bytes, Model& model,
                                      std::vector<LoadedModel>& evicted) {
-  if (target.budget_bytes == 0) return absl::OkStatus();
   const std::string& uuid = target.device->uuid();
-  // ResidentBytesLocked counts `model` itself: it is listed while loading.
-  while (ResidentBytesLocked(uuid) > target.budget_bytes) {
-    if (!EvictOneLocked(uuid, model, evicted)) {
-      const uint64_t others = ResidentBytesLocked(uuid) - bytes;
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "model ", model.name, " needs ", bytes, " bytes on ", uuid,
-          "; the budget is ", target.budget_bytes, " bytes and ", others,
-          " are held by models that are pinned, leased or loading"));
+  if (target.budget_bytes != 0) {
+    while (ResidentBytesLocked(uuid) + bytes > target.budget_bytes) {
+      if (!EvictOneLocked(uuid, model, evicted)) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "model ", model.name, " needs ", bytes, " bytes on ", uuid,
+            "; the budget is ", target.budget_bytes, " bytes and ",
+            ResidentBytesLocked(uuid),
+            " are held by models that are pinned, leased or loading"));
+      }
     }
   }
+  model.reserved_on.insert(uuid);
+  UpdateGaugesLocked();
   return absl::OkStatus();
 }
 
@@ -433,15 +444,15 @@ void Registry::ChangedLocked(Model& model) {
   changed_.SignalAll();
 }
 
-void Registry::ReapFinishedThreadsLocked() {
+std::vector<std::thread> Registry::TakeFinishedThreadsLocked() {
+  std::vector<std::thread> finished;
   for (const std::thread::id& id : finished_threads_) {
     auto it = threads_.find(id);
-    // Its last act was to record itself, under mutex_: joining is
-    // immediate.
-    it->second.join();
+    finished.push_back(std::move(it->second));
     threads_.erase(it);
   }
   finished_threads_.clear();
+  return finished;
 }
 
 void Registry::UpdateGaugesLocked() {
@@ -484,6 +495,7 @@ v1::ModelStatus Registry::StatusLocked(const Model& model) const {
 
 absl::StatusOr<v1::ModelStatus> Registry::WaitLoaded(const std::string& name,
                                                      absl::Time deadline) {
+  RETURN_IF_ERROR(CheckName(name));
   absl::MutexLock lock(&mutex_);
   while (true) {
     auto it = models_.find(name);
@@ -502,6 +514,7 @@ absl::StatusOr<v1::ModelStatus> Registry::WaitLoaded(const std::string& name,
 absl::StatusOr<v1::ModelStatus> Registry::WaitForChange(const std::string& name,
                                                         uint64_t* version,
                                                         absl::Time deadline) {
+  RETURN_IF_ERROR(CheckName(name));
   absl::MutexLock lock(&mutex_);
   while (true) {
     auto it = models_.find(name);
@@ -619,6 +632,7 @@ int Registry::ReleaseSession(const std::string& session) {
 
 absl::StatusOr<v1::ModelStatus> Registry::Unload(const std::string& name,
                                                  bool force) {
+  RETURN_IF_ERROR(CheckName(name));
   std::vector<LoadedModel> freed;
   absl::MutexLock lock(&mutex_);
   auto it = models_.find(name);
@@ -662,6 +676,7 @@ absl::StatusOr<v1::ModelStatus> Registry::Unload(const std::string& name,
 }
 
 absl::Status Registry::SetPinned(const std::string& name, bool pinned) {
+  RETURN_IF_ERROR(CheckName(name));
   absl::MutexLock lock(&mutex_);
   auto it = models_.find(name);
   if (it == models_.end()) {
@@ -673,6 +688,7 @@ absl::Status Registry::SetPinned(const std::string& name, bool pinned) {
 }
 
 absl::StatusOr<v1::ModelStatus> Registry::Get(const std::string& name) const {
+  RETURN_IF_ERROR(CheckName(name));
   absl::MutexLock lock(&mutex_);
   auto it = models_.find(name);
   if (it == models_.end()) {

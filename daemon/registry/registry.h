@@ -9,7 +9,8 @@
 // are evicted least recently used first; otherwise the load fails with
 // ResourceExhausted and the figures.
 //
-// Model states: LOADING -> READY | FAILED; READY -> UNLOADING (forced while
+// Model states: LOADING -> READY | FAILED; LOADING -> UNLOADING (unloaded
+// while loading: cancelled) -> gone; READY -> UNLOADING (forced while
 // leased) -> gone; READY -> gone (unload, eviction). A FAILED model stays
 // listed with its error until it is unloaded or loaded again.
 //
@@ -171,11 +172,10 @@ class Registry {
                std::shared_ptr<KeyProvider> keys);
   absl::Status LoadReplicas(Model& model, const Manifest& manifest,
                             KeyProvider* keys);
-  // Makes room for `bytes` more on `target` for `model` within its budget,
+  // Reserves room for `bytes` on `target` for `model` within its budget,
   // evicting into `evicted`. ResourceExhausted with the figures otherwise.
   absl::Status ReserveLocked(const RegistryTarget& target, uint64_t bytes,
-                             const Model& model,
-                             std::vector<LoadedModel>& evicted)
+                             Model& model, std::vector<LoadedModel>& evicted)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Evicts the least recently used evictable model on `uuid`; false when
   // there is none.
@@ -191,7 +191,9 @@ class Registry {
   v1::ModelStatus StatusLocked(const Model& model) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void ChangedLocked(Model& model) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
-  void ReapFinishedThreadsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Threads of finished loads, for the caller to join outside the lock.
+  std::vector<std::thread> TakeFinishedThreadsLocked()
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void UpdateGaugesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   const RegistryTarget* FindTarget(const std::string& uuid) const;
 

@@ -293,6 +293,33 @@ TEST_F(RegistryTest, PinnedAndLeasedModelsAreNotEvicted) {
   EXPECT_EQ(device_->live_allocations(), 2);
 }
 
+TEST_F(RegistryTest, ConcurrentLoadsOverTheBudgetTogetherLoadOneOfThem) {
+  Start({}, kModelBytes + kModelBytes / 2);
+  const std::string a = WriteModel("a.safetensors");
+  const std::string b = WriteModel("b.safetensors");
+  ASSERT_OK(registry_->Load(Request("a", a)));
+  ASSERT_OK(registry_->Load(Request("b", b)));
+  ASSERT_OK_AND_ASSIGN(v1::ModelStatus first,
+                       registry_->WaitLoaded("a", Soon()));
+  ASSERT_OK_AND_ASSIGN(v1::ModelStatus second,
+                       registry_->WaitLoaded("b", Soon()));
+  // Only reserved room counts: one of them fits, whichever reserved first.
+  EXPECT_EQ((first.state() == v1::READY) + (second.state() == v1::READY), 1);
+  EXPECT_EQ(registry_->Stats().devices[0].resident_bytes, kModelBytes);
+}
+
+TEST_F(RegistryTest, HugeNamesGetShortErrorsEverywhere) {
+  const std::string huge(100000, 'n');
+  for (const absl::Status& status :
+       {registry_->Get(huge).status(), registry_->Unload(huge, true).status(),
+        registry_->WaitLoaded(huge, Soon()).status(),
+        registry_->Acquire(huge, "s", Soon()).status()}) {
+    EXPECT_THAT(status, StatusIs(absl::StatusCode::kInvalidArgument,
+                                 HasSubstr("(100000 bytes)")));
+    EXPECT_LT(status.message().size(), 300u);
+  }
+}
+
 TEST_F(RegistryTest, ModelLargerThanTheBudgetIsRefusedAtOnce) {
   Start({}, kModelBytes / 2);
   EXPECT_THAT(registry_->Load(Request("m", WriteModel("m.safetensors"))),

@@ -280,6 +280,16 @@ void Server::ApplyPreloads(const v1::DaemonConfig& config) {
       request.keys = *std::move(keys);
       started = registry_->Load(request).status();
     }
+    if (absl::IsAlreadyExists(started)) {
+      // On SIGHUP: the files changed on disk since the model was loaded.
+      // The loaded copy stays in service until someone unloads it.
+      absl::StatusOr<v1::ModelStatus> current = registry_->Get(preload.name());
+      if (current.ok() && current->state() == v1::READY) {
+        log->warn("preload {}: {}; serving the copy loaded before",
+                  preload.name(), started.message());
+        started = absl::OkStatus();
+      }
+    }
     if (!started.ok()) {
       const std::string why =
           absl::StrCat("preload ", preload.name(), " (", preload.path(),
@@ -317,7 +327,10 @@ void Server::TrackReadiness(std::vector<std::string> required,
     SetReady(v1::Readiness::FAILED, absl::StrJoin(failed_early, "; "));
     return;
   }
-  if (!required.empty()) {
+  // A daemon that is serving (SIGHUP added preloads) stays SERVING while
+  // the new ones load.
+  if (!required.empty() &&
+      service_->readiness().state() != v1::Readiness::READY) {
     SetReady(v1::Readiness::STARTING,
              absl::StrCat("loading ", required.size(), " required preload(s)"));
   }

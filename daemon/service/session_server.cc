@@ -6,6 +6,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -68,7 +69,10 @@ absl::StatusOr<std::unique_ptr<SessionServer>> SessionServer::Start(
         " bytes; a unix socket path must be under ", sizeof(address.sun_path)));
   }
   std::memcpy(address.sun_path, path.data(), path.size());
-  ScopedFd listener(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  // Non-blocking: a connection that poll reported but that went away
+  // before accept must not block the session thread.
+  ScopedFd listener(
+      ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (!listener.valid()) return ErrnoToStatus(errno, "handle socket");
   if (::bind(listener.get(), reinterpret_cast<const sockaddr*>(&address),
              sizeof(address)) != 0) {
@@ -117,9 +121,13 @@ void SessionServer::Run() {
       }
     }
     if (::poll(polled.data(), polled.size(), -1) < 0) {
-      if (errno == EINTR) continue;
-      log->error("poll: {}", std::strerror(errno));
-      return;
+      // Never give up: without this thread no closed session would release
+      // its leases. EINTR retries at once; ENOMEM after a pause.
+      if (errno != EINTR) {
+        log->error("poll on the handle socket: {}", std::strerror(errno));
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+      continue;
     }
     if (polled[0].revents != 0) return;
     if (polled[1].revents != 0) Accept();
@@ -139,7 +147,13 @@ void SessionServer::Accept() {
   auto log = Logger("sessions");
   ScopedFd socket(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
   if (!socket.valid()) {
-    if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
+    if (errno == EMFILE || errno == ENFILE || errno == ENOMEM) {
+      // The connection stays queued and poll would report it again at once:
+      // pause instead of spinning until descriptors are freed.
+      log->warn("accept on {}: {}; retrying in 100 ms", path_,
+                std::strerror(errno));
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    } else if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
       log->warn("accept on {}: {}", path_, std::strerror(errno));
     }
     return;
@@ -208,6 +222,7 @@ absl::StatusOr<SessionPeer> SessionServer::Find(
 
 absl::Status SessionServer::SendFds(const std::string& session_id,
                                     uint64_t transfer_id,
+                                    const std::string& lease_id,
                                     const std::vector<int>& fds) {
   if (fds.size() > kMaxFdsPerBundle) {
     return absl::InternalError(absl::StrCat(fds.size(),
@@ -218,6 +233,7 @@ absl::Status SessionServer::SendFds(const std::string& session_id,
   v1::HandleMessage message;
   message.mutable_fds()->set_transfer_id(transfer_id);
   message.mutable_fds()->set_count(static_cast<uint32_t>(fds.size()));
+  message.mutable_fds()->set_lease_id(lease_id);
   // Held while sending so that the session thread cannot close the socket
   // under us.
   absl::MutexLock lock(&mutex_);

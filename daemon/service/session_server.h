@@ -67,9 +67,11 @@ class SessionServer {
   uint64_t NextTransferId() { return next_transfer_id_.fetch_add(1); }
 
   // Sends `fds` (not given away: the kernel duplicates them into the peer)
-  // as bundle `transfer_id` on the session's socket. Fails with Unavailable
-  // when the session is gone or its peer stopped reading.
+  // as bundle `transfer_id` of lease `lease_id` on the session's socket.
+  // Fails with Unavailable when the session is gone or its peer stopped
+  // reading.
   absl::Status SendFds(const std::string& session_id, uint64_t transfer_id,
+                       const std::string& lease_id,
                        const std::vector<int>& fds);
 
   size_t session_count() const;

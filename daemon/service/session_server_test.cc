@@ -77,12 +77,14 @@ TEST(SessionServerTest, OpensSessionsRecordsPeersAndSendsDescriptors) {
   ScopedFd memfd(::memfd_create("t", MFD_CLOEXEC));
   ASSERT_EQ(::write(memfd.get(), "weights", 7), 7);
   const uint64_t transfer = server->NextTransferId();
-  ASSERT_OK(server->SendFds(id, transfer, {memfd.get(), memfd.get()}));
+  ASSERT_OK(
+      server->SendFds(id, transfer, "lease-1", {memfd.get(), memfd.get()}));
   std::vector<int> fds;
   v1::HandleMessage bundle = Receive(client.get(), &fds);
   ASSERT_TRUE(bundle.has_fds());
   EXPECT_EQ(bundle.fds().transfer_id(), transfer);
   EXPECT_EQ(bundle.fds().count(), 2u);
+  EXPECT_EQ(bundle.fds().lease_id(), "lease-1");
   ASSERT_EQ(fds.size(), 2u);
   char read_back[7];
   EXPECT_EQ(::pread(fds[0], read_back, 7, 0), 7);
@@ -106,7 +108,7 @@ TEST(SessionServerTest, ClosingTheSocketEndsTheSessionPromptly) {
   ASSERT_TRUE(closed.WaitForNotificationWithTimeout(absl::Seconds(1)));
   EXPECT_EQ(closed_id, id);
   EXPECT_THAT(server->Find(id), StatusIs(absl::StatusCode::kNotFound));
-  EXPECT_THAT(server->SendFds(id, 1, {0}),
+  EXPECT_THAT(server->SendFds(id, 1, "lease-1", {0}),
               StatusIs(absl::StatusCode::kUnavailable));
   EXPECT_EQ(server->session_count(), 0u);
 }

@@ -130,6 +130,11 @@ grpc::Status WarmstartService::LoadModel(grpc::ServerContext* context,
     return grpc::Status(static_cast<grpc::StatusCode>(status->error_code()),
                         status->error());
   }
+  if (status->state() == v1::UNLOADING) {
+    return grpc::Status(grpc::StatusCode::ABORTED,
+                        absl::StrCat("model ", model.name,
+                                     " was unloaded while it was loading"));
+  }
   *response = *std::move(status);
   return grpc::Status::OK;
 }
@@ -155,8 +160,13 @@ grpc::Status WarmstartService::AcquireModel(
     v1::Lease* response) {
   absl::StatusOr<std::string> session = SessionOf(*context);
   if (!session.ok()) return ToGrpc(session.status());
+  // Wait for a load in progress here, where a cancelled call is noticed,
+  // rather than inside the registry.
+  absl::StatusOr<v1::ModelStatus> loaded =
+      WaitLoaded(*context, request->name());
+  if (!loaded.ok()) return ToGrpc(loaded.status());
   absl::StatusOr<LeaseGrant> grant =
-      registry_->Acquire(request->name(), *session, DeadlineOf(*context));
+      registry_->Acquire(request->name(), *session, absl::Now());
   if (!grant.ok()) return ToGrpc(grant.status());
 
   response->set_lease_id(grant->lease_id);
@@ -188,10 +198,16 @@ grpc::Status WarmstartService::AcquireModel(
   absl::Status sent = absl::OkStatus();
   if (!fds.empty()) {
     const uint64_t transfer_id = sessions_->NextTransferId();
-    sent = sessions_->SendFds(*session, transfer_id, fds);
+    sent = sessions_->SendFds(*session, transfer_id, grant->lease_id, fds);
     response->set_fd_transfer_id(transfer_id);
   } else if (!sessions_->Find(*session).ok()) {
     sent = absl::UnavailableError("the session's handle socket is closed");
+  }
+  // A caller that gave up will never learn the lease id. (One that gives up
+  // after this check finds the bundle, with its lease id, on its next
+  // acquire and releases it then.)
+  if (sent.ok() && context->IsCancelled()) {
+    sent = absl::CancelledError("the call was cancelled; lease released");
   }
   if (!sent.ok()) {
     (void)registry_->Release(grant->lease_id, *session);
