@@ -8,9 +8,11 @@ import json
 import os
 import shutil
 import signal
+import socket as socket_module
 import subprocess
 import tempfile
 import time
+import urllib.request
 
 import pytest
 
@@ -367,8 +369,9 @@ def test_restarted_daemon_reloads_preloads_and_clients_reconnect(workdir,
         d.stop(signal.SIGKILL)
 
 
-def write_config(path, root, socket, preloads, grace=30):
-    lines = [f'listen {{ unix_socket: "{socket}" }}',
+def write_config(path, root, socket, preloads, grace=30, metrics=""):
+    lines = [f'listen {{ unix_socket: "{socket}" '
+             f'metrics_address: "{metrics}" }}',
              f'model_roots: "{root}"',
              f"shutdown_grace_seconds: {grace}"]
     for name, file, optional in preloads:
@@ -464,3 +467,40 @@ def test_sigterm_gives_up_after_the_grace_period(workdir, root):
     holder.send_signal(signal.SIGTERM)
     holder.wait(10)
     d.stop()
+
+
+def free_port():
+    with socket_module.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_metrics_endpoint_counts_loads_leases_and_refusals(workdir, root):
+    config = os.path.join(workdir, "c.textproto")
+    address = f"127.0.0.1:{free_port()}"
+    write_config(config, root, os.path.join(workdir, "d.sock"),
+                 [("tiny", in_root(root, GGUF), False)], metrics=address)
+    d = Daemon(workdir, "--config", config)
+    try:
+        holder = d.client("--model", "tiny", "--hold")
+        assert event(holder)["event"] == "acquired"
+        assert d.ctl("load", "x", "/etc/passwd").returncode == 5
+        with urllib.request.urlopen(f"http://{address}/metrics",
+                                    timeout=10) as response:
+            assert response.status == 200
+            text = response.read().decode()
+        values = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.split()
+                values[name] = float(value)
+        assert values["warmstart_loads_total"] == 1
+        assert values["warmstart_models"] == 1
+        assert values["warmstart_leases"] == 1
+        assert values["warmstart_sessions"] == 1
+        assert values["warmstart_refused_paths_total"] == 1
+        assert values["warmstart_resident_bytes"] > 0
+        holder.send_signal(signal.SIGTERM)
+        holder.wait(10)
+    finally:
+        d.stop(signal.SIGKILL)
