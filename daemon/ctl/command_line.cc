@@ -1,5 +1,7 @@
 #include "daemon/ctl/command_line.h"
 
+#include <cstdlib>
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "daemon/formats/tensor_data.h"
@@ -130,6 +132,16 @@ absl::Status CheckFlags(const CommandLine& line,
     }
   }
   return absl::OkStatus();
+}
+
+std::string SocketPath(const CommandLine& line,
+                       const std::string& default_path) {
+  if (auto it = line.values.find("--socket"); it != line.values.end()) {
+    return it->second;
+  }
+  const char* env = std::getenv(kSocketEnv);
+  if (env != nullptr && *env != '\0') return env;
+  return default_path;
 }
 
 }  // namespace ctl

@@ -70,6 +70,15 @@ absl::Status CheckFlags(const CommandLine& line,
                         const std::set<std::string>& switches,
                         const std::set<std::string>& value_flags);
 
+// The environment variable that names the daemon's socket when --socket
+// is not given.
+inline constexpr char kSocketEnv[] = "WARMSTART_SOCKET";
+
+// The daemon's socket: --socket PATH, else $WARMSTART_SOCKET when set and
+// not empty, else `default_path`.
+std::string SocketPath(const CommandLine& line,
+                       const std::string& default_path);
+
 }  // namespace ctl
 }  // namespace warmstart
 

@@ -1,5 +1,7 @@
 #include "daemon/ctl/command_line.h"
 
+#include <cstdlib>
+
 #include "daemon/base/testing/status_matchers.h"
 #include "daemon/formats/tensor_data.h"
 
@@ -81,6 +83,19 @@ TEST(CheckFlagsTest, UnknownFlagsAreUsageErrors) {
   EXPECT_THAT(
       CheckFlags(value, {}, {"--socket"}),
       StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--timeout")));
+}
+
+TEST(SocketPathTest, FlagThenEnvironmentThenDefault) {
+  ::unsetenv(kSocketEnv);
+  ASSERT_OK_AND_ASSIGN(auto bare, Parse({"ls"}));
+  EXPECT_EQ(SocketPath(bare, "/run/default.sock"), "/run/default.sock");
+  ::setenv(kSocketEnv, "", 1);
+  EXPECT_EQ(SocketPath(bare, "/run/default.sock"), "/run/default.sock");
+  ::setenv(kSocketEnv, "/env.sock", 1);
+  EXPECT_EQ(SocketPath(bare, "/run/default.sock"), "/env.sock");
+  ASSERT_OK_AND_ASSIGN(auto flag, Parse({"--socket", "/flag.sock", "ls"}));
+  EXPECT_EQ(SocketPath(flag, "/run/default.sock"), "/flag.sock");
+  ::unsetenv(kSocketEnv);
 }
 
 TEST(ExitCodeForTest, FollowsTheTable) {

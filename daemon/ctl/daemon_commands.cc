@@ -1,20 +1,27 @@
 #include "daemon/ctl/daemon_commands.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <map>
 #include <string>
 #include <thread>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "client/client.h"
+#include "daemon/ctl/progress.h"
 #include "nlohmann/json.hpp"
 
 namespace warmstart {
 namespace ctl {
 namespace {
 
+using Json = nlohmann::ordered_json;
+
 std::string SocketPath(const CommandLine& line) {
-  return line.Value("--socket", client::kDefaultSocket);
+  return ctl::SocketPath(line, client::kDefaultSocket);
 }
 
 int Fail(int code, const std::string& message) {
@@ -55,9 +62,7 @@ int RunInfo(const CommandLine& line) {
   options.socket_path = SocketPath(line);
   auto connected = client::Client::Connect(options);
   if (!connected.ok()) {
-    return Fail(connected.status().code() == absl::StatusCode::kUnavailable
-                    ? kExitUnavailable
-                    : kExitRefused,
+    return Fail(ExitCodeForDaemonCall(connected.status()),
                 std::string(connected.status().message()));
   }
   const v1::ServerInfo info = (*connected)->server_info();
@@ -128,7 +133,14 @@ int RunWaitReady(const CommandLine& line) {
       }
       auto serving = (*connected)->IsServing(absl::Seconds(2));
       if (serving.ok() && *serving) {
-        std::printf("ready\n");
+        if (line.Has("--json")) {
+          std::printf("%s\n", Json({{"state", "ready"},
+                                    {"socket", options.socket_path}})
+                                  .dump()
+                                  .c_str());
+        } else {
+          std::printf("ready\n");
+        }
         return kExitOk;
       }
       last_error = serving.ok() ? "daemon is not serving yet"
@@ -143,6 +155,90 @@ int RunWaitReady(const CommandLine& line) {
   } while (absl::Now() < deadline);
   return Fail(kExitTimeout,
               "not ready after " + timeout_text + " s: " + last_error);
+}
+
+namespace {
+
+// A metric as JSON: integers (counts, bytes) as integers.
+Json MetricJson(double value) {
+  if (std::isfinite(value) && value == std::floor(value) &&
+      std::fabs(value) < 9e15) {
+    return static_cast<int64_t>(value);
+  }
+  return value;
+}
+
+std::string MetricText(double value) {
+  if (std::isfinite(value) && value == std::floor(value) &&
+      std::fabs(value) < 9e15) {
+    return absl::StrFormat("%d", static_cast<int64_t>(value));
+  }
+  return absl::StrFormat("%.6g", value);
+}
+
+}  // namespace
+
+int RunStats(const CommandLine& line) {
+  if (!line.arguments.empty()) {
+    return Fail(kExitUsage, "stats takes no arguments (see --help)");
+  }
+  client::ConnectOptions options;
+  options.socket_path = SocketPath(line);
+  auto connected = client::Client::Connect(options);
+  if (!connected.ok()) {
+    return Fail(ExitCodeForDaemonCall(connected.status()),
+                std::string(connected.status().message()));
+  }
+  absl::StatusOr<v1::Stats> stats = (*connected)->Stats();
+  if (!stats.ok()) {
+    return Fail(ExitCodeForDaemonCall(stats.status()),
+                std::string(stats.status().message()));
+  }
+  // The proto map has no order; show it sorted by name.
+  const std::map<std::string, double> metrics(stats->metrics().begin(),
+                                              stats->metrics().end());
+  if (line.Has("--json")) {
+    Json out = {{"models", stats->models()},
+                {"leases", stats->leases()},
+                {"sessions", stats->sessions()},
+                {"devices", Json::array()},
+                {"metrics", Json::object()}};
+    for (const v1::DeviceStats& device : stats->devices()) {
+      out["devices"].push_back({{"uuid", device.uuid()},
+                                {"resident_bytes", device.resident_bytes()},
+                                {"budget_bytes", device.budget_bytes()}});
+    }
+    for (const auto& [name, value] : metrics) {
+      out["metrics"][name] = MetricJson(value);
+    }
+    std::printf("%s\n", out.dump(2).c_str());
+    return kExitOk;
+  }
+  std::printf("models: %u  leases: %u  sessions: %u\n", stats->models(),
+              stats->leases(), stats->sessions());
+  for (const v1::DeviceStats& device : stats->devices()) {
+    std::string budget = "no budget";
+    if (device.budget_bytes() > 0) {
+      budget = absl::StrFormat(
+          "budget %s (%.0f%% used)", FormatBytes(device.budget_bytes()),
+          100.0 * static_cast<double>(device.resident_bytes()) /
+              static_cast<double>(device.budget_bytes()));
+    }
+    std::printf("device %s: %s resident, %s\n", device.uuid().c_str(),
+                FormatBytes(device.resident_bytes()).c_str(), budget.c_str());
+  }
+  if (!metrics.empty()) {
+    size_t width = 0;
+    for (const auto& [name, value] : metrics) {
+      width = std::max(width, name.size());
+    }
+    std::printf("metrics:\n");
+    for (const auto& [name, value] : metrics) {
+      std::printf("  %-*s  %s\n", static_cast<int>(width), name.c_str(),
+                  MetricText(value).c_str());
+    }
+  }
+  return kExitOk;
 }
 
 }  // namespace ctl

@@ -1,5 +1,6 @@
 #include "daemon/ctl/models_commands.h"
 
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "client/client.h"
+#include "daemon/ctl/progress.h"
 #include "nlohmann/json.hpp"
 
 namespace warmstart {
@@ -35,7 +37,7 @@ int Fail(const absl::Status& status) {
 absl::StatusOr<std::unique_ptr<client::Client>> Connect(
     const CommandLine& line) {
   client::ConnectOptions options;
-  options.socket_path = line.Value("--socket", client::kDefaultSocket);
+  options.socket_path = SocketPath(line, client::kDefaultSocket);
   return client::Client::Connect(options);
 }
 
@@ -89,11 +91,62 @@ std::string Devices(const v1::ModelStatus& model) {
   return absl::StrJoin(model.devices(), ",");
 }
 
-std::string ProgressLine(const v1::ModelStatus& model) {
-  return absl::StrFormat("loading %s: %.1f of %.1f MiB (%.1f MiB/s)",
-                         model.name(), model.bytes_loaded() / kMiB,
-                         model.bytes_total() / kMiB,
-                         model.bytes_per_second() / kMiB);
+Progress ProgressOf(const v1::ModelStatus& model) {
+  Progress progress;
+  progress.name = model.name();
+  progress.bytes_loaded = model.bytes_loaded();
+  progress.bytes_total = model.bytes_total();
+  progress.bytes_per_second = model.bytes_per_second();
+  return progress;
+}
+
+// The width of the terminal on `fd`; 0 when it is not one.
+int TerminalColumns(int fd) {
+  struct winsize size = {};
+  if (::ioctl(fd, TIOCGWINSZ, &size) != 0) return 0;
+  return size.ws_col;
+}
+
+// Parses --timeout (seconds; absent: no limit) into `timeout`; false, with
+// the error printed, when it is not a number.
+bool ParseTimeout(const CommandLine& line, absl::Duration* timeout) {
+  *timeout = absl::InfiniteDuration();
+  if (line.values.count("--timeout") == 0) return true;
+  double seconds;
+  const std::string text = line.Value("--timeout", "");
+  if (!absl::SimpleAtod(text, &seconds) || seconds < 0) {
+    Fail(kExitUsage,
+         "--timeout \"" + text + "\": expected a number of seconds");
+    return false;
+  }
+  *timeout = absl::Seconds(seconds);
+  return true;
+}
+
+// One line of `watch`: "tiny: loading 100.0/300.0 MiB 50.0 MiB/s ETA 4s",
+// "tiny: ready, 300.0 MiB, 7 tensors, 2 leases (loaded in 1.50 s)",
+// "tiny: failed: ...".
+std::string WatchLine(const v1::ModelStatus& model) {
+  switch (model.state()) {
+    case v1::LOADING: {
+      const Progress progress = ProgressOf(model);
+      return absl::StrFormat(
+          "%s: loading %s %s ETA %s", model.name(),
+          FormatBytePair(progress.bytes_loaded, progress.bytes_total),
+          FormatRate(progress.bytes_per_second),
+          FormatEta(EtaSeconds(progress)));
+    }
+    case v1::READY:
+      return absl::StrFormat(
+          "%s: ready, %s, %u tensors, %u leases (loaded in %.2f s)",
+          model.name(), FormatBytes(model.bytes_total()), model.tensor_count(),
+          model.leases(), model.load_seconds());
+    case v1::FAILED:
+      return absl::StrFormat("%s: failed: %s", model.name(), model.error());
+    default:
+      return absl::StrFormat("%s: %s, %u leases", model.name(),
+                             StateName(model.state()), model.leases());
+  }
 }
 
 // The daemon wants an absolute path; take a relative one as the user means
@@ -113,16 +166,8 @@ int RunLoad(const CommandLine& line) {
   }
   const std::string& name = line.arguments[0];
   const std::string path = Absolute(line.arguments[1]);
-  absl::Duration timeout = absl::InfiniteDuration();
-  if (line.values.count("--timeout")) {
-    double seconds;
-    const std::string text = line.Value("--timeout", "");
-    if (!absl::SimpleAtod(text, &seconds) || seconds < 0) {
-      return Fail(kExitUsage,
-                  "--timeout \"" + text + "\": expected a number of seconds");
-    }
-    timeout = absl::Seconds(seconds);
-  }
+  absl::Duration timeout;
+  if (!ParseTimeout(line, &timeout)) return kExitUsage;
   const absl::Time deadline = absl::Now() + timeout;
   auto connected = Connect(line);
   if (!connected.ok()) return Fail(connected.status());
@@ -147,19 +192,24 @@ int RunLoad(const CommandLine& line) {
     return kExitOk;
   }
   if (last.state() != v1::READY) {
-    absl::Time last_print = absl::InfinitePast();
+    // A bar redrawn in place on a terminal, plain lines in a log.
+    ProgressDisplay display(stderr, ::isatty(STDERR_FILENO) == 1,
+                            TerminalColumns(STDERR_FILENO));
     absl::Status watched = daemon.Watch(
         name,
         [&](const v1::ModelStatus& model) {
           last = model;
-          if (model.state() != v1::LOADING) return;
-          const absl::Time now = absl::Now();
-          if (now - last_print < absl::Seconds(1)) return;
-          last_print = now;
-          std::fprintf(stderr, "%s\n", ProgressLine(model).c_str());
+          if (model.state() == v1::LOADING) {
+            display.Update(ProgressOf(model), absl::Now());
+          }
         },
         deadline - absl::Now());
-    if (!watched.ok()) {
+    if (watched.ok()) {
+      Progress done = ProgressOf(last);
+      done.bytes_loaded = std::max(done.bytes_loaded, done.bytes_total);
+      display.Finish(&done);
+    } else {
+      display.Finish();
       if (watched.code() == absl::StatusCode::kDeadlineExceeded) {
         return Fail(kExitTimeout,
                     absl::StrFormat("model %s is not ready after %s (the load "
@@ -177,6 +227,65 @@ int RunLoad(const CommandLine& line) {
                 last.load_seconds());
   }
   return kExitOk;
+}
+
+int RunWatch(const CommandLine& line) {
+  if (line.arguments.size() != 1) {
+    return Fail(kExitUsage, "watch takes NAME (see --help)");
+  }
+  const std::string& name = line.arguments[0];
+  absl::Duration timeout;
+  if (!ParseTimeout(line, &timeout)) return kExitUsage;
+  const absl::Time deadline = absl::Now() + timeout;
+  auto connected = Connect(line);
+  if (!connected.ok()) return Fail(connected.status());
+  const bool json = line.Has("--json");
+  // Human output on a terminal redraws a bar while the model loads.
+  const bool terminal = !json && ::isatty(STDOUT_FILENO) == 1;
+  ProgressDisplay display(stdout, terminal, TerminalColumns(STDOUT_FILENO));
+  v1::ModelStatus last;
+  bool seen = false;
+  absl::Time last_line = absl::InfinitePast();
+  absl::Status watched =
+      (*connected)
+          ->Watch(
+              name,
+              [&](const v1::ModelStatus& model) {
+                const bool changed = !seen || model.state() != last.state();
+                seen = true;
+                last = model;
+                if (json) {
+                  std::printf("%s\n", ModelJson(model).dump().c_str());
+                  std::fflush(stdout);
+                  return;
+                }
+                const absl::Time now = absl::Now();
+                if (terminal) {
+                  if (model.state() == v1::LOADING) {
+                    display.Update(ProgressOf(model), now);
+                    return;
+                  }
+                  Progress done = ProgressOf(model);
+                  done.bytes_loaded =
+                      std::max(done.bytes_loaded, done.bytes_total);
+                  display.Finish(model.state() == v1::READY ? &done : nullptr);
+                }
+                // Every change of state; progress about once a second.
+                if (!changed && now - last_line < absl::Seconds(1)) return;
+                last_line = now;
+                std::printf("%s\n", WatchLine(model).c_str());
+                std::fflush(stdout);
+              },
+              deadline - absl::Now());
+  if (watched.ok()) return kExitOk;
+  display.Finish();
+  if (watched.code() == absl::StatusCode::kDeadlineExceeded) {
+    return Fail(kExitTimeout,
+                absl::StrFormat("model %s is still %s after %s", name,
+                                seen ? StateName(last.state()) : "unreported",
+                                absl::FormatDuration(timeout)));
+  }
+  return Fail(watched);
 }
 
 int RunList(const CommandLine& line) {

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_split.h"
+#include "client/client.h"
 #include "client/testing/fake_daemon.h"
 #include "daemon/base/testing/status_matchers.h"
 #include "daemon/base/testing/test_env.h"
@@ -16,7 +18,10 @@ namespace ctl {
 namespace {
 
 using ::testing::ElementsAre;
+using ::testing::EndsWith;
 using ::testing::HasSubstr;
+using ::testing::Not;
+using ::testing::SizeIs;
 using ::testing::StartsWith;
 using ::warmstart::testing::FakeBehavior;
 using ::warmstart::testing::FakeDaemon;
@@ -198,14 +203,125 @@ TEST_F(ModelsCommandsTest, UnloadIsRefusedWhileLeased) {
   EXPECT_EQ(Run(RunUnload, {"tiny"}).code, kExitNotFound);
 }
 
+TEST_F(ModelsCommandsTest, UnloadJson) {
+  Output unloaded = Run(RunUnload, {"tiny", "--json"});
+  EXPECT_EQ(unloaded.code, kExitOk) << unloaded.err;
+  auto json = nlohmann::json::parse(unloaded.out);
+  EXPECT_EQ(json["name"], "tiny");
+  EXPECT_TRUE(json["leases"].is_number_integer());
+}
+
+// The lines of `text`, without the empty one after the last newline.
+std::vector<std::string> Lines(const std::string& text) {
+  std::vector<std::string> lines = absl::StrSplit(text, '\n');
+  if (!lines.empty() && lines.back().empty()) lines.pop_back();
+  return lines;
+}
+
+TEST_F(ModelsCommandsTest, WatchJsonIsOneObjectPerUpdate) {
+  Output watch = Run(RunWatch, {"tiny", "--json"});
+  EXPECT_EQ(watch.code, kExitOk) << watch.err;
+  EXPECT_EQ(watch.err, "");
+  const std::vector<std::string> lines = Lines(watch.out);
+  ASSERT_THAT(lines, SizeIs(3));
+  std::vector<std::string> states;
+  for (const std::string& text : lines) {
+    auto json = nlohmann::json::parse(text);
+    for (const char* key : {"name", "state", "bytes_loaded", "bytes_total",
+                            "bytes_per_second", "leases", "error"}) {
+      EXPECT_TRUE(json.contains(key)) << key << " in " << text;
+    }
+    EXPECT_TRUE(json["leases"].is_number_integer());
+    EXPECT_TRUE(json["bytes_loaded"].is_number_integer());
+    states.push_back(json["state"]);
+  }
+  EXPECT_THAT(states, ElementsAre("loading", "loading", "ready"));
+  auto last = nlohmann::json::parse(lines.back());
+  EXPECT_EQ(last["bytes_loaded"], 300 * kMiB);
+  EXPECT_EQ(last["leases"], 2);
+  EXPECT_EQ(nlohmann::json::parse(lines[1])["bytes_loaded"], 100 * kMiB);
+  EXPECT_EQ(nlohmann::json::parse(lines[1])["bytes_per_second"], 50.0 * kMiB);
+}
+
+TEST_F(ModelsCommandsTest, WatchHumanLines) {
+  Output watch = Run(RunWatch, {"tiny"});
+  EXPECT_EQ(watch.code, kExitOk) << watch.err;
+  // The first report and every change of state at once; progress in
+  // between at most once a second (the fake sends it all at once).
+  EXPECT_THAT(watch.out,
+              StartsWith("tiny: loading 0.0/300.0 MiB 50.0 MiB/s ETA 6s\n"));
+  EXPECT_THAT(watch.out,
+              EndsWith("tiny: ready, 300.0 MiB, 7 tensors, 2 leases (loaded "
+                       "in 1.50 s)\n"));
+  EXPECT_THAT(watch.out, Not(HasSubstr("\r")));
+}
+
+TEST_F(ModelsCommandsTest, WatchOfAFailedModelExitsWithItsError) {
+  Output watch = Run(RunWatch, {"broken"});
+  EXPECT_EQ(watch.code, kExitMalformed);
+  EXPECT_EQ(watch.out,
+            "broken: failed: read /models/broken: Input/output error\n");
+  EXPECT_EQ(watch.err,
+            "warmstartctl: read /models/broken: Input/output error\n");
+  Output json = Run(RunWatch, {"broken", "--json"});
+  EXPECT_EQ(json.code, kExitMalformed);
+  auto last = nlohmann::json::parse(Lines(json.out).back());
+  EXPECT_EQ(last["state"], "failed");
+  EXPECT_EQ(last["error"], "read /models/broken: Input/output error");
+}
+
+TEST_F(ModelsCommandsTest, WatchErrors) {
+  Output missing = Run(RunWatch, {"nope"});
+  EXPECT_EQ(missing.code, kExitNotFound);
+  EXPECT_EQ(missing.out, "");
+  EXPECT_EQ(missing.err, "warmstartctl: no model named nope\n");
+  EXPECT_EQ(Run(RunWatch, {}).code, kExitUsage);
+  EXPECT_EQ(Run(RunWatch, {"a", "b"}).code, kExitUsage);
+  Output bad = Run(RunWatch, {"tiny", "--timeout", "later"});
+  EXPECT_EQ(bad.code, kExitUsage);
+  EXPECT_EQ(bad.err,
+            "warmstartctl: --timeout \"later\": expected a number of "
+            "seconds\n");
+}
+
+TEST_F(ModelsCommandsTest, StatsJsonCountsModelsAndLeases) {
+  fake_.AddModel(::warmstart::testing::PatternModel("pattern", 4096));
+  client::ConnectOptions options;
+  options.socket_path = fake_.socket_path();
+  auto connected = client::Client::Connect(options);
+  ASSERT_OK(connected.status());
+  auto mapping = (*connected)->Acquire("pattern");
+  ASSERT_OK(mapping.status());
+
+  Output stats = Run(RunStats, {"--json"});
+  EXPECT_EQ(stats.code, kExitOk) << stats.err;
+  auto json = nlohmann::json::parse(stats.out);
+  EXPECT_EQ(json["models"], 3);
+  EXPECT_EQ(json["leases"], 1);
+  EXPECT_EQ(json["sessions"], 1);
+  EXPECT_TRUE(json["devices"].is_array());
+  ASSERT_TRUE(json["metrics"].contains("fake_calls"));
+  // Counts are integers, not 12.0.
+  EXPECT_TRUE(json["metrics"]["fake_calls"].is_number_integer());
+  EXPECT_GT(json["metrics"]["fake_calls"], 0);
+}
+
+TEST_F(ModelsCommandsTest, StatsText) {
+  Output stats = Run(RunStats, {});
+  EXPECT_EQ(stats.code, kExitOk) << stats.err;
+  EXPECT_THAT(stats.out, StartsWith("models: 2  leases: 0  sessions: 0\n"));
+  EXPECT_THAT(stats.out, HasSubstr("metrics:\n  fake_calls  "));
+  EXPECT_EQ(Run(RunStats, {"extra"}).code, kExitUsage);
+}
+
 TEST_F(ModelsCommandsTest, NoDaemonIsExit3) {
   const std::string socket = dir_.Join("none.sock");
   const std::vector<
       std::pair<int (*)(const CommandLine&), std::vector<std::string>>>
-      commands = {{RunList, {}},
-                  {RunStatus, {"m"}},
-                  {RunUnload, {"m"}},
-                  {RunLoad, {"m", "/m"}}};
+      commands = {{RunList, {}},      {RunStatus, {"m"}},
+                  {RunUnload, {"m"}}, {RunLoad, {"m", "/m"}},
+                  {RunWatch, {"m"}},  {RunStats, {}},
+                  {RunInfo, {}}};
   for (auto [command, args] : commands) {
     args.push_back("--socket");
     args.push_back(socket);

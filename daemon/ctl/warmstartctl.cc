@@ -1,10 +1,12 @@
 // warmstartctl: the operator's tool for warmstartd.
 #include <cstdio>
 #include <cstring>
-#include <map>
 #include <set>
 #include <string>
+#include <vector>
 
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "daemon/base/version.h"
 #include "daemon/ctl/bench_command.h"
 #include "daemon/ctl/command_line.h"
@@ -16,13 +18,32 @@ namespace warmstart {
 namespace ctl {
 namespace {
 
-constexpr char kUsage[] =
-    R"(usage: warmstartctl [--socket PATH] COMMAND [ARGS] [--json]
+struct Command {
+  const char* name;
+  int (*run)(const CommandLine&);
+  std::set<std::string> switches;
+  std::set<std::string> value_flags;
+  const char* synopsis;  // "load NAME PATH"
+  const char* summary;   // One line for the list of commands.
+  const char* details;   // What `COMMAND --help` adds: its flags.
+  bool needs_daemon;
+};
 
-commands (no daemon needed):
-  inspect PATH...          list the tensors of a checkpoint: a weight file
-                           (safetensors, tensorizer .tensors, GGUF), a
-                           *.index.json shard index, or a folder
+constexpr char kSocketHelp[] =
+    "      --socket PATH        the daemon's socket (default "
+    "$WARMSTART_SOCKET,\n"
+    "                           else /run/warmstart/warmstart.sock)\n";
+
+const std::vector<Command>& Commands() {
+  static const auto* const commands = new std::vector<Command>{
+      {"inspect",
+       RunInspect,
+       {"--json", "--hash", "--verify", "--full-metadata"},
+       {"--key-hex", "--key-file", "--password", "--password-file", "--socket"},
+       "inspect PATH...",
+       "list a checkpoint's tensors (file, *.index.json or folder)",
+       R"(PATH: a weight file (safetensors, tensorizer .tensors, GGUF), a
+*.index.json shard index, or a folder of them. Reads headers only.
       --json               one JSON object: {"files": [...]}
       --hash               add each tensor's sha256 (of its stored bytes; of
                            the plaintext when encrypted; of zeros for a meta
@@ -32,106 +53,203 @@ commands (no daemon needed):
       --full-metadata      every element of GGUF metadata arrays
       --key-hex HEX | --key-file F | --password P | --password-file F
                            the key of encrypted tensorizer files
-
-  bench PATH...            load a checkpoint repeatedly, cold and warm, against
-                           the O_DIRECT-read and page-cache-to-shared-memory
-                           baselines measured in the same run
+)",
+       false},
+      {"bench",
+       RunBenchCommand,
+       {"--json"},
+       {"--backend", "--io", "--runs", "--staging-mib", "--socket"},
+       "bench PATH...",
+       "time loads of a checkpoint, cold and warm, against baselines",
+       R"(Measures against the O_DIRECT-read and page-cache-to-shared-memory
+baselines in the same run.
       --backend host|cuda  (default host)
       --io uring|pread     (default uring)
       --runs N             runs per mode (default 5)
       --staging-mib N      staging pool size (default 256)
-
-commands (talk to a running warmstartd):
-  info                     the daemon's version, protocol, backend and devices
-  wait-ready [--timeout S] wait until the daemon serves (default 60 s); for
-                           startup probes (exit 5 at once if it failed to
-                           become ready)
-  load NAME PATH           load a checkpoint (a weight file, a *.index.json
-                           shard index or a folder, beneath the daemon's
-                           model roots) as NAME and wait until it is ready,
-                           showing progress on stderr
+      --json               machine-readable output
+)",
+       false},
+      {"info",
+       RunInfo,
+       {"--json"},
+       {"--socket"},
+       "info",
+       "the daemon's version, protocol, backend and devices",
+       R"(      --json               one JSON object
+)",
+       true},
+      {"wait-ready",
+       RunWaitReady,
+       {"--json"},
+       {"--socket", "--timeout"},
+       "wait-ready",
+       "wait until the daemon serves; for startup probes",
+       R"(Retries while the socket does not exist yet. Exit 0 once ready, 6 on
+timeout, 5 at once when the daemon failed to become ready (a required
+preload failed), with its reason.
+      --timeout S          give up after S seconds (default 60)
+      --json               {"state": "ready", "socket": ...}
+)",
+       true},
+      {"load",
+       RunLoad,
+       {"--json", "--no-wait"},
+       {"--socket", "--device", "--timeout"},
+       "load NAME PATH",
+       "load a checkpoint as NAME and wait until it is ready",
+       R"(PATH: a weight file, a *.index.json shard index or a folder, beneath
+the daemon's model roots. Shows progress on stderr: a bar with bytes,
+rate and ETA on a terminal, a line a second otherwise.
       --no-wait            return once the load has started
       --device UUID        load onto this device ("host" or "GPU-..."); may
                            be repeated (default every device)
       --timeout S          stop waiting after S seconds (exit 6; the load
                            goes on)
-  ls                       the models: NAME STATE SIZE LEASES DEVICES PATH
-  status NAME              one model's state, progress, leases and devices
-  unload NAME              free a model (refused while it is leased)
-      --force              free it once its last lease is released
+      --json               the model's status, as `status --json` gives it
+)",
+       true},
+      {"watch",
+       RunWatch,
+       {"--json"},
+       {"--socket", "--timeout"},
+       "watch NAME",
+       "follow a model's load until it is ready or failed",
+       R"(Exit 0 once ready; a failed load exits as `load` would (2, 5, 7).
+      --timeout S          stop watching after S seconds (exit 6)
+      --json               one JSON object per update, one a line
+)",
+       true},
+      {"ls",
+       RunList,
+       {"--json"},
+       {"--socket"},
+       "ls",
+       "the models: NAME STATE SIZE LEASES DEVICES PATH",
+       R"(      --json               {"models": [...]}, each as `status --json`
+)",
+       true},
+      {"status",
+       RunStatus,
+       {"--json"},
+       {"--socket"},
+       "status NAME",
+       "one model's state, progress, leases and devices",
+       R"(      --json               one JSON object: name, path, state (loading,
+                           ready, failed, unloading), error, bytes_loaded,
+                           bytes_total, bytes_per_second, leases, pinned,
+                           devices, tensor_count, resident_bytes,
+                           load_seconds
+)",
+       true},
+      {"unload",
+       RunUnload,
+       {"--json", "--force"},
+       {"--socket"},
+       "unload NAME",
+       "free a model (refused, exit 5, while it is leased)",
+       R"(      --force              free it once its last lease is released
+      --json               the model's status
+)",
+       true},
+      {"stats",
+       RunStats,
+       {"--json"},
+       {"--socket"},
+       "stats",
+       "models, leases, sessions, device memory and metrics",
+       R"(      --json               one JSON object: models, leases, sessions,
+                           devices [{uuid, resident_bytes, budget_bytes}],
+                           metrics {name: value}
+)",
+       true},
+  };
+  return *commands;
+}
 
-global flags:
-  --socket PATH            the daemon's socket
-                           (default /run/warmstart/warmstart.sock)
-  --json                   machine-readable output
-  --version                print the version and exit
-  --help                   print this help and exit
+const Command* FindCommand(const std::string& name) {
+  for (const Command& command : Commands()) {
+    if (name == command.name) return &command;
+  }
+  return nullptr;
+}
 
-exit status: 0 fine, 1 usage, 2 malformed input, 3 daemon unavailable,
-4 not found, 5 refused, 6 timeout, 7 checksum mismatch
-)";
+std::string Usage() {
+  std::string text =
+      "usage: warmstartctl [--socket PATH] COMMAND [ARGS] [--json]\n"
+      "       warmstartctl COMMAND --help    (a command's flags)\n";
+  for (bool daemon : {false, true}) {
+    absl::StrAppend(&text, daemon
+                               ? "\ncommands (talk to a running warmstartd):\n"
+                               : "\ncommands (no daemon needed):\n");
+    for (const Command& command : Commands()) {
+      if (command.needs_daemon != daemon) continue;
+      absl::StrAppend(&text, absl::StrFormat("  %-16s %s\n", command.synopsis,
+                                             command.summary));
+    }
+  }
+  absl::StrAppend(
+      &text, "\nglobal flags:\n", kSocketHelp,
+      "      --json               machine-readable output\n"
+      "      --version            print the version and exit\n"
+      "      --help               print this help and exit\n"
+      "\nexit status: 0 fine, 1 usage, 2 malformed input, 3 daemon "
+      "unavailable,\n4 not found, 5 refused, 6 timeout, 7 checksum mismatch\n");
+  return text;
+}
+
+std::string CommandHelp(const Command& command) {
+  return absl::StrCat("usage: warmstartctl ", command.synopsis, " [FLAGS]\n\n",
+                      command.summary, ".\n\n", command.details,
+                      command.needs_daemon ? kSocketHelp : "");
+}
+
+int UsageError(const std::string& message) {
+  std::fprintf(stderr, "warmstartctl: %s (see --help)\n", message.c_str());
+  return kExitUsage;
+}
 
 int Run(int argc, char** argv) {
-  auto parsed = ParseCommandLine(
-      argc, argv,
-      {"--socket", "--timeout", "--key-hex", "--key-file", "--password",
-       "--password-file", "--backend", "--io", "--runs", "--staging-mib"},
-      /*repeatable_flags=*/{"--device"});
-  if (!parsed.ok()) {
-    std::fprintf(stderr, "warmstartctl: %s (see --help)\n",
-                 std::string(parsed.status().message()).c_str());
-    return kExitUsage;
+  std::set<std::string> value_flags;
+  for (const Command& command : Commands()) {
+    value_flags.insert(command.value_flags.begin(), command.value_flags.end());
   }
+  value_flags.erase("--device");
+  auto parsed = ParseCommandLine(argc, argv, value_flags,
+                                 /*repeatable_flags=*/{"--device"});
+  if (!parsed.ok()) return UsageError(std::string(parsed.status().message()));
   const CommandLine& line = *parsed;
   if (line.Has("--version")) {
     std::printf("warmstartctl %s (protocol %d.%d)\n", kVersion, kProtocolMajor,
                 kProtocolMinor);
     return kExitOk;
   }
-  if (line.Has("--help") || line.command == "help") {
-    std::fputs(kUsage, stdout);
+  // "help", "--help", "help COMMAND", "COMMAND --help".
+  if (line.command == "help" || line.Has("--help")) {
+    std::string topic = line.command;
+    if (topic == "help") {
+      topic = line.arguments.empty() ? "" : line.arguments[0];
+    }
+    if (topic.empty()) {
+      std::fputs(Usage().c_str(), stdout);
+      return kExitOk;
+    }
+    const Command* command = FindCommand(topic);
+    if (command == nullptr) {
+      return UsageError("unknown command \"" + topic + "\"");
+    }
+    std::fputs(CommandHelp(*command).c_str(), stdout);
     return kExitOk;
   }
-  struct Command {
-    int (*run)(const CommandLine&);
-    std::set<std::string> switches;
-    std::set<std::string> value_flags;
-  };
-  const std::map<std::string, Command> commands = {
-      {"inspect",
-       {RunInspect,
-        {"--json", "--hash", "--verify", "--full-metadata"},
-        {"--key-hex", "--key-file", "--password", "--password-file",
-         "--socket"}}},
-      {"bench",
-       {RunBenchCommand,
-        {"--json"},
-        {"--backend", "--io", "--runs", "--staging-mib", "--socket"}}},
-      {"info", {RunInfo, {"--json"}, {"--socket"}}},
-      {"wait-ready", {RunWaitReady, {}, {"--socket", "--timeout"}}},
-      {"load",
-       {RunLoad,
-        {"--json", "--no-wait"},
-        {"--socket", "--device", "--timeout"}}},
-      {"ls", {RunList, {"--json"}, {"--socket"}}},
-      {"status", {RunStatus, {"--json"}, {"--socket"}}},
-      {"unload", {RunUnload, {"--json", "--force"}, {"--socket"}}},
-  };
-  if (auto command = commands.find(line.command); command != commands.end()) {
-    absl::Status flags =
-        CheckFlags(line, command->second.switches, command->second.value_flags);
-    if (!flags.ok()) {
-      std::fprintf(stderr, "warmstartctl: %s (see --help)\n",
-                   std::string(flags.message()).c_str());
-      return kExitUsage;
-    }
-    return command->second.run(line);
+  if (line.command.empty()) return UsageError("no command given");
+  const Command* command = FindCommand(line.command);
+  if (command == nullptr) {
+    return UsageError("unknown command \"" + line.command + "\"");
   }
-  std::fprintf(stderr, "warmstartctl: %s (see --help)\n",
-               line.command.empty()
-                   ? "no command given"
-                   : ("unknown command \"" + line.command + "\"").c_str());
-  return kExitUsage;
+  absl::Status flags =
+      CheckFlags(line, command->switches, command->value_flags);
+  if (!flags.ok()) return UsageError(std::string(flags.message()));
+  return command->run(line);
 }
 
 }  // namespace
