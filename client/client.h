@@ -132,8 +132,10 @@ class Client {
   // has restarted since (the session's socket closed), reads ServerInfo
   // again and opens a new session. Errors: the daemon's (NotFound, ...);
   // Unavailable when the daemon cannot be reached; those of mapping (see
-  // ModelMapping); Unimplemented for a model on a GPU (CUDA import is not
-  // built yet). No descriptor leaks and no lease stays held on any error.
+  // ModelMapping), including CUDA import's for a model on a GPU (NotFound
+  // when this process cannot see that GPU, FailedPrecondition without a
+  // usable driver). No descriptor leaks and no lease stays held on any
+  // error.
   absl::StatusOr<ModelMapping> Acquire(
       const std::string& name,
       absl::Duration timeout = absl::InfiniteDuration());

@@ -262,7 +262,14 @@ TEST_F(ClientTest, UnsafeDescriptorsAreRefused) {
   EXPECT_EQ(fake_.released_leases().size(), 3u);
 }
 
-TEST_F(ClientTest, GpuModelsNeedCudaImport) {
+TEST_F(ClientTest, GpuModelOnAGpuThisProcessCannotSeeIsNotFound) {
+  // The simulated CUDA driver (daemon/device/testing/cuda_sim.h) sees one
+  // GPU, not this one. (CUDA import itself: cuda_import_test and
+  // //tests:daemon_protocol_test.)
+  ::setenv(
+      "WARMSTART_LIBCUDA",
+      ::warmstart::testing::BinaryPath("daemon/device/libcuda_sim.so").c_str(),
+      1);
   SetBehavior([](FakeBehavior& b) {
     b.kind = v1::CUDA_VMM_FD;
     b.device_uuid = "GPU-1234";
@@ -270,9 +277,11 @@ TEST_F(ClientTest, GpuModelsNeedCudaImport) {
   auto client = Connect();
   ASSERT_NE(client, nullptr);
   EXPECT_THAT(client->Acquire("tiny"),
-              StatusIs(absl::StatusCode::kUnimplemented,
-                       HasSubstr("model tiny is on GPU GPU-1234; CUDA import "
-                                 "is not built yet")));
+              StatusIs(absl::StatusCode::kNotFound,
+                       HasSubstr("model tiny, allocation 0: import CUDA VMM "
+                                 "memory (10000 bytes) on GPU-1234: GPU "
+                                 "GPU-1234 is not visible to this process")));
+  ::unsetenv("WARMSTART_LIBCUDA");
   EXPECT_TRUE(OpenWeightMemfds().empty());
   EXPECT_EQ(fake_.outstanding_leases(), 0);
 }

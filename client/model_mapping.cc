@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/connection.h"
+#include "client/cuda_import.h"
 #include "client/session.h"
 #include "client/unique_fd.h"
 
@@ -43,6 +44,7 @@ void ModelMapping::Swap(ModelMapping& other) noexcept {
   lease_.Swap(&other.lease_);
   std::swap(fds_, other.fds_);
   std::swap(regions_, other.regions_);
+  std::swap(imports_, other.imports_);
   std::swap(tensors_, other.tensors_);
   std::swap(index_, other.index_);
   std::swap(held_, other.held_);
@@ -64,11 +66,22 @@ absl::Status ModelMapping::Release() {
   held_ = false;
   tensors_.clear();
   index_.clear();
+  // GPU memory is unmapped while the lease still keeps it allocated in the
+  // daemon. A failure leaves nothing to retry; the lease goes regardless.
+  absl::Status unmapped;
+  for (internal::CudaImport& import : imports_) {
+    absl::Status released = import.Release();
+    if (unmapped.ok()) unmapped = std::move(released);
+  }
+  imports_.clear();
   for (const Region& region : regions_) ::munmap(region.base, region.size);
   regions_.clear();
-  for (int fd : fds_) ::close(fd);
+  for (int fd : fds_) {
+    if (fd >= 0) ::close(fd);
+  }
   fds_.clear();
   absl::Status status = connection_->ReleaseLease(*session_, lease_.lease_id());
+  if (status.ok()) status = std::move(unmapped);
   // Dropping the session lets its socket close once nothing else uses it.
   session_.reset();
   connection_.reset();
@@ -131,12 +144,9 @@ absl::Status ModelMapping::MapAllocations() {
     }
     switch (allocation.kind()) {
       case v1::HOST_MEMFD:
-        break;
       case v1::CUDA_VMM_FD:
       case v1::CUDA_IPC_HANDLE:
-        return absl::UnimplementedError(absl::StrCat(
-            "model ", model, " is on GPU ", allocation.device_uuid(),
-            "; CUDA import is not built yet"));
+        break;
       default:
         return absl::InvalidArgumentError(absl::StrCat(
             "lease ", lease_.lease_id(), " on model ", model, ": allocation ",
@@ -146,6 +156,12 @@ absl::Status ModelMapping::MapAllocations() {
   // Everything checked; now map.
   for (int a = 0; a < lease_.allocations_size(); ++a) {
     const v1::Allocation& allocation = lease_.allocations(a);
+    if (allocation.kind() != v1::HOST_MEMFD) {
+      if (absl::Status imported = ImportGpuAllocation(a); !imported.ok()) {
+        return imported;
+      }
+      continue;
+    }
     const int fd = fds_[allocation.fd_index()];
     struct stat st;
     if (::fstat(fd, &st) != 0) {
@@ -182,19 +198,62 @@ absl::Status ModelMapping::MapAllocations() {
       regions_.push_back({address, allocation.size()});
       base = static_cast<const char*>(address);
     }
-    for (const v1::Tensor& tensor : lease_.tensors()) {
-      TensorView view;
-      view.name = tensor.name();
-      view.dtype = tensor.dtype();
-      view.shape.assign(tensor.shape().begin(), tensor.shape().end());
-      view.nbytes = tensor.nbytes();
-      view.device_uuid = allocation.device_uuid();
-      view.data = base == nullptr ? nullptr : base + tensor.offset();
-      index_[view.name].push_back(tensors_.size());
-      tensors_.push_back(std::move(view));
-    }
+    AddViews(allocation, base, /*read_only=*/true);
   }
   return absl::OkStatus();
+}
+
+absl::Status ModelMapping::ImportGpuAllocation(int index) {
+  const v1::Allocation& allocation = lease_.allocations(index);
+  // The import holds the memory by itself: the descriptor would only count
+  // against this process's limit until Release().
+  internal::UniqueFd fd;
+  if (allocation.kind() == v1::CUDA_VMM_FD) {
+    fd.Reset(std::exchange(fds_[allocation.fd_index()], -1));
+  }
+  if (allocation.size() == 0) {
+    AddViews(allocation, nullptr, /*read_only=*/true);
+    return absl::OkStatus();
+  }
+  absl::StatusOr<internal::CudaImport> imported;
+  if (allocation.kind() == v1::CUDA_VMM_FD) {
+    imported = internal::CudaImport::ImportVmmFd(allocation.device_uuid(),
+                                                 allocation.size(), fd.get());
+  } else {
+    imported = internal::CudaImport::OpenIpcHandle(
+        allocation.device_uuid(), allocation.size(), allocation.ipc_handle());
+  }
+  if (!imported.ok()) {
+    return absl::Status(
+        imported.status().code(),
+        absl::StrCat("model ", lease_.model().name(), ", allocation ", index,
+                     ": ", imported.status().message()));
+  }
+  imports_.push_back(*std::move(imported));
+  const internal::CudaImport& import = imports_.back();
+  AddViews(allocation,
+           reinterpret_cast<const char*>(
+               static_cast<uintptr_t>(import.device_pointer())),
+           import.read_only());
+  return absl::OkStatus();
+}
+
+void ModelMapping::AddViews(const v1::Allocation& allocation, const char* base,
+                            bool read_only) {
+  for (const v1::Tensor& tensor : lease_.tensors()) {
+    TensorView view;
+    view.name = tensor.name();
+    view.dtype = tensor.dtype();
+    view.shape.assign(tensor.shape().begin(), tensor.shape().end());
+    view.nbytes = tensor.nbytes();
+    view.device_uuid = allocation.device_uuid();
+    // For GPU memory this is pointer arithmetic on a device address, which
+    // the CPU never dereferences.
+    view.data = base == nullptr ? nullptr : base + tensor.offset();
+    view.read_only = read_only;
+    index_[view.name].push_back(tensors_.size());
+    tensors_.push_back(std::move(view));
+  }
 }
 
 }  // namespace client

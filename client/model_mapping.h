@@ -19,6 +19,7 @@ namespace client {
 
 namespace internal {
 class Connection;
+class CudaImport;
 class Session;
 class UniqueFd;
 }  // namespace internal
@@ -33,10 +34,19 @@ struct TensorView {
   uint64_t nbytes = 0;
   // "host", or the GPU's UUID ("GPU-...").
   std::string device_uuid;
-  // The tensor's first byte, read-only. Host memory: this process may read
-  // it; writing faults (the mapping is PROT_READ, the memfd sealed).
-  // Null for an empty allocation.
+  // The tensor's first byte. Host memory: this process may read it;
+  // writing faults (the mapping is PROT_READ, the memfd sealed). GPU
+  // memory: a device pointer (a CUdeviceptr) mapped in the device's
+  // primary context, the one the CUDA runtime (and so PyTorch) uses; for
+  // kernels and cuMemcpy*, not for the CPU. Null for an empty allocation.
   const void* data = nullptr;
+  // Whether this process's mapping refuses writes. Host memory: always.
+  // GPU memory imported from a CUDA VMM descriptor: when the driver granted
+  // read-only access (CU_MEM_ACCESS_FLAGS_PROT_READ); where it refused,
+  // the memory is mapped read-write and this is false. GPU memory opened
+  // from a legacy CUDA IPC handle: never (that API has no read-only mode).
+  // Writing is wrong either way: every worker shares these weights.
+  bool read_only = true;
 };
 
 // Owns a lease on a model and its mappings. Move-only. Holds the client's
@@ -92,13 +102,16 @@ class ModelMapping {
   };
 
   // Takes ownership of `lease` and `fds` (the bundle the daemon sent with
-  // it, in fd_index order) and maps the lease's allocations. On any error
-  // the descriptors are closed, nothing stays mapped and the lease is
-  // released. Errors: DataLoss when the descriptors do not match the
-  // allocations (count, size) or a memfd is not sealed; InvalidArgument
-  // when a tensor lies outside its allocation or an allocation is of an
-  // unknown kind; Unimplemented for GPU allocations (CUDA import is not
-  // built yet); ResourceExhausted when mmap fails.
+  // it, in fd_index order) and maps the lease's allocations: host memfds
+  // with mmap, GPU memory through the CUDA driver (cuda_import.h). On any
+  // error the descriptors are closed, nothing stays mapped or imported and
+  // the lease is released. Errors: DataLoss when the descriptors do not
+  // match the allocations (count, size) or a memfd is not sealed;
+  // InvalidArgument when a tensor lies outside its allocation or an
+  // allocation is of an unknown kind; ResourceExhausted when mmap fails;
+  // for GPU allocations FailedPrecondition when this process has no usable
+  // CUDA driver, NotFound when it cannot see the allocation's GPU, and the
+  // driver's errors.
   static absl::StatusOr<ModelMapping> Map(
       std::shared_ptr<internal::Connection> connection,
       std::shared_ptr<internal::Session> session, v1::Lease lease,
@@ -106,6 +119,13 @@ class ModelMapping {
 
   // Maps every allocation and fills tensors_/index_. REQUIRES: held_.
   absl::Status MapAllocations();
+  // Imports GPU allocation `index` (checked by MapAllocations) into
+  // imports_ and adds its views; closes its descriptor either way.
+  absl::Status ImportGpuAllocation(int index);
+  // Adds a view of every tensor of the lease in `allocation`, whose first
+  // byte is at `base` (null for an empty allocation).
+  void AddViews(const v1::Allocation& allocation, const char* base,
+                bool read_only);
 
   void Swap(ModelMapping& other) noexcept;
 
@@ -116,6 +136,8 @@ class ModelMapping {
   std::vector<int> fds_;
   // Owned mappings, unmapped by Release().
   std::vector<Region> regions_;
+  // Owned GPU imports, released by Release() before the lease.
+  std::vector<internal::CudaImport> imports_;
   std::vector<TensorView> tensors_;
   // Tensor name to its indices in tensors_, one per allocation.
   std::unordered_map<std::string, std::vector<size_t>> index_;

@@ -1,6 +1,7 @@
 // The daemon's protocol seen from below the client library: sessions on the
 // handle socket, descriptors that cannot be used to write, refusals of
 // forged sessions; and the client library across a daemon restart.
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -9,15 +10,19 @@
 
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <string>
 #include <vector>
 
+#include "absl/strings/string_view.h"
 #include "client/client.h"
 #include "daemon/base/testing/status_matchers.h"
 #include "daemon/base/testing/test_env.h"
+#include "daemon/device/testing/cuda_sim.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "proto/warmstart.grpc.pb.h"
 #include "tests/subprocess.h"
 
@@ -31,6 +36,8 @@ using ::warmstart::testing::RunProcess;
 using ::warmstart::testing::ShortTempDir;
 
 constexpr char kFixture[] = "gguf/ollama-llama-2-tiny-random.gguf";
+// The fixture's expected values, written with it: every tensor's sha256.
+constexpr char kFixtureFacts[] = "gguf/ollama-llama-2-tiny-random.json";
 
 class DaemonProtocolTest : public ::testing::Test {
  protected:
@@ -251,19 +258,89 @@ TEST_F(DaemonProtocolTest, ClientReconnectsAfterADaemonRestart) {
 }
 
 // The CUDA backend end to end, on the simulated driver: the daemon loads
-// onto the "GPU" and exports its memory by descriptor (VMM) or IPC handle.
-class SimulatedGpuTest : public DaemonProtocolTest {
+// onto the "GPU" and exports its memory by descriptor (VMM) or IPC handle,
+// and the client library in this process imports it through the same
+// simulated driver. Parameter: whether the simulated GPU supports VMM (the
+// daemon exports CUDA_VMM_FD) or not (WARMSTART_SIM_VMM=0: the daemon falls
+// back to cuMemAlloc and CUDA_IPC_HANDLE).
+class SimulatedGpuTest : public DaemonProtocolTest,
+                         public ::testing::WithParamInterface<bool> {
  protected:
   void SetUp() override {
-    ::setenv("WARMSTART_LIBCUDA",
-             BinaryPath("daemon/device/libcuda_sim.so").c_str(), 1);
+    sim_path_ = BinaryPath("daemon/device/libcuda_sim.so");
+    ::setenv("WARMSTART_LIBCUDA", sim_path_.c_str(), 1);
+    // Read by the daemon's cuInit; the client's import does not depend on
+    // it.
+    ::setenv("WARMSTART_SIM_VMM", GetParam() ? "1" : "0", 1);
     backend_ = "cuda";
     SetUpModelsAndStart();
   }
-  void TearDown() override { ::unsetenv("WARMSTART_LIBCUDA"); }
+  void TearDown() override {
+    ::unsetenv("WARMSTART_LIBCUDA");
+    ::unsetenv("WARMSTART_SIM_VMM");
+  }
+
+  // What this process holds of the simulated driver that the client
+  // loaded, and its open descriptors.
+  struct Held {
+    int allocations, address_ranges, ipc_mappings, context_retains, fds;
+    bool operator==(const Held& o) const {
+      return allocations == o.allocations &&
+             address_ranges == o.address_ranges &&
+             ipc_mappings == o.ipc_mappings &&
+             context_retains == o.context_retains && fds == o.fds;
+    }
+  };
+  Held Now() const {
+    // The client loaded the library from this path; this finds that copy.
+    void* library = ::dlopen(sim_path_.c_str(), RTLD_NOW | RTLD_NOLOAD);
+    EXPECT_NE(library, nullptr);
+    auto counter = [library](const char* name) {
+      auto fn = reinterpret_cast<int (*)()>(::dlsym(library, name));
+      return fn != nullptr ? fn() : -1;
+    };
+    Held held{counter("warmstart_sim_live_allocations"),
+              counter("warmstart_sim_live_address_ranges"),
+              counter("warmstart_sim_live_ipc_mappings"),
+              counter("warmstart_sim_context_retains"), 0};
+    for (const auto& entry :
+         std::filesystem::directory_iterator("/proc/self/fd")) {
+      (void)entry;
+      ++held.fds;
+    }
+    ::dlclose(library);
+    return held;
+  }
+
+  std::string sim_path_;
 };
 
-TEST_F(SimulatedGpuTest, LeasesDescribeDeviceMemoryByUuid) {
+std::string PathName(const ::testing::TestParamInfo<bool>& info) {
+  return info.param ? "vmm" : "legacy_ipc";
+}
+
+// Tensor name -> sha256, from the fixture's expected values.
+std::map<std::string, std::string> ExpectedSha256() {
+  const nlohmann::json facts = nlohmann::json::parse(
+      testing::ReadFileOrDie(testing::FixturePath(kFixtureFacts)));
+  std::map<std::string, std::string> sha256;
+  for (const nlohmann::json& tensor : facts.at("tensors")) {
+    sha256[tensor.at("name").get<std::string>()] =
+        tensor.at("sha256").get<std::string>();
+  }
+  return sha256;
+}
+
+// The bytes of a tensor the client mapped on the SIMULATED GPU. Only the
+// simulation allows this: its device pointers are host addresses. On a real
+// GPU they must be copied to the host (cuMemcpyDtoH, as
+// client/cuda_import_gpu_test.cc does).
+absl::string_view SimulatedDeviceBytes(const client::TensorView& tensor) {
+  return absl::string_view(static_cast<const char*>(tensor.data),
+                           tensor.nbytes);
+}
+
+TEST_P(SimulatedGpuTest, LeasesDescribeDeviceMemoryByUuid) {
   std::string session;
   const int handles = OpenSession(&session);
   grpc::ClientContext context;
@@ -279,7 +356,8 @@ TEST_F(SimulatedGpuTest, LeasesDescribeDeviceMemoryByUuid) {
   EXPECT_THAT(lease.model().devices(),
               ::testing::ElementsAre(allocation.device_uuid()));
   EXPECT_EQ(lease.tensors_size(), 12);
-  if (allocation.kind() == v1::CUDA_IPC_HANDLE) {
+  if (!GetParam()) {
+    ASSERT_EQ(allocation.kind(), v1::CUDA_IPC_HANDLE);
     EXPECT_EQ(allocation.ipc_handle().size(), 64u);
     EXPECT_EQ(lease.fd_transfer_id(), 0u);
   } else {
@@ -290,16 +368,108 @@ TEST_F(SimulatedGpuTest, LeasesDescribeDeviceMemoryByUuid) {
     ASSERT_EQ(fds.size(), 1u);
     ::close(fds[0]);
   }
-  // The client library maps host memory only until CUDA import exists.
+  ::close(handles);
+}
+
+TEST_P(SimulatedGpuTest, ClientMapsDeviceMemoryAndReleasesIt) {
   client::ConnectOptions options;
   options.socket_path = socket_;
   ASSERT_OK_AND_ASSIGN(auto client, client::Client::Connect(options));
   EXPECT_EQ(client->server_info().backend(), v1::BACKEND_CUDA);
-  EXPECT_THAT(client->Acquire("tiny", absl::Seconds(10)),
-              StatusIs(absl::StatusCode::kUnimplemented,
-                       HasSubstr("CUDA import is not built yet")));
-  ::close(handles);
+  // The first acquire opens the session (its socket stays open) and loads
+  // the driver; count what is held after it.
+  {
+    ASSERT_OK_AND_ASSIGN(client::ModelMapping first,
+                         client->Acquire("tiny", absl::Seconds(30)));
+    ASSERT_OK(first.Release());
+  }
+  const Held before = Now();
+
+  ASSERT_OK_AND_ASSIGN(client::ModelMapping mapping,
+                       client->Acquire("tiny", absl::Seconds(30)));
+  const std::map<std::string, std::string> expected = ExpectedSha256();
+  ASSERT_EQ(mapping.tensors().size(), expected.size());
+  ASSERT_EQ(mapping.model().devices_size(), 1);
+  const std::string gpu = mapping.model().devices(0);
+  EXPECT_THAT(gpu, ::testing::StartsWith("GPU-"));
+  for (const client::TensorView& tensor : mapping.tensors()) {
+    EXPECT_EQ(tensor.device_uuid, gpu) << tensor.name;
+    ASSERT_NE(tensor.data, nullptr) << tensor.name;
+    // VMM: the simulated driver grants read-only access
+    // (CU_MEM_ACCESS_FLAGS_PROT_READ). Legacy IPC is always read-write.
+    EXPECT_EQ(tensor.read_only, GetParam()) << tensor.name;
+    EXPECT_EQ(testing::Sha256Hex(SimulatedDeviceBytes(tensor)),
+              expected.at(tensor.name))
+        << tensor.name;
+  }
+  RecordProperty("device_access", GetParam() ? "read-only" : "read-write");
+  const client::TensorView* embd = mapping.Find("token_embd.weight", gpu);
+  ASSERT_NE(embd, nullptr);
+  EXPECT_EQ(testing::Sha256Hex(SimulatedDeviceBytes(*embd)),
+            "20d11b1af9867eb745affaf279a1f2371687215d93e8eca28f8ec2ff09186774");
+
+  // A second mapping of the model in this process: a legacy handle is
+  // opened again (the driver returns the same pointer and counts opens);
+  // a VMM descriptor is imported again at another address.
+  {
+    ASSERT_OK_AND_ASSIGN(client::ModelMapping second,
+                         client->Acquire("tiny", absl::Seconds(30)));
+    const client::TensorView* again = second.Find("token_embd.weight");
+    ASSERT_NE(again, nullptr);
+    if (GetParam()) {
+      EXPECT_NE(again->data, embd->data);
+    } else {
+      EXPECT_EQ(again->data, embd->data);
+    }
+    EXPECT_EQ(SimulatedDeviceBytes(*again), SimulatedDeviceBytes(*embd));
+    ASSERT_OK(second.Release());
+  }
+  // Releasing the second closed only its own open.
+  EXPECT_EQ(testing::Sha256Hex(SimulatedDeviceBytes(*embd)),
+            expected.at("token_embd.weight"));
+  ASSERT_OK(mapping.Release());
+  // Everything imported is released: imported handles, address ranges,
+  // opened IPC handles, context retains and descriptors.
+  const Held after = Now();
+  EXPECT_TRUE(after == before)
+      << "allocations " << before.allocations << " -> " << after.allocations
+      << ", address ranges " << before.address_ranges << " -> "
+      << after.address_ranges << ", ipc mappings " << before.ipc_mappings
+      << " -> " << after.ipc_mappings << ", context retains "
+      << before.context_retains << " -> " << after.context_retains << ", fds "
+      << before.fds << " -> " << after.fds;
+  EXPECT_EQ(before.ipc_mappings, 0);
+  EXPECT_EQ(before.context_retains, 0);
+  ASSERT_OK_AND_ASSIGN(v1::ModelStatus model, client->GetModel("tiny"));
+  EXPECT_EQ(model.leases(), 0u);
 }
+
+TEST_P(SimulatedGpuTest, AGpuTheClientCannotSeeIsNotFound) {
+  // A worker whose driver sees no GPU (as with CUDA_VISIBLE_DEVICES
+  // hiding it): only the child process gets the setting.
+  ::setenv("WARMSTART_SIM_DEVICES", "0", 1);
+  testing::RunResult run = RunProcess({BinaryPath("client/examples/map_model"),
+                                       "--socket", socket_, "--model", "tiny"});
+  ::unsetenv("WARMSTART_SIM_DEVICES");
+  EXPECT_EQ(run.exit_code, 2) << run.out << run.err;
+  const nlohmann::json event = nlohmann::json::parse(run.out, nullptr, false);
+  ASSERT_FALSE(event.is_discarded()) << run.out;
+  EXPECT_EQ(event.value("code", ""), "NOT_FOUND") << run.out;
+  // The simulated GPU's UUID ("ws-simulated-gpu" in hex).
+  EXPECT_THAT(event.value("message", ""),
+              HasSubstr("GPU GPU-77732d73-696d-756c-6174-65642d677075 is not "
+                        "visible to this process: the CUDA driver sees no GPU"))
+      << run.out;
+  // The failed acquire gave its lease back.
+  client::ConnectOptions options;
+  options.socket_path = socket_;
+  ASSERT_OK_AND_ASSIGN(auto client, client::Client::Connect(options));
+  ASSERT_OK_AND_ASSIGN(v1::ModelStatus model, client->GetModel("tiny"));
+  EXPECT_EQ(model.leases(), 0u);
+}
+
+INSTANTIATE_TEST_SUITE_P(ExportKinds, SimulatedGpuTest, ::testing::Bool(),
+                         PathName);
 
 }  // namespace
 }  // namespace warmstart

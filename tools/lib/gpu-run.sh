@@ -6,6 +6,8 @@ set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 export LD_LIBRARY_PATH="$here/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export WARMSTART_FIXTURES="$here/fixtures"
+# cuda_import_gpu_test starts this daemon and maps its model on the GPU.
+export WARMSTART_DAEMON="$here/bin/warmstartd"
 out="${OUT:-$(mktemp -d)}"
 mkdir -p "$out"
 status=0

@@ -68,6 +68,8 @@ constexpr char kUuid[16] = {'w', 's', '-', 's', 'i', 'm', 'u', 'l',
                             'a', 't', 'e', 'd', '-', 'g', 'p', 'u'};
 constexpr size_t kGranularity = size_t{2} << 20;
 constexpr unsigned char kPoison = 0xA5;
+// How every simulated IPC handle starts.
+constexpr char kIpcHandlePrefix[] = "simulated IPC handle ";
 
 struct Physical {
   int memfd = -1;
@@ -76,6 +78,24 @@ struct Physical {
   bool imported = false;  // Shares another allocation's memory.
   int mappings = 0;
   bool released = false;
+};
+
+// A cuMemAlloc'd block. Backed by a memfd so that another process can
+// open it through its IPC handle (cuIpcOpenMemHandle).
+struct Linear {
+  size_t size = 0;
+  int memfd = -1;
+  // Names the memfd, so that an importer can tell this block from a later
+  // one that reuses its descriptor number.
+  uint64_t serial = 0;
+};
+
+// Another process's block, opened here with cuIpcOpenMemHandle.
+struct IpcMapping {
+  size_t size = 0;
+  // The handle's text: opening it again finds this mapping.
+  std::string handle;
+  int opens = 0;
 };
 
 struct MappedRange {
@@ -106,7 +126,9 @@ struct Simulation {
   // Objects.
   int context_retains ABSL_GUARDED_BY(mutex) = 0;
   size_t used_memory ABSL_GUARDED_BY(mutex) = 0;
-  std::map<uintptr_t, size_t> linear ABSL_GUARDED_BY(mutex);
+  std::map<uintptr_t, Linear> linear ABSL_GUARDED_BY(mutex);
+  uint64_t next_serial ABSL_GUARDED_BY(mutex) = 1;
+  std::map<uintptr_t, IpcMapping> ipc_mappings ABSL_GUARDED_BY(mutex);
   std::map<CUmemGenericAllocationHandle, Physical> physical
       ABSL_GUARDED_BY(mutex);
   CUmemGenericAllocationHandle next_handle ABSL_GUARDED_BY(mutex) = 1;
@@ -175,7 +197,13 @@ bool DeviceRangeAllows(Simulation& sim, CUdeviceptr pointer, size_t bytes,
   };
   auto linear = sim.linear.upper_bound(pointer);
   if (linear != sim.linear.begin() &&
-      contains(std::prev(linear)->first, std::prev(linear)->second)) {
+      contains(std::prev(linear)->first, std::prev(linear)->second.size)) {
+    return true;
+  }
+  // Opened IPC memory is read-write, as with the real driver.
+  auto opened = sim.ipc_mappings.upper_bound(pointer);
+  if (opened != sim.ipc_mappings.begin() &&
+      contains(std::prev(opened)->first, std::prev(opened)->second.size)) {
     return true;
   }
   auto mapped = sim.mappings.upper_bound(pointer);
@@ -250,6 +278,11 @@ void MaybeFreePhysical(Simulation& sim, CUmemGenericAllocationHandle handle)
   ::close(physical.memfd);
   if (!physical.imported) sim.used_memory -= physical.size;
   sim.physical.erase(handle);
+}
+
+// The name of the memfd behind the cuMemAlloc'd block numbered `serial`.
+std::string LinearMemfdName(uint64_t serial) {
+  return "warmstart simulated GPU memory #" + std::to_string(serial);
 }
 
 int EnvInt(const char* name, int fallback) {
@@ -484,12 +517,23 @@ CUresult CUDAAPI cuMemAlloc(CUdeviceptr* pointer, size_t bytes) {
   if (bytes > sim.total_memory - sim.used_memory) {
     return CUDA_ERROR_OUT_OF_MEMORY;
   }
-  void* memory = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
-                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (memory == MAP_FAILED) return CUDA_ERROR_OUT_OF_MEMORY;
+  const uint64_t serial = sim.next_serial++;
+  const int memfd =
+      ::memfd_create(LinearMemfdName(serial).c_str(), MFD_CLOEXEC);
+  if (memfd < 0) return CUDA_ERROR_OUT_OF_MEMORY;
+  void* memory = MAP_FAILED;
+  if (::ftruncate(memfd, static_cast<off_t>(bytes)) == 0) {
+    memory =
+        ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+  }
+  if (memory == MAP_FAILED) {
+    ::close(memfd);
+    return CUDA_ERROR_OUT_OF_MEMORY;
+  }
   std::memset(memory, kPoison, bytes);
   sim.used_memory += bytes;
-  sim.linear[reinterpret_cast<uintptr_t>(memory)] = bytes;
+  sim.linear[reinterpret_cast<uintptr_t>(memory)] =
+      Linear{bytes, memfd, serial};
   *pointer = reinterpret_cast<CUdeviceptr>(memory);
   return CUDA_SUCCESS;
 }
@@ -501,8 +545,11 @@ CUresult CUDAAPI cuMemFree(CUdeviceptr pointer) {
   absl::MutexLock lock(&sim.mutex);
   auto it = sim.linear.find(pointer);
   if (it == sim.linear.end()) return CUDA_ERROR_INVALID_VALUE;
-  ::munmap(reinterpret_cast<void*>(it->first), it->second);
-  sim.used_memory -= it->second;
+  // Processes that opened its IPC handle keep their own mappings, as a
+  // real driver would not (freeing it first is undefined there).
+  ::munmap(reinterpret_cast<void*>(it->first), it->second.size);
+  ::close(it->second.memfd);
+  sim.used_memory -= it->second.size;
   sim.linear.erase(it);
   return CUDA_SUCCESS;
 }
@@ -517,10 +564,88 @@ CUresult CUDAAPI cuIpcGetMemHandle(CUipcMemHandle* handle,
   // simulation refuses VMM memory here.
   auto it = sim.linear.find(pointer);
   if (it == sim.linear.end()) return CUDA_ERROR_INVALID_VALUE;
+  // The exporter's pid and memfd: an importer of the same user opens the
+  // memory as /proc/<pid>/fd/<fd>, so handles work across processes.
   std::memset(handle->reserved, 0, sizeof(handle->reserved));
-  std::snprintf(handle->reserved, sizeof(handle->reserved),
-                "simulated IPC handle %llx+%zx",
-                static_cast<unsigned long long>(pointer), it->second);
+  const int written =
+      std::snprintf(handle->reserved, sizeof(handle->reserved), "%s%x:%x:%llx",
+                    kIpcHandlePrefix, static_cast<unsigned>(::getpid()),
+                    static_cast<unsigned>(it->second.memfd),
+                    static_cast<unsigned long long>(it->second.serial));
+  if (written < 0 || static_cast<size_t>(written) >= sizeof(handle->reserved)) {
+    return CUDA_ERROR_UNKNOWN;
+  }
+  return CUDA_SUCCESS;
+}
+
+CUresult CUDAAPI cuIpcOpenMemHandle(CUdeviceptr* pointer, CUipcMemHandle handle,
+                                    unsigned int flags) {
+  SIM_CHECK(Injected("cuIpcOpenMemHandle"));
+  SIM_CHECK(RequireContext());
+  if (pointer == nullptr || flags != CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS) {
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  const std::string text(handle.reserved,
+                         strnlen(handle.reserved, sizeof(handle.reserved)));
+  unsigned pid = 0;
+  unsigned fd = 0;
+  unsigned long long serial = 0;
+  const std::string format = std::string(kIpcHandlePrefix) + "%x:%x:%llx";
+  if (std::sscanf(text.c_str(), format.c_str(), &pid, &fd, &serial) != 3) {
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  // The real driver refuses handles that this very process exported.
+  if (static_cast<pid_t>(pid) == ::getpid()) return CUDA_ERROR_INVALID_CONTEXT;
+  Simulation& sim = Sim();
+  absl::MutexLock lock(&sim.mutex);
+  // Opened again in the same context: the same pointer, counted.
+  for (auto& [base, opened] : sim.ipc_mappings) {
+    if (opened.handle == text) {
+      ++opened.opens;
+      *pointer = base;
+      return CUDA_SUCCESS;
+    }
+  }
+  const std::string path =
+      "/proc/" + std::to_string(pid) + "/fd/" + std::to_string(fd);
+  const int memfd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+  // The exporter has exited or freed the block.
+  if (memfd < 0) return CUDA_ERROR_INVALID_HANDLE;
+  char target[256] = {};
+  const std::string self = "/proc/self/fd/" + std::to_string(memfd);
+  const ssize_t length = ::readlink(self.c_str(), target, sizeof(target) - 1);
+  const std::string expected =
+      "/memfd:" + LinearMemfdName(serial) + " (deleted)";
+  struct stat info;
+  if (length <= 0 ||
+      std::string(target, static_cast<size_t>(length)) != expected ||
+      ::fstat(memfd, &info) != 0 || info.st_size <= 0) {
+    // The descriptor number now names something else: the block is gone.
+    ::close(memfd);
+    return CUDA_ERROR_INVALID_HANDLE;
+  }
+  const size_t size = static_cast<size_t>(info.st_size);
+  void* memory =
+      ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+  ::close(memfd);
+  if (memory == MAP_FAILED) return CUDA_ERROR_OUT_OF_MEMORY;
+  const auto base = reinterpret_cast<uintptr_t>(memory);
+  sim.ipc_mappings[base] = IpcMapping{size, text, 1};
+  *pointer = base;
+  return CUDA_SUCCESS;
+}
+
+CUresult CUDAAPI cuIpcCloseMemHandle(CUdeviceptr pointer) {
+  SIM_CHECK(Injected("cuIpcCloseMemHandle"));
+  SIM_CHECK(RequireContext());
+  Simulation& sim = Sim();
+  absl::MutexLock lock(&sim.mutex);
+  auto it = sim.ipc_mappings.find(pointer);
+  if (it == sim.ipc_mappings.end()) return CUDA_ERROR_INVALID_VALUE;
+  if (--it->second.opens == 0) {
+    ::munmap(reinterpret_cast<void*>(it->first), it->second.size);
+    sim.ipc_mappings.erase(it);
+  }
   return CUDA_SUCCESS;
 }
 
@@ -941,6 +1066,19 @@ CUresult CUDAAPI cuMemcpyHtoDAsync(CUdeviceptr destination, const void* source,
   });
 }
 
+CUresult CUDAAPI cuMemcpyHtoD(CUdeviceptr destination, const void* source,
+                              size_t bytes) {
+  SIM_CHECK(Injected("cuMemcpyHtoD"));
+  SIM_CHECK(RequireContext());
+  Simulation& sim = Sim();
+  absl::MutexLock lock(&sim.mutex);
+  if (!DeviceRangeAllows(sim, destination, bytes, PROT_WRITE)) {
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  std::memcpy(reinterpret_cast<void*>(destination), source, bytes);
+  return CUDA_SUCCESS;
+}
+
 CUresult CUDAAPI cuMemcpyDtoH(void* destination, CUdeviceptr source,
                               size_t bytes) {
   SIM_CHECK(Injected("cuMemcpyDtoH"));
@@ -979,6 +1117,8 @@ CUresult CUDAAPI cuGetProcAddress(const char* symbol, void** function,
       SIM_ENTRY(cuMemAlloc),
       SIM_ENTRY(cuMemFree),
       SIM_ENTRY(cuIpcGetMemHandle),
+      SIM_ENTRY(cuIpcOpenMemHandle),
+      SIM_ENTRY(cuIpcCloseMemHandle),
       SIM_ENTRY(cuMemGetAllocationGranularity),
       SIM_ENTRY(cuMemCreate),
       SIM_ENTRY(cuMemRelease),
@@ -1000,6 +1140,7 @@ CUresult CUDAAPI cuGetProcAddress(const char* symbol, void** function,
       SIM_ENTRY(cuEventSynchronize),
       SIM_ENTRY(cuMemsetD8Async),
       SIM_ENTRY(cuMemcpyHtoDAsync),
+      SIM_ENTRY(cuMemcpyHtoD),
       SIM_ENTRY(cuMemcpyDtoH),
 #undef SIM_ENTRY
   };
@@ -1048,6 +1189,12 @@ int warmstart_sim_live_address_ranges() {
   Simulation& sim = Sim();
   absl::MutexLock lock(&sim.mutex);
   return static_cast<int>(sim.reservations.size() + sim.mappings.size());
+}
+
+int warmstart_sim_live_ipc_mappings() {
+  Simulation& sim = Sim();
+  absl::MutexLock lock(&sim.mutex);
+  return static_cast<int>(sim.ipc_mappings.size());
 }
 
 int warmstart_sim_registered_host_regions() {

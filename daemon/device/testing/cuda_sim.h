@@ -8,11 +8,21 @@
 //
 // What it simulates:
 // - one GPU named "warmstart simulated GPU (not a real device)" with a fixed
-//   UUID; "device memory" is host memory: cuMemAlloc is an anonymous
-//   mapping, cuMemCreate a memfd (so cuMemExportToShareableHandle returns a
-//   real descriptor that tests can mmap), cuMemAddressReserve/cuMemMap/
-//   cuMemSetAccess are mmap/mprotect. New memory is filled with 0xA5, as
-//   real GPU memory is not zeroed either.
+//   UUID; "device memory" is host memory, and device pointers are host
+//   addresses: cuMemAlloc and cuMemCreate are memfds (so
+//   cuMemExportToShareableHandle returns a real descriptor that tests can
+//   mmap), cuMemAddressReserve/cuMemMap/cuMemSetAccess are mmap/mprotect
+//   (cuMemSetAccess grants read-only access when asked). New memory is
+//   filled with 0xA5, as real GPU memory is not zeroed either.
+// - legacy IPC across processes: cuIpcGetMemHandle writes the exporter's
+//   pid and the block's memfd number into the handle, and
+//   cuIpcOpenMemHandle in another process of the same user opens
+//   /proc/<pid>/fd/<fd> and maps it read-write (checking the memfd's name,
+//   so a handle to a freed block fails with CUDA_ERROR_INVALID_HANDLE).
+//   Like the real driver it refuses a handle in the process that exported
+//   it (CUDA_ERROR_INVALID_CONTEXT), returns the same pointer when a handle
+//   is opened again, and unmaps at the last cuIpcCloseMemHandle. Unlike the
+//   real driver, opened memory stays readable after the exporter frees it.
 // - streams are worker threads that run their copies and memsets in order;
 //   an event completes when its stream reaches it. So asynchrony and
 //   ordering are real.
@@ -52,6 +62,9 @@ void warmstart_sim_pause_streams(int paused);
 // What is alive in the simulation.
 int warmstart_sim_live_allocations();     // cuMemAlloc'd + cuMemCreate'd.
 int warmstart_sim_live_address_ranges();  // Reservations + mappings.
+// Handles of other processes opened here (cuIpcOpenMemHandle), counted
+// once however often each was opened.
+int warmstart_sim_live_ipc_mappings();
 int warmstart_sim_registered_host_regions();
 int warmstart_sim_outstanding_copies();  // Enqueued, not yet done.
 int warmstart_sim_live_streams();
