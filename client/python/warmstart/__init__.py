@@ -1,0 +1,551 @@
+"""Zero-copy access to model weights that warmstartd keeps resident.
+
+::
+
+    import warmstart
+
+    with warmstart.connect("/run/warmstart/warmstart.sock") as client:
+        with client.acquire("llama") as model:
+            embed = model.tensors["model.embed_tokens.weight"]  # NumPy
+            model.dtypes["model.embed_tokens.weight"]           # "BF16"
+            weights = model.to_torch()                          # no copy
+
+The package wraps libwarmstart.so (the C interface, warmstart.h) with
+ctypes. The library is found through the environment variable
+``WARMSTART_LIBRARY`` (its path), else next to this package, else in the
+``lib`` directory of the installation prefix the package is installed
+under (``PREFIX/lib/python3/site-packages/warmstart`` -> ``PREFIX/lib``).
+
+Arrays. On the host backend, ``model.tensors`` holds NumPy arrays over the
+daemon's sealed shared memory, mapped read-only: no copy is made, and the
+arrays cannot be made writeable. Dtypes NumPy lacks come as raw views:
+BF16 as uint16 and the 8-bit floats (F8_*) as uint8, with the tensor's
+shape; sub-byte (F4, F6_*), GGUF's quantized types (Q*, IQ*, TQ*, MXFP4)
+and any other as 1-D uint8 of the tensor's bytes. ``model.dtypes[name]``
+always gives the real dtype name. On a GPU, tensors are `CudaTensor`
+objects with ``__cuda_array_interface__`` (for torch, CuPy, Numba).
+
+Lifetime. Every array (and every torch tensor made from one) keeps the
+model's mapping and lease alive: using an array after ``model.release()``
+or after the ``with`` block is safe. ``release()`` only drops the model's
+own hold; the lease is released and the memory unmapped when the last
+array referring to it is gone (at once in CPython when its reference count
+drops to zero; later if it sits in a reference cycle, until the garbage
+collector runs).
+
+Torch tensors from ``to_torch()`` share the read-only memory; torch does
+not know that it is read-only, and writing to one kills the process with
+SIGSEGV.
+"""
+import ctypes
+import json
+import math
+import os
+import types
+import warnings
+import weakref
+
+import numpy as _np
+
+from . import _dtypes
+from ._lib import LIB as _LIB
+from ._lib import Tensor as _CTensor
+
+__all__ = [
+    "AlreadyExists", "Client", "CudaTensor", "DataLoss", "DeadlineExceeded",
+    "DEFAULT_SOCKET", "Error", "FailedPrecondition", "InvalidArgument",
+    "Model", "NotFound", "PermissionDenied", "ResourceExhausted",
+    "SOCKET_ENV", "Unavailable", "Unimplemented", "UnsupportedDType",
+    "connect",
+]
+
+__version__ = _LIB.warmstart_version().decode()
+
+# Where warmstartd listens unless told otherwise.
+DEFAULT_SOCKET = "/run/warmstart/warmstart.sock"
+# connect() without a path uses this variable when set (as warmstartctl).
+SOCKET_ENV = "WARMSTART_SOCKET"
+
+
+class Error(Exception):
+    """A warmstart failure. ``code`` is the gRPC/Abseil status code (as the
+    WARMSTART_* codes of warmstart.h)."""
+
+    code = 2  # UNKNOWN
+
+    def __init__(self, message, code=None):
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class InvalidArgument(Error):
+    code = 3
+
+
+class DeadlineExceeded(Error):
+    code = 4
+
+
+class NotFound(Error):
+    code = 5
+
+
+class AlreadyExists(Error):
+    code = 6
+
+
+class PermissionDenied(Error):
+    code = 7
+
+
+class ResourceExhausted(Error):
+    code = 8
+
+
+class FailedPrecondition(Error):
+    code = 9
+
+
+class Unimplemented(Error):
+    code = 12
+
+
+class Unavailable(Error):
+    code = 14
+
+
+class DataLoss(Error):
+    code = 15
+
+
+class UnsupportedDType(Error, TypeError):
+    """A tensor whose dtype the consumer (torch) cannot represent."""
+
+    code = 12
+
+
+_ERRORS = {cls.code: cls for cls in (
+    InvalidArgument, DeadlineExceeded, NotFound, AlreadyExists,
+    PermissionDenied, ResourceExhausted, FailedPrecondition, Unimplemented,
+    Unavailable, DataLoss)}
+
+
+def _error(code, message):
+    return _ERRORS.get(code, Error)(message, code)
+
+
+def _call(function, *args):
+    """Calls a fallible C function with an errptr as its last argument;
+    raises the error it reports."""
+    err = ctypes.c_void_p()
+    code = function(*args, ctypes.byref(err))
+    if code == 0:
+        return
+    if err.value:
+        message = ctypes.string_at(err.value).decode("utf-8", "replace")
+        _LIB.warmstart_free(err)
+    else:
+        message = f"warmstart: error {code}"
+    raise _error(code, message)
+
+
+def _name(name):
+    if isinstance(name, bytes):
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"warmstart: a model name is a str, not "
+                        f"{type(name).__name__}")
+    return name.encode()
+
+
+def _timeout(timeout):
+    """None waits forever (a negative value for the C interface)."""
+    if timeout is None:
+        return -1.0
+    timeout = float(timeout)
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"warmstart: bad timeout {timeout}")
+    return timeout
+
+
+def _text(value):
+    return value.decode("utf-8", "surrogateescape") if value else ""
+
+
+class _Lease:
+    """Owns one warmstart_model handle: destroying it releases the lease
+    and unmaps the memory. Every array of the model refers to it; it is
+    destroyed when the last reference goes."""
+
+    __slots__ = ("handle", "_destroy", "__weakref__")
+
+    def __init__(self, handle):
+        self.handle = handle
+        # Kept here: module globals may be gone at interpreter exit.
+        self._destroy = _LIB.warmstart_model_destroy
+
+    def close(self):
+        handle, self.handle = self.handle, None
+        if handle:
+            self._destroy(handle)
+
+    def __del__(self):
+        self.close()
+
+
+class _HostMemory:
+    """A tensor's host memory for NumPy: read-only, and holding the lease
+    (the base of the arrays NumPy makes from it)."""
+
+    __slots__ = ("_lease", "__array_interface__")
+
+    def __init__(self, lease, address, typestr, shape):
+        self._lease = lease
+        self.__array_interface__ = {
+            "version": 3,
+            "shape": shape,
+            "typestr": typestr,
+            "data": (address, True),  # Read-only.
+            "strides": None,
+        }
+
+
+def _host_array(lease, address, dtype, shape, nbytes):
+    typestr, layout = _dtypes.array_layout(dtype, shape, nbytes)
+    if nbytes == 0 or not address:
+        array = _np.empty(layout, dtype=typestr)
+        array.flags.writeable = False
+        return array
+    return _np.asarray(_HostMemory(lease, address, typestr, layout))
+
+
+class CudaTensor:
+    """A tensor in GPU memory, imported into this process's primary context
+    of its GPU, as ``__cuda_array_interface__`` (version 3): hand it to
+    ``torch.as_tensor``, ``cupy.asarray`` or Numba. Never write to it:
+    ``read_only`` says whether the driver would even let you (CUDA VMM
+    imports are read-only where the driver allows it; legacy IPC mappings
+    are not). Holds the
+    model's lease, as host arrays do; so do the objects made from it that
+    keep a reference (torch does).
+
+    ``dtype`` and ``shape`` follow the same rules as the host arrays
+    (raw unsigned integers or bytes where NumPy lacks the dtype)."""
+
+    __slots__ = ("_lease", "ptr", "shape", "typestr", "nbytes",
+                 "device_uuid", "dtype_name", "read_only")
+
+    def __init__(self, lease, ptr, dtype, shape, nbytes, device_uuid,
+                 read_only):
+        self._lease = lease
+        self.read_only = bool(read_only)
+        self.ptr = ptr or 0
+        self.typestr, self.shape = _dtypes.array_layout(dtype, shape, nbytes)
+        self.nbytes = nbytes
+        self.device_uuid = device_uuid
+        self.dtype_name = dtype
+
+    @property
+    def dtype(self):
+        return _np.dtype(self.typestr)
+
+    @property
+    def __cuda_array_interface__(self):
+        return {
+            "version": 3,
+            "shape": self.shape,
+            "typestr": self.typestr,
+            "data": (self.ptr, self.read_only),
+            "strides": None,
+        }
+
+    def _as_bytes(self):
+        return _CudaBytes(self)
+
+    def __repr__(self):
+        return (f"CudaTensor({self.dtype_name}, shape={self.shape}, "
+                f"device={self.device_uuid})")
+
+
+class _CudaBytes:
+    """A CudaTensor's memory as 1-D bytes (torch 1.x reads no uint16)."""
+
+    __slots__ = ("_tensor",)
+
+    def __init__(self, tensor):
+        self._tensor = tensor
+
+    @property
+    def __cuda_array_interface__(self):
+        return {
+            "version": 3,
+            "shape": (self._tensor.nbytes,),
+            "typestr": "|u1",
+            "data": (self._tensor.ptr, self._tensor.read_only),
+            "strides": None,
+        }
+
+
+def _to_torch(torch, name, dtype, shape, array):
+    attribute = _dtypes.TORCH.get(dtype)
+    torch_dtype = getattr(torch, attribute, None) if attribute else None
+    if torch_dtype is None:
+        raise UnsupportedDType(
+            f"warmstart: tensor {name!r} has dtype {dtype}, which torch "
+            f"{torch.__version__} cannot represent; its raw bytes are "
+            f"model.tensors[{name!r}]")
+    if isinstance(array, CudaTensor):
+        if array.nbytes == 0:
+            return torch.empty(shape, dtype=torch_dtype,
+                               device=f"cuda:{torch.cuda.current_device()}")
+        raw = torch.as_tensor(array._as_bytes())
+    else:
+        if array.nbytes == 0:
+            return torch.empty(shape, dtype=torch_dtype)
+        with warnings.catch_warnings():
+            # "The given NumPy array is not writable": it is not, on purpose.
+            warnings.simplefilter("ignore", UserWarning)
+            raw = torch.from_numpy(array.reshape(-1).view(_np.uint8))
+    try:
+        return raw.view(torch_dtype).reshape(shape)
+    except RuntimeError as error:
+        raise UnsupportedDType(
+            f"warmstart: tensor {name!r} ({dtype}, shape {list(shape)}, "
+            f"{array.nbytes} bytes) cannot be viewed as {torch_dtype}: "
+            f"{error}") from None
+
+
+class Model:
+    """A leased model, mapped into this process. Use it as a context manager
+    or call `release()`.
+
+    Attributes: ``name``, ``lease_id``, ``devices`` (the devices holding a
+    copy, "host" or GPU UUIDs), ``tensors`` (name -> array, on the first
+    device), ``dtypes`` (name -> real dtype name: "BF16", "Q4_K", ...),
+    ``shapes`` (name -> the tensor's shape, whatever the array's).
+
+    The lease is held until `release()` (or the end of the ``with`` block)
+    *and* until the last array taken from the model is gone: arrays stay
+    valid after the model is released.
+    """
+
+    def __init__(self, lease):
+        handle = lease.handle
+        self._name = _text(_LIB.warmstart_model_name(handle))
+        self._lease_id = _text(_LIB.warmstart_model_lease_id(handle))
+        by_device = {}
+        dtypes = {}
+        shapes = {}
+        tensor = _CTensor()
+        for index in range(_LIB.warmstart_model_tensor_count(handle)):
+            code = _LIB.warmstart_model_tensor(handle, index,
+                                               ctypes.byref(tensor))
+            if code != 0:
+                raise _error(code, f"warmstart: tensor {index} of model "
+                                   f"{self._name}")
+            name = _text(tensor.name)
+            dtype = _text(tensor.dtype)
+            device = _text(tensor.device_uuid)
+            shape = tuple(tensor.shape[i] for i in range(tensor.ndim))
+            if tensor.on_host:
+                array = _host_array(lease, tensor.data, dtype, shape,
+                                    tensor.nbytes)
+            else:
+                array = CudaTensor(lease, tensor.data, dtype, shape,
+                                   tensor.nbytes, device, tensor.read_only)
+            by_device.setdefault(device, {}).setdefault(name, array)
+            dtypes.setdefault(name, dtype)
+            shapes.setdefault(name, shape)
+        self._by_device = by_device
+        self._devices = list(by_device)
+        self._dtypes = types.MappingProxyType(dtypes)
+        self._shapes = types.MappingProxyType(shapes)
+        self._lease = lease
+        self._lease_ref = weakref.ref(lease)
+
+    @property
+    def name(self):
+        return self._name
+
+    @property
+    def lease_id(self):
+        return self._lease_id
+
+    @property
+    def devices(self):
+        return list(self._devices)
+
+    @property
+    def dtypes(self):
+        return self._dtypes
+
+    @property
+    def shapes(self):
+        return self._shapes
+
+    @property
+    def released(self):
+        """Whether `release()` was called (arrays may still hold the
+        lease: see `lease_held`)."""
+        return self._lease is None
+
+    @property
+    def lease_held(self):
+        """Whether the lease is still held, by the model or by an array."""
+        lease = self._lease_ref()
+        return lease is not None and lease.handle is not None
+
+    def _check_held(self):
+        if self._lease is None:
+            raise FailedPrecondition(
+                f"warmstart: model {self._name} was released (arrays taken "
+                f"before stay valid)")
+
+    @property
+    def tensors(self):
+        """Read-only mapping: tensor name -> array (NumPy on the host,
+        `CudaTensor` on a GPU), on the model's first device."""
+        self._check_held()
+        if not self._devices:
+            return types.MappingProxyType({})
+        return types.MappingProxyType(self._by_device[self._devices[0]])
+
+    def tensors_on(self, device):
+        """The tensors of the copy on `device` ("host" or a GPU UUID)."""
+        self._check_held()
+        if device not in self._by_device:
+            raise NotFound(f"warmstart: model {self._name} has no copy on "
+                           f"{device} (it has {', '.join(self._devices)})")
+        return types.MappingProxyType(self._by_device[device])
+
+    def to_torch(self, device=None):
+        """A dict name -> torch tensor sharing the memory (no copy), with
+        torch's dtype for each (BF16 -> torch.bfloat16, F8_E4M3 ->
+        torch.float8_e4m3fn where torch has it, ...). Raises
+        `UnsupportedDType` naming the first tensor torch has no dtype for
+        (GGUF quantized types, sub-byte floats): read those from `tensors`.
+        `device` picks the copy, as `tensors_on`."""
+        import torch  # Only here: NumPy users need not have torch.
+
+        tensors = self.tensors if device is None else self.tensors_on(device)
+        return {name: _to_torch(torch, name, self._dtypes[name],
+                                self._shapes[name], array)
+                for name, array in tensors.items()}
+
+    def release(self):
+        """Drops the model's hold on its lease: it is released (and the
+        memory unmapped) now, or when the last array taken from the model
+        is gone. Idempotent."""
+        self._by_device = {}
+        lease, self._lease = self._lease, None
+        del lease
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.release()
+
+    def __repr__(self):
+        state = "released" if self._lease is None else "held"
+        return (f"<warmstart.Model {self._name} lease={self._lease_id} "
+                f"{state}>")
+
+
+class Client:
+    """A connection to warmstartd. Thread-safe, except that `close()` must
+    not race with other calls. Models acquired through it stay valid after
+    it is closed."""
+
+    def __init__(self, handle, socket):
+        self._handle = handle
+        self._socket = socket
+        self._destroy = _LIB.warmstart_client_destroy
+
+    @property
+    def socket(self):
+        return self._socket
+
+    def _h(self):
+        if not self._handle:
+            raise FailedPrecondition("warmstart: the client is closed")
+        return self._handle
+
+    def acquire(self, name, timeout=None):
+        """Takes a lease on model `name` (waiting up to `timeout` seconds
+        for a load in progress; None waits forever) and maps it. NotFound
+        when there is no such model."""
+        handle = ctypes.c_void_p()
+        _call(_LIB.warmstart_acquire, self._h(), _name(name),
+              _timeout(timeout), ctypes.byref(handle))
+        return Model(_Lease(handle.value))
+
+    def load(self, name, path, timeout=None):
+        """Loads model `name` from `path` (absolute, beneath one of the
+        daemon's model roots) and waits until it is ready (up to `timeout`
+        seconds; a timeout leaves the load running). Returns its status."""
+        _call(_LIB.warmstart_load, self._h(), _name(name),
+              os.fsencode(path), _timeout(timeout))
+        return self.status(name)
+
+    def unload(self, name, force=False):
+        """Frees a model; with `force`, a leased one once its last lease is
+        released. FailedPrecondition for a leased model without `force`."""
+        _call(_LIB.warmstart_unload, self._h(), _name(name),
+              1 if force else 0)
+
+    def _status_json(self, name):
+        text = ctypes.c_void_p()
+        _call(_LIB.warmstart_status_json, self._h(), name,
+              ctypes.byref(text))
+        try:
+            return json.loads(ctypes.string_at(text.value).decode())
+        finally:
+            _LIB.warmstart_free(text)
+
+    def status(self, name):
+        """A model's status: a dict with name, path, state ("loading",
+        "ready", "failed", "unloading"), leases, bytes_loaded, bytes_total,
+        error, devices, tensor_count, pinned, ... NotFound when unknown."""
+        return self._status_json(_name(name))
+
+    def models(self):
+        """Every model's status (as `status`), in the daemon's order."""
+        return self._status_json(None)
+
+    def close(self):
+        handle, self._handle = self._handle, None
+        if handle:
+            self._destroy(handle)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+    def __repr__(self):
+        state = "open" if self._handle else "closed"
+        return f"<warmstart.Client {self._socket} {state}>"
+
+
+def connect(path=None, timeout=10.0, wait=False):
+    """Connects to warmstartd at the unix socket `path` (None: as
+    warmstartctl, $WARMSTART_SOCKET when set, else
+    /run/warmstart/warmstart.sock) and checks its protocol version, waiting
+    up to `timeout` seconds (None: forever) for an answer; with `wait`,
+    also while the socket does not exist yet. Raises Unavailable (naming
+    the socket) when nothing answers."""
+    if path is None:
+        socket = os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
+    else:
+        socket = os.fspath(path)
+    handle = ctypes.c_void_p()
+    seconds = math.inf if timeout is None else _timeout(timeout)
+    _call(_LIB.warmstart_connect, os.fsencode(socket), seconds,
+          1 if wait else 0, ctypes.byref(handle))
+    return Client(handle.value, socket)

@@ -1,0 +1,338 @@
+// The C interface (warmstart.h) over the C++ client.
+//
+// Every exported function catches at the boundary: the client uses no
+// exceptions, but the standard library may still throw (std::bad_alloc),
+// and nothing may unwind into a C caller.
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <new>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "client/client.h"
+#include "client/model_mapping.h"
+#include "client/warmstart.h"
+#include "nlohmann/json.hpp"
+#include "proto/warmstart.pb.h"
+
+struct warmstart_client {
+  std::unique_ptr<warmstart::client::Client> client;
+};
+
+struct warmstart_model {
+  warmstart::client::ModelMapping mapping;
+  // Copies, so that they outlive warmstart_release.
+  std::string name;
+  std::string lease_id;
+};
+
+namespace {
+
+using warmstart::client::Client;
+using warmstart::client::ConnectOptions;
+using warmstart::client::ModelMapping;
+using warmstart::client::TensorView;
+using warmstart::v1::ModelStatus;
+
+// The release this library belongs to. The client does not depend on
+// daemon code: keep it equal to kVersion in daemon/base/version.h.
+constexpr char kVersion[] = "0.1.0";
+
+// Stores `message` (made one line) in *errptr, freeing what was there, and
+// returns `code`. Never throws: on want of memory *errptr becomes NULL.
+int Fail(char** errptr, int code, absl::string_view message) noexcept {
+  if (errptr == nullptr) return code;
+  std::free(*errptr);
+  *errptr = static_cast<char*>(std::malloc(message.size() + 1));
+  if (*errptr != nullptr) {
+    for (size_t i = 0; i < message.size(); ++i) {
+      const char c = message[i];
+      (*errptr)[i] = (c == '\n' || c == '\r' || c == '\0') ? ' ' : c;
+    }
+    (*errptr)[message.size()] = '\0';
+  }
+  return code;
+}
+
+int FailWith(char** errptr, const absl::Status& status) noexcept {
+  // The codes of warmstart.h are absl's (and gRPC's) canonical codes.
+  const int code = static_cast<int>(status.code());
+  if (status.message().empty()) {
+    return Fail(errptr, code, absl::StatusCodeToString(status.code()));
+  }
+  return Fail(errptr, code, status.message());
+}
+
+// What a function returns when an exception reached the boundary. Call it
+// only from a catch block.
+int CaughtException(char** errptr) noexcept {
+  try {
+    throw;
+  } catch (const std::bad_alloc&) {
+    return Fail(errptr, WARMSTART_INTERNAL,
+                "warmstart: internal error: out of memory");
+  } catch (const std::exception& e) {
+    return Fail(errptr, WARMSTART_INTERNAL,
+                std::string("warmstart: internal error: ") + e.what());
+  } catch (...) {
+    return Fail(errptr, WARMSTART_INTERNAL,
+                "warmstart: internal error: unknown exception");
+  }
+}
+
+int NullArgument(char** errptr, const char* what) noexcept {
+  return Fail(errptr, WARMSTART_INVALID_ARGUMENT,
+              std::string("warmstart: ") + what + " is NULL");
+}
+
+// A timeout of warmstart.h as an absl::Duration: negative (or infinite)
+// waits forever when `negative_is_forever`; NaN is refused.
+absl::StatusOr<absl::Duration> Timeout(double seconds,
+                                       bool negative_is_forever) {
+  if (std::isnan(seconds)) {
+    return absl::InvalidArgumentError("warmstart: the timeout is NaN");
+  }
+  if (seconds < 0) {
+    if (negative_is_forever) return absl::InfiniteDuration();
+    return absl::InvalidArgumentError(
+        absl::StrCat("warmstart: negative timeout ", seconds));
+  }
+  if (std::isinf(seconds)) return absl::InfiniteDuration();
+  return absl::Seconds(seconds);
+}
+
+const char* StateName(warmstart::v1::ModelState state) {
+  switch (state) {
+    case warmstart::v1::LOADING:
+      return "loading";
+    case warmstart::v1::READY:
+      return "ready";
+    case warmstart::v1::FAILED:
+      return "failed";
+    case warmstart::v1::UNLOADING:
+      return "unloading";
+    default:
+      return "unknown";
+  }
+}
+
+// The same fields as `warmstartctl status --json`.
+nlohmann::json ModelJson(const ModelStatus& model) {
+  nlohmann::json devices = nlohmann::json::array();
+  for (const std::string& device : model.devices()) devices.push_back(device);
+  return nlohmann::json{{"name", model.name()},
+                        {"path", model.path()},
+                        {"state", StateName(model.state())},
+                        {"error", model.error()},
+                        {"error_code", model.error_code()},
+                        {"bytes_loaded", model.bytes_loaded()},
+                        {"bytes_total", model.bytes_total()},
+                        {"bytes_per_second", model.bytes_per_second()},
+                        {"leases", model.leases()},
+                        {"pinned", model.pinned()},
+                        {"devices", devices},
+                        {"tensor_count", model.tensor_count()},
+                        {"resident_bytes", model.resident_bytes()},
+                        {"load_seconds", model.load_seconds()}};
+}
+
+// A malloc'ed copy of `text`, or null.
+char* MallocCopy(const std::string& text) {
+  char* copy = static_cast<char*>(std::malloc(text.size() + 1));
+  if (copy != nullptr) std::memcpy(copy, text.c_str(), text.size() + 1);
+  return copy;
+}
+
+}  // namespace
+
+extern "C" {
+
+const char* warmstart_version(void) { return kVersion; }
+
+void warmstart_free(void* pointer) { std::free(pointer); }
+
+int warmstart_connect(const char* socket_path, double timeout_seconds,
+                      int wait_for_daemon, warmstart_client** client,
+                      char** errptr) {
+  try {
+    if (client == nullptr) return NullArgument(errptr, "client");
+    *client = nullptr;
+    absl::StatusOr<absl::Duration> timeout =
+        Timeout(timeout_seconds, /*negative_is_forever=*/false);
+    if (!timeout.ok()) return FailWith(errptr, timeout.status());
+    ConnectOptions options;
+    if (socket_path != nullptr) options.socket_path = socket_path;
+    options.timeout = *timeout;
+    options.wait_for_daemon = wait_for_daemon != 0;
+    absl::StatusOr<std::unique_ptr<Client>> connected =
+        Client::Connect(options);
+    if (!connected.ok()) return FailWith(errptr, connected.status());
+    auto handle = std::make_unique<warmstart_client>();
+    handle->client = *std::move(connected);
+    *client = handle.release();
+    return WARMSTART_OK;
+  } catch (...) {
+    return CaughtException(errptr);
+  }
+}
+
+void warmstart_client_destroy(warmstart_client* client) {
+  try {
+    delete client;
+  } catch (...) {
+    // Nothing to report to: destruction has no errptr.
+  }
+}
+
+int warmstart_load(warmstart_client* client, const char* name, const char* path,
+                   double timeout_seconds, char** errptr) {
+  try {
+    if (client == nullptr) return NullArgument(errptr, "client");
+    if (name == nullptr) return NullArgument(errptr, "name");
+    if (path == nullptr) return NullArgument(errptr, "path");
+    absl::StatusOr<absl::Duration> timeout =
+        Timeout(timeout_seconds, /*negative_is_forever=*/true);
+    if (!timeout.ok()) return FailWith(errptr, timeout.status());
+    absl::StatusOr<ModelStatus> loaded =
+        client->client->Load(name, path, {}, *timeout);
+    if (!loaded.ok()) return FailWith(errptr, loaded.status());
+    return WARMSTART_OK;
+  } catch (...) {
+    return CaughtException(errptr);
+  }
+}
+
+int warmstart_unload(warmstart_client* client, const char* name, int force,
+                     char** errptr) {
+  try {
+    if (client == nullptr) return NullArgument(errptr, "client");
+    if (name == nullptr) return NullArgument(errptr, "name");
+    absl::StatusOr<ModelStatus> unloaded =
+        client->client->Unload(name, force != 0);
+    if (!unloaded.ok()) return FailWith(errptr, unloaded.status());
+    return WARMSTART_OK;
+  } catch (...) {
+    return CaughtException(errptr);
+  }
+}
+
+int warmstart_status_json(warmstart_client* client, const char* name,
+                          char** json, char** errptr) {
+  try {
+    if (json == nullptr) return NullArgument(errptr, "json");
+    *json = nullptr;
+    if (client == nullptr) return NullArgument(errptr, "client");
+    nlohmann::json doc;
+    if (name != nullptr) {
+      absl::StatusOr<ModelStatus> model = client->client->GetModel(name);
+      if (!model.ok()) return FailWith(errptr, model.status());
+      doc = ModelJson(*model);
+    } else {
+      absl::StatusOr<std::vector<ModelStatus>> models = client->client->List();
+      if (!models.ok()) return FailWith(errptr, models.status());
+      doc = nlohmann::json::array();
+      for (const ModelStatus& model : *models) doc.push_back(ModelJson(model));
+    }
+    // Names, paths and messages are bytes from the daemon: never let
+    // invalid UTF-8 make dump() throw.
+    const std::string text = doc.dump(-1, ' ', /*ensure_ascii=*/false,
+                                      nlohmann::json::error_handler_t::replace);
+    *json = MallocCopy(text);
+    if (*json == nullptr) {
+      return Fail(errptr, WARMSTART_INTERNAL,
+                  "warmstart: internal error: out of memory");
+    }
+    return WARMSTART_OK;
+  } catch (...) {
+    return CaughtException(errptr);
+  }
+}
+
+int warmstart_acquire(warmstart_client* client, const char* name,
+                      double timeout_seconds, warmstart_model** model,
+                      char** errptr) {
+  try {
+    if (model == nullptr) return NullArgument(errptr, "model");
+    *model = nullptr;
+    if (client == nullptr) return NullArgument(errptr, "client");
+    if (name == nullptr) return NullArgument(errptr, "name");
+    absl::StatusOr<absl::Duration> timeout =
+        Timeout(timeout_seconds, /*negative_is_forever=*/true);
+    if (!timeout.ok()) return FailWith(errptr, timeout.status());
+    // Allocated first, so that no lease is taken that a failed allocation
+    // would then have to give back.
+    auto handle = std::make_unique<warmstart_model>();
+    handle->name = name;
+    absl::StatusOr<ModelMapping> mapping =
+        client->client->Acquire(name, *timeout);
+    if (!mapping.ok()) return FailWith(errptr, mapping.status());
+    handle->mapping = *std::move(mapping);
+    handle->lease_id = handle->mapping.lease_id();
+    *model = handle.release();
+    return WARMSTART_OK;
+  } catch (...) {
+    return CaughtException(errptr);
+  }
+}
+
+int warmstart_release(warmstart_model* model, char** errptr) {
+  try {
+    if (model == nullptr) return NullArgument(errptr, "model");
+    absl::Status released = model->mapping.Release();
+    if (!released.ok()) return FailWith(errptr, released);
+    return WARMSTART_OK;
+  } catch (...) {
+    return CaughtException(errptr);
+  }
+}
+
+void warmstart_model_destroy(warmstart_model* model) {
+  try {
+    delete model;  // ~ModelMapping releases and ignores the status.
+  } catch (...) {
+    // Nothing to report to: destruction has no errptr.
+  }
+}
+
+const char* warmstart_model_name(const warmstart_model* model) {
+  return model == nullptr ? nullptr : model->name.c_str();
+}
+
+const char* warmstart_model_lease_id(const warmstart_model* model) {
+  return model == nullptr ? nullptr : model->lease_id.c_str();
+}
+
+size_t warmstart_model_tensor_count(const warmstart_model* model) {
+  return model == nullptr ? 0 : model->mapping.tensors().size();
+}
+
+int warmstart_model_tensor(const warmstart_model* model, size_t index,
+                           warmstart_tensor* tensor) {
+  if (model == nullptr || tensor == nullptr) {
+    return WARMSTART_INVALID_ARGUMENT;
+  }
+  const std::vector<TensorView>& tensors = model->mapping.tensors();
+  if (index >= tensors.size()) return WARMSTART_OUT_OF_RANGE;
+  const TensorView& view = tensors[index];
+  tensor->name = view.name.c_str();
+  tensor->dtype = view.dtype.c_str();
+  tensor->device_uuid = view.device_uuid.c_str();
+  tensor->shape = view.shape.empty() ? nullptr : view.shape.data();
+  tensor->ndim = view.shape.size();
+  tensor->nbytes = view.nbytes;
+  tensor->data = view.nbytes == 0 ? nullptr : view.data;
+  tensor->on_host = view.device_uuid == "host" ? 1 : 0;
+  tensor->read_only = view.read_only ? 1 : 0;
+  return WARMSTART_OK;
+}
+
+}  // extern "C"
