@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "client/testing/fake_daemon.h"
 #include "daemon/base/testing/status_matchers.h"
 #include "daemon/base/testing/test_env.h"
@@ -265,11 +266,14 @@ TEST_F(ClientTest, UnsafeDescriptorsAreRefused) {
 TEST_F(ClientTest, GpuModelOnAGpuThisProcessCannotSeeIsNotFound) {
   // The simulated CUDA driver (daemon/device/testing/cuda_sim.h) sees one
   // GPU, not this one. (CUDA import itself: cuda_import_test and
-  // //tests:daemon_protocol_test.)
+  // //tests:daemon_protocol_test.) The client keeps the driver it loads
+  // first for the process's life, so this is the only test here that
+  // reaches CUDA; the variable is cleared even when an assertion fails.
   ::setenv(
       "WARMSTART_LIBCUDA",
       ::warmstart::testing::BinaryPath("daemon/device/libcuda_sim.so").c_str(),
       1);
+  absl::Cleanup unset = [] { ::unsetenv("WARMSTART_LIBCUDA"); };
   SetBehavior([](FakeBehavior& b) {
     b.kind = v1::CUDA_VMM_FD;
     b.device_uuid = "GPU-1234";
@@ -281,7 +285,6 @@ TEST_F(ClientTest, GpuModelOnAGpuThisProcessCannotSeeIsNotFound) {
                        HasSubstr("model tiny, allocation 0: import CUDA VMM "
                                  "memory (10000 bytes) on GPU-1234: GPU "
                                  "GPU-1234 is not visible to this process")));
-  ::unsetenv("WARMSTART_LIBCUDA");
   EXPECT_TRUE(OpenWeightMemfds().empty());
   EXPECT_EQ(fake_.outstanding_leases(), 0);
 }

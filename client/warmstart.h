@@ -27,8 +27,9 @@
  *  - Fallible functions return a status code (WARMSTART_OK, or one of the
  *    gRPC/Abseil codes below) and, on failure, store a one-line message in
  *    *errptr, allocated with malloc: free it with warmstart_free. A message
- *    already in *errptr is freed first, so one variable can be reused.
- *    errptr may be NULL when the message is not wanted.
+ *    already in *errptr is freed first, so one variable can be reused; a
+ *    successful call leaves *errptr alone, so test the return code, not
+ *    the message. errptr may be NULL when the message is not wanted.
  *  - Handles are opaque and owned by the caller: each *_destroy frees one.
  *    A model stays valid after the client that acquired it is destroyed.
  *  - Strings are NUL-terminated UTF-8. Strings and arrays a handle returns
@@ -138,7 +139,8 @@ int warmstart_status_json(warmstart_client* client, const char* name,
 
 /* Takes a lease on a model (waiting up to `timeout_seconds` for a load in
  * progress; negative waits forever) and maps it: host memory read-only,
- * GPU memory imported into the current device's primary context.
+ * GPU memory imported into this process's primary context of the GPU that
+ * holds it (found by UUID, whatever device is current).
  * WARMSTART_NOT_FOUND for an unknown model. *model is NULL on failure. */
 int warmstart_acquire(warmstart_client* client, const char* name,
                       double timeout_seconds, warmstart_model** model,

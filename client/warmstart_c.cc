@@ -4,6 +4,7 @@
 // exceptions, but the standard library may still throw (std::bad_alloc),
 // and nothing may unwind into a C caller.
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -63,7 +64,8 @@ int Fail(char** errptr, int code, absl::string_view message) noexcept {
   return code;
 }
 
-int FailWith(char** errptr, const absl::Status& status) noexcept {
+// May throw (building the message); callers run inside the boundary's try.
+int FailWith(char** errptr, const absl::Status& status) {
   // The codes of warmstart.h are absl's (and gRPC's) canonical codes.
   const int code = static_cast<int>(status.code());
   if (status.message().empty()) {
@@ -81,8 +83,11 @@ int CaughtException(char** errptr) noexcept {
     return Fail(errptr, WARMSTART_INTERNAL,
                 "warmstart: internal error: out of memory");
   } catch (const std::exception& e) {
-    return Fail(errptr, WARMSTART_INTERNAL,
-                std::string("warmstart: internal error: ") + e.what());
+    // A fixed buffer: nothing here may allocate (and throw) again.
+    char message[512];
+    std::snprintf(message, sizeof(message), "warmstart: internal error: %s",
+                  e.what());
+    return Fail(errptr, WARMSTART_INTERNAL, message);
   } catch (...) {
     return Fail(errptr, WARMSTART_INTERNAL,
                 "warmstart: internal error: unknown exception");
@@ -90,8 +95,9 @@ int CaughtException(char** errptr) noexcept {
 }
 
 int NullArgument(char** errptr, const char* what) noexcept {
-  return Fail(errptr, WARMSTART_INVALID_ARGUMENT,
-              std::string("warmstart: ") + what + " is NULL");
+  char message[128];
+  std::snprintf(message, sizeof(message), "warmstart: %s is NULL", what);
+  return Fail(errptr, WARMSTART_INVALID_ARGUMENT, message);
 }
 
 // A timeout of warmstart.h as an absl::Duration: negative (or infinite)

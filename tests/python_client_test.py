@@ -346,6 +346,31 @@ import warmstart
 client = warmstart.connect(sys.argv[1])
 model = client.acquire(sys.argv[2])
 tensors = model.tensors
+def test_a_forked_child_leaves_the_parents_lease_alone(client, root, daemon):
+    name = load(client, root, GGUF)
+    want = expected(GGUF)
+    first = next(iter(want))
+    model = client.acquire(name)
+    array = model.tensors[first]
+    pid = os.fork()
+    if pid == 0:
+        # A DataLoader-style worker dropping what it inherited.
+        try:
+            del array
+            model.release()
+            gc.collect()
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0
+    assert daemon.leases(name) == 1
+    assert sha256(array) == want[first][1]
+    del array
+    model.release()
+    gc.collect()
+    assert wait_for(lambda: daemon.leases(name) == 0, 5)
+
+
 def hashes():
     return {n: hashlib.sha256(memoryview(a)).hexdigest()
             for n, a in tensors.items()}

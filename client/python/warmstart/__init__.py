@@ -33,9 +33,17 @@ array referring to it is gone (at once in CPython when its reference count
 drops to zero; later if it sits in a reference cycle, until the garbage
 collector runs).
 
-Torch tensors from ``to_torch()`` share the read-only memory; torch does
-not know that it is read-only, and writing to one kills the process with
-SIGSEGV.
+Never write to the weights. Host memory is mapped read-only: writing
+through an array is refused, and through a torch tensor (torch does not
+know the memory is read-only) kills the process with SIGSEGV. GPU memory is
+read-only only where the driver allowed a read-only mapping of a CUDA VMM
+import (``CudaTensor.read_only``); a write there poisons this process's CUDA
+context, and through a legacy IPC mapping (or a VMM import the driver mapped
+read-write) it would silently change every worker's weights.
+
+Fork. Handles belong to the process that made them: in a forked child
+(a DataLoader worker, say) dropping a model, an array or a client does not
+touch the parent's lease, session or CUDA state; the child simply lets go.
 """
 import ctypes
 import json
@@ -178,16 +186,19 @@ class _Lease:
     and unmaps the memory. Every array of the model refers to it; it is
     destroyed when the last reference goes."""
 
-    __slots__ = ("handle", "_destroy", "__weakref__")
+    __slots__ = ("handle", "_destroy", "_pid", "__weakref__")
 
     def __init__(self, handle):
         self.handle = handle
         # Kept here: module globals may be gone at interpreter exit.
         self._destroy = _LIB.warmstart_model_destroy
+        self._pid = os.getpid()
 
     def close(self):
         handle, self.handle = self.handle, None
-        if handle:
+        # In a forked child the handle is the parent's (its lease, session
+        # and CUDA mappings): let go without touching it.
+        if handle and os.getpid() == self._pid:
             self._destroy(handle)
 
     def __del__(self):
@@ -269,7 +280,10 @@ class CudaTensor:
 
 
 class _CudaBytes:
-    """A CudaTensor's memory as 1-D bytes (torch 1.x reads no uint16)."""
+    """A CudaTensor's memory as 1-D bytes for torch (torch 1.x reads no
+    uint16). It claims to be writable: torch refuses interfaces marked
+    read-only ("the read only flag is not supported"), and the weights are
+    no more writable for it (see the module's note on writing)."""
 
     __slots__ = ("_tensor",)
 
@@ -282,9 +296,19 @@ class _CudaBytes:
             "version": 3,
             "shape": (self._tensor.nbytes,),
             "typestr": "|u1",
-            "data": (self._tensor.ptr, self._tensor.read_only),
+            "data": (self._tensor.ptr, False),
             "strides": None,
         }
+
+
+def _torch_device(torch, uuid):
+    """The torch device of the GPU with this UUID ("GPU-..."), or the
+    current one where torch cannot tell UUIDs."""
+    for index in range(torch.cuda.device_count()):
+        properties = torch.cuda.get_device_properties(index)
+        if f"GPU-{getattr(properties, 'uuid', '')}" == uuid:
+            return torch.device("cuda", index)
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def _to_torch(torch, name, dtype, shape, array):
@@ -298,7 +322,7 @@ def _to_torch(torch, name, dtype, shape, array):
     if isinstance(array, CudaTensor):
         if array.nbytes == 0:
             return torch.empty(shape, dtype=torch_dtype,
-                               device=f"cuda:{torch.cuda.current_device()}")
+                               device=_torch_device(torch, array.device_uuid))
         raw = torch.as_tensor(array._as_bytes())
     else:
         if array.nbytes == 0:
@@ -460,6 +484,7 @@ class Client:
 
     def __init__(self, handle, socket):
         self._handle = handle
+        self._pid = os.getpid()
         self._socket = socket
         self._destroy = _LIB.warmstart_client_destroy
 
@@ -516,7 +541,8 @@ class Client:
 
     def close(self):
         handle, self._handle = self._handle, None
-        if handle:
+        # As for models: a forked child does not touch the parent's handle.
+        if handle and os.getpid() == self._pid:
             self._destroy(handle)
 
     def __enter__(self):

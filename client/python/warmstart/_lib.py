@@ -1,11 +1,11 @@
 """Loads libwarmstart.so and declares the C interface of warmstart.h.
 
-The library is looked for, in order:
+The library is ``WARMSTART_LIBRARY`` when that variable is set (and only
+that path then); otherwise the first found of:
 
-1. at the path in the environment variable ``WARMSTART_LIBRARY``;
-2. next to this package (``warmstart/libwarmstart.so``: what
+1. next to this package (``warmstart/libwarmstart.so``: what
    ``tools/install`` does);
-3. in the ``lib`` directory of an installation prefix the package sits in
+2. in the ``lib`` directory of an installation prefix the package sits in
    (``PREFIX/lib/python3/site-packages/warmstart`` -> ``PREFIX/lib``).
 """
 import ctypes
