@@ -340,12 +340,6 @@ def test_array_outlives_release_and_with_block(client, root, daemon):
     assert daemon.leases(name) == 0
 
 
-WORKER = r"""
-import hashlib, json, sys
-import warmstart
-client = warmstart.connect(sys.argv[1])
-model = client.acquire(sys.argv[2])
-tensors = model.tensors
 def test_a_forked_child_leaves_the_parents_lease_alone(client, root, daemon):
     name = load(client, root, GGUF)
     want = expected(GGUF)
@@ -371,6 +365,12 @@ def test_a_forked_child_leaves_the_parents_lease_alone(client, root, daemon):
     assert wait_for(lambda: daemon.leases(name) == 0, 5)
 
 
+WORKER = r"""
+import hashlib, json, sys
+import warmstart
+client = warmstart.connect(sys.argv[1])
+model = client.acquire(sys.argv[2])
+tensors = model.tensors
 def hashes():
     return {n: hashlib.sha256(memoryview(a)).hexdigest()
             for n, a in tensors.items()}
