@@ -22,14 +22,8 @@ import time
 
 import pytest
 
-RUNFILES = os.environ["WARMSTART_RUNFILES"]
-FIXTURES = os.environ["WARMSTART_FIXTURES"]
-DAEMON = os.path.join(RUNFILES, "daemon/warmstartd")
-CTL = os.path.join(RUNFILES, "daemon/ctl/warmstartctl")
-CLIENT = os.path.join(RUNFILES, "client/examples/map_model")
-
-GGUF = "gguf/ollama-llama-2-tiny-random.gguf"
-SAFETENSORS = "safetensors/golden_rs_f32.safetensors"
+from harness import (CTL, FIXTURES, GGUF, SAFETENSORS, Daemon, ctl, event,
+                     in_root, make_model_root, write_safetensors)
 
 # Large enough that a load takes a visible while (several progress
 # reports, about ten a second), small enough for a test.
@@ -38,26 +32,6 @@ BIG_TENSOR_BYTES = 64 << 20
 
 COMMANDS = ("inspect", "bench", "info", "wait-ready", "load", "watch", "ls",
             "status", "unload", "stats")
-
-
-def write_safetensors(path, tensors, tensor_bytes, seed=1):
-    """A synthetic U8 checkpoint of a chosen size."""
-    header = {}
-    offset = 0
-    for i in range(tensors):
-        header[f"t{i}"] = {"dtype": "U8", "shape": [tensor_bytes],
-                           "data_offsets": [offset, offset + tensor_bytes]}
-        offset += tensor_bytes
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as out:
-        out.write(len(text).to_bytes(8, "little"))
-        out.write(text)
-        block = bytes((seed + i) % 251 for i in range(1 << 16))
-        left = offset
-        while left:
-            out.write(block[:min(left, len(block))])
-            left -= min(left, len(block))
 
 
 def drop_page_cache(path):
@@ -71,67 +45,6 @@ def drop_page_cache(path):
         os.close(fd)
 
 
-def ctl(*args, timeout=120, env=None):
-    return subprocess.run([CTL, *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
-
-
-class Daemon:
-    """A warmstartd process; stopped (SIGKILL at worst) by stop()."""
-
-    def __init__(self, workdir, *args, wait=True):
-        self.workdir = workdir
-        self.socket = os.path.join(workdir, "d.sock")
-        self.args = [DAEMON, "--socket", self.socket, "--backend", "host",
-                     *args]
-        self.log_path = os.path.join(workdir, "daemon.log")
-        self.start(wait)
-
-    def start(self, wait=True):
-        self.log = open(self.log_path, "a")
-        self.process = subprocess.Popen(self.args, stdout=self.log,
-                                        stderr=self.log)
-        if wait:
-            ready = self.ctl("wait-ready", "--timeout", "30")
-            assert ready.returncode == 0, ready.stderr + self.logs()
-
-    def logs(self):
-        with open(self.log_path) as log:
-            return log.read()
-
-    def ctl(self, *args, timeout=120):
-        return ctl(*args, "--socket", self.socket, timeout=timeout)
-
-    def status(self, name):
-        result = self.ctl("status", name, "--json")
-        if result.returncode != 0:
-            return None
-        return json.loads(result.stdout)
-
-    def client(self, *args):
-        return subprocess.Popen([CLIENT, "--socket", self.socket, *args],
-                                stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-
-    def stop(self, sig=signal.SIGTERM, timeout=30):
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
-        return self.process.returncode
-
-
-def event(process):
-    """The client's next JSON event line."""
-    line = process.stdout.readline()
-    assert line, process.stderr.read()
-    return json.loads(line)
-
-
 def one_line_error(result):
     """The stderr of a failed command: exactly one "warmstartctl: " line."""
     lines = result.stderr.splitlines()
@@ -142,37 +55,15 @@ def one_line_error(result):
 
 @pytest.fixture(scope="module")
 def root():
-    """A model root (shared by the module's daemons) holding copies of two
-    fixtures (runfiles are symlinks out of the tree, which a model root
-    rightly refuses) and a synthetic checkpoint big enough to show
-    progress."""
+    """A model root (shared by the module's daemons, in place of the
+    per-test one of tests/conftest.py) holding copies of two fixtures and
+    a synthetic checkpoint big enough to show progress."""
     top = tempfile.mkdtemp(prefix="ws-ctl-", dir="/tmp")
-    path = os.path.join(top, "models")
-    os.mkdir(path)
-    for fixture in (GGUF, SAFETENSORS):
-        shutil.copy(os.path.join(FIXTURES, fixture), path)
+    path = make_model_root(os.path.join(top, "models"), (GGUF, SAFETENSORS))
     write_safetensors(os.path.join(path, "big.safetensors"), BIG_TENSORS,
                       BIG_TENSOR_BYTES)
     yield path
     shutil.rmtree(top, ignore_errors=True)
-
-
-@pytest.fixture
-def workdir():
-    path = tempfile.mkdtemp(prefix="ws-", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def daemon(workdir, root):
-    d = Daemon(workdir, "--model_root", root)
-    yield d
-    d.stop(signal.SIGKILL)
-
-
-def in_root(root, fixture):
-    return os.path.join(root, os.path.basename(fixture))
 
 
 def big(root):

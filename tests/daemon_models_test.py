@@ -4,150 +4,21 @@ loading, leases, unloads, refusals, crashes and restarts, leaks.
 Binaries come from the test's runfiles ($WARMSTART_RUNFILES); every daemon
 runs with the host backend on sockets and model roots under /tmp.
 """
-import json
 import os
 import shutil
 import signal
 import socket as socket_module
-import subprocess
-import tempfile
 import time
 import urllib.request
 
 import pytest
 
-RUNFILES = os.environ["WARMSTART_RUNFILES"]
-FIXTURES = os.environ["WARMSTART_FIXTURES"]
-DAEMON = os.path.join(RUNFILES, "daemon/warmstartd")
-CTL = os.path.join(RUNFILES, "daemon/ctl/warmstartctl")
-CLIENT = os.path.join(RUNFILES, "client/examples/map_model")
+from harness import (FIXTURES, GGUF, SAFETENSORS, TENSORIZER, Daemon,
+                     event, expected_hashes, in_root, wait_for,
+                     write_safetensors)
 
-# Fixtures written by the reference writers, with their expected sha256 per
-# tensor, read from the expected-values files.
-GGUF = "gguf/ollama-llama-2-tiny-random.gguf"
-SAFETENSORS = "safetensors/golden_rs_f32.safetensors"
-TENSORIZER = "tensorizer/module_simple_v1.tensors"
-
-
-def expected_hashes(fixture):
-    path = os.path.join(FIXTURES, fixture)
-    if fixture.endswith(".gguf"):
-        doc = json.load(open(path[:-len(".gguf")] + ".json"))
-        return {t["name"]: t["sha256"] for t in doc["tensors"]}
-    doc = json.load(open(path + ".json"))
-    if fixture.endswith(".safetensors"):
-        tensors = doc["independent_parse"]["tensors"]
-    else:
-        tensors = doc["expected"]["tensors"]
-    return {t["name"]: t["sha256"] for t in tensors}
-
-
-def write_safetensors(path, tensors, tensor_bytes, seed=1):
-    """A synthetic U8 checkpoint of a chosen size (load tests only; format
-    tests use the reference writers' files)."""
-    header = {}
-    offset = 0
-    for i in range(tensors):
-        header[f"t{i}"] = {"dtype": "U8", "shape": [tensor_bytes],
-                           "data_offsets": [offset, offset + tensor_bytes]}
-        offset += tensor_bytes
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as out:
-        out.write(len(text).to_bytes(8, "little"))
-        out.write(text)
-        block = bytes((seed + i) % 251 for i in range(1 << 16))
-        left = offset
-        while left:
-            out.write(block[:min(left, len(block))])
-            left -= min(left, len(block))
-
-
-class Daemon:
-    """A warmstartd process; stopped (SIGKILL at worst) by stop()."""
-
-    def __init__(self, workdir, *args, wait=True):
-        self.workdir = workdir
-        self.socket = os.path.join(workdir, "d.sock")
-        self.args = [DAEMON, "--socket", self.socket, "--backend", "host",
-                     *args]
-        self.log_path = os.path.join(workdir, "daemon.log")
-        self.start(wait)
-
-    def start(self, wait=True):
-        self.log = open(self.log_path, "a")
-        self.process = subprocess.Popen(self.args, stdout=self.log,
-                                        stderr=self.log)
-        if wait:
-            ready = self.ctl("wait-ready", "--timeout", "30")
-            assert ready.returncode == 0, ready.stderr + self.logs()
-
-    def logs(self):
-        with open(self.log_path) as log:
-            return log.read()
-
-    def ctl(self, *args, timeout=120):
-        return subprocess.run([CTL, *args, "--socket", self.socket],
-                              capture_output=True, text=True,
-                              timeout=timeout)
-
-    def status(self, name):
-        result = self.ctl("status", name, "--json")
-        if result.returncode != 0:
-            return None
-        return json.loads(result.stdout)
-
-    def client(self, *args):
-        return subprocess.Popen([CLIENT, "--socket", self.socket, *args],
-                                stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-
-    def stop(self, sig=signal.SIGTERM, timeout=30):
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
-        return self.process.returncode
-
-
-def event(process, timeout=60):
-    """The client's next JSON event line."""
-    line = process.stdout.readline()
-    assert line, process.stderr.read()
-    return json.loads(line)
-
-
-@pytest.fixture
-def workdir():
-    path = tempfile.mkdtemp(prefix="ws-", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def root(workdir):
-    """A model root holding copies of the fixtures (runfiles are symlinks
-    out of the tree, which a model root rightly refuses)."""
-    path = os.path.join(workdir, "models")
-    os.mkdir(path)
-    for fixture in (GGUF, SAFETENSORS, TENSORIZER):
-        shutil.copy(os.path.join(FIXTURES, fixture), path)
-    return path
-
-
-@pytest.fixture
-def daemon(workdir, root):
-    d = Daemon(workdir, "--model_root", root)
-    yield d
-    d.stop(signal.SIGKILL)
-
-
-def in_root(root, fixture):
-    return os.path.join(root, os.path.basename(fixture))
+# Copied into each test's model root (tests/conftest.py).
+MODEL_ROOT_FIXTURES = (GGUF, SAFETENSORS, TENSORIZER)
 
 
 @pytest.mark.parametrize("fixture", [GGUF, SAFETENSORS, TENSORIZER])
@@ -201,15 +72,6 @@ def test_fifty_clients_at_once_cause_one_load(daemon, root):
     assert all(h == hashes[0] for h in hashes)
     assert len(hashes[0]) == 16
     assert daemon.logs().count("loading model shared from") == 1
-
-
-def wait_for(predicate, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def test_killed_client_loses_its_lease_within_a_second(daemon, root):

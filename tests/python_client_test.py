@@ -11,36 +11,25 @@ import ctypes
 import gc
 import hashlib
 import importlib
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-import time
 
 import numpy as np
 import pytest
 import torch
 
-RUNFILES = os.environ["WARMSTART_RUNFILES"]
-FIXTURES = os.environ["WARMSTART_FIXTURES"]
-DAEMON = os.path.join(RUNFILES, "daemon/warmstartd")
-CTL = os.path.join(RUNFILES, "daemon/ctl/warmstartctl")
+from harness import (CTL, DAEMON, FIXTURES, GGUF, GGUF_ALLTYPES, NATIVE_ENV,
+                     RUNFILES, SAFETENSORS, SAFETENSORS_BF16, TENSORIZER,
+                     Daemon, event, expected, wait_for)
+
 PACKAGE_DIR = os.path.join(RUNFILES, "client/python")
 LIBRARY = os.path.join(RUNFILES, "client/libwarmstart.so")
 # The simulated CUDA driver (daemon/device/testing/cuda_sim.h): "device
 # pointers" are host addresses, so tests can read GPU tensors' bytes.
 CUDA_SIM = os.path.join(RUNFILES, "daemon/device/libcuda_sim.so")
-
-# Under --config=asan, client/python/pytest_runner.sh preloads the
-# sanitizer runtime into python (this process and the client processes it
-# starts); the daemon and warmstartctl carry their own and get the
-# environment without it.
-NATIVE_ENV = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-if "WARMSTART_TEST_ASAN_OPTIONS" in os.environ:
-    NATIVE_ENV["ASAN_OPTIONS"] = os.environ["WARMSTART_TEST_ASAN_OPTIONS"]
 
 os.environ["WARMSTART_LIBRARY"] = LIBRARY
 sys.path.insert(0, PACKAGE_DIR)
@@ -48,28 +37,12 @@ warmstart = importlib.import_module("warmstart")
 
 PYTHON = "/usr/bin/python3"
 
-# Fixtures written by the reference writers, with their expected sha256 per
-# tensor in the expected-values files.
-GGUF = "gguf/ollama-llama-2-tiny-random.gguf"
-GGUF_ALLTYPES = "gguf/ggufpy-v3-alltypes.gguf"
-SAFETENSORS = "safetensors/golden_rs_f32.safetensors"
-SAFETENSORS_BF16 = "safetensors/golden_py_bf16.safetensors"
-TENSORIZER = "tensorizer/module_simple_v1.tensors"
 ALL = (GGUF, GGUF_ALLTYPES, SAFETENSORS, SAFETENSORS_BF16, TENSORIZER)
 
-
-def expected(fixture):
-    """name -> (dtype, sha256) from the fixture's expected-values file."""
-    path = os.path.join(FIXTURES, fixture)
-    if fixture.endswith(".gguf"):
-        doc = json.load(open(path[:-len(".gguf")] + ".json"))
-        return {t["name"]: (t["type"], t["sha256"]) for t in doc["tensors"]}
-    doc = json.load(open(path + ".json"))
-    if fixture.endswith(".safetensors"):
-        tensors = doc["independent_parse"]["tensors"]
-    else:
-        tensors = doc["expected"]["tensors"]
-    return {t["name"]: (t.get("dtype"), t["sha256"]) for t in tensors}
+# Work directories are /tmp/wspy-*; model roots hold copies of ALL
+# (tests/conftest.py).
+WORKDIR_PREFIX = "wspy-"
+MODEL_ROOT_FIXTURES = ALL
 
 
 def sha256(array):
@@ -77,77 +50,8 @@ def sha256(array):
     return hashlib.sha256(memoryview(array)).hexdigest()
 
 
-class Daemon:
-    """A warmstartd process; stopped (SIGKILL at worst) by stop()."""
-
-    def __init__(self, workdir, *args, backend="host", env=None):
-        self.socket = os.path.join(workdir, "d.sock")
-        self.log_path = os.path.join(workdir, "daemon.log")
-        self.log = open(self.log_path, "a")
-        self.process = subprocess.Popen(
-            [DAEMON, "--socket", self.socket, "--backend", backend, *args],
-            stdout=self.log, stderr=self.log,
-            env=dict(NATIVE_ENV, **(env or {})))
-        ready = self.ctl("wait-ready", "--timeout", "30")
-        assert ready.returncode == 0, ready.stderr + self.logs()
-
-    def logs(self):
-        with open(self.log_path) as log:
-            return log.read()
-
-    def ctl(self, *args, timeout=120):
-        return subprocess.run([CTL, *args, "--socket", self.socket],
-                              capture_output=True, text=True,
-                              timeout=timeout, env=NATIVE_ENV)
-
-    def leases(self, name):
-        result = self.ctl("status", name, "--json")
-        assert result.returncode == 0, result.stderr
-        return json.loads(result.stdout)["leases"]
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self.log.close()
-
-
-def wait_for(predicate, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
-
-
 def model_name(fixture):
     return "m-" + os.path.basename(fixture).replace(".", "-")
-
-
-@pytest.fixture
-def workdir():
-    path = tempfile.mkdtemp(prefix="wspy-", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def root(workdir):
-    """A model root holding copies of the fixtures (runfiles are symlinks
-    out of the tree, which a model root rightly refuses)."""
-    path = os.path.join(workdir, "models")
-    os.mkdir(path)
-    for fixture in ALL:
-        shutil.copy(os.path.join(FIXTURES, fixture), path)
-    return path
-
-
-@pytest.fixture
-def daemon(workdir, root):
-    d = Daemon(workdir, "--model_root", root)
-    yield d
-    d.stop()
 
 
 @pytest.fixture
@@ -388,12 +292,6 @@ def worker(socket, name):
     return subprocess.Popen([PYTHON, "-c", WORKER, socket, name], env=env,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-
-
-def event(process):
-    line = process.stdout.readline()
-    assert line, process.stderr.read()
-    return json.loads(line)
 
 
 def ask(process, command):
