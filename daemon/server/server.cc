@@ -212,6 +212,7 @@ absl::Status Server::Listen(const v1::DaemonConfig& config,
         }
       }));
   RETURN_IF_ERROR(ApplySocketPermissions(handle_socket, listen.socket_mode(),
+                                         listen.socket_owner(),
                                          listen.socket_group()));
 
   service_ =
@@ -240,6 +241,7 @@ absl::Status Server::Listen(const v1::DaemonConfig& config,
   }
   grpc_server_->GetHealthCheckService()->SetServingStatus(false);
   RETURN_IF_ERROR(ApplySocketPermissions(socket, listen.socket_mode(),
+                                         listen.socket_owner(),
                                          listen.socket_group()));
   if (!listen.metrics_address().empty()) {
     ASSIGN_OR_RETURN(metrics_endpoint_,

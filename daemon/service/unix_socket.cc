@@ -1,6 +1,7 @@
 #include "daemon/service/unix_socket.h"
 
 #include <grp.h>
+#include <pwd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -60,9 +61,20 @@ absl::Status PrepareSocketPath(const std::string& path) {
 }
 
 absl::Status ApplySocketPermissions(const std::string& path, uint32_t mode,
+                                    const std::string& owner,
                                     const std::string& group) {
+  uid_t uid = static_cast<uid_t>(-1);  // -1 leaves it as it is.
+  gid_t gid = static_cast<gid_t>(-1);
+  if (!owner.empty()) {
+    struct passwd* entry = ::getpwnam(owner.c_str());
+    if (entry != nullptr) {
+      uid = entry->pw_uid;
+    } else if (!absl::SimpleAtoi(owner, &uid)) {
+      return absl::NotFoundError(
+          absl::StrCat("socket owner \"", owner, "\": no such user"));
+    }
+  }
   if (!group.empty()) {
-    gid_t gid = 0;
     struct group* entry = ::getgrnam(group.c_str());
     if (entry != nullptr) {
       gid = entry->gr_gid;
@@ -70,9 +82,11 @@ absl::Status ApplySocketPermissions(const std::string& path, uint32_t mode,
       return absl::NotFoundError(
           absl::StrCat("socket group \"", group, "\": no such group"));
     }
-    if (::chown(path.c_str(), static_cast<uid_t>(-1), gid) != 0) {
-      return ErrnoToStatus(errno, absl::StrCat("chown :", group, " ", path));
-    }
+  }
+  if ((!owner.empty() || !group.empty()) &&
+      ::chown(path.c_str(), uid, gid) != 0) {
+    return ErrnoToStatus(errno,
+                         absl::StrCat("chown ", owner, ":", group, " ", path));
   }
   if (::chmod(path.c_str(), static_cast<mode_t>(mode)) != 0) {
     return ErrnoToStatus(errno, absl::StrFormat("chmod %#o %s", mode, path));

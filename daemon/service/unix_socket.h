@@ -16,10 +16,11 @@ namespace warmstart {
 absl::Status PrepareSocketPath(const std::string& path);
 
 // Sets the permission bits of the socket file at `path` to `mode` and, when
-// `group` is not empty, its group to that group (by name or number).
-// Errors: NotFound naming an unknown group; the errno status of chmod or
-// chown, naming the path.
+// not empty, its owner to `owner` and its group to `group` (each by name or
+// number). Errors: NotFound naming an unknown user or group; the errno
+// status of chmod or chown, naming the path.
 absl::Status ApplySocketPermissions(const std::string& path, uint32_t mode,
+                                    const std::string& owner,
                                     const std::string& group);
 
 }  // namespace warmstart

@@ -76,5 +76,34 @@ TEST(PrepareSocketPathTest, RefusesPathsLongerThanSunPath) {
                        HasSubstr("must be 1 to 107 bytes")));
 }
 
+TEST(ApplySocketPermissionsTest, SetsModeOwnerAndGroup) {
+  testing::ShortTempDir dir;
+  const std::string path = dir.Join("s.sock");
+  ScopedFd socket = BindAt(path, false);
+  // This process's own user and group (by number): allowed without root.
+  ASSERT_OK(ApplySocketPermissions(path, 0640, std::to_string(::getuid()),
+                                   std::to_string(::getgid())));
+  struct stat st;
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0640u);
+  EXPECT_EQ(st.st_uid, ::getuid());
+  EXPECT_EQ(st.st_gid, ::getgid());
+  ASSERT_OK(ApplySocketPermissions(path, 0660, "", ""));
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0660u);
+}
+
+TEST(ApplySocketPermissionsTest, UnknownUserOrGroupIsNamed) {
+  testing::ShortTempDir dir;
+  const std::string path = dir.Join("s.sock");
+  ScopedFd socket = BindAt(path, false);
+  EXPECT_THAT(ApplySocketPermissions(path, 0660, "no-such-user-ws", ""),
+              StatusIs(absl::StatusCode::kNotFound,
+                       HasSubstr("socket owner \"no-such-user-ws\"")));
+  EXPECT_THAT(ApplySocketPermissions(path, 0660, "", "no-such-group-ws"),
+              StatusIs(absl::StatusCode::kNotFound,
+                       HasSubstr("socket group \"no-such-group-ws\"")));
+}
+
 }  // namespace
 }  // namespace warmstart
