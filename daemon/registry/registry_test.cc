@@ -8,7 +8,9 @@
 #include <thread>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "daemon/base/file_opener.h"
 #include "daemon/base/testing/status_matchers.h"
 #include "daemon/base/testing/test_env.h"
@@ -293,18 +295,36 @@ TEST_F(RegistryTest, PinnedAndLeasedModelsAreNotEvicted) {
   EXPECT_EQ(device_->live_allocations(), 2);
 }
 
-TEST_F(RegistryTest, ConcurrentLoadsOverTheBudgetTogetherLoadOneOfThem) {
-  Start({}, kModelBytes + kModelBytes / 2);
-  const std::string a = WriteModel("a.safetensors");
-  const std::string b = WriteModel("b.safetensors");
-  ASSERT_OK(registry_->Load(Request("a", a)));
-  ASSERT_OK(registry_->Load(Request("b", b)));
-  ASSERT_OK_AND_ASSIGN(v1::ModelStatus first,
-                       registry_->WaitLoaded("a", Soon()));
+TEST_F(RegistryTest, ALoadInProgressHoldsItsRoomInTheBudget) {
+  absl::Notification release_allocations;
+  // Whatever happens below, the load thread must not stay blocked.
+  absl::Cleanup release = [&] {
+    if (!release_allocations.HasBeenNotified()) release_allocations.Notify();
+  };
+  testing::DeviceFaults faults;
+  faults.hold_allocations = &release_allocations;
+  Start(faults, kModelBytes + kModelBytes / 2);
+  ASSERT_OK(registry_->Load(Request("a", WriteModel("a.safetensors"))));
+  // `a` has reserved its room once the budget shows it; its allocation
+  // waits.
+  const absl::Time deadline = Soon();
+  while (registry_->Stats().devices[0].resident_bytes == 0 &&
+         absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  ASSERT_EQ(registry_->Stats().devices[0].resident_bytes, kModelBytes);
+
+  // A loading model cannot be evicted, so `b` does not fit.
+  ASSERT_OK(registry_->Load(Request("b", WriteModel("b.safetensors"))));
   ASSERT_OK_AND_ASSIGN(v1::ModelStatus second,
                        registry_->WaitLoaded("b", Soon()));
-  // Only reserved room counts: one of them fits, whichever reserved first.
-  EXPECT_EQ((first.state() == v1::READY) + (second.state() == v1::READY), 1);
+  EXPECT_EQ(second.state(), v1::FAILED);
+  EXPECT_THAT(second.error(), HasSubstr("pinned, leased or loading"));
+
+  release_allocations.Notify();
+  ASSERT_OK_AND_ASSIGN(v1::ModelStatus first,
+                       registry_->WaitLoaded("a", Soon()));
+  EXPECT_EQ(first.state(), v1::READY) << first.error();
   EXPECT_EQ(registry_->Stats().devices[0].resident_bytes, kModelBytes);
 }
 

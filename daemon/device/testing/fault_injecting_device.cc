@@ -34,6 +34,9 @@ class CountedAllocation : public DeviceAllocation {
 
 absl::StatusOr<std::unique_ptr<DeviceAllocation>>
 FaultInjectingDevice::Allocate(uint64_t bytes, const std::string& label) {
+  if (faults_.hold_allocations != nullptr) {
+    faults_.hold_allocations->WaitForNotification();
+  }
   if (++allocation_calls_ == faults_.fail_allocation_at) {
     return absl::ResourceExhaustedError(
         absl::StrCat("injected: out of device memory allocating ", bytes,

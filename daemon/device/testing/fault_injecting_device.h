@@ -1,7 +1,7 @@
 // FaultInjectingDevice: a Device for tests that wraps another and fails on
 // request (out of memory at the N-th allocation, a pin or copy error at the
-// N-th call), and counts what is alive so tests can check that everything
-// was given back.
+// N-th call), holds allocations back on request, and counts what is alive so
+// tests can check that everything was given back.
 //
 // Thread safety: thread-safe.
 #ifndef WARMSTART_DAEMON_DEVICE_TESTING_FAULT_INJECTING_DEVICE_H_
@@ -10,6 +10,7 @@
 #include <atomic>
 #include <memory>
 
+#include "absl/synchronization/notification.h"
 #include "daemon/device/device.h"
 
 namespace warmstart {
@@ -19,6 +20,10 @@ struct DeviceFaults {
   int fail_allocation_at = 0;  // 1-based; 0 never. ResourceExhausted.
   int fail_register_at = 0;    // 1-based; 0 never. Internal.
   int fail_copy_at = 0;        // 1-based; 0 never. Internal (via `done`).
+  // When set, every allocation waits until it is notified: a test holds a
+  // load in progress (room reserved, nothing read yet) for as long as it
+  // needs. Not owned; must outlive the allocations.
+  absl::Notification* hold_allocations = nullptr;
 };
 
 class FaultInjectingDevice : public Device {
