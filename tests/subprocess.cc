@@ -106,7 +106,7 @@ int ChildProcess::Stop(int signal_number, int timeout_ms) {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  return -1;
+  return kStillRunning;
 }
 
 std::string ChildProcess::Stderr() const { return ReadFileOrDie(stderr_path_); }

@@ -37,8 +37,11 @@ class ChildProcess {
   ChildProcess& operator=(ChildProcess&&) = delete;
 
   pid_t pid() const { return pid_; }
+  // Stop() when the child did not exit in time (it is killed and reaped
+  // by the destructor).
+  static constexpr int kStillRunning = -2;
   // Sends `signal_number` and waits up to `timeout_ms`; returns the exit
-  // code, or -1 when it died of a signal or did not exit in time.
+  // code, -1 when it died of a signal, or kStillRunning.
   int Stop(int signal_number, int timeout_ms);
   // Everything the child wrote to stderr so far.
   std::string Stderr() const;

@@ -522,6 +522,9 @@ TEST_F(SimulatedCudaTest, SynchronizeWaitsForSlowCopies) {
   PinnedBuffer source(device_.get(), 20 * 4096);
   FillPattern(source.data(), 20 * 4096, 3);
   std::atomic<int> reported{0};
+  // Queued behind a paused stream, so Synchronize surely finds all 20 copies
+  // (2 ms each) still to do, however the threads are scheduled.
+  sim_.pause_streams(1);
   for (int i = 0; i < 20; ++i) {
     device_->CopyFromHost(*allocation, i * 4096, source.data() + i * 4096, 4096,
                           [&](absl::Status status) {
@@ -529,7 +532,8 @@ TEST_F(SimulatedCudaTest, SynchronizeWaitsForSlowCopies) {
                             reported.fetch_add(1);
                           });
   }
-  EXPECT_LT(reported.load(), 20) << "copies take 2 ms each";
+  EXPECT_EQ(sim_.outstanding_copies(), 20);
+  sim_.pause_streams(0);
   ASSERT_OK(device_->Synchronize());
   EXPECT_EQ(reported.load(), 20);
   EXPECT_EQ(sim_.outstanding_copies(), 0);

@@ -411,14 +411,22 @@ TEST_F(RegistryTest, ShutdownStopsNewLeasesAndWaitsForReleases) {
 }
 
 TEST_F(RegistryTest, UnloadWhileLoadingCancelsTheLoad) {
-  // 64 MiB through an 8 MiB pool: long enough to unload mid-way.
+  absl::Notification release_allocations;
+  absl::Cleanup release = [&] {
+    if (!release_allocations.HasBeenNotified()) release_allocations.Notify();
+  };
+  testing::DeviceFaults faults;
+  faults.hold_allocations = &release_allocations;
+  Start(faults, 0);
+  // 64 MiB through an 8 MiB pool: the load thread checks for the unload
+  // between chunks. Held at its allocation, it is surely still loading.
   const std::string path = root_.Join("big.safetensors");
   WriteTestSafetensors(path, 64, 1 << 20);
   ASSERT_OK(registry_->Load(Request("big", path)));
   ASSERT_OK_AND_ASSIGN(v1::ModelStatus unloading,
                        registry_->Unload("big", false));
   EXPECT_EQ(unloading.state(), v1::UNLOADING);
-  // Gone once the load thread has seen the flag, between two chunks.
+  release_allocations.Notify();
   const absl::Time deadline = Soon();
   while (!registry_->List().empty() && absl::Now() < deadline) {
     absl::SleepFor(absl::Milliseconds(5));

@@ -234,13 +234,15 @@ TEST(MetricsEndpointTest, OversizedRequestIsRefused) {
 }
 
 TEST(MetricsEndpointTest, SilentClientDoesNotBlockOthers) {
-  auto endpoint = StartOrDie();  // the default 2 s timeout
+  MetricsEndpointOptions options;
+  // Far longer than Exchange waits for its answer: served only if the silent
+  // connection does not hold the others up.
+  options.io_timeout = std::chrono::seconds(60);
+  auto endpoint = StartOrDie(options);
   ASSERT_NE(endpoint, nullptr);
   ScopedFd silent = Connect(endpoint->port());
-  const Clock::time_point start = Clock::now();
   EXPECT_EQ(Body(Exchange(endpoint->port(), "GET /metrics HTTP/1.0\r\n\r\n")),
             kBody);
-  EXPECT_LT(Clock::now() - start, std::chrono::milliseconds(1500));
 }
 
 TEST(MetricsEndpointTest, SilentClientIsClosedAfterTheTimeout) {
@@ -248,12 +250,12 @@ TEST(MetricsEndpointTest, SilentClientIsClosedAfterTheTimeout) {
   options.io_timeout = std::chrono::milliseconds(200);
   auto endpoint = StartOrDie(options);
   ASSERT_NE(endpoint, nullptr);
-  ScopedFd silent = Connect(endpoint->port());
+  // Before connecting: the server's clock starts when it accepts, later.
   const Clock::time_point start = Clock::now();
+  ScopedFd silent = Connect(endpoint->port());
+  // Closed, not left open: ReadUntilClosed fails after 5 s.
   EXPECT_EQ(ReadUntilClosed(silent.get()), "");
-  const auto waited = Clock::now() - start;
-  EXPECT_GE(waited, std::chrono::milliseconds(150));
-  EXPECT_LT(waited, std::chrono::milliseconds(2000));
+  EXPECT_GE(Clock::now() - start, std::chrono::milliseconds(200));
 }
 
 TEST(MetricsEndpointTest, ConnectionLimitWaitsForTimeouts) {
@@ -264,14 +266,15 @@ TEST(MetricsEndpointTest, ConnectionLimitWaitsForTimeouts) {
   ASSERT_NE(endpoint, nullptr);
   ScopedFd silent1 = Connect(endpoint->port());
   ScopedFd silent2 = Connect(endpoint->port());
-  const Clock::time_point start = Clock::now();
+  // Served once the silent ones time out, within Exchange's 5 s.
   EXPECT_EQ(Body(Exchange(endpoint->port(), "GET /metrics HTTP/1.0\r\n\r\n")),
             kBody);
-  EXPECT_LT(Clock::now() - start, std::chrono::milliseconds(2500));
 }
 
 TEST(MetricsEndpointTest, DestructorReturnsPromptly) {
-  auto endpoint = StartOrDie();  // the default 2 s timeout
+  MetricsEndpointOptions options;
+  options.io_timeout = std::chrono::seconds(60);
+  auto endpoint = StartOrDie(options);
   ASSERT_NE(endpoint, nullptr);
   const int port = endpoint->port();
   ScopedFd silent = Connect(port);
@@ -280,9 +283,10 @@ TEST(MetricsEndpointTest, DestructorReturnsPromptly) {
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   const Clock::time_point start = Clock::now();
   endpoint.reset();
-  EXPECT_LT(Clock::now() - start, std::chrono::milliseconds(500));
+  // Without waiting out the connections' 60 s timeout.
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(10));
   // The connections were closed, and nothing listens any more.
-  EXPECT_EQ(ReadUntilClosed(silent.get(), std::chrono::milliseconds(1000)), "");
+  EXPECT_EQ(ReadUntilClosed(silent.get()), "");
   ScopedFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
   sockaddr_in address{};
   address.sin_family = AF_INET;
