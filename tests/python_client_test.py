@@ -56,7 +56,7 @@ def model_name(fixture):
 
 @pytest.fixture
 def client(daemon):
-    with warmstart.connect(daemon.socket, timeout=10) as c:
+    with warmstart.connect(daemon.socket, timeout=30) as c:
         yield c
 
 
@@ -221,7 +221,7 @@ def test_array_outlives_release_and_with_block(client, root, daemon):
     del array
     gc.collect()
     assert not model.lease_held
-    assert wait_for(lambda: daemon.leases(name) == 0, 5)
+    assert wait_for(lambda: daemon.leases(name) == 0, 30)
 
     with client.acquire(name) as model:
         kept = model.tensors[first]
@@ -235,7 +235,7 @@ def test_array_outlives_release_and_with_block(client, root, daemon):
     assert daemon.leases(name) == 1
     del torch_kept
     gc.collect()
-    assert wait_for(lambda: daemon.leases(name) == 0, 5)
+    assert wait_for(lambda: daemon.leases(name) == 0, 30)
 
     # Released before any array was taken: the lease goes at once.
     with client.acquire(name) as model:
@@ -266,7 +266,7 @@ def test_a_forked_child_leaves_the_parents_lease_alone(client, root, daemon):
     del array
     model.release()
     gc.collect()
-    assert wait_for(lambda: daemon.leases(name) == 0, 5)
+    assert wait_for(lambda: daemon.leases(name) == 0, 30)
 
 
 WORKER = r"""
@@ -310,12 +310,12 @@ def test_two_processes_map_the_same_model(client, root, daemon):
         assert daemon.leases(name) == 2
         ask(first, "exit")
         assert first.wait(30) == 0
-        assert wait_for(lambda: daemon.leases(name) == 1, 5)
+        assert wait_for(lambda: daemon.leases(name) == 1, 30)
         ask(second, "hash")
         assert event(second) == {"event": "hash", "sha256": want}
         ask(second, "exit")
         assert second.wait(30) == 0
-        assert wait_for(lambda: daemon.leases(name) == 0, 5)
+        assert wait_for(lambda: daemon.leases(name) == 0, 30)
     finally:
         for process in (first, second):
             if process.poll() is None:
@@ -346,7 +346,7 @@ def test_connect_waits_for_the_daemon(workdir, root):
          socket, "--backend", "host", "--model_root", root],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=NATIVE_ENV)
     try:
-        with warmstart.connect(socket, timeout=20, wait=True) as client:
+        with warmstart.connect(socket, timeout=30, wait=True) as client:
             assert client.models() == []
     finally:
         later.kill()
@@ -389,7 +389,7 @@ def test_model_outlives_its_client(daemon, root):
     for tensor, (_, digest) in want.items():
         assert sha256(model.tensors[tensor]) == digest
     model.release()
-    assert wait_for(lambda: daemon.leases(name) == 0, 5)
+    assert wait_for(lambda: daemon.leases(name) == 0, 30)
 
 
 def test_arrays_survive_the_daemon(daemon, root, client):
@@ -519,7 +519,7 @@ def test_gpu_tensors_on_the_simulated_driver(workdir, root, monkeypatch, vmm):
             assert hashlib.sha256(data).hexdigest() == want["t.f32_1d"][1]
             del kept
             gc.collect()
-            assert wait_for(lambda: d.leases(name) == 0, 5)
+            assert wait_for(lambda: d.leases(name) == 0, 30)
     finally:
         d.stop()
 
