@@ -181,11 +181,12 @@ absl::Status Client::Watch(
 
 absl::StatusOr<std::vector<v1::ModelStatus>> Client::List(
     absl::Duration timeout) {
-  grpc::ClientContext context;
-  connection_->PrepareWithCurrentSession(&context, timeout);
   v1::ListModelsResponse response;
-  grpc::Status status = connection_->stub().ListModels(
-      &context, v1::ListModelsRequest(), &response);
+  grpc::Status status =
+      connection_->CallReadOnly(timeout, [&](grpc::ClientContext* context) {
+        return connection_->stub().ListModels(context, v1::ListModelsRequest(),
+                                              &response);
+      });
   if (!status.ok()) return connection_->FromGrpc(status);
   return std::vector<v1::ModelStatus>(response.models().begin(),
                                       response.models().end());
@@ -193,13 +194,13 @@ absl::StatusOr<std::vector<v1::ModelStatus>> Client::List(
 
 absl::StatusOr<v1::ModelStatus> Client::GetModel(const std::string& name,
                                                  absl::Duration timeout) {
-  grpc::ClientContext context;
-  connection_->PrepareWithCurrentSession(&context, timeout);
   v1::ListModelsRequest request;
   request.set_name(name);
   v1::ListModelsResponse response;
   grpc::Status status =
-      connection_->stub().ListModels(&context, request, &response);
+      connection_->CallReadOnly(timeout, [&](grpc::ClientContext* context) {
+        return connection_->stub().ListModels(context, request, &response);
+      });
   if (!status.ok()) return connection_->FromGrpc(status);
   for (const v1::ModelStatus& model : response.models()) {
     if (model.name() == name) return model;
@@ -223,11 +224,12 @@ absl::StatusOr<v1::ModelStatus> Client::Unload(const std::string& name,
 }
 
 absl::StatusOr<v1::Stats> Client::Stats(absl::Duration timeout) {
-  grpc::ClientContext context;
-  connection_->PrepareWithCurrentSession(&context, timeout);
   v1::Stats stats;
   grpc::Status status =
-      connection_->stub().GetStats(&context, v1::GetStatsRequest(), &stats);
+      connection_->CallReadOnly(timeout, [&](grpc::ClientContext* context) {
+        return connection_->stub().GetStats(context, v1::GetStatsRequest(),
+                                            &stats);
+      });
   if (!status.ok()) return connection_->FromGrpc(status);
   return stats;
 }

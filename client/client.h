@@ -111,6 +111,10 @@ class Client {
       const std::function<void(const v1::ModelStatus&)>& on_status,
       absl::Duration timeout = absl::InfiniteDuration());
 
+  // List, GetModel and Stats change nothing, so they try again by
+  // themselves after a daemon restart: Unavailable only when the daemon is
+  // still unreachable a second later (at once when its socket is gone).
+
   // Every model the daemon holds, in its order.
   absl::StatusOr<std::vector<v1::ModelStatus>> List(
       absl::Duration timeout = kDefaultCallTimeout);

@@ -1,5 +1,8 @@
 #include "client/connection.h"
 
+#include <sys/stat.h>
+
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -13,6 +16,11 @@ namespace {
 
 // Between attempts to reach a daemon that is restarting.
 constexpr absl::Duration kReconnectPause = absl::Milliseconds(50);
+
+// How long a read-only call waits for a daemon coming back after a
+// restart: a daemon that starts takes a few hundred milliseconds to listen
+// again, and a daemon that is simply gone costs the caller this much more.
+constexpr absl::Duration kReconnectWait = absl::Seconds(1);
 
 // The directory part of `path`, as dirname(3) would give it.
 std::string Dirname(const std::string& path) {
@@ -61,6 +69,39 @@ void Connection::PrepareWithCurrentSession(grpc::ClientContext* context,
   }
   if (session != nullptr && session->Closed()) session = nullptr;
   Prepare(context, timeout, session.get());
+}
+
+grpc::Status Connection::CallReadOnly(
+    absl::Duration timeout,
+    const std::function<grpc::Status(grpc::ClientContext*)>& call) {
+  const absl::Time deadline = timeout == absl::InfiniteDuration()
+                                  ? absl::InfiniteFuture()
+                                  : absl::Now() + timeout;
+  grpc::Status status;
+  {
+    grpc::ClientContext context;
+    PrepareWithCurrentSession(&context, timeout);
+    status = call(&context);
+  }
+  // gRPC's own retries (kServiceConfig) cover a connection that died
+  // unnoticed, but not a daemon that is still starting when they run out:
+  // the channel then waits out its reconnect backoff before trying again.
+  struct stat st;
+  if (status.error_code() != grpc::StatusCode::UNAVAILABLE ||
+      ::stat(socket_path_.c_str(), &st) != 0) {
+    return status;
+  }
+  grpc::experimental::ChannelResetConnectionBackoff(channel_.get());
+  const absl::Time wait_until =
+      std::min(deadline, absl::Now() + kReconnectWait);
+  if (!channel_->WaitForConnected(absl::ToChronoTime(wait_until))) {
+    return status;
+  }
+  grpc::ClientContext context;
+  PrepareWithCurrentSession(&context, deadline == absl::InfiniteFuture()
+                                          ? absl::InfiniteDuration()
+                                          : deadline - absl::Now());
+  return call(&context);
 }
 
 absl::Status Connection::CheckProtocol(const v1::ServerInfo& info) const {

@@ -7,6 +7,7 @@
 #ifndef WARMSTART_CLIENT_CONNECTION_H_
 #define WARMSTART_CLIENT_CONNECTION_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -50,6 +51,16 @@ class Connection {
   // a client that has a session carries its id.
   void PrepareWithCurrentSession(grpc::ClientContext* context,
                                  absl::Duration timeout);
+
+  // Runs `call`, a call that changes nothing, with a fresh context
+  // prepared as PrepareWithCurrentSession(timeout) does, and returns its
+  // status. When it fails because the daemon is unreachable while its
+  // socket file is there (a daemon restarting), waits for the channel to
+  // reconnect, at once rather than after the channel's reconnect backoff,
+  // for up to kReconnectWait within `timeout`, and calls it once more.
+  grpc::Status CallReadOnly(
+      absl::Duration timeout,
+      const std::function<grpc::Status(grpc::ClientContext*)>& call);
 
   // Reads the daemon's identity, checks its protocol and remembers it.
   // `wait_for_ready` waits for the channel to (re)connect until `deadline`
