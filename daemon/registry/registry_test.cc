@@ -8,7 +8,6 @@
 #include <thread>
 #include <vector>
 
-#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "daemon/base/file_opener.h"
@@ -43,6 +42,9 @@ class RegistryTest : public ::testing::Test {
  protected:
   void SetUp() override { Start({}, 0); }
 
+  // The load threads must not stay blocked when a test ends early.
+  void TearDown() override { ReleaseAllocations(); }
+
   void Start(testing::DeviceFaults faults, uint64_t budget) {
     registry_.reset();
     loader_.reset();
@@ -66,6 +68,20 @@ class RegistryTest : public ::testing::Test {
     options.opener = opener_.get();
     options.load.direct_io = false;
     registry_ = std::make_unique<Registry>(std::move(options));
+  }
+
+  // Start() with a device whose allocations wait for ReleaseAllocations():
+  // a load stays in progress, its room reserved, for as long as a test needs.
+  void StartHoldingAllocations(uint64_t budget) {
+    testing::DeviceFaults faults;
+    faults.hold_allocations = &allocations_released_;
+    Start(faults, budget);
+  }
+
+  void ReleaseAllocations() {
+    if (!allocations_released_.HasBeenNotified()) {
+      allocations_released_.Notify();
+    }
   }
 
   std::string WriteModel(const std::string& file, int tensors = kTensors) {
@@ -93,6 +109,7 @@ class RegistryTest : public ::testing::Test {
     return *loaded;
   }
 
+  absl::Notification allocations_released_;
   ShortTempDir root_;
   HostDevice host_{HostDeviceOptions{}};
   std::unique_ptr<testing::FaultInjectingDevice> device_;
@@ -296,14 +313,7 @@ TEST_F(RegistryTest, PinnedAndLeasedModelsAreNotEvicted) {
 }
 
 TEST_F(RegistryTest, ALoadInProgressHoldsItsRoomInTheBudget) {
-  absl::Notification release_allocations;
-  // Whatever happens below, the load thread must not stay blocked.
-  absl::Cleanup release = [&] {
-    if (!release_allocations.HasBeenNotified()) release_allocations.Notify();
-  };
-  testing::DeviceFaults faults;
-  faults.hold_allocations = &release_allocations;
-  Start(faults, kModelBytes + kModelBytes / 2);
+  StartHoldingAllocations(kModelBytes + kModelBytes / 2);
   ASSERT_OK(registry_->Load(Request("a", WriteModel("a.safetensors"))));
   // `a` has reserved its room once the budget shows it; its allocation
   // waits.
@@ -321,7 +331,7 @@ TEST_F(RegistryTest, ALoadInProgressHoldsItsRoomInTheBudget) {
   EXPECT_EQ(second.state(), v1::FAILED);
   EXPECT_THAT(second.error(), HasSubstr("pinned, leased or loading"));
 
-  release_allocations.Notify();
+  ReleaseAllocations();
   ASSERT_OK_AND_ASSIGN(v1::ModelStatus first,
                        registry_->WaitLoaded("a", Soon()));
   EXPECT_EQ(first.state(), v1::READY) << first.error();
@@ -411,13 +421,7 @@ TEST_F(RegistryTest, ShutdownStopsNewLeasesAndWaitsForReleases) {
 }
 
 TEST_F(RegistryTest, UnloadWhileLoadingCancelsTheLoad) {
-  absl::Notification release_allocations;
-  absl::Cleanup release = [&] {
-    if (!release_allocations.HasBeenNotified()) release_allocations.Notify();
-  };
-  testing::DeviceFaults faults;
-  faults.hold_allocations = &release_allocations;
-  Start(faults, 0);
+  StartHoldingAllocations(0);
   // 64 MiB through an 8 MiB pool: the load thread checks for the unload
   // between chunks. Held at its allocation, it is surely still loading.
   const std::string path = root_.Join("big.safetensors");
@@ -426,7 +430,7 @@ TEST_F(RegistryTest, UnloadWhileLoadingCancelsTheLoad) {
   ASSERT_OK_AND_ASSIGN(v1::ModelStatus unloading,
                        registry_->Unload("big", false));
   EXPECT_EQ(unloading.state(), v1::UNLOADING);
-  release_allocations.Notify();
+  ReleaseAllocations();
   const absl::Time deadline = Soon();
   while (!registry_->List().empty() && absl::Now() < deadline) {
     absl::SleepFor(absl::Milliseconds(5));
