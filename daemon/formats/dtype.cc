@@ -8,7 +8,7 @@ namespace warmstart {
 
 const std::vector<DTypeInfo>& AllDTypes() {
   // Block sizes of the GGUF types come from ggml's type_traits table (see
-  // shared/formats/GGUF_FORMAT.md).
+  // daemon/formats/spec/GGUF_FORMAT.md).
   static const auto* const kTypes = new std::vector<DTypeInfo>{
       {"BOOL", 1, 1},       {"U8", 1, 1},          {"I8", 1, 1},
       {"U16", 1, 2},        {"I16", 1, 2},         {"F16", 1, 2},

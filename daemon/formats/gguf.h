@@ -3,7 +3,7 @@
 // A GGUF file is a header (magic "GGUF", version, tensor and key/value
 // counts), typed metadata key/value pairs, tensor-info records (name, ggml
 // dims, ggml type, offset), zero padding to the alignment, then the tensor
-// data. See shared/formats/GGUF_FORMAT.md, which this parser follows.
+// data. See spec/GGUF_FORMAT.md, which this parser follows.
 #ifndef WARMSTART_DAEMON_FORMATS_GGUF_H_
 #define WARMSTART_DAEMON_FORMATS_GGUF_H_
 

@@ -2,7 +2,7 @@
 //
 // A safetensors file is an 8-byte little-endian header length N, N bytes of
 // UTF-8 JSON (an object, optionally followed by spaces), then the tensors'
-// bytes back to back. See shared/formats/SAFETENSORS_FORMAT.md.
+// bytes back to back. See spec/SAFETENSORS_FORMAT.md.
 #ifndef WARMSTART_DAEMON_FORMATS_SAFETENSORS_H_
 #define WARMSTART_DAEMON_FORMATS_SAFETENSORS_H_
 

@@ -1,5 +1,5 @@
 // Parsing of tensorizer `.tensors` files (data versions 1 to 4) into a
-// FileManifest. See shared/formats/TENSORIZER_FORMAT.md.
+// FileManifest. See spec/TENSORIZER_FORMAT.md.
 //
 // A tensorizer file is a 73-byte file header, a metadata index (one entry per
 // tensor: name, type, dtype, shape, header and data offsets, data length),

@@ -17,9 +17,8 @@ namespace {
 
 uint32_t g_seed = 0;
 
-bool Exists(const std::string& path) {
-  return ::access(path.c_str(), F_OK) == 0;
-}
+// Where the real weight files live in the repository (and so in runfiles).
+constexpr char kFixturesPackage[] = "tests/testdata";
 
 int RemoveEntry(const char* path, const struct stat*, int, struct FTW*) {
   ::remove(path);
@@ -33,15 +32,10 @@ std::string FixturePath(const std::string& relative) {
     return std::string(root) + "/" + relative;
   }
   const char* srcdir = std::getenv("TEST_SRCDIR");
-  const std::string base = srcdir != nullptr ? srcdir : ".";
-  // Bazel 4 lays external repositories out both ways, depending on
-  // --legacy_external_runfiles; accept either.
-  for (const std::string& candidate :
-       {base + "/shared/fixtures/" + relative,
-        base + "/__main__/external/shared/fixtures/" + relative}) {
-    if (Exists(candidate)) return candidate;
-  }
-  return base + "/shared/fixtures/" + relative;
+  const char* workspace = std::getenv("TEST_WORKSPACE");
+  return std::string(srcdir != nullptr ? srcdir : ".") + "/" +
+         (workspace != nullptr ? workspace : "warmstart") + "/" +
+         kFixturesPackage + "/" + relative;
 }
 
 std::string Sha256Hex(absl::string_view bytes) {

@@ -11,10 +11,11 @@
 namespace warmstart {
 namespace testing {
 
-// The absolute path of `relative` under shared/fixtures (e.g.
+// The absolute path of `relative` under tests/testdata, the real weight
+// files of the reference writers (e.g.
 // "safetensors/golden_rs_f32.safetensors"). Found through
-// $WARMSTART_FIXTURES, else through the test's Bazel runfiles (the
-// @shared repository declared in WORKSPACE).
+// $WARMSTART_FIXTURES, else through the test's Bazel runfiles (a test needs
+// //tests/testdata:fixtures in its data).
 std::string FixturePath(const std::string& relative);
 
 // The lowercase hex SHA-256 of `bytes`.

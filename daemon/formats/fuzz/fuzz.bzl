@@ -23,5 +23,5 @@ def fuzz_target(name, srcs, corpus_glob, deps = []):
         srcs = ["replay_test.sh"],
         args = ["$(location :%s)" % name, corpus_glob] +
                ["$(location %s)" % f for f in regressions],
-        data = [":" + name, "@shared//:fixtures"] + regressions,
+        data = [":" + name, "//tests/testdata:fixtures"] + regressions,
     )
