@@ -139,6 +139,7 @@ absl::StatusOr<v1::ModelStatus> Client::Load(const std::string& name,
     request.add_devices(device);
   }
   request.set_no_wait(options.no_wait);
+  request.set_layout(options.layout);
   grpc::ClientContext context;
   connection_->PrepareWithCurrentSession(&context, timeout);
   v1::ModelStatus model;

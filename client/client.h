@@ -62,6 +62,9 @@ struct LoadModelOptions {
   std::vector<std::string> devices;
   // Return as soon as the load has started (the status is then LOADING).
   bool no_wait = false;
+  // PACKED or FILE_IMAGE; unspecified lets the daemon choose (FILE_IMAGE
+  // for a single GGUF file in host memory) and joins either.
+  v1::ModelLayout layout = v1::MODEL_LAYOUT_UNSPECIFIED;
 };
 
 class Client {

@@ -61,6 +61,30 @@ const TensorView* ModelMapping::Find(absl::string_view name,
   return nullptr;
 }
 
+absl::StatusOr<std::string> ModelMapping::FilePath() const {
+  const std::string& name = lease_.model().name();
+  if (!held_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("model ", name, ": the lease was released"));
+  }
+  if (lease_.model().layout() != v1::FILE_IMAGE) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "model ", name,
+        " is held in the packed layout, which is not a file; load it with "
+        "layout FILE_IMAGE (warmstartctl load --layout file_image) to open "
+        "it as a file"));
+  }
+  for (const v1::Allocation& allocation : lease_.allocations()) {
+    if (allocation.kind() == v1::HOST_MEMFD &&
+        allocation.fd_index() < fds_.size() &&
+        fds_[allocation.fd_index()] >= 0) {
+      return absl::StrCat("/proc/self/fd/", fds_[allocation.fd_index()]);
+    }
+  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      "model ", name, " has no file image in host memory to open"));
+}
+
 absl::Status ModelMapping::Release() {
   if (!held_) return absl::OkStatus();
   held_ = false;

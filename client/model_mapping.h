@@ -86,6 +86,17 @@ class ModelMapping {
   // Whether the lease is still held (not released, not moved from).
   bool held() const { return held_; }
 
+  // A path under which this process can open the model as its file, for
+  // code that maps a model file (llama.cpp, gguf.GGUFReader,
+  // safetensors.safe_open): "/proc/self/fd/N" of the mapped memfd, whose
+  // bytes are the file's. Read-only: opening it for writing, writing and
+  // resizing fail (the memfd is sealed). Valid until Release(); child
+  // processes do not inherit the descriptor (close-on-exec).
+  // Errors: FailedPrecondition when the model is not held as a file image
+  // in host memory (ModelStatus.layout PACKED, or a GPU model) or the lease
+  // has been released.
+  absl::StatusOr<std::string> FilePath() const;
+
   // Unmaps the memory, closes the descriptors and sends ReleaseModel.
   // Idempotent: later calls return OK and do nothing. The local resources
   // are freed whatever the status; Unavailable when the session has closed

@@ -124,6 +124,15 @@ void warmstart_client_destroy(warmstart_client* client);
 int warmstart_load(warmstart_client* client, const char* name, const char* path,
                    double timeout_seconds, char** errptr);
 
+/* As warmstart_load, holding the model in `layout`: "packed" (tensors back
+ * to back, any checkpoint, any device) or "file_image" (the file's exact
+ * bytes, which warmstart_model_file_path opens as the file: one plaintext
+ * file in host memory). NULL lets the daemon choose (file_image for a
+ * single GGUF file in host memory) and joins a model in either layout. */
+int warmstart_load_layout(warmstart_client* client, const char* name,
+                          const char* path, const char* layout,
+                          double timeout_seconds, char** errptr);
+
 /* Unloads a model; `force` nonzero unloads a leased one once its last
  * lease is released. */
 int warmstart_unload(warmstart_client* client, const char* name, int force,
@@ -166,6 +175,15 @@ size_t warmstart_model_tensor_count(const warmstart_model* model);
  * warmstart_release or warmstart_model_destroy. */
 int warmstart_model_tensor(const warmstart_model* model, size_t index,
                            warmstart_tensor* tensor);
+
+/* For a model held as a file image: sets *path to a path
+ * ("/proc/self/fd/N") under which this process can open and map the
+ * resident bytes as the model's file (llama.cpp, gguf.GGUFReader,
+ * safetensors.safe_open); read-only (writes and resizes fail), valid until
+ * warmstart_release. The string is owned by the handle.
+ * WARMSTART_FAILED_PRECONDITION for a packed or released model. */
+int warmstart_model_file_path(warmstart_model* model, const char** path,
+                              char** errptr);
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -16,6 +16,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
@@ -34,6 +35,8 @@ struct warmstart_model {
   // Copies, so that they outlive warmstart_release.
   std::string name;
   std::string lease_id;
+  // What warmstart_model_file_path last returned.
+  std::string file_path;
 };
 
 namespace {
@@ -131,6 +134,17 @@ const char* StateName(warmstart::v1::ModelState state) {
   }
 }
 
+const char* LayoutName(warmstart::v1::ModelLayout layout) {
+  switch (layout) {
+    case warmstart::v1::PACKED:
+      return "packed";
+    case warmstart::v1::FILE_IMAGE:
+      return "file_image";
+    default:
+      return "";
+  }
+}
+
 // The same fields as `warmstartctl status --json`.
 nlohmann::json ModelJson(const ModelStatus& model) {
   nlohmann::json devices = nlohmann::json::array();
@@ -148,7 +162,8 @@ nlohmann::json ModelJson(const ModelStatus& model) {
                         {"devices", devices},
                         {"tensor_count", model.tensor_count()},
                         {"resident_bytes", model.resident_bytes()},
-                        {"load_seconds", model.load_seconds()}};
+                        {"load_seconds", model.load_seconds()},
+                        {"layout", LayoutName(model.layout())}};
 }
 
 // A malloc'ed copy of `text`, or null.
@@ -201,15 +216,34 @@ void warmstart_client_destroy(warmstart_client* client) {
 
 int warmstart_load(warmstart_client* client, const char* name, const char* path,
                    double timeout_seconds, char** errptr) {
+  return warmstart_load_layout(client, name, path, nullptr, timeout_seconds,
+                               errptr);
+}
+
+int warmstart_load_layout(warmstart_client* client, const char* name,
+                          const char* path, const char* layout,
+                          double timeout_seconds, char** errptr) {
   try {
     if (client == nullptr) return NullArgument(errptr, "client");
     if (name == nullptr) return NullArgument(errptr, "name");
     if (path == nullptr) return NullArgument(errptr, "path");
+    warmstart::client::LoadModelOptions options;
+    if (layout == nullptr) {
+      options.layout = warmstart::v1::MODEL_LAYOUT_UNSPECIFIED;
+    } else if (std::strcmp(layout, "packed") == 0) {
+      options.layout = warmstart::v1::PACKED;
+    } else if (std::strcmp(layout, "file_image") == 0) {
+      options.layout = warmstart::v1::FILE_IMAGE;
+    } else {
+      return FailWith(errptr, absl::InvalidArgumentError(absl::StrCat(
+                                  "layout \"", absl::CHexEscape(layout),
+                                  "\": expected packed or file_image")));
+    }
     absl::StatusOr<absl::Duration> timeout =
         Timeout(timeout_seconds, /*negative_is_forever=*/true);
     if (!timeout.ok()) return FailWith(errptr, timeout.status());
     absl::StatusOr<ModelStatus> loaded =
-        client->client->Load(name, path, {}, *timeout);
+        client->client->Load(name, path, options, *timeout);
     if (!loaded.ok()) return FailWith(errptr, loaded.status());
     return WARMSTART_OK;
   } catch (...) {
@@ -339,6 +373,22 @@ int warmstart_model_tensor(const warmstart_model* model, size_t index,
   tensor->on_host = view.device_uuid == "host" ? 1 : 0;
   tensor->read_only = view.read_only ? 1 : 0;
   return WARMSTART_OK;
+}
+
+int warmstart_model_file_path(warmstart_model* model, const char** path,
+                              char** errptr) {
+  try {
+    if (model == nullptr) return NullArgument(errptr, "model");
+    if (path == nullptr) return NullArgument(errptr, "path");
+    *path = nullptr;
+    absl::StatusOr<std::string> file_path = model->mapping.FilePath();
+    if (!file_path.ok()) return FailWith(errptr, file_path.status());
+    model->file_path = *std::move(file_path);
+    *path = model->file_path.c_str();
+    return WARMSTART_OK;
+  } catch (...) {
+    return CaughtException(errptr);
+  }
 }
 
 }  // extern "C"

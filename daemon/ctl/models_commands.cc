@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -66,6 +67,17 @@ std::string HumanBytes(uint64_t bytes) {
   return absl::StrFormat("%.2f GiB", bytes / (kMiB * 1024));
 }
 
+const char* LayoutName(v1::ModelLayout layout) {
+  switch (layout) {
+    case v1::PACKED:
+      return "packed";
+    case v1::FILE_IMAGE:
+      return "file_image";
+    default:
+      return "";
+  }
+}
+
 Json ModelJson(const v1::ModelStatus& model) {
   Json devices = Json::array();
   for (const std::string& device : model.devices()) devices.push_back(device);
@@ -81,7 +93,8 @@ Json ModelJson(const v1::ModelStatus& model) {
               {"devices", devices},
               {"tensor_count", model.tensor_count()},
               {"resident_bytes", model.resident_bytes()},
-              {"load_seconds", model.load_seconds()}};
+              {"load_seconds", model.load_seconds()},
+              {"layout", LayoutName(model.layout())}};
 }
 
 void PrintJson(const Json& json) { std::printf("%s\n", json.dump(2).c_str()); }
@@ -175,6 +188,16 @@ int RunLoad(const CommandLine& line) {
 
   client::LoadModelOptions options;
   options.devices = line.Values("--device");
+  const std::string layout = line.Value("--layout", "");
+  if (layout == "packed") {
+    options.layout = v1::PACKED;
+  } else if (layout == "file_image") {
+    options.layout = v1::FILE_IMAGE;
+  } else if (!layout.empty()) {
+    return Fail(kExitUsage,
+                absl::StrCat("--layout \"", absl::CHexEscape(layout),
+                             "\": expected packed or file_image"));
+  }
   // Always start without waiting and then watch, so progress shows.
   options.no_wait = true;
   absl::StatusOr<v1::ModelStatus> started =
@@ -360,6 +383,7 @@ int RunStatus(const CommandLine& line) {
   }
   std::printf("  leases:   %u\n", model->leases());
   std::printf("  devices:  %s\n", Devices(*model).c_str());
+  std::printf("  layout:   %s\n", LayoutName(model->layout()));
   if (model->pinned()) std::printf("  pinned (a preload; never evicted)\n");
   if (!model->error().empty()) {
     std::printf("  error:    %s\n", model->error().c_str());

@@ -95,7 +95,7 @@ preload failed), with its reason.
       {"load",
        RunLoad,
        {"--json", "--no-wait"},
-       {"--socket", "--device", "--timeout"},
+       {"--socket", "--device", "--timeout", "--layout"},
        "load NAME PATH",
        "load a checkpoint as NAME and wait until it is ready",
        R"(PATH: a weight file, a *.index.json shard index or a folder, beneath
@@ -104,6 +104,12 @@ rate and ETA on a terminal, a line a second otherwise.
       --no-wait            return once the load has started
       --device UUID        load onto this device ("host" or "GPU-..."); may
                            be repeated (default every device)
+      --layout L           packed (tensors back to back; any checkpoint and
+                           device) or file_image (the file's exact bytes,
+                           which workers open as the file, e.g. llama.cpp;
+                           one plaintext file, host memory only). Default:
+                           file_image for one GGUF file on host memory,
+                           else packed
       --timeout S          stop waiting after S seconds (exit 6; the load
                            goes on)
       --json               the model's status, as `status --json` gives it

@@ -16,6 +16,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 
 namespace warmstart {
 
@@ -67,6 +68,17 @@ class Device {
   // ResourceExhausted, naming the size, when the memory is not there.
   virtual absl::StatusOr<std::unique_ptr<DeviceAllocation>> Allocate(
       uint64_t bytes, const std::string& label) = 0;
+
+  // Allocates exactly `bytes` of zeroed memory to hold a file image: a
+  // file's own bytes, which clients open as a file (/proc/self/fd/N), so
+  // the exported size must be the file's to the byte. Only host memory can
+  // be opened as a file; this default refuses (FailedPrecondition).
+  virtual absl::StatusOr<std::unique_ptr<DeviceAllocation>> AllocateFileImage(
+      uint64_t bytes, const std::string& label) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "device ", uuid(), " cannot hold ", label, " as a file image (", bytes,
+        " bytes): file images live in host memory; use the packed layout"));
+  }
 
   // Makes [data, data+bytes) usable as a copy source (pins it for DMA).
   // The staging pool calls it once per slab region at start.

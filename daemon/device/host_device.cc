@@ -220,7 +220,6 @@ absl::StatusOr<std::unique_ptr<DeviceAllocation>> HostDevice::Allocate(
   ScopedFd memfd;
   uint64_t size = RoundUp(std::max<uint64_t>(bytes, 1), kPageBytes);
   char* data = nullptr;
-  unsigned prefault_threads = 0;  // Huge pages are populated by mmap.
   if (options_.huge_pages) {
     const uint64_t huge_size = RoundUp(size, kHugePageBytes);
     memfd.reset(::memfd_create(name.c_str(),
@@ -247,33 +246,45 @@ absl::StatusOr<std::unique_ptr<DeviceAllocation>> HostDevice::Allocate(
           ->Add();
     }
   }
-  if (data == nullptr) {
-    // Shared memory has no limit of its own (and MemAvailable leaves out the
-    // huge-page pool tried above): check before reserving.
-    if (const uint64_t available = AvailableMemoryBytes();
-        available != 0 && size > available) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("host memory for ", label, ": ", size, " bytes wanted, ",
-                       available, " available"));
-    }
-    memfd.reset(::memfd_create(name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING));
-    if (!memfd.valid()) return ErrnoToStatus(errno, "memfd_create " + name);
-    if (::ftruncate(memfd.get(), static_cast<off_t>(size)) != 0) {
-      return ErrnoToStatus(errno, absl::StrCat("size host memory for ", label,
-                                               " to ", size, " bytes"));
-    }
-    void* mapped = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED,
-                          memfd.get(), 0);
-    if (mapped == MAP_FAILED) {
-      return ErrnoToStatus(
-          errno,
-          absl::StrCat("map ", size, " bytes of host memory for ", label));
-    }
-    data = static_cast<char*>(mapped);
-    prefault_threads = std::max(1u, options_.prefault_threads);
+  if (data == nullptr) return AllocateSmallPages(size, label);
+  // Huge pages are populated by mmap (MAP_POPULATE): no prefault threads.
+  return std::unique_ptr<DeviceAllocation>(
+      new HostAllocation(std::move(memfd), data, size, 0, label));
+}
+
+absl::StatusOr<std::unique_ptr<DeviceAllocation>> HostDevice::AllocateFileImage(
+    uint64_t bytes, const std::string& label) {
+  // A memfd needs no page-multiple size: the last page is partly beyond
+  // the end, and readers of the file see exactly `bytes`.
+  return AllocateSmallPages(std::max<uint64_t>(bytes, 1), label);
+}
+
+absl::StatusOr<std::unique_ptr<DeviceAllocation>>
+HostDevice::AllocateSmallPages(uint64_t size, const std::string& label) {
+  const std::string name = absl::StrCat("warmstart:", label);
+  // Shared memory has no limit of its own (and MemAvailable leaves out the
+  // huge-page pool): check before reserving.
+  if (const uint64_t available = AvailableMemoryBytes();
+      available != 0 && size > available) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("host memory for ", label, ": ", size, " bytes wanted, ",
+                     available, " available"));
   }
-  return std::unique_ptr<DeviceAllocation>(new HostAllocation(
-      std::move(memfd), data, size, prefault_threads, label));
+  ScopedFd memfd(::memfd_create(name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  if (!memfd.valid()) return ErrnoToStatus(errno, "memfd_create " + name);
+  if (::ftruncate(memfd.get(), static_cast<off_t>(size)) != 0) {
+    return ErrnoToStatus(errno, absl::StrCat("size host memory for ", label,
+                                             " to ", size, " bytes"));
+  }
+  void* mapped =
+      ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd.get(), 0);
+  if (mapped == MAP_FAILED) {
+    return ErrnoToStatus(
+        errno, absl::StrCat("map ", size, " bytes of host memory for ", label));
+  }
+  return std::unique_ptr<DeviceAllocation>(
+      new HostAllocation(std::move(memfd), static_cast<char*>(mapped), size,
+                         std::max(1u, options_.prefault_threads), label));
 }
 
 void HostDevice::CopyFromHost(DeviceAllocation& destination, uint64_t offset,

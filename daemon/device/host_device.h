@@ -38,6 +38,10 @@ class HostDevice : public Device {
   const std::string& uuid() const override { return uuid_; }
   absl::StatusOr<std::unique_ptr<DeviceAllocation>> Allocate(
       uint64_t bytes, const std::string& label) override;
+  // A memfd of exactly `bytes`, in 4 KiB pages: a hugetlbfs memfd's size is
+  // a multiple of 2 MiB, which would append zeros to the file.
+  absl::StatusOr<std::unique_ptr<DeviceAllocation>> AllocateFileImage(
+      uint64_t bytes, const std::string& label) override;
   // Host memory needs no pinning for memcpy.
   absl::Status RegisterHostMemory(void*, uint64_t) override {
     return absl::OkStatus();
@@ -50,6 +54,11 @@ class HostDevice : public Device {
   absl::Status Synchronize() override { return absl::OkStatus(); }
 
  private:
+  // A memfd of `size` bytes in normal pages, reserved and faulted in by
+  // background threads.
+  absl::StatusOr<std::unique_ptr<DeviceAllocation>> AllocateSmallPages(
+      uint64_t size, const std::string& label);
+
   const HostDeviceOptions options_;
   const std::string uuid_ = "host";
 };

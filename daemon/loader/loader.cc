@@ -67,6 +67,64 @@ absl::Status CheckLoadable(const Manifest& manifest) {
   return absl::OkStatus();
 }
 
+// Why `manifest` cannot be held as a file image; OK when it can.
+absl::Status CheckFileImage(const Manifest& manifest) {
+  if (manifest.files.size() != 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        manifest.files.empty() ? "(no file)" : manifest.files[0].path,
+        ": a file image holds one file and this checkpoint has ",
+        manifest.files.size(), "; use the packed layout"));
+  }
+  const FileManifest& file = manifest.files[0];
+  for (const TensorEntry& tensor : file.tensors) {
+    if (tensor.encryption.has_value()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          file.path, ": tensor \"", tensor.name,
+          "\" is encrypted: a file image holds the file's bytes as stored, "
+          "which would be ciphertext; use the packed layout, which decrypts"));
+    }
+    if (tensor.is_meta()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          file.path, ": tensor \"", tensor.name,
+          "\" is a meta tensor with no bytes in the file, so a file image "
+          "cannot hold it; use the packed layout"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The whole of `file` as one tensor of bytes at offset 0: what a file image
+// reads, with the loader's ordinary machinery.
+Manifest WholeFileManifest(const FileManifest& file) {
+  FileManifest whole;
+  whole.path = file.path;
+  whole.format = file.format;
+  whole.file_size = file.file_size;
+  TensorEntry bytes;
+  bytes.name = "(file image)";
+  bytes.dtype = "U8";
+  bytes.shape = {file.file_size};
+  bytes.nbytes = file.file_size;
+  bytes.stored_bytes = file.file_size;
+  whole.tensors.push_back(std::move(bytes));
+  Manifest manifest;
+  manifest.files.push_back(std::move(whole));
+  return manifest;
+}
+
+// Checks the checksums `file` stores against the bytes of its image.
+absl::Status VerifyImage(const FileManifest& file, const char* image) {
+  for (const TensorEntry& tensor : file.tensors) {
+    if (tensor.checksums.empty()) continue;
+    ASSIGN_OR_RETURN(ChecksumVerifier verifier,
+                     ChecksumVerifier::Start(file.path, tensor));
+    RETURN_IF_ERROR(verifier.Update(
+        absl::string_view(image + tensor.offset, tensor.stored_bytes)));
+    RETURN_IF_ERROR(verifier.Finish());
+  }
+  return absl::OkStatus();
+}
+
 // A device's ResourceExhausted, marked as the device being full.
 absl::Status MarkedDeviceFull(absl::Status status) {
   if (absl::IsResourceExhausted(status)) {
@@ -82,24 +140,74 @@ bool IsDeviceFull(const absl::Status& status) {
          status.GetPayload(kDeviceFullPayload).has_value();
 }
 
+absl::string_view ModelLayoutName(ModelLayout layout) {
+  return layout == ModelLayout::kFileImage ? "file_image" : "packed";
+}
+
+absl::StatusOr<LoadSize> SizeLoad(const Manifest& manifest, ModelLayout layout,
+                                  uint64_t alignment) {
+  RETURN_IF_ERROR(CheckLoadable(manifest));
+  LoadSize size;
+  if (layout == ModelLayout::kFileImage) {
+    RETURN_IF_ERROR(CheckFileImage(manifest));
+    size.arena_bytes = size.load_bytes = manifest.files[0].file_size;
+    return size;
+  }
+  ASSIGN_OR_RETURN(ArenaLayout arena, LayoutArena(manifest, alignment));
+  size.arena_bytes = arena.total_bytes;
+  for (const FileManifest& file : manifest.files) {
+    for (const TensorEntry& tensor : file.tensors) {
+      size.load_bytes += tensor.nbytes;
+    }
+  }
+  return size;
+}
+
 absl::StatusOr<LoadedModel> Loader::Load(const Manifest& manifest,
                                          const std::string& label,
                                          const LoadOptions& options) {
   RETURN_IF_ERROR(CheckLoadable(manifest));
+  if (options.layout == ModelLayout::kFileImage) {
+    return LoadFileImage(manifest, label, options);
+  }
+  return LoadPacked(manifest, label, options);
+}
+
+absl::StatusOr<LoadedModel> Loader::LoadFileImage(const Manifest& manifest,
+                                                  const std::string& label,
+                                                  const LoadOptions& options) {
+  RETURN_IF_ERROR(CheckFileImage(manifest));
+  const FileManifest& file = manifest.files[0];
+  LoadedModel model;
+  for (const TensorEntry& tensor : file.tensors) {
+    model.tensors.push_back({tensor.name, tensor.dtype, tensor.shape,
+                             tensor.nbytes, tensor.offset});
+    model.tensor_bytes += tensor.nbytes;
+  }
+  absl::StatusOr<std::unique_ptr<DeviceAllocation>> arena =
+      device_->AllocateFileImage(file.file_size, label);
+  if (!arena.ok()) return MarkedDeviceFull(arena.status());
+  model.arena = *std::move(arena);
+  const Manifest whole = WholeFileManifest(file);
+  ArenaLayout layout;
+  layout.total_bytes = file.file_size;
+  layout.placements.push_back({0, 0, 0});
+  // The stored checksums cover tensors, not the file: checked on the image
+  // once it is complete.
+  LoadOptions whole_options = options;
+  whole_options.verify_checksums = false;
+  RETURN_IF_ERROR(Fill(whole, layout, label, whole_options, *model.arena));
+  if (options.verify_checksums) {
+    RETURN_IF_ERROR(VerifyImage(file, model.arena->host_data()));
+  }
+  return model;
+}
+
+absl::StatusOr<LoadedModel> Loader::LoadPacked(const Manifest& manifest,
+                                               const std::string& label,
+                                               const LoadOptions& options) {
   ASSIGN_OR_RETURN(ArenaLayout layout,
                    LayoutArena(manifest, options.alignment));
-  // Room in a slab for the O_DIRECT lead before a chunk and the tail after
-  // it.
-  if (pool_->slab_bytes() <= 2 * kDirectAlignment) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "staging slabs of ", pool_->slab_bytes(),
-        " bytes are too small: they need room for O_DIRECT alignment (",
-        2 * kDirectAlignment, " bytes) and data"));
-  }
-  const uint64_t max_chunk = pool_->slab_bytes() - 2 * kDirectAlignment;
-  ASSIGN_OR_RETURN(std::vector<ReadChunk> chunks,
-                   PlanReads(manifest, layout, max_chunk));
-
   LoadedModel model;
   for (const TensorPlacement& placement : layout.placements) {
     const TensorEntry& tensor =
@@ -114,6 +222,24 @@ absl::StatusOr<LoadedModel> Loader::Load(const Manifest& manifest,
       device_->Allocate(std::max<uint64_t>(layout.total_bytes, 1), label);
   if (!arena.ok()) return MarkedDeviceFull(arena.status());
   model.arena = *std::move(arena);
+  RETURN_IF_ERROR(Fill(manifest, layout, label, options, *model.arena));
+  return model;
+}
+
+absl::Status Loader::Fill(const Manifest& manifest, const ArenaLayout& layout,
+                          const std::string& label, const LoadOptions& options,
+                          DeviceAllocation& arena) {
+  // Room in a slab for the O_DIRECT lead before a chunk and the tail after
+  // it.
+  if (pool_->slab_bytes() <= 2 * kDirectAlignment) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "staging slabs of ", pool_->slab_bytes(),
+        " bytes are too small: they need room for O_DIRECT alignment (",
+        2 * kDirectAlignment, " bytes) and data"));
+  }
+  const uint64_t max_chunk = pool_->slab_bytes() - 2 * kDirectAlignment;
+  ASSIGN_OR_RETURN(std::vector<ReadChunk> chunks,
+                   PlanReads(manifest, layout, max_chunk));
 
   // Keys and checksum verifiers, per placement.
   std::vector<const KeyMaterial*> keys(layout.placements.size(), nullptr);
@@ -154,11 +280,11 @@ absl::StatusOr<LoadedModel> Loader::Load(const Manifest& manifest,
   auto copy_errors = std::make_shared<CopyErrors>();
   const absl::Time start = absl::Now();
   LoadProgress progress;
-  progress.bytes_total = model.tensor_bytes;
-  // Meta tensors are zeros already: done before anything is read.
   for (const TensorPlacement& placement : layout.placements) {
     const TensorEntry& tensor =
         manifest.files[placement.file_index].tensors[placement.tensor_index];
+    progress.bytes_total += tensor.nbytes;
+    // Meta tensors are zeros already: done before anything is read.
     if (tensor.stored_bytes == 0) progress.bytes_done += tensor.nbytes;
   }
 
@@ -198,7 +324,7 @@ absl::StatusOr<LoadedModel> Loader::Load(const Manifest& manifest,
 
   // The host arena is ordinary memory: buffered reads of plain data can land
   // in it directly, with no staging copy.
-  const bool host_arena = model.arena->host_data() != nullptr;
+  const bool host_arena = arena.host_data() != nullptr;
   auto reads_in_place = [&](const ReadChunk& chunk) {
     if (!host_arena || files.at(chunk.file_index).direct) return false;
     for (const Piece& piece : chunk.pieces) {
@@ -216,9 +342,9 @@ absl::StatusOr<LoadedModel> Loader::Load(const Manifest& manifest,
     const ReadFile& file = files.at(chunk.file_index);
     // The reads write the arena directly: its memory must be there first.
     const Piece& last = chunk.pieces.back();
-    RETURN_IF_ERROR(MarkedDeviceFull(model.arena->WaitWritable(
-        layout.placements[last.placement].arena_offset + last.tensor_offset +
-        last.length)));
+    RETURN_IF_ERROR(MarkedDeviceFull(
+        arena.WaitWritable(layout.placements[last.placement].arena_offset +
+                           last.tensor_offset + last.length)));
     {
       absl::MutexLock lock(&mutex);
       slots[i].pending_reads = static_cast<int>(chunk.pieces.size());
@@ -229,7 +355,7 @@ absl::StatusOr<LoadedModel> Loader::Load(const Manifest& manifest,
       request.file_name = file.path;
       request.offset = chunk.file_offset + piece.chunk_offset;
       request.length = piece.length;
-      request.destination = model.arena->host_data() +
+      request.destination = arena.host_data() +
                             layout.placements[piece.placement].arena_offset +
                             piece.tensor_offset;
       engine_->Submit(request, [&mutex, &slots, i,
@@ -291,7 +417,7 @@ absl::StatusOr<LoadedModel> Loader::Load(const Manifest& manifest,
     for (const Piece& piece : chunk.pieces) {
       const uint64_t offset =
           layout.placements[piece.placement].arena_offset + piece.tensor_offset;
-      device_->CopyFromHost(*model.arena, offset, base + piece.chunk_offset,
+      device_->CopyFromHost(arena, offset, base + piece.chunk_offset,
                             piece.length,
                             [copies, copy_errors](absl::Status status) {
                               if (!status.ok())
@@ -356,10 +482,9 @@ absl::StatusOr<LoadedModel> Loader::Load(const Manifest& manifest,
   absl::Status synchronized = device_->Synchronize();
   if (status.ok()) status = synchronized;
   if (status.ok()) status = copy_errors->Get();
-  if (!status.ok()) return status;
+  RETURN_IF_ERROR(status);
   if (options.on_progress && chunks.empty()) options.on_progress(progress);
-  RETURN_IF_ERROR(model.arena->Seal());
-  return model;
+  return arena.Seal();
 }
 
 }  // namespace warmstart

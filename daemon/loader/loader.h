@@ -30,9 +30,37 @@
 #include "daemon/formats/key_provider.h"
 #include "daemon/formats/manifest.h"
 #include "daemon/io/read_engine.h"
+#include "daemon/loader/layout.h"
 #include "daemon/staging/staging_pool.h"
 
 namespace warmstart {
+
+// How a model's tensors lie in its arena.
+enum class ModelLayout {
+  // Tensors back to back at aligned offsets: the fewest bytes, any number
+  // of files, every device, decrypted.
+  kPacked,
+  // The file's exact bytes (header, metadata and data at the file's own
+  // offsets), so that code which maps a model file (llama.cpp,
+  // gguf.GGUFReader, safetensors.safe_open) can map the resident copy as a
+  // file. One plaintext file with no meta tensors, in host memory only.
+  kFileImage,
+};
+
+// "packed" or "file_image".
+absl::string_view ModelLayoutName(ModelLayout layout);
+
+// What a load of a manifest in a layout takes.
+struct LoadSize {
+  uint64_t arena_bytes = 0;  // The arena, with any alignment padding.
+  uint64_t load_bytes = 0;   // The bytes a load fills (its progress total).
+};
+
+// Sizes a load of `manifest` in `layout` with tensors aligned to
+// `alignment` (packed). Errors: InvalidArgument, naming the file and the
+// reason, for what cannot be held in `layout` (see Loader::Load).
+absl::StatusOr<LoadSize> SizeLoad(const Manifest& manifest, ModelLayout layout,
+                                  uint64_t alignment);
 
 struct LoadedTensor {
   std::string name;
@@ -56,6 +84,7 @@ struct LoadProgress {
 };
 
 struct LoadOptions {
+  ModelLayout layout = ModelLayout::kPacked;
   // Tensors start at multiples of max(alignment, element size) in the arena.
   uint64_t alignment = 256;
   // Recompute the checksums files store (tensorizer) while loading. Off by
@@ -94,8 +123,12 @@ class Loader {
       : engine_(engine), pool_(pool), device_(device) {}
 
   // Loads every tensor of `manifest` into one new allocation labelled
-  // `label`. Errors: InvalidArgument for what cannot be loaded (big-endian
-  // GGUF, a cipher chunk larger than a slab); the device's error when the
+  // `label`, laid out as options.layout says; for kFileImage the
+  // allocation is exactly the file's size and each tensor's offset is its
+  // offset in the file. Errors: InvalidArgument for what cannot be loaded
+  // (big-endian GGUF, a cipher chunk larger than a slab; as a file image,
+  // several files, encrypted or meta tensors); FailedPrecondition for a
+  // file image on a device that cannot hold one; the device's error when the
   // arena cannot be allocated (IsDeviceFull when it is out of memory); the
   // opener's refusals and the errno class of files that cannot be opened;
   // DataLoss (or the errno class) for read failures and files that changed
@@ -106,6 +139,17 @@ class Loader {
                                    const LoadOptions& options);
 
  private:
+  absl::StatusOr<LoadedModel> LoadPacked(const Manifest& manifest,
+                                         const std::string& label,
+                                         const LoadOptions& options);
+  absl::StatusOr<LoadedModel> LoadFileImage(const Manifest& manifest,
+                                            const std::string& label,
+                                            const LoadOptions& options);
+  // Reads every placement of `layout` into `arena` and seals it.
+  absl::Status Fill(const Manifest& manifest, const ArenaLayout& layout,
+                    const std::string& label, const LoadOptions& options,
+                    DeviceAllocation& arena);
+
   ReadEngine* const engine_;
   StagingPool* const pool_;
   Device* const device_;

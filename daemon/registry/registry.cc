@@ -24,6 +24,7 @@ struct Registry::Model {
   std::string path;
   std::vector<std::string> devices;
   Fingerprint fingerprint;
+  ModelLayout layout = ModelLayout::kPacked;
   bool pinned = false;
   v1::ModelState state = v1::LOADING;
   uint64_t bytes_loaded = 0;  // Over every device.
@@ -53,6 +54,22 @@ namespace {
 constexpr absl::Duration kProgressInterval = absl::Milliseconds(100);
 constexpr size_t kMaxNameBytes = 128;
 constexpr size_t kMaxPathBytes = 4096;
+
+// The layout asked for, or the default: a lone GGUF file held only in host
+// memory becomes a file image, which llama.cpp and other readers of GGUF
+// files can map as the file; everything else is packed.
+ModelLayout ChooseLayout(v1::ModelLayout asked, const Manifest& manifest,
+                         const std::vector<std::string>& devices) {
+  if (asked == v1::FILE_IMAGE) return ModelLayout::kFileImage;
+  if (asked == v1::PACKED) return ModelLayout::kPacked;
+  const bool host_only =
+      std::all_of(devices.begin(), devices.end(),
+                  [](const std::string& uuid) { return uuid == "host"; });
+  const bool one_gguf = manifest.files.size() == 1 &&
+                        manifest.files[0].format == Format::kGguf &&
+                        !manifest.files[0].big_endian;
+  return host_only && one_gguf ? ModelLayout::kFileImage : ModelLayout::kPacked;
+}
 
 struct RegistryMetrics {
   Counter* loads = Metrics::Global().GetCounter("warmstart_loads_total",
@@ -142,6 +159,11 @@ absl::StatusOr<v1::ModelStatus> Registry::Load(const ModelRequest& request) {
         absl::StrCat("model ", request.name, ": path is ", request.path.size(),
                      " bytes, more than ", kMaxPathBytes));
   }
+  if (!v1::ModelLayout_IsValid(request.layout)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model ", request.name, ": layout ", static_cast<int>(request.layout),
+        " is unknown (PACKED or FILE_IMAGE)"));
+  }
   std::vector<std::string> devices;
   for (const std::string& uuid : request.devices) {
     if (FindTarget(uuid) == nullptr) {
@@ -172,21 +194,24 @@ absl::StatusOr<v1::ModelStatus> Registry::Load(const ModelRequest& request) {
                    OpenCheckpoint(request.path, parse_options));
   ASSIGN_OR_RETURN(Fingerprint fingerprint,
                    FingerprintFiles(manifest, *options_.opener));
-  ASSIGN_OR_RETURN(ArenaLayout layout,
-                   LayoutArena(manifest, options_.load.alignment));
-  uint64_t tensor_bytes = 0;
+  const ModelLayout layout = ChooseLayout(request.layout, manifest, devices);
+  absl::StatusOr<LoadSize> size =
+      SizeLoad(manifest, layout, options_.load.alignment);
+  if (!size.ok()) {
+    return absl::Status(
+        size.status().code(),
+        absl::StrCat("model ", request.name, " as ", ModelLayoutName(layout),
+                     ": ", size.status().message()));
+  }
   uint32_t tensor_count = 0;
   for (const FileManifest& file : manifest.files) {
-    for (const TensorEntry& tensor : file.tensors) {
-      tensor_bytes += tensor.nbytes;
-      ++tensor_count;
-    }
+    tensor_count += static_cast<uint32_t>(file.tensors.size());
   }
   for (const std::string& uuid : devices) {
     const RegistryTarget& target = *FindTarget(uuid);
-    if (target.budget_bytes != 0 && layout.total_bytes > target.budget_bytes) {
+    if (target.budget_bytes != 0 && size->arena_bytes > target.budget_bytes) {
       return absl::ResourceExhaustedError(
-          absl::StrCat("model ", request.name, " needs ", layout.total_bytes,
+          absl::StrCat("model ", request.name, " needs ", size->arena_bytes,
                        " bytes on ", uuid, ", more than its whole budget of ",
                        target.budget_bytes, " bytes"));
     }
@@ -215,6 +240,13 @@ absl::StatusOr<v1::ModelStatus> Registry::Load(const ModelRequest& request) {
                        ", which changed on disk since (", change,
                        "); unload it and load it again"));
     }
+    if (request.layout != v1::MODEL_LAYOUT_UNSPECIFIED &&
+        layout != model.layout) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "model ", request.name, " is held as ", ModelLayoutName(model.layout),
+          ", not ", ModelLayoutName(layout),
+          "; unload it before loading it in another layout"));
+    }
     if (!request.devices.empty() && devices != model.devices) {
       return absl::AlreadyExistsError(
           absl::StrCat("model ", request.name, " is loaded on ",
@@ -238,10 +270,11 @@ absl::StatusOr<v1::ModelStatus> Registry::Load(const ModelRequest& request) {
   model->path = request.path;
   model->devices = devices;
   model->fingerprint = std::move(fingerprint);
+  model->layout = layout;
   model->pinned = request.pinned;
-  model->bytes_total = tensor_bytes * devices.size();
+  model->bytes_total = size->load_bytes * devices.size();
   model->tensor_count = tensor_count;
-  model->arena_bytes = layout.total_bytes;
+  model->arena_bytes = size->arena_bytes;
   model->started = absl::Now();
   model->last_used = model->started;
   models_[request.name] = model;
@@ -249,8 +282,9 @@ absl::StatusOr<v1::ModelStatus> Registry::Load(const ModelRequest& request) {
   UpdateGaugesLocked();
   RegistryMetricsOnce().loads->Add();
   Logger("registry")
-      ->info("loading model {} from {} onto {} ({} bytes)", request.name,
-             request.path, absl::StrJoin(devices, ", "), tensor_bytes);
+      ->info("loading model {} from {} onto {} ({} bytes, {})", request.name,
+             request.path, absl::StrJoin(devices, ", "), size->load_bytes,
+             ModelLayoutName(layout));
 
   // The new thread blocks on mutex_ until this call returns, so it cannot
   // finish before it is recorded.
@@ -317,6 +351,7 @@ absl::Status Registry::LoadReplicas(Model& model, const Manifest& manifest,
     evicted.clear();
 
     LoadOptions options = options_.load;
+    options.layout = model.layout;
     options.keys = keys;
     options.cancel = &model.cancel;
     options.opener = options_.opener;
@@ -490,6 +525,8 @@ v1::ModelStatus Registry::StatusLocked(const Model& model) const {
   status.set_tensor_count(model.tensor_count);
   status.set_resident_bytes(model.arena_bytes);
   status.set_load_seconds(model.load_seconds);
+  status.set_layout(model.layout == ModelLayout::kFileImage ? v1::FILE_IMAGE
+                                                            : v1::PACKED);
   return status;
 }
 

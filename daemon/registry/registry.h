@@ -69,6 +69,9 @@ struct ModelRequest {
   bool pinned = false;
   // For encrypted files; null means none.
   std::shared_ptr<KeyProvider> keys;
+  // MODEL_LAYOUT_UNSPECIFIED: FILE_IMAGE for one GGUF file on host memory
+  // only, else PACKED; joins a loaded model whatever its layout.
+  v1::ModelLayout layout = v1::MODEL_LAYOUT_UNSPECIFIED;
 };
 
 // What a lease gives a client: the layout and the memory to map. The

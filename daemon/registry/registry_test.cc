@@ -440,5 +440,71 @@ TEST_F(RegistryTest, UnloadWhileLoadingCancelsTheLoad) {
   EXPECT_EQ(device_->live_allocations(), 0);
 }
 
+TEST_F(RegistryTest, AGgufFileInHostMemoryIsAFileImageByDefault) {
+  const std::string gguf = root_.Join("tiny.gguf");
+  {
+    std::ofstream(gguf, std::ios::binary) << testing::ReadFileOrDie(
+        testing::FixturePath("gguf/ollama-llama-2-tiny-random.gguf"));
+  }
+  v1::ModelStatus image = LoadReady("tiny", gguf);
+  EXPECT_EQ(image.layout(), v1::FILE_IMAGE);
+  struct stat info;
+  ASSERT_EQ(::stat(gguf.c_str(), &info), 0);
+  EXPECT_EQ(image.resident_bytes(), static_cast<uint64_t>(info.st_size));
+  EXPECT_EQ(image.bytes_total(), static_cast<uint64_t>(info.st_size));
+
+  const std::string safetensors = WriteModel("m.safetensors");
+  EXPECT_EQ(LoadReady("m", safetensors).layout(), v1::PACKED);
+
+  ModelRequest packed = Request("tiny-packed", gguf);
+  packed.layout = v1::PACKED;
+  ASSERT_OK(registry_->Load(packed).status());
+  ASSERT_OK_AND_ASSIGN(v1::ModelStatus loaded,
+                       registry_->WaitLoaded("tiny-packed", Soon()));
+  EXPECT_EQ(loaded.layout(), v1::PACKED);
+  EXPECT_LT(loaded.resident_bytes(), image.resident_bytes());
+}
+
+TEST_F(RegistryTest, AnotherLayoutOfALoadedModelIsAlreadyExists) {
+  const std::string path = WriteModel("m.safetensors");
+  ModelRequest image = Request("m", path);
+  image.layout = v1::FILE_IMAGE;
+  ASSERT_OK(registry_->Load(image).status());
+  ASSERT_OK_AND_ASSIGN(v1::ModelStatus loaded,
+                       registry_->WaitLoaded("m", Soon()));
+  ASSERT_EQ(loaded.state(), v1::READY) << loaded.error();
+  EXPECT_EQ(loaded.layout(), v1::FILE_IMAGE);
+
+  ModelRequest packed = Request("m", path);
+  packed.layout = v1::PACKED;
+  EXPECT_THAT(registry_->Load(packed),
+              StatusIs(absl::StatusCode::kAlreadyExists,
+                       HasSubstr("is held as file_image, not packed")));
+  // Asking for no layout joins the model as it is.
+  ASSERT_OK_AND_ASSIGN(v1::ModelStatus joined,
+                       registry_->Load(Request("m", path)));
+  EXPECT_EQ(joined.layout(), v1::FILE_IMAGE);
+}
+
+TEST_F(RegistryTest, LayoutsThatCannotHoldTheModelAreRefusedBeforeListing) {
+  const std::string path = root_.Join("secret.tensors");
+  {
+    std::ofstream(path, std::ios::binary) << testing::ReadFileOrDie(
+        testing::FixturePath("tensorizer/encrypted_key_v3.tensors"));
+  }
+  ModelRequest image = Request("secret", path);
+  image.layout = v1::FILE_IMAGE;
+  EXPECT_THAT(registry_->Load(image),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       ::testing::AllOf(HasSubstr("model secret as file_image"),
+                                        HasSubstr("is encrypted"))));
+  ModelRequest unknown = Request("odd", WriteModel("m.safetensors"));
+  unknown.layout = static_cast<v1::ModelLayout>(7);
+  EXPECT_THAT(registry_->Load(unknown),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("layout 7 is unknown")));
+  EXPECT_TRUE(registry_->List().empty());
+}
+
 }  // namespace
 }  // namespace warmstart

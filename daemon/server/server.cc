@@ -279,6 +279,7 @@ void Server::ApplyPreloads(const v1::DaemonConfig& config) {
       request.devices.assign(preload.devices().begin(),
                              preload.devices().end());
       request.pinned = !preload.evictable();
+      request.layout = preload.layout();
       request.keys = *std::move(keys);
       started = registry_->Load(request).status();
     }

@@ -113,6 +113,7 @@ grpc::Status WarmstartService::LoadModel(grpc::ServerContext* context,
   model.name = request->name();
   model.path = request->path();
   model.devices.assign(request->devices().begin(), request->devices().end());
+  model.layout = request->layout();
   absl::StatusOr<v1::ModelStatus> status = registry_->Load(model);
   if (!status.ok()) {
     if (absl::IsPermissionDenied(status.status())) {

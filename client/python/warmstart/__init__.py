@@ -443,6 +443,23 @@ class Model:
                            f"{device} (it has {', '.join(self._devices)})")
         return types.MappingProxyType(self._by_device[device])
 
+    @property
+    def file_paths(self):
+        """For a model held as a file image (layout "file_image", the
+        default for a GGUF file in host memory): a list with one path per
+        file ("/proc/self/fd/N") under which this process can open or map
+        the resident bytes as the model's file, with no copy:
+        ``llama_cpp.Llama(model_path=...)``, ``gguf.GGUFReader``,
+        ``safetensors.safe_open``, ``numpy.memmap``. Read-only: opening it
+        for writing, writing and truncating fail. Valid while the lease is
+        held. FailedPrecondition for a packed model (load it with
+        ``layout="file_image"``)."""
+        self._check_held()
+        path = ctypes.c_char_p()
+        _call(_LIB.warmstart_model_file_path, self._lease.handle,
+              ctypes.byref(path))
+        return [os.fsdecode(path.value)]
+
     def to_torch(self, device=None):
         """A dict name -> torch tensor sharing the memory (no copy), with
         torch's dtype for each (BF16 -> torch.bfloat16, F8_E4M3 ->
@@ -506,12 +523,17 @@ class Client:
               _timeout(timeout), ctypes.byref(handle))
         return Model(_Lease(handle.value))
 
-    def load(self, name, path, timeout=None):
+    def load(self, name, path, timeout=None, layout=None):
         """Loads model `name` from `path` (absolute, beneath one of the
         daemon's model roots) and waits until it is ready (up to `timeout`
-        seconds; a timeout leaves the load running). Returns its status."""
-        _call(_LIB.warmstart_load, self._h(), _name(name),
-              os.fsencode(path), _timeout(timeout))
+        seconds; a timeout leaves the load running). Returns its status.
+        `layout`: "packed" or "file_image" (see `Model.file_paths`); None
+        lets the daemon choose (file_image for one GGUF file in host
+        memory) and joins a model loaded in either."""
+        _call(_LIB.warmstart_load_layout, self._h(), _name(name),
+              os.fsencode(path),
+              None if layout is None else layout.encode(),
+              _timeout(timeout))
         return self.status(name)
 
     def unload(self, name, force=False):

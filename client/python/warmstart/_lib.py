@@ -56,6 +56,9 @@ def _declare(lib):
         "warmstart_load": (ctypes.c_int, [
             ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p,
             ctypes.c_double, c_void_p_p]),
+        "warmstart_load_layout": (ctypes.c_int, [
+            ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p,
+            ctypes.c_char_p, ctypes.c_double, c_void_p_p]),
         "warmstart_unload": (ctypes.c_int, [
             ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, c_void_p_p]),
         "warmstart_status_json": (ctypes.c_int, [
@@ -71,6 +74,8 @@ def _declare(lib):
                                          [ctypes.c_void_p]),
         "warmstart_model_tensor": (ctypes.c_int, [
             ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(Tensor)]),
+        "warmstart_model_file_path": (ctypes.c_int, [
+            ctypes.c_void_p, ctypes.POINTER(ctypes.c_char_p), c_void_p_p]),
     }
     for name, (restype, argtypes) in signatures.items():
         function = getattr(lib, name)

@@ -48,6 +48,20 @@ FaultInjectingDevice::Allocate(uint64_t bytes, const std::string& label) {
       new CountedAllocation(std::move(*inner), &live_allocations_));
 }
 
+absl::StatusOr<std::unique_ptr<DeviceAllocation>>
+FaultInjectingDevice::AllocateFileImage(uint64_t bytes,
+                                        const std::string& label) {
+  if (++allocation_calls_ == faults_.fail_allocation_at) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("injected: out of device memory allocating ", bytes,
+                     " bytes for ", label));
+  }
+  auto inner = inner_->AllocateFileImage(bytes, label);
+  if (!inner.ok()) return inner.status();
+  return std::unique_ptr<DeviceAllocation>(
+      new CountedAllocation(std::move(*inner), &live_allocations_));
+}
+
 absl::Status FaultInjectingDevice::RegisterHostMemory(void* data,
                                                       uint64_t bytes) {
   if (++register_calls_ == faults_.fail_register_at) {

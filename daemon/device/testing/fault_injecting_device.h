@@ -35,6 +35,9 @@ class FaultInjectingDevice : public Device {
   const std::string& uuid() const override { return inner_->uuid(); }
   absl::StatusOr<std::unique_ptr<DeviceAllocation>> Allocate(
       uint64_t bytes, const std::string& label) override;
+  // The same faults as Allocate (allocation calls are counted together).
+  absl::StatusOr<std::unique_ptr<DeviceAllocation>> AllocateFileImage(
+      uint64_t bytes, const std::string& label) override;
   absl::Status RegisterHostMemory(void* data, uint64_t bytes) override;
   void UnregisterHostMemory(void* data) override;
   void CopyFromHost(DeviceAllocation& destination, uint64_t offset,
