@@ -10,10 +10,16 @@ WARMSTART_APT_PACKAGES=(
   libsodium-dev libssl-dev zlib1g-dev libsystemd-dev nlohmann-json3-dev
   clang-14 libclang-rt-14-dev
   python3 python3-venv python3-pytest python3-numpy python3-torch
+  # deploy/ tests: promtool (prometheus), the image (mmdebstrap, podman,
+  # runc, uidmap), seccomp profiles applied to a real daemon, and
+  # systemd-analyze (systemd).
+  prometheus mmdebstrap podman runc uidmap python3-seccomp systemd
 )
 
 # PyPI packages for tests: the reference writers of safetensors and GGUF.
-WARMSTART_PIP_PACKAGES=(safetensors gguf)
+# kubernetes-validate checks deploy/kubernetes offline against the
+# Kubernetes schemas it ships.
+WARMSTART_PIP_PACKAGES=(safetensors gguf kubernetes-validate)
 
 warmstart_root() {
   cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd
@@ -61,7 +67,7 @@ warmstart_ensure_venv() {
     warmstart_log "creating the Python test environment in .venv"
     /usr/bin/python3 -m venv --system-site-packages "$WARMSTART_VENV"
   fi
-  if ! "$WARMSTART_VENV/bin/python3" -c "import safetensors, gguf" \
+  if ! "$WARMSTART_VENV/bin/python3" -c "import safetensors, gguf, kubernetes_validate" \
       2>/dev/null; then
     warmstart_log "installing PyPI packages: ${WARMSTART_PIP_PACKAGES[*]}"
     "$WARMSTART_VENV/bin/pip" install -q --disable-pip-version-check \
