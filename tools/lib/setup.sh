@@ -10,9 +10,13 @@ WARMSTART_APT_PACKAGES=(
   libsodium-dev libssl-dev zlib1g-dev libsystemd-dev nlohmann-json3-dev
   clang-14 libclang-rt-14-dev
   python3 python3-venv python3-pytest python3-numpy python3-torch
-  # deploy/ tests: promtool (prometheus), the image (mmdebstrap, podman,
-  # runc, uidmap), seccomp profiles applied to a real daemon, and
-  # systemd-analyze (systemd).
+)
+
+# What only the deploy/ tests need: promtool (prometheus), the image
+# (mmdebstrap, podman, runc, uidmap), seccomp profiles applied to a real
+# daemon (python3-seccomp), systemd-analyze (systemd). Left out when
+# WARMSTART_BUILD_ONLY is set (the Containerfile's build stage).
+WARMSTART_DEPLOY_TEST_APT_PACKAGES=(
   prometheus mmdebstrap podman runc uidmap python3-seccomp systemd
 )
 
@@ -33,7 +37,11 @@ warmstart_log() {
 warmstart_ensure_packages() {
   local missing=()
   local package
-  for package in "${WARMSTART_APT_PACKAGES[@]}"; do
+  local wanted=("${WARMSTART_APT_PACKAGES[@]}")
+  if [ -z "${WARMSTART_BUILD_ONLY:-}" ]; then
+    wanted+=("${WARMSTART_DEPLOY_TEST_APT_PACKAGES[@]}")
+  fi
+  for package in "${wanted[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null |
         grep -q "install ok installed"; then
       missing+=("$package")
