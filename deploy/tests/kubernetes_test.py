@@ -141,6 +141,7 @@ def test_a_wrong_manifest_is_caught(what, docs, tmp_path):
     for version in [claimed_versions()[0], claimed_versions()[-1]]:
         rc, lines = validate(docs, version, tmp_path)
         assert rc != 0, (what, version, lines)
+        assert any("did not validate" in line for line in lines), lines
 
 
 def metrics_port_of_config(config_map):
