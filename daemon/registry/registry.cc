@@ -47,6 +47,71 @@ struct Registry::Model {
   uint64_t version = 0;
 };
 
+// The registry's metrics, in the Metrics it was given.
+struct RegistryMetrics {
+  explicit RegistryMetrics(Metrics& m)
+      : loads(m.GetCounter("warmstart_loads_total", "Model loads started")),
+        load_failures(m.GetCounter("warmstart_load_failures_total",
+                                   "Model loads that failed")),
+        load_bytes(m.GetCounter("warmstart_load_bytes_total",
+                                "Bytes of models loaded onto devices")),
+        evictions(m.GetCounter("warmstart_evictions_total",
+                               "Models evicted to make room")),
+        leases_granted(
+            m.GetCounter("warmstart_leases_granted_total", "Leases granted")),
+        models(m.GetGauge("warmstart_models", "Models listed")),
+        leases(m.GetGauge("warmstart_leases", "Leases held")),
+        resident_bytes(m.GetGauge(
+            "warmstart_resident_bytes",
+            "Bytes of device memory held or reserved for models, all "
+            "devices")),
+        model_leases(m.GetGaugeFamily("warmstart_model_leases",
+                                      "Leases held, per model", {"model"})),
+        model_resident_bytes(m.GetGaugeFamily(
+            "warmstart_model_resident_bytes",
+            "Bytes of device memory held or reserved for a model, per device",
+            {"model", "device"})),
+        model_ready(m.GetGaugeFamily(
+            "warmstart_model_ready",
+            "1 when the model is resident and can be leased, else 0",
+            {"model"})),
+        device_resident_bytes(m.GetGaugeFamily(
+            "warmstart_device_resident_bytes",
+            "Bytes of device memory held or reserved for models, per device",
+            {"device"})),
+        load_duration(m.GetHistogramFamily(
+            "warmstart_load_duration_seconds",
+            "Time to load one replica of a model onto a device (read, copy, "
+            "seal)",
+            {"model", "device"}, ExponentialBuckets(0.01, 2, 16))),
+        read_throughput(m.GetHistogramFamily(
+            "warmstart_load_read_bytes_per_second",
+            "Bytes per second of one replica's load, from the files to the "
+            "device",
+            {"model", "device"}, ExponentialBuckets(1e7, 2, 12))),
+        acquire_latency(m.GetHistogramFamily(
+            "warmstart_acquire_latency_seconds",
+            "Time from a lease request to its grant, waiting for a load "
+            "included",
+            {"model"}, ExponentialBuckets(0.0001, 4, 10))) {}
+
+  Counter* const loads;
+  Counter* const load_failures;
+  Counter* const load_bytes;
+  Counter* const evictions;
+  Counter* const leases_granted;
+  Gauge* const models;
+  Gauge* const leases;
+  Gauge* const resident_bytes;
+  GaugeFamily* const model_leases;
+  GaugeFamily* const model_resident_bytes;
+  GaugeFamily* const model_ready;
+  GaugeFamily* const device_resident_bytes;
+  HistogramFamily* const load_duration;
+  HistogramFamily* const read_throughput;
+  HistogramFamily* const acquire_latency;
+};
+
 namespace {
 
 // A progress change wakes watchers at most this often; state changes always
@@ -71,30 +136,6 @@ ModelLayout ChooseLayout(v1::ModelLayout asked, const Manifest& manifest,
   return host_only && one_gguf ? ModelLayout::kFileImage : ModelLayout::kPacked;
 }
 
-struct RegistryMetrics {
-  Counter* loads = Metrics::Global().GetCounter("warmstart_loads_total",
-                                                "Model loads started");
-  Counter* load_failures = Metrics::Global().GetCounter(
-      "warmstart_load_failures_total", "Model loads that failed");
-  Counter* load_bytes = Metrics::Global().GetCounter(
-      "warmstart_load_bytes_total", "Bytes of models loaded onto devices");
-  Counter* evictions = Metrics::Global().GetCounter(
-      "warmstart_evictions_total", "Models evicted to make room");
-  Counter* leases_granted = Metrics::Global().GetCounter(
-      "warmstart_leases_granted_total", "Leases granted");
-  Gauge* models =
-      Metrics::Global().GetGauge("warmstart_models", "Models listed");
-  Gauge* leases = Metrics::Global().GetGauge("warmstart_leases", "Leases held");
-  Gauge* resident_bytes = Metrics::Global().GetGauge(
-      "warmstart_resident_bytes",
-      "Bytes of device memory held or reserved for models, all devices");
-};
-
-RegistryMetrics& RegistryMetricsOnce() {
-  static RegistryMetrics* metrics = new RegistryMetrics();
-  return *metrics;
-}
-
 absl::Status CheckName(const std::string& name) {
   const bool well_formed =
       !name.empty() && name.size() <= kMaxNameBytes &&
@@ -111,9 +152,11 @@ absl::Status CheckName(const std::string& name) {
 
 }  // namespace
 
-Registry::Registry(RegistryOptions options) : options_(std::move(options)) {
-  RegistryMetricsOnce();
-}
+Registry::Registry(RegistryOptions options)
+    : options_(std::move(options)),
+      metrics_(std::make_unique<RegistryMetrics>(options_.metrics != nullptr
+                                                     ? *options_.metrics
+                                                     : Metrics::Global())) {}
 
 Registry::~Registry() {
   std::map<std::thread::id, std::thread> threads;
@@ -280,7 +323,7 @@ absl::StatusOr<v1::ModelStatus> Registry::Load(const ModelRequest& request) {
   models_[request.name] = model;
   ChangedLocked(*model);
   UpdateGaugesLocked();
-  RegistryMetricsOnce().loads->Add();
+  metrics_->loads->Add();
   Logger("registry")
       ->info("loading model {} from {} onto {} ({} bytes, {})", request.name,
              request.path, absl::StrJoin(devices, ", "), size->load_bytes,
@@ -310,7 +353,7 @@ void Registry::RunLoad(std::shared_ptr<Model> model, Manifest manifest,
       model->state = v1::READY;
       model->load_seconds = absl::ToDoubleSeconds(absl::Now() - model->started);
       model->last_used = absl::Now();
-      RegistryMetricsOnce().load_bytes->Add(model->bytes_total);
+      metrics_->load_bytes->Add(model->bytes_total);
       log->info("model {} ready: {} tensors, {} bytes in {:.2f} s", model->name,
                 model->tensor_count, model->bytes_total, model->load_seconds);
     } else {
@@ -325,7 +368,7 @@ void Registry::RunLoad(std::shared_ptr<Model> model, Manifest manifest,
         model->state = v1::FAILED;
         model->error = std::string(status.message());
         model->error_code = status.code();
-        RegistryMetricsOnce().load_failures->Add();
+        metrics_->load_failures->Add();
         log->error("model {} failed to load: {}", model->name,
                    status.message());
       }
@@ -367,6 +410,7 @@ absl::Status Registry::LoadReplicas(Model& model, const Manifest& manifest,
       }
     };
     absl::StatusOr<LoadedModel> loaded;
+    const absl::Time load_started = absl::Now();
     while (true) {
       loaded = target.loader->Load(manifest, model.name, options);
       if (loaded.ok() || !IsDeviceFull(loaded.status()) || model.cancel) {
@@ -385,6 +429,12 @@ absl::Status Registry::LoadReplicas(Model& model, const Manifest& manifest,
       return absl::Status(loaded.status().code(),
                           absl::StrCat("loading model ", model.name, " onto ",
                                        uuid, ": ", loaded.status().message()));
+    }
+    const double seconds = absl::ToDoubleSeconds(absl::Now() - load_started);
+    metrics_->load_duration->WithLabels({model.name, uuid})->Observe(seconds);
+    if (seconds > 0) {
+      metrics_->read_throughput->WithLabels({model.name, uuid})
+          ->Observe(static_cast<double>(per_device) / seconds);
     }
     // The loader has sealed the arena: clients can only map it read-only.
     absl::MutexLock lock(&mutex_);
@@ -454,7 +504,7 @@ bool Registry::EvictOneLocked(const std::string& uuid, const Model& loading,
           "for {}",
           victim->name, victim->arena_bytes, uuid,
           absl::ToDoubleSeconds(absl::Now() - victim->last_used), loading.name);
-  RegistryMetricsOnce().evictions->Add();
+  metrics_->evictions->Add();
   for (LoadedModel& replica : RemoveLocked(victim->name)) {
     evicted.push_back(std::move(replica));
   }
@@ -491,14 +541,33 @@ std::vector<std::thread> Registry::TakeFinishedThreadsLocked() {
 }
 
 void Registry::UpdateGaugesLocked() {
-  RegistryMetrics& metrics = RegistryMetricsOnce();
-  metrics.models->Set(static_cast<int64_t>(models_.size()));
-  metrics.leases->Set(static_cast<int64_t>(leases_.size()));
+  metrics_->models->Set(static_cast<int64_t>(models_.size()));
+  metrics_->leases->Set(static_cast<int64_t>(leases_.size()));
   uint64_t resident = 0;
+  std::map<LabelValues, int64_t> per_device;
   for (const RegistryTarget& target : options_.targets) {
-    resident += ResidentBytesLocked(target.device->uuid());
+    const uint64_t bytes = ResidentBytesLocked(target.device->uuid());
+    per_device[{target.device->uuid()}] = static_cast<int64_t>(bytes);
+    resident += bytes;
   }
-  metrics.resident_bytes->Set(static_cast<int64_t>(resident));
+  metrics_->resident_bytes->Set(static_cast<int64_t>(resident));
+  metrics_->device_resident_bytes->ReplaceAll(std::move(per_device));
+  // Per-model series go with their model: a name unloaded stops being
+  // exported instead of staying at its last value.
+  std::map<LabelValues, int64_t> leases;
+  std::map<LabelValues, int64_t> ready;
+  std::map<LabelValues, int64_t> resident_per_model;
+  for (const auto& [name, model] : models_) {
+    leases[{name}] = model->leases;
+    ready[{name}] = model->state == v1::READY ? 1 : 0;
+    for (const std::string& uuid : model->devices) {
+      resident_per_model[{name, uuid}] =
+          static_cast<int64_t>(model->arena_bytes);
+    }
+  }
+  metrics_->model_leases->ReplaceAll(std::move(leases));
+  metrics_->model_ready->ReplaceAll(std::move(ready));
+  metrics_->model_resident_bytes->ReplaceAll(std::move(resident_per_model));
 }
 
 v1::ModelStatus Registry::StatusLocked(const Model& model) const {
@@ -574,6 +643,7 @@ absl::StatusOr<LeaseGrant> Registry::Acquire(const std::string& name,
                                              const std::string& session,
                                              absl::Time deadline) {
   RETURN_IF_ERROR(CheckName(name));
+  const absl::Time requested = absl::Now();
   absl::MutexLock lock(&mutex_);
   while (true) {
     if (leasing_stopped_) {
@@ -611,7 +681,9 @@ absl::StatusOr<LeaseGrant> Registry::Acquire(const std::string& name,
   leases_[grant.lease_id] = Lease{session, model};
   ChangedLocked(*model);
   UpdateGaugesLocked();
-  RegistryMetricsOnce().leases_granted->Add();
+  metrics_->leases_granted->Add();
+  metrics_->acquire_latency->WithLabels({name})->Observe(
+      absl::ToDoubleSeconds(absl::Now() - requested));
   grant.model = StatusLocked(*model);
   grant.tensors = model->replicas.front().tensors;
   for (size_t i = 0; i < model->devices.size(); ++i) {

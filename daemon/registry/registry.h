@@ -32,6 +32,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "daemon/base/file_opener.h"
+#include "daemon/base/metrics.h"
 #include "daemon/device/device.h"
 #include "daemon/formats/key_provider.h"
 #include "daemon/loader/loader.h"
@@ -57,6 +58,9 @@ struct RegistryOptions {
   // Alignment, direct I/O and checksum verification for every load; the
   // registry sets keys, on_progress, cancel and opener itself.
   LoadOptions load;
+  // Where the registry's counters, gauges and histograms go (per model and
+  // per device). Not owned; outlives the registry. Null: Metrics::Global().
+  Metrics* metrics = nullptr;
 };
 
 struct ModelRequest {
@@ -98,6 +102,8 @@ struct RegistryStats {
   };
   std::vector<DeviceUse> devices;
 };
+
+struct RegistryMetrics;
 
 class Registry {
  public:
@@ -201,6 +207,7 @@ class Registry {
   const RegistryTarget* FindTarget(const std::string& uuid) const;
 
   const RegistryOptions options_;
+  const std::unique_ptr<RegistryMetrics> metrics_;
 
   mutable absl::Mutex mutex_;
   absl::CondVar changed_;

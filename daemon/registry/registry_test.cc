@@ -67,6 +67,7 @@ class RegistryTest : public ::testing::Test {
     options.targets.push_back({device_.get(), loader_.get(), budget});
     options.opener = opener_.get();
     options.load.direct_io = false;
+    options.metrics = &metrics_;
     registry_ = std::make_unique<Registry>(std::move(options));
   }
 
@@ -109,6 +110,8 @@ class RegistryTest : public ::testing::Test {
     return *loaded;
   }
 
+  // Before the registry, which reports into it until destroyed.
+  Metrics metrics_;
   absl::Notification allocations_released_;
   ShortTempDir root_;
   HostDevice host_{HostDeviceOptions{}};
@@ -119,6 +122,51 @@ class RegistryTest : public ::testing::Test {
   std::unique_ptr<BeneathRootsOpener> opener_;
   std::unique_ptr<Registry> registry_;
 };
+
+TEST_F(RegistryTest, ExportsPerModelAndPerDeviceMetrics) {
+  const std::string path = WriteModel("m.safetensors");
+  LoadReady("m", path);
+  ASSERT_OK_AND_ASSIGN(LeaseGrant first,
+                       registry_->Acquire("m", "session-1", Soon()));
+  ASSERT_OK_AND_ASSIGN(LeaseGrant second,
+                       registry_->Acquire("m", "session-2", Soon()));
+  auto snapshot = metrics_.Snapshot();
+  EXPECT_EQ(snapshot["warmstart_model_leases{model=\"m\"}"], 2);
+  EXPECT_EQ(snapshot["warmstart_model_ready{model=\"m\"}"], 1);
+  EXPECT_EQ(snapshot["warmstart_model_resident_bytes{model=\"m\","
+                     "device=\"host\"}"],
+            kModelBytes);
+  EXPECT_EQ(snapshot["warmstart_device_resident_bytes{device=\"host\"}"],
+            kModelBytes);
+  EXPECT_EQ(snapshot["warmstart_load_duration_seconds_count{model=\"m\","
+                     "device=\"host\"}"],
+            1);
+  EXPECT_EQ(snapshot["warmstart_load_read_bytes_per_second_count{model="
+                     "\"m\",device=\"host\"}"],
+            1);
+  EXPECT_GT(snapshot["warmstart_load_read_bytes_per_second_sum{model="
+                     "\"m\",device=\"host\"}"],
+            0);
+  EXPECT_EQ(snapshot["warmstart_acquire_latency_seconds_count{model=\"m\"}"],
+            2);
+  EXPECT_EQ(snapshot["warmstart_leases"], 2);
+
+  // A dead worker's session releases its leases: the gauge follows.
+  EXPECT_EQ(registry_->ReleaseSession("session-1"), 1);
+  snapshot = metrics_.Snapshot();
+  EXPECT_EQ(snapshot["warmstart_model_leases{model=\"m\"}"], 1);
+  ASSERT_OK(registry_->Release(second.lease_id, "session-2"));
+  ASSERT_OK(registry_->Unload("m", false).status());
+  snapshot = metrics_.Snapshot();
+  // An unloaded model takes its gauges with it; its histograms stay.
+  EXPECT_EQ(snapshot.count("warmstart_model_leases{model=\"m\"}"), 0u);
+  EXPECT_EQ(snapshot.count("warmstart_model_resident_bytes{model=\"m\","
+                           "device=\"host\"}"),
+            0u);
+  EXPECT_EQ(snapshot["warmstart_device_resident_bytes{device=\"host\"}"], 0);
+  EXPECT_EQ(snapshot["warmstart_acquire_latency_seconds_count{model=\"m\"}"],
+            2);
+}
 
 TEST_F(RegistryTest, LoadsAndLeasesReadOnlySealedMemory) {
   const std::string path = WriteModel("m.safetensors");

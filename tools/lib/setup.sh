@@ -12,8 +12,18 @@ WARMSTART_APT_PACKAGES=(
   python3 python3-venv python3-pytest python3-numpy python3-torch
 )
 
+# What only the deploy/ tests need: promtool (prometheus), the image
+# (mmdebstrap, podman, runc, uidmap), seccomp profiles applied to a real
+# daemon (python3-seccomp), systemd-analyze (systemd). Left out when
+# WARMSTART_BUILD_ONLY is set (the Containerfile's build stage).
+WARMSTART_DEPLOY_TEST_APT_PACKAGES=(
+  prometheus mmdebstrap podman runc uidmap python3-seccomp systemd
+)
+
 # PyPI packages for tests: the reference writers of safetensors and GGUF.
-WARMSTART_PIP_PACKAGES=(safetensors gguf)
+# kubernetes-validate checks deploy/kubernetes offline against the
+# Kubernetes schemas it ships.
+WARMSTART_PIP_PACKAGES=(safetensors gguf kubernetes-validate)
 
 warmstart_root() {
   cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd
@@ -27,7 +37,11 @@ warmstart_log() {
 warmstart_ensure_packages() {
   local missing=()
   local package
-  for package in "${WARMSTART_APT_PACKAGES[@]}"; do
+  local wanted=("${WARMSTART_APT_PACKAGES[@]}")
+  if [ -z "${WARMSTART_BUILD_ONLY:-}" ]; then
+    wanted+=("${WARMSTART_DEPLOY_TEST_APT_PACKAGES[@]}")
+  fi
+  for package in "${wanted[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null |
         grep -q "install ok installed"; then
       missing+=("$package")
@@ -61,7 +75,7 @@ warmstart_ensure_venv() {
     warmstart_log "creating the Python test environment in .venv"
     /usr/bin/python3 -m venv --system-site-packages "$WARMSTART_VENV"
   fi
-  if ! "$WARMSTART_VENV/bin/python3" -c "import safetensors, gguf" \
+  if ! "$WARMSTART_VENV/bin/python3" -c "import safetensors, gguf, kubernetes_validate" \
       2>/dev/null; then
     warmstart_log "installing PyPI packages: ${WARMSTART_PIP_PACKAGES[*]}"
     "$WARMSTART_VENV/bin/pip" install -q --disable-pip-version-check \
