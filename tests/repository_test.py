@@ -28,7 +28,7 @@ def source_root():
 def tracked_files(root):
     """Paths (relative to `root`) of the files git tracks, or of every file
     outside build outputs where `root` is not a git checkout."""
-    if os.path.isdir(os.path.join(root, ".git")):
+    if os.path.exists(os.path.join(root, ".git")):  # A file in worktrees.
         out = subprocess.run(["git", "-C", root, "ls-files", "-z"],
                              check=True, capture_output=True).stdout
         return [p for p in out.decode().split("\0") if p]
