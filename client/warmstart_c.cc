@@ -34,6 +34,7 @@ struct warmstart_model {
   // Copies, so that they outlive warmstart_release.
   std::string name;
   std::string lease_id;
+  std::string metadata_json;
 };
 
 namespace {
@@ -283,6 +284,7 @@ int warmstart_acquire(warmstart_client* client, const char* name,
     if (!mapping.ok()) return FailWith(errptr, mapping.status());
     handle->mapping = *std::move(mapping);
     handle->lease_id = handle->mapping.lease_id();
+    handle->metadata_json = handle->mapping.metadata_json();
     *model = handle.release();
     return WARMSTART_OK;
   } catch (...) {
@@ -339,6 +341,18 @@ int warmstart_model_tensor(const warmstart_model* model, size_t index,
   tensor->on_host = view.device_uuid == "host" ? 1 : 0;
   tensor->read_only = view.read_only ? 1 : 0;
   return WARMSTART_OK;
+}
+
+const char* warmstart_model_tensor_role(const warmstart_model* model,
+                                        size_t index) {
+  if (model == nullptr) return nullptr;
+  const std::vector<TensorView>& tensors = model->mapping.tensors();
+  if (index >= tensors.size()) return nullptr;
+  return tensors[index].role.c_str();
+}
+
+const char* warmstart_model_metadata_json(const warmstart_model* model) {
+  return model == nullptr ? nullptr : model->metadata_json.c_str();
 }
 
 }  // extern "C"

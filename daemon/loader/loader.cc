@@ -12,6 +12,7 @@
 #include "daemon/formats/tensor_data.h"
 #include "daemon/io/read_file.h"
 #include "daemon/loader/layout.h"
+#include "nlohmann/json.hpp"
 
 namespace warmstart {
 namespace {
@@ -105,9 +106,20 @@ absl::StatusOr<LoadedModel> Loader::Load(const Manifest& manifest,
     const TensorEntry& tensor =
         manifest.files[placement.file_index].tensors[placement.tensor_index];
     model.tensors.push_back({tensor.name, tensor.dtype, tensor.shape,
-                             tensor.nbytes, placement.arena_offset});
+                             tensor.nbytes, placement.arena_offset,
+                             tensor.role});
     model.tensor_bytes += tensor.nbytes;
   }
+  nlohmann::ordered_json metadata = nlohmann::ordered_json::object();
+  for (const FileManifest& file : manifest.files) {
+    for (const auto& [key, value] : file.metadata.items()) {
+      if (!metadata.contains(key)) metadata[key] = value;
+    }
+  }
+  // Replaces invalid UTF-8 (metadata strings come from the files) rather
+  // than throwing.
+  model.metadata_json =
+      metadata.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   // Allocations come back zeroed, which is what meta tensors and padding
   // need.
   absl::StatusOr<std::unique_ptr<DeviceAllocation>> arena =
