@@ -10,6 +10,7 @@ WARMSTART_APT_PACKAGES=(
   libsodium-dev libssl-dev zlib1g-dev libsystemd-dev nlohmann-json3-dev
   clang-14 libclang-rt-14-dev
   python3 python3-venv python3-pytest python3-numpy python3-torch
+  python3-pip python3-setuptools python3-wheel
 )
 
 # PyPI packages for tests: the reference writers of safetensors and GGUF;
