@@ -363,6 +363,16 @@ def test_a_write_to_bound_weights_is_refused_by_the_memory(env):
     assert result.returncode == -signal.SIGSEGV
 
 
+def test_device_of_the_model_binds_without_a_copy(env):
+    write_linear(env, "one")
+    module = torch.nn.Linear(8, 8, bias=False)
+    with env["client"].acquire("one") as model:
+        report = wtorch.load_into_module(module, model, device="cpu")
+        assert report.bound == ["weight"] and report.copied == []
+        assert_bound_to_resident(module, model, {"weight": "weight"})
+    assert not module.weight.requires_grad
+
+
 def test_copy_gives_private_writable_weights(env):
     write_linear(env, "one")
     module = torch.nn.Linear(8, 8, bias=False)
