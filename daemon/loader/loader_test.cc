@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -438,6 +439,38 @@ TEST_F(LoaderTest, OpenerConfinesTheFilesItReads) {
   // Unconfined, the same manifests load.
   EXPECT_OK(loader.Load(beyond, "plain", {}).status());
   EXPECT_OK(loader.Load(inside, "plain", {}).status());
+}
+
+TEST_F(LoaderTest, MetadataOfEveryFileAndRolesComeWithTheModel) {
+  ASSERT_OK_AND_ASSIGN(
+      Manifest manifest,
+      OpenCheckpoint(testing::FixturePath(
+                         "safetensors/golden_py_i32_metadata.safetensors"),
+                     {}));
+  ASSERT_EQ(manifest.files[0].metadata,
+            nlohmann::ordered_json({{"framework", "pt"}}));
+  // A second file (the same bytes) whose metadata disagrees on one key and
+  // adds another: the first file's value wins, the new key joins.
+  FileManifest second = manifest.files[0];
+  second.metadata = {{"framework", "other"}, {"extra", 1}};
+  manifest.files.push_back(second);
+  ASSERT_OK_AND_ASSIGN(
+      Manifest tensorizer,
+      OpenCheckpoint(
+          testing::FixturePath("tensorizer/module_simple_v1.tensors"), {}));
+  manifest.files.push_back(tensorizer.files[0]);
+
+  Loader& loader = LoaderWithSlabs(1 << 20, 1 << 20);
+  ASSERT_OK_AND_ASSIGN(LoadedModel model,
+                       loader.Load(manifest, "metadata", LoadOptions()));
+  EXPECT_EQ(model.metadata_json, R"({"framework":"pt","extra":1})");
+  std::map<std::string, std::string> roles;
+  for (const LoadedTensor& tensor : model.tensors) {
+    roles[tensor.name] = tensor.role;
+  }
+  EXPECT_EQ(roles["test1"], "");
+  EXPECT_EQ(roles[".running"], "buffer");
+  EXPECT_EQ(roles["enc.0.weight"], "parameter");
 }
 
 }  // namespace
