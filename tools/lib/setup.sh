@@ -62,25 +62,55 @@ warmstart_ensure_packages() {
   rm -f "$log"
 }
 
-# Makes $WARMSTART_VENV: Debian's python3 with its numpy and torch
-# (--system-site-packages) plus the PyPI packages tests need.
-warmstart_ensure_venv() {
-  local root
-  root="$(warmstart_root)"
-  export WARMSTART_VENV="$root/.venv"
-  if [ ! -x "$WARMSTART_VENV/bin/python3" ]; then
-    warmstart_log "creating the Python test environment in .venv"
-    /usr/bin/python3 -m venv --system-site-packages "$WARMSTART_VENV"
+# torch 2.x for the opt-in second run of warmstart.torch's tests
+# (WARMSTART_TORCH2=1 tools/test): PyPI's build, with its NVIDIA
+# libraries (a 5.6 GB venv; about 2 minutes to install here).
+WARMSTART_TORCH2_PACKAGE="torch==2.15.0"
+
+# Makes the venv VENV (Debian's python3 with its numpy and torch,
+# --system-site-packages) holding the PyPI packages tests need, plus EXTRA
+# (packages that must come from PyPI even where Debian has them).
+# Usage: warmstart_make_venv VENV [EXTRA...]
+warmstart_make_venv() {
+  local venv="$1"
+  shift
+  if [ ! -x "$venv/bin/python3" ]; then
+    warmstart_log "creating the Python test environment in $venv"
+    /usr/bin/python3 -m venv --system-site-packages "$venv"
   fi
-  if ! "$WARMSTART_VENV/bin/python3" -c "import $WARMSTART_VENV_IMPORTS" \
+  # (Each EXTRA is NAME==VERSION; pip show would also see Debian's.)
+  local extra missing=()
+  for extra in "$@"; do
+    "$venv/bin/python3" -c "import importlib.metadata as m, sys
+sys.exit(m.version('${extra%%==*}') != '${extra#*==}')" 2>/dev/null ||
+      missing+=("$extra")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    warmstart_log "installing PyPI packages: $*"
+    "$venv/bin/pip" install -q --disable-pip-version-check "$@" || return 1
+  fi
+  if ! "$venv/bin/python3" -c "import $WARMSTART_VENV_IMPORTS" \
       2>/dev/null; then
     warmstart_log "installing PyPI packages: ${WARMSTART_PIP_PACKAGES[*]}" \
         "${WARMSTART_PIP_NO_DEPS_PACKAGES[*]}"
-    "$WARMSTART_VENV/bin/pip" install -q --disable-pip-version-check \
+    "$venv/bin/pip" install -q --disable-pip-version-check \
         "${WARMSTART_PIP_PACKAGES[@]}" &&
-    "$WARMSTART_VENV/bin/pip" install -q --disable-pip-version-check \
+    "$venv/bin/pip" install -q --disable-pip-version-check \
         --no-deps "${WARMSTART_PIP_NO_DEPS_PACKAGES[@]}"
   fi
+}
+
+# Makes $WARMSTART_VENV (.venv): Debian's torch 1.13.
+warmstart_ensure_venv() {
+  export WARMSTART_VENV="$(warmstart_root)/.venv"
+  warmstart_make_venv "$WARMSTART_VENV"
+}
+
+# Makes $WARMSTART_VENV_TORCH2 (.venv-torch2): the same with PyPI's torch
+# 2.x.
+warmstart_ensure_torch2_venv() {
+  export WARMSTART_VENV_TORCH2="$(warmstart_root)/.venv-torch2"
+  warmstart_make_venv "$WARMSTART_VENV_TORCH2" "$WARMSTART_TORCH2_PACKAGE"
 }
 
 # Builds with Bazel, quiet unless something fails.
