@@ -552,3 +552,32 @@ def test_role_mismatch_is_refused(env):
                 "model.embed") else None)
     assert ("checkpoint model.embed_tokens.weight is a parameter, the "
             "module's embed_tokens.weight is a buffer") in str(error.value)
+
+
+def test_tied_weights_stored_differently_are_refused(env):
+    # A checkpoint (safetensors' reference writer) that stores the two
+    # names a module ties with different values: not this module's.
+    from safetensors.torch import save_file
+
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(4, 2)
+            self.head = torch.nn.Linear(2, 4, bias=False)
+            self.head.weight = self.embed.weight
+
+    path = os.path.join(env["workdir"], "models", "untied.safetensors")
+    save_file({"embed.weight": torch.zeros(4, 2),
+               "head.weight": torch.ones(4, 2)}, path)
+    assert env["client"].load("untied", path, timeout=60)["state"] == "ready"
+    with wtorch.no_init():
+        module = Tied()
+    before = snapshot(module)
+    with pytest.raises(wtorch.BindError) as error:
+        wtorch.load_into_module(module, "untied", client=env["client"])
+    assert ("embed.weight and head.weight are tied in the module, but the "
+            "checkpoint's embed.weight and head.weight differ") in \
+        str(error.value)
+    assert snapshot(module) == before
+    assert no_leases(env, "untied")
+

@@ -386,8 +386,7 @@ def _bind(module, model, key_map, strict, device, on_dtype_mismatch, copy):
             else:
                 problems.append(("missing", slot.name, None))
 
-    # Views of the resident tensors: checks of shapes, dtypes and roles.
-    torch_tensors = {}
+    # Checks of shapes, dtypes and roles.
     for group, first in plan:
         ckpt = sources[first.name]
         dtype_name = model.dtypes[ckpt]
@@ -443,40 +442,16 @@ def _bind(module, model, key_map, strict, device, on_dtype_mismatch, copy):
             raise BindError(_describe(label, module, missing, unexpected,
                                       others))
 
-    # Make every tensor before touching the module.
-    if model.released:
-        raise FailedPrecondition(
-            f"warmstart.torch: {label} was released while binding; the "
-            f"module is untouched")
-    tensors = model.tensors
-    for group, first in plan:
-        ckpt = sources[first.name]
-        made = _to_torch(torch, ckpt, model.dtypes[ckpt],
-                         model.shapes[ckpt], tensors[ckpt])
-        copied = False
-        if made.dtype != first.current.dtype:
-            made = made.to(first.current.dtype)
-            copied = True
-        if device is not None and made.device != device:
-            made = made.to(device)
-            copied = True
-        if copy and not copied:
-            made = made.clone()
-            copied = True
-        torch_tensors[id(group[0].current)] = (made, copied)
-    materialised = []
-    for name in report.materialised:
-        slot = by_name[name]
-        buf = slot.current
-        if device is not None and buf.device != device:
-            buf = buf.to(device)
-        materialised.append((slot, buf))
-    if model.released:
-        # Released by another thread (or a key_map) while binding: the
-        # tensors made above hold the lease until they go, here.
-        raise FailedPrecondition(
-            f"warmstart.torch: {label} was released while binding; the "
-            f"module is untouched")
+    # Make every tensor before touching the module. An error's traceback
+    # would hold the tensors made so far (and so the lease) for as long as
+    # the caller keeps the exception: it is raised without the helper's
+    # frames.
+    try:
+        torch_tensors, materialised = _make_tensors(
+            module, model, label, plan, sources, report, by_name, device,
+            copy)
+    except Exception as error:
+        raise error.with_traceback(None)
 
     # Commit: nothing below can fail.
     for group, first in plan:
@@ -498,6 +473,62 @@ def _bind(module, model, key_map, strict, device, on_dtype_mismatch, copy):
     for slot, buf in materialised:
         slot.owner._buffers[slot.attr] = buf
     return report
+
+
+def _make_tensors(module, model, label, plan, sources, report, by_name,
+                  device, copy):
+    """The tensors `plan` binds (id of the group's tensor -> (tensor,
+    copied)) and the materialised buffers' (slot, buffer), made and checked
+    without touching the module."""
+    torch_tensors = {}
+    if model.released:
+        raise FailedPrecondition(
+            f"warmstart.torch: {label} was released while binding; the "
+            f"module is untouched")
+    tensors = model.tensors
+    for group, first in plan:
+        ckpt = sources[first.name]
+        made = _to_torch(torch, ckpt, model.dtypes[ckpt],
+                         model.shapes[ckpt], tensors[ckpt])
+        # A weight the module ties and the checkpoint stores under several
+        # names (tensorizer) must be stored the same each time.
+        for slot in group:
+            other = sources.get(slot.name)
+            if other is None or other == ckpt:
+                continue
+            stored = _to_torch(torch, other, model.dtypes[other],
+                               model.shapes[other], tensors[other])
+            if stored.dtype != made.dtype or not torch.equal(stored, made):
+                raise BindError(
+                    f"warmstart.torch: {label} does not fit "
+                    f"{type(module).__name__}; the module is untouched. "
+                    f"{first.name} and {slot.name} are tied in the module, "
+                    f"but the checkpoint's {ckpt} and {other} differ")
+        copied = False
+        if made.dtype != first.current.dtype:
+            made = made.to(first.current.dtype)
+            copied = True
+        if device is not None and made.device != device:
+            made = made.to(device)
+            copied = True
+        if copy and not copied:
+            made = made.clone()
+            copied = True
+        torch_tensors[id(group[0].current)] = (made, copied)
+    materialised = []
+    for name in report.materialised:
+        slot = by_name[name]
+        buf = slot.current
+        if device is not None and buf.device != device:
+            buf = buf.to(device)
+        materialised.append((slot, buf))
+    if model.released:
+        # Released by another thread (or a key_map) while binding: the
+        # tensors made above go with this frame (see _bind).
+        raise FailedPrecondition(
+            f"warmstart.torch: {label} was released while binding; the "
+            f"module is untouched")
+    return torch_tensors, materialised
 
 
 def _describe(label, module, missing, unexpected, others):
