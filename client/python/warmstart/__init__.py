@@ -10,6 +10,9 @@
             model.dtypes["model.embed_tokens.weight"]           # "BF16"
             weights = model.to_torch()                          # no copy
 
+To build a torch ``nn.Module`` over the weights (tensorizer's and
+transformers' two steps: build empty, then bind), see `warmstart.torch`.
+
 The package wraps libwarmstart.so (the C interface, warmstart.h) with
 ctypes. The library is found through the environment variable
 ``WARMSTART_LIBRARY`` (its path), else next to this package, else in the
