@@ -42,6 +42,7 @@ void ModelMapping::Swap(ModelMapping& other) noexcept {
   std::swap(connection_, other.connection_);
   std::swap(session_, other.session_);
   lease_.Swap(&other.lease_);
+  std::swap(metadata_json_, other.metadata_json_);
   std::swap(fds_, other.fds_);
   std::swap(regions_, other.regions_);
   std::swap(imports_, other.imports_);
@@ -120,6 +121,9 @@ absl::StatusOr<ModelMapping> ModelMapping::Map(
   mapping.connection_ = std::move(connection);
   mapping.session_ = std::move(session);
   mapping.lease_ = std::move(lease);
+  if (!mapping.lease_.metadata_json().empty()) {
+    mapping.metadata_json_ = mapping.lease_.metadata_json();
+  }
   mapping.fds_.reserve(fds.size());
   for (internal::UniqueFd& fd : fds) mapping.fds_.push_back(fd.Release());
   mapping.held_ = true;
@@ -270,6 +274,7 @@ void ModelMapping::AddViews(const v1::Allocation& allocation, const char* base,
     view.dtype = tensor.dtype();
     view.shape.assign(tensor.shape().begin(), tensor.shape().end());
     view.nbytes = tensor.nbytes();
+    view.role = tensor.role();
     view.device_uuid = allocation.device_uuid();
     // For GPU memory this is pointer arithmetic on a device address, which
     // the CPU never dereferences.

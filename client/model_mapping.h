@@ -32,6 +32,9 @@ struct TensorView {
   std::string dtype;
   std::vector<uint64_t> shape;
   uint64_t nbytes = 0;
+  // What the tensor is to its module where the format records it
+  // ("parameter", "buffer", "state_dict": tensorizer), else empty.
+  std::string role;
   // "host", or the GPU's UUID ("GPU-...").
   std::string device_uuid;
   // The tensor's first byte. Host memory: this process may read it;
@@ -72,6 +75,10 @@ class ModelMapping {
   // The model as it was when the lease was granted.
   const v1::ModelStatus& model() const { return lease_.model(); }
   const std::string& lease_id() const { return lease_.lease_id(); }
+  // The checkpoint's key-value metadata, a JSON object (v1::Lease's
+  // metadata_json; "{}" from a daemon that sends none). Kept after
+  // Release().
+  const std::string& metadata_json() const { return metadata_json_; }
 
   // Every tensor in every allocation, allocation by allocation, each in
   // the daemon's order. Empty once released. REQUIRES: the views' data
@@ -143,6 +150,7 @@ class ModelMapping {
   std::shared_ptr<internal::Connection> connection_;
   std::shared_ptr<internal::Session> session_;
   v1::Lease lease_;
+  std::string metadata_json_ = "{}";
   // Owned descriptors, closed by Release().
   std::vector<int> fds_;
   // Owned mappings, unmapped by Release().

@@ -185,6 +185,22 @@ int warmstart_model_tensor(const warmstart_model* model, size_t index,
 int warmstart_model_file_path(warmstart_model* model, const char** path,
                               char** errptr);
 
+/* What tensor `index` (as for warmstart_model_tensor) is to its module,
+ * where the checkpoint's format records it: "parameter", "buffer" or
+ * "state_dict" (tensorizer's tensor type); "" for formats that record
+ * none (safetensors, GGUF). NULL for a NULL model or an index past the
+ * end. Valid until warmstart_release or warmstart_model_destroy. */
+const char* warmstart_model_tensor_role(const warmstart_model* model,
+                                        size_t index);
+
+/* The checkpoint's key-value metadata as a JSON object: safetensors'
+ * __metadata__, GGUF's key-values (arrays summarised as
+ * {"type":...,"len":...}), {} for tensorizer; for several files, every
+ * file's keys (the first file's value where they differ). Valid until the
+ * handle is destroyed, also after warmstart_release. NULL for a NULL
+ * model. */
+const char* warmstart_model_metadata_json(const warmstart_model* model);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

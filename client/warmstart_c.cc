@@ -37,6 +37,7 @@ struct warmstart_model {
   std::string lease_id;
   // What warmstart_model_file_path last returned.
   std::string file_path;
+  std::string metadata_json;
 };
 
 namespace {
@@ -317,6 +318,7 @@ int warmstart_acquire(warmstart_client* client, const char* name,
     if (!mapping.ok()) return FailWith(errptr, mapping.status());
     handle->mapping = *std::move(mapping);
     handle->lease_id = handle->mapping.lease_id();
+    handle->metadata_json = handle->mapping.metadata_json();
     *model = handle.release();
     return WARMSTART_OK;
   } catch (...) {
@@ -389,6 +391,18 @@ int warmstart_model_file_path(warmstart_model* model, const char** path,
   } catch (...) {
     return CaughtException(errptr);
   }
+}
+
+const char* warmstart_model_tensor_role(const warmstart_model* model,
+                                        size_t index) {
+  if (model == nullptr) return nullptr;
+  const std::vector<TensorView>& tensors = model->mapping.tensors();
+  if (index >= tensors.size()) return nullptr;
+  return tensors[index].role.c_str();
+}
+
+const char* warmstart_model_metadata_json(const warmstart_model* model) {
+  return model == nullptr ? nullptr : model->metadata_json.c_str();
 }
 
 }  // extern "C"

@@ -227,14 +227,17 @@ static void TestAcquire(warmstart_client* client) {
     CHECK(t.on_host == 1);
     CHECK(t.read_only == 1);
     CHECK(strcmp(t.device_uuid, "host") == 0);
+    REQUIRE(warmstart_model_tensor_role(model, i) != NULL);
     if (strcmp(t.name, "a") == 0) {
       seen_a = 1;
+      CHECK(strcmp(warmstart_model_tensor_role(model, i), "parameter") == 0);
       CHECK(strcmp(t.dtype, "F32") == 0);
       CHECK(t.ndim == 2 && t.shape[0] == 4 && t.shape[1] == 4);
       CHECK(t.nbytes == 64);
       CHECK(HoldsPattern(&t, 0));
     } else if (strcmp(t.name, "b") == 0) {
       seen_b = 1;
+      CHECK(strcmp(warmstart_model_tensor_role(model, i), "") == 0);
       CHECK(strcmp(t.dtype, "U8") == 0);
       CHECK(t.ndim == 1 && t.shape[0] == 100);
       CHECK(t.nbytes == 100);
@@ -242,6 +245,11 @@ static void TestAcquire(warmstart_client* client) {
     }
   }
   CHECK(seen_a && seen_b);
+  CHECK(warmstart_model_tensor_role(model, 2) == NULL);
+  CHECK(warmstart_model_tensor_role(NULL, 0) == NULL);
+  CHECK(warmstart_model_metadata_json(NULL) == NULL);
+  CHECK(strcmp(warmstart_model_metadata_json(model), "{\"format\":\"pt\"}") ==
+        0);
   warmstart_tensor past;
   CHECK_CODE(WARMSTART_OUT_OF_RANGE, warmstart_model_tensor(model, 2, &past),
              NULL);
@@ -255,6 +263,9 @@ static void TestAcquire(warmstart_client* client) {
   CHECK_CODE(WARMSTART_OUT_OF_RANGE, warmstart_model_tensor(model, 0, &past),
              NULL);
   CHECK(strcmp(warmstart_model_name(model), "tiny") == 0);
+  CHECK(strcmp(warmstart_model_metadata_json(model), "{\"format\":\"pt\"}") ==
+        0);
+  CHECK(warmstart_model_tensor_role(model, 0) == NULL);
   CHECK_CODE(WARMSTART_OK, warmstart_release(model, &err), err);
   warmstart_model_destroy(model);
 

@@ -10,6 +10,7 @@ and model roots under /tmp.
 import ctypes
 import gc
 import hashlib
+import json
 import importlib
 import os
 import shutil
@@ -38,11 +39,15 @@ warmstart = importlib.import_module("warmstart")
 PYTHON = "/usr/bin/python3"
 
 ALL = (GGUF, GGUF_ALLTYPES, SAFETENSORS, SAFETENSORS_BF16, TENSORIZER)
+# A safetensors file with __metadata__ ({"framework": "pt"}) and a
+# tensorizer module (parameters and buffers).
+SAFETENSORS_METADATA = "safetensors/golden_py_i32_metadata.safetensors"
+TENSORIZER_MODULE = "tensorizer/module_mixed_v2.tensors"
 
 # Work directories are /tmp/wspy-*; model roots hold copies of ALL
 # (tests/conftest.py).
 WORKDIR_PREFIX = "wspy-"
-MODEL_ROOT_FIXTURES = ALL
+MODEL_ROOT_FIXTURES = ALL + (SAFETENSORS_METADATA, TENSORIZER_MODULE)
 
 
 def sha256(array):
@@ -88,6 +93,41 @@ def test_numpy_views_match_the_expected_sha256(client, root, fixture):
             # of its own.
             assert not array.flags.owndata
             assert not array.flags.writeable
+
+
+def _fixture_json(fixture):
+    with open(os.path.join(FIXTURES, fixture + ".json")) as f:
+        return json.load(f)
+
+
+def test_metadata_and_roles_come_through_the_lease(client, root):
+    # safetensors: __metadata__ as the file's independent parse saw it; no
+    # roles (the format has none).
+    name = load(client, root, SAFETENSORS_METADATA)
+    with client.acquire(name) as model:
+        want = _fixture_json(SAFETENSORS_METADATA)["independent_parse"]
+        assert dict(model.metadata) == want["metadata"] == {"framework": "pt"}
+        assert dict(model.roles) == {"test1": ""}
+    # GGUF: every key-value, scalars with their values.
+    name = load(client, root, GGUF)
+    with open(os.path.join(FIXTURES, GGUF[:-len(".gguf")] + ".json")) as f:
+        kvs = json.load(f)["metadata"]
+    with client.acquire(name) as model:
+        assert list(model.metadata) == [kv["key"] for kv in kvs]
+        for kv in kvs:
+            if kv["type"] != "array":
+                assert model.metadata[kv["key"]] == kv["value"], kv["key"]
+        assert model.metadata["general.architecture"] == "llama"
+    # tensorizer: no key-values; each tensor's type as the writer recorded
+    # it (parameters, buffers).
+    name = load(client, root, TENSORIZER_MODULE)
+    kinds = {0: "parameter", 1: "buffer", 2: "state_dict"}
+    want = {t["name"]: kinds[t["tensor_type"]] for t in
+            _fixture_json(TENSORIZER_MODULE)["expected"]["tensors"]}
+    assert set(want.values()) == {"parameter", "buffer"}
+    with client.acquire(name) as model:
+        assert dict(model.metadata) == {}
+        assert dict(model.roles) == want
 
 
 def test_status_and_models(client, root, daemon):

@@ -86,6 +86,7 @@ FakeModel PatternModel(const std::string& name, size_t bytes) {
   a.add_shape(4);
   a.set_offset(0);
   a.set_nbytes(64);
+  a.set_role("parameter");
   v1::Tensor b;
   b.set_name("b");
   b.set_dtype("U8");
@@ -93,6 +94,7 @@ FakeModel PatternModel(const std::string& name, size_t bytes) {
   b.set_offset(256);
   b.set_nbytes(100);
   model.tensors = {a, b};
+  model.metadata_json = R"({"format":"pt"})";
   return model;
 }
 
@@ -403,6 +405,9 @@ grpc::Status FakeDaemon::Acquire(grpc::ServerContext* context,
                                                      : model.bytes.size());
   allocation->set_fd_index(0);
   for (const v1::Tensor& tensor : model.tensors) *lease->add_tensors() = tensor;
+  if (!model.metadata_json.empty()) {
+    lease->set_metadata_json(model.metadata_json);
+  }
   leases_[lease->lease_id()] = session;
   return grpc::Status::OK;
 }

@@ -31,10 +31,13 @@ struct FakeModel {
   std::vector<v1::ModelStatus> progress;
   std::string bytes;
   std::vector<v1::Tensor> tensors;
+  // The lease's metadata_json; not sent when empty.
+  std::string metadata_json;
 };
 
 // A READY model of `bytes` pattern bytes (byte i is (7 i + 3) mod 256) with
-// tensors "a" (F32 [4, 4] at 0) and "b" (U8 [100] at 256).
+// tensors "a" (F32 [4, 4] at 0, role "parameter") and "b" (U8 [100] at 256,
+// no role), and metadata {"format":"pt"}.
 // REQUIRES: bytes >= 356.
 FakeModel PatternModel(const std::string& name, size_t bytes);
 

@@ -66,6 +66,10 @@ struct TensorEntry {
   uint64_t stored_bytes = 0;
   std::vector<StoredChecksum> checksums;
   std::optional<TensorEncryption> encryption;  // Set when data is encrypted.
+  // What the tensor is to its module, where the format records it:
+  // tensorizer's tensor type as "parameter", "buffer" or "state_dict";
+  // empty for formats that do not record one (safetensors, GGUF).
+  std::string role;
 
   bool is_meta() const { return stored_bytes == 0 && nbytes > 0; }
 };

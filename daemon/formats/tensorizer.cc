@@ -97,6 +97,18 @@ std::string ShapeString(const std::vector<uint64_t>& shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
 }
 
+// The role TensorEntry::role records for a tensor type (0-2; checked).
+absl::string_view TensorRole(uint8_t type) {
+  switch (type) {
+    case 0:
+      return "parameter";
+    case 1:
+      return "buffer";
+    default:
+      return "state_dict";
+  }
+}
+
 std::string TensorLabel(absl::string_view name) {
   return absl::StrCat("tensor ", Quote(name));
 }
@@ -740,6 +752,7 @@ class Parser {
 
     tensor->name = entry.name;
     tensor->dtype = std::string(entry.dtype->name);
+    tensor->role = std::string(TensorRole(entry.type));
     tensor->shape = entry.shape;
     tensor->nbytes = entry.nbytes;
     tensor->offset = data_offset;

@@ -120,6 +120,9 @@ TEST_P(FixtureTest, MatchesExpectedValues) {
     EXPECT_EQ(tensor.nbytes, want["nbytes"].get<uint64_t>());
     EXPECT_EQ(tensor.stored_bytes, want["on_disk_data_length"].get<uint64_t>());
     EXPECT_EQ(tensor.offset, seen["data_offset"].get<uint64_t>());
+    // The writer's tensor type, as the role the lease carries.
+    const char* const kRoles[] = {"parameter", "buffer", "state_dict"};
+    EXPECT_EQ(tensor.role, kRoles[want["tensor_type"].get<int>()]);
 
     std::vector<int> hash_types;
     for (const StoredChecksum& checksum : tensor.checksums) {

@@ -12,6 +12,7 @@
 #include "daemon/formats/tensor_data.h"
 #include "daemon/io/read_file.h"
 #include "daemon/loader/layout.h"
+#include "nlohmann/json.hpp"
 
 namespace warmstart {
 namespace {
@@ -125,6 +126,21 @@ absl::Status VerifyImage(const FileManifest& file, const char* image) {
   return absl::OkStatus();
 }
 
+// Every file's metadata as one JSON object; where files disagree on a key,
+// the first file's value.
+std::string MergedMetadataJson(const Manifest& manifest) {
+  nlohmann::ordered_json metadata = nlohmann::ordered_json::object();
+  for (const FileManifest& file : manifest.files) {
+    for (const auto& [key, value] : file.metadata.items()) {
+      if (!metadata.contains(key)) metadata[key] = value;
+    }
+  }
+  // Replaces invalid UTF-8 (metadata strings come from the files) rather
+  // than throwing.
+  return metadata.dump(-1, ' ', false,
+                       nlohmann::json::error_handler_t::replace);
+}
+
 // A device's ResourceExhausted, marked as the device being full.
 absl::Status MarkedDeviceFull(absl::Status status) {
   if (absl::IsResourceExhausted(status)) {
@@ -181,9 +197,10 @@ absl::StatusOr<LoadedModel> Loader::LoadFileImage(const Manifest& manifest,
   LoadedModel model;
   for (const TensorEntry& tensor : file.tensors) {
     model.tensors.push_back({tensor.name, tensor.dtype, tensor.shape,
-                             tensor.nbytes, tensor.offset});
+                             tensor.nbytes, tensor.offset, tensor.role});
     model.tensor_bytes += tensor.nbytes;
   }
+  model.metadata_json = MergedMetadataJson(manifest);
   absl::StatusOr<std::unique_ptr<DeviceAllocation>> arena =
       device_->AllocateFileImage(file.file_size, label);
   if (!arena.ok()) return MarkedDeviceFull(arena.status());
@@ -213,9 +230,11 @@ absl::StatusOr<LoadedModel> Loader::LoadPacked(const Manifest& manifest,
     const TensorEntry& tensor =
         manifest.files[placement.file_index].tensors[placement.tensor_index];
     model.tensors.push_back({tensor.name, tensor.dtype, tensor.shape,
-                             tensor.nbytes, placement.arena_offset});
+                             tensor.nbytes, placement.arena_offset,
+                             tensor.role});
     model.tensor_bytes += tensor.nbytes;
   }
+  model.metadata_json = MergedMetadataJson(manifest);
   // Allocations come back zeroed, which is what meta tensors and padding
   // need.
   absl::StatusOr<std::unique_ptr<DeviceAllocation>> arena =

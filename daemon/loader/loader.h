@@ -68,6 +68,7 @@ struct LoadedTensor {
   std::vector<uint64_t> shape;
   uint64_t nbytes = 0;
   uint64_t offset = 0;  // Within the arena.
+  std::string role;     // TensorEntry::role: "parameter", ..., or empty.
 };
 
 // A model resident on a device. Move-only: owns its arena.
@@ -75,6 +76,10 @@ struct LoadedModel {
   std::unique_ptr<DeviceAllocation> arena;
   std::vector<LoadedTensor> tensors;  // In manifest order.
   uint64_t tensor_bytes = 0;          // Sum of nbytes.
+  // The files' key-value metadata (FileManifest::metadata) as one JSON
+  // object: the keys of every file, in file order; where files disagree on
+  // a key, the first file's value.
+  std::string metadata_json = "{}";
 };
 
 struct LoadProgress {

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -487,7 +488,12 @@ TEST_P(LoaderFixtureTest, FileImageHoldsTheFileByteForByte) {
       EXPECT_EQ(model.tensors[i].name, entries[i].name);
       EXPECT_EQ(model.tensors[i].offset, entries[i].offset);
       EXPECT_EQ(model.tensors[i].nbytes, entries[i].nbytes);
+      EXPECT_EQ(model.tensors[i].role, entries[i].role);
     }
+    // The file's metadata comes with an image as with a packed model.
+    EXPECT_EQ(model.metadata_json,
+              manifest.files[0].metadata.dump(
+                  -1, ' ', false, nlohmann::json::error_handler_t::replace));
   }
   EXPECT_EQ(pool_->free_slabs(), pool_->slab_count());
 }
@@ -595,6 +601,38 @@ TEST(FileImageDeviceTest, OnlyHostMemoryHoldsFileImages) {
   EXPECT_THAT(gpu.AllocateFileImage(4096, "m"),
               StatusIs(absl::StatusCode::kFailedPrecondition,
                        AllOf(HasSubstr("GPU-test"), HasSubstr("host memory"))));
+}
+
+TEST_F(LoaderTest, MetadataOfEveryFileAndRolesComeWithTheModel) {
+  ASSERT_OK_AND_ASSIGN(
+      Manifest manifest,
+      OpenCheckpoint(testing::FixturePath(
+                         "safetensors/golden_py_i32_metadata.safetensors"),
+                     {}));
+  ASSERT_EQ(manifest.files[0].metadata,
+            nlohmann::ordered_json({{"framework", "pt"}}));
+  // A second file (the same bytes) whose metadata disagrees on one key and
+  // adds another: the first file's value wins, the new key joins.
+  FileManifest second = manifest.files[0];
+  second.metadata = {{"framework", "other"}, {"extra", 1}};
+  manifest.files.push_back(second);
+  ASSERT_OK_AND_ASSIGN(
+      Manifest tensorizer,
+      OpenCheckpoint(
+          testing::FixturePath("tensorizer/module_simple_v1.tensors"), {}));
+  manifest.files.push_back(tensorizer.files[0]);
+
+  Loader& loader = LoaderWithSlabs(1 << 20, 1 << 20);
+  ASSERT_OK_AND_ASSIGN(LoadedModel model,
+                       loader.Load(manifest, "metadata", LoadOptions()));
+  EXPECT_EQ(model.metadata_json, R"({"framework":"pt","extra":1})");
+  std::map<std::string, std::string> roles;
+  for (const LoadedTensor& tensor : model.tensors) {
+    roles[tensor.name] = tensor.role;
+  }
+  EXPECT_EQ(roles["test1"], "");
+  EXPECT_EQ(roles[".running"], "buffer");
+  EXPECT_EQ(roles["enc.0.weight"], "parameter");
 }
 
 }  // namespace

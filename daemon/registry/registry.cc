@@ -686,6 +686,7 @@ absl::StatusOr<LeaseGrant> Registry::Acquire(const std::string& name,
       absl::ToDoubleSeconds(absl::Now() - requested));
   grant.model = StatusLocked(*model);
   grant.tensors = model->replicas.front().tensors;
+  grant.metadata_json = model->replicas.front().metadata_json;
   for (size_t i = 0; i < model->devices.size(); ++i) {
     grant.memory.push_back(
         {model->devices[i], model->replicas[i].arena->Export()});

@@ -85,6 +85,7 @@ struct LeaseGrant {
   std::string lease_id;
   v1::ModelStatus model;
   std::vector<LoadedTensor> tensors;
+  std::string metadata_json;  // LoadedModel::metadata_json.
   struct Memory {
     std::string device_uuid;
     ExportedMemory exported;

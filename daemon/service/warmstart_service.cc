@@ -192,7 +192,9 @@ grpc::Status WarmstartService::AcquireModel(
     for (uint64_t dim : tensor.shape) out->add_shape(dim);
     out->set_nbytes(tensor.nbytes);
     out->set_offset(tensor.offset);
+    out->set_role(tensor.role);
   }
+  response->set_metadata_json(grant->metadata_json);
   // The lease exists before the descriptors go out: if the session closes
   // now, either the send fails (and the lease is released here) or the
   // session's close releases it.

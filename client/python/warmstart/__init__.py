@@ -10,6 +10,9 @@
             model.dtypes["model.embed_tokens.weight"]           # "BF16"
             weights = model.to_torch()                          # no copy
 
+To build a torch ``nn.Module`` over the weights (tensorizer's and
+transformers' two steps: build empty, then bind), see `warmstart.torch`.
+
 The package wraps libwarmstart.so (the C interface, warmstart.h) with
 ctypes. The library is found through the environment variable
 ``WARMSTART_LIBRARY`` (its path), else next to this package, else in the
@@ -347,7 +350,12 @@ class Model:
     Attributes: ``name``, ``lease_id``, ``devices`` (the devices holding a
     copy, "host" or GPU UUIDs), ``tensors`` (name -> array, on the first
     device), ``dtypes`` (name -> real dtype name: "BF16", "Q4_K", ...),
-    ``shapes`` (name -> the tensor's shape, whatever the array's).
+    ``shapes`` (name -> the tensor's shape, whatever the array's),
+    ``roles`` (name -> "parameter", "buffer" or "state_dict" where the
+    format records it: tensorizer; "" otherwise), ``metadata`` (the
+    checkpoint's key-value metadata: safetensors' ``__metadata__``, GGUF's
+    key-values with arrays summarised as {"type", "len"}; {} for
+    tensorizer).
 
     The lease is held until `release()` (or the end of the ``with`` block)
     *and* until the last array taken from the model is gone: arrays stay
@@ -361,6 +369,7 @@ class Model:
         by_device = {}
         dtypes = {}
         shapes = {}
+        roles = {}
         tensor = _CTensor()
         for index in range(_LIB.warmstart_model_tensor_count(handle)):
             code = _LIB.warmstart_model_tensor(handle, index,
@@ -381,6 +390,15 @@ class Model:
             by_device.setdefault(device, {}).setdefault(name, array)
             dtypes.setdefault(name, dtype)
             shapes.setdefault(name, shape)
+            roles.setdefault(
+                name, _text(_LIB.warmstart_model_tensor_role(handle, index)))
+        metadata = _text(_LIB.warmstart_model_metadata_json(handle)) or "{}"
+        try:
+            self._metadata = types.MappingProxyType(json.loads(metadata))
+        except ValueError as error:
+            raise DataLoss(f"warmstart: model {self._name}: the daemon sent "
+                           f"metadata that is not JSON ({error})") from None
+        self._roles = types.MappingProxyType(roles)
         self._by_device = by_device
         self._devices = list(by_device)
         self._dtypes = types.MappingProxyType(dtypes)
@@ -407,6 +425,14 @@ class Model:
     @property
     def shapes(self):
         return self._shapes
+
+    @property
+    def roles(self):
+        return self._roles
+
+    @property
+    def metadata(self):
+        return self._metadata
 
     @property
     def released(self):

@@ -76,6 +76,10 @@ def _declare(lib):
             ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(Tensor)]),
         "warmstart_model_file_path": (ctypes.c_int, [
             ctypes.c_void_p, ctypes.POINTER(ctypes.c_char_p), c_void_p_p]),
+        "warmstart_model_tensor_role": (ctypes.c_char_p, [
+            ctypes.c_void_p, ctypes.c_size_t]),
+        "warmstart_model_metadata_json": (ctypes.c_char_p,
+                                          [ctypes.c_void_p]),
     }
     for name, (restype, argtypes) in signatures.items():
         function = getattr(lib, name)
