@@ -77,6 +77,11 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
   // that died with the daemon (UNAVAILABLE before any answer), so the first
   // call after a daemon restart does not fail needlessly.
   arguments.SetServiceConfigJSON(kServiceConfig);
+  // A lease carries the whole tensor table: a mixture-of-experts model with
+  // 100k tensors answers with ~7 MB, over gRPC's default limit of 4 MB on
+  // what a client receives. The daemon is trusted to size its answers; the
+  // client takes any size (protobuf itself stops at 2 GiB).
+  arguments.SetMaxReceiveMessageSize(-1);
   auto channel =
       grpc::CreateCustomChannel("unix:" + options.socket_path,
                                 grpc::InsecureChannelCredentials(), arguments);

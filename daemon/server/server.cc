@@ -227,6 +227,11 @@ absl::Status Server::Listen(const v1::DaemonConfig& config,
                              grpc::InsecureServerCredentials(), &tcp_port);
   }
   builder.RegisterService(service_.get());
+  // Leases of models with 100k+ tensors are several megabytes: sending is
+  // unlimited (gRPC's default too, said here so that it stays so). What the
+  // daemon receives keeps gRPC's 4 MB limit: every request is small, and a
+  // client must not make the daemon buffer more.
+  builder.SetMaxSendMessageSize(-1);
   grpc_server_ = builder.BuildAndStart();
   if (grpc_server_ == nullptr) {
     return absl::UnavailableError(
