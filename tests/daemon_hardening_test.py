@@ -7,9 +7,15 @@ runs with the host backend on sockets and model roots under /tmp.
 """
 import json
 import os
+import resource
 import signal
+import socket as socket_module
+import subprocess
+import sys
 
-from harness import SAFETENSORS, event, in_root
+import pytest
+
+from harness import SAFETENSORS, Daemon, event, in_root
 
 WORKDIR_PREFIX = "wh-"
 MODEL_ROOT_FIXTURES = (SAFETENSORS,)
@@ -92,3 +98,99 @@ def test_a_model_with_120k_tensors_loads_and_is_acquired(daemon, root):
     per_tensor = (rss_anon_kib(daemon.process.pid) - before) * 1024 / count
     print(f"daemon anonymous memory per tensor: {per_tensor:.0f} bytes")
     assert per_tensor < 1536, per_tensor
+
+
+def open_sessions(handle_socket, count):
+    """Opens up to `count` sessions on `handle_socket` from this process;
+    returns (the sockets that got a hello, the first refusal's reason or
+    None). The first message is a HandleMessage: field 1 is a hello,
+    field 3 a refusal (whose field 1 is the reason)."""
+    held = []
+    for _ in range(count):
+        s = socket_module.socket(socket_module.AF_UNIX,
+                                 socket_module.SOCK_SEQPACKET)
+        s.settimeout(60)
+        s.connect(handle_socket)
+        first = s.recv(4096)
+        if first[:1] == b"\x1a":  # Field 3 (refused), length-delimited.
+            body = first[2:]
+            reason = body[2:].decode(errors="replace")
+            s.close()
+            return held, reason
+        assert first[:1] == b"\x0a", first  # Field 1, a hello.
+        held.append(s)
+    return held, None
+
+
+@pytest.fixture
+def limited_daemon(workdir, root):
+    """A daemon whose descriptor limit is 1024, soft and hard: it cannot
+    raise it, so its caps derive from 1024."""
+    d = Daemon(workdir, "--model_root", root,
+               prefix=["prlimit", "--nofile=1024:1024", "--"])
+    yield d
+    d.stop(signal.SIGKILL)
+
+
+def test_one_process_cannot_take_every_session(limited_daemon, root):
+    # Before the fix one process opening ~1,100 sessions put the daemon at
+    # its descriptor limit (1024): every other client was locked out, told
+    # the daemon restarted. Now one process gets at most 48 (an eighth of
+    # the 384 sessions a limit of 1024 allows) and is told which limit.
+    daemon = limited_daemon
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4096), hard))
+    held, reason = open_sessions(daemon.socket + ".handles", 1100)
+    try:
+        assert reason is not None, f"{len(held)} sessions and no refusal"
+        assert "the most one process may hold (48)" in reason, reason
+        assert len(held) == 48
+        assert "refusing a session from pid" in daemon.logs()
+        # Another process still opens a session and acquires.
+        loaded = daemon.ctl("load", "m", in_root(root, SAFETENSORS))
+        assert loaded.returncode == 0, loaded.stderr
+        client = daemon.client("--model", "m", "--cycles", "3")
+        got = event(client, timeout=120)
+        assert got["event"] == "cycles", got
+        assert client.wait(60) == 0
+        # Five more processes of this user take 48 each: 288 in all, the
+        # most one uid may hold (three quarters of 384). The next client of
+        # this uid is refused, through the client library, naming it.
+        holders = [subprocess.Popen(
+            [sys.executable, "-c", HOLDER, daemon.socket + ".handles"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            for _ in range(5)]
+        try:
+            for holder in holders:
+                assert holder.stdout.readline().strip() == "48"
+            client = daemon.client("--model", "m")
+            got = event(client, timeout=120)
+            assert got["event"] == "error", got
+            assert got["code"] == "RESOURCE_EXHAUSTED", got
+            assert ("holds 288 sessions, the most one user may hold (288)"
+                    in got["message"]), got
+            client.wait(60)
+        finally:
+            for holder in holders:
+                holder.stdin.close()
+                holder.wait(60)
+    finally:
+        for s in held:
+            s.close()
+
+
+# A process that opens 48 sessions on argv[1], prints how many it got and
+# holds them until its stdin closes.
+HOLDER = """
+import socket, sys
+held = []
+for _ in range(48):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.settimeout(60)
+    s.connect(sys.argv[1])
+    if s.recv(4096)[:1] != b"\\x0a":
+        break
+    held.append(s)
+print(len(held), flush=True)
+sys.stdin.read()
+"""

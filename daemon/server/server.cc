@@ -76,6 +76,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
     const v1::DaemonConfig& config) {
   std::unique_ptr<Server> server(new Server());
   server->config_ = config;
+  // Before anything opens descriptors: the caps below follow from it.
+  ASSIGN_OR_RETURN(const DescriptorLimit limit, RaiseDescriptorLimit());
+  server->descriptors_ = BudgetFor(limit.soft);
+  Logger("daemon")->info("{}", DescribeBudget(limit, server->descriptors_));
   v1::ServerInfo info;
   info.set_version(kVersion);
   info.set_protocol_major(kProtocolMajor);
@@ -202,15 +206,18 @@ absl::Status Server::Listen(const v1::DaemonConfig& config,
   RETURN_IF_ERROR(PrepareSocketPath(handle_socket));
   Registry* registry = registry_.get();
   ASSIGN_OR_RETURN(
-      sessions_,
-      SessionServer::Start(handle_socket, [registry](const std::string& id) {
-        const int released = registry->ReleaseSession(id);
-        if (released > 0) {
-          Logger("sessions")
-              ->info("session {} closed: released its {} lease(s)", id,
-                     released);
-        }
-      }));
+      sessions_, SessionServer::Start(
+                     handle_socket,
+                     [registry](const std::string& id) {
+                       const int released = registry->ReleaseSession(id);
+                       if (released > 0) {
+                         Logger("sessions")
+                             ->info(
+                                 "session {} closed: released its {} lease(s)",
+                                 id, released);
+                       }
+                     },
+                     descriptors_.sessions));
   RETURN_IF_ERROR(ApplySocketPermissions(handle_socket, listen.socket_mode(),
                                          listen.socket_owner(),
                                          listen.socket_group()));

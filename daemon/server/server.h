@@ -25,6 +25,7 @@
 #include "daemon/io/read_engine.h"
 #include "daemon/loader/loader.h"
 #include "daemon/registry/registry.h"
+#include "daemon/server/descriptor_budget.h"
 #include "daemon/service/metrics_endpoint.h"
 #include "daemon/service/session_server.h"
 #include "daemon/service/warmstart_service.h"
@@ -82,6 +83,7 @@ class Server {
   void StopReadinessThread();
 
   v1::DaemonConfig config_;
+  DescriptorBudget descriptors_;        // Set first in Start.
   std::unique_ptr<CudaDriver> driver_;  // Kept: unloading after cuInit is
                                         // not safe.
   std::vector<Target> targets_;

@@ -22,6 +22,13 @@ namespace {
 // Descriptors in one bundle at most: one per device of a model.
 constexpr size_t kMaxFdsPerBundle = 64;
 
+Counter* RefusedCounter() {
+  static Counter* counter = Metrics::Global().GetCounter(
+      "warmstart_sessions_refused_total",
+      "Handle socket connections refused at a session limit");
+  return counter;
+}
+
 Gauge* SessionsGauge() {
   static Gauge* gauge = Metrics::Global().GetGauge(
       "warmstart_sessions", "Client sessions open on the handle socket");
@@ -60,7 +67,8 @@ absl::Status SendMessage(int socket, const v1::HandleMessage& message,
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<SessionServer>> SessionServer::Start(
-    const std::string& path, std::function<void(const std::string&)> on_close) {
+    const std::string& path, std::function<void(const std::string&)> on_close,
+    SessionLimits limits) {
   sockaddr_un address{};
   address.sun_family = AF_UNIX;
   if (path.size() >= sizeof(address.sun_path)) {
@@ -83,17 +91,20 @@ absl::StatusOr<std::unique_ptr<SessionServer>> SessionServer::Start(
   }
   ScopedFd stop_event(::eventfd(0, EFD_CLOEXEC));
   if (!stop_event.valid()) return ErrnoToStatus(errno, "eventfd");
-  return std::unique_ptr<SessionServer>(new SessionServer(
-      std::move(listener), std::move(stop_event), path, std::move(on_close)));
+  return std::unique_ptr<SessionServer>(
+      new SessionServer(std::move(listener), std::move(stop_event), path,
+                        std::move(on_close), limits));
 }
 
 SessionServer::SessionServer(ScopedFd listener, ScopedFd stop_event,
                              std::string path,
-                             std::function<void(const std::string&)> on_close)
+                             std::function<void(const std::string&)> on_close,
+                             SessionLimits limits)
     : listener_(std::move(listener)),
       stop_event_(std::move(stop_event)),
       path_(std::move(path)),
       on_close_(std::move(on_close)),
+      limits_(limits),
       thread_([this] { Run(); }) {}
 
 SessionServer::~SessionServer() {
@@ -103,6 +114,8 @@ SessionServer::~SessionServer() {
   absl::MutexLock lock(&mutex_);
   sessions_.clear();
   ids_by_fd_.clear();
+  per_process_.clear();
+  per_uid_.clear();
   SessionsGauge()->Set(0);
   ::unlink(path_.c_str());
 }
@@ -166,13 +179,22 @@ void SessionServer::Accept() {
     return;
   }
   const SessionPeer peer{credentials.pid, credentials.uid, credentials.gid};
+  std::string over;
   {
     absl::MutexLock lock(&mutex_);
-    if (sessions_.size() >= kMaxSessions) {
-      log->warn("refusing a session from pid {} uid {}: {} sessions are open",
-                peer.pid, peer.uid, kMaxSessions);
-      return;
-    }
+    over = OverLimitLocked(peer);
+  }
+  if (!over.empty()) {
+    log->warn("refusing a session from pid {} uid {}: {}", peer.pid, peer.uid,
+              over);
+    RefusedCounter()->Add();
+    // The client learns which limit it hit instead of a bare close (which
+    // reads as "the daemon restarted"). Best effort: the socket is new and
+    // empty, so the datagram fits unless the peer already went away.
+    v1::HandleMessage refused;
+    refused.mutable_refused()->set_reason(over);
+    (void)SendMessage(socket.get(), refused, {});
+    return;
   }
   // Registered before the hello goes out: a client may call with its
   // session id the moment it reads it.
@@ -182,6 +204,8 @@ void SessionServer::Accept() {
     absl::MutexLock lock(&mutex_);
     ids_by_fd_[fd] = id;
     sessions_[id] = Session{std::move(socket), peer};
+    ++per_process_[peer.pid];
+    ++per_uid_[peer.uid];
     SessionsGauge()->Set(static_cast<int64_t>(sessions_.size()));
   }
   v1::HandleMessage hello;
@@ -203,11 +227,35 @@ std::string SessionServer::CloseSession(int fd) {
   std::string id = std::move(it->second);
   ids_by_fd_.erase(it);
   auto session = sessions_.find(id);
-  Logger("sessions")
-      ->debug("session {} of pid {} closed", id, session->second.peer.pid);
+  const SessionPeer peer = session->second.peer;
+  Logger("sessions")->debug("session {} of pid {} closed", id, peer.pid);
+  if (--per_process_[peer.pid] == 0) per_process_.erase(peer.pid);
+  if (--per_uid_[peer.uid] == 0) per_uid_.erase(peer.uid);
   sessions_.erase(session);
   SessionsGauge()->Set(static_cast<int64_t>(sessions_.size()));
   return id;
+}
+
+std::string SessionServer::OverLimitLocked(const SessionPeer& peer) const {
+  if (sessions_.size() >= limits_.max_sessions) {
+    return absl::StrCat(
+        sessions_.size(), " sessions are open, the most the daemon allows (",
+        limits_.max_sessions, ", derived from its descriptor limit)");
+  }
+  auto process = per_process_.find(peer.pid);
+  if (process != per_process_.end() &&
+      process->second >= limits_.max_per_process) {
+    return absl::StrCat("process ", peer.pid, " holds ", process->second,
+                        " sessions, the most one process may hold (",
+                        limits_.max_per_process, ")");
+  }
+  auto user = per_uid_.find(peer.uid);
+  if (user != per_uid_.end() && user->second >= limits_.max_per_uid) {
+    return absl::StrCat("uid ", peer.uid, " holds ", user->second,
+                        " sessions, the most one user may hold (",
+                        limits_.max_per_uid, ")");
+  }
+  return "";
 }
 
 absl::StatusOr<SessionPeer> SessionServer::Find(

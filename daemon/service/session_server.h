@@ -41,9 +41,19 @@ struct SessionPeer {
   gid_t gid = 0;
 };
 
-// Sessions open at once at most; more connections are closed at once (and
-// logged), so a runaway client cannot exhaust the daemon's descriptors.
+// Sessions open at once at most, whatever the descriptor limit allows.
 inline constexpr size_t kMaxSessions = 4096;
+
+// How many sessions may be open at once: in all (each holds a descriptor
+// in the daemon, so the server derives this from its descriptor limit), by
+// one process and by one user, so that neither a runaway process nor one
+// user can take every session and lock the others out. A connection over a
+// limit gets a HandleMessage `refused` naming the limit, and is closed.
+struct SessionLimits {
+  size_t max_sessions = kMaxSessions;
+  size_t max_per_process = 128;
+  size_t max_per_uid = kMaxSessions * 3 / 4;
+};
 
 class SessionServer {
  public:
@@ -51,8 +61,8 @@ class SessionServer {
   // the session thread. `on_close(session_id)` runs once per session when
   // its socket closes, not for sessions still open at destruction.
   static absl::StatusOr<std::unique_ptr<SessionServer>> Start(
-      const std::string& path,
-      std::function<void(const std::string&)> on_close);
+      const std::string& path, std::function<void(const std::string&)> on_close,
+      SessionLimits limits = SessionLimits());
 
   // Stops the thread, closes every session and removes the socket file.
   ~SessionServer();
@@ -83,21 +93,28 @@ class SessionServer {
   };
 
   SessionServer(ScopedFd listener, ScopedFd stop_event, std::string path,
-                std::function<void(const std::string&)> on_close);
+                std::function<void(const std::string&)> on_close,
+                SessionLimits limits);
   void Run();
   void Accept();
   // Closes the session on `fd`; returns its id ("" if unknown).
   std::string CloseSession(int fd);
+  // Why a session for `peer` would exceed a limit; empty when it fits.
+  std::string OverLimitLocked(const SessionPeer& peer) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
   const ScopedFd listener_;
   const ScopedFd stop_event_;
   const std::string path_;
   const std::function<void(const std::string&)> on_close_;
+  const SessionLimits limits_;
   std::atomic<uint64_t> next_transfer_id_{1};
 
   mutable absl::Mutex mutex_;
   std::map<std::string, Session> sessions_ ABSL_GUARDED_BY(mutex_);
   std::map<int, std::string> ids_by_fd_ ABSL_GUARDED_BY(mutex_);
+  std::map<pid_t, size_t> per_process_ ABSL_GUARDED_BY(mutex_);
+  std::map<uid_t, size_t> per_uid_ ABSL_GUARDED_BY(mutex_);
 
   std::thread thread_;  // Last: starts once everything above exists.
 };
