@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from harness import SAFETENSORS, Daemon, event, in_root
+from harness import SAFETENSORS, Daemon, event, in_root, wait_for
 
 WORKDIR_PREFIX = "wh-"
 MODEL_ROOT_FIXTURES = (SAFETENSORS,)
@@ -194,3 +194,42 @@ for _ in range(48):
 print(len(held), flush=True)
 sys.stdin.read()
 """
+
+
+def test_a_burst_of_grpc_connections_does_not_kill_the_listener(
+        limited_daemon):
+    # Before the fix ~1,100 connections put the daemon at its descriptor
+    # limit; gRPC's accept4 failed with EMFILE and its listener never
+    # accepted again: after the burst every new client got "daemon
+    # unavailable" while health said SERVING.
+    daemon = limited_daemon
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4096), hard))
+    burst = []
+    try:
+        for _ in range(1100):
+            s = socket_module.socket(socket_module.AF_UNIX,
+                                     socket_module.SOCK_STREAM)
+            s.connect(daemon.socket)
+            burst.append(s)
+        # Every connection is accepted (or refused) by the daemon before
+        # the burst ends: one more connection after them has been handled
+        # once the daemon answers on it or closes it.
+        last = socket_module.socket(socket_module.AF_UNIX,
+                                    socket_module.SOCK_STREAM)
+        last.settimeout(60)
+        last.connect(daemon.socket)
+        burst.append(last)
+        assert wait_for(lambda: "gRPC connection on" in daemon.logs()
+                        or "accept" in daemon.logs(), 60)
+    finally:
+        for s in burst:
+            s.close()
+    listed = daemon.ctl("ls", timeout=60)
+    assert listed.returncode == 0, listed.stderr + daemon.logs()[-2000:]
+    # The daemon refused what would eat into its reserve, and said so.
+    assert "gRPC connection on" in daemon.logs()
+    stats = daemon.ctl("stats", "--json")
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout)["metrics"][
+        "warmstart_grpc_connections_refused_total"] > 0

@@ -227,7 +227,8 @@ absl::Status Server::Listen(const v1::DaemonConfig& config,
   service_->SetReadiness(v1::Readiness::STARTING, "loading preloads");
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
-  builder.AddListeningPort("unix:" + socket, grpc::InsecureServerCredentials());
+  // The unix socket is accepted by grpc_acceptor_ (started below), not by
+  // gRPC's listener, which dies for good on EMFILE.
   int tcp_port = 0;
   if (!listen.tcp_address().empty()) {
     builder.AddListeningPort(listen.tcp_address(),
@@ -242,11 +243,24 @@ absl::Status Server::Listen(const v1::DaemonConfig& config,
   grpc_server_ = builder.BuildAndStart();
   if (grpc_server_ == nullptr) {
     return absl::UnavailableError(
-        absl::StrCat("cannot serve gRPC on unix:", socket,
+        absl::StrCat("cannot start the gRPC server",
                      listen.tcp_address().empty()
                          ? ""
-                         : absl::StrCat(" and ", listen.tcp_address())));
+                         : absl::StrCat(" on ", listen.tcp_address())));
   }
+  SessionServer* sessions = sessions_.get();
+  const uint64_t reserved = std::min<uint64_t>(
+      kReservedDescriptors,
+      descriptors_.sessions.max_sessions + descriptors_.max_grpc_connections);
+  const size_t max_sessions = descriptors_.sessions.max_sessions;
+  ASSIGN_OR_RETURN(
+      grpc_acceptor_,
+      GrpcAcceptor::Start(socket, grpc_server_.get(), [=]() -> uint64_t {
+        // The daemon's own reserve, and room for every session not yet
+        // open: gRPC connections never take what sessions are promised.
+        const size_t open = sessions->session_count();
+        return reserved + (open < max_sessions ? max_sessions - open : 0);
+      }));
   if (!listen.tcp_address().empty() && tcp_port == 0) {
     return absl::UnavailableError(
         absl::StrCat("cannot listen on ", listen.tcp_address()));
@@ -418,6 +432,8 @@ int Server::Shutdown() {
     log->warn("{} lease(s) still held after {} s; releasing everything", left,
               config_.shutdown_grace_seconds());
   }
+  // No new connections: the acceptor must be gone before the server is.
+  grpc_acceptor_.reset();
   // In-flight calls (a WatchModel stream, say) get a second to finish.
   grpc_server_->Shutdown(std::chrono::system_clock::now() +
                          std::chrono::seconds(1));
@@ -427,6 +443,7 @@ int Server::Shutdown() {
 
 Server::~Server() {
   StopReadinessThread();
+  grpc_acceptor_.reset();
   if (grpc_server_ != nullptr) {
     grpc_server_->Shutdown(std::chrono::system_clock::now());
     grpc_server_->Wait();

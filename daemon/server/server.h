@@ -26,6 +26,7 @@
 #include "daemon/loader/loader.h"
 #include "daemon/registry/registry.h"
 #include "daemon/server/descriptor_budget.h"
+#include "daemon/service/grpc_acceptor.h"
 #include "daemon/service/metrics_endpoint.h"
 #include "daemon/service/session_server.h"
 #include "daemon/service/warmstart_service.h"
@@ -93,6 +94,8 @@ class Server {
   std::unique_ptr<SessionServer> sessions_;
   std::unique_ptr<WarmstartService> service_;
   std::unique_ptr<grpc::Server> grpc_server_;
+  // Accepts the unix socket into grpc_server_; destroyed before it.
+  std::unique_ptr<GrpcAcceptor> grpc_acceptor_;
   std::unique_ptr<MetricsEndpoint> metrics_endpoint_;
   std::vector<std::string> pinned_preloads_;
 
