@@ -15,7 +15,8 @@ import sys
 
 import pytest
 
-from harness import SAFETENSORS, Daemon, event, in_root, wait_for
+from harness import (SAFETENSORS, Daemon, event, in_root, wait_for,
+                     write_safetensors)
 
 WORKDIR_PREFIX = "wh-"
 MODEL_ROOT_FIXTURES = (SAFETENSORS,)
@@ -233,3 +234,73 @@ def test_a_burst_of_grpc_connections_does_not_kill_the_listener(
     assert stats.returncode == 0, stats.stderr
     assert json.loads(stats.stdout)["metrics"][
         "warmstart_grpc_connections_refused_total"] > 0
+
+
+def child_memory_cgroup(limit):
+    """Creates a memory cgroup below this process's own with `limit` bytes
+    (v1's memory controller or v2's, whichever this host has) and returns
+    (its cgroup.procs file, a cleanup function); skips the test where the
+    cgroup file system is not writable."""
+    with open("/proc/self/cgroup") as own:
+        lines = own.read().splitlines()
+    for line in lines:
+        hierarchy, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            base = "/sys/fs/cgroup/memory" + path
+            limit_file = "memory.limit_in_bytes"
+            break
+    else:
+        path = next(l.split(":", 2)[2] for l in lines if l.startswith("0::"))
+        base = "/sys/fs/cgroup" + path
+        if not os.path.exists(os.path.join(base, "memory.max")):
+            base = "/sys/fs/cgroup/unified" + path
+        limit_file = "memory.max"
+    child = os.path.join(base, f"warmstart-test-{os.getpid()}")
+    try:
+        os.mkdir(child)
+        with open(os.path.join(child, limit_file), "w") as f:
+            f.write(str(limit))
+    except OSError as error:
+        pytest.skip(f"cannot make a memory cgroup under {base}: {error}")
+
+    def cleanup():
+        try:
+            os.rmdir(child)
+        except OSError:
+            pass
+    return os.path.join(child, "cgroup.procs"), cleanup
+
+
+def test_a_memory_cgroup_limit_is_an_error_not_an_oom_kill(workdir, root):
+    # Before the fix the daemon read only cgroup v2's files at the root of
+    # /sys/fs/cgroup: under a v1 limit (this host's layout) or a v2 limit
+    # on its own cgroup it saw none, loaded past it and was OOM-killed.
+    procs, cleanup = child_memory_cgroup(160 << 20)
+    config = os.path.join(workdir, "small.textproto")
+    with open(config, "w") as f:
+        f.write("staging_bytes: 16777216\nslab_bytes: 4194304\n")
+    write_safetensors(os.path.join(root, "a.safetensors"), 64, 1 << 20)
+    write_safetensors(os.path.join(root, "b.safetensors"), 96, 1 << 20)
+    daemon = Daemon(workdir, "--model_root", root, "--config", config,
+                    prefix=["sh", "-c", f'echo $$ > {procs} && exec "$@"',
+                            "sh"])
+    try:
+        loaded = daemon.ctl("load", "a", os.path.join(root, "a.safetensors"))
+        assert loaded.returncode == 0, loaded.stderr
+        # Leased, `a` cannot be evicted to make room.
+        holder = daemon.client("--model", "a", "--hold")
+        assert event(holder)["event"] == "acquired"
+        loaded = daemon.ctl("load", "b", os.path.join(root, "b.safetensors"))
+        assert daemon.process.poll() is None, "the daemon died: " + \
+            daemon.logs()[-1500:]
+        assert loaded.returncode == 5, loaded.stderr
+        assert "bytes are free under the memory cgroup limit" in \
+            loaded.stderr, loaded.stderr
+        assert daemon.status("a")["state"] == "ready"
+        stats = json.loads(daemon.ctl("stats", "--json").stdout)
+        assert 0 < stats["devices"][0]["free_bytes"] < 160 << 20
+        holder.kill()
+        holder.wait()
+    finally:
+        daemon.stop(signal.SIGKILL)
+        cleanup()

@@ -159,7 +159,8 @@ rate and ETA on a terminal, a line a second otherwise.
        "stats",
        "models, leases, sessions, device memory and metrics",
        R"(      --json               one JSON object: models, leases, sessions,
-                           devices [{uuid, resident_bytes, budget_bytes}],
+                           devices [{uuid, resident_bytes, budget_bytes,
+                           free_bytes, retained_bytes}],
                            metrics {name: value}
 )",
        true},

@@ -3,6 +3,7 @@
 #include <malloc.h>
 
 #include <algorithm>
+#include <limits>
 #include <set>
 #include <utility>
 
@@ -387,20 +388,66 @@ uint64_t Registry::ResidentBytesLocked(const std::string& uuid) const {
   return bytes;
 }
 
+uint64_t Registry::LoadingBytesLocked(const std::string& uuid,
+                                      const Model* except) const {
+  uint64_t bytes = 0;
+  for (const auto& [name, model] : models_) {
+    if (model.get() != except && model->state == v1::LOADING &&
+        model->reserved_on.count(uuid) > 0) {
+      bytes += model->arena_bytes;
+    }
+  }
+  return bytes;
+}
+
 absl::Status Registry::ReserveLocked(const RegistryTarget& target,
                                      uint64_t bytes, Model& model,
                                      std::vector<LoadedModel>& evicted) {
   const std::string& uuid = target.device->uuid();
-  if (target.budget_bytes != 0) {
-    while (ResidentBytesLocked(uuid) + bytes > target.budget_bytes) {
-      if (!EvictOneLocked(uuid, model, evicted)) {
-        return absl::ResourceExhaustedError(absl::StrCat(
-            "model ", model.name, " needs ", bytes, " bytes on ", uuid,
-            "; the budget is ", target.budget_bytes, " bytes and ",
-            ResidentBytesLocked(uuid),
-            " are held by models that are pinned, leased or loading"));
-      }
+  // Read under the lock: two loads reserving at once see each other's
+  // reservations, so they cannot both take the same free memory (the old
+  // per-allocation check let them).
+  const DeviceMemory memory = target.device->Memory();
+  const uint64_t resident = ResidentBytesLocked(uuid);
+  // Memory clients keep after their model went counts against the
+  // configured budget too (the device's own figure already holds it).
+  const uint64_t retained =
+      memory.shared_bytes > resident ? memory.shared_bytes - resident : 0;
+  // What the device allows the registry's models in all: what they hold
+  // now plus what is free, less the loads in progress whose pages are not
+  // all in the device's usage yet (counted twice at worst: refusing a load
+  // that might have fitted beats an OOM kill).
+  uint64_t device_budget = std::numeric_limits<uint64_t>::max();
+  if (memory.free_bytes.has_value()) {
+    const uint64_t loading = LoadingBytesLocked(uuid, &model);
+    device_budget =
+        resident +
+        (*memory.free_bytes > loading ? *memory.free_bytes - loading : 0);
+  }
+  while (true) {
+    const uint64_t held = ResidentBytesLocked(uuid);
+    const bool over_budget = target.budget_bytes != 0 &&
+                             held + retained + bytes > target.budget_bytes;
+    const bool over_device = held + bytes > device_budget;
+    if (!over_budget && !over_device) break;
+    if (EvictOneLocked(uuid, model, evicted)) continue;
+    if (over_budget) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "model ", model.name, " needs ", bytes, " bytes on ", uuid,
+          "; the budget is ", target.budget_bytes, " bytes and ", held,
+          " are held by models that are pinned, leased or loading",
+          retained == 0
+              ? ""
+              : absl::StrCat(", ", retained,
+                             " by clients still mapping models already "
+                             "unloaded")));
     }
+    return absl::ResourceExhaustedError(
+        absl::StrCat("model ", model.name, " needs ", bytes, " bytes on ", uuid,
+                     "; ", *memory.free_bytes, " bytes are free under ",
+                     memory.source, ", ", LoadingBytesLocked(uuid, &model),
+                     " of them reserved by loads in progress, and ", held,
+                     " are held by models that are pinned, leased or loading"));
   }
   model.reserved_on.insert(uuid);
   UpdateGaugesLocked();
@@ -721,9 +768,16 @@ RegistryStats Registry::Stats() const {
   stats.models = static_cast<uint32_t>(models_.size());
   stats.leases = static_cast<uint32_t>(leases_.size());
   for (const RegistryTarget& target : options_.targets) {
-    stats.devices.push_back({target.device->uuid(),
-                             ResidentBytesLocked(target.device->uuid()),
-                             target.budget_bytes});
+    RegistryStats::DeviceUse use;
+    use.uuid = target.device->uuid();
+    use.resident_bytes = ResidentBytesLocked(use.uuid);
+    use.budget_bytes = target.budget_bytes;
+    const DeviceMemory memory = target.device->Memory();
+    use.free_bytes = memory.free_bytes.value_or(0);
+    use.retained_bytes = memory.shared_bytes > use.resident_bytes
+                             ? memory.shared_bytes - use.resident_bytes
+                             : 0;
+    stats.devices.push_back(std::move(use));
   }
   return stats;
 }

@@ -92,6 +92,11 @@ struct RegistryStats {
     std::string uuid;
     uint64_t resident_bytes = 0;
     uint64_t budget_bytes = 0;
+    // What the device says it has left (0 when unknown), and the shared
+    // memory charged to the daemon beyond its resident models: pages
+    // clients still map after their model was unloaded or evicted.
+    uint64_t free_bytes = 0;
+    uint64_t retained_bytes = 0;
   };
   std::vector<DeviceUse> devices;
 };
@@ -183,6 +188,11 @@ class Registry {
                       std::vector<LoadedModel>& evicted)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   uint64_t ResidentBytesLocked(const std::string& uuid) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // The arenas of loads in progress on `uuid` other than `except`: reserved,
+  // but not yet (all) in the device's own usage figures.
+  uint64_t LoadingBytesLocked(const std::string& uuid,
+                              const Model* except) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Removes the model from the table and returns its memory, which the
   // caller frees outside the lock.

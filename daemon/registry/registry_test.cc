@@ -338,6 +338,61 @@ TEST_F(RegistryTest, ALoadInProgressHoldsItsRoomInTheBudget) {
   EXPECT_EQ(registry_->Stats().devices[0].resident_bytes, kModelBytes);
 }
 
+TEST_F(RegistryTest, ConcurrentLoadsReserveTheDevicesFreeMemoryAtomically) {
+  // The device has room for one and a half models: each load alone fits,
+  // both together do not. Before, each allocation checked the free memory
+  // on its own and both passed; the second must now see the first's
+  // reservation although none of its pages are in the device's figure.
+  testing::DeviceFaults faults;
+  faults.hold_allocations = &allocations_released_;
+  faults.memory = [] {
+    DeviceMemory memory;
+    memory.free_bytes = kModelBytes + kModelBytes / 2;
+    memory.source = "a test's limit";
+    return memory;
+  };
+  Start(faults, 0);
+  ASSERT_OK(registry_->Load(Request("a", WriteModel("a.safetensors"))));
+  const absl::Time deadline = Soon();
+  while (registry_->Stats().devices[0].resident_bytes == 0 &&
+         absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  ASSERT_OK(registry_->Load(Request("b", WriteModel("b.safetensors"))));
+  ASSERT_OK_AND_ASSIGN(v1::ModelStatus second,
+                       registry_->WaitLoaded("b", Soon()));
+  EXPECT_EQ(second.state(), v1::FAILED);
+  EXPECT_EQ(second.error_code(),
+            static_cast<int>(absl::StatusCode::kResourceExhausted))
+      << second.error();
+  EXPECT_THAT(second.error(), HasSubstr("free under a test's limit"));
+  EXPECT_THAT(second.error(), HasSubstr("reserved by loads in progress"));
+  ReleaseAllocations();
+  ASSERT_OK_AND_ASSIGN(v1::ModelStatus first,
+                       registry_->WaitLoaded("a", Soon()));
+  EXPECT_EQ(first.state(), v1::READY) << first.error();
+}
+
+TEST_F(RegistryTest, MemoryClientsKeepAfterUnloadCountsAgainstTheBudget) {
+  // A client kept a memfd of an unloaded model: the device's shared memory
+  // still holds it although no model does. It is reported, and a load that
+  // fits the budget only without it is refused.
+  testing::DeviceFaults faults;
+  faults.memory = [] {
+    DeviceMemory memory;
+    memory.shared_bytes = kModelBytes;
+    return memory;
+  };
+  Start(faults, kModelBytes + kModelBytes / 2);
+  EXPECT_EQ(registry_->Stats().devices[0].retained_bytes, kModelBytes);
+  ASSERT_OK(registry_->Load(Request("m", WriteModel("m.safetensors"))));
+  ASSERT_OK_AND_ASSIGN(v1::ModelStatus status,
+                       registry_->WaitLoaded("m", Soon()));
+  EXPECT_EQ(status.state(), v1::FAILED);
+  EXPECT_THAT(status.error(),
+              HasSubstr("by clients still mapping models already unloaded"));
+}
+
 TEST_F(RegistryTest, HugeNamesGetShortErrorsEverywhere) {
   const std::string huge(100000, 'n');
   for (const absl::Status& status :

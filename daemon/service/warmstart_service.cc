@@ -261,6 +261,8 @@ grpc::Status WarmstartService::GetStats(grpc::ServerContext*,
     device->set_uuid(use.uuid);
     device->set_resident_bytes(use.resident_bytes);
     device->set_budget_bytes(use.budget_bytes);
+    device->set_free_bytes(use.free_bytes);
+    device->set_retained_bytes(use.retained_bytes);
   }
   for (const auto& [name, value] : Metrics::Global().Snapshot()) {
     (*response->mutable_metrics())[name] = value;
