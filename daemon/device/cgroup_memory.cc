@@ -63,6 +63,17 @@ uint64_t ReadStat(const std::string& path, absl::string_view key) {
   return 0;
 }
 
+// Whether the cgroup directory `level` holds one process only.
+bool HoldsOneProcess(const std::string& level) {
+  std::ifstream procs(level + "/cgroup.procs");
+  std::string line;
+  int count = 0;
+  while (std::getline(procs, line)) {
+    if (!line.empty()) ++count;
+  }
+  return count == 1;
+}
+
 // The directories from `hierarchy_root`/`path` up to `hierarchy_root`; just
 // the root when `path`'s directory is not there.
 std::vector<std::string> Levels(const std::string& hierarchy_root,
@@ -138,7 +149,7 @@ absl::StatusOr<CgroupMemory> ReadCgroupMemory(
         RETURN_IF_ERROR(Tighten(levels, "memory.max", "memory.current",
                                 "inactive_file",
                                 std::numeric_limits<uint64_t>::max(), out));
-        if (out.shmem == 0) {
+        if (out.shmem == 0 && HoldsOneProcess(levels.front())) {
           out.shmem = ReadStat(levels.front() + "/memory.stat", "shmem");
         }
       }
@@ -157,9 +168,11 @@ absl::StatusOr<CgroupMemory> ReadCgroupMemory(
                             kV1Unlimited, out));
     // v1 counts a cgroup's own shmem as "shmem", with its children's as
     // "total_shmem".
-    const uint64_t shmem =
-        ReadStat(levels.front() + "/memory.stat", "total_shmem");
-    if (shmem > out.shmem) out.shmem = shmem;
+    if (HoldsOneProcess(levels.front())) {
+      const uint64_t shmem =
+          ReadStat(levels.front() + "/memory.stat", "total_shmem");
+      if (shmem > out.shmem) out.shmem = shmem;
+    }
   }
   return out;
 }

@@ -32,7 +32,10 @@ struct CgroupMemory {
   // The file that set `limit` ("" when none), for messages.
   std::string limit_file;
   // Shared memory (shmem) charged to the process's own cgroup, from
-  // memory.stat; 0 when unknown.
+  // memory.stat; 0 when unknown, and when the cgroup holds other processes
+  // too (cgroup.procs lists more than one): their shared memory would be
+  // taken for the daemon's. A systemd unit's or a container's cgroup holds
+  // the daemon alone.
   uint64_t shmem = 0;
 
   // What may still be charged before the limit: unlimited when none.

@@ -59,6 +59,7 @@ TEST(CgroupMemoryTest, ReadsAV2LimitAndShmemOnAUnifiedHost) {
   tree.Set("pod/daemon", "memory.max", "max");
   tree.Set("pod/daemon", "memory.current", "100");
   tree.Set("pod/daemon", "memory.stat", "anon 5\nshmem 4096\nfile 7");
+  tree.Set("pod/daemon", "cgroup.procs", "1234");
   // The pod's limit applies to the daemon's cgroup beneath it; its
   // inactive page cache does not count.
   tree.Set("pod", "memory.max", std::to_string(2 * kGiB));
@@ -85,6 +86,7 @@ TEST(CgroupMemoryTest, ReadsAV1LimitOfTheMemoryController) {
            std::to_string(kGiB));
   tree.Set("memory/process_api/abc", "memory.stat",
            "shmem 10\ntotal_shmem 8192\n");
+  tree.Set("memory/process_api/abc", "cgroup.procs", "77");
   tree.Set("memory", "memory.limit_in_bytes", "9223372036854771712");
   tree.Set("memory", "memory.usage_in_bytes", std::to_string(30 * kGiB));
   ASSERT_OK_AND_ASSIGN(CgroupMemory memory,
@@ -131,6 +133,16 @@ TEST(CgroupMemoryTest, NoLimitAnywhereIsUnlimited) {
                        ReadCgroupMemory(tree.root(), tree.self()));
   EXPECT_EQ(memory.limit, 0u);
   EXPECT_EQ(memory.free(), std::numeric_limits<uint64_t>::max());
+}
+
+TEST(CgroupMemoryTest, ShmemOfACgroupSharedWithOtherProcessesIsUnknown) {
+  CgroupTree tree;
+  tree.Self("0::/shared\n");
+  tree.Set("shared", "memory.stat", "shmem 4096\n");
+  tree.Set("shared", "cgroup.procs", "1\n2\n");
+  ASSERT_OK_AND_ASSIGN(CgroupMemory memory,
+                       ReadCgroupMemory(tree.root(), tree.self()));
+  EXPECT_EQ(memory.shmem, 0u);
 }
 
 TEST(CgroupMemoryTest, UsageOverTheLimitLeavesNothing) {
