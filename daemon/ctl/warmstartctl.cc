@@ -195,7 +195,8 @@ std::string Usage() {
       "      --version            print the version and exit\n"
       "      --help               print this help and exit\n"
       "\nexit status: 0 fine, 1 usage, 2 malformed input, 3 daemon "
-      "unavailable,\n4 not found, 5 refused, 6 timeout, 7 checksum mismatch\n");
+      "unavailable,\n4 not found, 5 refused, 6 timeout, 7 checksum mismatch, 8 "
+      "I/O error\n");
   return text;
 }
 
