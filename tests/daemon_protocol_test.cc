@@ -6,6 +6,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -14,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "client/client.h"
 #include "daemon/base/testing/status_matchers.h"
@@ -233,6 +235,57 @@ TEST_F(DaemonProtocolTest, AnotherSessionCannotReleaseMyLease) {
   EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
   ::close(my_socket);
   ::close(their_socket);
+}
+
+TEST_F(DaemonProtocolTest, AStolenSessionIdIsRefused) {
+  // Another process opens a session and hands its id over (as a log, /proc
+  // or a core dump would). Before, the id worked from any process: the
+  // daemon recorded SO_PEERCRED and never compared it.
+  int id_pipe[2], hold_pipe[2];
+  ASSERT_EQ(::pipe(id_pipe), 0);
+  ASSERT_EQ(::pipe(hold_pipe), 0);
+  const pid_t owner = ::fork();
+  if (owner == 0) {
+    ::close(id_pipe[0]);
+    ::close(hold_pipe[1]);
+    std::string id;
+    OpenSession(&id);
+    (void)!::write(id_pipe[1], id.data(), id.size());
+    char byte;
+    (void)!::read(hold_pipe[0], &byte, 1);  // Until the parent closes it.
+    ::_exit(0);
+  }
+  ::close(id_pipe[1]);
+  ::close(hold_pipe[0]);
+  char buffer[64];
+  const ssize_t n = ::read(id_pipe[0], buffer, sizeof(buffer));
+  ::close(id_pipe[0]);
+  ASSERT_EQ(n, 32);
+  const std::string stolen(buffer, static_cast<size_t>(n));
+
+  grpc::ClientContext acquire;
+  acquire.AddMetadata("warmstart-session", stolen);
+  v1::AcquireModelRequest request;
+  request.set_name("tiny");
+  v1::Lease lease;
+  grpc::Status status = Stub()->AcquireModel(&acquire, request, &lease);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(status.error_message(),
+              HasSubstr(absl::StrCat("belongs to pid ", owner)));
+  EXPECT_THAT(status.error_message(),
+              HasSubstr(absl::StrCat("this call comes from pid ", ::getpid())));
+
+  // The owner's own session still works for the process that opened it.
+  std::string mine;
+  const int my_socket = OpenSession(&mine);
+  grpc::ClientContext own;
+  own.AddMetadata("warmstart-session", mine);
+  v1::Lease own_lease;
+  EXPECT_TRUE(Stub()->AcquireModel(&own, request, &own_lease).ok());
+  ::close(my_socket);
+  ::close(hold_pipe[1]);
+  int wait_status = 0;
+  ::waitpid(owner, &wait_status, 0);
 }
 
 TEST_F(DaemonProtocolTest, ClientReconnectsAfterADaemonRestart) {

@@ -224,6 +224,7 @@ absl::Status Server::Listen(const v1::DaemonConfig& config,
 
   service_ =
       std::make_unique<WarmstartService>(info, registry, sessions_.get());
+  service_->BindSessionsToPeers(&connection_peers_);
   service_->SetReadiness(v1::Readiness::STARTING, "loading preloads");
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
@@ -253,14 +254,18 @@ absl::Status Server::Listen(const v1::DaemonConfig& config,
       kReservedDescriptors,
       descriptors_.sessions.max_sessions + descriptors_.max_grpc_connections);
   const size_t max_sessions = descriptors_.sessions.max_sessions;
-  ASSIGN_OR_RETURN(
-      grpc_acceptor_,
-      GrpcAcceptor::Start(socket, grpc_server_.get(), [=]() -> uint64_t {
-        // The daemon's own reserve, and room for every session not yet
-        // open: gRPC connections never take what sessions are promised.
-        const size_t open = sessions->session_count();
-        return reserved + (open < max_sessions ? max_sessions - open : 0);
-      }));
+  ASSIGN_OR_RETURN(grpc_acceptor_,
+                   GrpcAcceptor::Start(
+                       socket, grpc_server_.get(),
+                       [=]() -> uint64_t {
+                         // The daemon's own reserve, and room for every session
+                         // not yet open: gRPC connections never take what
+                         // sessions are promised.
+                         const size_t open = sessions->session_count();
+                         return reserved +
+                                (open < max_sessions ? max_sessions - open : 0);
+                       },
+                       &connection_peers_));
   if (!listen.tcp_address().empty() && tcp_port == 0) {
     return absl::UnavailableError(
         absl::StrCat("cannot listen on ", listen.tcp_address()));

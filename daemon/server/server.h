@@ -92,6 +92,7 @@ class Server {
   std::unique_ptr<FileOpener> opener_;
   std::unique_ptr<Registry> registry_;
   std::unique_ptr<SessionServer> sessions_;
+  ConnectionPeers connection_peers_;  // Filled by grpc_acceptor_.
   std::unique_ptr<WarmstartService> service_;
   std::unique_ptr<grpc::Server> grpc_server_;
   // Accepts the unix socket into grpc_server_; destroyed before it.

@@ -51,7 +51,7 @@ uint64_t OpenDescriptors() {
 
 absl::StatusOr<std::unique_ptr<GrpcAcceptor>> GrpcAcceptor::Start(
     const std::string& path, grpc::Server* server,
-    std::function<uint64_t()> keep_free) {
+    std::function<uint64_t()> keep_free, ConnectionPeers* peers) {
   sockaddr_un address{};
   address.sun_family = AF_UNIX;
   if (path.size() >= sizeof(address.sun_path)) {
@@ -74,20 +74,21 @@ absl::StatusOr<std::unique_ptr<GrpcAcceptor>> GrpcAcceptor::Start(
   if (!stop_event.valid()) return ErrnoToStatus(errno, "eventfd");
   ScopedFd spare = OpenSpare();
   if (!spare.valid()) return ErrnoToStatus(errno, "open /dev/null");
-  return std::unique_ptr<GrpcAcceptor>(
-      new GrpcAcceptor(std::move(listener), std::move(stop_event),
-                       std::move(spare), server, std::move(keep_free), path));
+  return std::unique_ptr<GrpcAcceptor>(new GrpcAcceptor(
+      std::move(listener), std::move(stop_event), std::move(spare), server,
+      std::move(keep_free), peers, path));
 }
 
 GrpcAcceptor::GrpcAcceptor(ScopedFd listener, ScopedFd stop_event,
                            ScopedFd spare, grpc::Server* server,
                            std::function<uint64_t()> keep_free,
-                           std::string path)
+                           ConnectionPeers* peers, std::string path)
     : listener_(std::move(listener)),
       stop_event_(std::move(stop_event)),
       spare_(std::move(spare)),
       server_(server),
       keep_free_(std::move(keep_free)),
+      peers_(peers),
       path_(std::move(path)),
       thread_([this] { Run(); }) {}
 
@@ -173,15 +174,18 @@ void GrpcAcceptor::AcceptOne() {
     return;
   }
   const int fd = socket.release();
-  {
-    absl::MutexLock lock(&mutex_);
-    peers_[fd] = SessionPeer{credentials.pid, credentials.uid, credentials.gid};
-  }
+  peers_->Record(
+      fd, SessionPeer{credentials.pid, credentials.uid, credentials.gid});
   // gRPC owns the descriptor from here and closes it with the connection.
   grpc::AddInsecureChannelFromFd(server_, fd);
 }
 
-std::optional<SessionPeer> GrpcAcceptor::PeerOf(
+void ConnectionPeers::Record(int fd, const SessionPeer& peer) {
+  absl::MutexLock lock(&mutex_);
+  peers_[fd] = peer;
+}
+
+std::optional<SessionPeer> ConnectionPeers::Find(
     absl::string_view grpc_peer) const {
   if (!absl::ConsumePrefix(&grpc_peer, "fd:")) return std::nullopt;
   int fd = -1;

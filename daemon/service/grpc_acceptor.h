@@ -36,6 +36,27 @@
 
 namespace warmstart {
 
+// The credentials (SO_PEERCRED) of the process on the other end of each
+// gRPC connection the acceptor handed to gRPC, by the peer string gRPC
+// reports for its calls ("fd:N"). The acceptor records; the service looks
+// up, to bind sessions to the process that opened them.
+//
+// Thread safety: thread-safe.
+class ConnectionPeers {
+ public:
+  void Record(int fd, const SessionPeer& peer);
+  // nullopt for a peer string of another kind (a TCP peer, say) or an
+  // unknown descriptor.
+  std::optional<SessionPeer> Find(absl::string_view grpc_peer) const;
+
+ private:
+  mutable absl::Mutex mutex_;
+  // Descriptor number -> peer of the connection most recently accepted on
+  // it. A number is reused only after gRPC closed the connection, so the
+  // entry of a live connection is always its own.
+  std::map<int, SessionPeer> peers_ ABSL_GUARDED_BY(mutex_);
+};
+
 class GrpcAcceptor {
  public:
   // Listens on `path` (which PrepareSocketPath has made ready) and starts
@@ -44,9 +65,11 @@ class GrpcAcceptor {
   // (closed at once, logged and counted) while fewer than `keep_free()`
   // descriptors below the soft RLIMIT_NOFILE would remain; `keep_free` is
   // called on the accepting thread.
+  // Each connection's peer is recorded in `peers` (not owned; outlives the
+  // acceptor).
   static absl::StatusOr<std::unique_ptr<GrpcAcceptor>> Start(
       const std::string& path, grpc::Server* server,
-      std::function<uint64_t()> keep_free);
+      std::function<uint64_t()> keep_free, ConnectionPeers* peers);
 
   // Stops accepting and closes the listening socket (the file stays; the
   // server removes it). Connections already handed to gRPC stay open.
@@ -54,18 +77,13 @@ class GrpcAcceptor {
   GrpcAcceptor(const GrpcAcceptor&) = delete;
   GrpcAcceptor& operator=(const GrpcAcceptor&) = delete;
 
-  // The peer of a connection this acceptor handed to gRPC, by the peer
-  // string gRPC reports for its calls ("fd:N"); nullopt for any other
-  // (a TCP peer, say).
-  std::optional<SessionPeer> PeerOf(absl::string_view grpc_peer) const;
-
   // Connections refused for want of descriptors since the start.
   uint64_t refused() const;
 
  private:
   GrpcAcceptor(ScopedFd listener, ScopedFd stop_event, ScopedFd spare,
                grpc::Server* server, std::function<uint64_t()> keep_free,
-               std::string path);
+               ConnectionPeers* peers, std::string path);
   void Run();
   void AcceptOne();
   bool DescriptorsRunLow() const;
@@ -75,13 +93,10 @@ class GrpcAcceptor {
   ScopedFd spare_;  // Only the accept thread touches it.
   grpc::Server* const server_;
   const std::function<uint64_t()> keep_free_;
+  ConnectionPeers* const peers_;
   const std::string path_;
 
   mutable absl::Mutex mutex_;
-  // Descriptor number -> peer of the connection most recently accepted on
-  // it. A number is reused only after gRPC closed the connection, so the
-  // entry of a live connection is always its own.
-  std::map<int, SessionPeer> peers_ ABSL_GUARDED_BY(mutex_);
   uint64_t refused_ ABSL_GUARDED_BY(mutex_) = 0;
 
   std::thread thread_;  // Last: starts once everything above exists.

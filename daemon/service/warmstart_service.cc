@@ -72,10 +72,32 @@ absl::StatusOr<std::string> WarmstartService::SessionOf(
         "session id as metadata \"warmstart-session\"");
   }
   std::string id(it->second.data(), it->second.size());
-  if (!sessions_->Find(id).ok()) {
+  absl::StatusOr<SessionPeer> owner = sessions_->Find(id);
+  if (!owner.ok()) {
     return absl::UnauthenticatedError(absl::StrCat(
         "session \"", absl::CHexEscape(id.substr(0, 64)),
         "\" is unknown or closed; open a new one on the handle socket"));
+  }
+  if (peers_ != nullptr) {
+    // A session id is not a bearer token: another process that learnt it
+    // (from a log, /proc, a core dump) must not take or release leases
+    // whose descriptors go to the session's owner.
+    const std::optional<SessionPeer> caller = peers_->Find(context.peer());
+    if (!caller.has_value()) {
+      return absl::PermissionDeniedError(
+          "sessions can be used only over the daemon's unix socket, by the "
+          "process that opened them");
+    }
+    if (caller->pid != owner->pid || caller->uid != owner->uid) {
+      Logger("service")->warn(
+          "refused session {} of pid {} uid {} used by pid {} uid {}",
+          absl::CHexEscape(id.substr(0, 64)), owner->pid, owner->uid,
+          caller->pid, caller->uid);
+      return absl::PermissionDeniedError(absl::StrCat(
+          "session \"", absl::CHexEscape(id.substr(0, 64)),
+          "\" belongs to pid ", owner->pid, " uid ", owner->uid,
+          "; this call comes from pid ", caller->pid, " uid ", caller->uid));
+    }
   }
   return id;
 }

@@ -14,6 +14,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "daemon/registry/registry.h"
+#include "daemon/service/grpc_acceptor.h"
 #include "daemon/service/session_server.h"
 #include "proto/warmstart.grpc.pb.h"
 
@@ -30,6 +31,12 @@ class WarmstartService final : public v1::Warmstart::Service {
   WarmstartService(v1::ServerInfo info, Registry* registry,
                    SessionServer* sessions)
       : info_(std::move(info)), registry_(registry), sessions_(sessions) {}
+
+  // Binds sessions to their peer: a call that names a session must come
+  // over a connection whose peer (in `peers`, not owned, outliving the
+  // service) is the process that opened the session. Called once, before
+  // serving; without it sessions are not bound (unit tests).
+  void BindSessionsToPeers(const ConnectionPeers* peers) { peers_ = peers; }
 
   void SetReadiness(v1::Readiness::State state, const std::string& message);
   v1::Readiness readiness() const;
@@ -71,6 +78,7 @@ class WarmstartService final : public v1::Warmstart::Service {
   const v1::ServerInfo info_;
   Registry* const registry_;
   SessionServer* const sessions_;
+  const ConnectionPeers* peers_ = nullptr;  // Set before serving.
   mutable absl::Mutex mutex_;
   v1::Readiness readiness_ ABSL_GUARDED_BY(mutex_);
 };
