@@ -304,3 +304,29 @@ def test_a_memory_cgroup_limit_is_an_error_not_an_oom_kill(workdir, root):
     finally:
         daemon.stop(signal.SIGKILL)
         cleanup()
+
+
+def test_control_characters_in_file_names_are_escaped(daemon, root):
+    # A file name may hold any byte but '/' and NUL: one with an escape
+    # sequence rewrote the terminal of whoever read the log or ran
+    # warmstartctl, and a newline forged log lines.
+    evil = os.path.join(root, "evil\x1b[2J\ninfo [daemon] forged.safetensors")
+    os.link(in_root(root, SAFETENSORS), evil)
+    loaded = daemon.ctl("load", "evil", evil)
+    assert loaded.returncode == 0, loaded.stderr
+    listed = daemon.ctl("ls")
+    status = daemon.ctl("status", "evil")
+    inspected = daemon.ctl("inspect", evil)
+    for output in (listed.stdout, status.stdout, inspected.stdout,
+                   inspected.stderr, daemon.logs()):
+        assert "\x1b" not in output
+        assert "\ninfo [daemon] forged" not in output
+    assert "evil\\x1b[2J\\x0ainfo [daemon] forged" in listed.stdout
+    assert "evil\\x1b[2J\\x0ainfo [daemon] forged" in daemon.logs()
+    # A bad file of that name: the error line is escaped too.
+    with open(evil + ".bad.safetensors", "wb") as bad:
+        bad.write(b"\x00" * 16)
+    refused = daemon.ctl("inspect", evil + ".bad.safetensors")
+    assert refused.returncode == 2
+    assert "\x1b" not in refused.stderr
+    assert refused.stderr.count("\n") == 1

@@ -12,6 +12,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "client/client.h"
+#include "daemon/base/printable.h"
 #include "daemon/ctl/progress.h"
 #include "nlohmann/json.hpp"
 
@@ -26,7 +27,8 @@ std::string SocketPath(const CommandLine& line) {
 }
 
 int Fail(int code, const std::string& message) {
-  std::fprintf(stderr, "warmstartctl: %s\n", message.c_str());
+  // Messages carry file and tensor names, which may hold any byte.
+  std::fprintf(stderr, "warmstartctl: %s\n", Printable(message).c_str());
   return code;
 }
 

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "daemon/base/printable.h"
 #include "daemon/base/version.h"
 #include "daemon/ctl/bench_command.h"
 #include "daemon/ctl/command_line.h"
@@ -207,7 +208,8 @@ std::string CommandHelp(const Command& command) {
 }
 
 int UsageError(const std::string& message) {
-  std::fprintf(stderr, "warmstartctl: %s (see --help)\n", message.c_str());
+  std::fprintf(stderr, "warmstartctl: %s (see --help)\n",
+               Printable(message).c_str());
   return kExitUsage;
 }
 
