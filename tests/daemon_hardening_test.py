@@ -8,6 +8,7 @@ runs with the host backend on sockets and model roots under /tmp.
 import json
 import os
 import resource
+import shutil
 import signal
 import socket as socket_module
 import subprocess
@@ -15,6 +16,7 @@ import sys
 
 import pytest
 
+import harness
 from harness import (SAFETENSORS, Daemon, event, in_root, wait_for,
                      write_safetensors)
 
@@ -330,3 +332,51 @@ def test_control_characters_in_file_names_are_escaped(daemon, root):
     assert refused.returncode == 2
     assert "\x1b" not in refused.stderr
     assert refused.stderr.count("\n") == 1
+
+
+def test_only_configured_users_may_load_and_unload(workdir, root):
+    # Before there was no authorization model: any local user who could
+    # reach the socket could load any file under a root and force-unload
+    # others' models. Now authorization { control_uids, control_gids }
+    # names who may (root and the daemon's uid always may).
+    os.chmod(workdir, 0o755)
+    os.chmod(root, 0o755)
+    config = os.path.join(workdir, "auth.textproto")
+    with open(config, "w") as f:
+        f.write("listen { socket_mode: 0666 }\n"
+                "authorization { control_uids: 4242 control_gids: 4243 }\n")
+    # warmstartctl, where user nobody can run it (runfiles live under
+    # /root, which it cannot enter).
+    ctl_copy = os.path.join(workdir, "warmstartctl")
+    shutil.copy(harness.CTL, ctl_copy)
+    os.chmod(ctl_copy, 0o755)
+    daemon = Daemon(workdir, "--model_root", root, "--config", config)
+    model = in_root(root, SAFETENSORS)
+
+    def as_user(uid, gid, *args):
+        return subprocess.run(
+            ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+             ctl_copy, *args, "--socket", daemon.socket],
+            capture_output=True, text=True, timeout=120,
+            env=harness.NATIVE_ENV)
+    try:
+        refused = as_user(65534, 65534, "load", "m", model)
+        assert refused.returncode == 5, refused.stderr
+        assert "uid 65534" in refused.stderr
+        assert "may not load models" in refused.stderr
+        assert daemon.status("m") is None
+        # Listing needs no authority.
+        listed = as_user(65534, 65534, "ls")
+        assert listed.returncode == 0, listed.stderr
+        # A listed uid and a listed group may.
+        allowed = as_user(4242, 65534, "load", "m", model)
+        assert allowed.returncode == 0, allowed.stderr
+        refused = as_user(65534, 65534, "unload", "m")
+        assert refused.returncode == 5, refused.stderr
+        assert "may not unload models" in refused.stderr
+        allowed = as_user(65534, 4243, "unload", "m")
+        assert allowed.returncode == 0, allowed.stderr
+        # Root may, listed or not.
+        assert daemon.ctl("load", "m", model).returncode == 0
+    finally:
+        daemon.stop(signal.SIGKILL)

@@ -1,8 +1,10 @@
 // The daemon's protocol seen from below the client library: sessions on the
 // handle socket, descriptors that cannot be used to write, refusals of
 // forged sessions; and the client library across a daemon restart.
+#include <arpa/inet.h>
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -286,6 +288,93 @@ TEST_F(DaemonProtocolTest, AStolenSessionIdIsRefused) {
   ::close(hold_pipe[1]);
   int wait_status = 0;
   ::waitpid(owner, &wait_status, 0);
+}
+
+// A TCP port that was free a moment ago.
+int FreeTcpPort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)),
+            0);
+  socklen_t length = sizeof(address);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+  ::close(fd);
+  return ntohs(address.sin_port);
+}
+
+TEST_F(DaemonProtocolTest, TcpCallersMayOnlyRead) {
+  // TCP callers have no credentials: before, tcp_address let any local user
+  // list, load and force-unload, bypassing the unix socket's 0660.
+  daemon_.reset();
+  const int port = FreeTcpPort();
+  const std::string config = dir_.Join("tcp.textproto");
+  {
+    std::FILE* file = std::fopen(config.c_str(), "w");
+    ASSERT_NE(file, nullptr);
+    std::fprintf(file, "listen { tcp_address: \"127.0.0.1:%d\" }\n", port);
+    std::fclose(file);
+  }
+  daemon_ = std::make_unique<ChildProcess>(
+      std::vector<std::string>{BinaryPath("daemon/warmstartd"), "--socket",
+                               socket_, "--backend", backend_, "--model_root",
+                               root_, "--preload", "tiny=" + model_path_,
+                               "--config", config},
+      dir_.path());
+  testing::RunResult ready =
+      RunProcess({BinaryPath("daemon/ctl/warmstartctl"), "wait-ready",
+                  "--timeout", "30", "--socket", socket_});
+  ASSERT_EQ(ready.exit_code, 0) << ready.err << daemon_->Stderr();
+
+  auto tcp = v1::Warmstart::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials()));
+  {
+    grpc::ClientContext context;
+    v1::ListModelsResponse models;
+    ASSERT_TRUE(
+        tcp->ListModels(&context, v1::ListModelsRequest(), &models).ok());
+    EXPECT_EQ(models.models_size(), 1);
+  }
+  {
+    grpc::ClientContext context;
+    v1::UnloadModelRequest request;
+    request.set_name("tiny");
+    request.set_force(true);
+    v1::ModelStatus status;
+    grpc::Status refused = tcp->UnloadModel(&context, request, &status);
+    EXPECT_EQ(refused.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+    EXPECT_THAT(refused.error_message(),
+                HasSubstr("callers over TCP may not unload models"));
+  }
+  {
+    grpc::ClientContext context;
+    v1::LoadModelRequest request;
+    request.set_name("other");
+    request.set_path(model_path_);
+    v1::ModelStatus status;
+    EXPECT_EQ(tcp->LoadModel(&context, request, &status).error_code(),
+              grpc::StatusCode::PERMISSION_DENIED);
+  }
+  {
+    // A session opened on the handle socket cannot be used over TCP.
+    std::string session;
+    const int handles = OpenSession(&session);
+    grpc::ClientContext context;
+    context.AddMetadata("warmstart-session", session);
+    v1::AcquireModelRequest request;
+    request.set_name("tiny");
+    v1::Lease lease;
+    EXPECT_EQ(tcp->AcquireModel(&context, request, &lease).error_code(),
+              grpc::StatusCode::PERMISSION_DENIED);
+    ::close(handles);
+  }
+  // The model is still there, for the unix socket's callers.
+  grpc::ClientContext context;
+  v1::ListModelsResponse models;
+  ASSERT_TRUE(
+      Stub()->ListModels(&context, v1::ListModelsRequest(), &models).ok());
+  EXPECT_EQ(models.models_size(), 1);
 }
 
 TEST_F(DaemonProtocolTest, ClientReconnectsAfterADaemonRestart) {

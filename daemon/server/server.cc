@@ -225,6 +225,13 @@ absl::Status Server::Listen(const v1::DaemonConfig& config,
   service_ =
       std::make_unique<WarmstartService>(info, registry, sessions_.get());
   service_->BindSessionsToPeers(&connection_peers_);
+  AuthorizationPolicy policy;
+  policy.control_uids.insert(config.authorization().control_uids().begin(),
+                             config.authorization().control_uids().end());
+  policy.control_gids.insert(config.authorization().control_gids().begin(),
+                             config.authorization().control_gids().end());
+  policy.tcp_control = config.authorization().tcp_control();
+  service_->SetAuthorization(std::move(policy));
   service_->SetReadiness(v1::Readiness::STARTING, "loading preloads");
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;

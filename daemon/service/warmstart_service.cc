@@ -1,9 +1,17 @@
 #include "daemon/service/warmstart_service.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <fstream>
+#include <optional>
+#include <vector>
 
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "daemon/base/logging.h"
 #include "daemon/base/metrics.h"
 
@@ -128,9 +136,63 @@ grpc::Status WarmstartService::GetServerInfo(grpc::ServerContext*,
   return grpc::Status::OK;
 }
 
+namespace {
+
+// The supplementary groups of `pid` (from /proc), or none when it is gone.
+std::vector<gid_t> GroupsOf(pid_t pid) {
+  std::vector<gid_t> groups;
+  std::ifstream status(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  while (std::getline(status, line)) {
+    if (!absl::StartsWith(line, "Groups:")) continue;
+    for (absl::string_view field : absl::StrSplit(
+             absl::string_view(line).substr(7), ' ', absl::SkipEmpty())) {
+      gid_t gid;
+      if (absl::SimpleAtoi(field, &gid)) groups.push_back(gid);
+    }
+  }
+  return groups;
+}
+
+}  // namespace
+
+absl::Status WarmstartService::AuthorizeControl(
+    const grpc::ServerContext& context, absl::string_view what) const {
+  if (peers_ == nullptr) return absl::OkStatus();
+  const std::optional<SessionPeer> caller = peers_->Find(context.peer());
+  if (!caller.has_value()) {
+    if (policy_.tcp_control) return absl::OkStatus();
+    return absl::PermissionDeniedError(
+        absl::StrCat("callers over TCP may not ", what,
+                     ": they have no credentials (use the unix socket, or set "
+                     "authorization { tcp_control: true })"));
+  }
+  if (policy_.control_uids.empty() && policy_.control_gids.empty()) {
+    return absl::OkStatus();
+  }
+  if (caller->uid == 0 || caller->uid == ::geteuid() ||
+      policy_.control_uids.count(caller->uid) > 0 ||
+      policy_.control_gids.count(caller->gid) > 0) {
+    return absl::OkStatus();
+  }
+  for (gid_t gid : GroupsOf(caller->pid)) {
+    if (policy_.control_gids.count(gid) > 0) return absl::OkStatus();
+  }
+  Logger("service")->warn("refused to let pid {} uid {} {}", caller->pid,
+                          caller->uid, what);
+  return absl::PermissionDeniedError(absl::StrCat(
+      "uid ", caller->uid, " (pid ", caller->pid, ") may not ", what,
+      ": not root, not the daemon's uid, and not in authorization's "
+      "control_uids or control_gids"));
+}
+
 grpc::Status WarmstartService::LoadModel(grpc::ServerContext* context,
                                          const v1::LoadModelRequest* request,
                                          v1::ModelStatus* response) {
+  if (absl::Status allowed = AuthorizeControl(*context, "load models");
+      !allowed.ok()) {
+    return ToGrpc(allowed);
+  }
   ModelRequest model;
   model.name = request->name();
   model.path = request->path();
@@ -247,8 +309,12 @@ grpc::Status WarmstartService::ReleaseModel(
 }
 
 grpc::Status WarmstartService::UnloadModel(
-    grpc::ServerContext*, const v1::UnloadModelRequest* request,
+    grpc::ServerContext* context, const v1::UnloadModelRequest* request,
     v1::ModelStatus* response) {
+  if (absl::Status allowed = AuthorizeControl(*context, "unload models");
+      !allowed.ok()) {
+    return ToGrpc(allowed);
+  }
   absl::StatusOr<v1::ModelStatus> status =
       registry_->Unload(request->name(), request->force());
   if (!status.ok()) return ToGrpc(status.status());

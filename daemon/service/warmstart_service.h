@@ -10,6 +10,7 @@
 #ifndef WARMSTART_DAEMON_SERVICE_WARMSTART_SERVICE_H_
 #define WARMSTART_DAEMON_SERVICE_WARMSTART_SERVICE_H_
 
+#include <set>
 #include <string>
 
 #include "absl/synchronization/mutex.h"
@@ -22,6 +23,15 @@ namespace warmstart {
 
 // The gRPC metadata key carrying a session id.
 inline constexpr char kSessionMetadataKey[] = "warmstart-session";
+
+// Who may load and unload models (DaemonConfig.authorization). Root and the
+// daemon's own uid always may; with both sets empty every unix socket
+// caller may. TCP callers may only when `tcp_control`.
+struct AuthorizationPolicy {
+  std::set<uid_t> control_uids;
+  std::set<gid_t> control_gids;
+  bool tcp_control = false;
+};
 
 class WarmstartService final : public v1::Warmstart::Service {
  public:
@@ -37,6 +47,11 @@ class WarmstartService final : public v1::Warmstart::Service {
   // service) is the process that opened the session. Called once, before
   // serving; without it sessions are not bound (unit tests).
   void BindSessionsToPeers(const ConnectionPeers* peers) { peers_ = peers; }
+  // Enforced only once sessions are bound to peers (it needs them). Called
+  // once, before serving.
+  void SetAuthorization(AuthorizationPolicy policy) {
+    policy_ = std::move(policy);
+  }
 
   void SetReadiness(v1::Readiness::State state, const std::string& message);
   v1::Readiness readiness() const;
@@ -78,7 +93,13 @@ class WarmstartService final : public v1::Warmstart::Service {
   const v1::ServerInfo info_;
   Registry* const registry_;
   SessionServer* const sessions_;
+  // PermissionDenied naming the caller when it may not `what` ("load
+  // models") under policy_.
+  absl::Status AuthorizeControl(const grpc::ServerContext& context,
+                                absl::string_view what) const;
+
   const ConnectionPeers* peers_ = nullptr;  // Set before serving.
+  AuthorizationPolicy policy_;              // Set before serving.
   mutable absl::Mutex mutex_;
   v1::Readiness readiness_ ABSL_GUARDED_BY(mutex_);
 };
