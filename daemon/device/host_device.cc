@@ -161,6 +161,11 @@ class HostAllocation : public DeviceAllocation {
                     F_SEAL_SEAL) != 0) {
       return ErrnoToStatus(errno, "seal host memory");
     }
+    // The daemon's own mapping was the last writable one: a stray write in
+    // the daemon must not change what every client maps as read-only.
+    if (::mprotect(data_, size_, PROT_READ) != 0) {
+      return ErrnoToStatus(errno, "make host memory read-only");
+    }
     return absl::OkStatus();
   }
 
