@@ -380,3 +380,32 @@ def test_only_configured_users_may_load_and_unload(workdir, root):
         assert daemon.ctl("load", "m", model).returncode == 0
     finally:
         daemon.stop(signal.SIGKILL)
+
+
+def test_a_stopped_holder_cannot_keep_a_model_name(daemon, root):
+    # A SIGSTOPped lease holder never releases: before, the model and its
+    # name stayed taken forever. `unload --force` frees the name now; the
+    # memory goes when the holder's mapping does.
+    model = in_root(root, SAFETENSORS)
+    assert daemon.ctl("load", "m", model).returncode == 0
+    holder = daemon.client("--model", "m", "--hold")
+    acquired = event(holder)
+    assert acquired["event"] == "acquired"
+    holder.send_signal(signal.SIGSTOP)
+    try:
+        unloaded = daemon.ctl("unload", "m", "--force")
+        assert unloaded.returncode == 0, unloaded.stderr
+        assert "memory is freed when its 1 leases are released" in \
+            unloaded.stdout
+        reloaded = daemon.ctl("load", "m", model)
+        assert reloaded.returncode == 0, reloaded.stderr
+        fresh = daemon.client("--model", "m", "--cycles", "1")
+        assert event(fresh)["event"] == "cycles"
+        assert fresh.wait(60) == 0
+    finally:
+        holder.send_signal(signal.SIGCONT)
+    # The holder still reads its old mapping, then goes.
+    holder.send_signal(signal.SIGUSR1)
+    assert event(holder)["sha256"] == acquired["sha256"]
+    holder.kill()
+    holder.wait(30)

@@ -382,8 +382,9 @@ int RunUnload(const CommandLine& line) {
   if (line.Has("--json")) {
     PrintJson(ModelJson(*model));
   } else if (model->state() == v1::UNLOADING && model->leases() > 0) {
-    std::printf("%s unloading: freed when its %u leases are released\n",
-                name.c_str(), model->leases());
+    std::printf(
+        "%s unloaded; its memory is freed when its %u leases are released\n",
+        name.c_str(), model->leases());
   } else {
     std::printf("%s unloaded\n", name.c_str());
   }

@@ -111,10 +111,12 @@ Registry::~Registry() {
   }
   for (auto& [id, thread] : threads) thread.join();
   std::map<std::string, std::shared_ptr<Model>> models;
+  std::vector<std::shared_ptr<Model>> detached;
   {
     absl::MutexLock lock(&mutex_);
     leases_.clear();
     models.swap(models_);
+    detached.swap(detached_);
     UpdateGaugesLocked();
   }
 }
@@ -384,6 +386,9 @@ uint64_t Registry::ResidentBytesLocked(const std::string& uuid) const {
     if (model->state != v1::FAILED && model->reserved_on.count(uuid) > 0) {
       bytes += model->arena_bytes;
     }
+  }
+  for (const std::shared_ptr<Model>& model : detached_) {
+    if (model->reserved_on.count(uuid) > 0) bytes += model->arena_bytes;
   }
   return bytes;
 }
@@ -666,6 +671,16 @@ absl::Status Registry::Release(const std::string& lease_id,
       Logger("registry")
           ->info("model {} unloaded: its last lease is released", model->name);
     }
+    auto detached = std::find(detached_.begin(), detached_.end(), model);
+    if (detached != detached_.end()) {
+      freed.swap(model->replicas);
+      detached_.erase(detached);
+      Logger("registry")
+          ->info(
+              "memory of model {}, unloaded by force, freed: its last "
+              "lease is released",
+              model->name);
+    }
   }
   UpdateGaugesLocked();
   // The mutex is released before `freed` (declared first) frees the memory.
@@ -716,10 +731,18 @@ absl::StatusOr<v1::ModelStatus> Registry::Unload(const std::string& name,
         }
         model.state = v1::UNLOADING;
         ChangedLocked(model);
+        // The name is freed now: a holder that never releases (stopped,
+        // hung) must not keep it. The memory stays with the leases.
+        v1::ModelStatus last = StatusLocked(model);
+        detached_.push_back(std::move(it->second));
+        models_.erase(it);
+        UpdateGaugesLocked();
         Logger("registry")
-            ->info("model {} unloading: waiting for {} lease(s) to be released",
-                   name, model.leases);
-        return StatusLocked(model);
+            ->info(
+                "model {} unloaded by force: its name is free; its memory "
+                "goes when its {} lease(s) are released",
+                name, last.leases());
+        return last;
       }
       break;
     default:

@@ -149,8 +149,11 @@ class Registry {
 
   // Unloads a model and returns its last status. A loading model is
   // cancelled. A leased one is refused (FailedPrecondition, with the lease
-  // count) unless `force`: then it is UNLOADING until its last lease is
-  // released. NotFound when there is no such model.
+  // count) unless `force`: then its name is free at once (a load of that
+  // name starts afresh), no new lease is granted, and its memory, still
+  // counted as resident, is freed when its last lease is released: a
+  // holder that is stopped or hung cannot keep the name. NotFound when
+  // there is no such model.
   absl::StatusOr<v1::ModelStatus> Unload(const std::string& name, bool force);
 
   // Pins or unpins a model (SIGHUP re-reading the preload list). NotFound
@@ -213,6 +216,9 @@ class Registry {
   absl::CondVar changed_;
   std::map<std::string, std::shared_ptr<Model>> models_ ABSL_GUARDED_BY(mutex_);
   std::map<std::string, Lease> leases_ ABSL_GUARDED_BY(mutex_);
+  // Models unloaded by force while leased: no longer named, their memory
+  // held until their last lease is released.
+  std::vector<std::shared_ptr<Model>> detached_ ABSL_GUARDED_BY(mutex_);
   bool leasing_stopped_ ABSL_GUARDED_BY(mutex_) = false;
   uint64_t next_version_ ABSL_GUARDED_BY(mutex_) = 1;
   // Load threads; finished ones are joined at the next load.

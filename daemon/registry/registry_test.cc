@@ -262,12 +262,40 @@ TEST_F(RegistryTest, ForcedUnloadFreesMemoryAfterTheLastRelease) {
                        registry_->Unload("m", /*force=*/true));
   EXPECT_EQ(unloading.state(), v1::UNLOADING);
   EXPECT_EQ(device_->live_allocations(), 1);
+  // No new lease: the name is gone.
   EXPECT_THAT(registry_->Acquire("m", "s", Soon()),
-              StatusIs(absl::StatusCode::kFailedPrecondition,
-                       HasSubstr("being unloaded")));
+              StatusIs(absl::StatusCode::kNotFound));
   ASSERT_OK(registry_->Release(lease.lease_id, "s"));
   EXPECT_EQ(device_->live_allocations(), 0);
   EXPECT_THAT(registry_->Get("m"), StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST_F(RegistryTest, ForcedUnloadFreesTheNameWhileAHolderKeepsItsLease) {
+  // A stopped (SIGSTOP) holder never releases: before, the model and its
+  // name stayed taken forever, with no operator override.
+  const std::string path = WriteModel("m.safetensors");
+  LoadReady("m", path);
+  ASSERT_OK_AND_ASSIGN(LeaseGrant stuck, registry_->Acquire("m", "s", Soon()));
+  ASSERT_OK(registry_->Unload("m", /*force=*/true).status());
+  EXPECT_THAT(registry_->Get("m"), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_TRUE(registry_->List().empty());
+  // The old memory is still held and counted.
+  EXPECT_EQ(device_->live_allocations(), 1);
+  EXPECT_EQ(registry_->Stats().devices[0].resident_bytes, kModelBytes);
+  // The name loads afresh.
+  LoadReady("m", path);
+  EXPECT_EQ(device_->live_allocations(), 2);
+  EXPECT_EQ(registry_->Stats().devices[0].resident_bytes, 2 * kModelBytes);
+  ASSERT_OK_AND_ASSIGN(LeaseGrant fresh, registry_->Acquire("m", "t", Soon()));
+  // The holder comes back and releases: the old memory goes, the new model
+  // stays.
+  ASSERT_OK(registry_->Release(stuck.lease_id, "s"));
+  EXPECT_EQ(device_->live_allocations(), 1);
+  EXPECT_EQ(registry_->Stats().devices[0].resident_bytes, kModelBytes);
+  ASSERT_OK_AND_ASSIGN(v1::ModelStatus status, registry_->Get("m"));
+  EXPECT_EQ(status.state(), v1::READY);
+  EXPECT_EQ(status.leases(), 1u);
+  ASSERT_OK(registry_->Release(fresh.lease_id, "t"));
 }
 
 TEST_F(RegistryTest, UnleasedUnloadFreesAtOnce) {
