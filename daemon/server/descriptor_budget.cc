@@ -55,6 +55,11 @@ DescriptorBudget BudgetFor(uint64_t limit) {
       std::clamp<size_t>(budget.sessions.max_sessions / 8, 1, 128);
   budget.sessions.max_per_uid =
       std::max<size_t>(1, budget.sessions.max_sessions * 3 / 4);
+  // Every session's unread bundles together (one descriptor each on the
+  // host, one per device on GPUs) stay under half the limit, which is what
+  // the kernel lets the daemon's user have in flight.
+  budget.sessions.max_unread_bundles = static_cast<size_t>(
+      std::clamp<uint64_t>(limit / 2 / budget.sessions.max_sessions, 2, 16));
   return budget;
 }
 

@@ -46,7 +46,8 @@ absl::StatusOr<DescriptorLimit> RaiseDescriptorLimit();
 // The caps for a process whose descriptor limit is `limit`: a quarter of
 // it (at most) is kept for the daemon, the rest split evenly between
 // sessions and gRPC connections; one process may hold an eighth of the
-// sessions (at most 128), one user three quarters.
+// sessions (at most 128), one user three quarters; a session may leave 2 to
+// 16 descriptor bundles unread, all of them together within half the limit.
 DescriptorBudget BudgetFor(uint64_t limit);
 
 // "descriptor limit 1024 -> 524288 (hard 524288): sessions at most 4096

@@ -19,6 +19,11 @@ TEST(DescriptorBudgetTest, ACommonLimitLeavesRoomForTheDaemon) {
             1024u);
   EXPECT_EQ(budget.sessions.max_per_process, 48u);
   EXPECT_EQ(budget.sessions.max_per_uid, 288u);
+  // 384 sessions x 2 unread bundles stay under the 1024 the kernel lets
+  // the daemon's user have in flight.
+  EXPECT_EQ(budget.sessions.max_unread_bundles, 2u);
+  EXPECT_LE(budget.sessions.max_sessions * budget.sessions.max_unread_bundles,
+            1024u);
 }
 
 TEST(DescriptorBudgetTest, ALargeLimitIsCapped) {
@@ -27,6 +32,7 @@ TEST(DescriptorBudgetTest, ALargeLimitIsCapped) {
   EXPECT_EQ(budget.max_grpc_connections, kMaxGrpcConnections);
   EXPECT_EQ(budget.sessions.max_per_process, 128u);
   EXPECT_EQ(budget.sessions.max_per_uid, kMaxSessions * 3 / 4);
+  EXPECT_EQ(budget.sessions.max_unread_bundles, 16u);
 }
 
 TEST(DescriptorBudgetTest, ATinyLimitStillAllowsOneOfEach) {

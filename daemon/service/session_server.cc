@@ -1,7 +1,9 @@
 #include "daemon/service/session_server.h"
 
+#include <linux/sockios.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -26,6 +28,13 @@ Counter* RefusedCounter() {
   static Counter* counter = Metrics::Global().GetCounter(
       "warmstart_sessions_refused_total",
       "Handle socket connections refused at a session limit");
+  return counter;
+}
+
+Counter* UnreadClosedCounter() {
+  static Counter* counter = Metrics::Global().GetCounter(
+      "warmstart_sessions_closed_unread_total",
+      "Sessions closed because their client left descriptor bundles unread");
   return counter;
 }
 
@@ -289,7 +298,32 @@ absl::Status SessionServer::SendFds(const std::string& session_id,
   if (it == sessions_.end()) {
     return absl::UnavailableError("the session's handle socket is closed");
   }
-  absl::Status sent = SendMessage(it->second.socket.get(), message, fds);
+  Session& session = it->second;
+  // What the client has not read yet stays in the socket's queue (charged
+  // to the daemon's user, descriptors included): an empty queue means every
+  // bundle so far was read.
+  int queued = 0;
+  if (::ioctl(session.socket.get(), SIOCOUTQ, &queued) == 0 && queued == 0) {
+    session.unread_bundles = 0;
+  }
+  if (session.unread_bundles >= limits_.max_unread_bundles) {
+    const std::string reason = absl::StrCat(
+        "its client left ", session.unread_bundles,
+        " descriptor bundles unread on the handle socket, the most a "
+        "session may (",
+        limits_.max_unread_bundles, ")");
+    Logger("sessions")
+        ->warn("closing session {} of pid {} uid {}: {}", session_id,
+               session.peer.pid, session.peer.uid, reason);
+    UnreadClosedCounter()->Add();
+    // The session thread sees the shutdown as a close and releases the
+    // session's leases; the descriptor number stays ours until then.
+    ::shutdown(session.socket.get(), SHUT_RDWR);
+    return absl::ResourceExhaustedError(
+        absl::StrCat("session closed: ", reason));
+  }
+  absl::Status sent = SendMessage(session.socket.get(), message, fds);
+  if (sent.ok()) ++session.unread_bundles;
   if (!sent.ok()) {
     return absl::UnavailableError(absl::StrCat(
         "cannot send descriptors to the client: ", sent.message()));

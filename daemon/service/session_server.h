@@ -53,6 +53,12 @@ struct SessionLimits {
   size_t max_sessions = kMaxSessions;
   size_t max_per_process = 128;
   size_t max_per_uid = kMaxSessions * 3 / 4;
+  // Descriptor bundles a session's client may leave unread on its handle
+  // socket. Unread SCM_RIGHTS descriptors are charged to the daemon's user
+  // (an unprivileged daemon's sends fail with ETOOMANYREFS for every client
+  // once they pass its RLIMIT_NOFILE), so the server derives this from the
+  // descriptor limit too. A session over it is closed with a logged reason.
+  size_t max_unread_bundles = 16;
 };
 
 class SessionServer {
@@ -79,7 +85,9 @@ class SessionServer {
   // Sends `fds` (not given away: the kernel duplicates them into the peer)
   // as bundle `transfer_id` of lease `lease_id` on the session's socket.
   // Fails with Unavailable when the session is gone or its peer stopped
-  // reading.
+  // reading; with ResourceExhausted, naming the limit, when its client left
+  // max_unread_bundles bundles unread: the session is then shut down (its
+  // leases are released when the session thread sees it close).
   absl::Status SendFds(const std::string& session_id, uint64_t transfer_id,
                        const std::string& lease_id,
                        const std::vector<int>& fds);
@@ -90,6 +98,8 @@ class SessionServer {
   struct Session {
     ScopedFd socket;
     SessionPeer peer;
+    // Bundles sent since the socket's send queue was last seen empty.
+    size_t unread_bundles = 0;
   };
 
   SessionServer(ScopedFd listener, ScopedFd stop_event, std::string path,

@@ -221,6 +221,55 @@ TEST(SessionServerTest, RefusesAtTheTotalAndPerUserLimits) {
                   " holds 1 sessions, the most one user may hold (1)")));
 }
 
+TEST(SessionServerTest, AClientThatNeverReadsItsBundlesIsClosed) {
+  // Unread SCM_RIGHTS descriptors are charged to the daemon's user: before,
+  // a client that acquired without reading its handle socket made an
+  // unprivileged daemon's sends fail (ETOOMANYREFS) for every client.
+  ShortTempDir dir;
+  const std::string path = dir.Join("h.sock");
+  absl::Notification closed;
+  SessionLimits limits;
+  limits.max_unread_bundles = 3;
+  ASSERT_OK_AND_ASSIGN(
+      auto server,
+      SessionServer::Start(
+          path,
+          // on_close runs on the one session thread: the check cannot race.
+          [&](const std::string&) {
+            if (!closed.HasBeenNotified()) closed.Notify();
+          },
+          limits));
+  ScopedFd memfd(::memfd_create("t", MFD_CLOEXEC));
+
+  // A client that reads keeps its session, however many bundles it gets.
+  ScopedFd reader = ConnectTo(path);
+  const std::string reader_id = Receive(reader.get()).hello().session_id();
+  for (int i = 0; i < 10; ++i) {
+    ASSERT_OK(server->SendFds(reader_id, server->NextTransferId(), "l",
+                              {memfd.get()}));
+    std::vector<int> fds;
+    ASSERT_TRUE(Receive(reader.get(), &fds).has_fds());
+    for (int fd : fds) ::close(fd);
+  }
+
+  ScopedFd idle = ConnectTo(path);
+  const std::string idle_id = Receive(idle.get()).hello().session_id();
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_OK(
+        server->SendFds(idle_id, server->NextTransferId(), "l", {memfd.get()}));
+  }
+  EXPECT_THAT(
+      server->SendFds(idle_id, server->NextTransferId(), "l", {memfd.get()}),
+      StatusIs(absl::StatusCode::kResourceExhausted,
+               ::testing::HasSubstr("left 3 descriptor bundles unread on the "
+                                    "handle socket, the most a session may "
+                                    "(3)")));
+  // The session closes (its leases are released by on_close).
+  ASSERT_TRUE(closed.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_THAT(server->Find(idle_id), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_OK(server->Find(reader_id).status());
+}
+
 TEST(SessionServerTest, DestructionRemovesTheSocketFile) {
   ShortTempDir dir;
   const std::string path = dir.Join("h.sock");
