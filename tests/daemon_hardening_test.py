@@ -409,3 +409,17 @@ def test_a_stopped_holder_cannot_keep_a_model_name(daemon, root):
     assert event(holder)["sha256"] == acquired["sha256"]
     holder.kill()
     holder.wait(30)
+
+
+def test_a_path_that_is_not_utf8_gets_a_clear_error(daemon, root):
+    # gRPC strings must be UTF-8: before, protobuf refused to serialize the
+    # request and warmstartctl printed "warmstartctl: " and nothing else.
+    path = os.path.join(root.encode(), b"m\xff.safetensors")
+    os.link(in_root(root, SAFETENSORS), path)
+    loaded = subprocess.run(
+        [harness.CTL, "load", "m", path, "--socket", daemon.socket],
+        capture_output=True, timeout=120, env=harness.NATIVE_ENV)
+    assert loaded.returncode == 2, loaded.stderr
+    assert b"model path" in loaded.stderr
+    assert b"is not valid UTF-8" in loaded.stderr
+    assert b"m\\xff.safetensors" in loaded.stderr
