@@ -77,7 +77,7 @@ def rss_anon_kib(pid):
 
 
 def test_a_model_with_120k_tensors_loads_and_is_acquired(daemon, root):
-    # 120,000 tensors make a lease reply of about 9 MB, over gRPC's default
+    # 120,000 tensors make a lease reply of about 8 MB, over gRPC's default
     # 4 MB limit on what a client receives: before the fix the model loaded
     # but every acquire failed with RESOURCE_EXHAUSTED.
     count = 120_000
