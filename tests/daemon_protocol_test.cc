@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -290,6 +291,19 @@ TEST_F(DaemonProtocolTest, AStolenSessionIdIsRefused) {
   ::waitpid(owner, &wait_status, 0);
 }
 
+// Whether `uid` exists in this process's user namespace (/proc/self/uid_map).
+bool UidMapped(uid_t uid) {
+  std::FILE* map = std::fopen("/proc/self/uid_map", "re");
+  if (map == nullptr) return false;
+  unsigned long inside = 0, outside = 0, count = 0;  // NOLINT(runtime/int)
+  bool mapped = false;
+  while (std::fscanf(map, "%lu %lu %lu", &inside, &outside, &count) == 3) {
+    mapped = mapped || (uid >= inside && uid - inside < count);
+  }
+  std::fclose(map);
+  return mapped;
+}
+
 // A TCP port that was free a moment ago.
 int FreeTcpPort() {
   const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -375,6 +389,74 @@ TEST_F(DaemonProtocolTest, TcpCallersMayOnlyRead) {
   ASSERT_TRUE(
       Stub()->ListModels(&context, v1::ListModelsRequest(), &models).ok());
   EXPECT_EQ(models.models_size(), 1);
+}
+
+TEST_F(DaemonProtocolTest, AnUnreadHandleSocketDoesNotBlockOthers) {
+  // Unread SCM_RIGHTS descriptors are charged to the daemon's user, and an
+  // unprivileged one may have no more in flight than its RLIMIT_NOFILE:
+  // before, a client that acquired without reading its handle socket made
+  // every later send fail (ETOOMANYREFS) and locked every client out. The
+  // daemon runs as user nobody (as the systemd unit runs it unprivileged)
+  // with a descriptor limit of 256; the binary is copied where nobody can
+  // run it.
+  if (::geteuid() != 0 || !UidMapped(65534)) {
+    GTEST_SKIP() << "needs root and uid 65534 in this user namespace (a "
+                    "sandbox maps root alone) to run a daemon as nobody";
+  }
+  daemon_.reset();
+  // The killed root daemon's socket files, which nobody may not probe.
+  ::unlink(socket_.c_str());
+  ::unlink((socket_ + ".handles").c_str());
+  ASSERT_EQ(::chmod(dir_.path().c_str(), 0777), 0);
+  ASSERT_EQ(::chmod(root_.c_str(), 0755), 0);
+  ASSERT_EQ(::chmod(model_path_.c_str(), 0644), 0);
+  const std::string binary = dir_.Join("warmstartd");
+  std::filesystem::copy_file(BinaryPath("daemon/warmstartd"), binary);
+  ASSERT_EQ(::chmod(binary.c_str(), 0755), 0);
+  daemon_ = std::make_unique<ChildProcess>(
+      std::vector<std::string>{
+          "/usr/bin/prlimit", "--nofile=256:256", "--", "/usr/bin/setpriv",
+          "--reuid=65534", "--regid=65534", "--clear-groups", binary,
+          "--socket", socket_, "--backend", backend_, "--model_root", root_,
+          "--preload", "tiny=" + model_path_},
+      dir_.path());
+  testing::RunResult ready =
+      RunProcess({BinaryPath("daemon/ctl/warmstartctl"), "wait-ready",
+                  "--timeout", "30", "--socket", socket_});
+  ASSERT_EQ(ready.exit_code, 0) << ready.err << daemon_->Stderr();
+
+  std::string session;
+  const int never_read = OpenSession(&session);
+  grpc::Status refused;
+  int granted = 0;
+  for (int i = 0; i < 400; ++i) {
+    grpc::ClientContext context;
+    context.AddMetadata("warmstart-session", session);
+    v1::AcquireModelRequest request;
+    request.set_name("tiny");
+    v1::Lease lease;
+    grpc::Status status = Stub()->AcquireModel(&context, request, &lease);
+    if (!status.ok()) {
+      refused = status;
+      break;
+    }
+    ++granted;
+  }
+  // The daemon gave up on that session long before the kernel's limit, and
+  // said why.
+  EXPECT_LT(granted, 256);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << refused.error_message();
+  EXPECT_THAT(refused.error_message(),
+              HasSubstr("descriptor bundles unread on the handle socket"));
+
+  // Everyone else still acquires, through the client library.
+  testing::RunResult other =
+      RunProcess({BinaryPath("client/examples/map_model"), "--socket", socket_,
+                  "--model", "tiny", "--cycles", "20"});
+  EXPECT_EQ(other.exit_code, 0) << other.out << other.err << daemon_->Stderr();
+  EXPECT_THAT(other.out, HasSubstr("\"event\":\"cycles\""));
+  ::close(never_read);
 }
 
 TEST_F(DaemonProtocolTest, ClientReconnectsAfterADaemonRestart) {

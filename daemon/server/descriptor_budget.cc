@@ -47,6 +47,7 @@ DescriptorBudget BudgetFor(uint64_t limit) {
   const uint64_t reserved = std::min(kReservedDescriptors, limit / 4);
   const uint64_t usable = limit - reserved;
   DescriptorBudget budget;
+  budget.reserved = reserved;
   budget.sessions.max_sessions =
       static_cast<size_t>(std::clamp<uint64_t>(usable / 2, 1, kMaxSessions));
   budget.max_grpc_connections = static_cast<size_t>(

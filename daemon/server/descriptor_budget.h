@@ -34,6 +34,8 @@ struct DescriptorLimit {
 };
 
 struct DescriptorBudget {
+  // Kept for the daemon's own use: never given to sessions or connections.
+  uint64_t reserved = 0;
   SessionLimits sessions;
   size_t max_grpc_connections = 0;
 };

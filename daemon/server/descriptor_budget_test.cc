@@ -12,6 +12,7 @@ namespace {
 TEST(DescriptorBudgetTest, ACommonLimitLeavesRoomForTheDaemon) {
   const DescriptorBudget budget = BudgetFor(1024);
   // 1024 - 256 reserved, split between sessions and gRPC connections.
+  EXPECT_EQ(budget.reserved, 256u);
   EXPECT_EQ(budget.sessions.max_sessions, 384u);
   EXPECT_EQ(budget.max_grpc_connections, 384u);
   EXPECT_LE(budget.sessions.max_sessions + budget.max_grpc_connections +
@@ -33,6 +34,15 @@ TEST(DescriptorBudgetTest, ALargeLimitIsCapped) {
   EXPECT_EQ(budget.sessions.max_per_process, 128u);
   EXPECT_EQ(budget.sessions.max_per_uid, kMaxSessions * 3 / 4);
   EXPECT_EQ(budget.sessions.max_unread_bundles, 16u);
+}
+
+TEST(DescriptorBudgetTest, ASmallLimitKeepsAQuarter) {
+  // 256 (an unprivileged daemon's limit, say): a quarter kept, the rest
+  // split; reserve and sessions together leave room for gRPC connections.
+  const DescriptorBudget budget = BudgetFor(256);
+  EXPECT_EQ(budget.reserved, 64u);
+  EXPECT_EQ(budget.sessions.max_sessions, 96u);
+  EXPECT_LT(budget.reserved + budget.sessions.max_sessions, 256u);
 }
 
 TEST(DescriptorBudgetTest, ATinyLimitStillAllowsOneOfEach) {

@@ -257,9 +257,7 @@ absl::Status Server::Listen(const v1::DaemonConfig& config,
                          : absl::StrCat(" on ", listen.tcp_address())));
   }
   SessionServer* sessions = sessions_.get();
-  const uint64_t reserved = std::min<uint64_t>(
-      kReservedDescriptors,
-      descriptors_.sessions.max_sessions + descriptors_.max_grpc_connections);
+  const uint64_t reserved = descriptors_.reserved;
   const size_t max_sessions = descriptors_.sessions.max_sessions;
   ASSIGN_OR_RETURN(grpc_acceptor_,
                    GrpcAcceptor::Start(
