@@ -3,10 +3,14 @@
 #include <sys/stat.h>
 
 #include <chrono>
+#include <cstdint>
+#include <string>
 #include <thread>
 #include <utility>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "client/connection.h"
 #include "client/session.h"
 #include "client/unique_fd.h"
@@ -16,6 +20,54 @@
 namespace warmstart {
 namespace client {
 namespace {
+
+// The index of the first byte of `text` that does not start a valid UTF-8
+// sequence, or npos.
+size_t FindInvalidUtf8(const std::string& text) {
+  for (size_t i = 0; i < text.size();) {
+    const auto lead = static_cast<unsigned char>(text[i]);
+    size_t length = 0;
+    uint32_t value = 0;
+    if (lead < 0x80) {
+      ++i;
+      continue;
+    } else if (lead >= 0xc2 && lead <= 0xdf) {
+      length = 2;
+      value = lead & 0x1f;
+    } else if (lead >= 0xe0 && lead <= 0xef) {
+      length = 3;
+      value = lead & 0x0f;
+    } else if (lead >= 0xf0 && lead <= 0xf4) {
+      length = 4;
+      value = lead & 0x07;
+    } else {
+      return i;
+    }
+    if (i + length > text.size()) return i;
+    for (size_t k = 1; k < length; ++k) {
+      const auto next = static_cast<unsigned char>(text[i + k]);
+      if ((next & 0xc0) != 0x80) return i;
+      value = (value << 6) | (next & 0x3f);
+    }
+    if ((length == 3 && value < 0x800) || (length == 4 && value < 0x10000) ||
+        (value >= 0xd800 && value <= 0xdfff) || value > 0x10ffff) {
+      return i;
+    }
+    i += length;
+  }
+  return std::string::npos;
+}
+
+// gRPC's strings must be UTF-8: protobuf refuses to serialize anything else
+// and the call failed with INTERNAL and no message. `what` names the field.
+absl::Status CheckUtf8(absl::string_view what, const std::string& value) {
+  const size_t bad = FindInvalidUtf8(value);
+  if (bad == std::string::npos) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(what, " \"", absl::CHexEscape(value.substr(0, 200)),
+                   "\" is not valid UTF-8 (byte ", bad,
+                   "); the daemon's API carries text: rename it"));
+}
 
 constexpr char kServiceConfig[] = R"({
   "methodConfig": [{
@@ -77,6 +129,11 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
   // that died with the daemon (UNAVAILABLE before any answer), so the first
   // call after a daemon restart does not fail needlessly.
   arguments.SetServiceConfigJSON(kServiceConfig);
+  // A lease carries the whole tensor table: a mixture-of-experts model with
+  // 100k tensors answers with ~7 MB, over gRPC's default limit of 4 MB on
+  // what a client receives. The daemon is trusted to size its answers; the
+  // client takes any size (protobuf itself stops at 2 GiB).
+  arguments.SetMaxReceiveMessageSize(-1);
   auto channel =
       grpc::CreateCustomChannel("unix:" + options.socket_path,
                                 grpc::InsecureChannelCredentials(), arguments);
@@ -132,6 +189,12 @@ absl::StatusOr<v1::ModelStatus> Client::Load(const std::string& name,
                                              const std::string& path,
                                              const LoadModelOptions& options,
                                              absl::Duration timeout) {
+  if (absl::Status utf8 = CheckUtf8("model name", name); !utf8.ok()) {
+    return utf8;
+  }
+  if (absl::Status utf8 = CheckUtf8("model path", path); !utf8.ok()) {
+    return utf8;
+  }
   v1::LoadModelRequest request;
   request.set_name(name);
   request.set_path(path);

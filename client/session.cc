@@ -72,6 +72,11 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Open(
     }
     return hello.status();
   }
+  if (hello->message.has_refused()) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the daemon at ", daemon_socket,
+        " refused a session: ", hello->message.refused().reason()));
+  }
   if (!hello->message.has_hello() ||
       hello->message.hello().session_id().empty()) {
     return absl::DataLossError(

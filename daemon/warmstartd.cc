@@ -14,6 +14,7 @@
 #include "absl/strings/match.h"
 #include "daemon/base/logging.h"
 #include "daemon/base/version.h"
+#include "daemon/base/watchdog.h"
 #include "daemon/config/config.h"
 #include "daemon/server/server.h"
 
@@ -29,6 +30,12 @@ ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn or error");
 
 namespace warmstart {
 namespace {
+
+// What a graceful stop may take beyond shutdown_grace_seconds: the second
+// in-flight calls get, cancelling loads, freeing memory. A stop that runs
+// past it is stuck (a handler in a system call that does not return) and
+// would otherwise never end; exiting lets the supervisor restart the daemon.
+constexpr absl::Duration kShutdownMargin = absl::Seconds(20);
 
 constexpr char kUsage[] = R"(usage: warmstartd [flags]
 
@@ -52,8 +59,9 @@ flags (they override the --config file):
   --help                 print this help and exit
 
 signals: SIGTERM/SIGINT stop gracefully (no new leases; waits up to
-shutdown_grace_seconds for leases to be released); SIGHUP re-reads the
-preload list of --config.
+shutdown_grace_seconds for leases to be released; a stop still unfinished
+20 s after that exits with status 1); SIGHUP re-reads the preload list of
+--config.
 )";
 
 // Every value of a repeatable flag, in order: Abseil keeps only the last
@@ -154,8 +162,21 @@ int Run(int argc, char** argv) {
     log->info("SIGHUP: re-reading the preload list of {}", flags.config);
     (*server)->ApplyPreloads(*reloaded);
   }
+  const absl::Duration bound =
+      absl::Seconds(config->shutdown_grace_seconds()) + kShutdownMargin;
+  Watchdog watchdog(bound, [log, bound] {
+    log->error(
+        "shutdown did not finish within {} s (shutdown_grace_seconds plus "
+        "{} s); exiting without it",
+        absl::ToInt64Seconds(bound), absl::ToInt64Seconds(kShutdownMargin));
+    log->flush();
+    // Nothing else can be trusted to return; the memory goes with the
+    // process, clients' mappings stay valid.
+    ::_exit(1);
+  });
   (*server)->Shutdown();
   server->reset();
+  watchdog.Disarm();
   log->info("stopped");
   return 0;
 }

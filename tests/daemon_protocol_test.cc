@@ -1,11 +1,15 @@
 // The daemon's protocol seen from below the client library: sessions on the
 // handle socket, descriptors that cannot be used to write, refusals of
 // forged sessions; and the client library across a daemon restart.
+#include <arpa/inet.h>
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -14,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "client/client.h"
 #include "daemon/base/testing/status_matchers.h"
@@ -233,6 +238,225 @@ TEST_F(DaemonProtocolTest, AnotherSessionCannotReleaseMyLease) {
   EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
   ::close(my_socket);
   ::close(their_socket);
+}
+
+TEST_F(DaemonProtocolTest, AStolenSessionIdIsRefused) {
+  // Another process opens a session and hands its id over (as a log, /proc
+  // or a core dump would). Before, the id worked from any process: the
+  // daemon recorded SO_PEERCRED and never compared it.
+  int id_pipe[2], hold_pipe[2];
+  ASSERT_EQ(::pipe(id_pipe), 0);
+  ASSERT_EQ(::pipe(hold_pipe), 0);
+  const pid_t owner = ::fork();
+  if (owner == 0) {
+    ::close(id_pipe[0]);
+    ::close(hold_pipe[1]);
+    std::string id;
+    OpenSession(&id);
+    (void)!::write(id_pipe[1], id.data(), id.size());
+    char byte;
+    (void)!::read(hold_pipe[0], &byte, 1);  // Until the parent closes it.
+    ::_exit(0);
+  }
+  ::close(id_pipe[1]);
+  ::close(hold_pipe[0]);
+  char buffer[64];
+  const ssize_t n = ::read(id_pipe[0], buffer, sizeof(buffer));
+  ::close(id_pipe[0]);
+  ASSERT_EQ(n, 32);
+  const std::string stolen(buffer, static_cast<size_t>(n));
+
+  grpc::ClientContext acquire;
+  acquire.AddMetadata("warmstart-session", stolen);
+  v1::AcquireModelRequest request;
+  request.set_name("tiny");
+  v1::Lease lease;
+  grpc::Status status = Stub()->AcquireModel(&acquire, request, &lease);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(status.error_message(),
+              HasSubstr(absl::StrCat("belongs to pid ", owner)));
+  EXPECT_THAT(status.error_message(),
+              HasSubstr(absl::StrCat("this call comes from pid ", ::getpid())));
+
+  // The owner's own session still works for the process that opened it.
+  std::string mine;
+  const int my_socket = OpenSession(&mine);
+  grpc::ClientContext own;
+  own.AddMetadata("warmstart-session", mine);
+  v1::Lease own_lease;
+  EXPECT_TRUE(Stub()->AcquireModel(&own, request, &own_lease).ok());
+  ::close(my_socket);
+  ::close(hold_pipe[1]);
+  int wait_status = 0;
+  ::waitpid(owner, &wait_status, 0);
+}
+
+// Whether `uid` exists in this process's user namespace (/proc/self/uid_map).
+bool UidMapped(uid_t uid) {
+  std::FILE* map = std::fopen("/proc/self/uid_map", "re");
+  if (map == nullptr) return false;
+  unsigned long inside = 0, outside = 0, count = 0;  // NOLINT(runtime/int)
+  bool mapped = false;
+  while (std::fscanf(map, "%lu %lu %lu", &inside, &outside, &count) == 3) {
+    mapped = mapped || (uid >= inside && uid - inside < count);
+  }
+  std::fclose(map);
+  return mapped;
+}
+
+// A TCP port that was free a moment ago.
+int FreeTcpPort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)),
+            0);
+  socklen_t length = sizeof(address);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+  ::close(fd);
+  return ntohs(address.sin_port);
+}
+
+TEST_F(DaemonProtocolTest, TcpCallersMayOnlyRead) {
+  // TCP callers have no credentials: before, tcp_address let any local user
+  // list, load and force-unload, bypassing the unix socket's 0660.
+  daemon_.reset();
+  const int port = FreeTcpPort();
+  const std::string config = dir_.Join("tcp.textproto");
+  {
+    std::FILE* file = std::fopen(config.c_str(), "w");
+    ASSERT_NE(file, nullptr);
+    std::fprintf(file, "listen { tcp_address: \"127.0.0.1:%d\" }\n", port);
+    std::fclose(file);
+  }
+  daemon_ = std::make_unique<ChildProcess>(
+      std::vector<std::string>{BinaryPath("daemon/warmstartd"), "--socket",
+                               socket_, "--backend", backend_, "--model_root",
+                               root_, "--preload", "tiny=" + model_path_,
+                               "--config", config},
+      dir_.path());
+  testing::RunResult ready =
+      RunProcess({BinaryPath("daemon/ctl/warmstartctl"), "wait-ready",
+                  "--timeout", "30", "--socket", socket_});
+  ASSERT_EQ(ready.exit_code, 0) << ready.err << daemon_->Stderr();
+
+  auto tcp = v1::Warmstart::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials()));
+  {
+    grpc::ClientContext context;
+    v1::ListModelsResponse models;
+    ASSERT_TRUE(
+        tcp->ListModels(&context, v1::ListModelsRequest(), &models).ok());
+    EXPECT_EQ(models.models_size(), 1);
+  }
+  {
+    grpc::ClientContext context;
+    v1::UnloadModelRequest request;
+    request.set_name("tiny");
+    request.set_force(true);
+    v1::ModelStatus status;
+    grpc::Status refused = tcp->UnloadModel(&context, request, &status);
+    EXPECT_EQ(refused.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+    EXPECT_THAT(refused.error_message(),
+                HasSubstr("callers over TCP may not unload models"));
+  }
+  {
+    grpc::ClientContext context;
+    v1::LoadModelRequest request;
+    request.set_name("other");
+    request.set_path(model_path_);
+    v1::ModelStatus status;
+    EXPECT_EQ(tcp->LoadModel(&context, request, &status).error_code(),
+              grpc::StatusCode::PERMISSION_DENIED);
+  }
+  {
+    // A session opened on the handle socket cannot be used over TCP.
+    std::string session;
+    const int handles = OpenSession(&session);
+    grpc::ClientContext context;
+    context.AddMetadata("warmstart-session", session);
+    v1::AcquireModelRequest request;
+    request.set_name("tiny");
+    v1::Lease lease;
+    EXPECT_EQ(tcp->AcquireModel(&context, request, &lease).error_code(),
+              grpc::StatusCode::PERMISSION_DENIED);
+    ::close(handles);
+  }
+  // The model is still there, for the unix socket's callers.
+  grpc::ClientContext context;
+  v1::ListModelsResponse models;
+  ASSERT_TRUE(
+      Stub()->ListModels(&context, v1::ListModelsRequest(), &models).ok());
+  EXPECT_EQ(models.models_size(), 1);
+}
+
+TEST_F(DaemonProtocolTest, AnUnreadHandleSocketDoesNotBlockOthers) {
+  // Unread SCM_RIGHTS descriptors are charged to the daemon's user, and an
+  // unprivileged one may have no more in flight than its RLIMIT_NOFILE:
+  // before, a client that acquired without reading its handle socket made
+  // every later send fail (ETOOMANYREFS) and locked every client out. The
+  // daemon runs as user nobody (as the systemd unit runs it unprivileged)
+  // with a descriptor limit of 256; the binary is copied where nobody can
+  // run it.
+  if (::geteuid() != 0 || !UidMapped(65534)) {
+    GTEST_SKIP() << "needs root and uid 65534 in this user namespace (a "
+                    "sandbox maps root alone) to run a daemon as nobody";
+  }
+  daemon_.reset();
+  // The killed root daemon's socket files, which nobody may not probe.
+  ::unlink(socket_.c_str());
+  ::unlink((socket_ + ".handles").c_str());
+  ASSERT_EQ(::chmod(dir_.path().c_str(), 0777), 0);
+  ASSERT_EQ(::chmod(root_.c_str(), 0755), 0);
+  ASSERT_EQ(::chmod(model_path_.c_str(), 0644), 0);
+  const std::string binary = dir_.Join("warmstartd");
+  std::filesystem::copy_file(BinaryPath("daemon/warmstartd"), binary);
+  ASSERT_EQ(::chmod(binary.c_str(), 0755), 0);
+  daemon_ = std::make_unique<ChildProcess>(
+      std::vector<std::string>{
+          "/usr/bin/prlimit", "--nofile=256:256", "--", "/usr/bin/setpriv",
+          "--reuid=65534", "--regid=65534", "--clear-groups", binary,
+          "--socket", socket_, "--backend", backend_, "--model_root", root_,
+          "--preload", "tiny=" + model_path_},
+      dir_.path());
+  testing::RunResult ready =
+      RunProcess({BinaryPath("daemon/ctl/warmstartctl"), "wait-ready",
+                  "--timeout", "30", "--socket", socket_});
+  ASSERT_EQ(ready.exit_code, 0) << ready.err << daemon_->Stderr();
+
+  std::string session;
+  const int never_read = OpenSession(&session);
+  grpc::Status refused;
+  int granted = 0;
+  for (int i = 0; i < 400; ++i) {
+    grpc::ClientContext context;
+    context.AddMetadata("warmstart-session", session);
+    v1::AcquireModelRequest request;
+    request.set_name("tiny");
+    v1::Lease lease;
+    grpc::Status status = Stub()->AcquireModel(&context, request, &lease);
+    if (!status.ok()) {
+      refused = status;
+      break;
+    }
+    ++granted;
+  }
+  // The daemon gave up on that session long before the kernel's limit, and
+  // said why.
+  EXPECT_LT(granted, 256);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << refused.error_message();
+  EXPECT_THAT(refused.error_message(),
+              HasSubstr("descriptor bundles unread on the handle socket"));
+
+  // Everyone else still acquires, through the client library.
+  testing::RunResult other =
+      RunProcess({BinaryPath("client/examples/map_model"), "--socket", socket_,
+                  "--model", "tiny", "--cycles", "20"});
+  EXPECT_EQ(other.exit_code, 0) << other.out << other.err << daemon_->Stderr();
+  EXPECT_THAT(other.out, HasSubstr("\"event\":\"cycles\""));
+  ::close(never_read);
 }
 
 TEST_F(DaemonProtocolTest, ClientReconnectsAfterADaemonRestart) {

@@ -121,15 +121,18 @@ class Daemon:
     WORKDIR/daemon.log; stopped (SIGKILL at worst) by stop().
 
     `args` follow --socket and --backend `backend` on the command line;
-    `env` adds variables to the daemon's environment (NATIVE_ENV). With
-    `wait`, the constructor returns once `warmstartctl wait-ready` does.
+    `env` adds variables to the daemon's environment (NATIVE_ENV); `prefix`
+    is a command that execs the daemon (["prlimit", "--nofile=256:256",
+    "--"], say: the process keeps the daemon's pid). With `wait`, the
+    constructor returns once `warmstartctl wait-ready` does.
     """
 
-    def __init__(self, workdir, *args, wait=True, backend="host", env=None):
+    def __init__(self, workdir, *args, wait=True, backend="host", env=None,
+                 prefix=()):
         self.workdir = workdir
         self.socket = os.path.join(workdir, "d.sock")
-        self.args = [DAEMON, "--socket", self.socket, "--backend", backend,
-                     *args]
+        self.args = [*prefix, DAEMON, "--socket", self.socket, "--backend",
+                     backend, *args]
         self.env = dict(NATIVE_ENV, **(env or {}))
         self.log_path = os.path.join(workdir, "daemon.log")
         self.start(wait)

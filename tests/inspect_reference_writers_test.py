@@ -228,3 +228,42 @@ def test_large_sparse_file_lists_without_reading_data(tmp):
         f.truncate(8 + len(header) + nbytes)
     [file] = inspect_files(path, extra=())
     assert file["tensors"][0]["nbytes"] == nbytes
+
+
+# Q8_1 is 36 bytes a block in ggml (two f16 and 32 int8); gguf-py still
+# says 40, the 2023 layout (daemon/formats/spec/GGUF_FORMAT.md, §6 note 1).
+GGUF_PY_SIZE_DIFFERS = {"Q8_1"}
+
+
+def test_every_ggml_type_gguf_py_knows(tmp):
+    # Before, files using types newer than the reader's table (NVFP4,
+    # Q1_0) were refused as "not supported". Each type gguf-py 0.19 knows is
+    # written by gguf-py as two rows of one block; inspect must name it and
+    # size it as gguf-py does.
+    from gguf.constants import GGML_QUANT_SIZES
+    path = os.path.join(tmp, "types.gguf")
+    writer = gguf.GGUFWriter(path, "test")
+    written = {}
+    for qtype in gguf.GGMLQuantizationType:
+        if qtype.name in GGUF_PY_SIZE_DIFFERS:
+            continue
+        block, type_size = GGML_QUANT_SIZES[qtype]
+        data = (np.arange(2 * type_size) % 251).astype(np.uint8)
+        data = data.reshape(2, type_size)
+        name = "t." + qtype.name.lower()
+        writer.add_tensor(name, data, raw_shape=data.shape, raw_dtype=qtype)
+        written[name] = (qtype.name, block, type_size, data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert {"t.nvfp4", "t.q1_0", "t.mxfp4"} <= set(written)
+
+    [file] = inspect_files(path)
+    got = {t["name"]: t for t in file["tensors"]}
+    assert set(got) == set(written)
+    for name, (dtype, block, type_size, data) in written.items():
+        assert got[name]["dtype"] == dtype, name
+        assert got[name]["shape"] == [2, block], name
+        assert got[name]["nbytes"] == 2 * type_size, name
+        assert got[name]["sha256"] == sha256(data), name

@@ -12,7 +12,17 @@ namespace warmstart {
 // message is "<context>: <strerror> (errno N)". `error_number` may be negative
 // (io_uring completions); its absolute value is used. REQUIRES: error_number !=
 // 0.
+//
+// The errors a disk, a filesystem or a network filesystem reports for data
+// it cannot deliver (EIO, EUCLEAN, EBADMSG, EREMOTEIO, ESTALE, ENOMEDIUM,
+// EMEDIUMTYPE) are DataLoss, their message ending "(errno N; an I/O error
+// of the storage)": the marker survives gRPC, where payloads do not, so
+// IsIoError recognises them on either side.
 absl::Status ErrnoToStatus(int error_number, absl::string_view context);
+
+// Whether `status` is an I/O error of the storage from ErrnoToStatus (here or
+// in the daemon, across gRPC).
+bool IsIoError(const absl::Status& status);
 
 }  // namespace warmstart
 

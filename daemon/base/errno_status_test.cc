@@ -40,6 +40,26 @@ TEST(ErrnoToStatusTest, AcceptsNegatedIoUringResults) {
       StatusIs(absl::StatusCode::kPermissionDenied, HasSubstr("(errno 1)")));
 }
 
+TEST(ErrnoToStatusTest, StorageErrorsAreIoErrorsRecognisedAcrossGrpc) {
+  // EUCLEAN (a corrupt filesystem) was UNKNOWN, and EIO indistinguishable
+  // from a malformed file: both are now I/O errors, by code and marker.
+  for (int e : {EIO, EUCLEAN, EBADMSG, EREMOTEIO, ESTALE}) {
+    const absl::Status status = ErrnoToStatus(e, "read /m/x.safetensors");
+    EXPECT_THAT(status,
+                StatusIs(absl::StatusCode::kDataLoss,
+                         AllOf(HasSubstr("read /m/x.safetensors: "),
+                               HasSubstr("an I/O error of the storage"))))
+        << e;
+    EXPECT_TRUE(IsIoError(status)) << e;
+    // Only the code and the message cross gRPC.
+    EXPECT_TRUE(
+        IsIoError(absl::Status(status.code(), std::string(status.message()))));
+  }
+  EXPECT_FALSE(IsIoError(absl::DataLossError("SHA-256 mismatch")));
+  EXPECT_FALSE(IsIoError(ErrnoToStatus(ENOENT, "x")));
+  EXPECT_FALSE(IsIoError(absl::OkStatus()));
+}
+
 TEST(ErrnoToStatusTest, UnknownErrnoIsUnknownWithNumber) {
   EXPECT_THAT(ErrnoToStatus(4000, "ctx"),
               StatusIs(absl::StatusCode::kUnknown, HasSubstr("errno 4000")));

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <linux/openat2.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -31,16 +32,63 @@ absl::Status OpenError(int error_number, const std::string& path) {
   return ErrnoToStatus(error_number, absl::StrCat("open ", path));
 }
 
+// Whether an open with `flags` must yield a regular file: everything but
+// O_PATH (which opens nothing) and O_DIRECTORY (which the kernel checks).
+bool WantsRegularFile(int flags) {
+  return (flags & (O_PATH | O_DIRECTORY)) == 0;
+}
+
+// The flags actually passed to the kernel. Opening a FIFO for reading
+// blocks until a writer appears (forever, for a FIFO nobody writes), and
+// some character devices block in open too; O_NONBLOCK makes both return at
+// once, so the type can be checked on the descriptor without a race.
+int KernelFlags(int flags) {
+  return flags | O_CLOEXEC | (WantsRegularFile(flags) ? O_NONBLOCK : 0);
+}
+
+const char* FileTypeName(mode_t mode) {
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISSOCK(mode)) return "a socket";
+  return "of an unknown type";
+}
+
+// Checks that `fd`, just opened from `path` with the caller's `flags`, is a
+// regular file when one is wanted, and takes back the O_NONBLOCK that
+// KernelFlags added (it means nothing for reads of a regular file, but a
+// caller that did not ask for it should not find it on its descriptor).
+absl::StatusOr<ScopedFd> CheckOpened(ScopedFd fd, const std::string& path,
+                                     int flags) {
+  if (!WantsRegularFile(flags)) return fd;
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) {
+    return ErrnoToStatus(errno, absl::StrCat("fstat ", path));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": not a regular file (", FileTypeName(st.st_mode), ")"));
+  }
+  if ((flags & O_NONBLOCK) == 0) {
+    const int current = ::fcntl(fd.get(), F_GETFL);
+    if (current < 0 || ::fcntl(fd.get(), F_SETFL, current & ~O_NONBLOCK) != 0) {
+      return ErrnoToStatus(errno, absl::StrCat("fcntl ", path));
+    }
+  }
+  return fd;
+}
+
 class PlainOpener : public FileOpener {
  public:
   absl::StatusOr<ScopedFd> Open(const std::string& path,
                                 int flags) const override {
     int fd;
     do {
-      fd = ::open(path.c_str(), flags | O_CLOEXEC);
+      fd = ::open(path.c_str(), KernelFlags(flags));
     } while (fd < 0 && errno == EINTR);
     if (fd < 0) return OpenError(errno, path);
-    return ScopedFd(fd);
+    return CheckOpened(ScopedFd(fd), path, flags);
   }
 };
 
@@ -138,7 +186,7 @@ absl::StatusOr<ScopedFd> BeneathRootsOpener::Open(const std::string& path,
 
   struct open_how how = {};
   how.flags =
-      static_cast<uint64_t>(static_cast<unsigned int>(flags)) | O_CLOEXEC;
+      static_cast<uint64_t>(static_cast<unsigned int>(KernelFlags(flags)));
   how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
   long fd;  // NOLINT(runtime/int): syscall() returns long.
   int race_retries = 0;
@@ -150,7 +198,7 @@ absl::StatusOr<ScopedFd> BeneathRootsOpener::Open(const std::string& path,
     if (errno == EAGAIN && ++race_retries <= kMaxRaceRetries) continue;
     break;
   }
-  if (fd >= 0) return ScopedFd(static_cast<int>(fd));
+  if (fd >= 0) return CheckOpened(ScopedFd(static_cast<int>(fd)), path, flags);
   switch (errno) {
     case EXDEV:
     case ELOOP:

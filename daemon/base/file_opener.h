@@ -28,7 +28,14 @@ class FileOpener {
   // Opens the absolute `path` with the open(2) `flags` (O_CLOEXEC is always
   // added; flags that create files are not for model data). The caller owns
   // the returned descriptor.
-  // Errors: the errno status naming the path ("open <path>: ..."), and what
+  //
+  // Unless `flags` has O_PATH or O_DIRECTORY, only a regular file opens:
+  // the open itself is made with O_NONBLOCK, so that a FIFO or a device
+  // under a model root can never block the calling thread, the result is
+  // checked with fstat, and O_NONBLOCK is cleared again (unless asked for).
+  // Errors: the errno status naming the path ("open <path>: ...");
+  // InvalidArgument "<path>: not a regular file (a FIFO)" (or a character
+  // device, a socket, ...) for anything else than a regular file; and what
   // each implementation adds below.
   virtual absl::StatusOr<ScopedFd> Open(const std::string& path,
                                         int flags) const = 0;

@@ -7,7 +7,10 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <thread>
 
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
 #include "daemon/base/testing/status_matchers.h"
 #include "daemon/base/testing/test_env.h"
 #include "gmock/gmock.h"
@@ -37,6 +40,33 @@ bool CloseOnExec(const ScopedFd& fd) {
   return (::fcntl(fd.get(), F_GETFD) & FD_CLOEXEC) != 0;
 }
 
+bool NonBlocking(const ScopedFd& fd) {
+  return (::fcntl(fd.get(), F_GETFL) & O_NONBLOCK) != 0;
+}
+
+// Opens `path` (a FIFO nobody writes) with `opener` on another thread and
+// returns the result. Where the open blocks (the bug: a FIFO under a model
+// root hung a handler thread forever) the test fails instead of hanging:
+// after a generous wait a writer is opened, which releases the reader.
+absl::StatusOr<ScopedFd> OpenFifoWithoutHanging(const FileOpener& opener,
+                                                const std::string& path) {
+  absl::StatusOr<ScopedFd> result = absl::UnknownError("not run");
+  absl::Notification done;
+  std::thread opening([&] {
+    result = opener.Open(path, O_RDONLY);
+    done.Notify();
+  });
+  if (!done.WaitForNotificationWithTimeout(absl::Seconds(60))) {
+    ADD_FAILURE() << "opening the FIFO " << path << " blocked";
+    const int writer = ::open(path.c_str(), O_WRONLY | O_NONBLOCK);
+    opening.join();
+    if (writer >= 0) ::close(writer);
+    return absl::DeadlineExceededError("blocked");
+  }
+  opening.join();
+  return result;
+}
+
 // A temporary directory holding "root" (the allowed model root) and
 // "other" (outside it), each with a file.
 class BeneathRootsOpenerTest : public ::testing::Test {
@@ -64,6 +94,26 @@ TEST_F(BeneathRootsOpenerTest, OpensAFileInsideTheRoot) {
                        opener_->Open(root_ + "/model.bin", O_RDONLY));
   EXPECT_EQ(ReadAll(fd), "inside");
   EXPECT_TRUE(CloseOnExec(fd));
+}
+
+TEST_F(BeneathRootsOpenerTest, RefusesAFifoWithoutBlocking) {
+  const std::string fifo = root_ + "/model.safetensors";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0644), 0);
+  EXPECT_THAT(OpenFifoWithoutHanging(*opener_, fifo),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr(fifo + ": not a regular file (a FIFO)")));
+}
+
+TEST_F(BeneathRootsOpenerTest, RefusesADirectoryOpenedAsAFile) {
+  EXPECT_THAT(opener_->Open(root_ + "/nested", O_RDONLY),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("not a regular file (a directory)")));
+}
+
+TEST_F(BeneathRootsOpenerTest, ARegularFileComesBackBlocking) {
+  ASSERT_OK_AND_ASSIGN(ScopedFd fd,
+                       opener_->Open(root_ + "/model.bin", O_RDONLY));
+  EXPECT_FALSE(NonBlocking(fd));
 }
 
 TEST_F(BeneathRootsOpenerTest, OpensAFileInANestedDirectory) {
@@ -221,6 +271,18 @@ TEST(PlainFileOpenerTest, OpensAnyPathCloseOnExec) {
   EXPECT_THAT(PlainFileOpener().Open(dir.Join("absent"), O_RDONLY),
               StatusIs(absl::StatusCode::kNotFound,
                        StartsWith("open " + dir.Join("absent") + ": ")));
+}
+
+TEST(PlainFileOpenerTest, RefusesAFifoWithoutBlocking) {
+  testing::ShortTempDir dir;
+  ASSERT_EQ(::mkfifo(dir.Join("fifo").c_str(), 0644), 0);
+  EXPECT_THAT(OpenFifoWithoutHanging(PlainFileOpener(), dir.Join("fifo")),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("not a regular file (a FIFO)")));
+  WriteFile(dir.Join("f"), "plain");
+  ASSERT_OK_AND_ASSIGN(ScopedFd fd,
+                       PlainFileOpener().Open(dir.Join("f"), O_RDONLY));
+  EXPECT_FALSE(NonBlocking(fd));
 }
 
 }  // namespace

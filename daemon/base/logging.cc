@@ -3,6 +3,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
+#include "daemon/base/printable.h"
+#include "spdlog/pattern_formatter.h"
 #include "spdlog/sinks/stdout_sinks.h"
 
 namespace warmstart {
@@ -22,7 +24,8 @@ class JsonFormatter : public spdlog::formatter {
         absl::StrFormat("%06d", seconds % 1000000), ",\"level\":\"",
         spdlog::level::to_string_view(msg.level).data(), "\",\"component\":\"",
         Escape({msg.logger_name.data(), msg.logger_name.size()}),
-        "\",\"msg\":\"", Escape({msg.payload.data(), msg.payload.size()}),
+        "\",\"msg\":\"",
+        Escape(PrintableLines({msg.payload.data(), msg.payload.size()})),
         "\"}\n");
     dest.append(out.data(), out.data() + out.size());
   }
@@ -57,6 +60,29 @@ class JsonFormatter : public spdlog::formatter {
   }
 };
 
+// The text pattern, over a payload made printable: messages carry file and
+// tensor names, and a newline or an escape sequence in one must neither
+// forge a log line nor reach an operator's terminal.
+class TextFormatter : public spdlog::formatter {
+ public:
+  TextFormatter()
+      : pattern_(std::make_unique<spdlog::pattern_formatter>(kTextPattern)) {}
+  void format(const spdlog::details::log_msg& msg,
+              spdlog::memory_buf_t& dest) override {
+    const std::string shown =
+        Printable({msg.payload.data(), msg.payload.size()});
+    spdlog::details::log_msg escaped = msg;
+    escaped.payload = spdlog::string_view_t(shown.data(), shown.size());
+    pattern_->format(escaped, dest);
+  }
+  std::unique_ptr<spdlog::formatter> clone() const override {
+    return std::make_unique<TextFormatter>();
+  }
+
+ private:
+  std::unique_ptr<spdlog::pattern_formatter> pattern_;
+};
+
 LogFormat g_format = LogFormat::kText;
 spdlog::level::level_enum g_level = spdlog::level::info;
 
@@ -64,7 +90,7 @@ void Configure(spdlog::logger& logger) {
   if (g_format == LogFormat::kJson) {
     logger.set_formatter(std::make_unique<JsonFormatter>());
   } else {
-    logger.set_pattern(kTextPattern);
+    logger.set_formatter(std::make_unique<TextFormatter>());
   }
   logger.set_level(g_level);
 }

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <string>
 
@@ -59,6 +60,24 @@ TEST(LoggingTest, TextLinesNameTheComponent) {
   });
   EXPECT_THAT(out, HasSubstr("info [text-test] loaded 3 tensors"));
   EXPECT_THAT(out, ::testing::Not(HasSubstr("hidden")));
+}
+
+TEST(LoggingTest, ControlCharactersInNamesNeverReachTheLogRaw) {
+  // A model file named with a newline forged a log line, and one with an
+  // escape sequence rewrote the terminal of whoever read the log.
+  ASSERT_OK(InitLogging(LogFormat::kText, "info"));
+  std::string out = CaptureStderr([] {
+    Logger("text-test")->info("loading {}", "/m/a\ninfo [daemon] ok\x1b[2J");
+  });
+  EXPECT_THAT(out, HasSubstr("loading /m/a\\x0ainfo [daemon] ok\\x1b[2J\n"));
+  EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1);
+  EXPECT_EQ(out.find('\x1b'), std::string::npos);
+
+  ASSERT_OK(InitLogging(LogFormat::kJson, "info"));
+  out = CaptureStderr(
+      [] { Logger("json-test")->info("name {}", "a\x1b[2J\xff"); });
+  EXPECT_THAT(out, HasSubstr("name a\\\\x1b[2J\\\\xff"));
+  ASSERT_OK(InitLogging(LogFormat::kText, "info"));
 }
 
 TEST(LoggingTest, JsonLinesAreEscaped) {

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "absl/strings/numbers.h"
+#include "daemon/base/printable.h"
 #include "daemon/bench/bench.h"
 #include "daemon/device/cuda_device.h"
 #include "daemon/device/cuda_driver.h"
@@ -16,7 +17,8 @@ namespace ctl {
 namespace {
 
 int Fail(int code, const std::string& message) {
-  std::fprintf(stderr, "warmstartctl: %s\n", message.c_str());
+  // Messages carry file and tensor names, which may hold any byte.
+  std::fprintf(stderr, "warmstartctl: %s\n", Printable(message).c_str());
   return code;
 }
 

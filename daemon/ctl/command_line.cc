@@ -4,6 +4,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "daemon/base/errno_status.h"
 #include "daemon/formats/tensor_data.h"
 
 namespace warmstart {
@@ -11,6 +12,7 @@ namespace ctl {
 
 int ExitCodeFor(const absl::Status& status) {
   if (IsChecksumMismatch(status)) return kExitChecksum;
+  if (IsIoError(status)) return kExitIoError;
   switch (status.code()) {
     case absl::StatusCode::kNotFound:
       return kExitNotFound;

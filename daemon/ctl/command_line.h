@@ -24,12 +24,13 @@ enum ExitCode {
   kExitRefused = 5,
   kExitTimeout = 6,
   kExitChecksum = 7,
+  kExitIoError = 8,
 };
 
 // The exit status for a failed command: a stored checksum that does not
-// match 7, NotFound 4, PermissionDenied and ResourceExhausted (refused) 5,
-// Unavailable 3, DeadlineExceeded 6, anything else 2 (malformed input, and
-// read errors, which the table has no status of their own for).
+// match 7, an I/O error of the storage (IsIoError: EIO, EUCLEAN, ...) 8,
+// NotFound 4, PermissionDenied and ResourceExhausted (refused) 5,
+// Unavailable 3, DeadlineExceeded 6, anything else 2 (malformed input).
 int ExitCodeFor(const absl::Status& status);
 
 // The exit status for a failed call to the daemon: as ExitCodeFor, and the

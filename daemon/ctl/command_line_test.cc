@@ -1,7 +1,9 @@
 #include "daemon/ctl/command_line.h"
 
+#include <cerrno>
 #include <cstdlib>
 
+#include "daemon/base/errno_status.h"
 #include "daemon/base/testing/status_matchers.h"
 #include "daemon/formats/tensor_data.h"
 
@@ -110,6 +112,17 @@ TEST(ExitCodeForTest, FollowsTheTable) {
   absl::Status mismatch = absl::DataLossError("SHA-256 mismatch");
   mismatch.SetPayload(kChecksumMismatchPayload, absl::Cord());
   EXPECT_EQ(ExitCodeFor(mismatch), kExitChecksum);
+}
+
+TEST(ExitCodeForTest, IoErrorsHaveTheirOwnExitCode) {
+  // They were 2, "malformed input", which sends an operator after the file
+  // instead of the disk.
+  EXPECT_EQ(ExitCodeFor(ErrnoToStatus(EIO, "read /m/x")), kExitIoError);
+  EXPECT_EQ(ExitCodeFor(ErrnoToStatus(EUCLEAN, "read /m/x")), kExitIoError);
+  const absl::Status from_daemon = ErrnoToStatus(EIO, "read /m/x");
+  EXPECT_EQ(ExitCodeForDaemonCall(absl::Status(
+                from_daemon.code(), std::string(from_daemon.message()))),
+            kExitIoError);
 }
 
 TEST(ExitCodeForTest, DaemonRefusalsAreExit5) {

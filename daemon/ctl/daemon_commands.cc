@@ -8,9 +8,11 @@
 #include <thread>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "client/client.h"
+#include "daemon/base/printable.h"
 #include "daemon/ctl/progress.h"
 #include "nlohmann/json.hpp"
 
@@ -25,7 +27,8 @@ std::string SocketPath(const CommandLine& line) {
 }
 
 int Fail(int code, const std::string& message) {
-  std::fprintf(stderr, "warmstartctl: %s\n", message.c_str());
+  // Messages carry file and tensor names, which may hold any byte.
+  std::fprintf(stderr, "warmstartctl: %s\n", Printable(message).c_str());
   return code;
 }
 
@@ -206,7 +209,9 @@ int RunStats(const CommandLine& line) {
     for (const v1::DeviceStats& device : stats->devices()) {
       out["devices"].push_back({{"uuid", device.uuid()},
                                 {"resident_bytes", device.resident_bytes()},
-                                {"budget_bytes", device.budget_bytes()}});
+                                {"budget_bytes", device.budget_bytes()},
+                                {"free_bytes", device.free_bytes()},
+                                {"retained_bytes", device.retained_bytes()}});
     }
     for (const auto& [name, value] : metrics) {
       out["metrics"][name] = MetricJson(value);
@@ -224,8 +229,17 @@ int RunStats(const CommandLine& line) {
           100.0 * static_cast<double>(device.resident_bytes()) /
               static_cast<double>(device.budget_bytes()));
     }
-    std::printf("device %s: %s resident, %s\n", device.uuid().c_str(),
-                FormatBytes(device.resident_bytes()).c_str(), budget.c_str());
+    std::string extra;
+    if (device.free_bytes() > 0) {
+      extra += absl::StrCat(", ", FormatBytes(device.free_bytes()), " free");
+    }
+    if (device.retained_bytes() > 0) {
+      extra += absl::StrCat(", ", FormatBytes(device.retained_bytes()),
+                            " still mapped by clients after unload");
+    }
+    std::printf("device %s: %s resident, %s%s\n", device.uuid().c_str(),
+                FormatBytes(device.resident_bytes()).c_str(), budget.c_str(),
+                extra.c_str());
   }
   if (!metrics.empty()) {
     size_t width = 0;

@@ -8,6 +8,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "daemon/base/printable.h"
 #include "daemon/base/status_macros.h"
 #include "daemon/formats/byte_source.h"
 #include "daemon/formats/checkpoint.h"
@@ -103,8 +104,8 @@ absl::Status InspectPath(const std::string& path, const InspectOptions& options,
         if (sha256.has_value()) entry["sha256"] = *sha256;
         tensors.push_back(std::move(entry));
       } else {
-        absl::StrAppend(&rows, "  ", tensor.name, "  ", tensor.dtype, " ",
-                        ShapeText(tensor.shape), "  ", tensor.nbytes,
+        absl::StrAppend(&rows, "  ", Printable(tensor.name), "  ", tensor.dtype,
+                        " ", ShapeText(tensor.shape), "  ", tensor.nbytes,
                         " bytes at ", tensor.offset,
                         tensor.is_meta() ? " (meta: zeros)" : "",
                         tensor.encryption.has_value() ? " (encrypted)" : "",
@@ -122,13 +123,13 @@ absl::Status InspectPath(const std::string& path, const InspectOptions& options,
       }
       json_files.push_back(std::move(entry));
     } else {
-      absl::StrAppend(&text, file.path, ": ", FormatName(file.format),
-                      file.format_version.has_value()
-                          ? absl::StrCat(" version ", *file.format_version)
-                          : "",
-                      file.big_endian ? " (big-endian)" : "", ", ",
-                      file.tensors.size(), " tensors, ", total_bytes,
-                      " bytes\n", rows);
+      absl::StrAppend(
+          &text, Printable(file.path), ": ", FormatName(file.format),
+          file.format_version.has_value()
+              ? absl::StrCat(" version ", *file.format_version)
+              : "",
+          file.big_endian ? " (big-endian)" : "", ", ", file.tensors.size(),
+          " tensors, ", total_bytes, " bytes\n", rows);
       if (!file.metadata.empty()) {
         absl::StrAppend(
             &text, "  metadata: ",
@@ -161,7 +162,7 @@ int RunInspect(const CommandLine& line) {
   auto keys = KeysFromCommandLine(line);
   if (!keys.ok()) {
     std::fprintf(stderr, "warmstartctl: %s\n",
-                 std::string(keys.status().message()).c_str());
+                 Printable(keys.status().message()).c_str());
     return ExitCodeFor(keys.status());
   }
 
@@ -173,7 +174,7 @@ int RunInspect(const CommandLine& line) {
         InspectPath(path, options, **keys, files, text, verified);
     if (!status.ok()) {
       std::fprintf(stderr, "warmstartctl: %s\n",
-                   std::string(status.message()).c_str());
+                   Printable(status.message()).c_str());
       return ExitCodeFor(status);
     }
   }
@@ -183,7 +184,9 @@ int RunInspect(const CommandLine& line) {
         "%s\n",
         out.dump(2, ' ', false, Json::error_handler_t::replace).c_str());
   } else {
-    std::fputs(text.c_str(), stdout);
+    // Tensor and file names may hold any byte: none reaches the terminal
+    // raw.
+    std::fputs(PrintableLines(text).c_str(), stdout);
     if (options.verify) {
       std::printf("verified %llu stored checksums: all match\n",
                   static_cast<unsigned long long>(verified));

@@ -15,6 +15,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "client/client.h"
+#include "daemon/base/printable.h"
 #include "daemon/ctl/progress.h"
 #include "nlohmann/json.hpp"
 
@@ -27,7 +28,8 @@ using Json = nlohmann::ordered_json;
 constexpr double kMiB = 1024.0 * 1024.0;
 
 int Fail(int code, const std::string& message) {
-  std::fprintf(stderr, "warmstartctl: %s\n", message.c_str());
+  // Messages carry file and tensor names, which may hold any byte.
+  std::fprintf(stderr, "warmstartctl: %s\n", Printable(message).c_str());
   return code;
 }
 
@@ -333,7 +335,7 @@ int RunList(const CommandLine& line) {
     rows.push_back({model.name(), StateName(model.state()),
                     HumanBytes(model.bytes_total()),
                     std::to_string(model.leases()), Devices(model),
-                    model.path()});
+                    Printable(model.path())});
   }
   std::vector<size_t> widths(rows[0].size(), 0);
   for (const auto& row : rows) {
@@ -369,7 +371,7 @@ int RunStatus(const CommandLine& line) {
     return kExitOk;
   }
   std::printf("%s: %s\n", model->name().c_str(), StateName(model->state()));
-  std::printf("  path:     %s\n", model->path().c_str());
+  std::printf("  path:     %s\n", Printable(model->path()).c_str());
   std::printf("  loaded:   %.1f of %.1f MiB\n", model->bytes_loaded() / kMiB,
               model->bytes_total() / kMiB);
   if (model->state() == v1::LOADING) {
@@ -386,7 +388,7 @@ int RunStatus(const CommandLine& line) {
   std::printf("  layout:   %s\n", LayoutName(model->layout()));
   if (model->pinned()) std::printf("  pinned (a preload; never evicted)\n");
   if (!model->error().empty()) {
-    std::printf("  error:    %s\n", model->error().c_str());
+    std::printf("  error:    %s\n", Printable(model->error()).c_str());
   }
   return kExitOk;
 }
@@ -404,8 +406,9 @@ int RunUnload(const CommandLine& line) {
   if (line.Has("--json")) {
     PrintJson(ModelJson(*model));
   } else if (model->state() == v1::UNLOADING && model->leases() > 0) {
-    std::printf("%s unloading: freed when its %u leases are released\n",
-                name.c_str(), model->leases());
+    std::printf(
+        "%s unloaded; its memory is freed when its %u leases are released\n",
+        name.c_str(), model->leases());
   } else {
     std::printf("%s unloaded\n", name.c_str());
   }

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "daemon/base/printable.h"
 #include "daemon/base/version.h"
 #include "daemon/ctl/bench_command.h"
 #include "daemon/ctl/command_line.h"
@@ -165,7 +166,8 @@ rate and ETA on a terminal, a line a second otherwise.
        "stats",
        "models, leases, sessions, device memory and metrics",
        R"(      --json               one JSON object: models, leases, sessions,
-                           devices [{uuid, resident_bytes, budget_bytes}],
+                           devices [{uuid, resident_bytes, budget_bytes,
+                           free_bytes, retained_bytes}],
                            metrics {name: value}
 )",
        true},
@@ -200,7 +202,8 @@ std::string Usage() {
       "      --version            print the version and exit\n"
       "      --help               print this help and exit\n"
       "\nexit status: 0 fine, 1 usage, 2 malformed input, 3 daemon "
-      "unavailable,\n4 not found, 5 refused, 6 timeout, 7 checksum mismatch\n");
+      "unavailable,\n4 not found, 5 refused, 6 timeout, 7 checksum mismatch, 8 "
+      "I/O error\n");
   return text;
 }
 
@@ -211,7 +214,8 @@ std::string CommandHelp(const Command& command) {
 }
 
 int UsageError(const std::string& message) {
-  std::fprintf(stderr, "warmstartctl: %s (see --help)\n", message.c_str());
+  std::fprintf(stderr, "warmstartctl: %s (see --help)\n",
+               Printable(message).c_str());
   return kExitUsage;
 }
 

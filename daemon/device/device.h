@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -55,6 +56,22 @@ class DeviceAllocation {
   virtual ExportedMemory Export() const = 0;
 };
 
+// What a device has left, as far as it can tell.
+struct DeviceMemory {
+  // Bytes that may still be allocated now (host: the least of MemAvailable
+  // and what every memory cgroup limit of the process leaves); nullopt when
+  // unknown. Memory a client still maps after the daemon freed it is
+  // counted as used.
+  std::optional<uint64_t> free_bytes;
+  // Shared memory charged to the daemon (host: shmem of its memory cgroup):
+  // its models' pages and those clients keep after they were freed; 0 when
+  // unknown.
+  uint64_t shared_bytes = 0;
+  // Where the figures come from, for messages ("the memory cgroup limit
+  // /sys/fs/cgroup/memory/x/memory.limit_in_bytes (1879048192 bytes)").
+  std::string source;
+};
+
 // Thread safety: implementations are thread-safe.
 class Device {
  public:
@@ -96,6 +113,11 @@ class Device {
 
   // Waits until every copy issued so far has completed.
   virtual absl::Status Synchronize() = 0;
+
+  // What the device has left. The registry reads it under its lock when it
+  // reserves room for a load, so concurrent loads cannot both take the
+  // same free memory. Cheap: a few small files at most.
+  virtual DeviceMemory Memory() const { return DeviceMemory(); }
 };
 
 }  // namespace warmstart

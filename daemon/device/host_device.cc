@@ -18,6 +18,7 @@
 #include "daemon/base/logging.h"
 #include "daemon/base/metrics.h"
 #include "daemon/base/scoped_fd.h"
+#include "daemon/device/cgroup_memory.h"
 
 namespace warmstart {
 namespace {
@@ -160,6 +161,11 @@ class HostAllocation : public DeviceAllocation {
                     F_SEAL_SEAL) != 0) {
       return ErrnoToStatus(errno, "seal host memory");
     }
+    // The daemon's own mapping was the last writable one: a stray write in
+    // the daemon must not change what every client maps as read-only.
+    if (::mprotect(data_, size_, PROT_READ) != 0) {
+      return ErrnoToStatus(errno, "make host memory read-only");
+    }
     return absl::OkStatus();
   }
 
@@ -178,41 +184,52 @@ class HostAllocation : public DeviceAllocation {
   std::unique_ptr<Prefaulter> prefaulter_;
 };
 
-// A number from a one-line file such as /sys/fs/cgroup/memory.max; 0 when
-// absent or "max".
-uint64_t ReadNumberFile(const char* path) {
-  std::FILE* file = std::fopen(path, "re");
-  if (file == nullptr) return 0;
-  unsigned long long value = 0;
-  if (std::fscanf(file, "%llu", &value) != 1) value = 0;
-  std::fclose(file);
-  return static_cast<uint64_t>(value);
-}
-
-// How much memory this process can still take: MemAvailable, lowered to
-// what is left under the cgroup's limit (a pod's memory limit is far below
-// the node's free memory). 0 when unknown.
-uint64_t AvailableMemoryBytes() {
+// MemAvailable from `meminfo`, in bytes; 0 when unknown.
+uint64_t MemAvailableBytes(const std::string& meminfo) {
   uint64_t available = 0;
-  if (std::FILE* meminfo = std::fopen("/proc/meminfo", "re")) {
+  if (std::FILE* file = std::fopen(meminfo.c_str(), "re")) {
     char line[256];
     unsigned long long kib = 0;
-    while (std::fgets(line, sizeof(line), meminfo) != nullptr) {
+    while (std::fgets(line, sizeof(line), file) != nullptr) {
       if (std::sscanf(line, "MemAvailable: %llu kB", &kib) == 1) break;
     }
-    std::fclose(meminfo);
+    std::fclose(file);
     available = static_cast<uint64_t>(kib) * 1024;
-  }
-  const uint64_t limit = ReadNumberFile("/sys/fs/cgroup/memory.max");
-  const uint64_t used = ReadNumberFile("/sys/fs/cgroup/memory.current");
-  if (limit != 0) {
-    const uint64_t left = limit > used ? limit - used : 0;
-    if (available == 0 || left < available) available = left;
   }
   return available;
 }
 
 }  // namespace
+
+DeviceMemory HostDevice::Memory() const {
+  DeviceMemory memory;
+  const uint64_t available = MemAvailableBytes(options_.meminfo);
+  if (available != 0) {
+    memory.free_bytes = available;
+    memory.source = absl::StrCat("MemAvailable (", available, " bytes)");
+  }
+  absl::StatusOr<CgroupMemory> cgroup =
+      ReadCgroupMemory(options_.cgroup_root, options_.self_cgroup);
+  if (!cgroup.ok()) {
+    // Without the figures the per-allocation checks and fallocate still
+    // turn a shortage into an error; say once why the limit is unknown.
+    static std::atomic<bool> warned{false};
+    if (!warned.exchange(true)) {
+      Logger("device")->warn("memory cgroup limits unknown: {}",
+                             cgroup.status().message());
+    }
+    return memory;
+  }
+  memory.shared_bytes = cgroup->shmem;
+  if (cgroup->limit != 0 &&
+      (!memory.free_bytes.has_value() || cgroup->free() < *memory.free_bytes)) {
+    memory.free_bytes = cgroup->free();
+    memory.source =
+        absl::StrCat("the memory cgroup limit ", cgroup->limit_file, " (",
+                     cgroup->limit, " bytes, ", cgroup->usage, " used)");
+  }
+  return memory;
+}
 
 absl::StatusOr<std::unique_ptr<DeviceAllocation>> HostDevice::Allocate(
     uint64_t bytes, const std::string& label) {
@@ -264,11 +281,11 @@ HostDevice::AllocateSmallPages(uint64_t size, const std::string& label) {
   const std::string name = absl::StrCat("warmstart:", label);
   // Shared memory has no limit of its own (and MemAvailable leaves out the
   // huge-page pool): check before reserving.
-  if (const uint64_t available = AvailableMemoryBytes();
-      available != 0 && size > available) {
+  if (const DeviceMemory memory = Memory();
+      memory.free_bytes.has_value() && size > *memory.free_bytes) {
     return absl::ResourceExhaustedError(
         absl::StrCat("host memory for ", label, ": ", size, " bytes wanted, ",
-                     available, " available"));
+                     *memory.free_bytes, " available under ", memory.source));
   }
   ScopedFd memfd(::memfd_create(name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING));
   if (!memfd.valid()) return ErrnoToStatus(errno, "memfd_create " + name);

@@ -29,6 +29,11 @@ struct HostDeviceOptions {
   bool huge_pages = true;
   // Threads that fault the pages of a new allocation in.
   unsigned prefault_threads = 2;
+  // Where the memory figures are read (tests give fake files): the cgroup
+  // file systems' root, this process's cgroup list and meminfo.
+  std::string cgroup_root = "/sys/fs/cgroup";
+  std::string self_cgroup = "/proc/self/cgroup";
+  std::string meminfo = "/proc/meminfo";
 };
 
 class HostDevice : public Device {
@@ -52,6 +57,8 @@ class HostDevice : public Device {
                     const char* source, uint64_t bytes,
                     std::function<void(absl::Status)> done) override;
   absl::Status Synchronize() override { return absl::OkStatus(); }
+  // MemAvailable and the memory cgroups' limits (v1 and v2).
+  DeviceMemory Memory() const override;
 
  private:
   // A memfd of `size` bytes in normal pages, reserved and faulted in by

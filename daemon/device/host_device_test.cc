@@ -74,6 +74,18 @@ TEST(HostDeviceTest, SealedMemoryCannotBeWrittenOrResizedThroughTheExport) {
   ::close(fd);
 }
 
+TEST(HostDeviceTest, TheDaemonKeepsNoWritableMappingOfASealedArena) {
+  // Before, the daemon kept its read-write mapping of every sealed arena:
+  // a stray write in the daemon changed what clients map read-only.
+  HostDevice device(HostDeviceOptions{});
+  ASSERT_OK_AND_ASSIGN(auto allocation, device.Allocate(1 << 20, "sealed"));
+  allocation->host_data()[0] = 42;
+  ASSERT_OK(allocation->Seal());
+  EXPECT_EQ(allocation->host_data()[0], 42);  // Still readable.
+  ::testing::FLAGS_gtest_death_test_style = "threadsafe";
+  EXPECT_DEATH(allocation->host_data()[0] = 7, "");
+}
+
 TEST(HostDeviceTest, AllocationBeyondMemoryIsResourceExhausted) {
   HostDevice device(HostDeviceOptions{.huge_pages = false});
   EXPECT_THAT(

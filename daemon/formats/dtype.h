@@ -4,8 +4,9 @@
 // get names of their own:
 //   C32          complex32: two float16 values (torch.complex32, tensorizer)
 //   C128         complex128: two float64 values (numpy <c16, tensorizer)
-//   Q4_0 ... MXFP4, IQ*, TQ*  GGUF block-quantized types, named as ggml names
-//                them; one "element" is one weight, stored in blocks.
+//   Q4_0 ... MXFP4, NVFP4, Q1_0, IQ*, TQ*  GGUF block-quantized types (the
+//                types gguf-py 0.19 knows), named as ggml names them; one
+//                "element" is one weight, stored in blocks.
 // A dtype's storage is described as blocks: `block_elements` elements take
 // `block_bytes` bytes (F32: 1 element in 4 bytes; F4: 2 in 1; Q4_0: 32 in 18).
 #ifndef WARMSTART_DAEMON_FORMATS_DTYPE_H_

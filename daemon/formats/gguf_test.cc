@@ -837,11 +837,12 @@ std::vector<MalformedCase> MalformedCases() {
        "ggml type 4 (Q4_2) was removed"},
       {"unsupported_ggml_type",
        [] {
+         // Q2_0 is in ggml but not in gguf-py 0.19, the reference followed.
          GgufBuilder b;
-         b.Header(1, 0).Tensor("t", {64}, 40, 0);
+         b.Header(1, 0).Tensor("t", {64}, 42, 0);
          return BadInput{b.bytes(), kHeader + 21};
        },
-       "ggml type 40 (NVFP4) is not supported"},
+       "ggml type 42 (Q2_0) is not supported"},
       {"row_not_whole_blocks",
        [] {
          GgufBuilder b;

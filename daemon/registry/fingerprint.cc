@@ -28,6 +28,8 @@ absl::StatusOr<FileFingerprint> FingerprintFile(const std::string& path,
   print.size = static_cast<uint64_t>(st.st_size);
   print.mtime_ns =
       int64_t{st.st_mtim.tv_sec} * 1'000'000'000 + st.st_mtim.tv_nsec;
+  print.ctime_ns =
+      int64_t{st.st_ctim.tv_sec} * 1'000'000'000 + st.st_ctim.tv_nsec;
 
   std::string head(std::min<uint64_t>(print.size, kHeaderHashBytes), '\0');
   size_t done = 0;
@@ -51,7 +53,7 @@ absl::StatusOr<FileFingerprint> FingerprintFile(const std::string& path,
 bool FileFingerprint::operator==(const FileFingerprint& other) const {
   return path == other.path && device == other.device && inode == other.inode &&
          size == other.size && mtime_ns == other.mtime_ns &&
-         header_sha256 == other.header_sha256;
+         ctime_ns == other.ctime_ns && header_sha256 == other.header_sha256;
 }
 
 absl::StatusOr<Fingerprint> FingerprintFiles(const Manifest& manifest,
@@ -86,6 +88,11 @@ std::string DescribeChange(const Fingerprint& before, const Fingerprint& now) {
     }
     if (a.header_sha256 != b.header_sha256) {
       return absl::StrCat(a.path, ": its header changed");
+    }
+    if (a.ctime_ns != b.ctime_ns) {
+      return absl::StrCat(a.path,
+                          " was changed since it was loaded (its ctime "
+                          "moved; its mtime may have been set back)");
     }
   }
   return "";

@@ -28,6 +28,9 @@ struct FileFingerprint {
   uint64_t inode = 0;
   uint64_t size = 0;
   int64_t mtime_ns = 0;
+  // The inode's change time: a rewrite past the first MiB with its mtime
+  // restored (touch -d, rsync -t) changes ctime, which no one can set back.
+  int64_t ctime_ns = 0;
   std::string header_sha256;  // Hex, of the first kHeaderHashBytes.
 
   bool operator==(const FileFingerprint& other) const;

@@ -1,6 +1,9 @@
 #include "daemon/registry/fingerprint.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "daemon/base/testing/status_matchers.h"
 #include "daemon/base/testing/test_env.h"
@@ -59,6 +62,40 @@ TEST(FingerprintTest, NamesWhatChanged) {
   Fingerprint replaced = before;
   replaced[0].inode += 1;
   EXPECT_THAT(DescribeChange(before, replaced), HasSubstr("replaced"));
+}
+
+TEST(FingerprintTest, ARewritePastTheHeaderWithItsMtimeRestoredIsCaught) {
+  // Same inode, size, mtime and first MiB: before ctime was part of the
+  // fingerprint, a load of the same name joined the old model and served
+  // bytes that no longer match the file.
+  ShortTempDir dir;
+  const std::string path = dir.Join("m.safetensors");
+  WriteTestSafetensors(path, 4, 512 << 10);  // 2 MiB of data.
+  ASSERT_OK_AND_ASSIGN(Fingerprint before,
+                       FingerprintFiles(ManifestOf(path), PlainFileOpener()));
+  struct stat st;
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  // ctime comes from the kernel's coarse clock: wait until it has moved on
+  // from the file's, so the rewrite below cannot share its tick.
+  timespec now{};
+  do {
+    ::clock_gettime(CLOCK_REALTIME_COARSE, &now);
+  } while (now.tv_sec == st.st_ctim.tv_sec &&
+           now.tv_nsec == st.st_ctim.tv_nsec);
+
+  const int fd = ::open(path.c_str(), O_WRONLY);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::pwrite(fd, "rewritten", 9, (1 << 20) + 4096), 9);
+  const timespec times[2] = {st.st_atim, st.st_mtim};
+  ASSERT_EQ(::futimens(fd, times), 0);
+  ::close(fd);
+
+  ASSERT_OK_AND_ASSIGN(Fingerprint after,
+                       FingerprintFiles(ManifestOf(path), PlainFileOpener()));
+  EXPECT_EQ(after[0].mtime_ns, before[0].mtime_ns);
+  EXPECT_EQ(after[0].header_sha256, before[0].header_sha256);
+  EXPECT_NE(after, before);
+  EXPECT_THAT(DescribeChange(before, after), HasSubstr("its ctime moved"));
 }
 
 TEST(FingerprintTest, MissingFileIsNotFound) {

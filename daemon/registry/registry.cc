@@ -1,6 +1,9 @@
 #include "daemon/registry/registry.h"
 
+#include <malloc.h>
+
 #include <algorithm>
+#include <limits>
 #include <set>
 #include <utility>
 
@@ -168,10 +171,12 @@ Registry::~Registry() {
   }
   for (auto& [id, thread] : threads) thread.join();
   std::map<std::string, std::shared_ptr<Model>> models;
+  std::vector<std::shared_ptr<Model>> detached;
   {
     absl::MutexLock lock(&mutex_);
     leases_.clear();
     models.swap(models_);
+    detached.swap(detached_);
     UpdateGaugesLocked();
   }
 }
@@ -377,7 +382,15 @@ void Registry::RunLoad(std::shared_ptr<Model> model, Manifest manifest,
     UpdateGaugesLocked();
     finished_threads_.push_back(std::this_thread::get_id());
   }
-  // `to_free` and `removed` free device memory here, outside the lock.
+  // Device memory is freed here, outside the lock.
+  to_free.clear();
+  removed.clear();
+  manifest = Manifest();
+  // Parsing a header of 100k+ tensors (a JSON document of megabytes) and
+  // the manifest leave hundreds of bytes per tensor free in glibc's arenas,
+  // which it keeps: return them, so that what stays per tensor is the
+  // table the model keeps (measured in tests/daemon_hardening_test.py).
+  ::malloc_trim(0);
 }
 
 absl::Status Registry::LoadReplicas(Model& model, const Manifest& manifest,
@@ -459,6 +472,21 @@ uint64_t Registry::ResidentBytesLocked(const std::string& uuid) const {
       bytes += model->arena_bytes;
     }
   }
+  for (const std::shared_ptr<Model>& model : detached_) {
+    if (model->reserved_on.count(uuid) > 0) bytes += model->arena_bytes;
+  }
+  return bytes;
+}
+
+uint64_t Registry::LoadingBytesLocked(const std::string& uuid,
+                                      const Model* except) const {
+  uint64_t bytes = 0;
+  for (const auto& [name, model] : models_) {
+    if (model.get() != except && model->state == v1::LOADING &&
+        model->reserved_on.count(uuid) > 0) {
+      bytes += model->arena_bytes;
+    }
+  }
   return bytes;
 }
 
@@ -466,16 +494,50 @@ absl::Status Registry::ReserveLocked(const RegistryTarget& target,
                                      uint64_t bytes, Model& model,
                                      std::vector<LoadedModel>& evicted) {
   const std::string& uuid = target.device->uuid();
-  if (target.budget_bytes != 0) {
-    while (ResidentBytesLocked(uuid) + bytes > target.budget_bytes) {
-      if (!EvictOneLocked(uuid, model, evicted)) {
-        return absl::ResourceExhaustedError(absl::StrCat(
-            "model ", model.name, " needs ", bytes, " bytes on ", uuid,
-            "; the budget is ", target.budget_bytes, " bytes and ",
-            ResidentBytesLocked(uuid),
-            " are held by models that are pinned, leased or loading"));
-      }
+  // Read under the lock: two loads reserving at once see each other's
+  // reservations, so they cannot both take the same free memory (the old
+  // per-allocation check let them).
+  const DeviceMemory memory = target.device->Memory();
+  const uint64_t resident = ResidentBytesLocked(uuid);
+  // Memory clients keep after their model went counts against the
+  // configured budget too (the device's own figure already holds it).
+  const uint64_t retained =
+      memory.shared_bytes > resident ? memory.shared_bytes - resident : 0;
+  // What the device allows the registry's models in all: what they hold
+  // now plus what is free, less the loads in progress whose pages are not
+  // all in the device's usage yet (counted twice at worst: refusing a load
+  // that might have fitted beats an OOM kill).
+  uint64_t device_budget = std::numeric_limits<uint64_t>::max();
+  if (memory.free_bytes.has_value()) {
+    const uint64_t loading = LoadingBytesLocked(uuid, &model);
+    device_budget =
+        resident +
+        (*memory.free_bytes > loading ? *memory.free_bytes - loading : 0);
+  }
+  while (true) {
+    const uint64_t held = ResidentBytesLocked(uuid);
+    const bool over_budget = target.budget_bytes != 0 &&
+                             held + retained + bytes > target.budget_bytes;
+    const bool over_device = held + bytes > device_budget;
+    if (!over_budget && !over_device) break;
+    if (EvictOneLocked(uuid, model, evicted)) continue;
+    if (over_budget) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "model ", model.name, " needs ", bytes, " bytes on ", uuid,
+          "; the budget is ", target.budget_bytes, " bytes and ", held,
+          " are held by models that are pinned, leased or loading",
+          retained == 0
+              ? ""
+              : absl::StrCat(", ", retained,
+                             " by clients still mapping models already "
+                             "unloaded")));
     }
+    return absl::ResourceExhaustedError(
+        absl::StrCat("model ", model.name, " needs ", bytes, " bytes on ", uuid,
+                     "; ", *memory.free_bytes, " bytes are free under ",
+                     memory.source, ", ", LoadingBytesLocked(uuid, &model),
+                     " of them reserved by loads in progress, and ", held,
+                     " are held by models that are pinned, leased or loading"));
   }
   model.reserved_on.insert(uuid);
   UpdateGaugesLocked();
@@ -719,6 +781,16 @@ absl::Status Registry::Release(const std::string& lease_id,
       Logger("registry")
           ->info("model {} unloaded: its last lease is released", model->name);
     }
+    auto detached = std::find(detached_.begin(), detached_.end(), model);
+    if (detached != detached_.end()) {
+      freed.swap(model->replicas);
+      detached_.erase(detached);
+      Logger("registry")
+          ->info(
+              "memory of model {}, unloaded by force, freed: its last "
+              "lease is released",
+              model->name);
+    }
   }
   UpdateGaugesLocked();
   // The mutex is released before `freed` (declared first) frees the memory.
@@ -769,10 +841,18 @@ absl::StatusOr<v1::ModelStatus> Registry::Unload(const std::string& name,
         }
         model.state = v1::UNLOADING;
         ChangedLocked(model);
+        // The name is freed now: a holder that never releases (stopped,
+        // hung) must not keep it. The memory stays with the leases.
+        v1::ModelStatus last = StatusLocked(model);
+        detached_.push_back(std::move(it->second));
+        models_.erase(it);
+        UpdateGaugesLocked();
         Logger("registry")
-            ->info("model {} unloading: waiting for {} lease(s) to be released",
-                   name, model.leases);
-        return StatusLocked(model);
+            ->info(
+                "model {} unloaded by force: its name is free; its memory "
+                "goes when its {} lease(s) are released",
+                name, last.leases());
+        return last;
       }
       break;
     default:
@@ -821,9 +901,16 @@ RegistryStats Registry::Stats() const {
   stats.models = static_cast<uint32_t>(models_.size());
   stats.leases = static_cast<uint32_t>(leases_.size());
   for (const RegistryTarget& target : options_.targets) {
-    stats.devices.push_back({target.device->uuid(),
-                             ResidentBytesLocked(target.device->uuid()),
-                             target.budget_bytes});
+    RegistryStats::DeviceUse use;
+    use.uuid = target.device->uuid();
+    use.resident_bytes = ResidentBytesLocked(use.uuid);
+    use.budget_bytes = target.budget_bytes;
+    const DeviceMemory memory = target.device->Memory();
+    use.free_bytes = memory.free_bytes.value_or(0);
+    use.retained_bytes = memory.shared_bytes > use.resident_bytes
+                             ? memory.shared_bytes - use.resident_bytes
+                             : 0;
+    stats.devices.push_back(std::move(use));
   }
   return stats;
 }

@@ -100,6 +100,11 @@ struct RegistryStats {
     std::string uuid;
     uint64_t resident_bytes = 0;
     uint64_t budget_bytes = 0;
+    // What the device says it has left (0 when unknown), and the shared
+    // memory charged to the daemon beyond its resident models: pages
+    // clients still map after their model was unloaded or evicted.
+    uint64_t free_bytes = 0;
+    uint64_t retained_bytes = 0;
   };
   std::vector<DeviceUse> devices;
 };
@@ -154,8 +159,11 @@ class Registry {
 
   // Unloads a model and returns its last status. A loading model is
   // cancelled. A leased one is refused (FailedPrecondition, with the lease
-  // count) unless `force`: then it is UNLOADING until its last lease is
-  // released. NotFound when there is no such model.
+  // count) unless `force`: then its name is free at once (a load of that
+  // name starts afresh), no new lease is granted, and its memory, still
+  // counted as resident, is freed when its last lease is released: a
+  // holder that is stopped or hung cannot keep the name. NotFound when
+  // there is no such model.
   absl::StatusOr<v1::ModelStatus> Unload(const std::string& name, bool force);
 
   // Pins or unpins a model (SIGHUP re-reading the preload list). NotFound
@@ -194,6 +202,11 @@ class Registry {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   uint64_t ResidentBytesLocked(const std::string& uuid) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // The arenas of loads in progress on `uuid` other than `except`: reserved,
+  // but not yet (all) in the device's own usage figures.
+  uint64_t LoadingBytesLocked(const std::string& uuid,
+                              const Model* except) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Removes the model from the table and returns its memory, which the
   // caller frees outside the lock.
   std::vector<LoadedModel> RemoveLocked(const std::string& name)
@@ -214,6 +227,9 @@ class Registry {
   absl::CondVar changed_;
   std::map<std::string, std::shared_ptr<Model>> models_ ABSL_GUARDED_BY(mutex_);
   std::map<std::string, Lease> leases_ ABSL_GUARDED_BY(mutex_);
+  // Models unloaded by force while leased: no longer named, their memory
+  // held until their last lease is released.
+  std::vector<std::shared_ptr<Model>> detached_ ABSL_GUARDED_BY(mutex_);
   bool leasing_stopped_ ABSL_GUARDED_BY(mutex_) = false;
   uint64_t next_version_ ABSL_GUARDED_BY(mutex_) = 1;
   // Load threads; finished ones are joined at the next load.

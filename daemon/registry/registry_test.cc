@@ -310,12 +310,40 @@ TEST_F(RegistryTest, ForcedUnloadFreesMemoryAfterTheLastRelease) {
                        registry_->Unload("m", /*force=*/true));
   EXPECT_EQ(unloading.state(), v1::UNLOADING);
   EXPECT_EQ(device_->live_allocations(), 1);
+  // No new lease: the name is gone.
   EXPECT_THAT(registry_->Acquire("m", "s", Soon()),
-              StatusIs(absl::StatusCode::kFailedPrecondition,
-                       HasSubstr("being unloaded")));
+              StatusIs(absl::StatusCode::kNotFound));
   ASSERT_OK(registry_->Release(lease.lease_id, "s"));
   EXPECT_EQ(device_->live_allocations(), 0);
   EXPECT_THAT(registry_->Get("m"), StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST_F(RegistryTest, ForcedUnloadFreesTheNameWhileAHolderKeepsItsLease) {
+  // A stopped (SIGSTOP) holder never releases: before, the model and its
+  // name stayed taken forever, with no operator override.
+  const std::string path = WriteModel("m.safetensors");
+  LoadReady("m", path);
+  ASSERT_OK_AND_ASSIGN(LeaseGrant stuck, registry_->Acquire("m", "s", Soon()));
+  ASSERT_OK(registry_->Unload("m", /*force=*/true).status());
+  EXPECT_THAT(registry_->Get("m"), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_TRUE(registry_->List().empty());
+  // The old memory is still held and counted.
+  EXPECT_EQ(device_->live_allocations(), 1);
+  EXPECT_EQ(registry_->Stats().devices[0].resident_bytes, kModelBytes);
+  // The name loads afresh.
+  LoadReady("m", path);
+  EXPECT_EQ(device_->live_allocations(), 2);
+  EXPECT_EQ(registry_->Stats().devices[0].resident_bytes, 2 * kModelBytes);
+  ASSERT_OK_AND_ASSIGN(LeaseGrant fresh, registry_->Acquire("m", "t", Soon()));
+  // The holder comes back and releases: the old memory goes, the new model
+  // stays.
+  ASSERT_OK(registry_->Release(stuck.lease_id, "s"));
+  EXPECT_EQ(device_->live_allocations(), 1);
+  EXPECT_EQ(registry_->Stats().devices[0].resident_bytes, kModelBytes);
+  ASSERT_OK_AND_ASSIGN(v1::ModelStatus status, registry_->Get("m"));
+  EXPECT_EQ(status.state(), v1::READY);
+  EXPECT_EQ(status.leases(), 1u);
+  ASSERT_OK(registry_->Release(fresh.lease_id, "t"));
 }
 
 TEST_F(RegistryTest, UnleasedUnloadFreesAtOnce) {
@@ -384,6 +412,61 @@ TEST_F(RegistryTest, ALoadInProgressHoldsItsRoomInTheBudget) {
                        registry_->WaitLoaded("a", Soon()));
   EXPECT_EQ(first.state(), v1::READY) << first.error();
   EXPECT_EQ(registry_->Stats().devices[0].resident_bytes, kModelBytes);
+}
+
+TEST_F(RegistryTest, ConcurrentLoadsReserveTheDevicesFreeMemoryAtomically) {
+  // The device has room for one and a half models: each load alone fits,
+  // both together do not. Before, each allocation checked the free memory
+  // on its own and both passed; the second must now see the first's
+  // reservation although none of its pages are in the device's figure.
+  testing::DeviceFaults faults;
+  faults.hold_allocations = &allocations_released_;
+  faults.memory = [] {
+    DeviceMemory memory;
+    memory.free_bytes = kModelBytes + kModelBytes / 2;
+    memory.source = "a test's limit";
+    return memory;
+  };
+  Start(faults, 0);
+  ASSERT_OK(registry_->Load(Request("a", WriteModel("a.safetensors"))));
+  const absl::Time deadline = Soon();
+  while (registry_->Stats().devices[0].resident_bytes == 0 &&
+         absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  ASSERT_OK(registry_->Load(Request("b", WriteModel("b.safetensors"))));
+  ASSERT_OK_AND_ASSIGN(v1::ModelStatus second,
+                       registry_->WaitLoaded("b", Soon()));
+  EXPECT_EQ(second.state(), v1::FAILED);
+  EXPECT_EQ(second.error_code(),
+            static_cast<int>(absl::StatusCode::kResourceExhausted))
+      << second.error();
+  EXPECT_THAT(second.error(), HasSubstr("free under a test's limit"));
+  EXPECT_THAT(second.error(), HasSubstr("reserved by loads in progress"));
+  ReleaseAllocations();
+  ASSERT_OK_AND_ASSIGN(v1::ModelStatus first,
+                       registry_->WaitLoaded("a", Soon()));
+  EXPECT_EQ(first.state(), v1::READY) << first.error();
+}
+
+TEST_F(RegistryTest, MemoryClientsKeepAfterUnloadCountsAgainstTheBudget) {
+  // A client kept a memfd of an unloaded model: the device's shared memory
+  // still holds it although no model does. It is reported, and a load that
+  // fits the budget only without it is refused.
+  testing::DeviceFaults faults;
+  faults.memory = [] {
+    DeviceMemory memory;
+    memory.shared_bytes = kModelBytes;
+    return memory;
+  };
+  Start(faults, kModelBytes + kModelBytes / 2);
+  EXPECT_EQ(registry_->Stats().devices[0].retained_bytes, kModelBytes);
+  ASSERT_OK(registry_->Load(Request("m", WriteModel("m.safetensors"))));
+  ASSERT_OK_AND_ASSIGN(v1::ModelStatus status,
+                       registry_->WaitLoaded("m", Soon()));
+  EXPECT_EQ(status.state(), v1::FAILED);
+  EXPECT_THAT(status.error(),
+              HasSubstr("by clients still mapping models already unloaded"));
 }
 
 TEST_F(RegistryTest, HugeNamesGetShortErrorsEverywhere) {

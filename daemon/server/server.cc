@@ -76,6 +76,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
     const v1::DaemonConfig& config) {
   std::unique_ptr<Server> server(new Server());
   server->config_ = config;
+  // Before anything opens descriptors: the caps below follow from it.
+  ASSIGN_OR_RETURN(const DescriptorLimit limit, RaiseDescriptorLimit());
+  server->descriptors_ = BudgetFor(limit.soft);
+  Logger("daemon")->info("{}", DescribeBudget(limit, server->descriptors_));
   v1::ServerInfo info;
   info.set_version(kVersion);
   info.set_protocol_major(kProtocolMajor);
@@ -202,39 +206,71 @@ absl::Status Server::Listen(const v1::DaemonConfig& config,
   RETURN_IF_ERROR(PrepareSocketPath(handle_socket));
   Registry* registry = registry_.get();
   ASSIGN_OR_RETURN(
-      sessions_,
-      SessionServer::Start(handle_socket, [registry](const std::string& id) {
-        const int released = registry->ReleaseSession(id);
-        if (released > 0) {
-          Logger("sessions")
-              ->info("session {} closed: released its {} lease(s)", id,
-                     released);
-        }
-      }));
+      sessions_, SessionServer::Start(
+                     handle_socket,
+                     [registry](const std::string& id) {
+                       const int released = registry->ReleaseSession(id);
+                       if (released > 0) {
+                         Logger("sessions")
+                             ->info(
+                                 "session {} closed: released its {} lease(s)",
+                                 id, released);
+                       }
+                     },
+                     descriptors_.sessions));
   RETURN_IF_ERROR(ApplySocketPermissions(handle_socket, listen.socket_mode(),
                                          listen.socket_owner(),
                                          listen.socket_group()));
 
   service_ =
       std::make_unique<WarmstartService>(info, registry, sessions_.get());
+  service_->BindSessionsToPeers(&connection_peers_);
+  AuthorizationPolicy policy;
+  policy.control_uids.insert(config.authorization().control_uids().begin(),
+                             config.authorization().control_uids().end());
+  policy.control_gids.insert(config.authorization().control_gids().begin(),
+                             config.authorization().control_gids().end());
+  policy.tcp_control = config.authorization().tcp_control();
+  service_->SetAuthorization(std::move(policy));
   service_->SetReadiness(v1::Readiness::STARTING, "loading preloads");
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
-  builder.AddListeningPort("unix:" + socket, grpc::InsecureServerCredentials());
+  // The unix socket is accepted by grpc_acceptor_ (started below), not by
+  // gRPC's listener, which dies for good on EMFILE.
   int tcp_port = 0;
   if (!listen.tcp_address().empty()) {
     builder.AddListeningPort(listen.tcp_address(),
                              grpc::InsecureServerCredentials(), &tcp_port);
   }
   builder.RegisterService(service_.get());
+  // Leases of models with 100k+ tensors are several megabytes: sending is
+  // unlimited (gRPC's default too, said here so that it stays so). What the
+  // daemon receives keeps gRPC's 4 MB limit: every request is small, and a
+  // client must not make the daemon buffer more.
+  builder.SetMaxSendMessageSize(-1);
   grpc_server_ = builder.BuildAndStart();
   if (grpc_server_ == nullptr) {
     return absl::UnavailableError(
-        absl::StrCat("cannot serve gRPC on unix:", socket,
+        absl::StrCat("cannot start the gRPC server",
                      listen.tcp_address().empty()
                          ? ""
-                         : absl::StrCat(" and ", listen.tcp_address())));
+                         : absl::StrCat(" on ", listen.tcp_address())));
   }
+  SessionServer* sessions = sessions_.get();
+  const uint64_t reserved = descriptors_.reserved;
+  const size_t max_sessions = descriptors_.sessions.max_sessions;
+  ASSIGN_OR_RETURN(grpc_acceptor_,
+                   GrpcAcceptor::Start(
+                       socket, grpc_server_.get(),
+                       [=]() -> uint64_t {
+                         // The daemon's own reserve, and room for every session
+                         // not yet open: gRPC connections never take what
+                         // sessions are promised.
+                         const size_t open = sessions->session_count();
+                         return reserved +
+                                (open < max_sessions ? max_sessions - open : 0);
+                       },
+                       &connection_peers_));
   if (!listen.tcp_address().empty() && tcp_port == 0) {
     return absl::UnavailableError(
         absl::StrCat("cannot listen on ", listen.tcp_address()));
@@ -407,6 +443,8 @@ int Server::Shutdown() {
     log->warn("{} lease(s) still held after {} s; releasing everything", left,
               config_.shutdown_grace_seconds());
   }
+  // No new connections: the acceptor must be gone before the server is.
+  grpc_acceptor_.reset();
   // In-flight calls (a WatchModel stream, say) get a second to finish.
   grpc_server_->Shutdown(std::chrono::system_clock::now() +
                          std::chrono::seconds(1));
@@ -416,6 +454,7 @@ int Server::Shutdown() {
 
 Server::~Server() {
   StopReadinessThread();
+  grpc_acceptor_.reset();
   if (grpc_server_ != nullptr) {
     grpc_server_->Shutdown(std::chrono::system_clock::now());
     grpc_server_->Wait();

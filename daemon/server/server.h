@@ -25,6 +25,8 @@
 #include "daemon/io/read_engine.h"
 #include "daemon/loader/loader.h"
 #include "daemon/registry/registry.h"
+#include "daemon/server/descriptor_budget.h"
+#include "daemon/service/grpc_acceptor.h"
 #include "daemon/service/metrics_endpoint.h"
 #include "daemon/service/session_server.h"
 #include "daemon/service/warmstart_service.h"
@@ -82,6 +84,7 @@ class Server {
   void StopReadinessThread();
 
   v1::DaemonConfig config_;
+  DescriptorBudget descriptors_;        // Set first in Start.
   std::unique_ptr<CudaDriver> driver_;  // Kept: unloading after cuInit is
                                         // not safe.
   std::vector<Target> targets_;
@@ -89,8 +92,11 @@ class Server {
   std::unique_ptr<FileOpener> opener_;
   std::unique_ptr<Registry> registry_;
   std::unique_ptr<SessionServer> sessions_;
+  ConnectionPeers connection_peers_;  // Filled by grpc_acceptor_.
   std::unique_ptr<WarmstartService> service_;
   std::unique_ptr<grpc::Server> grpc_server_;
+  // Accepts the unix socket into grpc_server_; destroyed before it.
+  std::unique_ptr<GrpcAcceptor> grpc_acceptor_;
   std::unique_ptr<MetricsEndpoint> metrics_endpoint_;
   std::vector<std::string> pinned_preloads_;
 

@@ -1,7 +1,9 @@
 #include "daemon/service/session_server.h"
 
+#include <linux/sockios.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -21,6 +23,20 @@ namespace {
 
 // Descriptors in one bundle at most: one per device of a model.
 constexpr size_t kMaxFdsPerBundle = 64;
+
+Counter* RefusedCounter() {
+  static Counter* counter = Metrics::Global().GetCounter(
+      "warmstart_sessions_refused_total",
+      "Handle socket connections refused at a session limit");
+  return counter;
+}
+
+Counter* UnreadClosedCounter() {
+  static Counter* counter = Metrics::Global().GetCounter(
+      "warmstart_sessions_closed_unread_total",
+      "Sessions closed because their client left descriptor bundles unread");
+  return counter;
+}
 
 Gauge* SessionsGauge() {
   static Gauge* gauge = Metrics::Global().GetGauge(
@@ -60,7 +76,8 @@ absl::Status SendMessage(int socket, const v1::HandleMessage& message,
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<SessionServer>> SessionServer::Start(
-    const std::string& path, std::function<void(const std::string&)> on_close) {
+    const std::string& path, std::function<void(const std::string&)> on_close,
+    SessionLimits limits) {
   sockaddr_un address{};
   address.sun_family = AF_UNIX;
   if (path.size() >= sizeof(address.sun_path)) {
@@ -83,17 +100,20 @@ absl::StatusOr<std::unique_ptr<SessionServer>> SessionServer::Start(
   }
   ScopedFd stop_event(::eventfd(0, EFD_CLOEXEC));
   if (!stop_event.valid()) return ErrnoToStatus(errno, "eventfd");
-  return std::unique_ptr<SessionServer>(new SessionServer(
-      std::move(listener), std::move(stop_event), path, std::move(on_close)));
+  return std::unique_ptr<SessionServer>(
+      new SessionServer(std::move(listener), std::move(stop_event), path,
+                        std::move(on_close), limits));
 }
 
 SessionServer::SessionServer(ScopedFd listener, ScopedFd stop_event,
                              std::string path,
-                             std::function<void(const std::string&)> on_close)
+                             std::function<void(const std::string&)> on_close,
+                             SessionLimits limits)
     : listener_(std::move(listener)),
       stop_event_(std::move(stop_event)),
       path_(std::move(path)),
       on_close_(std::move(on_close)),
+      limits_(limits),
       thread_([this] { Run(); }) {}
 
 SessionServer::~SessionServer() {
@@ -103,6 +123,8 @@ SessionServer::~SessionServer() {
   absl::MutexLock lock(&mutex_);
   sessions_.clear();
   ids_by_fd_.clear();
+  per_process_.clear();
+  per_uid_.clear();
   SessionsGauge()->Set(0);
   ::unlink(path_.c_str());
 }
@@ -166,13 +188,22 @@ void SessionServer::Accept() {
     return;
   }
   const SessionPeer peer{credentials.pid, credentials.uid, credentials.gid};
+  std::string over;
   {
     absl::MutexLock lock(&mutex_);
-    if (sessions_.size() >= kMaxSessions) {
-      log->warn("refusing a session from pid {} uid {}: {} sessions are open",
-                peer.pid, peer.uid, kMaxSessions);
-      return;
-    }
+    over = OverLimitLocked(peer);
+  }
+  if (!over.empty()) {
+    log->warn("refusing a session from pid {} uid {}: {}", peer.pid, peer.uid,
+              over);
+    RefusedCounter()->Add();
+    // The client learns which limit it hit instead of a bare close (which
+    // reads as "the daemon restarted"). Best effort: the socket is new and
+    // empty, so the datagram fits unless the peer already went away.
+    v1::HandleMessage refused;
+    refused.mutable_refused()->set_reason(over);
+    (void)SendMessage(socket.get(), refused, {});
+    return;
   }
   // Registered before the hello goes out: a client may call with its
   // session id the moment it reads it.
@@ -182,6 +213,8 @@ void SessionServer::Accept() {
     absl::MutexLock lock(&mutex_);
     ids_by_fd_[fd] = id;
     sessions_[id] = Session{std::move(socket), peer};
+    ++per_process_[peer.pid];
+    ++per_uid_[peer.uid];
     SessionsGauge()->Set(static_cast<int64_t>(sessions_.size()));
   }
   v1::HandleMessage hello;
@@ -203,11 +236,35 @@ std::string SessionServer::CloseSession(int fd) {
   std::string id = std::move(it->second);
   ids_by_fd_.erase(it);
   auto session = sessions_.find(id);
-  Logger("sessions")
-      ->debug("session {} of pid {} closed", id, session->second.peer.pid);
+  const SessionPeer peer = session->second.peer;
+  Logger("sessions")->debug("session {} of pid {} closed", id, peer.pid);
+  if (--per_process_[peer.pid] == 0) per_process_.erase(peer.pid);
+  if (--per_uid_[peer.uid] == 0) per_uid_.erase(peer.uid);
   sessions_.erase(session);
   SessionsGauge()->Set(static_cast<int64_t>(sessions_.size()));
   return id;
+}
+
+std::string SessionServer::OverLimitLocked(const SessionPeer& peer) const {
+  if (sessions_.size() >= limits_.max_sessions) {
+    return absl::StrCat(
+        sessions_.size(), " sessions are open, the most the daemon allows (",
+        limits_.max_sessions, ", derived from its descriptor limit)");
+  }
+  auto process = per_process_.find(peer.pid);
+  if (process != per_process_.end() &&
+      process->second >= limits_.max_per_process) {
+    return absl::StrCat("process ", peer.pid, " holds ", process->second,
+                        " sessions, the most one process may hold (",
+                        limits_.max_per_process, ")");
+  }
+  auto user = per_uid_.find(peer.uid);
+  if (user != per_uid_.end() && user->second >= limits_.max_per_uid) {
+    return absl::StrCat("uid ", peer.uid, " holds ", user->second,
+                        " sessions, the most one user may hold (",
+                        limits_.max_per_uid, ")");
+  }
+  return "";
 }
 
 absl::StatusOr<SessionPeer> SessionServer::Find(
@@ -241,7 +298,32 @@ absl::Status SessionServer::SendFds(const std::string& session_id,
   if (it == sessions_.end()) {
     return absl::UnavailableError("the session's handle socket is closed");
   }
-  absl::Status sent = SendMessage(it->second.socket.get(), message, fds);
+  Session& session = it->second;
+  // What the client has not read yet stays in the socket's queue (charged
+  // to the daemon's user, descriptors included): an empty queue means every
+  // bundle so far was read.
+  int queued = 0;
+  if (::ioctl(session.socket.get(), SIOCOUTQ, &queued) == 0 && queued == 0) {
+    session.unread_bundles = 0;
+  }
+  if (session.unread_bundles >= limits_.max_unread_bundles) {
+    const std::string reason = absl::StrCat(
+        "its client left ", session.unread_bundles,
+        " descriptor bundles unread on the handle socket, the most a "
+        "session may (",
+        limits_.max_unread_bundles, ")");
+    Logger("sessions")
+        ->warn("closing session {} of pid {} uid {}: {}", session_id,
+               session.peer.pid, session.peer.uid, reason);
+    UnreadClosedCounter()->Add();
+    // The session thread sees the shutdown as a close and releases the
+    // session's leases; the descriptor number stays ours until then.
+    ::shutdown(session.socket.get(), SHUT_RDWR);
+    return absl::ResourceExhaustedError(
+        absl::StrCat("session closed: ", reason));
+  }
+  absl::Status sent = SendMessage(session.socket.get(), message, fds);
+  if (sent.ok()) ++session.unread_bundles;
   if (!sent.ok()) {
     return absl::UnavailableError(absl::StrCat(
         "cannot send descriptors to the client: ", sent.message()));

@@ -41,9 +41,25 @@ struct SessionPeer {
   gid_t gid = 0;
 };
 
-// Sessions open at once at most; more connections are closed at once (and
-// logged), so a runaway client cannot exhaust the daemon's descriptors.
+// Sessions open at once at most, whatever the descriptor limit allows.
 inline constexpr size_t kMaxSessions = 4096;
+
+// How many sessions may be open at once: in all (each holds a descriptor
+// in the daemon, so the server derives this from its descriptor limit), by
+// one process and by one user, so that neither a runaway process nor one
+// user can take every session and lock the others out. A connection over a
+// limit gets a HandleMessage `refused` naming the limit, and is closed.
+struct SessionLimits {
+  size_t max_sessions = kMaxSessions;
+  size_t max_per_process = 128;
+  size_t max_per_uid = kMaxSessions * 3 / 4;
+  // Descriptor bundles a session's client may leave unread on its handle
+  // socket. Unread SCM_RIGHTS descriptors are charged to the daemon's user
+  // (an unprivileged daemon's sends fail with ETOOMANYREFS for every client
+  // once they pass its RLIMIT_NOFILE), so the server derives this from the
+  // descriptor limit too. A session over it is closed with a logged reason.
+  size_t max_unread_bundles = 16;
+};
 
 class SessionServer {
  public:
@@ -51,8 +67,8 @@ class SessionServer {
   // the session thread. `on_close(session_id)` runs once per session when
   // its socket closes, not for sessions still open at destruction.
   static absl::StatusOr<std::unique_ptr<SessionServer>> Start(
-      const std::string& path,
-      std::function<void(const std::string&)> on_close);
+      const std::string& path, std::function<void(const std::string&)> on_close,
+      SessionLimits limits = SessionLimits());
 
   // Stops the thread, closes every session and removes the socket file.
   ~SessionServer();
@@ -69,7 +85,9 @@ class SessionServer {
   // Sends `fds` (not given away: the kernel duplicates them into the peer)
   // as bundle `transfer_id` of lease `lease_id` on the session's socket.
   // Fails with Unavailable when the session is gone or its peer stopped
-  // reading.
+  // reading; with ResourceExhausted, naming the limit, when its client left
+  // max_unread_bundles bundles unread: the session is then shut down (its
+  // leases are released when the session thread sees it close).
   absl::Status SendFds(const std::string& session_id, uint64_t transfer_id,
                        const std::string& lease_id,
                        const std::vector<int>& fds);
@@ -80,24 +98,33 @@ class SessionServer {
   struct Session {
     ScopedFd socket;
     SessionPeer peer;
+    // Bundles sent since the socket's send queue was last seen empty.
+    size_t unread_bundles = 0;
   };
 
   SessionServer(ScopedFd listener, ScopedFd stop_event, std::string path,
-                std::function<void(const std::string&)> on_close);
+                std::function<void(const std::string&)> on_close,
+                SessionLimits limits);
   void Run();
   void Accept();
   // Closes the session on `fd`; returns its id ("" if unknown).
   std::string CloseSession(int fd);
+  // Why a session for `peer` would exceed a limit; empty when it fits.
+  std::string OverLimitLocked(const SessionPeer& peer) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
   const ScopedFd listener_;
   const ScopedFd stop_event_;
   const std::string path_;
   const std::function<void(const std::string&)> on_close_;
+  const SessionLimits limits_;
   std::atomic<uint64_t> next_transfer_id_{1};
 
   mutable absl::Mutex mutex_;
   std::map<std::string, Session> sessions_ ABSL_GUARDED_BY(mutex_);
   std::map<int, std::string> ids_by_fd_ ABSL_GUARDED_BY(mutex_);
+  std::map<pid_t, size_t> per_process_ ABSL_GUARDED_BY(mutex_);
+  std::map<uid_t, size_t> per_uid_ ABSL_GUARDED_BY(mutex_);
 
   std::thread thread_;  // Last: starts once everything above exists.
 };

@@ -3,11 +3,14 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
 #include "daemon/base/scoped_fd.h"
 #include "daemon/base/testing/status_matchers.h"
 #include "daemon/base/testing/test_env.h"
@@ -126,6 +129,145 @@ TEST(SessionServerTest, SessionIdsAreDistinctAndUnknownOnesRefused) {
             Receive(b.get()).hello().session_id());
   EXPECT_THAT(server->Find("0123456789abcdef0123456789abcdef"),
               StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST(SessionServerTest, RefusesAProcessOverItsLimitNamingIt) {
+  ShortTempDir dir;
+  const std::string path = dir.Join("h.sock");
+  SessionLimits limits;
+  limits.max_sessions = 100;
+  limits.max_per_process = 3;
+  limits.max_per_uid = 100;
+  ASSERT_OK_AND_ASSIGN(auto server,
+                       SessionServer::Start(
+                           path, [](const std::string&) {}, limits));
+  std::vector<ScopedFd> held;
+  for (int i = 0; i < 3; ++i) {
+    held.push_back(ConnectTo(path));
+    ASSERT_TRUE(Receive(held.back().get()).has_hello());
+  }
+  ScopedFd over = ConnectTo(path);
+  v1::HandleMessage refused = Receive(over.get());
+  ASSERT_TRUE(refused.has_refused());
+  EXPECT_THAT(refused.refused().reason(),
+              ::testing::HasSubstr(absl::StrCat(
+                  "process ", ::getpid(),
+                  " holds 3 sessions, the most one process may hold (3)")));
+  EXPECT_EQ(server->session_count(), 3u);
+
+  // Another process still gets one: a forked child, which reports.
+  int pipe_fds[2];
+  ASSERT_EQ(::pipe(pipe_fds), 0);
+  const pid_t child = ::fork();
+  if (child == 0) {
+    ScopedFd mine = ConnectTo(path);
+    const bool hello = Receive(mine.get()).has_hello();
+    const char answer = hello ? 'h' : 'r';
+    (void)!::write(pipe_fds[1], &answer, 1);
+    ::_exit(0);
+  }
+  ::close(pipe_fds[1]);
+  char answer = 0;
+  EXPECT_EQ(::read(pipe_fds[0], &answer, 1), 1);
+  ::close(pipe_fds[0]);
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  EXPECT_EQ(answer, 'h');
+
+  // A closed session frees its process's slot.
+  held.pop_back();
+  absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (server->session_count() > 2 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  ScopedFd again = ConnectTo(path);
+  EXPECT_TRUE(Receive(again.get()).has_hello());
+}
+
+TEST(SessionServerTest, RefusesAtTheTotalAndPerUserLimits) {
+  ShortTempDir dir;
+  const std::string path = dir.Join("h.sock");
+  SessionLimits limits;
+  limits.max_sessions = 2;
+  limits.max_per_process = 10;
+  limits.max_per_uid = 10;
+  ASSERT_OK_AND_ASSIGN(auto server,
+                       SessionServer::Start(
+                           path, [](const std::string&) {}, limits));
+  ScopedFd a = ConnectTo(path);
+  ScopedFd b = ConnectTo(path);
+  ASSERT_TRUE(Receive(a.get()).has_hello());
+  ASSERT_TRUE(Receive(b.get()).has_hello());
+  ScopedFd c = ConnectTo(path);
+  v1::HandleMessage refused = Receive(c.get());
+  ASSERT_TRUE(refused.has_refused());
+  EXPECT_THAT(refused.refused().reason(),
+              ::testing::HasSubstr("the most the daemon allows (2"));
+
+  ShortTempDir dir2;
+  limits.max_sessions = 10;
+  limits.max_per_uid = 1;
+  ASSERT_OK_AND_ASSIGN(auto per_user, SessionServer::Start(
+                                          dir2.Join("h.sock"),
+                                          [](const std::string&) {}, limits));
+  ScopedFd d = ConnectTo(dir2.Join("h.sock"));
+  ASSERT_TRUE(Receive(d.get()).has_hello());
+  ScopedFd e = ConnectTo(dir2.Join("h.sock"));
+  refused = Receive(e.get());
+  ASSERT_TRUE(refused.has_refused());
+  EXPECT_THAT(refused.refused().reason(),
+              ::testing::HasSubstr(absl::StrCat(
+                  "uid ", ::getuid(),
+                  " holds 1 sessions, the most one user may hold (1)")));
+}
+
+TEST(SessionServerTest, AClientThatNeverReadsItsBundlesIsClosed) {
+  // Unread SCM_RIGHTS descriptors are charged to the daemon's user: before,
+  // a client that acquired without reading its handle socket made an
+  // unprivileged daemon's sends fail (ETOOMANYREFS) for every client.
+  ShortTempDir dir;
+  const std::string path = dir.Join("h.sock");
+  absl::Notification closed;
+  SessionLimits limits;
+  limits.max_unread_bundles = 3;
+  ASSERT_OK_AND_ASSIGN(
+      auto server,
+      SessionServer::Start(
+          path,
+          // on_close runs on the one session thread: the check cannot race.
+          [&](const std::string&) {
+            if (!closed.HasBeenNotified()) closed.Notify();
+          },
+          limits));
+  ScopedFd memfd(::memfd_create("t", MFD_CLOEXEC));
+
+  // A client that reads keeps its session, however many bundles it gets.
+  ScopedFd reader = ConnectTo(path);
+  const std::string reader_id = Receive(reader.get()).hello().session_id();
+  for (int i = 0; i < 10; ++i) {
+    ASSERT_OK(server->SendFds(reader_id, server->NextTransferId(), "l",
+                              {memfd.get()}));
+    std::vector<int> fds;
+    ASSERT_TRUE(Receive(reader.get(), &fds).has_fds());
+    for (int fd : fds) ::close(fd);
+  }
+
+  ScopedFd idle = ConnectTo(path);
+  const std::string idle_id = Receive(idle.get()).hello().session_id();
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_OK(
+        server->SendFds(idle_id, server->NextTransferId(), "l", {memfd.get()}));
+  }
+  EXPECT_THAT(
+      server->SendFds(idle_id, server->NextTransferId(), "l", {memfd.get()}),
+      StatusIs(absl::StatusCode::kResourceExhausted,
+               ::testing::HasSubstr("left 3 descriptor bundles unread on the "
+                                    "handle socket, the most a session may "
+                                    "(3)")));
+  // The session closes (its leases are released by on_close).
+  ASSERT_TRUE(closed.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_THAT(server->Find(idle_id), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_OK(server->Find(reader_id).status());
 }
 
 TEST(SessionServerTest, DestructionRemovesTheSocketFile) {

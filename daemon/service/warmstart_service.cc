@@ -1,9 +1,17 @@
 #include "daemon/service/warmstart_service.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <fstream>
+#include <optional>
+#include <vector>
 
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "daemon/base/logging.h"
 #include "daemon/base/metrics.h"
 
@@ -72,10 +80,32 @@ absl::StatusOr<std::string> WarmstartService::SessionOf(
         "session id as metadata \"warmstart-session\"");
   }
   std::string id(it->second.data(), it->second.size());
-  if (!sessions_->Find(id).ok()) {
+  absl::StatusOr<SessionPeer> owner = sessions_->Find(id);
+  if (!owner.ok()) {
     return absl::UnauthenticatedError(absl::StrCat(
         "session \"", absl::CHexEscape(id.substr(0, 64)),
         "\" is unknown or closed; open a new one on the handle socket"));
+  }
+  if (peers_ != nullptr) {
+    // A session id is not a bearer token: another process that learnt it
+    // (from a log, /proc, a core dump) must not take or release leases
+    // whose descriptors go to the session's owner.
+    const std::optional<SessionPeer> caller = peers_->Find(context.peer());
+    if (!caller.has_value()) {
+      return absl::PermissionDeniedError(
+          "sessions can be used only over the daemon's unix socket, by the "
+          "process that opened them");
+    }
+    if (caller->pid != owner->pid || caller->uid != owner->uid) {
+      Logger("service")->warn(
+          "refused session {} of pid {} uid {} used by pid {} uid {}",
+          absl::CHexEscape(id.substr(0, 64)), owner->pid, owner->uid,
+          caller->pid, caller->uid);
+      return absl::PermissionDeniedError(absl::StrCat(
+          "session \"", absl::CHexEscape(id.substr(0, 64)),
+          "\" belongs to pid ", owner->pid, " uid ", owner->uid,
+          "; this call comes from pid ", caller->pid, " uid ", caller->uid));
+    }
   }
   return id;
 }
@@ -106,9 +136,63 @@ grpc::Status WarmstartService::GetServerInfo(grpc::ServerContext*,
   return grpc::Status::OK;
 }
 
+namespace {
+
+// The supplementary groups of `pid` (from /proc), or none when it is gone.
+std::vector<gid_t> GroupsOf(pid_t pid) {
+  std::vector<gid_t> groups;
+  std::ifstream status(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  while (std::getline(status, line)) {
+    if (!absl::StartsWith(line, "Groups:")) continue;
+    for (absl::string_view field : absl::StrSplit(
+             absl::string_view(line).substr(7), ' ', absl::SkipEmpty())) {
+      gid_t gid;
+      if (absl::SimpleAtoi(field, &gid)) groups.push_back(gid);
+    }
+  }
+  return groups;
+}
+
+}  // namespace
+
+absl::Status WarmstartService::AuthorizeControl(
+    const grpc::ServerContext& context, absl::string_view what) const {
+  if (peers_ == nullptr) return absl::OkStatus();
+  const std::optional<SessionPeer> caller = peers_->Find(context.peer());
+  if (!caller.has_value()) {
+    if (policy_.tcp_control) return absl::OkStatus();
+    return absl::PermissionDeniedError(
+        absl::StrCat("callers over TCP may not ", what,
+                     ": they have no credentials (use the unix socket, or set "
+                     "authorization { tcp_control: true })"));
+  }
+  if (policy_.control_uids.empty() && policy_.control_gids.empty()) {
+    return absl::OkStatus();
+  }
+  if (caller->uid == 0 || caller->uid == ::geteuid() ||
+      policy_.control_uids.count(caller->uid) > 0 ||
+      policy_.control_gids.count(caller->gid) > 0) {
+    return absl::OkStatus();
+  }
+  for (gid_t gid : GroupsOf(caller->pid)) {
+    if (policy_.control_gids.count(gid) > 0) return absl::OkStatus();
+  }
+  Logger("service")->warn("refused to let pid {} uid {} {}", caller->pid,
+                          caller->uid, what);
+  return absl::PermissionDeniedError(absl::StrCat(
+      "uid ", caller->uid, " (pid ", caller->pid, ") may not ", what,
+      ": not root, not the daemon's uid, and not in authorization's "
+      "control_uids or control_gids"));
+}
+
 grpc::Status WarmstartService::LoadModel(grpc::ServerContext* context,
                                          const v1::LoadModelRequest* request,
                                          v1::ModelStatus* response) {
+  if (absl::Status allowed = AuthorizeControl(*context, "load models");
+      !allowed.ok()) {
+    return ToGrpc(allowed);
+  }
   ModelRequest model;
   model.name = request->name();
   model.path = request->path();
@@ -228,8 +312,12 @@ grpc::Status WarmstartService::ReleaseModel(
 }
 
 grpc::Status WarmstartService::UnloadModel(
-    grpc::ServerContext*, const v1::UnloadModelRequest* request,
+    grpc::ServerContext* context, const v1::UnloadModelRequest* request,
     v1::ModelStatus* response) {
+  if (absl::Status allowed = AuthorizeControl(*context, "unload models");
+      !allowed.ok()) {
+    return ToGrpc(allowed);
+  }
   absl::StatusOr<v1::ModelStatus> status =
       registry_->Unload(request->name(), request->force());
   if (!status.ok()) return ToGrpc(status.status());
@@ -264,6 +352,8 @@ grpc::Status WarmstartService::GetStats(grpc::ServerContext*,
     device->set_uuid(use.uuid);
     device->set_resident_bytes(use.resident_bytes);
     device->set_budget_bytes(use.budget_bytes);
+    device->set_free_bytes(use.free_bytes);
+    device->set_retained_bytes(use.retained_bytes);
   }
   for (const auto& [name, value] : Metrics::Global().Snapshot()) {
     (*response->mutable_metrics())[name] = value;

@@ -10,10 +10,12 @@
 #ifndef WARMSTART_DAEMON_SERVICE_WARMSTART_SERVICE_H_
 #define WARMSTART_DAEMON_SERVICE_WARMSTART_SERVICE_H_
 
+#include <set>
 #include <string>
 
 #include "absl/synchronization/mutex.h"
 #include "daemon/registry/registry.h"
+#include "daemon/service/grpc_acceptor.h"
 #include "daemon/service/session_server.h"
 #include "proto/warmstart.grpc.pb.h"
 
@@ -21,6 +23,15 @@ namespace warmstart {
 
 // The gRPC metadata key carrying a session id.
 inline constexpr char kSessionMetadataKey[] = "warmstart-session";
+
+// Who may load and unload models (DaemonConfig.authorization). Root and the
+// daemon's own uid always may; with both sets empty every unix socket
+// caller may. TCP callers may only when `tcp_control`.
+struct AuthorizationPolicy {
+  std::set<uid_t> control_uids;
+  std::set<gid_t> control_gids;
+  bool tcp_control = false;
+};
 
 class WarmstartService final : public v1::Warmstart::Service {
  public:
@@ -30,6 +41,17 @@ class WarmstartService final : public v1::Warmstart::Service {
   WarmstartService(v1::ServerInfo info, Registry* registry,
                    SessionServer* sessions)
       : info_(std::move(info)), registry_(registry), sessions_(sessions) {}
+
+  // Binds sessions to their peer: a call that names a session must come
+  // over a connection whose peer (in `peers`, not owned, outliving the
+  // service) is the process that opened the session. Called once, before
+  // serving; without it sessions are not bound (unit tests).
+  void BindSessionsToPeers(const ConnectionPeers* peers) { peers_ = peers; }
+  // Enforced only once sessions are bound to peers (it needs them). Called
+  // once, before serving.
+  void SetAuthorization(AuthorizationPolicy policy) {
+    policy_ = std::move(policy);
+  }
 
   void SetReadiness(v1::Readiness::State state, const std::string& message);
   v1::Readiness readiness() const;
@@ -71,6 +93,13 @@ class WarmstartService final : public v1::Warmstart::Service {
   const v1::ServerInfo info_;
   Registry* const registry_;
   SessionServer* const sessions_;
+  // PermissionDenied naming the caller when it may not `what` ("load
+  // models") under policy_.
+  absl::Status AuthorizeControl(const grpc::ServerContext& context,
+                                absl::string_view what) const;
+
+  const ConnectionPeers* peers_ = nullptr;  // Set before serving.
+  AuthorizationPolicy policy_;              // Set before serving.
   mutable absl::Mutex mutex_;
   v1::Readiness readiness_ ABSL_GUARDED_BY(mutex_);
 };

@@ -8,6 +8,7 @@
 #define WARMSTART_DAEMON_DEVICE_TESTING_FAULT_INJECTING_DEVICE_H_
 
 #include <atomic>
+#include <functional>
 #include <memory>
 
 #include "absl/synchronization/notification.h"
@@ -24,6 +25,8 @@ struct DeviceFaults {
   // load in progress (room reserved, nothing read yet) for as long as it
   // needs. Not owned; must outlive the allocations.
   absl::Notification* hold_allocations = nullptr;
+  // When set, what Memory() reports (else the inner device's figures).
+  std::function<DeviceMemory()> memory;
 };
 
 class FaultInjectingDevice : public Device {
@@ -44,6 +47,9 @@ class FaultInjectingDevice : public Device {
                     const char* source, uint64_t bytes,
                     std::function<void(absl::Status)> done) override;
   absl::Status Synchronize() override { return inner_->Synchronize(); }
+  DeviceMemory Memory() const override {
+    return faults_.memory ? faults_.memory() : inner_->Memory();
+  }
 
   int live_allocations() const { return live_allocations_.load(); }
   int registered_regions() const { return registered_.load(); }

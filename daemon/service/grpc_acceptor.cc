@@ -1,0 +1,204 @@
+#include "daemon/service/grpc_acceptor.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "daemon/base/errno_status.h"
+#include "daemon/base/logging.h"
+#include "daemon/base/metrics.h"
+#include "grpcpp/server_posix.h"
+
+namespace warmstart {
+namespace {
+
+Counter* RefusedCounter() {
+  static Counter* counter = Metrics::Global().GetCounter(
+      "warmstart_grpc_connections_refused_total",
+      "gRPC connections closed at once because the daemon's descriptors ran "
+      "low");
+  return counter;
+}
+
+ScopedFd OpenSpare() {
+  return ScopedFd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+}
+
+// Descriptors this process has open (entries of /proc/self/fd, less the
+// one that lists them).
+uint64_t OpenDescriptors() {
+  DIR* dir = ::opendir("/proc/self/fd");
+  if (dir == nullptr) return 0;
+  uint64_t count = 0;
+  while (::readdir(dir) != nullptr) ++count;
+  ::closedir(dir);
+  // ".", ".." and the directory's own descriptor.
+  return count >= 3 ? count - 3 : 0;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<GrpcAcceptor>> GrpcAcceptor::Start(
+    const std::string& path, grpc::Server* server,
+    std::function<uint64_t()> keep_free, ConnectionPeers* peers) {
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(address.sun_path)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "socket ", path, " is ", path.size(),
+        " bytes; a unix socket path must be under ", sizeof(address.sun_path)));
+  }
+  std::memcpy(address.sun_path, path.data(), path.size());
+  ScopedFd listener(
+      ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!listener.valid()) return ErrnoToStatus(errno, "socket");
+  if (::bind(listener.get(), reinterpret_cast<const sockaddr*>(&address),
+             sizeof(address)) != 0) {
+    return ErrnoToStatus(errno, absl::StrCat("bind ", path));
+  }
+  if (::listen(listener.get(), SOMAXCONN) != 0) {
+    return ErrnoToStatus(errno, absl::StrCat("listen ", path));
+  }
+  ScopedFd stop_event(::eventfd(0, EFD_CLOEXEC));
+  if (!stop_event.valid()) return ErrnoToStatus(errno, "eventfd");
+  ScopedFd spare = OpenSpare();
+  if (!spare.valid()) return ErrnoToStatus(errno, "open /dev/null");
+  return std::unique_ptr<GrpcAcceptor>(new GrpcAcceptor(
+      std::move(listener), std::move(stop_event), std::move(spare), server,
+      std::move(keep_free), peers, path));
+}
+
+GrpcAcceptor::GrpcAcceptor(ScopedFd listener, ScopedFd stop_event,
+                           ScopedFd spare, grpc::Server* server,
+                           std::function<uint64_t()> keep_free,
+                           ConnectionPeers* peers, std::string path)
+    : listener_(std::move(listener)),
+      stop_event_(std::move(stop_event)),
+      spare_(std::move(spare)),
+      server_(server),
+      keep_free_(std::move(keep_free)),
+      peers_(peers),
+      path_(std::move(path)),
+      thread_([this] { Run(); }) {}
+
+GrpcAcceptor::~GrpcAcceptor() {
+  const uint64_t one = 1;
+  (void)!::write(stop_event_.get(), &one, sizeof(one));
+  thread_.join();
+}
+
+void GrpcAcceptor::Run() {
+  while (true) {
+    pollfd polled[2] = {{stop_event_.get(), POLLIN, 0},
+                        {listener_.get(), POLLIN, 0}};
+    if (::poll(polled, 2, -1) < 0) {
+      if (errno != EINTR) {
+        Logger("service")->error("poll on {}: {}", path_, std::strerror(errno));
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+      continue;
+    }
+    if (polled[0].revents != 0) return;
+    if (polled[1].revents != 0) AcceptOne();
+  }
+}
+
+bool GrpcAcceptor::DescriptorsRunLow() const {
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0 ||
+      limit.rlim_cur == RLIM_INFINITY) {
+    return false;
+  }
+  return OpenDescriptors() + keep_free_() >= limit.rlim_cur;
+}
+
+void GrpcAcceptor::AcceptOne() {
+  auto log = Logger("service");
+  ScopedFd socket(::accept4(listener_.get(), nullptr, nullptr,
+                            SOCK_CLOEXEC | SOCK_NONBLOCK));
+  if (!socket.valid()) {
+    if (errno == EMFILE || errno == ENFILE) {
+      // The connection waits in the backlog and the listener stays
+      // readable: without a descriptor to accept it into, poll would spin.
+      // The spare is given up to accept and close it, then taken back.
+      spare_.reset();
+      ScopedFd dropped(
+          ::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+      spare_ = OpenSpare();
+      {
+        absl::MutexLock lock(&mutex_);
+        ++refused_;
+      }
+      RefusedCounter()->Add();
+      log->warn(
+          "gRPC connection on {} refused: the daemon is out of "
+          "descriptors (RLIMIT_NOFILE)",
+          path_);
+      if (!spare_.valid()) {
+        // Still none: give the holders time to close some.
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+    } else if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
+      log->warn("accept on {}: {}", path_, std::strerror(errno));
+    }
+    return;
+  }
+  if (DescriptorsRunLow()) {
+    {
+      absl::MutexLock lock(&mutex_);
+      ++refused_;
+    }
+    RefusedCounter()->Add();
+    log->warn(
+        "gRPC connection on {} refused: too few descriptors are left below "
+        "the daemon's RLIMIT_NOFILE; they are kept for loads and sessions",
+        path_);
+    return;
+  }
+  ucred credentials{};
+  socklen_t length = sizeof(credentials);
+  if (::getsockopt(socket.get(), SOL_SOCKET, SO_PEERCRED, &credentials,
+                   &length) != 0) {
+    log->warn("SO_PEERCRED on {}: {}", path_, std::strerror(errno));
+    return;
+  }
+  const int fd = socket.release();
+  peers_->Record(
+      fd, SessionPeer{credentials.pid, credentials.uid, credentials.gid});
+  // gRPC owns the descriptor from here and closes it with the connection.
+  grpc::AddInsecureChannelFromFd(server_, fd);
+}
+
+void ConnectionPeers::Record(int fd, const SessionPeer& peer) {
+  absl::MutexLock lock(&mutex_);
+  peers_[fd] = peer;
+}
+
+std::optional<SessionPeer> ConnectionPeers::Find(
+    absl::string_view grpc_peer) const {
+  if (!absl::ConsumePrefix(&grpc_peer, "fd:")) return std::nullopt;
+  int fd = -1;
+  if (!absl::SimpleAtoi(grpc_peer, &fd)) return std::nullopt;
+  absl::MutexLock lock(&mutex_);
+  auto it = peers_.find(fd);
+  if (it == peers_.end()) return std::nullopt;
+  return it->second;
+}
+
+uint64_t GrpcAcceptor::refused() const {
+  absl::MutexLock lock(&mutex_);
+  return refused_;
+}
+
+}  // namespace warmstart

@@ -1,0 +1,107 @@
+// GrpcAcceptor: accepts the gRPC unix socket's connections itself and hands
+// each to the gRPC server (grpc::AddInsecureChannelFromFd).
+//
+// Why not gRPC's own listener: when accept4 failed with EMFILE, Debian's
+// gRPC 1.51 never re-armed it, and every new client was told "daemon
+// unavailable" for good while health still said SERVING. This acceptor
+// survives running out of descriptors (it keeps one spare descriptor, and
+// on EMFILE closes it, accepts and closes the connection, and opens it
+// again), refuses connections that would eat into the descriptors the
+// daemon keeps for itself, and records each connection's peer credentials
+// (SO_PEERCRED): gRPC names such a connection "fd:N" in
+// ServerContext::peer(), which PeerOf maps back to them.
+//
+// Thread safety: thread-safe. One thread accepts; PeerOf may be called from
+// any thread.
+#ifndef WARMSTART_DAEMON_SERVICE_GRPC_ACCEPTOR_H_
+#define WARMSTART_DAEMON_SERVICE_GRPC_ACCEPTOR_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "daemon/base/scoped_fd.h"
+#include "daemon/service/session_server.h"
+#include "grpcpp/server.h"
+
+namespace warmstart {
+
+// The credentials (SO_PEERCRED) of the process on the other end of each
+// gRPC connection the acceptor handed to gRPC, by the peer string gRPC
+// reports for its calls ("fd:N"). The acceptor records; the service looks
+// up, to bind sessions to the process that opened them.
+//
+// Thread safety: thread-safe.
+class ConnectionPeers {
+ public:
+  void Record(int fd, const SessionPeer& peer);
+  // nullopt for a peer string of another kind (a TCP peer, say) or an
+  // unknown descriptor.
+  std::optional<SessionPeer> Find(absl::string_view grpc_peer) const;
+
+ private:
+  mutable absl::Mutex mutex_;
+  // Descriptor number -> peer of the connection most recently accepted on
+  // it. A number is reused only after gRPC closed the connection, so the
+  // entry of a live connection is always its own.
+  std::map<int, SessionPeer> peers_ ABSL_GUARDED_BY(mutex_);
+};
+
+class GrpcAcceptor {
+ public:
+  // Listens on `path` (which PrepareSocketPath has made ready) and starts
+  // accepting into `server`, which must outlive the acceptor (destroy the
+  // acceptor before shutting the server down). A connection is refused
+  // (closed at once, logged and counted) while fewer than `keep_free()`
+  // descriptors below the soft RLIMIT_NOFILE would remain; `keep_free` is
+  // called on the accepting thread.
+  // Each connection's peer is recorded in `peers` (not owned; outlives the
+  // acceptor).
+  static absl::StatusOr<std::unique_ptr<GrpcAcceptor>> Start(
+      const std::string& path, grpc::Server* server,
+      std::function<uint64_t()> keep_free, ConnectionPeers* peers);
+
+  // Stops accepting and closes the listening socket (the file stays; the
+  // server removes it). Connections already handed to gRPC stay open.
+  ~GrpcAcceptor();
+  GrpcAcceptor(const GrpcAcceptor&) = delete;
+  GrpcAcceptor& operator=(const GrpcAcceptor&) = delete;
+
+  // Connections refused for want of descriptors since the start.
+  uint64_t refused() const;
+
+ private:
+  GrpcAcceptor(ScopedFd listener, ScopedFd stop_event, ScopedFd spare,
+               grpc::Server* server, std::function<uint64_t()> keep_free,
+               ConnectionPeers* peers, std::string path);
+  void Run();
+  void AcceptOne();
+  bool DescriptorsRunLow() const;
+
+  const ScopedFd listener_;
+  const ScopedFd stop_event_;
+  ScopedFd spare_;  // Only the accept thread touches it.
+  grpc::Server* const server_;
+  const std::function<uint64_t()> keep_free_;
+  ConnectionPeers* const peers_;
+  const std::string path_;
+
+  mutable absl::Mutex mutex_;
+  uint64_t refused_ ABSL_GUARDED_BY(mutex_) = 0;
+
+  std::thread thread_;  // Last: starts once everything above exists.
+};
+
+}  // namespace warmstart
+
+#endif  // WARMSTART_DAEMON_SERVICE_GRPC_ACCEPTOR_H_
