@@ -5,9 +5,9 @@ the loader in every one of its processes).
 
 A tiny random Llama written by transformers' own save_pretrained is served
 with the default loader and with `--load-format warmstart`: the greedy
-tokens are identical, and with warmstart no vLLM process reads the
-checkpoint (its pages stay out of the page cache, where any read would
-bring them). The fallback when the daemon is down, and the error when the
+tokens are identical, and with warmstart no vLLM process opens the
+checkpoint's weights (strace follows every process vLLM starts). The
+fallback when the daemon is down, and the error when the
 fallback is off, are tested the same way.
 
 Run by tests/vllm_test.sh, which builds and installs the wheel and runs
@@ -44,13 +44,6 @@ def main():
     params = SamplingParams(max_tokens=%d, temperature=0)
     out = llm.generate([{"prompt_token_ids": %r}], params)
     print("TOKENS", json.dumps(list(out[0].outputs[0].token_ids)), flush=True)
-    # Bytes this process and its engine processes (alive until exit) made
-    # the kernel read from storage.
-    import psutil
-    me = psutil.Process()
-    read = sum(p.io_counters().read_bytes
-               for p in [me] + me.children(recursive=True))
-    print("READ_BYTES", read, flush=True)
 if __name__ == "__main__":
     main()
 """ % (TOKENS, PROMPT)
@@ -75,13 +68,17 @@ def checkpoint(tmp_path_factory):
     return path
 
 
-def serve(checkpoint, load_format, extra, env=None):
-    """Runs vLLM once; returns (tokens or None, its combined output). The
-    output ends with "READ_BYTES N": what its processes read from
-    storage."""
+def serve(checkpoint, load_format, extra, env=None, trace=None):
+    """Runs vLLM once; returns (tokens or None, its combined output). With
+    `trace` (a file name), strace records every file its processes open
+    there."""
+    command = [sys.executable, "-c", RUN, checkpoint, load_format,
+               json.dumps(extra)]
+    if trace is not None:
+        command = ["strace", "-f", "--seccomp-bpf", "-qq", "-e",
+                   "trace=open,openat,openat2", "-o", trace] + command
     result = subprocess.run(
-        [sys.executable, "-c", RUN, checkpoint, load_format,
-         json.dumps(extra)],
+        command,
         env=dict(os.environ, PYTHONPATH=SITE, **(env or {})),
         capture_output=True, text=True, timeout=600)
     output = result.stdout + result.stderr
@@ -91,28 +88,10 @@ def serve(checkpoint, load_format, extra, env=None):
     return None, output
 
 
-def read_bytes(output):
-    """The READ_BYTES figure of a run's output."""
-    for line in output.splitlines():
-        if line.startswith("READ_BYTES "):
-            return int(line.split()[1])
-    raise AssertionError("no READ_BYTES in the output:\n" + output[-3000:])
-
-
-def cached_bytes(path):
-    """Bytes of `path` in the page cache (util-linux's fincore)."""
-    out = subprocess.run(["fincore", "--bytes", "--raw", "--noheadings",
-                          "--output", "RES", path],
-                         check=True, capture_output=True, text=True).stdout
-    return int(out.strip())
-
-
-def drop_from_page_cache(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+def opened(trace, path):
+    """The lines of an strace log where a process opened `path`."""
+    with open(trace) as log:
+        return [line for line in log if f'"{path}"' in line]
 
 
 @pytest.fixture(scope="module")
@@ -135,28 +114,22 @@ def test_warmstart_serves_the_same_tokens_without_reading_the_files(
     weights = os.path.join(checkpoint, "model.safetensors")
     loaded = daemon.ctl("load", "tiny-llama", checkpoint)
     assert loaded.returncode == 0, loaded.stderr
-    drop_from_page_cache(weights)
-    assert cached_bytes(weights) == 0
-    # The loader's LoadModel joins the resident model; the daemon's own
-    # check of the files (headers, fingerprint) reads through the page
-    # cache, not the vLLM processes.
 
-    size = os.path.getsize(weights)
+    trace = os.path.join(daemon.workdir, "warmstart.strace")
     tokens, output = serve(checkpoint, "warmstart",
-                           {"socket": daemon.socket})
+                           {"socket": daemon.socket}, trace=trace)
     assert tokens == default_tokens, output[-3000:]
     assert "warmstart: resident hit: model tiny-llama" in output
-    # The vLLM processes read less from storage than the checkpoint holds
-    # (everything else they read, libraries and code, is cached by the
-    # earlier run): the weights came from the daemon's memory.
-    assert read_bytes(output) < size // 2, read_bytes(output)
+    # No vLLM process opened the weights (strace follows every process vLLM
+    # starts); the daemon checked its copy against the file instead.
+    assert opened(trace, weights) == []
+    assert opened(trace, os.path.join(checkpoint, "config.json"))
     # The lease went back once the weights were in vLLM's parameters.
     assert wait_for(lambda: daemon.leases("tiny-llama") == 0, 30)
-    # The default loader reads the file from storage, so the check above
-    # can fail.
-    drop_from_page_cache(weights)
-    _, output = serve(checkpoint, "auto", {})
-    assert read_bytes(output) >= size
+    # The default loader does open them, so the check above can fail.
+    trace = os.path.join(daemon.workdir, "default.strace")
+    serve(checkpoint, "auto", {}, trace=trace)
+    assert opened(trace, weights) != []
 
 
 def test_a_model_not_resident_is_loaded_by_the_daemon_first(

