@@ -369,10 +369,15 @@ absl::Status Loader::Fill(const Manifest& manifest, const ArenaLayout& layout,
   };
 
   // The host arena is ordinary memory: buffered reads of plain data can land
-  // in it directly, with no staging copy.
+  // in it directly, with no staging copy, unless the arena is written faster
+  // through copies (4 KiB shared memory: a read into its mapping faults
+  // every page, which costs more than the staging copy saves).
   const bool host_arena = arena.host_data() != nullptr;
   auto reads_in_place = [&](const ReadChunk& chunk) {
-    if (!host_arena || files.at(chunk.file_index).direct) return false;
+    if (!host_arena || arena.PrefersCopies() ||
+        files.at(chunk.file_index).direct) {
+      return false;
+    }
     for (const Piece& piece : chunk.pieces) {
       const TensorEntry& tensor =
           manifest.files[chunk.file_index]

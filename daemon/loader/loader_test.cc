@@ -197,7 +197,10 @@ class LoaderFaultTest : public ::testing::Test {
       FaultInjectingEngine::Options faults, testing::DeviceFaults device_faults,
       const std::atomic<bool>* cancel = nullptr, bool direct_io = true,
       uint64_t read_bytes = 0, bool* bytes_match = nullptr) {
-    HostDevice host(HostDeviceOptions{});
+    HostDeviceOptions host_options;
+    // Reads land in the arena only when it is not written through its fd.
+    host_options.write_through_fd = !in_place_;
+    HostDevice host(host_options);
     testing::FaultInjectingDevice device(&host, device_faults);
     ReadEngineOptions engine_options;
     engine_options.kind = ReadEngineOptions::Kind::kPread;
@@ -245,6 +248,7 @@ class LoaderFaultTest : public ::testing::Test {
   Manifest manifest_;
   uint64_t reads_ = 0;
   int64_t max_in_flight_ = 0;
+  bool in_place_ = false;
 };
 
 TEST_F(LoaderFaultTest, CleanLoadThroughTheFaultInjectorSucceeds) {
@@ -263,6 +267,7 @@ TEST_F(LoaderFaultTest, EioAtTheNthReadFailsNamingFileAndOffset) {
 }
 
 TEST_F(LoaderFaultTest, EioWhileReadingInPlaceFailsAndReleasesEverything) {
+  in_place_ = true;
   // Buffered reads of plain data land in the host arena directly.
   for (uint64_t n : {1, 5, 8}) {  // One read per tensor: 8 in all.
     FaultInjectingEngine::Options faults;
@@ -275,6 +280,7 @@ TEST_F(LoaderFaultTest, EioWhileReadingInPlaceFailsAndReleasesEverything) {
 }
 
 TEST_F(LoaderFaultTest, FileTruncatedWhileReadingInPlaceIsDataLoss) {
+  in_place_ = true;
   FaultInjectingEngine::Options faults;
   faults.action_before_read = 4;
   faults.action = [this] { ASSERT_EQ(::truncate(path_.c_str(), 200000), 0); };
@@ -336,6 +342,23 @@ TEST_F(LoaderFaultTest, EioOrShortReadsAmongTheReadsOfOneSlabAreCaught) {
   EXPECT_THAT(LoadWith(truncate, {}, nullptr, true, 8192),
               StatusIs(absl::StatusCode::kDataLoss,
                        AllOf(HasSubstr(path_), HasSubstr("truncated"))));
+}
+
+TEST_F(LoaderFaultTest, BufferedReadsLandInPlaceOnlyWhereTheArenaTakesThem) {
+  bool bytes_match = false;
+  // An arena written through its memfd: buffered reads are staged, one
+  // read per slab: 800000 bytes in 64 KiB - 8 KiB slabs are 14.
+  ASSERT_OK(LoadWith({}, {}, nullptr, /*direct_io=*/false, 65536, &bytes_match)
+                .status());
+  EXPECT_TRUE(bytes_match);
+  EXPECT_EQ(reads_, 14u);
+  // An arena written through its mapping: one read per piece (a tensor cut
+  // by a chunk boundary is two), in place.
+  in_place_ = true;
+  ASSERT_OK(LoadWith({}, {}, nullptr, /*direct_io=*/false, 65536, &bytes_match)
+                .status());
+  EXPECT_TRUE(bytes_match);
+  EXPECT_EQ(reads_, 14u + 7u);
 }
 
 TEST_F(LoaderFaultTest, ReadSizesThatAreNotWholePagesAreRefused) {
