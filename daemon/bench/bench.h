@@ -70,6 +70,9 @@ struct BenchResult {
   // arena) while loading: VmRSS - RssShmem, sampled every few ms.
   uint64_t peak_rss_outside_arena = 0;
   uint64_t staging_bytes = 0;
+  // Tensor bytes of every load compared with the files after it (untimed);
+  // a difference fails the benchmark with DataLoss.
+  uint64_t bytes_verified = 0;
 };
 
 // Runs the benchmark, loading onto `device` (which must outlive the call).

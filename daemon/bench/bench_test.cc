@@ -70,6 +70,8 @@ TEST(RunBenchTest, MeasuresBothModesAgainstTheirBaselines) {
     EXPECT_THAT(mode.ratio_median, DoubleEq(Median(mode.ratios)));
   }
   EXPECT_GT(result.peak_rss_outside_arena, 0u);
+  // Every load of both modes was compared with the file.
+  EXPECT_EQ(result.bytes_verified, 4u * (16u << 20));
 }
 
 TEST(RunBenchTest, MissingCheckpointIsAnError) {

@@ -86,6 +86,7 @@ int RunBenchCommand(const CommandLine& line) {
         {"runs", result->runs},
         {"peak_rss_outside_arena_bytes", result->peak_rss_outside_arena},
         {"staging_bytes", result->staging_bytes},
+        {"bytes_verified", result->bytes_verified},
         {"results", nlohmann::ordered_json::array()}};
     for (const ModeResult& mode : result->results) {
       nlohmann::ordered_json entry = {
@@ -128,6 +129,8 @@ int RunBenchCommand(const CommandLine& line) {
                   mode.second_baseline_gbps_median, mode.second_ratio_median);
     }
   }
+  std::printf("every load verified against the files: %.3f GB compared\n",
+              result->bytes_verified / 1e9);
   std::printf(
       "peak resident memory outside the arena: %.1f MiB (staging pool %.0f "
       "MiB)\n",
