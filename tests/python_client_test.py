@@ -223,6 +223,51 @@ def test_to_torch_shares_memory(client, root):
     assert bf16.float().tolist() == [[2.25, 1.0], [1.0, 1.0]]
 
 
+@pytest.mark.parametrize("fixture", ALL + (TENSORIZER_MODULE,))
+def test_lazy_tensors_and_strided_torch_views_behave_as_per_tensor_views(
+        client, root, fixture):
+    # Arrays are made on first access and torch tensors as strided views of
+    # one span: the same objects, bytes, dtypes, shapes, strides and
+    # addresses as the per-tensor path (warmstart._to_torch over each
+    # array) gives, in the same order.
+    name = load(client, root, fixture)
+    with client.acquire(name) as model:
+        tensors = model.tensors
+        names = list(tensors)
+        assert names == list(model.dtypes) == list(model.shapes)
+        assert len(tensors) == len(names)
+        assert all(n in tensors for n in names)
+        assert "no such tensor" not in tensors
+        with pytest.raises(KeyError):
+            tensors["no such tensor"]
+        with pytest.raises(TypeError):
+            tensors["x"] = np.zeros(1)
+        assert set(model.roles) == set(names)
+        try:
+            reference = {n: warmstart._to_torch(torch, n, model.dtypes[n],
+                                                model.shapes[n], tensors[n])
+                         for n in names}
+        except warmstart.UnsupportedDType as error:
+            with pytest.raises(warmstart.UnsupportedDType) as raised:
+                model.to_torch()
+            assert str(raised.value) == str(error)
+            return
+        made = model.to_torch()
+        assert list(made) == names
+        for n in names:
+            got, want = made[n], reference[n]
+            assert got.dtype == want.dtype, n
+            assert tuple(got.shape) == tuple(want.shape), n
+            assert got.stride() == want.stride(), n
+            assert got.is_contiguous(), n
+            if want.nelement():
+                assert got.data_ptr() == want.data_ptr(), n
+            assert torch.equal(got.reshape(-1).view(torch.uint8),
+                               want.reshape(-1).view(torch.uint8)), n
+        # Made once, then kept.
+        assert all(tensors[n] is model.tensors[n] for n in names)
+
+
 def test_arrays_are_read_only(client, root):
     name = load(client, root, SAFETENSORS)
     with client.acquire(name) as model:

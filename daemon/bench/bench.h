@@ -4,6 +4,10 @@
 // held to:
 //   cold: a sequential O_DIRECT read of the same files into one reused
 //         aligned buffer ("odirect_read"): what the disk gives;
+//         Also, as a second baseline, "odirect_many_reads": the same files
+//         read O_DIRECT through the io_uring engine with 16 reads of 8 MiB
+//         in flight at once, what the disk gives at depth (the figure to
+//         compare with fio's many streams);
 //   warm: reading the cached files into freshly created shared memory of
 //         the same size ("pagecache_to_fresh_shm"): what the page cache and
 //         fresh-page faults give.
@@ -47,6 +51,13 @@ struct ModeResult {
   double gbps_median = 0;
   double baseline_gbps_median = 0;
   double ratio_median = 0;
+  // A second baseline measured in the same runs ("odirect_many_reads" for
+  // cold); empty when there is none.
+  std::string second_baseline;
+  std::vector<double> second_baseline_gbps;
+  std::vector<double> second_ratios;
+  double second_baseline_gbps_median = 0;
+  double second_ratio_median = 0;
 };
 
 struct BenchResult {
@@ -59,6 +70,9 @@ struct BenchResult {
   // arena) while loading: VmRSS - RssShmem, sampled every few ms.
   uint64_t peak_rss_outside_arena = 0;
   uint64_t staging_bytes = 0;
+  // Tensor bytes of every load compared with the files after it (untimed);
+  // a difference fails the benchmark with DataLoss.
+  uint64_t bytes_verified = 0;
 };
 
 // Runs the benchmark, loading onto `device` (which must outlive the call).

@@ -48,6 +48,10 @@ class DeviceAllocation {
   // (ResourceExhausted) when the memory could not be had. CopyFromHost waits
   // by itself; code writing through host_data() must call it first.
   virtual absl::Status WaitWritable(uint64_t end) { return absl::OkStatus(); }
+  // Whether writers should go through Device::CopyFromHost even though
+  // host_data() could take the bytes directly (reads landing in place):
+  // true for host memory that is written fastest through its descriptor.
+  virtual bool PrefersCopies() const { return false; }
 
   // Makes the memory read-only for everyone it is exported to (host: seals
   // the memfd). Called once the load has completed; an error means the

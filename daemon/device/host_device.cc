@@ -39,14 +39,16 @@ uint64_t RoundUp(uint64_t value, uint64_t multiple) {
 // killer or a SIGBUS on first touch.
 class Prefaulter {
  public:
+  // `threads` > 0 also faults the pages into this process's mapping, for
+  // writers that write through it; 0 only reserves them.
   Prefaulter(int memfd, char* data, uint64_t size, unsigned threads,
              std::string label)
       : memfd_(memfd), data_(data), size_(size), label_(std::move(label)) {
     // The reservation is cheap (about 10 GB/s here); its thread then helps
     // fault pages in.
-    threads_.emplace_back([this] {
+    threads_.emplace_back([this, threads] {
       Reserve();
-      Populate();
+      if (threads > 0) Populate();
     });
     for (unsigned i = 1; i < threads; ++i) {
       threads_.emplace_back([this] { Populate(); });
@@ -129,13 +131,20 @@ class Prefaulter {
 
 class HostAllocation : public DeviceAllocation {
  public:
-  // `prefault_threads` > 0 starts reserving and faulting the pages in.
+  // `write_through_fd`: reserves the pages in the background and has
+  // CopyFromHost write through the memfd (4 KiB shared memory); otherwise
+  // `prefault_threads` > 0 reserves and faults the pages in.
   HostAllocation(ScopedFd memfd, char* data, uint64_t size,
-                 unsigned prefault_threads, std::string label)
-      : memfd_(std::move(memfd)), data_(data), size_(size) {
-    if (prefault_threads > 0) {
+                 unsigned prefault_threads, bool write_through_fd,
+                 std::string label)
+      : memfd_(std::move(memfd)),
+        data_(data),
+        size_(size),
+        write_through_fd_(write_through_fd) {
+    if (write_through_fd || prefault_threads > 0) {
       prefaulter_ = std::make_unique<Prefaulter>(
-          memfd_.get(), data_, size_, prefault_threads, std::move(label));
+          memfd_.get(), data_, size_, write_through_fd ? 0 : prefault_threads,
+          std::move(label));
     }
   }
   ~HostAllocation() override {
@@ -150,6 +159,9 @@ class HostAllocation : public DeviceAllocation {
     return prefaulter_ == nullptr ? absl::OkStatus()
                                   : prefaulter_->WaitReserved(end);
   }
+
+  bool PrefersCopies() const override { return write_through_fd_; }
+  int memfd() const { return memfd_.get(); }
 
   absl::Status Seal() override {
     // Everything was written, so everything was reserved.
@@ -181,6 +193,7 @@ class HostAllocation : public DeviceAllocation {
   ScopedFd memfd_;
   char* data_;
   uint64_t size_;
+  const bool write_through_fd_;
   std::unique_ptr<Prefaulter> prefaulter_;
 };
 
@@ -266,7 +279,8 @@ absl::StatusOr<std::unique_ptr<DeviceAllocation>> HostDevice::Allocate(
   if (data == nullptr) return AllocateSmallPages(size, label);
   // Huge pages are populated by mmap (MAP_POPULATE): no prefault threads.
   return std::unique_ptr<DeviceAllocation>(
-      new HostAllocation(std::move(memfd), data, size, 0, label));
+      new HostAllocation(std::move(memfd), data, size, 0,
+                         /*write_through_fd=*/false, label));
 }
 
 absl::StatusOr<std::unique_ptr<DeviceAllocation>> HostDevice::AllocateFileImage(
@@ -301,7 +315,8 @@ HostDevice::AllocateSmallPages(uint64_t size, const std::string& label) {
   }
   return std::unique_ptr<DeviceAllocation>(
       new HostAllocation(std::move(memfd), static_cast<char*>(mapped), size,
-                         std::max(1u, options_.prefault_threads), label));
+                         std::max(1u, options_.prefault_threads),
+                         options_.write_through_fd, label));
 }
 
 void HostDevice::CopyFromHost(DeviceAllocation& destination, uint64_t offset,
@@ -312,7 +327,33 @@ void HostDevice::CopyFromHost(DeviceAllocation& destination, uint64_t offset,
     done(std::move(writable));
     return;
   }
-  std::memcpy(destination.host_data() + offset, source, bytes);
+  auto* host = dynamic_cast<HostAllocation*>(&destination);
+  if (host == nullptr || !host->PrefersCopies()) {
+    std::memcpy(destination.host_data() + offset, source, bytes);
+    done(absl::OkStatus());
+    return;
+  }
+  // Writing through the memfd puts the bytes in its pages without mapping
+  // them here: no page fault per 4 KiB and no zeroing of pages that are
+  // overwritten whole, about twice the rate of a memcpy into fresh pages
+  // of the mapping (2.45 vs 1.5 GB/s here).
+  while (bytes > 0) {
+    const ssize_t n =
+        ::pwrite(host->memfd(), source, bytes, static_cast<off_t>(offset));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      absl::Status status = ErrnoToStatus(
+          n < 0 ? errno : EIO,
+          absl::StrCat("copy ", bytes, " bytes into host memory at ", offset));
+      done(n < 0 && (errno == ENOSPC || errno == ENOMEM)
+               ? absl::ResourceExhaustedError(status.message())
+               : status);
+      return;
+    }
+    source += n;
+    offset += static_cast<uint64_t>(n);
+    bytes -= static_cast<uint64_t>(n);
+  }
   done(absl::OkStatus());
 }
 

@@ -4,6 +4,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <string>
 
@@ -115,6 +117,62 @@ TEST(HostDeviceTest, WritersWaitForTheReservationAndReleaseNeverHangs) {
   for (int i = 0; i < 5; ++i) {
     ASSERT_OK_AND_ASSIGN(auto released, device.Allocate(512 << 20, "gone"));
   }
+}
+
+// RssShmem of this process, in KiB.
+uint64_t RssShmemKib() {
+  std::FILE* status = std::fopen("/proc/self/status", "re");
+  if (status == nullptr) return 0;
+  char line[256];
+  unsigned long long value = 0;
+  while (std::fgets(line, sizeof(line), status) != nullptr) {
+    if (std::sscanf(line, "RssShmem: %llu kB", &value) == 1) break;
+  }
+  std::fclose(status);
+  return value;
+}
+
+TEST(HostDeviceTest, SmallPagesAreWrittenThroughTheMemfdNotTheMapping) {
+  HostDevice device(HostDeviceOptions{.huge_pages = false});
+  constexpr uint64_t kBytes = uint64_t{64} << 20;
+  ASSERT_OK_AND_ASSIGN(auto allocation, device.Allocate(kBytes, "through"));
+  EXPECT_TRUE(allocation->PrefersCopies());
+  std::string source(kBytes, '\0');
+  for (uint64_t i = 0; i < kBytes; ++i) source[i] = static_cast<char>(i * 7);
+  const uint64_t before = RssShmemKib();
+  // Copies at unaligned offsets and lengths, as tensors come.
+  constexpr uint64_t kPiece = (uint64_t{3} << 20) + 17;
+  for (uint64_t offset = 0; offset < kBytes; offset += kPiece) {
+    const uint64_t bytes = std::min(kPiece, kBytes - offset);
+    bool done = false;
+    device.CopyFromHost(*allocation, offset, source.data() + offset, bytes,
+                        [&](absl::Status status) {
+                          EXPECT_OK(status);
+                          done = true;
+                        });
+    EXPECT_TRUE(done);
+  }
+  // The pages were filled without being mapped into this process.
+  EXPECT_LT(RssShmemKib(), before + (kBytes >> 10) / 4);
+  EXPECT_EQ(std::memcmp(allocation->host_data(), source.data(), kBytes), 0);
+  ASSERT_OK(allocation->Seal());
+}
+
+TEST(HostDeviceTest, WritingThroughTheMappingStaysAvailable) {
+  HostDevice device(
+      HostDeviceOptions{.huge_pages = false, .write_through_fd = false});
+  ASSERT_OK_AND_ASSIGN(auto allocation, device.Allocate(1 << 20, "mapped"));
+  EXPECT_FALSE(allocation->PrefersCopies());
+  const std::string payload = "weights!";
+  bool done = false;
+  device.CopyFromHost(*allocation, 5000, payload.data(), payload.size(),
+                      [&](absl::Status status) {
+                        EXPECT_OK(status);
+                        done = true;
+                      });
+  EXPECT_TRUE(done);
+  EXPECT_EQ(std::string(allocation->host_data() + 5000, payload.size()),
+            payload);
 }
 
 }  // namespace

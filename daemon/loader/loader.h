@@ -101,6 +101,10 @@ struct LoadOptions {
   // O_DIRECT reads (falls back to buffered where refused). Buffered reads
   // win when the files are already in the page cache.
   bool direct_io = true;
+  // The most bytes one read of a staged chunk asks for: a slab is filled by
+  // several reads in flight at once, which a disk serves faster than one
+  // long read. REQUIRES: a non-zero multiple of 4096 (kDirectAlignment).
+  uint64_t read_bytes = uint64_t{8} << 20;
   // Keys for encrypted tensors; null means none (they fail to load).
   KeyProvider* keys = nullptr;
   // Opens the manifest's files for reading; null means plain open(2). A

@@ -195,8 +195,12 @@ class LoaderFaultTest : public ::testing::Test {
   // leaked whatever happened.
   absl::StatusOr<LoadedModel> LoadWith(
       FaultInjectingEngine::Options faults, testing::DeviceFaults device_faults,
-      const std::atomic<bool>* cancel = nullptr, bool direct_io = true) {
-    HostDevice host(HostDeviceOptions{});
+      const std::atomic<bool>* cancel = nullptr, bool direct_io = true,
+      uint64_t read_bytes = 0, bool* bytes_match = nullptr) {
+    HostDeviceOptions host_options;
+    // Reads land in the arena only when it is not written through its fd.
+    host_options.write_through_fd = !in_place_;
+    HostDevice host(host_options);
     testing::FaultInjectingDevice device(&host, device_faults);
     ReadEngineOptions engine_options;
     engine_options.kind = ReadEngineOptions::Kind::kPread;
@@ -208,17 +212,43 @@ class LoaderFaultTest : public ::testing::Test {
     LoadOptions options;
     options.cancel = cancel;
     options.direct_io = direct_io;
+    if (read_bytes != 0) options.read_bytes = read_bytes;
     absl::StatusOr<LoadedModel> result =
         loader.Load(manifest_, "faulty", options);
+    if (bytes_match != nullptr && result.ok()) {
+      *bytes_match = TensorsMatchFile(*result);
+      reads_ = engine.reads();
+      max_in_flight_ = engine.max_in_flight();
+    }
     EXPECT_EQ((*pool)->free_slabs(), (*pool)->slab_count());
     EXPECT_EQ(device.live_allocations(), result.ok() ? 1 : 0);
     if (result.ok()) result->arena.reset();  // Before the device goes.
     return result;
   }
 
+  // Whether every tensor of `model` holds the file's bytes.
+  bool TensorsMatchFile(const LoadedModel& model) {
+    auto source = FileByteSource::Open(path_);
+    if (!source.ok()) return false;
+    size_t t = 0;
+    for (const TensorEntry& tensor : manifest_.files[0].tensors) {
+      const LoadedTensor& loaded = model.tensors[t++];
+      auto expected = TensorSha256Hex(**source, tensor, nullptr);
+      if (!expected.ok() ||
+          Sha256Hex(absl::string_view(model.arena->host_data() + loaded.offset,
+                                      loaded.nbytes)) != *expected) {
+        return false;
+      }
+    }
+    return true;
+  }
+
   testing::ShortTempDir dir_;
   std::string path_;
   Manifest manifest_;
+  uint64_t reads_ = 0;
+  int64_t max_in_flight_ = 0;
+  bool in_place_ = false;
 };
 
 TEST_F(LoaderFaultTest, CleanLoadThroughTheFaultInjectorSucceeds) {
@@ -237,6 +267,7 @@ TEST_F(LoaderFaultTest, EioAtTheNthReadFailsNamingFileAndOffset) {
 }
 
 TEST_F(LoaderFaultTest, EioWhileReadingInPlaceFailsAndReleasesEverything) {
+  in_place_ = true;
   // Buffered reads of plain data land in the host arena directly.
   for (uint64_t n : {1, 5, 8}) {  // One read per tensor: 8 in all.
     FaultInjectingEngine::Options faults;
@@ -249,6 +280,7 @@ TEST_F(LoaderFaultTest, EioWhileReadingInPlaceFailsAndReleasesEverything) {
 }
 
 TEST_F(LoaderFaultTest, FileTruncatedWhileReadingInPlaceIsDataLoss) {
+  in_place_ = true;
   FaultInjectingEngine::Options faults;
   faults.action_before_read = 4;
   faults.action = [this] { ASSERT_EQ(::truncate(path_.c_str(), 200000), 0); };
@@ -270,6 +302,69 @@ TEST_F(LoaderFaultTest, FileTruncatedDuringTheLoadIsDataLoss) {
   EXPECT_THAT(LoadWith(faults, {}),
               StatusIs(absl::StatusCode::kDataLoss,
                        AllOf(HasSubstr(path_), HasSubstr("truncated"))));
+}
+
+TEST_F(LoaderFaultTest, SlabsAreFilledBySeveralReadsInFlight) {
+  // 8 tensors of 100000 bytes through 64 KiB slabs: 13 staged chunks. In
+  // 8 KiB reads each chunk is about 8 reads, several of them in flight.
+  bool bytes_match = false;
+  ASSERT_OK(LoadWith({}, {}, nullptr, /*direct_io=*/true, 8192, &bytes_match)
+                .status());
+  EXPECT_TRUE(bytes_match);
+  EXPECT_GE(reads_, 8u * 100000 / 8192);
+  EXPECT_GT(max_in_flight_, 1);
+  // One read per slab when the reads are as large as the slabs.
+  ASSERT_OK(LoadWith({}, {}, nullptr, /*direct_io=*/true, 65536, &bytes_match)
+                .status());
+  EXPECT_TRUE(bytes_match);
+  EXPECT_LE(reads_, 8u * 100000 / (65536 - 2 * 4096) + 2);
+}
+
+TEST_F(LoaderFaultTest, EioOrShortReadsAmongTheReadsOfOneSlabAreCaught) {
+  for (uint64_t n : {1, 2, 5, 9, 30}) {
+    FaultInjectingEngine::Options faults;
+    faults.fail_read = n;
+    EXPECT_THAT(LoadWith(faults, {}, nullptr, true, 8192),
+                StatusIs(absl::StatusCode::kDataLoss,
+                         AllOf(HasSubstr(path_), HasSubstr("offset"))))
+        << n;
+  }
+  FaultInjectingEngine::Options short_reads;
+  short_reads.max_bytes_per_read = 4096;
+  bool bytes_match = false;
+  ASSERT_OK(
+      LoadWith(short_reads, {}, nullptr, true, 8192, &bytes_match).status());
+  EXPECT_TRUE(bytes_match);
+  // The file cut short in the middle of a slab's reads.
+  FaultInjectingEngine::Options truncate;
+  truncate.action_before_read = 20;
+  truncate.action = [this] { ASSERT_EQ(::truncate(path_.c_str(), 300000), 0); };
+  EXPECT_THAT(LoadWith(truncate, {}, nullptr, true, 8192),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       AllOf(HasSubstr(path_), HasSubstr("truncated"))));
+}
+
+TEST_F(LoaderFaultTest, BufferedReadsLandInPlaceOnlyWhereTheArenaTakesThem) {
+  bool bytes_match = false;
+  // An arena written through its memfd: buffered reads are staged, one
+  // read per slab: 800000 bytes in 64 KiB - 8 KiB slabs are 14.
+  ASSERT_OK(LoadWith({}, {}, nullptr, /*direct_io=*/false, 65536, &bytes_match)
+                .status());
+  EXPECT_TRUE(bytes_match);
+  EXPECT_EQ(reads_, 14u);
+  // An arena written through its mapping: one read per piece (a tensor cut
+  // by a chunk boundary is two), in place.
+  in_place_ = true;
+  ASSERT_OK(LoadWith({}, {}, nullptr, /*direct_io=*/false, 65536, &bytes_match)
+                .status());
+  EXPECT_TRUE(bytes_match);
+  EXPECT_EQ(reads_, 14u + 7u);
+}
+
+TEST_F(LoaderFaultTest, ReadSizesThatAreNotWholePagesAreRefused) {
+  EXPECT_THAT(
+      LoadWith({}, {}, nullptr, true, 5000),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("read_bytes")));
 }
 
 TEST_F(LoaderFaultTest, DeviceOutOfMemoryIsResourceExhausted) {

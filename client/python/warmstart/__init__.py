@@ -48,6 +48,7 @@ Fork. Handles belong to the process that made them: in a forked child
 (a DataLoader worker, say) dropping a model, an array or a client does not
 touch the parent's lease, session or CUDA state; the child simply lets go.
 """
+import collections.abc
 import ctypes
 import json
 import math
@@ -343,6 +344,105 @@ def _to_torch(torch, name, dtype, shape, array):
             f"{error}") from None
 
 
+class _LazyTensors(collections.abc.Mapping):
+    """Read-only mapping name -> array over one device's copy of a model,
+    in the model's order. An array is made on first access and kept, so
+    acquiring a model costs no per-tensor array (NumPy's array interface
+    costs microseconds each)."""
+
+    __slots__ = ("_lease", "_records", "_arrays", "_span")
+
+    def __init__(self, lease, records):
+        self._lease = lease
+        self._records = records  # name -> (dtype, shape, on_host, data,
+        #                                   nbytes, device, read_only)
+        self._arrays = {}
+        self._span = None
+
+    def __getitem__(self, name):
+        array = self._arrays.get(name)
+        if array is None:
+            (dtype, shape, on_host, data, nbytes, device,
+             read_only) = self._records[name]
+            if on_host:
+                array = _host_array(self._lease, data, dtype, shape, nbytes)
+            else:
+                array = CudaTensor(self._lease, data, dtype, shape, nbytes,
+                                   device, read_only)
+            self._arrays[name] = array
+        return array
+
+    def __contains__(self, name):
+        return name in self._records
+
+    def __iter__(self):
+        return iter(self._records)
+
+    def __len__(self):
+        return len(self._records)
+
+    def __repr__(self):
+        return f"<warmstart tensors: {len(self._records)}>"
+
+    def _host_span(self, torch):
+        """One torch uint8 tensor over every host tensor's bytes (and what
+        lies between them, never read), and its address; None when there
+        are no host bytes."""
+        if self._span is None:
+            low = high = None
+            for (_, _, on_host, data, nbytes, _, _) in self._records.values():
+                if on_host and data and nbytes:
+                    low = data if low is None else min(low, data)
+                    end = data + nbytes
+                    high = end if high is None else max(high, end)
+            if low is None:
+                self._span = (None, 0)
+            else:
+                memory = _np.asarray(_HostMemory(self._lease, low, "|u1",
+                                                 (high - low,)))
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    self._span = (torch.from_numpy(memory), low)
+        return self._span
+
+    def _to_torch(self, torch):
+        """name -> torch tensor, no copy. Host tensors are strided views of
+        one tensor over the mapping, one call each, where their address is
+        a multiple of their element size from its start (always, for packed
+        models); others go through their NumPy array."""
+        span, low = self._host_span(torch)
+        typed = {}
+        result = {}
+        for name, record in self._records.items():
+            dtype, shape, on_host, data, nbytes = record[:5]
+            attribute = _dtypes.TORCH.get(dtype)
+            torch_dtype = getattr(torch, attribute, None) if attribute else None
+            if span is not None and on_host and data and nbytes and \
+                    torch_dtype is not None:
+                view = typed.get(torch_dtype)
+                if view is None:
+                    item = torch.empty((), dtype=torch_dtype).element_size()
+                    usable = span.numel() - span.numel() % item
+                    view = (span[:usable].view(torch_dtype), item)
+                    typed[torch_dtype] = view
+                base, item = view
+                offset, rest = divmod(data - low, item)
+                count = 1
+                for extent in shape:
+                    count *= extent
+                if rest == 0 and count * item == nbytes:
+                    strides = []
+                    step = 1
+                    for extent in reversed(shape):
+                        strides.append(step)
+                        step *= extent
+                    result[name] = base.as_strided(shape, strides[::-1],
+                                                   offset)
+                    continue
+            result[name] = _to_torch(torch, name, dtype, shape, self[name])
+        return result
+
+
 class Model:
     """A leased model, mapped into this process. Use it as a context manager
     or call `release()`.
@@ -366,41 +466,45 @@ class Model:
         handle = lease.handle
         self._name = _text(_LIB.warmstart_model_name(handle))
         self._lease_id = _text(_LIB.warmstart_model_lease_id(handle))
-        by_device = {}
+        # One pass over the C table, keeping plain tuples: the arrays (and
+        # the roles, one more call per tensor) are made only when asked
+        # for, which keeps acquiring a model with thousands of tensors in
+        # the milliseconds.
+        records = {}
         dtypes = {}
         shapes = {}
-        roles = {}
+        first_index = {}
         tensor = _CTensor()
+        get = _LIB.warmstart_model_tensor
+        pointer = ctypes.byref(tensor)
         for index in range(_LIB.warmstart_model_tensor_count(handle)):
-            code = _LIB.warmstart_model_tensor(handle, index,
-                                               ctypes.byref(tensor))
+            code = get(handle, index, pointer)
             if code != 0:
                 raise _error(code, f"warmstart: tensor {index} of model "
                                    f"{self._name}")
             name = _text(tensor.name)
             dtype = _text(tensor.dtype)
             device = _text(tensor.device_uuid)
-            shape = tuple(tensor.shape[i] for i in range(tensor.ndim))
-            if tensor.on_host:
-                array = _host_array(lease, tensor.data, dtype, shape,
-                                    tensor.nbytes)
-            else:
-                array = CudaTensor(lease, tensor.data, dtype, shape,
-                                   tensor.nbytes, device, tensor.read_only)
-            by_device.setdefault(device, {}).setdefault(name, array)
-            dtypes.setdefault(name, dtype)
-            shapes.setdefault(name, shape)
-            roles.setdefault(
-                name, _text(_LIB.warmstart_model_tensor_role(handle, index)))
+            shape = tuple(tensor.shape[:tensor.ndim])
+            by_name = records.setdefault(device, {})
+            if name not in by_name:
+                by_name[name] = (dtype, shape, tensor.on_host, tensor.data,
+                                 tensor.nbytes, device, tensor.read_only)
+            if name not in dtypes:
+                dtypes[name] = dtype
+                shapes[name] = shape
+                first_index[name] = index
         metadata = _text(_LIB.warmstart_model_metadata_json(handle)) or "{}"
         try:
             self._metadata = types.MappingProxyType(json.loads(metadata))
         except ValueError as error:
             raise DataLoss(f"warmstart: model {self._name}: the daemon sent "
                            f"metadata that is not JSON ({error})") from None
-        self._roles = types.MappingProxyType(roles)
-        self._by_device = by_device
-        self._devices = list(by_device)
+        self._first_index = first_index
+        self._roles = None
+        self._by_device = {device: _LazyTensors(lease, by_name)
+                           for device, by_name in records.items()}
+        self._devices = list(records)
         self._dtypes = types.MappingProxyType(dtypes)
         self._shapes = types.MappingProxyType(shapes)
         self._lease = lease
@@ -428,6 +532,13 @@ class Model:
 
     @property
     def roles(self):
+        if self._roles is None:
+            lease = self._lease_ref()
+            handle = lease.handle if lease is not None else None
+            role = _LIB.warmstart_model_tensor_role
+            self._roles = types.MappingProxyType(
+                {name: _text(role(handle, index)) if handle else ""
+                 for name, index in self._first_index.items()})
         return self._roles
 
     @property
@@ -455,11 +566,12 @@ class Model:
     @property
     def tensors(self):
         """Read-only mapping: tensor name -> array (NumPy on the host,
-        `CudaTensor` on a GPU), on the model's first device."""
+        `CudaTensor` on a GPU), on the model's first device. Each array is
+        made on first access and then kept."""
         self._check_held()
         if not self._devices:
             return types.MappingProxyType({})
-        return types.MappingProxyType(self._by_device[self._devices[0]])
+        return self._by_device[self._devices[0]]
 
     def tensors_on(self, device):
         """The tensors of the copy on `device` ("host" or a GPU UUID)."""
@@ -467,7 +579,7 @@ class Model:
         if device not in self._by_device:
             raise NotFound(f"warmstart: model {self._name} has no copy on "
                            f"{device} (it has {', '.join(self._devices)})")
-        return types.MappingProxyType(self._by_device[device])
+        return self._by_device[device]
 
     @property
     def file_paths(self):
@@ -496,9 +608,7 @@ class Model:
         import torch  # Only here: NumPy users need not have torch.
 
         tensors = self.tensors if device is None else self.tensors_on(device)
-        return {name: _to_torch(torch, name, self._dtypes[name],
-                                self._shapes[name], array)
-                for name, array in tensors.items()}
+        return tensors._to_torch(torch)
 
     def release(self):
         """Drops the model's hold on its lease: it is released (and the

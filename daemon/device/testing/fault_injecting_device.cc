@@ -21,6 +21,7 @@ class CountedAllocation : public DeviceAllocation {
   absl::Status WaitWritable(uint64_t end) override {
     return inner_->WaitWritable(end);
   }
+  bool PrefersCopies() const override { return inner_->PrefersCopies(); }
   absl::Status Seal() override { return inner_->Seal(); }
   ExportedMemory Export() const override { return inner_->Export(); }
   DeviceAllocation& inner() { return *inner_; }
