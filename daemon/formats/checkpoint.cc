@@ -206,11 +206,30 @@ absl::StatusOr<struct stat> Stat(const std::string& path,
   return st;
 }
 
-absl::StatusOr<FileManifest> OpenFile(const std::string& path,
-                                      const ParseOptions& options) {
+// Opens `path`, a local file or (through options.remote) a URL.
+absl::StatusOr<std::unique_ptr<ByteSource>> OpenSource(
+    const std::string& path, const ParseOptions& options) {
+  if (IsRemoteUrl(path)) {
+    if (options.remote == nullptr) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          path,
+          ": remote sources are not enabled here (remote_sources in "
+          "the config, --remote_source PREFIX)"));
+    }
+    return options.remote->OpenUrl(path);
+  }
   ASSIGN_OR_RETURN(std::unique_ptr<FileByteSource> source,
                    FileByteSource::Open(path, OpenerOf(options)));
-  return ParseFile(*source, options);
+  return std::unique_ptr<ByteSource>(std::move(source));
+}
+
+absl::StatusOr<FileManifest> OpenFile(const std::string& path,
+                                      const ParseOptions& options) {
+  ASSIGN_OR_RETURN(std::unique_ptr<ByteSource> source,
+                   OpenSource(path, options));
+  ASSIGN_OR_RETURN(FileManifest file, ParseFile(*source, options));
+  file.version = source->version();
+  return file;
 }
 
 // Tensor names must be unique across the checkpoint: the registry and the
@@ -241,8 +260,8 @@ bool IsPlainFileName(absl::string_view name) {
 
 absl::StatusOr<Manifest> OpenIndex(const std::string& index_path,
                                    const ParseOptions& options) {
-  ASSIGN_OR_RETURN(std::unique_ptr<FileByteSource> source,
-                   FileByteSource::Open(index_path, OpenerOf(options)));
+  ASSIGN_OR_RETURN(std::unique_ptr<ByteSource> source,
+                   OpenSource(index_path, options));
   if (source->size() > kMaxIndexFileBytes) {
     return Invalid(
         index_path, "at byte 0",
@@ -454,8 +473,19 @@ absl::StatusOr<FileManifest> ParseFile(const ByteSource& source,
 
 absl::StatusOr<Manifest> OpenCheckpoint(const std::string& path,
                                         const ParseOptions& options) {
-  ASSIGN_OR_RETURN(struct stat st, Stat(path, options));
   Manifest manifest;
+  if (IsRemoteUrl(path)) {
+    // An object store has no directories to stat: the name says what it is.
+    if (absl::EndsWith(path, kIndexSuffix)) {
+      ASSIGN_OR_RETURN(manifest, OpenIndex(path, options));
+    } else {
+      ASSIGN_OR_RETURN(FileManifest file, OpenFile(path, options));
+      manifest.files.push_back(std::move(file));
+    }
+    RETURN_IF_ERROR(CheckUniqueNames(manifest));
+    return manifest;
+  }
+  ASSIGN_OR_RETURN(struct stat st, Stat(path, options));
   if (S_ISDIR(st.st_mode)) {
     ASSIGN_OR_RETURN(manifest,
                      OpenDirectory(StripTrailingSlashes(path), options));

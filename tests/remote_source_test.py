@@ -1,0 +1,288 @@
+"""Models loaded from URLs by the real warmstartd: nginx (Debian) serving
+files over HTTP and HTTPS with Range requests, and moto's S3 server (PyPI)
+with authentication enforced. Every tensor a client maps must hash to the
+sha256 the reference writers' expected-values files give.
+
+Servers run on 127.0.0.1 under /tmp (tests/remote_servers.py) and are
+stopped after the module; each test starts its own daemon.
+"""
+import hashlib
+import json
+import os
+import shutil
+import signal
+import tempfile
+
+import pytest
+
+from harness import (FIXTURES, GGUF, SAFETENSORS, TENSORIZER, Daemon,
+                     event, expected_hashes)
+import remote_servers
+
+FORMATS = [SAFETENSORS, TENSORIZER, GGUF]
+SECRET_MARK = "wt19-secret"  # Part of no URL: must appear in no output.
+
+
+@pytest.fixture(scope="module")
+def served():
+    """A directory under /tmp holding the shared fixtures (docroot/models/)
+    and a sharded checkpoint (docroot/models/sharded/), served by nginx."""
+    base = tempfile.mkdtemp(prefix="ws-remote-", dir="/tmp")
+    docroot = os.path.join(base, "doc")
+    models = os.path.join(docroot, "models")
+    os.makedirs(os.path.join(models, "sharded"))
+    os.makedirs(os.path.join(docroot, "other"))
+    for fixture in FORMATS:
+        shutil.copy(os.path.join(FIXTURES, fixture), models)
+    shutil.copy(os.path.join(FIXTURES, SAFETENSORS),
+                os.path.join(docroot, "other"))
+    sharded_hashes = write_sharded(os.path.join(models, "sharded"))
+    nginx = remote_servers.Nginx(base, docroot)
+    yield {"base": base, "docroot": docroot, "nginx": nginx,
+           "sharded_hashes": sharded_hashes}
+    nginx.stop()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def moto(served):
+    """moto's S3 server with the bucket "models" holding the same files as
+    nginx's models/ directory."""
+    server = remote_servers.Moto(served["base"])
+    s3 = server.client()
+    s3.create_bucket(Bucket="models")
+    root = os.path.join(served["docroot"], "models")
+    for directory, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(directory, name)
+            key = "ckpt/" + os.path.relpath(path, root)
+            s3.upload_file(path, "models", key)
+    yield server
+    server.stop()
+
+
+def write_sharded(directory):
+    """A Hugging Face sharded safetensors checkpoint written by the
+    safetensors package: two shards and model.safetensors.index.json.
+    Returns name -> sha256 of each tensor's bytes."""
+    import numpy as np
+    from safetensors.numpy import save_file
+    rng = np.random.default_rng(19)
+    shards = {
+        "model-00001-of-00002.safetensors": {
+            "a": rng.standard_normal((64, 33)).astype(np.float32),
+            "b": rng.integers(0, 255, (1000,), dtype=np.uint8)},
+        "model-00002-of-00002.safetensors": {
+            "c": rng.standard_normal((3, 5, 7)).astype(np.float16)},
+    }
+    weight_map = {}
+    hashes = {}
+    for shard, tensors in shards.items():
+        save_file(tensors, os.path.join(directory, shard))
+        for name, array in tensors.items():
+            weight_map[name] = shard
+            hashes[name] = hashlib.sha256(array.tobytes()).hexdigest()
+    with open(os.path.join(directory, "model.safetensors.index.json"),
+              "w") as out:
+        json.dump({"metadata": {"total_size": 0}, "weight_map": weight_map},
+                  out)
+    return hashes
+
+
+@pytest.fixture
+def workdir():
+    path = tempfile.mkdtemp(prefix="ws-r-", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def start(workdir, *args, env=None):
+    """A daemon with no model root: every model comes from a URL."""
+    return Daemon(workdir, *args, env=env)
+
+
+def mapped_hashes(daemon, name):
+    client = daemon.client("--model", name)
+    got = event(client)
+    assert got["event"] == "acquired", got
+    assert client.wait(30) == 0
+    return got["sha256"]
+
+
+def stats(daemon):
+    result = daemon.ctl("stats", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["metrics"]
+
+
+def open_fds(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@pytest.mark.parametrize("fixture", FORMATS)
+def test_http_load_every_format_hashes_match(served, workdir, fixture):
+    nginx = served["nginx"]
+    daemon = start(workdir, "--remote_source", nginx.http("models"))
+    try:
+        url = nginx.http("models/" + os.path.basename(fixture))
+        loaded = daemon.ctl("load", "m", url)
+        assert loaded.returncode == 0, loaded.stderr + daemon.logs()
+        assert mapped_hashes(daemon, "m") == expected_hashes(fixture)
+        # Ranged GETs, not one whole-file download.
+        log = nginx.access_log()
+        assert f'"GET /models/{os.path.basename(fixture)} HTTP/1.1" 206' in log
+    finally:
+        daemon.stop(signal.SIGKILL)
+
+
+def test_https_with_the_test_ca_and_refused_without_it(served, workdir):
+    nginx = served["nginx"]
+    url = nginx.https("models/" + os.path.basename(SAFETENSORS))
+    # The self-signed certificate is not trusted by default: a clear error.
+    untrusted = start(os.path.join(workdir), "--remote_source",
+                      nginx.https("models"))
+    try:
+        refused = untrusted.ctl("load", "m", url)
+        assert refused.returncode != 0
+        assert url in refused.stderr
+        assert "certificate" in refused.stderr.lower(), refused.stderr
+    finally:
+        untrusted.stop(signal.SIGKILL)
+    trusted_dir = os.path.join(workdir, "t")
+    os.mkdir(trusted_dir)
+    daemon = start(trusted_dir, "--remote_source", nginx.https("models"),
+                   env={"AWS_CA_BUNDLE": nginx.ca_path})
+    try:
+        loaded = daemon.ctl("load", "m", url)
+        assert loaded.returncode == 0, loaded.stderr + daemon.logs()
+        assert mapped_hashes(daemon, "m") == expected_hashes(SAFETENSORS)
+    finally:
+        daemon.stop(signal.SIGKILL)
+
+
+def test_urls_outside_the_remote_sources_are_refused_and_counted(
+        served, workdir):
+    nginx = served["nginx"]
+    daemon = start(workdir, "--remote_source", nginx.http("models"))
+    try:
+        for url in (nginx.http("other/" + os.path.basename(SAFETENSORS)),
+                    nginx.http("models-evil/x.safetensors"),
+                    nginx.https("models/" + os.path.basename(SAFETENSORS))):
+            refused = daemon.ctl("load", "m", url)
+            assert refused.returncode == 5, refused.stderr
+            assert "not beneath an allowed remote source" in refused.stderr
+        assert stats(daemon)["warmstart_remote_refused_total"] == 3
+        # Nothing was requested from the server for them.
+        assert "/other/" not in nginx.access_log()
+    finally:
+        daemon.stop(signal.SIGKILL)
+    # And with no --remote_source at all, no URL is allowed.
+    bare_dir = os.path.join(workdir, "bare")
+    os.mkdir(bare_dir)
+    bare = start(bare_dir)
+    try:
+        refused = bare.ctl("load", "m", nginx.http("models/x.gguf"))
+        assert refused.returncode == 5
+        assert "none configured" in refused.stderr
+    finally:
+        bare.stop(signal.SIGKILL)
+
+
+def test_preload_from_a_url(served, workdir):
+    nginx = served["nginx"]
+    url = nginx.http("models/" + os.path.basename(GGUF))
+    daemon = start(workdir, "--remote_source", nginx.http("models/"),
+                   "--preload", f"pre={url}")
+    try:
+        assert mapped_hashes(daemon, "pre") == expected_hashes(GGUF)
+    finally:
+        daemon.stop(signal.SIGKILL)
+
+
+def test_http_sharded_index_hashes_match(served, workdir):
+    nginx = served["nginx"]
+    daemon = start(workdir, "--remote_source", nginx.http("models"))
+    try:
+        url = nginx.http("models/sharded/model.safetensors.index.json")
+        loaded = daemon.ctl("load", "sharded", url)
+        assert loaded.returncode == 0, loaded.stderr + daemon.logs()
+        assert mapped_hashes(daemon, "sharded") == served["sharded_hashes"]
+    finally:
+        daemon.stop(signal.SIGKILL)
+
+
+def test_missing_object_is_a_clear_error(served, workdir):
+    nginx = served["nginx"]
+    daemon = start(workdir, "--remote_source", nginx.http("models"))
+    try:
+        url = nginx.http("models/absent.safetensors")
+        missing = daemon.ctl("load", "m", url)
+        assert missing.returncode != 0
+        assert url in missing.stderr and "HTTP 404" in missing.stderr
+    finally:
+        daemon.stop(signal.SIGKILL)
+
+
+def s3_env(moto, style=None, **extra):
+    env = {"AWS_ENDPOINT_URL": moto.endpoint.replace("127.0.0.1",
+                                                     "localhost"),
+           "AWS_REGION": "us-east-1"}
+    if style:
+        env["AWS_S3_ADDRESSING_STYLE"] = style
+    env.update(extra)
+    return env
+
+
+@pytest.mark.parametrize("style", ["path", "virtual"])
+@pytest.mark.parametrize("fixture", FORMATS)
+def test_s3_env_credentials_every_format(moto, workdir, style, fixture):
+    # Virtual-host addressing sends to models.localhost, which libcurl
+    # resolves to loopback itself.
+    env = s3_env(moto, style, AWS_ACCESS_KEY_ID=moto.key_id,
+                 AWS_SECRET_ACCESS_KEY=moto.secret)
+    daemon = start(workdir, "--remote_source", "s3://models/ckpt", env=env)
+    try:
+        url = "s3://models/ckpt/" + os.path.basename(fixture)
+        loaded = daemon.ctl("load", "m", url)
+        assert loaded.returncode == 0, loaded.stderr + daemon.logs()
+        assert mapped_hashes(daemon, "m") == expected_hashes(fixture)
+    finally:
+        daemon.stop(signal.SIGKILL)
+    assert moto.secret not in daemon.logs()
+
+
+def test_s3_shared_credentials_file_and_profile(moto, served, workdir):
+    credentials = os.path.join(workdir, "credentials")
+    with open(credentials, "w") as out:
+        out.write("[default]\naws_access_key_id = AKIANOTKNOWN\n"
+                  f"aws_secret_access_key = {SECRET_MARK}\n"
+                  f"[loader]\naws_access_key_id = {moto.key_id}\n"
+                  f"aws_secret_access_key = {moto.secret}\n")
+    env = s3_env(moto, AWS_SHARED_CREDENTIALS_FILE=credentials,
+                 AWS_PROFILE="loader")
+    daemon = start(workdir, "--remote_source", "s3://models/ckpt/",
+                   env=env)
+    try:
+        url = "s3://models/ckpt/sharded/model.safetensors.index.json"
+        loaded = daemon.ctl("load", "sharded", url)
+        assert loaded.returncode == 0, loaded.stderr + daemon.logs()
+        assert mapped_hashes(daemon, "sharded") == served["sharded_hashes"]
+    finally:
+        daemon.stop(signal.SIGKILL)
+
+
+def test_s3_wrong_keys_are_refused_without_leaking_them(moto, workdir):
+    env = s3_env(moto, AWS_ACCESS_KEY_ID=moto.key_id,
+                 AWS_SECRET_ACCESS_KEY=SECRET_MARK)
+    daemon = start(workdir, "--remote_source", "s3://models", env=env)
+    try:
+        url = "s3://models/ckpt/" + os.path.basename(SAFETENSORS)
+        refused = daemon.ctl("load", "m", url)
+        assert refused.returncode == 5, refused.stderr
+        assert url in refused.stderr and "HTTP 403" in refused.stderr
+        assert SECRET_MARK not in refused.stderr
+        metrics = json.dumps(stats(daemon))
+        assert SECRET_MARK not in metrics
+    finally:
+        daemon.stop(signal.SIGKILL)
+    assert SECRET_MARK not in daemon.logs()
