@@ -286,3 +286,38 @@ def test_s3_wrong_keys_are_refused_without_leaking_them(moto, workdir):
     finally:
         daemon.stop(signal.SIGKILL)
     assert SECRET_MARK not in daemon.logs()
+
+
+def test_s3_prefix_with_an_index_and_one_with_weight_files(moto, served,
+                                                           workdir):
+    s3 = moto.client()
+    # A prefix holding one GGUF file (and an object of another kind).
+    s3.upload_file(os.path.join(FIXTURES, GGUF), "models",
+                   "flat/" + os.path.basename(GGUF))
+    s3.put_object(Bucket="models", Key="flat/README.md", Body=b"not weights")
+    env = s3_env(moto, AWS_ACCESS_KEY_ID=moto.key_id,
+                 AWS_SECRET_ACCESS_KEY=moto.secret)
+    daemon = start(workdir, "--remote_source", "s3://models", env=env)
+    try:
+        loaded = daemon.ctl("load", "sharded", "s3://models/ckpt/sharded/")
+        assert loaded.returncode == 0, loaded.stderr + daemon.logs()
+        assert mapped_hashes(daemon, "sharded") == served["sharded_hashes"]
+        loaded = daemon.ctl("load", "flat", "s3://models/flat/")
+        assert loaded.returncode == 0, loaded.stderr + daemon.logs()
+        assert mapped_hashes(daemon, "flat") == expected_hashes(GGUF)
+        empty = daemon.ctl("load", "none", "s3://models/nothing/")
+        assert empty.returncode != 0
+        assert "s3://models/nothing/: no weight files" in empty.stderr
+    finally:
+        daemon.stop(signal.SIGKILL)
+
+
+def test_http_prefix_cannot_be_listed(served, workdir):
+    nginx = served["nginx"]
+    daemon = start(workdir, "--remote_source", nginx.http("models"))
+    try:
+        refused = daemon.ctl("load", "m", nginx.http("models/"))
+        assert refused.returncode != 0
+        assert "HTTP servers cannot list a directory" in refused.stderr
+    finally:
+        daemon.stop(signal.SIGKILL)

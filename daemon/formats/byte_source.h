@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -46,6 +47,11 @@ class UrlSourceOpener {
   // Opens `url`, reading only what identifies the object (size, version).
   // Errors name the URL and never hold credentials.
   virtual absl::StatusOr<std::unique_ptr<ByteSource>> OpenUrl(
+      const std::string& url) const = 0;
+  // The URLs of the objects directly beneath `url`, a prefix ending in '/'
+  // ("s3://bucket/dir/"), sorted. Errors name the URL; a source that cannot
+  // list (HTTP) answers InvalidArgument saying so.
+  virtual absl::StatusOr<std::vector<std::string>> ListUrl(
       const std::string& url) const = 0;
 };
 

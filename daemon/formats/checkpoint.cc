@@ -428,6 +428,46 @@ absl::StatusOr<Manifest> OpenDirectory(const std::string& directory,
   return manifest;
 }
 
+// A prefix of an object store ("s3://bucket/dir/"), chosen from as
+// OpenDirectory chooses: its one index, or else its weight files.
+absl::StatusOr<Manifest> OpenRemotePrefix(const std::string& url,
+                                          const ParseOptions& options) {
+  if (options.remote == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        url,
+        ": remote sources are not enabled here (remote_sources in the "
+        "config, --remote_source PREFIX)"));
+  }
+  ASSIGN_OR_RETURN(std::vector<std::string> objects,
+                   options.remote->ListUrl(url));
+  std::vector<std::string> indexes;
+  std::vector<std::string> weights;
+  for (const std::string& object : objects) {
+    if (absl::EndsWith(object, kIndexSuffix)) {
+      indexes.push_back(object);
+    } else if (absl::EndsWith(object, ".safetensors") ||
+               absl::EndsWith(object, ".tensors") ||
+               absl::EndsWith(object, ".gguf")) {
+      weights.push_back(object);
+    }
+  }
+  if (indexes.size() == 1) return OpenIndex(indexes[0], options);
+  if (weights.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        url, ": no weight files beneath the prefix: expected one *",
+        kIndexSuffix,
+        " object, or objects ending in .safetensors, .tensors or .gguf "
+        "(found ",
+        indexes.size(), " index objects)"));
+  }
+  Manifest manifest;
+  for (const std::string& object : weights) {
+    ASSIGN_OR_RETURN(FileManifest file, OpenFile(object, options));
+    manifest.files.push_back(std::move(file));
+  }
+  return manifest;
+}
+
 }  // namespace
 
 absl::StatusOr<Format> DetectFormat(const ByteSource& source) {
@@ -476,7 +516,9 @@ absl::StatusOr<Manifest> OpenCheckpoint(const std::string& path,
   Manifest manifest;
   if (IsRemoteUrl(path)) {
     // An object store has no directories to stat: the name says what it is.
-    if (absl::EndsWith(path, kIndexSuffix)) {
+    if (absl::EndsWith(path, "/")) {
+      ASSIGN_OR_RETURN(manifest, OpenRemotePrefix(path, options));
+    } else if (absl::EndsWith(path, kIndexSuffix)) {
       ASSIGN_OR_RETURN(manifest, OpenIndex(path, options));
     } else {
       ASSIGN_OR_RETURN(FileManifest file, OpenFile(path, options));

@@ -45,7 +45,9 @@ absl::StatusOr<FileManifest> ParseFile(const ByteSource& source,
 //    options.remote: a weight file, or a shard index (a name ending in
 //    ".index.json") whose shards are objects beside it (the same URL up to
 //    the last '/'); each remote FileManifest records the object's version
-//    (ETag). Without options.remote a URL fails with FailedPrecondition.
+//    (ETag); or a prefix ending in '/' ("s3://bucket/dir/"), listed and
+//    chosen from as a directory is. Without options.remote a URL fails with
+//    FailedPrecondition.
 // The result lists one FileManifest per file, in the order above; tensor
 // names are unique across all of them.
 //

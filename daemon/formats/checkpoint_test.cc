@@ -683,6 +683,14 @@ class MemoryUrls : public UrlSourceOpener {
     };
     return std::unique_ptr<ByteSource>(new Versioned(url, it->second));
   }
+  absl::StatusOr<std::vector<std::string>> ListUrl(
+      const std::string& url) const override {
+    std::vector<std::string> urls;
+    for (const auto& [name, bytes] : files_) {
+      if (absl::StartsWith(name, url)) urls.push_back(name);
+    }
+    return urls;
+  }
 
  private:
   std::map<std::string, std::string> files_;
@@ -727,6 +735,15 @@ TEST(OpenCheckpointUrlTest, OneFileAndAShardIndexRecordTheVersion) {
   ASSERT_THAT(index.files, SizeIs(1));
   EXPECT_EQ(index.files[0].path, "https://h/m/a.safetensors");
   EXPECT_EQ(index.files[0].tensors.size(), one.files[0].tensors.size());
+
+  // A prefix with one index opens the index.
+  ASSERT_OK_AND_ASSIGN(Manifest prefix,
+                       OpenCheckpoint("https://h/m/", options));
+  ASSERT_THAT(prefix.files, SizeIs(1));
+  EXPECT_EQ(prefix.files[0].path, "https://h/m/a.safetensors");
+  EXPECT_THAT(OpenCheckpoint("https://h/empty/", options),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("https://h/empty/: no weight files")));
 
   EXPECT_THAT(OpenCheckpoint("https://h/m/absent.gguf", options),
               StatusIs(absl::StatusCode::kNotFound, HasSubstr("HTTP 404")));

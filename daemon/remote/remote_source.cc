@@ -10,6 +10,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "daemon/base/metrics.h"
@@ -468,6 +469,171 @@ absl::StatusOr<std::unique_ptr<RemoteObject>> RemoteSources::Open(
   return std::unique_ptr<RemoteObject>(
       new RemoteObject(this, url, resolved.first, resolved.second,
                        std::move(credentials), size, std::move(etag)));
+}
+
+namespace {
+
+// Percent-encodes a query value as SigV4's canonical query string wants it
+// (everything but the unreserved characters, '/' included).
+std::string EncodeQueryValue(absl::string_view value) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : value) {
+    if (absl::ascii_isalnum(c) || c == '-' || c == '_' || c == '.' ||
+        c == '~') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      out.push_back('%');
+      out.push_back(kHex[c >> 4]);
+      out.push_back(kHex[c & 15]);
+    }
+  }
+  return out;
+}
+
+std::string XmlUnescape(absl::string_view text) {
+  return absl::StrReplaceAll(text, {{"&lt;", "<"},
+                                    {"&gt;", ">"},
+                                    {"&quot;", "\""},
+                                    {"&apos;", "'"},
+                                    {"&amp;", "&"}});
+}
+
+// The text of every <tag>...</tag> in `xml`, in order.
+std::vector<std::string> XmlValues(absl::string_view xml,
+                                   absl::string_view tag) {
+  const std::string open = absl::StrCat("<", tag, ">");
+  const std::string close = absl::StrCat("</", tag, ">");
+  std::vector<std::string> values;
+  size_t at = 0;
+  while ((at = xml.find(open, at)) != absl::string_view::npos) {
+    const size_t start = at + open.size();
+    const size_t end = xml.find(close, start);
+    if (end == absl::string_view::npos) break;
+    values.push_back(XmlUnescape(xml.substr(start, end - start)));
+    at = end + close.size();
+  }
+  return values;
+}
+
+size_t AppendBody(char* data, size_t size, size_t count, void* user) {
+  auto* body = static_cast<std::string*>(user);
+  // A listing page is at most 1000 keys: a few hundred KiB.
+  constexpr size_t kMaxListingBytes = 64 << 20;
+  if (body->size() + size * count > kMaxListingBytes) return 0;
+  body->append(data, size * count);
+  return size * count;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<std::string>> RemoteSources::ListUrl(
+    const std::string& url) const {
+  if (!absl::StartsWith(url, "s3://")) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        url,
+        ": HTTP servers cannot list a directory: name the weight file "
+        "or the *.index.json shard index"));
+  }
+  if (url.back() != '/') {
+    return absl::InvalidArgumentError(
+        absl::StrCat(url, ": a prefix to list must end with '/'"));
+  }
+  RETURN_IF_ERROR(CheckAllowed(url));
+  const std::string rest = url.substr(5);
+  const size_t slash = rest.find('/');
+  const std::string bucket = rest.substr(0, slash);
+  const std::string prefix = rest.substr(slash + 1);
+  if (bucket.empty() || bucket.find('@') != std::string::npos ||
+      url.find_first_of("?#") != std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("s3://...: not a valid bucket and prefix to list"));
+  }
+  absl::StatusOr<AwsCredentials> found = FindAwsCredentials(options_.env);
+  if (!found.ok()) {
+    return absl::Status(found.status().code(),
+                        absl::StrCat(url, ": ", found.status().message()));
+  }
+  const AwsCredentials credentials = *std::move(found);
+  // The bucket's own URL, path-style or virtual-host as for objects.
+  std::string bucket_url;
+  if (path_style_) {
+    bucket_url = absl::StrCat(endpoint_, "/", bucket);
+  } else {
+    const size_t host_start = endpoint_.find("://");
+    bucket_url = absl::StrCat(endpoint_.substr(0, host_start + 3), bucket, ".",
+                              endpoint_.substr(host_start + 3), "/");
+  }
+  std::vector<std::string> urls;
+  std::string token;
+  while (true) {
+    // libcurl signs the query as written: SigV4 wants it sorted by name and
+    // fully encoded.
+    std::string query;
+    if (!token.empty()) {
+      absl::StrAppend(&query, "continuation-token=", EncodeQueryValue(token),
+                      "&");
+    }
+    absl::StrAppend(
+        &query, "delimiter=%2F&list-type=2&prefix=", EncodeQueryValue(prefix));
+    const std::string request_url = absl::StrCat(bucket_url, "?", query);
+    RequestSpec spec{&request_url, true,
+                     &credentials, absl::StrCat("aws:amz:", region_, ":s3"),
+                     &ca_bundle_,  &options_};
+    std::string body;
+    absl::Status status;
+    absl::Notification done;
+    Enqueue([&](CurlEasy& curl) {
+      absl::Duration backoff = options_.initial_backoff;
+      for (int attempt = 1;; ++attempt) {
+        body.clear();
+        curl_slist* headers = Prepare(curl.get(), spec);
+        curl_easy_setopt(curl.get(), CURLOPT_HTTPHEADER, headers);
+        curl_easy_setopt(curl.get(), CURLOPT_WRITEFUNCTION, &AppendBody);
+        curl_easy_setopt(curl.get(), CURLOPT_WRITEDATA, &body);
+        const CURLcode code = curl_easy_perform(curl.get());
+        curl_slist_free_all(headers);
+        long http = 0;
+        curl_easy_getinfo(curl.get(), CURLINFO_RESPONSE_CODE, &http);
+        bool retry = false;
+        if (code != CURLE_OK) {
+          status = absl::UnavailableError(absl::StrCat(
+              url, ": list: ", curl_easy_strerror(code), " (after ", attempt,
+              attempt == 1 ? " try)" : " tries)"));
+          retry = RetryableCurlError(code);
+        } else if (http != 200) {
+          status = HttpError(url, "list", http);
+          retry = RetryableHttpStatus(http);
+        } else {
+          status = absl::OkStatus();
+        }
+        if (!retry || attempt >= options_.max_attempts) break;
+        CountRetry();
+        absl::SleepFor(backoff);
+        backoff = std::min(backoff * 2, options_.max_backoff);
+      }
+      done.Notify();
+    });
+    done.WaitForNotification();
+    RETURN_IF_ERROR(status);
+    if (body.find("<ListBucketResult") == std::string::npos) {
+      return absl::DataLossError(absl::StrCat(
+          url, ": list: the answer is not a ListObjectsV2 result"));
+    }
+    for (const std::string& key : XmlValues(body, "Key")) {
+      // With the delimiter, keys are directly beneath the prefix.
+      if (absl::StartsWith(key, prefix) && key.size() > prefix.size()) {
+        urls.push_back(absl::StrCat("s3://", bucket, "/", key));
+      }
+    }
+    const std::vector<std::string> truncated = XmlValues(body, "IsTruncated");
+    const std::vector<std::string> next =
+        XmlValues(body, "NextContinuationToken");
+    if (truncated.empty() || truncated[0] != "true" || next.empty()) break;
+    token = next[0];
+  }
+  std::sort(urls.begin(), urls.end());
+  return urls;
 }
 
 absl::StatusOr<std::unique_ptr<ByteSource>> RemoteSources::OpenUrl(

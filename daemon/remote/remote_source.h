@@ -157,6 +157,13 @@ class RemoteSources : public UrlSourceOpener {
   // UrlSourceOpener.
   absl::StatusOr<std::unique_ptr<ByteSource>> OpenUrl(
       const std::string& url) const override;
+  // Lists "s3://bucket/prefix/" with ListObjectsV2 (delimiter '/', every
+  // page). Errors: InvalidArgument for an http(s):// URL (HTTP has no
+  // listing: name the file or the shard index) or a URL not ending in '/';
+  // the allow-list's refusal; the HTTP errors of ReadAsync; DataLoss for an
+  // answer that is not a ListObjectsV2 result.
+  absl::StatusOr<std::vector<std::string>> ListUrl(
+      const std::string& url) const override;
 
   const RemoteOptions& options() const { return options_; }
 
