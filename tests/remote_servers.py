@@ -38,10 +38,14 @@ def wait_listening(port, process, what, timeout=30):
 class Nginx:
     """nginx serving `docroot` on http://127.0.0.1:{http_port}/ and
     https://127.0.0.1:{https_port}/ with a self-signed certificate for
-    127.0.0.1 (its PEM at `ca_path`). `extra` is added to each server
-    block (limit_rate for a slow server)."""
+    127.0.0.1 (its PEM at `ca_path`).
 
-    def __init__(self, workdir, docroot, extra=""):
+    Faults, by location: files under docroot/slow/ are sent at 1 MB/s per
+    connection; requests under docroot/burst/ are limited to 2 a second,
+    the others answered 503 at once (bursts of 503s). The access log
+    records each request's status, Range and If-Match."""
+
+    def __init__(self, workdir, docroot):
         self.dir = os.path.join(workdir, "nginx")
         os.makedirs(self.dir, exist_ok=True)
         self.docroot = docroot
@@ -67,30 +71,45 @@ error_log {self.dir}/error.log info;
 pid {self.dir}/nginx.pid;
 events {{ worker_connections 256; }}
 http {{
-  access_log {self.dir}/access.log;
+  log_format ranges '"$request" $status "$http_range" "$http_if_match"';
+  access_log {self.dir}/access.log ranges;
+  limit_req_zone $server_port zone=burst:1m rate=2r/s;
   client_body_temp_path {temp}; proxy_temp_path {temp};
   fastcgi_temp_path {temp}; uwsgi_temp_path {temp}; scgi_temp_path {temp};
   default_type application/octet-stream;
   server {{
     listen 127.0.0.1:{self.http_port};
     root {docroot};
-    {extra}
+    location /slow/ {{ limit_rate 1m; }}
+    location /burst/ {{
+      limit_req zone=burst nodelay;
+      limit_req_status 503;
+    }}
   }}
   server {{
     listen 127.0.0.1:{self.https_port} ssl;
     ssl_certificate {self.ca_path};
     ssl_certificate_key {key};
     root {docroot};
-    {extra}
   }}
 }}
 """)
-        self.log = open(os.path.join(self.dir, "stderr.log"), "w")
+        self.conf = conf
+        self.start()
+
+    def start(self):
+        """Starts (or, after kill(), restarts) nginx on the same ports."""
+        self.log = open(os.path.join(self.dir, "stderr.log"), "a")
         self.process = subprocess.Popen(
-            [NGINX, "-p", self.dir, "-c", conf, "-g", "daemon off;"],
+            [NGINX, "-p", self.dir, "-c", self.conf, "-g", "daemon off;"],
             stdout=self.log, stderr=self.log)
         wait_listening(self.http_port, self.process, "nginx")
         wait_listening(self.https_port, self.process, "nginx")
+
+    def kill(self):
+        """Stops nginx at once: SIGTERM is its fast shutdown, which closes
+        every connection mid-transfer."""
+        self.stop()
 
     def http(self, path=""):
         return f"http://127.0.0.1:{self.http_port}/{path}"

@@ -11,12 +11,14 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 
 import pytest
 
+import harness
 from harness import (FIXTURES, GGUF, SAFETENSORS, TENSORIZER, Daemon,
-                     event, expected_hashes)
+                     event, expected_hashes, wait_for, write_safetensors)
 import remote_servers
 
 FORMATS = [SAFETENSORS, TENSORIZER, GGUF]
@@ -319,5 +321,185 @@ def test_http_prefix_cannot_be_listed(served, workdir):
         refused = daemon.ctl("load", "m", nginx.http("models/"))
         assert refused.returncode != 0
         assert "HTTP servers cannot list a directory" in refused.stderr
+    finally:
+        daemon.stop(signal.SIGKILL)
+
+
+# Faults injected at a real server: each test has its own nginx, which it
+# may kill, and a synthetic 64 MiB checkpoint under docroot/slow/ (1 MB/s
+# per connection: with 8 connections, about 8 s to read).
+# Sockets libcurl may keep: 3 per worker (see resources()), 8 workers.
+CURL_SOCKETS = 3 * 8
+BIG_TENSORS = 64
+BIG_BYTES = 1 << 20
+
+
+@pytest.fixture
+def faulty(workdir):
+    docroot = os.path.join(workdir, "doc")
+    for sub in ("slow", "burst"):
+        os.makedirs(os.path.join(docroot, sub))
+    write_safetensors(os.path.join(docroot, "slow", "big.safetensors"),
+                      BIG_TENSORS, BIG_BYTES, seed=5)
+    shutil.copy(os.path.join(FIXTURES, SAFETENSORS),
+                os.path.join(docroot, "burst"))
+    nginx = remote_servers.Nginx(workdir, docroot)
+    yield nginx
+    nginx.stop()
+
+
+def safetensors_hashes(path):
+    """name -> sha256 of each tensor's bytes, read with the safetensors
+    package."""
+    from safetensors.numpy import load_file
+    return {name: hashlib.sha256(array.tobytes()).hexdigest()
+            for name, array in load_file(path).items()}
+
+
+def resources(daemon):
+    """(descriptors other than sockets, sockets, resident bytes on host) of
+    the daemon: a failed load must leave the first and the last as they
+    were. Sockets may grow by what each libcurl worker keeps once it has
+    run a transfer: at most one connection and the wakeup socket pair of
+    the multi handle curl_easy_perform keeps inside the easy handle."""
+    fd_dir = f"/proc/{daemon.process.pid}/fd"
+    targets = []
+    for fd in os.listdir(fd_dir):
+        try:
+            targets.append(os.readlink(os.path.join(fd_dir, fd)))
+        except FileNotFoundError:
+            pass  # Closed while listing.
+    sockets = sum(t.startswith("socket:") for t in targets)
+    result = daemon.ctl("stats", "--json")
+    assert result.returncode == 0, result.stderr
+    host = [d for d in json.loads(result.stdout)["devices"]
+            if d["uuid"] == "host"]
+    return len(targets) - sockets, sockets, host[0]["resident_bytes"]
+
+
+def start_load(daemon, name, url):
+    """`warmstartctl load NAME URL` as a process (it waits for the load)."""
+    return subprocess.Popen([harness.CTL, "load", name, url, "--socket",
+                             daemon.socket], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env=harness.NATIVE_ENV)
+
+
+def wait_bulk_started(daemon, name):
+    """Waits until the load of `name` has landed its first chunk (so the
+    bulk transfer is under way)."""
+    def started():
+        status = daemon.status(name)
+        return status is not None and status["bytes_loaded"] > 0
+    assert wait_for(started, 60), daemon.logs()
+
+
+def assert_failed_and_released(daemon, name, before):
+    status = daemon.status(name)
+    assert status is None or status["state"] != "ready", status
+    client = daemon.client("--model", name)
+    assert client.wait(30) != 0
+
+    # The server side of the clients' connections closes soon after they
+    # do: poll for the state, then assert it exactly.
+    def released():
+        files, sockets, resident = resources(daemon)
+        return ((files, resident) == (before[0], before[2]) and
+                sockets <= before[1] + CURL_SOCKETS)
+    wait_for(released, 30)
+    files, sockets, resident = resources(daemon)
+    assert (files, resident) == (before[0], before[2])
+    assert sockets <= before[1] + CURL_SOCKETS
+
+
+def test_503_bursts_are_retried_with_backoff(faulty, workdir):
+    daemon = start(workdir, "--remote_source", faulty.http("burst"))
+    try:
+        url = faulty.http("burst/" + os.path.basename(SAFETENSORS))
+        loaded = daemon.ctl("load", "m", url)
+        assert loaded.returncode == 0, loaded.stderr + daemon.logs()
+        assert mapped_hashes(daemon, "m") == expected_hashes(SAFETENSORS)
+        assert '" 503 "' in faulty.access_log()
+        assert stats(daemon)["warmstart_remote_retries_total"] > 0
+    finally:
+        daemon.stop(signal.SIGKILL)
+
+
+def test_a_slow_server_still_loads_every_byte(faulty, workdir):
+    daemon = start(workdir, "--remote_source", faulty.http("slow"))
+    try:
+        url = faulty.http("slow/big.safetensors")
+        loaded = daemon.ctl("load", "big", url)
+        assert loaded.returncode == 0, loaded.stderr + daemon.logs()
+        assert mapped_hashes(daemon, "big") == safetensors_hashes(
+            os.path.join(faulty.docroot, "slow", "big.safetensors"))
+        # Ranged GETs carrying the ETag (If-Match), in parallel parts.
+        gets = [line for line in faulty.access_log().splitlines()
+                if line.startswith('"GET /slow/big.safetensors')]
+        assert len(gets) >= 8
+        assert all(' 206 "bytes=' in line for line in gets), gets
+        assert not any(line.endswith('"-"') for line in gets), gets
+    finally:
+        daemon.stop(signal.SIGKILL)
+
+
+def test_killed_mid_transfer_then_back_resumes(faulty, workdir):
+    daemon = start(workdir, "--remote_source", faulty.http("slow"))
+    try:
+        loading = start_load(daemon, "big", faulty.http("slow/big.safetensors"))
+        wait_bulk_started(daemon, "big")
+        faulty.kill()
+        faulty.start()  # Within the retries' backoff.
+        out, err = loading.communicate(timeout=300)
+        assert loading.returncode == 0, err + daemon.logs()
+        assert mapped_hashes(daemon, "big") == safetensors_hashes(
+            os.path.join(faulty.docroot, "slow", "big.safetensors"))
+        assert stats(daemon)["warmstart_remote_retries_total"] > 0
+    finally:
+        daemon.stop(signal.SIGKILL)
+
+
+def test_killed_mid_transfer_for_good_fails_cleanly(faulty, workdir):
+    daemon = start(workdir, "--remote_source", faulty.http("slow"))
+    try:
+        before = resources(daemon)
+        url = faulty.http("slow/big.safetensors")
+        loading = start_load(daemon, "big", url)
+        wait_bulk_started(daemon, "big")
+        faulty.kill()
+        out, err = loading.communicate(timeout=300)
+        assert loading.returncode != 0
+        assert url in err and "tries)" in err, err
+        assert_failed_and_released(daemon, "big", before)
+    finally:
+        daemon.stop(signal.SIGKILL)
+
+
+@pytest.mark.parametrize("change", ["replaced", "truncated"])
+def test_object_changed_mid_load_fails_the_load(faulty, workdir, change):
+    daemon = start(workdir, "--remote_source", faulty.http("slow"))
+    try:
+        before = resources(daemon)
+        path = os.path.join(faulty.docroot, "slow", "big.safetensors")
+        url = faulty.http("slow/big.safetensors")
+        loading = start_load(daemon, "big", url)
+        wait_bulk_started(daemon, "big")
+        if change == "replaced":
+            # A new version of the object: same name, other bytes.
+            write_safetensors(path + ".new", BIG_TENSORS, BIG_BYTES, seed=6)
+            os.replace(path + ".new", path)
+        else:
+            # Cut short in place: transfers under way end early.
+            os.truncate(path, os.path.getsize(path) // 2)
+        out, err = loading.communicate(timeout=300)
+        assert loading.returncode != 0
+        assert url in err
+        assert "changed since it was" in err, err
+        assert_failed_and_released(daemon, "big", before)
+        # The daemon never served a mix: a fresh load gets the new object.
+        if change == "replaced":
+            loaded = daemon.ctl("load", "big2", url)
+            assert loaded.returncode == 0, loaded.stderr
+            assert mapped_hashes(daemon, "big2") == safetensors_hashes(path)
     finally:
         daemon.stop(signal.SIGKILL)

@@ -100,11 +100,17 @@ size_t OnHeader(char* data, size_t size, size_t count, void* user) {
 struct Sink {
   char* next;
   char* end;
+  CURL* curl;
 };
 
 size_t OnBody(char* data, size_t size, size_t count, void* user) {
   auto* sink = static_cast<Sink*>(user);
   const size_t n = size * count;
+  // Only a 206's body is the range asked for; an error page (a 503's) is
+  // dropped, and the status decides what happens next.
+  long status = 0;
+  curl_easy_getinfo(sink->curl, CURLINFO_RESPONSE_CODE, &status);
+  if (status != 206) return n;
   // A body longer than the range asked for: stop (libcurl then fails the
   // transfer with CURLE_WRITE_ERROR) rather than write past the buffer.
   if (n > static_cast<size_t>(sink->end - sink->next)) return 0;
@@ -197,6 +203,9 @@ curl_slist* Prepare(CURL* curl, const RequestSpec& spec) {
       curl, CURLOPT_LOW_SPEED_TIME,
       std::max<long>(1, absl::ToInt64Seconds(spec.options->stall_timeout)));
   curl_easy_setopt(curl, CURLOPT_TCP_KEEPALIVE, 1L);
+  // One connection per worker: a handle's cache would otherwise keep up to
+  // five, dead ones included after a server restart, each a descriptor.
+  curl_easy_setopt(curl, CURLOPT_MAXCONNECTS, 1L);
   if (!spec.ca_bundle->empty()) {
     curl_easy_setopt(curl, CURLOPT_CAINFO, spec.ca_bundle->c_str());
   }
@@ -724,7 +733,7 @@ void RemoteObject::ReadAsync(uint64_t offset, uint64_t length, char* out,
                        absl::StrCat("aws:amz:", sources_->region_, ":s3"),
                        &sources_->ca_bundle_,
                        &options};
-      Sink sink{part_out, part_out + part_length};
+      Sink sink{part_out, part_out + part_length, curl.get()};
       absl::Duration backoff = options.initial_backoff;
       absl::Status status;
       for (int attempt = 1;; ++attempt) {
@@ -751,9 +760,7 @@ void RemoteObject::ReadAsync(uint64_t offset, uint64_t length, char* out,
         CountBytes(sink.next - before);
         const std::string what = absl::StrCat("GET bytes ", from, "-", last);
         bool retry = false;
-        if (http != 0 && http != 206 && code != CURLE_WRITE_ERROR) {
-          // The body of an error answer was not for us: undo what it wrote.
-          sink.next = before;
+        if (http != 0 && http != 206) {
           if (http == 200) {
             status = absl::FailedPreconditionError(absl::StrCat(
                 url_, ": ", what,
