@@ -503,3 +503,26 @@ def test_object_changed_mid_load_fails_the_load(faulty, workdir, change):
             assert mapped_hashes(daemon, "big2") == safetensors_hashes(path)
     finally:
         daemon.stop(signal.SIGKILL)
+
+
+def test_inspect_hashes_a_url_like_the_file(served, moto):
+    nginx = served["nginx"]
+    for fixture in FORMATS:
+        url = nginx.http("models/" + os.path.basename(fixture))
+        result = harness.ctl("inspect", "--json", "--hash", url)
+        assert result.returncode == 0, result.stderr
+        files = json.loads(result.stdout)["files"]
+        assert [f["path"] for f in files] == [url]
+        assert {t["name"]: t["sha256"] for t in files[0]["tensors"]} == \
+            expected_hashes(fixture)
+    env = dict(harness.NATIVE_ENV, **s3_env(
+        moto, AWS_ACCESS_KEY_ID=moto.key_id,
+        AWS_SECRET_ACCESS_KEY=moto.secret))
+    result = harness.ctl("inspect", "--json", "--hash",
+                         "s3://models/ckpt/sharded/model.safetensors"
+                         ".index.json", env=env)
+    assert result.returncode == 0, result.stderr
+    hashes = {t["name"]: t["sha256"]
+              for f in json.loads(result.stdout)["files"]
+              for t in f["tensors"]}
+    assert hashes == served["sharded_hashes"]

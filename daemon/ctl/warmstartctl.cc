@@ -43,7 +43,11 @@ const std::vector<Command>& Commands() {
        "inspect PATH...",
        "list a checkpoint's tensors (file, *.index.json or folder)",
        R"(PATH: a weight file (safetensors, tensorizer .tensors, GGUF), a
-*.index.json shard index, or a folder of them. Reads headers only.
+*.index.json shard index, or a folder of them; or a URL of one (https://,
+http://, s3://bucket/key, or an s3:// prefix ending in '/'), read with
+ranged GETs (S3: AWS_ENDPOINT_URL, AWS_REGION, AWS_S3_ADDRESSING_STYLE,
+credentials from the environment or ~/.aws/credentials, AWS_CA_BUNDLE).
+Reads headers only.
       --json               one JSON object: {"files": [...]}
       --hash               add each tensor's sha256 (of its stored bytes; of
                            the plaintext when encrypted; of zeros for a meta
