@@ -526,3 +526,20 @@ def test_inspect_hashes_a_url_like_the_file(served, moto):
               for f in json.loads(result.stdout)["files"]
               for t in f["tensors"]}
     assert hashes == served["sharded_hashes"]
+
+
+def test_bench_a_url_against_a_parallel_download(served):
+    nginx = served["nginx"]
+    url = nginx.http("models/" + os.path.basename(GGUF))
+    result = harness.ctl("bench", "--json", "--runs", "3", url)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["file_bytes"] == os.path.getsize(os.path.join(FIXTURES, GGUF))
+    [mode] = out["results"]
+    assert mode["mode"] == "remote"
+    assert mode["baseline"] == "parallel_ranged_get"
+    assert mode["gbps_median"] > 0 and mode["baseline_gbps_median"] > 0
+    assert mode["ratio_median"] > 0
+    mixed = harness.ctl("bench", url, os.path.join(FIXTURES, GGUF))
+    assert mixed.returncode != 0
+    assert "not both" in mixed.stderr

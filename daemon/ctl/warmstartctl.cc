@@ -62,11 +62,15 @@ Reads headers only.
       {"bench",
        RunBenchCommand,
        {"--json"},
-       {"--backend", "--io", "--runs", "--staging-mib", "--socket"},
+       {"--backend", "--io", "--runs", "--staging-mib", "--remote-concurrency",
+        "--socket"},
        "bench PATH...",
        "time loads of a checkpoint, cold and warm, against baselines",
        R"(Measures against the O_DIRECT-read and page-cache-to-shared-memory
-baselines in the same run.
+baselines in the same run. URLs (as inspect takes them) are measured in
+one mode, "remote", against a plain parallel ranged download of the same
+objects with the same client in the same run.
+      --remote-concurrency N  parallel ranged GETs for URLs (default 8)
       --backend host|cuda  (default host)
       --io uring|pread     (default uring)
       --runs N             runs per mode (default 5)
