@@ -42,8 +42,9 @@ class Nginx:
 
     Faults, by location: files under docroot/slow/ are sent at 1 MB/s per
     connection; requests under docroot/burst/ are limited to 2 a second,
-    the others answered 503 at once (bursts of 503s). The access log
-    records each request's status, Range and If-Match."""
+    the others answered 503 at once (bursts of 503s); docroot/norange/
+    ignores Range headers (answers 200 with the whole file). The access log
+    records each request's status, body bytes sent, Range and If-Match."""
 
     def __init__(self, workdir, docroot):
         self.dir = os.path.join(workdir, "nginx")
@@ -71,7 +72,8 @@ error_log {self.dir}/error.log info;
 pid {self.dir}/nginx.pid;
 events {{ worker_connections 256; }}
 http {{
-  log_format ranges '"$request" $status "$http_range" "$http_if_match"';
+  log_format ranges '"$request" $status $body_bytes_sent "$http_range" '
+                    '"$http_if_match"';
   access_log {self.dir}/access.log ranges;
   limit_req_zone $server_port zone=burst:1m rate=2r/s;
   client_body_temp_path {temp}; proxy_temp_path {temp};
@@ -81,6 +83,7 @@ http {{
     listen 127.0.0.1:{self.http_port};
     root {docroot};
     location /slow/ {{ limit_rate 1m; }}
+    location /norange/ {{ max_ranges 0; }}
     location /burst/ {{
       limit_req zone=burst nodelay;
       limit_req_status 503;

@@ -337,12 +337,14 @@ BIG_BYTES = 1 << 20
 @pytest.fixture
 def faulty(workdir):
     docroot = os.path.join(workdir, "doc")
-    for sub in ("slow", "burst"):
+    for sub in ("slow", "burst", "norange"):
         os.makedirs(os.path.join(docroot, sub))
     write_safetensors(os.path.join(docroot, "slow", "big.safetensors"),
                       BIG_TENSORS, BIG_BYTES, seed=5)
     shutil.copy(os.path.join(FIXTURES, SAFETENSORS),
                 os.path.join(docroot, "burst"))
+    write_safetensors(os.path.join(docroot, "norange", "big.safetensors"),
+                      BIG_TENSORS, BIG_BYTES, seed=7)
     nginx = remote_servers.Nginx(workdir, docroot)
     yield nginx
     nginx.stop()
@@ -419,7 +421,7 @@ def test_503_bursts_are_retried_with_backoff(faulty, workdir):
         loaded = daemon.ctl("load", "m", url)
         assert loaded.returncode == 0, loaded.stderr + daemon.logs()
         assert mapped_hashes(daemon, "m") == expected_hashes(SAFETENSORS)
-        assert '" 503 "' in faulty.access_log()
+        assert '" 503 ' in faulty.access_log()
         assert stats(daemon)["warmstart_remote_retries_total"] > 0
     finally:
         daemon.stop(signal.SIGKILL)
@@ -437,7 +439,7 @@ def test_a_slow_server_still_loads_every_byte(faulty, workdir):
         gets = [line for line in faulty.access_log().splitlines()
                 if line.startswith('"GET /slow/big.safetensors')]
         assert len(gets) >= 8
-        assert all(' 206 "bytes=' in line for line in gets), gets
+        assert all(' 206 ' in line and '"bytes=' in line for line in gets)
         assert not any(line.endswith('"-"') for line in gets), gets
     finally:
         daemon.stop(signal.SIGKILL)
@@ -543,3 +545,25 @@ def test_bench_a_url_against_a_parallel_download(served):
     mixed = harness.ctl("bench", url, os.path.join(FIXTURES, GGUF))
     assert mixed.returncode != 0
     assert "not both" in mixed.stderr
+
+
+def test_a_server_that_ignores_range_is_refused_without_downloading(
+        faulty, workdir):
+    daemon = start(workdir, "--remote_source", faulty.http("norange"))
+    try:
+        url = faulty.http("norange/big.safetensors")
+        refused = daemon.ctl("load", "big", url)
+        assert refused.returncode != 0
+        assert url in refused.stderr
+        assert "ignored the Range header (HTTP 200)" in refused.stderr
+        assert daemon.status("big") is None
+    finally:
+        daemon.stop(signal.SIGKILL)
+    # Each refused GET stopped early in the 64 MiB body (nginx logs the
+    # bytes it sent, socket buffers included).
+    gets = [line.split() for line in faulty.access_log().splitlines()
+            if line.startswith('"GET /norange/')]
+    assert gets
+    for fields in gets:
+        assert fields[3] == "200"
+        assert int(fields[4]) < BIG_TENSORS * BIG_BYTES // 2, fields

@@ -110,6 +110,10 @@ size_t OnBody(char* data, size_t size, size_t count, void* user) {
   // dropped, and the status decides what happens next.
   long status = 0;
   curl_easy_getinfo(sink->curl, CURLINFO_RESPONSE_CODE, &status);
+  // A 200 is the whole object, which a server that ignores Range sends:
+  // stop at once (the transfer ends with CURLE_WRITE_ERROR) rather than
+  // download it to throw away.
+  if (status == 200) return 0;
   if (status != 206) return n;
   // A body longer than the range asked for: stop (libcurl then fails the
   // transfer with CURLE_WRITE_ERROR) rather than write past the buffer.
