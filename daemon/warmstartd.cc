@@ -24,6 +24,8 @@ ABSL_FLAG(std::vector<std::string>, model_root, {},
           "directory models may be loaded from (repeatable)");
 ABSL_FLAG(std::vector<std::string>, preload, {},
           "NAME=PATH to load at start (repeatable)");
+ABSL_FLAG(std::vector<std::string>, remote_source, {},
+          "URL prefix remote models may be loaded from (repeatable)");
 ABSL_FLAG(std::string, backend, "", "auto, host or cuda");
 ABSL_FLAG(std::string, log_format, "", "text or json");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn or error");
@@ -51,6 +53,10 @@ flags (they override the --config file):
   --model_root DIR       directory models may be loaded from; repeat it or
                          give a comma-separated list
   --preload NAME=PATH    a required model to load at start; repeatable
+                         (PATH may be a URL beneath a --remote_source)
+  --remote_source PREFIX a URL prefix (https://host/dir, http://..., or
+                         s3://bucket/prefix) models may be loaded from;
+                         repeatable; no remote source is allowed without it
   --backend MODE         auto | host | cuda (default auto: cuda when a GPU is
                          usable, else host shared memory)
   --log_format FORMAT    text | json (default text)
@@ -115,6 +121,7 @@ int Run(int argc, char** argv) {
   flags.socket = absl::GetFlag(FLAGS_socket);
   flags.model_roots = RepeatedFlag(argc, argv, "model_root");
   flags.preloads = RepeatedFlag(argc, argv, "preload");
+  flags.remote_sources = RepeatedFlag(argc, argv, "remote_source");
   flags.backend = absl::GetFlag(FLAGS_backend);
   flags.log_format = absl::GetFlag(FLAGS_log_format);
   absl::StatusOr<v1::DaemonConfig> config = BuildConfig(flags);

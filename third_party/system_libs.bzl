@@ -24,6 +24,11 @@ def _system_libs_impl(ctx):
                 continue
             if flag.startswith("-D"):
                 defines.append(flag[2:])
+            elif flag in ("-I/usr/include", "-I/usr/include/x86_64-linux-gnu",
+                          "-I/usr/include/aarch64-linux-gnu"):
+                # The compiler's own search path (libcurl names its
+                # multiarch directory).
+                continue
             elif flag.startswith("-I"):
                 fail("pkg-config %s needs include path %s; not supported" % (modules, flag))
             else:

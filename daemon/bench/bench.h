@@ -11,6 +11,13 @@
 //   warm: reading the cached files into freshly created shared memory of
 //         the same size ("pagecache_to_fresh_shm"): what the page cache and
 //         fresh-page faults give.
+// Checkpoints named by URL (remote sources) have one mode instead:
+//   remote: loads through the remote source (ranged GETs into the staging
+//         slabs), held to a plain parallel download of the same objects
+//         with the same client and connections, in the same run
+//         ("parallel_ranged_get": windows of concurrency x 4 MiB read in
+//         `concurrency` parallel ranged GETs into one reused buffer; no
+//         parsing, staging or copy).
 // GB/s are 10^9 bytes per second of file bytes; a mode's ratio is the median
 // of the per-run ratios load / baseline.
 #ifndef WARMSTART_DAEMON_BENCH_BENCH_H_
@@ -36,13 +43,16 @@ struct BenchOptions {
   // Also measure the peak pinned host-to-device copy rate through the
   // device (mode "h2d_peak", GPUs only: for host memory it is a memcpy).
   bool measure_h2d_peak = false;
+  // Parallel ranged GETs for URLs (connections).
+  unsigned remote_concurrency = 8;
   // Receives one line per measurement, as it happens (progress on stderr).
   std::function<void(const std::string&)> log;
 };
 
 struct ModeResult {
-  std::string mode;  // "cold", "warm" or "h2d_peak".
-  // "odirect_read" or "pagecache_to_fresh_shm"; empty for h2d_peak, which
+  std::string mode;  // "cold", "warm", "remote" or "h2d_peak".
+  // "odirect_read", "pagecache_to_fresh_shm" or "parallel_ranged_get";
+  // empty for h2d_peak, which
   // is itself the ceiling a GPU load is held to.
   std::string baseline;
   std::vector<double> load_gbps;

@@ -111,6 +111,9 @@ absl::Status ApplyFlags(const ConfigFlags& flags, DaemonConfig& config) {
   for (std::string& root : SplitList(flags.model_roots)) {
     config.add_model_roots(std::move(root));
   }
+  for (const std::string& prefix : flags.remote_sources) {
+    config.add_remote_sources(prefix);
+  }
   for (const std::string& preload : SplitList(flags.preloads)) {
     const size_t eq = preload.find('=');
     if (eq == std::string::npos) {
@@ -279,7 +282,57 @@ absl::Status ValidateKey(const v1::KeySource& key, const std::string& field) {
   return absl::OkStatus();
 }
 
+// As formats' IsRemoteUrl (not depended on: the configuration needs no
+// parsers).
+bool IsRemoteUrl(absl::string_view path) {
+  return absl::StartsWith(path, "http://") ||
+         absl::StartsWith(path, "https://") || absl::StartsWith(path, "s3://");
+}
+
+// The allow-list rule of RemoteSources: a prefix equal to `url` or followed
+// in it by '/'.
+bool IsBeneathRemoteSource(const DaemonConfig& config, const std::string& url) {
+  for (const std::string& prefix : config.remote_sources()) {
+    if (!absl::StartsWith(url, prefix)) continue;
+    if (url.size() == prefix.size() || prefix.back() == '/' ||
+        url[prefix.size()] == '/') {
+      return true;
+    }
+  }
+  return false;
+}
+
+absl::Status ValidateRemote(const DaemonConfig& config) {
+  for (int i = 0; i < config.remote_sources_size(); ++i) {
+    const std::string field = absl::StrCat("remote_sources[", i, "]");
+    const std::string& prefix = config.remote_sources(i);
+    if (!IsRemoteUrl(prefix)) {
+      return Invalid(field, absl::StrCat("\"", prefix,
+                                         "\" must start with http://, "
+                                         "https:// or s3://"));
+    }
+    if (prefix.find('@') != std::string::npos) {
+      // Not echoed: it would be a credential.
+      return Invalid(field,
+                     "must not hold user information ('@'); credentials come "
+                     "from the environment or the shared credentials file");
+    }
+    if (prefix.find_first_of("?#") != std::string::npos) {
+      return Invalid(field, absl::StrCat("\"", prefix,
+                                         "\" must not hold a query or "
+                                         "fragment"));
+    }
+  }
+  if (config.remote_concurrency() < 1 || config.remote_concurrency() > 256) {
+    return Invalid(
+        "remote_concurrency",
+        absl::StrCat(config.remote_concurrency(), " must be 1 to 256"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateModels(const DaemonConfig& config) {
+  RETURN_IF_ERROR(ValidateRemote(config));
   std::vector<std::string> roots;
   for (int i = 0; i < config.model_roots_size(); ++i) {
     const std::string field = absl::StrCat("model_roots[", i, "]");
@@ -311,6 +364,15 @@ absl::Status ValidateModels(const DaemonConfig& config) {
                      absl::StrCat("\"", preload.name(), "\" is used twice"));
     }
     const std::string& path = preload.path();
+    if (IsRemoteUrl(path)) {
+      if (!IsBeneathRemoteSource(config, path)) {
+        return Invalid(field + ".path",
+                       absl::StrCat("\"", path,
+                                    "\" is not beneath any of remote_sources"));
+      }
+      RETURN_IF_ERROR(ValidateKey(preload.key(), field + ".key"));
+      continue;
+    }
     if (path.empty() || path[0] != '/') {
       return Invalid(field + ".path",
                      absl::StrCat("\"", path, "\" is not an absolute path"));
@@ -321,7 +383,8 @@ absl::Status ValidateModels(const DaemonConfig& config) {
                      absl::StrCat("\"", path, "\" contains \"..\""));
     }
     bool beneath = false;
-    for (const std::string& root : roots) beneath |= IsAtOrBeneath(normal, root);
+    for (const std::string& root : roots)
+      beneath |= IsAtOrBeneath(normal, root);
     if (!beneath) {
       return Invalid(
           field + ".path",
@@ -387,6 +450,9 @@ void ApplyDefaults(DaemonConfig& config) {
   if (!config.has_slab_bytes()) config.set_slab_bytes(kDefaultSlabBytes);
   if (!config.has_io_engine()) config.set_io_engine(v1::IO_ENGINE_AUTO);
   if (!config.has_backend()) config.set_backend(v1::BACKEND_CHOICE_AUTO);
+  if (!config.has_remote_concurrency()) {
+    config.set_remote_concurrency(kDefaultRemoteConcurrency);
+  }
   if (!config.has_shutdown_grace_seconds()) {
     config.set_shutdown_grace_seconds(kDefaultShutdownGraceSeconds);
   }

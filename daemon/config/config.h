@@ -20,6 +20,7 @@ inline constexpr uint32_t kDefaultSocketMode = 0660;
 inline constexpr uint64_t kDefaultStagingBytes = uint64_t{256} << 20;
 inline constexpr uint64_t kDefaultSlabBytes = uint64_t{16} << 20;
 inline constexpr uint32_t kDefaultShutdownGraceSeconds = 30;
+inline constexpr uint32_t kDefaultRemoteConcurrency = 8;
 
 // Reads the DaemonConfig textproto at `path`, as written; applies no defaults
 // and does not validate. Errors: the errno class of a failed open or read
@@ -37,6 +38,9 @@ struct ConfigFlags {
   // a comma-separated list; all are appended to the file's entries.
   std::vector<std::string> model_roots;
   std::vector<std::string> preloads;
+  // --remote_source PREFIX: each element one URL prefix (not split on
+  // commas, which URLs may hold); appended to the file's remote_sources.
+  std::vector<std::string> remote_sources;
   std::string backend;     // --backend auto|host|cuda
   std::string log_format;  // --log_format text|json
 };

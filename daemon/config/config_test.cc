@@ -20,6 +20,7 @@ namespace warmstart {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 using ::testing::SizeIs;
 using v1::DaemonConfig;
 
@@ -354,6 +355,44 @@ TEST_F(ConfigTest, EachValidationErrorNamesItsField) {
         ValidateConfig(config),
         StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr(c.expected)));
   }
+}
+
+TEST_F(ConfigTest, RemoteSourcesAndUrlPreloads) {
+  ConfigFlags flags;
+  // Not split on commas: URLs may hold them.
+  flags.remote_sources = {"s3://bucket/a,b", "https://models.example/llm/"};
+  flags.preloads = {"m=https://models.example/llm/x.gguf"};
+  ASSERT_OK_AND_ASSIGN(DaemonConfig config, BuildConfig(flags));
+  ASSERT_EQ(config.remote_sources_size(), 2);
+  EXPECT_EQ(config.remote_sources(0), "s3://bucket/a,b");
+  EXPECT_EQ(config.remote_concurrency(), kDefaultRemoteConcurrency);
+
+  flags.preloads = {"m=https://models.example/other/x.gguf"};
+  EXPECT_THAT(BuildConfig(flags),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("preloads[0].path: \"https://models.example/"
+                                 "other/x.gguf\" is not beneath any of "
+                                 "remote_sources")));
+  flags.preloads.clear();
+  flags.remote_sources = {"/local"};
+  EXPECT_THAT(BuildConfig(flags),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("remote_sources[0]: \"/local\" must start "
+                                 "with http://, https:// or s3://")));
+  flags.remote_sources = {"https://user:pw@host/"};
+  absl::Status with_user = BuildConfig(flags).status();
+  EXPECT_THAT(with_user.message(), HasSubstr("remote_sources[0]: must not "
+                                             "hold user information"));
+  EXPECT_THAT(with_user.message(), Not(HasSubstr("pw")));
+  flags.remote_sources = {"https://host/?x"};
+  EXPECT_THAT(BuildConfig(flags).status().message(), HasSubstr("query"));
+
+  DaemonConfig zero;
+  zero.set_remote_concurrency(0);
+  ApplyDefaults(zero);
+  EXPECT_THAT(ValidateConfig(zero),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("remote_concurrency: 0 must be 1 to 256")));
 }
 
 TEST_F(ConfigTest, PreloadPathsAreNormalizedLexically) {

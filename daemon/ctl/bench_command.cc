@@ -41,6 +41,12 @@ int RunBenchCommand(const CommandLine& line) {
       options.runs < 1) {
     return Fail(kExitUsage, "--runs: expected a positive number");
   }
+  if (!absl::SimpleAtoi(line.Value("--remote-concurrency", "8"),
+                        &options.remote_concurrency) ||
+      options.remote_concurrency < 1 || options.remote_concurrency > 256) {
+    return Fail(kExitUsage,
+                "--remote-concurrency: expected a number from 1 to 256");
+  }
   uint64_t staging_mib = options.staging_bytes >> 20;
   if (!absl::SimpleAtoi(
           line.Value("--staging-mib", std::to_string(staging_mib)),

@@ -15,6 +15,7 @@
 #include "daemon/formats/key_provider.h"
 #include "daemon/formats/key_source.h"
 #include "daemon/formats/tensor_data.h"
+#include "daemon/remote/remote_source.h"
 #include "nlohmann/json.hpp"
 
 namespace warmstart {
@@ -74,9 +75,13 @@ absl::Status InspectPath(const std::string& path, const InspectOptions& options,
                          uint64_t& verified) {
   ASSIGN_OR_RETURN(Manifest manifest, OpenCheckpoint(path, options.parse));
   for (const FileManifest& file : manifest.files) {
-    std::unique_ptr<FileByteSource> source;
+    std::unique_ptr<ByteSource> source;
     if (options.hash || options.verify) {
-      ASSIGN_OR_RETURN(source, FileByteSource::Open(file.path));
+      if (IsRemoteUrl(file.path)) {
+        ASSIGN_OR_RETURN(source, options.parse.remote->OpenUrl(file.path));
+      } else {
+        ASSIGN_OR_RETURN(source, FileByteSource::Open(file.path));
+      }
     }
     Json tensors = Json::array();
     uint64_t total_bytes = 0;
@@ -164,6 +169,28 @@ int RunInspect(const CommandLine& line) {
     std::fprintf(stderr, "warmstartctl: %s\n",
                  Printable(keys.status().message()).c_str());
     return ExitCodeFor(keys.status());
+  }
+
+  // URLs are read as the daemon reads them (see remote_source.h), each
+  // allowed with its siblings (a shard index names objects beside it): the
+  // user asked for them, and no daemon's allow-list applies here.
+  std::unique_ptr<RemoteSources> remote;
+  RemoteOptions remote_options;
+  for (const std::string& path : line.arguments) {
+    if (IsRemoteUrl(path)) {
+      remote_options.allowed_prefixes.push_back(
+          path.substr(0, path.rfind('/') + 1));
+    }
+  }
+  if (!remote_options.allowed_prefixes.empty()) {
+    auto created = RemoteSources::Create(std::move(remote_options));
+    if (!created.ok()) {
+      std::fprintf(stderr, "warmstartctl: %s\n",
+                   std::string(created.status().message()).c_str());
+      return ExitCodeFor(created.status());
+    }
+    remote = *std::move(created);
+    options.parse.remote = remote.get();
   }
 
   Json files = Json::array();

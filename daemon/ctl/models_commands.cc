@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -165,9 +166,13 @@ std::string WatchLine(const v1::ModelStatus& model) {
 }
 
 // The daemon wants an absolute path; take a relative one as the user means
-// it, against the current directory.
+// it, against the current directory. URLs (remote sources) go as written.
 std::string Absolute(const std::string& path) {
   if (!path.empty() && path[0] == '/') return path;
+  if (absl::StartsWith(path, "http://") || absl::StartsWith(path, "https://") ||
+      absl::StartsWith(path, "s3://")) {
+    return path;
+  }
   char cwd[4096];
   if (::getcwd(cwd, sizeof(cwd)) == nullptr) return path;
   return std::string(cwd) + "/" + path;

@@ -44,7 +44,11 @@ const std::vector<Command>& Commands() {
        "inspect PATH...",
        "list a checkpoint's tensors (file, *.index.json or folder)",
        R"(PATH: a weight file (safetensors, tensorizer .tensors, GGUF), a
-*.index.json shard index, or a folder of them. Reads headers only.
+*.index.json shard index, or a folder of them; or a URL of one (https://,
+http://, s3://bucket/key, or an s3:// prefix ending in '/'), read with
+ranged GETs (S3: AWS_ENDPOINT_URL, AWS_REGION, AWS_S3_ADDRESSING_STYLE,
+credentials from the environment or ~/.aws/credentials, AWS_CA_BUNDLE).
+Reads headers only.
       --json               one JSON object: {"files": [...]}
       --hash               add each tensor's sha256 (of its stored bytes; of
                            the plaintext when encrypted; of zeros for a meta
@@ -59,11 +63,15 @@ const std::vector<Command>& Commands() {
       {"bench",
        RunBenchCommand,
        {"--json"},
-       {"--backend", "--io", "--runs", "--staging-mib", "--socket"},
+       {"--backend", "--io", "--runs", "--staging-mib", "--remote-concurrency",
+        "--socket"},
        "bench PATH...",
        "time loads of a checkpoint, cold and warm, against baselines",
        R"(Measures against the O_DIRECT-read and page-cache-to-shared-memory
-baselines in the same run.
+baselines in the same run. URLs (as inspect takes them) are measured in
+one mode, "remote", against a plain parallel ranged download of the same
+objects with the same client in the same run.
+      --remote-concurrency N  parallel ranged GETs for URLs (default 8)
       --backend host|cuda  (default host)
       --io uring|pread     (default uring)
       --runs N             runs per mode (default 5)

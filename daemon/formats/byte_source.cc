@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "daemon/base/errno_status.h"
 #include "daemon/base/status_macros.h"
@@ -74,6 +75,15 @@ absl::Status MemoryByteSource::ReadAt(uint64_t offset, uint64_t length,
   }
   if (length > 0) std::memcpy(out, data_.data() + offset, length);
   return absl::OkStatus();
+}
+
+}  // namespace warmstart
+
+namespace warmstart {
+
+bool IsRemoteUrl(absl::string_view path) {
+  return absl::StartsWith(path, "http://") ||
+         absl::StartsWith(path, "https://") || absl::StartsWith(path, "s3://");
 }
 
 }  // namespace warmstart

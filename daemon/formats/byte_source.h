@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -33,7 +34,30 @@ class ByteSource {
   // REQUIRES: `out` has room for `length` bytes.
   virtual absl::Status ReadAt(uint64_t offset, uint64_t length,
                               char* out) const = 0;
+  // What identifies this version of a remote object (its HTTP ETag); empty
+  // for local files and objects without one.
+  virtual std::string version() const { return std::string(); }
 };
+
+// Opens sources named by URL (http://, https://, s3://); implemented by
+// daemon/remote. Thread safety: OpenUrl may be called from many threads.
+class UrlSourceOpener {
+ public:
+  virtual ~UrlSourceOpener() = default;
+  // Opens `url`, reading only what identifies the object (size, version).
+  // Errors name the URL and never hold credentials.
+  virtual absl::StatusOr<std::unique_ptr<ByteSource>> OpenUrl(
+      const std::string& url) const = 0;
+  // The URLs of the objects directly beneath `url`, a prefix ending in '/'
+  // ("s3://bucket/dir/"), sorted. Errors name the URL; a source that cannot
+  // list (HTTP) answers InvalidArgument saying so.
+  virtual absl::StatusOr<std::vector<std::string>> ListUrl(
+      const std::string& url) const = 0;
+};
+
+// Whether `path` names a remote source: it starts with "http://",
+// "https://" or "s3://".
+bool IsRemoteUrl(absl::string_view path);
 
 // Reads a regular file with pread. Owns the descriptor.
 class FileByteSource : public ByteSource {

@@ -206,11 +206,30 @@ absl::StatusOr<struct stat> Stat(const std::string& path,
   return st;
 }
 
-absl::StatusOr<FileManifest> OpenFile(const std::string& path,
-                                      const ParseOptions& options) {
+// Opens `path`, a local file or (through options.remote) a URL.
+absl::StatusOr<std::unique_ptr<ByteSource>> OpenSource(
+    const std::string& path, const ParseOptions& options) {
+  if (IsRemoteUrl(path)) {
+    if (options.remote == nullptr) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          path,
+          ": remote sources are not enabled here (remote_sources in "
+          "the config, --remote_source PREFIX)"));
+    }
+    return options.remote->OpenUrl(path);
+  }
   ASSIGN_OR_RETURN(std::unique_ptr<FileByteSource> source,
                    FileByteSource::Open(path, OpenerOf(options)));
-  return ParseFile(*source, options);
+  return std::unique_ptr<ByteSource>(std::move(source));
+}
+
+absl::StatusOr<FileManifest> OpenFile(const std::string& path,
+                                      const ParseOptions& options) {
+  ASSIGN_OR_RETURN(std::unique_ptr<ByteSource> source,
+                   OpenSource(path, options));
+  ASSIGN_OR_RETURN(FileManifest file, ParseFile(*source, options));
+  file.version = source->version();
+  return file;
 }
 
 // Tensor names must be unique across the checkpoint: the registry and the
@@ -241,8 +260,8 @@ bool IsPlainFileName(absl::string_view name) {
 
 absl::StatusOr<Manifest> OpenIndex(const std::string& index_path,
                                    const ParseOptions& options) {
-  ASSIGN_OR_RETURN(std::unique_ptr<FileByteSource> source,
-                   FileByteSource::Open(index_path, OpenerOf(options)));
+  ASSIGN_OR_RETURN(std::unique_ptr<ByteSource> source,
+                   OpenSource(index_path, options));
   if (source->size() > kMaxIndexFileBytes) {
     return Invalid(
         index_path, "at byte 0",
@@ -409,6 +428,46 @@ absl::StatusOr<Manifest> OpenDirectory(const std::string& directory,
   return manifest;
 }
 
+// A prefix of an object store ("s3://bucket/dir/"), chosen from as
+// OpenDirectory chooses: its one index, or else its weight files.
+absl::StatusOr<Manifest> OpenRemotePrefix(const std::string& url,
+                                          const ParseOptions& options) {
+  if (options.remote == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        url,
+        ": remote sources are not enabled here (remote_sources in the "
+        "config, --remote_source PREFIX)"));
+  }
+  ASSIGN_OR_RETURN(std::vector<std::string> objects,
+                   options.remote->ListUrl(url));
+  std::vector<std::string> indexes;
+  std::vector<std::string> weights;
+  for (const std::string& object : objects) {
+    if (absl::EndsWith(object, kIndexSuffix)) {
+      indexes.push_back(object);
+    } else if (absl::EndsWith(object, ".safetensors") ||
+               absl::EndsWith(object, ".tensors") ||
+               absl::EndsWith(object, ".gguf")) {
+      weights.push_back(object);
+    }
+  }
+  if (indexes.size() == 1) return OpenIndex(indexes[0], options);
+  if (weights.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        url, ": no weight files beneath the prefix: expected one *",
+        kIndexSuffix,
+        " object, or objects ending in .safetensors, .tensors or .gguf "
+        "(found ",
+        indexes.size(), " index objects)"));
+  }
+  Manifest manifest;
+  for (const std::string& object : weights) {
+    ASSIGN_OR_RETURN(FileManifest file, OpenFile(object, options));
+    manifest.files.push_back(std::move(file));
+  }
+  return manifest;
+}
+
 }  // namespace
 
 absl::StatusOr<Format> DetectFormat(const ByteSource& source) {
@@ -454,8 +513,21 @@ absl::StatusOr<FileManifest> ParseFile(const ByteSource& source,
 
 absl::StatusOr<Manifest> OpenCheckpoint(const std::string& path,
                                         const ParseOptions& options) {
-  ASSIGN_OR_RETURN(struct stat st, Stat(path, options));
   Manifest manifest;
+  if (IsRemoteUrl(path)) {
+    // An object store has no directories to stat: the name says what it is.
+    if (absl::EndsWith(path, "/")) {
+      ASSIGN_OR_RETURN(manifest, OpenRemotePrefix(path, options));
+    } else if (absl::EndsWith(path, kIndexSuffix)) {
+      ASSIGN_OR_RETURN(manifest, OpenIndex(path, options));
+    } else {
+      ASSIGN_OR_RETURN(FileManifest file, OpenFile(path, options));
+      manifest.files.push_back(std::move(file));
+    }
+    RETURN_IF_ERROR(CheckUniqueNames(manifest));
+    return manifest;
+  }
+  ASSIGN_OR_RETURN(struct stat st, Stat(path, options));
   if (S_ISDIR(st.st_mode)) {
     ASSIGN_OR_RETURN(manifest,
                      OpenDirectory(StripTrailingSlashes(path), options));

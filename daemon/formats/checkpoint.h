@@ -41,6 +41,13 @@ absl::StatusOr<FileManifest> ParseFile(const ByteSource& source,
 //  - a directory: its one "*.index.json" file if it holds exactly one, or
 //    else every regular file in it ending in ".safetensors", ".tensors" or
 //    ".gguf", in name order (at least one).
+//  - a URL (IsRemoteUrl: http://, https://, s3://), opened through
+//    options.remote: a weight file, or a shard index (a name ending in
+//    ".index.json") whose shards are objects beside it (the same URL up to
+//    the last '/'); each remote FileManifest records the object's version
+//    (ETag); or a prefix ending in '/' ("s3://bucket/dir/"), listed and
+//    chosen from as a directory is. Without options.remote a URL fails with
+//    FailedPrecondition.
 // The result lists one FileManifest per file, in the order above; tensor
 // names are unique across all of them.
 //

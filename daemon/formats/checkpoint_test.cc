@@ -5,6 +5,9 @@
 
 #include <cstdint>
 #include <fstream>
+#include <iterator>
+#include <map>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -653,6 +656,97 @@ TEST_F(ConfinedTest, MissingPathInsideTheRootIsNotFound) {
   const std::string path = model_ + "/absent.safetensors";
   EXPECT_THAT(OpenCheckpoint(path, options_),
               StatusIs(absl::StatusCode::kNotFound, HasSubstr(path)));
+}
+
+}  // namespace
+}  // namespace warmstart
+
+namespace warmstart {
+namespace {
+
+// Serves URLs from memory and counts opens, for OpenCheckpoint's URL path
+// (the real remote source is tested against real servers in
+// tests/remote_source_test.py).
+class MemoryUrls : public UrlSourceOpener {
+ public:
+  void Add(const std::string& url, std::string bytes) {
+    files_[url] = std::move(bytes);
+  }
+  absl::StatusOr<std::unique_ptr<ByteSource>> OpenUrl(
+      const std::string& url) const override {
+    auto it = files_.find(url);
+    if (it == files_.end()) return absl::NotFoundError(url + ": HTTP 404");
+    class Versioned : public MemoryByteSource {
+     public:
+      using MemoryByteSource::MemoryByteSource;
+      std::string version() const override { return "\"v1\""; }
+    };
+    return std::unique_ptr<ByteSource>(new Versioned(url, it->second));
+  }
+  absl::StatusOr<std::vector<std::string>> ListUrl(
+      const std::string& url) const override {
+    std::vector<std::string> urls;
+    for (const auto& [name, bytes] : files_) {
+      if (absl::StartsWith(name, url)) urls.push_back(name);
+    }
+    return urls;
+  }
+
+ private:
+  std::map<std::string, std::string> files_;
+};
+
+std::string ReadFixture(const std::string& fixture) {
+  std::ifstream in(testing::FixturePath(fixture), std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+TEST(OpenCheckpointUrlTest, UrlsNeedARemoteOpener) {
+  EXPECT_THAT(OpenCheckpoint("s3://bucket/m.safetensors", ParseOptions()),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("s3://bucket/m.safetensors: remote sources "
+                                 "are not enabled")));
+}
+
+TEST(OpenCheckpointUrlTest, OneFileAndAShardIndexRecordTheVersion) {
+  MemoryUrls urls;
+  const std::string shard =
+      ReadFixture("safetensors/golden_rs_f32.safetensors");
+  urls.Add("https://h/m/a.safetensors", shard);
+  ParseOptions options;
+  options.remote = &urls;
+  ASSERT_OK_AND_ASSIGN(Manifest one,
+                       OpenCheckpoint("https://h/m/a.safetensors", options));
+  ASSERT_THAT(one.files, SizeIs(1));
+  EXPECT_EQ(one.files[0].path, "https://h/m/a.safetensors");
+  EXPECT_EQ(one.files[0].version, "\"v1\"");
+  EXPECT_EQ(one.files[0].file_size, shard.size());
+
+  std::string weight_map;
+  for (const TensorEntry& tensor : one.files[0].tensors) {
+    absl::StrAppend(&weight_map, weight_map.empty() ? "" : ",", "\"",
+                    tensor.name, "\":\"a.safetensors\"");
+  }
+  urls.Add("https://h/m/model.safetensors.index.json",
+           "{\"weight_map\":{" + weight_map + "}}");
+  ASSERT_OK_AND_ASSIGN(
+      Manifest index,
+      OpenCheckpoint("https://h/m/model.safetensors.index.json", options));
+  ASSERT_THAT(index.files, SizeIs(1));
+  EXPECT_EQ(index.files[0].path, "https://h/m/a.safetensors");
+  EXPECT_EQ(index.files[0].tensors.size(), one.files[0].tensors.size());
+
+  // A prefix with one index opens the index.
+  ASSERT_OK_AND_ASSIGN(Manifest prefix,
+                       OpenCheckpoint("https://h/m/", options));
+  ASSERT_THAT(prefix.files, SizeIs(1));
+  EXPECT_EQ(prefix.files[0].path, "https://h/m/a.safetensors");
+  EXPECT_THAT(OpenCheckpoint("https://h/empty/", options),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("https://h/empty/: no weight files")));
+
+  EXPECT_THAT(OpenCheckpoint("https://h/m/absent.gguf", options),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("HTTP 404")));
 }
 
 }  // namespace

@@ -16,6 +16,7 @@
 
 #include "absl/strings/string_view.h"
 #include "daemon/base/file_opener.h"
+#include "daemon/formats/byte_source.h"
 #include "nlohmann/json.hpp"
 
 namespace warmstart {
@@ -79,6 +80,9 @@ struct FileManifest {
   Format format = Format::kSafetensors;
   std::optional<uint32_t> format_version;  // None for safetensors.
   uint64_t file_size = 0;
+  // For a file read from a URL: the object's version (HTTP ETag) when it was
+  // parsed, which loads and fingerprints compare; empty for local files.
+  std::string version;
   bool big_endian = false;  // Only GGUF files can be big-endian.
   // Format metadata in the shape `warmstartctl inspect --json` prints:
   // safetensors' __metadata__ object; GGUF keys to values (arrays summarised
@@ -98,6 +102,9 @@ struct ParseOptions {
   // shards, index files, checkpoint directories); null means plain open(2).
   // Not owned: it must outlive the call.
   const FileOpener* opener = nullptr;
+  // Opens paths that are URLs (IsRemoteUrl); null means URLs are refused.
+  // Not owned: it must outlive the call.
+  const UrlSourceOpener* remote = nullptr;
 };
 
 }  // namespace warmstart

@@ -63,6 +63,28 @@ struct CopyErrors {
   }
 };
 
+// Opens the remote object `file` names and checks that it is still the
+// object that was parsed: a replaced object would mix two versions.
+absl::StatusOr<std::unique_ptr<RemoteObject>> OpenRemote(
+    const FileManifest& file, const LoadOptions& options) {
+  if (options.remote == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(file.path,
+                     ": remote sources are not enabled here (remote_sources in "
+                     "the config, --remote_source PREFIX)"));
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<RemoteObject> object,
+                   options.remote->Open(file.path));
+  if (object->size() != file.file_size || object->etag() != file.version) {
+    return absl::DataLossError(absl::StrCat(
+        file.path, ": the object changed since it was parsed: size ",
+        file.file_size, " -> ", object->size(), ", ETag ",
+        file.version.empty() ? "(none)" : file.version, " -> ",
+        object->etag().empty() ? "(none)" : object->etag()));
+  }
+  return object;
+}
+
 absl::Status CheckLoadable(const Manifest& manifest) {
   for (const FileManifest& file : manifest.files) {
     if (file.big_endian) {
@@ -108,6 +130,7 @@ Manifest WholeFileManifest(const FileManifest& file) {
   whole.path = file.path;
   whole.format = file.format;
   whole.file_size = file.file_size;
+  whole.version = file.version;
   TensorEntry bytes;
   bytes.name = "(file image)";
   bytes.dtype = "U8";
@@ -298,9 +321,19 @@ absl::Status Loader::Fill(const Manifest& manifest, const ArenaLayout& layout,
   const FileOpener& opener =
       options.opener != nullptr ? *options.opener : PlainFileOpener();
   std::map<size_t, ReadFile> files;
+  std::map<size_t, std::unique_ptr<RemoteObject>> remotes;
   for (const ReadChunk& chunk : chunks) {
-    if (files.count(chunk.file_index)) continue;
-    const std::string& path = manifest.files[chunk.file_index].path;
+    if (files.count(chunk.file_index) || remotes.count(chunk.file_index)) {
+      continue;
+    }
+    const FileManifest& manifest_file = manifest.files[chunk.file_index];
+    const std::string& path = manifest_file.path;
+    if (IsRemoteUrl(path)) {
+      ASSIGN_OR_RETURN(std::unique_ptr<RemoteObject> object,
+                       OpenRemote(manifest_file, options));
+      remotes.emplace(chunk.file_index, std::move(object));
+      continue;
+    }
     ASSIGN_OR_RETURN(ReadFile file,
                      OpenReadFile(path, options.direct_io, opener));
     files.emplace(chunk.file_index, std::move(file));
@@ -321,6 +354,23 @@ absl::Status Loader::Fill(const Manifest& manifest, const ArenaLayout& layout,
 
   auto submit = [&](size_t i, StagingPool::Slab slab) {
     const ReadChunk& chunk = chunks[i];
+    if (auto remote = remotes.find(chunk.file_index); remote != remotes.end()) {
+      // Ranged GETs straight into the slab, in parallel parts.
+      char* const destination = slab.data();
+      {
+        absl::MutexLock lock(&mutex);
+        slots[i].slab = std::move(slab);
+        slots[i].lead = 0;
+        slots[i].pending_reads = 1;
+      }
+      remote->second->ReadAsync(chunk.file_offset, chunk.length, destination,
+                                [&mutex, &slots, i](absl::Status status) {
+                                  absl::MutexLock lock(&mutex);
+                                  slots[i].status = std::move(status);
+                                  slots[i].done = true;
+                                });
+      return;
+    }
     const ReadFile& file = files.at(chunk.file_index);
     ReadRequest request;
     request.fd = file.fd.get();
@@ -376,7 +426,7 @@ absl::Status Loader::Fill(const Manifest& manifest, const ArenaLayout& layout,
   const bool host_arena = arena.host_data() != nullptr;
   auto reads_in_place = [&](const ReadChunk& chunk) {
     if (!host_arena || arena.PrefersCopies() ||
-        files.at(chunk.file_index).direct) {
+        remotes.count(chunk.file_index) || files.at(chunk.file_index).direct) {
       return false;
     }
     for (const Piece& piece : chunk.pieces) {
@@ -426,7 +476,7 @@ absl::Status Loader::Fill(const Manifest& manifest, const ArenaLayout& layout,
   // verifying on the way.
   auto process = [&](size_t i) -> absl::Status {
     const ReadChunk& chunk = chunks[i];
-    const ReadFile& file = files.at(chunk.file_index);
+    const std::string& path = manifest.files[chunk.file_index].path;
     StagingPool::Slab slab;
     uint64_t lead;
     {
@@ -449,7 +499,7 @@ absl::Status Loader::Fill(const Manifest& manifest, const ArenaLayout& layout,
               .tensors[layout.placements[piece.placement].tensor_index];
       char* data = base + piece.chunk_offset;
       if (tensor.encryption.has_value()) {
-        RETURN_IF_ERROR(DecryptInPlace(file.path, tensor, keys[piece.placement],
+        RETURN_IF_ERROR(DecryptInPlace(path, tensor, keys[piece.placement],
                                        piece.tensor_offset, data,
                                        piece.length));
       }

@@ -31,6 +31,7 @@
 #include "daemon/formats/manifest.h"
 #include "daemon/io/read_engine.h"
 #include "daemon/loader/layout.h"
+#include "daemon/remote/remote_source.h"
 #include "daemon/staging/staging_pool.h"
 
 namespace warmstart {
@@ -111,6 +112,11 @@ struct LoadOptions {
   // BeneathRootsOpener refuses files outside its roots (PermissionDenied).
   // Not owned: it must outlive the call.
   const FileOpener* opener = nullptr;
+  // Reads the files whose paths are URLs (IsRemoteUrl): ranged GETs into the
+  // staging slabs, each object checked against the size and version (ETag)
+  // the manifest recorded. Null means URLs fail to load. Not owned: it must
+  // outlive the call.
+  const RemoteSources* remote = nullptr;
   // Called after each chunk lands, on the loading thread.
   std::function<void(const LoadProgress&)> on_progress;
   // Polled between chunks; when it becomes true the load stops with

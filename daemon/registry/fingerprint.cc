@@ -53,13 +53,22 @@ absl::StatusOr<FileFingerprint> FingerprintFile(const std::string& path,
 bool FileFingerprint::operator==(const FileFingerprint& other) const {
   return path == other.path && device == other.device && inode == other.inode &&
          size == other.size && mtime_ns == other.mtime_ns &&
-         ctime_ns == other.ctime_ns && header_sha256 == other.header_sha256;
+         ctime_ns == other.ctime_ns && header_sha256 == other.header_sha256 &&
+         etag == other.etag;
 }
 
 absl::StatusOr<Fingerprint> FingerprintFiles(const Manifest& manifest,
                                              const FileOpener& opener) {
   Fingerprint prints;
   for (const FileManifest& file : manifest.files) {
+    if (IsRemoteUrl(file.path)) {
+      FileFingerprint print;
+      print.path = file.path;
+      print.size = file.file_size;
+      print.etag = file.version;
+      prints.push_back(std::move(print));
+      continue;
+    }
     ASSIGN_OR_RETURN(FileFingerprint print, FingerprintFile(file.path, opener));
     prints.push_back(std::move(print));
   }
@@ -82,6 +91,10 @@ std::string DescribeChange(const Fingerprint& before, const Fingerprint& now) {
     }
     if (a.size != b.size) {
       return absl::StrCat(a.path, ": size ", a.size, " -> ", b.size);
+    }
+    if (a.etag != b.etag) {
+      return absl::StrCat(a.path, ": ETag ", a.etag, " -> ", b.etag,
+                          " (the object was replaced)");
     }
     if (a.mtime_ns != b.mtime_ns) {
       return absl::StrCat(a.path, " was modified since it was loaded");

@@ -32,6 +32,10 @@ struct FileFingerprint {
   // restored (touch -d, rsync -t) changes ctime, which no one can set back.
   int64_t ctime_ns = 0;
   std::string header_sha256;  // Hex, of the first kHeaderHashBytes.
+  // A remote file (a URL) is identified by its URL, size and ETag alone
+  // (device, inode, mtime and header hash stay empty): the object store
+  // gives a new ETag to every new version.
+  std::string etag;
 
   bool operator==(const FileFingerprint& other) const;
   bool operator!=(const FileFingerprint& other) const {
@@ -41,7 +45,9 @@ struct FileFingerprint {
 
 using Fingerprint = std::vector<FileFingerprint>;
 
-// Fingerprints every file of `manifest`, opened through `opener`. Errors:
+// Fingerprints every file of `manifest`, opened through `opener`; a remote
+// file's fingerprint is its URL, size and the version (ETag) the manifest
+// recorded when it was parsed, with no further request. Errors:
 // those of the opener (NotFound, PermissionDenied for a path outside the
 // model roots, ...) and of reading, naming the file.
 absl::StatusOr<Fingerprint> FingerprintFiles(const Manifest& manifest,

@@ -98,6 +98,33 @@ TEST(FingerprintTest, ARewritePastTheHeaderWithItsMtimeRestoredIsCaught) {
   EXPECT_THAT(DescribeChange(before, after), HasSubstr("its ctime moved"));
 }
 
+TEST(FingerprintTest, RemoteFilesAreTheirUrlSizeAndEtag) {
+  Manifest manifest = ManifestOf("s3://bucket/m.safetensors");
+  manifest.files[0].file_size = 1000;
+  manifest.files[0].version = "\"etag-1\"";
+  // No request and no open: a remote file's fingerprint is what parsing saw.
+  ASSERT_OK_AND_ASSIGN(Fingerprint before,
+                       FingerprintFiles(manifest, PlainFileOpener()));
+  ASSERT_EQ(before.size(), 1u);
+  EXPECT_EQ(before[0].size, 1000u);
+  EXPECT_EQ(before[0].etag, "\"etag-1\"");
+  EXPECT_EQ(before[0].header_sha256, "");
+
+  manifest.files[0].version = "\"etag-2\"";
+  ASSERT_OK_AND_ASSIGN(Fingerprint replaced,
+                       FingerprintFiles(manifest, PlainFileOpener()));
+  EXPECT_NE(before, replaced);
+  EXPECT_THAT(DescribeChange(before, replaced),
+              HasSubstr("s3://bucket/m.safetensors: ETag \"etag-1\" -> "
+                        "\"etag-2\""));
+
+  manifest.files[0].version = "\"etag-1\"";
+  manifest.files[0].file_size = 999;
+  ASSERT_OK_AND_ASSIGN(Fingerprint shrunk,
+                       FingerprintFiles(manifest, PlainFileOpener()));
+  EXPECT_THAT(DescribeChange(before, shrunk), HasSubstr("size 1000 -> 999"));
+}
+
 TEST(FingerprintTest, MissingFileIsNotFound) {
   EXPECT_THAT(FingerprintFiles(ManifestOf("/tmp/does-not-exist.safetensors"),
                                PlainFileOpener()),

@@ -238,6 +238,7 @@ absl::StatusOr<v1::ModelStatus> Registry::Load(const ModelRequest& request) {
   // model is listed, turns bad paths and files into an error of this call.
   ParseOptions parse_options;
   parse_options.opener = options_.opener;
+  parse_options.remote = options_.load.remote;
   ASSIGN_OR_RETURN(Manifest manifest,
                    OpenCheckpoint(request.path, parse_options));
   ASSIGN_OR_RETURN(Fingerprint fingerprint,

