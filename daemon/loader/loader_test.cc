@@ -678,7 +678,7 @@ TEST(FileImageDeviceTest, OnlyHostMemoryHoldsFileImages) {
     const std::string& uuid() const override { return uuid_; }
     absl::StatusOr<std::unique_ptr<DeviceAllocation>> Allocate(
         uint64_t, const std::string&) override {
-      return absl::UnimplementedError("not used");
+      return absl::InternalError("this test allocates no packed memory");
     }
     absl::Status RegisterHostMemory(void*, uint64_t) override {
       return absl::OkStatus();

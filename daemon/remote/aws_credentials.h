@@ -5,7 +5,7 @@
 //   2. the shared credentials file: AWS_SHARED_CREDENTIALS_FILE, or else
 //      $HOME/.aws/credentials, profile AWS_PROFILE (default "default"):
 //      aws_access_key_id, aws_secret_access_key, aws_session_token.
-// Not implemented (left for later): web-identity tokens
+// Not supported yet: web-identity tokens
 // (AWS_WEB_IDENTITY_TOKEN_FILE with STS AssumeRoleWithWebIdentity), the
 // config file's role_arn/source_profile and credential_process, SSO, the
 // ECS container endpoint and the EC2 instance metadata service.
