@@ -2,7 +2,9 @@
 # is missing from Debian's packages and PyPI, and says nothing when all of it
 # is already there. Source it; it defines functions only.
 
-# Debian packages the build, the tests and the demo need.
+# Debian packages the build, the tests and the demo need (cmake and g++
+# also build llama-cpp-python from its source package; git is what
+# tests/repository_test.py lists tracked files with).
 WARMSTART_APT_PACKAGES=(
   bazel-bootstrap pkg-config
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
@@ -12,6 +14,7 @@ WARMSTART_APT_PACKAGES=(
   clang-14 libclang-rt-14-dev
   python3 python3-venv python3-pytest python3-numpy python3-torch
   python3-pip python3-setuptools python3-wheel
+  cmake g++ git
 )
 
 # What only the tests need: promtool (prometheus), the image (mmdebstrap,
