@@ -62,8 +62,6 @@ constexpr uint64_t kMinCipherChunkSize = 1024;
 constexpr uint64_t kCipherChunkAlignment = 64;
 constexpr uint64_t kMacBytes = 16;
 
-// Longest name shown in a message; longer ones are cut (names can be 64 KiB).
-constexpr size_t kMaxQuotedName = 200;
 // How much FieldReader fetches at once: the whole of almost any header, and
 // the metadata index in a few reads.
 constexpr uint64_t kWindowBytes = 64 * 1024;
