@@ -370,6 +370,30 @@ absl::StatusOr<Manifest> OpenIndex(const std::string& index_path,
   return manifest;
 }
 
+// What a listing (a directory's or an object-store prefix's) holds: its one
+// index, or else every weight file. `where` and `item` word the error
+// ("in the directory", "file").
+absl::StatusOr<Manifest> OpenListed(const std::string& listing,
+                                    const char* where, const char* item,
+                                    const std::vector<std::string>& indexes,
+                                    const std::vector<std::string>& weights,
+                                    const ParseOptions& options) {
+  if (indexes.size() == 1) return OpenIndex(indexes[0], options);
+  if (weights.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(listing, ": no weight files ", where, ": expected one *",
+                     kIndexSuffix, " ", item, ", or ", item,
+                     "s ending in .safetensors, .tensors or .gguf (found ",
+                     indexes.size(), " index ", item, "s)"));
+  }
+  Manifest manifest;
+  for (const std::string& path : weights) {
+    ASSIGN_OR_RETURN(FileManifest file, OpenFile(path, options));
+    manifest.files.push_back(std::move(file));
+  }
+  return manifest;
+}
+
 absl::StatusOr<Manifest> OpenDirectory(const std::string& directory,
                                        const ParseOptions& options) {
   // The directory is listed through a descriptor from the opener, so that a
@@ -411,21 +435,8 @@ absl::StatusOr<Manifest> OpenDirectory(const std::string& directory,
     if (!S_ISREG(st.st_mode)) continue;
     (is_index ? indexes : weights).push_back(prefix + name);
   }
-  if (indexes.size() == 1) return OpenIndex(indexes[0], options);
-  if (weights.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        directory, ": no weight files in the directory: expected one *",
-        kIndexSuffix,
-        " file, or files ending in .safetensors, .tensors or "
-        ".gguf (found ",
-        indexes.size(), " index files)"));
-  }
-  Manifest manifest;
-  for (const std::string& path : weights) {
-    ASSIGN_OR_RETURN(FileManifest file, OpenFile(path, options));
-    manifest.files.push_back(std::move(file));
-  }
-  return manifest;
+  return OpenListed(directory, "in the directory", "file", indexes, weights,
+                    options);
 }
 
 // A prefix of an object store ("s3://bucket/dir/"), chosen from as
@@ -451,21 +462,8 @@ absl::StatusOr<Manifest> OpenRemotePrefix(const std::string& url,
       weights.push_back(object);
     }
   }
-  if (indexes.size() == 1) return OpenIndex(indexes[0], options);
-  if (weights.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        url, ": no weight files beneath the prefix: expected one *",
-        kIndexSuffix,
-        " object, or objects ending in .safetensors, .tensors or .gguf "
-        "(found ",
-        indexes.size(), " index objects)"));
-  }
-  Manifest manifest;
-  for (const std::string& object : weights) {
-    ASSIGN_OR_RETURN(FileManifest file, OpenFile(object, options));
-    manifest.files.push_back(std::move(file));
-  }
-  return manifest;
+  return OpenListed(url, "beneath the prefix", "object", indexes, weights,
+                    options);
 }
 
 }  // namespace
