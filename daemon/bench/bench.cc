@@ -204,6 +204,7 @@ absl::StatusOr<double> HostToDevicePeak(Device* device, StagingPool* pool,
                                         uint64_t total) {
   ASSIGN_OR_RETURN(std::unique_ptr<DeviceAllocation> target,
                    device->Allocate(total, "bench-h2d"));
+  ASSIGN_OR_RETURN(StagingPool::Residency residency, pool->MakeResident());
   auto errors = std::make_shared<absl::Status>();
   auto mutex = std::make_shared<absl::Mutex>();
   const absl::Time start = absl::Now();
@@ -328,18 +329,18 @@ absl::StatusOr<BenchResult> RunBench(const BenchOptions& options,
   }
   result.files = files.size();
 
-  // The pool is declared first so that it outlives the engine its slabs are
-  // registered with.
-  ASSIGN_OR_RETURN(
-      std::unique_ptr<StagingPool> pool,
-      StagingPool::Create({options.staging_bytes, options.slab_bytes}, device));
+  // The engine is declared first so that it outlives the pool, which
+  // registers its slabs with it (and unregisters them when it goes).
   ReadEngineOptions engine_options;
   engine_options.kind = options.io;
   ASSIGN_OR_RETURN(std::unique_ptr<ReadEngine> engine,
                    CreateReadEngine(engine_options));
   result.io = std::string(engine->name());
   std::atomic<uint64_t> peak{0};
-  RETURN_IF_ERROR(engine->RegisterBuffers(pool->Regions()));
+  ASSIGN_OR_RETURN(
+      std::unique_ptr<StagingPool> pool,
+      StagingPool::Create({options.staging_bytes, options.slab_bytes}, device,
+                          engine.get()));
   Loader loader(engine.get(), pool.get(), device);
   auto log = [&](const std::string& line) {
     if (options.log) options.log(line);

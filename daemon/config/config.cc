@@ -35,6 +35,8 @@ using v1::DaemonConfig;
 constexpr uint64_t kMinSlabBytes = uint64_t{4} << 20;
 constexpr uint64_t kSlabAlignment = 4096;
 constexpr uint32_t kMaxShutdownGraceSeconds = 3600;
+constexpr uint32_t kDefaultStagingReleaseSeconds = 30;
+constexpr uint32_t kMaxStagingReleaseSeconds = 86400;
 constexpr size_t kMaxPreloadNameLength = 128;
 
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
@@ -414,6 +416,12 @@ absl::Status ValidateMemory(const DaemonConfig& config) {
                    absl::StrCat(slab, " must be at least ", kMinSlabBytes,
                                 " (4 MiB) and a multiple of ", kSlabAlignment));
   }
+  if (config.staging_release_seconds() > kMaxStagingReleaseSeconds) {
+    return Invalid("staging_release_seconds",
+                   absl::StrCat(config.staging_release_seconds(),
+                                " must be at most ", kMaxStagingReleaseSeconds,
+                                " (a day; 0 keeps the pool resident)"));
+  }
   if (staging < slab || staging % slab != 0) {
     return Invalid("staging_bytes",
                    absl::StrCat(staging,
@@ -448,6 +456,9 @@ void ApplyDefaults(DaemonConfig& config) {
     config.set_staging_bytes(kDefaultStagingBytes);
   }
   if (!config.has_slab_bytes()) config.set_slab_bytes(kDefaultSlabBytes);
+  if (!config.has_staging_release_seconds()) {
+    config.set_staging_release_seconds(kDefaultStagingReleaseSeconds);
+  }
   if (!config.has_io_engine()) config.set_io_engine(v1::IO_ENGINE_AUTO);
   if (!config.has_backend()) config.set_backend(v1::BACKEND_CHOICE_AUTO);
   if (!config.has_remote_concurrency()) {

@@ -58,6 +58,7 @@ TEST_F(ConfigTest, DefaultsWithoutFileOrFlags) {
   EXPECT_THAT(config.preloads(), SizeIs(0));
   EXPECT_EQ(config.staging_bytes(), uint64_t{256} << 20);
   EXPECT_EQ(config.slab_bytes(), uint64_t{16} << 20);
+  EXPECT_EQ(config.staging_release_seconds(), 30u);
   EXPECT_EQ(config.io_engine(), v1::IO_ENGINE_AUTO);
   EXPECT_EQ(config.backend(), v1::BACKEND_CHOICE_AUTO);
   EXPECT_EQ(config.shutdown_grace_seconds(), 30u);
@@ -327,6 +328,11 @@ TEST_F(ConfigTest, EachValidationErrorNamesItsField) {
          c.set_staging_bytes(uint64_t{24} << 20);
        },
        "staging_bytes: 25165824 must be"},
+      {"long staging release",
+       [](DaemonConfig& c, const std::string&) {
+         c.set_staging_release_seconds(86401);
+       },
+       "staging_release_seconds: 86401 must be at most 86400"},
       {"long grace",
        [](DaemonConfig& c, const std::string&) {
          c.set_shutdown_grace_seconds(3601);

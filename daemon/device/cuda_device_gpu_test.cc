@@ -183,8 +183,8 @@ TEST_P(CudaGpuTest, ExportsTheAllocation) {
 TEST_P(CudaGpuTest, LoaderLandsFixturesOnTheGpu) {
   ASSERT_OK_AND_ASSIGN(auto engine, CreateReadEngine(ReadEngineOptions()));
   ASSERT_OK_AND_ASSIGN(
-      auto pool, StagingPool::Create({36 << 10, 12 << 10}, device_.get()));
-  ASSERT_OK(engine->RegisterBuffers(pool->Regions()));
+      auto pool,
+      StagingPool::Create({36 << 10, 12 << 10}, device_.get(), engine.get()));
   Loader loader(engine.get(), pool.get(), device_.get());
   for (const char* fixture :
        {"safetensors/candle_whisper_mel_filters.safetensors",

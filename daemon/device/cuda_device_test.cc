@@ -301,10 +301,12 @@ TEST_P(CudaDeviceTest, OutOfMemoryNamesTheSizeAndLeaksNothing) {
 
 TEST_P(CudaDeviceTest, FailedPinningFailsThePoolAndUnpinsTheRest) {
   sim_.inject("cuMemHostRegister", 3, CUDA_ERROR_OUT_OF_MEMORY);
-  auto pool = StagingPool::Create({4 * 65536, 65536}, device_.get());
-  EXPECT_THAT(pool, StatusIs(absl::StatusCode::kResourceExhausted,
-                             AllOf(HasSubstr("pin slab 2 of 4"),
-                                   HasSubstr("cuMemHostRegister"))));
+  ASSERT_OK_AND_ASSIGN(auto pool,
+                       StagingPool::Create({4 * 65536, 65536}, device_.get()));
+  EXPECT_THAT(pool->MakeResident(),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       AllOf(HasSubstr("pin slab 2 of 4"),
+                             HasSubstr("cuMemHostRegister"))));
   EXPECT_EQ(sim_.registered_host_regions(), 0);
 }
 
@@ -354,21 +356,47 @@ TEST_P(CudaDeviceTest, LoaderLandsEveryTensorThroughSmallSlabs) {
   // Three 12 KiB slabs: most tensors span several slabs, so slabs are
   // recycled many times per load, each only after its copies completed.
   ASSERT_OK_AND_ASSIGN(
-      auto pool, StagingPool::Create({36 << 10, 12 << 10}, device_.get()));
-  ASSERT_OK(engine->RegisterBuffers(pool->Regions()));
-  EXPECT_EQ(sim_.registered_host_regions(), 3);
+      auto pool,
+      StagingPool::Create({36 << 10, 12 << 10}, device_.get(), engine.get()));
   Loader loader(engine.get(), pool.get(), device_.get());
   for (const char* fixture : kFixtures) LoadAndCheck(loader, fixture);
+  EXPECT_EQ(sim_.registered_host_regions(), 3);
   EXPECT_EQ(pool->free_slabs(), pool->slab_count());
   EXPECT_EQ(sim_.pageable_copies(), 0) << "every copy came from a pinned slab";
   EXPECT_EQ(sim_.live_allocations(), 0);
 }
 
+TEST_P(CudaDeviceTest,
+       AnIdlePoolIsUnpinnedAndReleasedThenPinnedForTheNextLoad) {
+  ASSERT_OK_AND_ASSIGN(auto engine, CreateReadEngine(ReadEngineOptions()));
+  absl::Time now = absl::FromUnixSeconds(1000);
+  StagingPoolOptions options;
+  options.total_bytes = 36 << 10;
+  options.slab_bytes = 12 << 10;
+  options.release_after = absl::Seconds(30);
+  options.now = [&now] { return now; };
+  ASSERT_OK_AND_ASSIGN(
+      auto pool, StagingPool::Create(options, device_.get(), engine.get()));
+  EXPECT_EQ(sim_.registered_host_regions(), 0) << "nothing pinned at start";
+  Loader loader(engine.get(), pool.get(), device_.get());
+  for (int round = 0; round < 2; ++round) {
+    SCOPED_TRACE(round);
+    LoadAndCheck(loader, "tensorizer/module_mixed_v2.tensors");
+    EXPECT_EQ(sim_.registered_host_regions(), 3);
+    now += absl::Seconds(30);
+    ASSERT_TRUE(pool->ReleaseIfQuiet());
+    // cuMemHostUnregister before the pages went back.
+    EXPECT_EQ(sim_.registered_host_regions(), 0);
+    EXPECT_EQ(pool->resident_bytes(), 0u);
+  }
+  EXPECT_EQ(sim_.pageable_copies(), 0) << "every copy came from a pinned slab";
+}
+
 TEST_P(CudaDeviceTest, ConcurrentLoadsShareTheDevice) {
   ASSERT_OK_AND_ASSIGN(auto engine, CreateReadEngine(ReadEngineOptions()));
-  ASSERT_OK_AND_ASSIGN(auto pool,
-                       StagingPool::Create({8 << 14, 1 << 14}, device_.get()));
-  ASSERT_OK(engine->RegisterBuffers(pool->Regions()));
+  ASSERT_OK_AND_ASSIGN(
+      auto pool,
+      StagingPool::Create({8 << 14, 1 << 14}, device_.get(), engine.get()));
   Loader loader(engine.get(), pool.get(), device_.get());
   std::vector<std::thread> threads;
   for (const char* fixture :

@@ -49,6 +49,7 @@ class FaultInjectingEngine final : public ReadEngine {
   absl::Status RegisterBuffers(absl::Span<const iovec> buffers) override {
     return engine_->RegisterBuffers(buffers);
   }
+  void UnregisterBuffers() override { engine_->UnregisterBuffers(); }
   void Submit(const ReadRequest& request, ReadDone done) override;
   void Drain() override { engine_->Drain(); }
 

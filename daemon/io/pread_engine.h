@@ -32,6 +32,7 @@ class PreadEngine final : public ReadEngine {
   absl::Status RegisterBuffers(absl::Span<const iovec> buffers) override {
     return absl::OkStatus();
   }
+  void UnregisterBuffers() override {}
   void Submit(const ReadRequest& request, ReadDone done) override;
   void Drain() override;
 

@@ -68,9 +68,16 @@ class ReadEngine {
   // limit, 8 MiB for an unprivileged process, answers ENOMEM) is a degraded
   // mode, not an error: reads proceed unregistered, one warning is logged
   // per process and warmstart_io_buffer_registration_failed_total counts it.
-  // REQUIRES: called at most once, before any Submit; the buffers stay
-  // mapped for the engine's lifetime.
+  // REQUIRES: no buffers registered (never, or UnregisterBuffers since) and
+  // no read in flight; the buffers stay mapped until UnregisterBuffers or
+  // the engine's end.
   virtual absl::Status RegisterBuffers(absl::Span<const iovec> buffers) = 0;
+
+  // Drops the registration, so that the kernel unpins the memory and it can
+  // be returned (the staging pool does so while idle). Waits for the reads
+  // in flight first. No-op when nothing is registered.
+  // REQUIRES: no Submit concurrently; not called from a callback.
+  virtual void UnregisterBuffers() = 0;
 
   // Starts a read; `done` reports its outcome (see ReadDone). Short reads,
   // EINTR and EAGAIN are resubmitted for the remainder; errors become Status

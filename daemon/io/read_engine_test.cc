@@ -564,7 +564,7 @@ TEST_P(ReadEngineTest, DestroyingTheEngineWaitsForReadsInFlight) {
   MakeEngine();
 }
 
-TEST_F(UringEngineTest, RegisterBuffersOnlyBeforeTheFirstSubmit) {
+TEST_F(UringEngineTest, RegisterBuffersOnceUntilUnregistered) {
   MakeFile("late", 4096);
   ASSERT_OK_AND_ASSIGN(ReadFile file, OpenReadFile(dir_.Join("late"), false));
   auto engine = MakeEngine();
@@ -572,9 +572,57 @@ TEST_F(UringEngineTest, RegisterBuffersOnlyBeforeTheFirstSubmit) {
   ASSERT_OK(ReadOnce(
       *engine, ReadRequest{file.fd.get(), 0, 4096, memory.data(), file.path}));
   const iovec buffer = {memory.data(), memory.size()};
+  // After a read: the engine thread stops for the registration.
+  ASSERT_OK(engine->RegisterBuffers({&buffer, 1}));
   EXPECT_THAT(engine->RegisterBuffers({&buffer, 1}),
               StatusIs(absl::StatusCode::kFailedPrecondition,
-                       HasSubstr("before the first Submit")));
+                       HasSubstr("registered already")));
+  engine->UnregisterBuffers();
+  engine->UnregisterBuffers();  // Nothing left: a no-op.
+  ASSERT_OK(engine->RegisterBuffers({&buffer, 1}));
+  EXPECT_THAT(ReadOnce(*engine, ReadRequest{file.fd.get(), 0, 4096,
+                                            memory.data(), file.path}),
+              ReadBytes(4096));
+}
+
+TEST_F(UringEngineTest, UnregisteredBuffersReleaseTheRingsPages) {
+  const std::string contents = MakeFile("released", 4096);
+  ASSERT_OK_AND_ASSIGN(ReadFile file,
+                       OpenReadFile(dir_.Join("released"), false));
+  auto engine = MakeEngine();
+  void* const region = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE,
+                              MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(region, MAP_FAILED);
+  char* const memory = static_cast<char*>(region);
+  const iovec buffer = {memory, 4096};
+  ASSERT_OK(engine->RegisterBuffers({&buffer, 1}));
+  ASSERT_THAT(
+      ReadOnce(*engine, ReadRequest{file.fd.get(), 0, 4096, memory, file.path}),
+      ReadBytes(4096));
+  engine->UnregisterBuffers();
+  // Fresh pages mapped over the old ones: with the registration gone, a
+  // read lands in them (a registered buffer would land in the pinned pages,
+  // out of this mapping's sight; see the next test).
+  ASSERT_EQ(::mmap(memory, 4096, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0),
+            region);
+  EXPECT_THAT(
+      ReadOnce(*engine, ReadRequest{file.fd.get(), 0, 4096, memory, file.path}),
+      ReadBytes(4096));
+  EXPECT_TRUE(SameBytes(memory, contents.data(), 4096));
+  // The kernel let go of the old registration: a new one takes (it would
+  // answer EBUSY otherwise, and reads would silently go unregistered), and
+  // reads go through its pinned pages again, out of a fresh mapping's sight.
+  ASSERT_OK(engine->RegisterBuffers({&buffer, 1}));
+  ASSERT_EQ(::mmap(memory, 4096, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0),
+            region);
+  EXPECT_THAT(
+      ReadOnce(*engine, ReadRequest{file.fd.get(), 0, 4096, memory, file.path}),
+      ReadBytes(4096));
+  EXPECT_TRUE(SameBytes(memory, std::string(4096, '\0').data(), 4096));
+  engine.reset();
+  ::munmap(region, 4096);
 }
 
 TEST_F(UringEngineTest, ReadsIntoRegisteredBuffersGoThroughTheRingsPages) {

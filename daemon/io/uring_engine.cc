@@ -72,28 +72,36 @@ absl::StatusOr<std::unique_ptr<UringEngine>> UringEngine::Create(
 }
 
 UringEngine::~UringEngine() {
-  Drain();
-  bool started;
-  {
-    absl::MutexLock lock(&mutex_);
-    stopping_ = true;
-    started = started_;
-  }
-  if (started) {
-    Wake();
-    thread_.join();
-  }
+  StopThread();
   // Cancels the eventfd read still armed.
   if (ring_ready_) io_uring_queue_exit(&ring_);
 }
 
+void UringEngine::StopThread() {
+  Drain();
+  bool started;
+  {
+    absl::MutexLock lock(&mutex_);
+    started = started_;
+    stopping_ = started;
+  }
+  if (!started) return;
+  Wake();
+  thread_.join();
+  absl::MutexLock lock(&mutex_);
+  started_ = false;
+  stopping_ = false;
+}
+
 absl::Status UringEngine::RegisterBuffers(absl::Span<const iovec> buffers) {
+  StopThread();
   // Holding the lock keeps Submit out while the kernel pins the memory,
   // which can take seconds for gigabytes.
   absl::MutexLock lock(&mutex_);
-  if (registration_done_ || started_) {
+  if (registration_done_) {
     return absl::FailedPreconditionError(
-        "RegisterBuffers must be called once, before the first Submit");
+        "RegisterBuffers: buffers are registered already; "
+        "UnregisterBuffers first");
   }
   registration_done_ = true;
   if (buffers.empty()) return absl::OkStatus();
@@ -113,6 +121,17 @@ absl::Status UringEngine::RegisterBuffers(absl::Span<const iovec> buffers) {
       registered_.begin(), registered_.end(),
       [](const Registered& a, const Registered& b) { return a.base < b.base; });
   return absl::OkStatus();
+}
+
+void UringEngine::UnregisterBuffers() {
+  StopThread();
+  absl::MutexLock lock(&mutex_);
+  if (!registration_done_) return;
+  registration_done_ = false;
+  if (registered_.empty()) return;  // The kernel had refused them.
+  registered_.clear();
+  const int rc = io_uring_unregister_buffers(&ring_);
+  if (rc < 0) DieOnRingError("io_uring_unregister_buffers", rc);
 }
 
 int UringEngine::FindRegisteredBuffer(const char* begin,
@@ -192,7 +211,6 @@ void UringEngine::Issue(Read* read) {
 }
 
 void UringEngine::Run() {
-  ArmWakeup();
   std::vector<std::unique_ptr<Read>> issuing;
   std::vector<std::pair<void*, int>> completions;
   for (;;) {
@@ -202,6 +220,12 @@ void UringEngine::Run() {
       // flight here.
       if (stopping_) return;
       issuing.swap(pending_);
+    }
+    // A thread stopped before its eventfd read completed leaves it armed
+    // (StopThread's wake-up completes it); the next thread reaps it.
+    if (!wakeup_armed_) {
+      ArmWakeup();
+      wakeup_armed_ = true;
     }
     for (std::unique_ptr<Read>& read : issuing) Issue(read.release());
     issuing.clear();
@@ -220,7 +244,7 @@ void UringEngine::Run() {
     io_uring_cq_advance(&ring_, count);
     for (const auto& [data, result] : completions) {
       if (data == &wakeup_value_) {
-        ArmWakeup();
+        wakeup_armed_ = false;  // Armed again at the top of the loop.
       } else {
         Complete(static_cast<Read*>(data), result);
       }

@@ -44,9 +44,11 @@ class UringEngine final : public ReadEngine {
   UringEngine& operator=(const UringEngine&) = delete;
 
   absl::string_view name() const override { return "io_uring"; }
-  // Errors: FailedPrecondition when called twice or after Submit (the ring
-  // is then in use).
+  // Stops the engine thread first (it restarts with the next Submit), so
+  // that the ring is idle whatever the kernel's registration needs.
+  // Errors: FailedPrecondition when buffers are registered already.
   absl::Status RegisterBuffers(absl::Span<const iovec> buffers) override;
+  void UnregisterBuffers() override;
   void Submit(const ReadRequest& request, ReadDone done) override;
   void Drain() override;
 
@@ -75,6 +77,9 @@ class UringEngine final : public ReadEngine {
   // Engine thread: runs the callback and retires the read.
   void Finish(Read* read, absl::StatusOr<uint64_t> result);
   void Wake();
+  // Drains, then ends the engine thread and waits for it; Submit starts a
+  // new one. Leaves no eventfd read armed in the ring.
+  void StopThread();
 
   int FindRegisteredBuffer(const char* begin, uint64_t length) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
@@ -87,8 +92,8 @@ class UringEngine final : public ReadEngine {
 
   const unsigned queue_depth_;
   // Set up by Create; after that only the engine thread touches the ring,
-  // except RegisterBuffers (before the thread starts) and the destructor
-  // (after it has ended).
+  // except (Un)RegisterBuffers and the destructor, which stop the thread
+  // first.
   io_uring ring_;
   bool ring_ready_ = false;
   ScopedFd wakeup_fd_;
@@ -108,9 +113,11 @@ class UringEngine final : public ReadEngine {
   };
   std::vector<Registered> registered_ ABSL_GUARDED_BY(mutex_);
   bool registration_done_ ABSL_GUARDED_BY(mutex_) = false;
-  // The engine thread starts with the first Submit, so that RegisterBuffers
-  // meets an idle ring (older kernels quiesce the ring to register, which
-  // would wait forever for the armed eventfd read).
+  // Engine thread: whether the eventfd read is in the ring.
+  bool wakeup_armed_ = false;
+  // The engine thread starts with the first Submit after it was stopped, so
+  // that (Un)RegisterBuffers meets an idle ring (older kernels quiesce the ring
+  // to register, which would wait forever for the armed eventfd read).
   bool started_ ABSL_GUARDED_BY(mutex_) = false;
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
   std::thread thread_;

@@ -291,6 +291,9 @@ absl::Status Loader::Fill(const Manifest& manifest, const ArenaLayout& layout,
         absl::StrCat("read_bytes ", options.read_bytes,
                      " must be a non-zero multiple of ", kDirectAlignment));
   }
+  // The pool stays resident (touched, pinned, registered) while any load
+  // holds it; an idle daemon returns it (StagingPool::ReleaseIfQuiet).
+  ASSIGN_OR_RETURN(StagingPool::Residency residency, pool_->MakeResident());
   const uint64_t max_chunk = pool_->slab_bytes() - 2 * kDirectAlignment;
   ASSIGN_OR_RETURN(std::vector<ReadChunk> chunks,
                    PlanReads(manifest, layout, max_chunk));

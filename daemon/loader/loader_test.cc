@@ -70,11 +70,11 @@ class LoaderFixtureTest : public ::testing::TestWithParam<Setup> {
     auto engine = CreateReadEngine(engine_options);
     ASSERT_OK(engine.status());
     engine_ = std::move(*engine);
-    auto pool = StagingPool::Create(
-        {GetParam().pool_bytes, GetParam().slab_bytes}, &device_);
+    auto pool =
+        StagingPool::Create({GetParam().pool_bytes, GetParam().slab_bytes},
+                            &device_, engine_.get());
     ASSERT_OK(pool.status());
     pool_ = std::move(*pool);
-    ASSERT_OK(engine_->RegisterBuffers(pool_->Regions()));
   }
 
   HostDevice host_{HostDeviceOptions{}};

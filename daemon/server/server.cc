@@ -64,6 +64,16 @@ absl::StatusOr<std::shared_ptr<KeyProvider>> KeysFor(
   return std::shared_ptr<KeyProvider>();
 }
 
+StagingPoolOptions StagingPoolOptionsOf(const v1::DaemonConfig& config) {
+  StagingPoolOptions options;
+  options.total_bytes = config.staging_bytes();
+  options.slab_bytes = config.slab_bytes();
+  options.release_after = config.staging_release_seconds() == 0
+                              ? absl::InfiniteDuration()
+                              : absl::Seconds(config.staging_release_seconds());
+  return options;
+}
+
 Counter* PreloadFailures() {
   static Counter* counter = Metrics::Global().GetCounter(
       "warmstart_preload_failures_total", "Preloads that failed to load");
@@ -88,6 +98,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   info.set_handle_socket_name(
       Basename(config.listen().unix_socket() + kHandleSocketSuffix));
   RETURN_IF_ERROR(server->SetUpTargets(config, info));
+  if (config.staging_release_seconds() > 0) {
+    // A pool is released between release_after and 1.25 x release_after
+    // after its last load: checking more often costs wake-ups for nothing.
+    const absl::Duration period =
+        std::clamp(absl::Seconds(config.staging_release_seconds()) / 4,
+                   absl::Milliseconds(100), absl::Seconds(5));
+    Server* raw = server.get();
+    server->staging_release_thread_ =
+        std::thread([raw, period] { raw->ReleaseQuietStagingPools(period); });
+  }
 
   if (config.model_roots().empty()) {
     server->opener_ = std::make_unique<NoRootsOpener>();
@@ -183,11 +203,11 @@ absl::Status Server::SetUpTargets(const v1::DaemonConfig& config,
     Target target;
     target.budget_bytes = budget_of(device->uuid());
     target.device = std::move(device);
-    ASSIGN_OR_RETURN(target.pool, StagingPool::Create({config.staging_bytes(),
-                                                       config.slab_bytes()},
-                                                      target.device.get()));
     ASSIGN_OR_RETURN(target.engine, CreateReadEngine(engine_options));
-    RETURN_IF_ERROR(target.engine->RegisterBuffers(target.pool->Regions()));
+    ASSIGN_OR_RETURN(
+        target.pool,
+        StagingPool::Create(StagingPoolOptionsOf(config), target.device.get(),
+                            target.engine.get()));
     target.loader = std::make_unique<Loader>(
         target.engine.get(), target.pool.get(), target.device.get());
     targets_.push_back(std::move(target));
@@ -428,6 +448,24 @@ void Server::SetReady(v1::Readiness::State state, const std::string& message) {
   }
 }
 
+void Server::ReleaseQuietStagingPools(absl::Duration period) {
+  while (!staging_release_stop_.WaitForNotificationWithTimeout(period)) {
+    for (Target& target : targets_) {
+      if (target.pool->ReleaseIfQuiet()) {
+        Logger("daemon")->info(
+            "staging pool of {} returned to the system after {} s idle",
+            target.device->uuid(), config_.staging_release_seconds());
+      }
+    }
+  }
+}
+
+void Server::StopStagingReleaseThread() {
+  if (!staging_release_thread_.joinable()) return;
+  staging_release_stop_.Notify();
+  staging_release_thread_.join();
+}
+
 void Server::StopReadinessThread() {
   stop_readiness_ = true;
   if (readiness_thread_.joinable()) readiness_thread_.join();
@@ -461,6 +499,7 @@ int Server::Shutdown() {
 
 Server::~Server() {
   StopReadinessThread();
+  StopStagingReleaseThread();
   grpc_acceptor_.reset();
   if (grpc_server_ != nullptr) {
     grpc_server_->Shutdown(std::chrono::system_clock::now());
@@ -476,8 +515,8 @@ Server::~Server() {
   // Pools unregister from their devices before the devices go.
   for (Target& target : targets_) {
     target.loader.reset();
-    target.engine.reset();
     target.pool.reset();
+    target.engine.reset();
     target.device.reset();
   }
 }

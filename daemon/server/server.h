@@ -20,6 +20,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
 #include "daemon/device/cuda_driver.h"
 #include "daemon/device/device.h"
 #include "daemon/io/read_engine.h"
@@ -64,10 +66,12 @@ class Server {
   int Shutdown();
 
  private:
+  // Declared in the order they are made: the pool registers its slabs with
+  // the device and the engine, so both outlive it.
   struct Target {
     std::unique_ptr<Device> device;
-    std::unique_ptr<StagingPool> pool;
     std::unique_ptr<ReadEngine> engine;
+    std::unique_ptr<StagingPool> pool;
     std::unique_ptr<Loader> loader;
     uint64_t budget_bytes = 0;
   };
@@ -83,6 +87,10 @@ class Server {
                       std::vector<std::string> failed_early);
   void SetReady(v1::Readiness::State state, const std::string& message);
   void StopReadinessThread();
+  // Returns each idle staging pool's memory once it has been quiet long
+  // enough; runs on staging_release_thread_ until staging_release_stop_.
+  void ReleaseQuietStagingPools(absl::Duration period);
+  void StopStagingReleaseThread();
 
   v1::DaemonConfig config_;
   DescriptorBudget descriptors_;        // Set first in Start.
@@ -106,6 +114,8 @@ class Server {
 
   std::atomic<bool> stop_readiness_{false};
   std::thread readiness_thread_;
+  absl::Notification staging_release_stop_;
+  std::thread staging_release_thread_;
 };
 
 }  // namespace warmstart

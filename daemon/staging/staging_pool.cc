@@ -8,11 +8,16 @@
 
 #include "absl/strings/str_cat.h"
 #include "daemon/base/errno_status.h"
+#include "daemon/base/status_macros.h"
 
 namespace warmstart {
 namespace {
 
 constexpr uint64_t kPageBytes = 4096;
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23  // Linux 5.14; older C libraries lack it.
+#endif
 
 }  // namespace
 
@@ -39,8 +44,23 @@ void StagingPool::Slab::Return() {
   index_ = -1;
 }
 
+StagingPool::Residency& StagingPool::Residency::operator=(
+    Residency&& other) noexcept {
+  if (this != &other) {
+    End();
+    pool_ = other.pool_;
+    other.pool_ = nullptr;
+  }
+  return *this;
+}
+
+void StagingPool::Residency::End() {
+  if (pool_ != nullptr) pool_->EndResidency();
+  pool_ = nullptr;
+}
+
 absl::StatusOr<std::unique_ptr<StagingPool>> StagingPool::Create(
-    const StagingPoolOptions& options, Device* device) {
+    const StagingPoolOptions& options, Device* device, ReadEngine* engine) {
   if (options.slab_bytes == 0 || options.slab_bytes % kPageBytes != 0 ||
       options.total_bytes % kPageBytes != 0 ||
       options.total_bytes < options.slab_bytes) {
@@ -51,36 +71,28 @@ absl::StatusOr<std::unique_ptr<StagingPool>> StagingPool::Create(
   }
   const uint64_t count = options.total_bytes / options.slab_bytes;
   const uint64_t bytes = count * options.slab_bytes;
-  // MAP_POPULATE touches every page now, once, so no read into a slab ever
-  // pays a page fault.
+  // Address space only: the pages are touched when a load needs them, so
+  // an idle daemon holds no staging memory.
   void* base = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
-                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (base == MAP_FAILED) {
     absl::Status status = ErrnoToStatus(
         errno, absl::StrCat("staging pool: map ", bytes, " bytes"));
     return absl::ResourceExhaustedError(status.message());
   }
-  std::unique_ptr<StagingPool> pool(new StagingPool(
-      device, static_cast<char*>(base), options.slab_bytes, count));
-  for (uint64_t i = 0; i < count; ++i) {
-    absl::Status status = device->RegisterHostMemory(
-        pool->base_ + i * options.slab_bytes, options.slab_bytes);
-    if (!status.ok()) {
-      return absl::Status(status.code(),
-                          absl::StrCat("staging pool: pin slab ", i, " of ",
-                                       count, ": ", status.message()));
-    }
-    ++pool->registered_;
-  }
-  return pool;
+  return std::unique_ptr<StagingPool>(new StagingPool(
+      options, device, engine, static_cast<char*>(base), count));
 }
 
-StagingPool::StagingPool(Device* device, char* base, uint64_t slab_bytes,
-                         uint64_t slab_count)
+StagingPool::StagingPool(const StagingPoolOptions& options, Device* device,
+                         ReadEngine* engine, char* base, uint64_t slab_count)
     : device_(device),
+      engine_(engine),
       base_(base),
-      slab_bytes_(slab_bytes),
-      slab_count_(slab_count) {
+      slab_bytes_(options.slab_bytes),
+      slab_count_(slab_count),
+      release_after_(options.release_after),
+      now_(options.now) {
   absl::MutexLock lock(&mutex_);
   // Lent from the back, so slab 0 goes first.
   for (uint64_t i = slab_count; i > 0; --i) {
@@ -89,24 +101,109 @@ StagingPool::StagingPool(Device* device, char* base, uint64_t slab_bytes,
 }
 
 StagingPool::~StagingPool() {
-  {
-    absl::MutexLock lock(&mutex_);
-    if (free_.size() != slab_count_) {
-      std::fprintf(stderr,
-                   "StagingPool destroyed with %zu of %llu slabs on loan\n",
-                   slab_count_ - free_.size(),
-                   static_cast<unsigned long long>(slab_count_));
-      std::abort();
+  absl::MutexLock lock(&mutex_);
+  if (free_.size() != slab_count_ || residencies_ != 0) {
+    std::fprintf(stderr,
+                 "StagingPool destroyed with %zu of %llu slabs on loan and "
+                 "%d residencies live\n",
+                 slab_count_ - free_.size(),
+                 static_cast<unsigned long long>(slab_count_), residencies_);
+    std::abort();
+  }
+  if (resident_ && engine_ != nullptr) engine_->UnregisterBuffers();
+  UnpinLocked();
+  ::munmap(base_, slab_bytes_ * slab_count_);
+}
+
+absl::StatusOr<StagingPool::Residency> StagingPool::MakeResident() {
+  absl::MutexLock lock(&mutex_);
+  if (!resident_) RETURN_IF_ERROR(BecomeResidentLocked());
+  ++residencies_;
+  return Residency(this);
+}
+
+absl::Status StagingPool::BecomeResidentLocked() {
+  const uint64_t bytes = slab_bytes_ * slab_count_;
+  // Touching every page now, once, means no read into a slab pays a page
+  // fault. MADV_POPULATE_WRITE (Linux 5.14) does it in one call; older
+  // kernels get a write per page.
+  if (::madvise(base_, bytes, MADV_POPULATE_WRITE) != 0) {
+    for (uint64_t at = 0; at < bytes; at += kPageBytes) base_[at] = 0;
+  }
+  for (uint64_t i = 0; i < slab_count_; ++i) {
+    absl::Status status =
+        device_->RegisterHostMemory(base_ + i * slab_bytes_, slab_bytes_);
+    if (!status.ok()) {
+      UnpinLocked();
+      ::madvise(base_, bytes, MADV_DONTNEED);
+      return absl::Status(status.code(),
+                          absl::StrCat("staging pool: pin slab ", i, " of ",
+                                       slab_count_, ": ", status.message()));
+    }
+    ++pinned_;
+  }
+  if (engine_ != nullptr) {
+    absl::Status status = engine_->RegisterBuffers(Regions());
+    if (!status.ok()) {
+      UnpinLocked();
+      ::madvise(base_, bytes, MADV_DONTNEED);
+      return absl::Status(status.code(),
+                          absl::StrCat("staging pool: register with the read "
+                                       "engine: ",
+                                       status.message()));
     }
   }
-  for (uint64_t i = 0; i < registered_; ++i) {
+  resident_ = true;
+  return absl::OkStatus();
+}
+
+void StagingPool::UnpinLocked() {
+  for (uint64_t i = 0; i < pinned_; ++i) {
     device_->UnregisterHostMemory(base_ + i * slab_bytes_);
   }
-  ::munmap(base_, slab_bytes_ * slab_count_);
+  pinned_ = 0;
+}
+
+void StagingPool::EndResidency() {
+  absl::MutexLock lock(&mutex_);
+  --residencies_;
+  if (residencies_ == 0) last_used_ = now_();
+}
+
+bool StagingPool::ReleaseIfQuiet() {
+  absl::MutexLock lock(&mutex_);
+  if (!resident_ || residencies_ != 0 || free_.size() != slab_count_ ||
+      now_() - last_used_ < release_after_) {
+    return false;
+  }
+  // The engine lets go of its pinned pages first: until then they would
+  // stay allocated behind the mapping, and a later read into a fixed buffer
+  // would land in them instead of the fresh pages.
+  if (engine_ != nullptr) engine_->UnregisterBuffers();
+  UnpinLocked();
+  // Private anonymous memory: the pages go back to the kernel now, and the
+  // next touch gets zeroed ones.
+  ::madvise(base_, slab_bytes_ * slab_count_, MADV_DONTNEED);
+  resident_ = false;
+  return true;
+}
+
+uint64_t StagingPool::resident_bytes() const {
+  absl::MutexLock lock(&mutex_);
+  return resident_ ? slab_bytes_ * slab_count_ : 0;
+}
+
+void StagingPool::CheckResidentLocked() const {
+  if (residencies_ == 0) {
+    std::fprintf(stderr,
+                 "StagingPool: a slab was asked for without a Residency\n");
+    std::abort();
+  }
 }
 
 StagingPool::Slab StagingPool::Acquire() {
   absl::MutexLock lock(&mutex_);
+  CheckResidentLocked();
   mutex_.Await(absl::Condition(
       +[](std::vector<int>* free) { return !free->empty(); }, &free_));
   return LendLocked();
@@ -114,6 +211,7 @@ StagingPool::Slab StagingPool::Acquire() {
 
 StagingPool::Slab StagingPool::TryAcquire() {
   absl::MutexLock lock(&mutex_);
+  CheckResidentLocked();
   if (free_.empty()) return Slab();
   return LendLocked();
 }
