@@ -268,6 +268,10 @@ absl::Status ModelMapping::ImportGpuAllocation(int index) {
 
 void ModelMapping::AddViews(const v1::Allocation& allocation, const char* base,
                             bool read_only) {
+  // Reserved up front: a table of thousands of tensors otherwise moves its
+  // views several times as it grows (measurable in a 5,000-tensor acquire).
+  tensors_.reserve(tensors_.size() + lease_.tensors_size());
+  index_.reserve(index_.size() + lease_.tensors_size());
   for (const v1::Tensor& tensor : lease_.tensors()) {
     TensorView view;
     view.name = tensor.name();

@@ -100,6 +100,35 @@ typedef struct warmstart_tensor {
   int read_only;
 } warmstart_tensor;
 
+/* A model's whole tensor table, column by column, for callers that want
+ * every tensor at once without a call per tensor (the Python client). Row i
+ * is tensor i of warmstart_model_tensor. Everything it points to is owned
+ * by the model handle and valid until warmstart_release or
+ * warmstart_model_destroy. */
+typedef struct warmstart_tensor_table {
+  size_t count;
+  /* Every tensor's name, each followed by a NUL, back to back in row order:
+   * `names_bytes` bytes in all (the last NUL included). Likewise the
+   * dtypes and the device UUIDs. */
+  const char* names;
+  size_t names_bytes;
+  const char* dtypes;
+  size_t dtypes_bytes;
+  const char* device_uuids;
+  size_t device_uuids_bytes;
+  /* `count` entries each: as in warmstart_tensor (data as an address; 0
+   * for an empty tensor). */
+  const uint64_t* nbytes;
+  const uint64_t* data;
+  const uint8_t* on_host;
+  const uint8_t* read_only;
+  /* `count + 1` entries: tensor i's dimensions are
+   * shapes[shape_starts[i]] up to shapes[shape_starts[i + 1]], outermost
+   * first. */
+  const uint64_t* shape_starts;
+  const uint64_t* shapes;
+} warmstart_tensor_table;
+
 /* The library's version, e.g. "0.1.0". Static storage. */
 const char* warmstart_version(void);
 
@@ -175,6 +204,12 @@ size_t warmstart_model_tensor_count(const warmstart_model* model);
  * warmstart_release or warmstart_model_destroy. */
 int warmstart_model_tensor(const warmstart_model* model, size_t index,
                            warmstart_tensor* tensor);
+
+/* Fills `*table` with every tensor of the model in one call (built on the
+ * first call, then kept by the handle); count 0 after warmstart_release.
+ * WARMSTART_INVALID_ARGUMENT for a NULL `model` or `table`. */
+int warmstart_model_tensor_table(warmstart_model* model,
+                                 warmstart_tensor_table* table, char** errptr);
 
 /* For a model held as a file image: sets *path to a path
  * ("/proc/self/fd/N") under which this process can open and map the

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <exception>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <string>
 #include <utility>
@@ -30,8 +31,29 @@ struct warmstart_client {
   std::unique_ptr<warmstart::client::Client> client;
 };
 
+namespace {
+
+// The columns warmstart_tensor_table points into.
+struct TensorTableColumns {
+  std::string names;
+  std::string dtypes;
+  std::string device_uuids;
+  std::vector<uint64_t> nbytes;
+  std::vector<uint64_t> data;
+  std::vector<uint8_t> on_host;
+  std::vector<uint8_t> read_only;
+  std::vector<uint64_t> shape_starts;
+  std::vector<uint64_t> shapes;
+};
+
+}  // namespace
+
 struct warmstart_model {
   warmstart::client::ModelMapping mapping;
+  // Built by the first warmstart_model_tensor_table, dropped by
+  // warmstart_release; the mutex lets accessors on several threads share it.
+  std::mutex table_mutex;
+  std::unique_ptr<TensorTableColumns> table;
   // Copies, so that they outlive warmstart_release.
   std::string name;
   std::string lease_id;
@@ -330,6 +352,10 @@ int warmstart_release(warmstart_model* model, char** errptr) {
   try {
     if (model == nullptr) return NullArgument(errptr, "model");
     absl::Status released = model->mapping.Release();
+    {
+      std::lock_guard<std::mutex> lock(model->table_mutex);
+      model->table.reset();
+    }
     if (!released.ok()) return FailWith(errptr, released);
     return WARMSTART_OK;
   } catch (...) {
@@ -375,6 +401,67 @@ int warmstart_model_tensor(const warmstart_model* model, size_t index,
   tensor->on_host = view.device_uuid == "host" ? 1 : 0;
   tensor->read_only = view.read_only ? 1 : 0;
   return WARMSTART_OK;
+}
+
+namespace {
+
+std::unique_ptr<TensorTableColumns> BuildTensorTable(
+    const std::vector<TensorView>& tensors) {
+  auto columns = std::make_unique<TensorTableColumns>();
+  const size_t count = tensors.size();
+  columns->nbytes.reserve(count);
+  columns->data.reserve(count);
+  columns->on_host.reserve(count);
+  columns->read_only.reserve(count);
+  columns->shape_starts.reserve(count + 1);
+  for (const TensorView& view : tensors) {
+    // append(data, size + 1) copies each string's terminating NUL too.
+    columns->names.append(view.name.c_str(), view.name.size() + 1);
+    columns->dtypes.append(view.dtype.c_str(), view.dtype.size() + 1);
+    columns->device_uuids.append(view.device_uuid.c_str(),
+                                 view.device_uuid.size() + 1);
+    columns->nbytes.push_back(view.nbytes);
+    columns->data.push_back(
+        view.nbytes == 0 ? 0 : reinterpret_cast<uintptr_t>(view.data));
+    columns->on_host.push_back(view.device_uuid == "host" ? 1 : 0);
+    columns->read_only.push_back(view.read_only ? 1 : 0);
+    columns->shape_starts.push_back(columns->shapes.size());
+    columns->shapes.insert(columns->shapes.end(), view.shape.begin(),
+                           view.shape.end());
+  }
+  columns->shape_starts.push_back(columns->shapes.size());
+  return columns;
+}
+
+}  // namespace
+
+int warmstart_model_tensor_table(warmstart_model* model,
+                                 warmstart_tensor_table* table, char** errptr) {
+  try {
+    if (model == nullptr) return NullArgument(errptr, "model");
+    if (table == nullptr) return NullArgument(errptr, "table");
+    std::lock_guard<std::mutex> lock(model->table_mutex);
+    if (model->table == nullptr) {
+      model->table = BuildTensorTable(model->mapping.tensors());
+    }
+    const TensorTableColumns& columns = *model->table;
+    table->count = columns.nbytes.size();
+    table->names = columns.names.data();
+    table->names_bytes = columns.names.size();
+    table->dtypes = columns.dtypes.data();
+    table->dtypes_bytes = columns.dtypes.size();
+    table->device_uuids = columns.device_uuids.data();
+    table->device_uuids_bytes = columns.device_uuids.size();
+    table->nbytes = columns.nbytes.data();
+    table->data = columns.data.data();
+    table->on_host = columns.on_host.data();
+    table->read_only = columns.read_only.data();
+    table->shape_starts = columns.shape_starts.data();
+    table->shapes = columns.shapes.data();
+    return WARMSTART_OK;
+  } catch (...) {
+    return CaughtException(errptr);
+  }
 }
 
 int warmstart_model_file_path(warmstart_model* model, const char** path,

@@ -277,6 +277,61 @@ static void TestAcquire(warmstart_client* client) {
   warmstart_free(err);
 }
 
+/* The whole table in one call agrees with warmstart_model_tensor, row by
+ * row, and is empty after release. */
+static void TestTensorTable(warmstart_client* client) {
+  char* err = NULL;
+  warmstart_model* model = NULL;
+  warmstart_tensor_table table;
+  CHECK_CODE(WARMSTART_INVALID_ARGUMENT,
+             warmstart_model_tensor_table(NULL, &table, &err), err);
+  CHECK_CODE(WARMSTART_OK, warmstart_acquire(client, "tiny", 5.0, &model, &err),
+             err);
+  REQUIRE(model != NULL);
+  CHECK_CODE(WARMSTART_INVALID_ARGUMENT,
+             warmstart_model_tensor_table(model, NULL, &err), err);
+  memset(&table, 0, sizeof(table));
+  CHECK_CODE(WARMSTART_OK, warmstart_model_tensor_table(model, &table, &err),
+             err);
+  REQUIRE(table.count == warmstart_model_tensor_count(model));
+  const char* name = table.names;
+  const char* dtype = table.dtypes;
+  const char* device = table.device_uuids;
+  for (size_t i = 0; i < table.count; ++i) {
+    warmstart_tensor t;
+    CHECK_CODE(WARMSTART_OK, warmstart_model_tensor(model, i, &t), NULL);
+    CHECK(strcmp(name, t.name) == 0);
+    CHECK(strcmp(dtype, t.dtype) == 0);
+    CHECK(strcmp(device, t.device_uuid) == 0);
+    CHECK(table.nbytes[i] == t.nbytes);
+    CHECK(table.data[i] == (uint64_t)(uintptr_t)t.data);
+    CHECK(table.on_host[i] == t.on_host);
+    CHECK(table.read_only[i] == t.read_only);
+    REQUIRE(table.shape_starts[i + 1] - table.shape_starts[i] == t.ndim);
+    for (size_t d = 0; d < t.ndim; ++d) {
+      CHECK(table.shapes[table.shape_starts[i] + d] == t.shape[d]);
+    }
+    name += strlen(name) + 1;
+    dtype += strlen(dtype) + 1;
+    device += strlen(device) + 1;
+  }
+  CHECK(name == table.names + table.names_bytes);
+  CHECK(dtype == table.dtypes + table.dtypes_bytes);
+  CHECK(device == table.device_uuids + table.device_uuids_bytes);
+  /* A second call gives the same table. */
+  warmstart_tensor_table again;
+  CHECK_CODE(WARMSTART_OK, warmstart_model_tensor_table(model, &again, &err),
+             err);
+  CHECK(again.names == table.names && again.count == table.count);
+
+  CHECK_CODE(WARMSTART_OK, warmstart_release(model, &err), err);
+  CHECK_CODE(WARMSTART_OK, warmstart_model_tensor_table(model, &table, &err),
+             err);
+  CHECK(table.count == 0 && table.names_bytes == 0);
+  warmstart_model_destroy(model);
+  warmstart_free(err);
+}
+
 /* A model outlives the client that acquired it. */
 static void TestModelOutlivesClient(const char* socket_path) {
   char* err = NULL;
@@ -383,6 +438,7 @@ int main(int argc, char** argv) {
   REQUIRE(client != NULL);
   TestStatus(client);
   TestAcquire(client);
+  TestTensorTable(client);
   TestModelOutlivesClient(socket_path);
   TestThreads(client);
   TestLoadAndUnload(client);

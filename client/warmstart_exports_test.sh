@@ -19,7 +19,8 @@ for symbol in warmstart_version warmstart_free warmstart_connect \
     warmstart_status_json warmstart_acquire warmstart_release \
     warmstart_model_destroy warmstart_model_name warmstart_model_lease_id \
     warmstart_model_tensor_count warmstart_model_tensor \
-    warmstart_model_tensor_role warmstart_model_metadata_json; do
+    warmstart_model_tensor_role warmstart_model_metadata_json \
+    warmstart_model_tensor_table; do
   if ! grep -qx "$symbol" <<<"$exported"; then
     echo "libwarmstart.so does not export $symbol" >&2
     exit 1

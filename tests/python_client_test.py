@@ -268,6 +268,47 @@ def test_lazy_tensors_and_strided_torch_views_behave_as_per_tensor_views(
         assert all(tensors[n] is model.tensors[n] for n in names)
 
 
+@pytest.mark.parametrize("fixture", ALL + (TENSORIZER_MODULE,))
+def test_tensor_table_comes_in_one_call_and_agrees_with_per_tensor_calls(
+        client, root, fixture, monkeypatch):
+    # Acquiring reads the whole table with warmstart_model_tensor_table,
+    # never one call per tensor, and what it gives (order, dtypes, shapes,
+    # addresses, sizes) is what warmstart_model_tensor says tensor by
+    # tensor.
+    name = load(client, root, fixture)
+    per_tensor = warmstart._LIB.warmstart_model_tensor
+    calls = []
+
+    def counted(*args):
+        calls.append(args[1])
+        return per_tensor(*args)
+
+    monkeypatch.setattr(warmstart._LIB, "warmstart_model_tensor", counted)
+    with client.acquire(name) as model:
+        assert calls == [], "acquire called warmstart_model_tensor"
+        handle = model._lease.handle
+        count = warmstart._LIB.warmstart_model_tensor_count(handle)
+        assert count > 0
+        expected = {}
+        tensor = warmstart._lib.Tensor()
+        for index in range(count):
+            assert per_tensor(handle, index, ctypes.byref(tensor)) == 0
+            expected.setdefault(tensor.name.decode(), (
+                tensor.dtype.decode(), tuple(tensor.shape[:tensor.ndim]),
+                tensor.data, tensor.nbytes))
+        assert list(model.dtypes) == list(expected)
+        assert list(model.shapes) == list(expected)
+        assert list(model.tensors) == list(expected)
+        for tensor_name, (dtype, shape, data, nbytes) in expected.items():
+            assert model.dtypes[tensor_name] == dtype, tensor_name
+            assert model.shapes[tensor_name] == shape, tensor_name
+            array = model.tensors[tensor_name]
+            assert array.nbytes == nbytes, tensor_name
+            if nbytes:
+                address = array.__array_interface__["data"][0]
+                assert address == data, tensor_name
+
+
 def test_arrays_are_read_only(client, root):
     name = load(client, root, SAFETENSORS)
     with client.acquire(name) as model:

@@ -61,7 +61,7 @@ import numpy as _np
 
 from . import _dtypes
 from ._lib import LIB as _LIB
-from ._lib import Tensor as _CTensor
+from . import _lib
 
 __all__ = [
     "AlreadyExists", "Client", "CudaTensor", "DataLoss", "DeadlineExceeded",
@@ -344,18 +344,117 @@ def _to_torch(torch, name, dtype, shape, array):
             f"{error}") from None
 
 
+class _Table:
+    """A model's tensor table, column by column (lists indexed by row, the
+    C library's tensor index), read in one call
+    (warmstart_model_tensor_table). Per-tensor Python objects (shape
+    tuples, records) are made only when asked for."""
+
+    __slots__ = ("names", "dtypes", "devices", "nbytes", "data", "on_host",
+                 "read_only", "shape_starts", "shapes")
+
+    def __init__(self, handle):
+        table = _lib.TensorTable()
+        _call(_LIB.warmstart_model_tensor_table, handle, ctypes.byref(table))
+        count = table.count
+
+        def strings(pointer, size):
+            if not size:
+                return []
+            # Each string ends with a NUL: the last split is empty.
+            return ctypes.string_at(pointer, size).decode(
+                "utf-8", "surrogateescape").split("\0")[:-1]
+
+        def column(pointer, ctype, length):
+            if not length:
+                return []
+            address = ctypes.cast(pointer, ctypes.c_void_p).value
+            return _np.frombuffer((ctype * length).from_address(address),
+                                  dtype=_np.dtype(ctype)).tolist()
+
+        self.names = strings(table.names, table.names_bytes)
+        self.dtypes = strings(table.dtypes, table.dtypes_bytes)
+        self.devices = strings(table.device_uuids, table.device_uuids_bytes)
+        self.nbytes = column(table.nbytes, ctypes.c_uint64, count)
+        self.data = column(table.data, ctypes.c_uint64, count)
+        self.on_host = column(table.on_host, ctypes.c_uint8, count)
+        self.read_only = column(table.read_only, ctypes.c_uint8, count)
+        self.shape_starts = column(table.shape_starts, ctypes.c_uint64,
+                                   count + 1 if count else 0)
+        self.shapes = column(table.shapes, ctypes.c_uint64,
+                             self.shape_starts[-1] if count else 0)
+        if not (len(self.names) == len(self.dtypes) == len(self.devices) ==
+                count):
+            raise DataLoss(f"warmstart: the tensor table lists {count} "
+                           f"tensors but {len(self.names)} names, "
+                           f"{len(self.dtypes)} dtypes and "
+                           f"{len(self.devices)} devices")
+
+    def shape(self, row):
+        return tuple(self.shapes[self.shape_starts[row]:
+                                 self.shape_starts[row + 1]])
+
+    def record(self, row):
+        """(dtype, shape, on_host, data, nbytes, device, read_only)."""
+        return (self.dtypes[row], self.shape(row), self.on_host[row],
+                self.data[row] or None, self.nbytes[row], self.devices[row],
+                self.read_only[row])
+
+
+def _first_rows(names, rows=None):
+    """name -> the first of `rows` (ascending; None: every row) that has
+    it, in row order; at C speed when no name repeats (one device's
+    copy)."""
+    if rows is None:
+        keys, rows = names, range(len(names))
+    else:
+        keys = list(map(names.__getitem__, rows))
+    first = dict(zip(keys, rows))
+    if len(first) != len(keys):
+        first = {}
+        for name, row in zip(keys, rows):
+            first.setdefault(name, row)
+    return first
+
+
+class _ByName(collections.abc.Mapping):
+    """Read-only mapping name -> a value of the tensor's row, computed on
+    access (shapes: a tuple per tensor is made only when asked for)."""
+
+    __slots__ = ("_rows", "_value")
+
+    def __init__(self, rows, value):
+        self._rows = rows
+        self._value = value
+
+    def __getitem__(self, name):
+        return self._value(self._rows[name])
+
+    def __contains__(self, name):
+        return name in self._rows
+
+    def __iter__(self):
+        return iter(self._rows)
+
+    def __len__(self):
+        return len(self._rows)
+
+    def __repr__(self):
+        return repr(dict(self.items()))
+
+
 class _LazyTensors(collections.abc.Mapping):
     """Read-only mapping name -> array over one device's copy of a model,
     in the model's order. An array is made on first access and kept, so
     acquiring a model costs no per-tensor array (NumPy's array interface
     costs microseconds each)."""
 
-    __slots__ = ("_lease", "_records", "_arrays", "_span")
+    __slots__ = ("_lease", "_table", "_rows", "_arrays", "_span")
 
-    def __init__(self, lease, records):
+    def __init__(self, lease, table, rows):
         self._lease = lease
-        self._records = records  # name -> (dtype, shape, on_host, data,
-        #                                   nbytes, device, read_only)
+        self._table = table
+        self._rows = rows  # name -> row of `table`
         self._arrays = {}
         self._span = None
 
@@ -363,7 +462,7 @@ class _LazyTensors(collections.abc.Mapping):
         array = self._arrays.get(name)
         if array is None:
             (dtype, shape, on_host, data, nbytes, device,
-             read_only) = self._records[name]
+             read_only) = self._table.record(self._rows[name])
             if on_host:
                 array = _host_array(self._lease, data, dtype, shape, nbytes)
             else:
@@ -373,16 +472,16 @@ class _LazyTensors(collections.abc.Mapping):
         return array
 
     def __contains__(self, name):
-        return name in self._records
+        return name in self._rows
 
     def __iter__(self):
-        return iter(self._records)
+        return iter(self._rows)
 
     def __len__(self):
-        return len(self._records)
+        return len(self._rows)
 
     def __repr__(self):
-        return f"<warmstart tensors: {len(self._records)}>"
+        return f"<warmstart tensors: {len(self._rows)}>"
 
     def _host_span(self, torch):
         """One torch uint8 tensor over every host tensor's bytes (and what
@@ -390,8 +489,11 @@ class _LazyTensors(collections.abc.Mapping):
         are no host bytes."""
         if self._span is None:
             low = high = None
-            for (_, _, on_host, data, nbytes, _, _) in self._records.values():
-                if on_host and data and nbytes:
+            table = self._table
+            for row in self._rows.values():
+                data = table.data[row]
+                nbytes = table.nbytes[row]
+                if table.on_host[row] and data and nbytes:
                     low = data if low is None else min(low, data)
                     end = data + nbytes
                     high = end if high is None else max(high, end)
@@ -413,8 +515,13 @@ class _LazyTensors(collections.abc.Mapping):
         span, low = self._host_span(torch)
         typed = {}
         result = {}
-        for name, record in self._records.items():
-            dtype, shape, on_host, data, nbytes = record[:5]
+        table = self._table
+        for name, row in self._rows.items():
+            dtype = table.dtypes[row]
+            on_host = table.on_host[row]
+            data = table.data[row]
+            nbytes = table.nbytes[row]
+            shape = table.shape(row)
             attribute = _dtypes.TORCH.get(dtype)
             torch_dtype = getattr(torch, attribute, None) if attribute else None
             if span is not None and on_host and data and nbytes and \
@@ -466,34 +573,21 @@ class Model:
         handle = lease.handle
         self._name = _text(_LIB.warmstart_model_name(handle))
         self._lease_id = _text(_LIB.warmstart_model_lease_id(handle))
-        # One pass over the C table, keeping plain tuples: the arrays (and
-        # the roles, one more call per tensor) are made only when asked
+        # The C table in one call, as columns: the arrays, the shape tuples
+        # and the roles (one more call per tensor) are made only when asked
         # for, which keeps acquiring a model with thousands of tensors in
         # the milliseconds.
-        records = {}
-        dtypes = {}
-        shapes = {}
-        first_index = {}
-        tensor = _CTensor()
-        get = _LIB.warmstart_model_tensor
-        pointer = ctypes.byref(tensor)
-        for index in range(_LIB.warmstart_model_tensor_count(handle)):
-            code = get(handle, index, pointer)
-            if code != 0:
-                raise _error(code, f"warmstart: tensor {index} of model "
-                                   f"{self._name}")
-            name = _text(tensor.name)
-            dtype = _text(tensor.dtype)
-            device = _text(tensor.device_uuid)
-            shape = tuple(tensor.shape[:tensor.ndim])
-            by_name = records.setdefault(device, {})
-            if name not in by_name:
-                by_name[name] = (dtype, shape, tensor.on_host, tensor.data,
-                                 tensor.nbytes, device, tensor.read_only)
-            if name not in dtypes:
-                dtypes[name] = dtype
-                shapes[name] = shape
-                first_index[name] = index
+        table = _Table(handle)
+        first_index = _first_rows(table.names)
+        if len(set(table.devices)) <= 1:
+            # One device (or none): its rows are every row.
+            by_device = {table.devices[0]: first_index} if table.names else {}
+        else:
+            by_device = {}
+            for row, device in enumerate(table.devices):
+                by_device.setdefault(device, []).append(row)
+            by_device = {device: _first_rows(table.names, device_rows)
+                         for device, device_rows in by_device.items()}
         metadata = _text(_LIB.warmstart_model_metadata_json(handle)) or "{}"
         try:
             self._metadata = types.MappingProxyType(json.loads(metadata))
@@ -502,11 +596,11 @@ class Model:
                            f"metadata that is not JSON ({error})") from None
         self._first_index = first_index
         self._roles = None
-        self._by_device = {device: _LazyTensors(lease, by_name)
-                           for device, by_name in records.items()}
-        self._devices = list(records)
-        self._dtypes = types.MappingProxyType(dtypes)
-        self._shapes = types.MappingProxyType(shapes)
+        self._by_device = {device: _LazyTensors(lease, table, device_rows)
+                           for device, device_rows in by_device.items()}
+        self._devices = list(by_device)
+        self._dtypes = _ByName(first_index, table.dtypes.__getitem__)
+        self._shapes = _ByName(first_index, table.shape)
         self._lease = lease
         self._lease_ref = weakref.ref(lease)
 

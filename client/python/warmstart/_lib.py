@@ -31,6 +31,26 @@ class Tensor(ctypes.Structure):
     ]
 
 
+class TensorTable(ctypes.Structure):
+    """struct warmstart_tensor_table."""
+
+    _fields_ = [
+        ("count", ctypes.c_size_t),
+        ("names", ctypes.POINTER(ctypes.c_char)),
+        ("names_bytes", ctypes.c_size_t),
+        ("dtypes", ctypes.POINTER(ctypes.c_char)),
+        ("dtypes_bytes", ctypes.c_size_t),
+        ("device_uuids", ctypes.POINTER(ctypes.c_char)),
+        ("device_uuids_bytes", ctypes.c_size_t),
+        ("nbytes", ctypes.POINTER(ctypes.c_uint64)),
+        ("data", ctypes.POINTER(ctypes.c_uint64)),
+        ("on_host", ctypes.POINTER(ctypes.c_uint8)),
+        ("read_only", ctypes.POINTER(ctypes.c_uint8)),
+        ("shape_starts", ctypes.POINTER(ctypes.c_uint64)),
+        ("shapes", ctypes.POINTER(ctypes.c_uint64)),
+    ]
+
+
 def candidates():
     """The paths tried, in order."""
     package = os.path.dirname(os.path.abspath(__file__))
@@ -76,6 +96,8 @@ def _declare(lib):
             ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(Tensor)]),
         "warmstart_model_file_path": (ctypes.c_int, [
             ctypes.c_void_p, ctypes.POINTER(ctypes.c_char_p), c_void_p_p]),
+        "warmstart_model_tensor_table": (ctypes.c_int, [
+            ctypes.c_void_p, ctypes.POINTER(TensorTable), c_void_p_p]),
         "warmstart_model_tensor_role": (ctypes.c_char_p, [
             ctypes.c_void_p, ctypes.c_size_t]),
         "warmstart_model_metadata_json": (ctypes.c_char_p,
