@@ -260,6 +260,34 @@ absl::Status VerifyAgainstFiles(const Manifest& manifest, LoadedModel& model) {
   return absl::OkStatus();
 }
 
+// Runs each peer of the mode once, right after the daemon's load of run
+// `run` (whose rate is `load`), so that peers and the daemon alternate.
+absl::Status MeasurePeers(const BenchOptions& options, bool cold, double load,
+                          int run, ModeResult& mode,
+                          const std::function<void(const std::string&)>& log) {
+  const std::vector<std::string>& peers =
+      cold ? options.cold_peers : options.warm_peers;
+  if (peers.empty()) return absl::OkStatus();
+  if (!options.measure_peer) {
+    return absl::InvalidArgumentError("bench: peers given without a runner");
+  }
+  if (mode.peers.empty()) {
+    for (const std::string& name : peers) mode.peers.push_back({name});
+  }
+  for (ModeResult::Peer& peer : mode.peers) {
+    ASSIGN_OR_RETURN(double gbps, options.measure_peer(peer.name, cold));
+    if (!(gbps > 0)) {
+      return absl::InternalError(absl::StrFormat(
+          "bench: peer %s reported %f GB/s %s", peer.name, gbps, mode.mode));
+    }
+    peer.gbps.push_back(gbps);
+    peer.ratios.push_back(load / gbps);
+    log(absl::StrFormat("%s run %d: peer %s %.3f GB/s, ratio %.3f", mode.mode,
+                        run + 1, peer.name, gbps, load / gbps));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 double Median(std::vector<double> values) {
@@ -442,6 +470,7 @@ absl::StatusOr<BenchResult> RunBench(const BenchOptions& options,
       log(absl::StrFormat(
           "%s run %d: load %.3f GB/s, %s %.3f GB/s, ratio %.3f%s", mode.mode,
           run + 1, load, mode.baseline, baseline, load / baseline, second));
+      RETURN_IF_ERROR(MeasurePeers(options, cold, load, run, mode, log));
     }
     mode.gbps_median = Median(mode.load_gbps);
     mode.baseline_gbps_median = Median(mode.baseline_gbps);
@@ -449,6 +478,10 @@ absl::StatusOr<BenchResult> RunBench(const BenchOptions& options,
     if (!mode.second_ratios.empty()) {
       mode.second_baseline_gbps_median = Median(mode.second_baseline_gbps);
       mode.second_ratio_median = Median(mode.second_ratios);
+    }
+    for (ModeResult::Peer& peer : mode.peers) {
+      peer.gbps_median = Median(peer.gbps);
+      peer.ratio_median = Median(peer.ratios);
     }
     result.results.push_back(std::move(mode));
   }

@@ -18,6 +18,10 @@
 //         ("parallel_ranged_get": windows of concurrency x 4 MiB read in
 //         `concurrency` parallel ranged GETs into one reused buffer; no
 //         parsing, staging or copy).
+// Peers (other loaders: fio, Run:ai's streamer, safetensors; measure_peer
+// runs them) load the same file in the same runs, after the daemon's load
+// and its baselines, each held to the daemon the same way (ratio: load /
+// peer).
 // GB/s are 10^9 bytes per second of file bytes; a mode's ratio is the median
 // of the per-run ratios load / baseline.
 #ifndef WARMSTART_DAEMON_BENCH_BENCH_H_
@@ -45,6 +49,13 @@ struct BenchOptions {
   bool measure_h2d_peak = false;
   // Parallel ranged GETs for URLs (connections).
   unsigned remote_concurrency = 8;
+  // Peers measured in every cold run, and in every warm run, by
+  // measure_peer(peer, cold), which returns GB/s (and sets the page cache
+  // itself). An error fails the benchmark. Local checkpoints only.
+  std::vector<std::string> cold_peers;
+  std::vector<std::string> warm_peers;
+  std::function<absl::StatusOr<double>(const std::string& peer, bool cold)>
+      measure_peer;
   // Receives one line per measurement, as it happens (progress on stderr).
   std::function<void(const std::string&)> log;
 };
@@ -68,6 +79,15 @@ struct ModeResult {
   std::vector<double> second_ratios;
   double second_baseline_gbps_median = 0;
   double second_ratio_median = 0;
+  // Each peer of the mode, in BenchOptions' order.
+  struct Peer {
+    std::string name;
+    std::vector<double> gbps;
+    std::vector<double> ratios;  // load / peer, run by run.
+    double gbps_median = 0;
+    double ratio_median = 0;
+  };
+  std::vector<Peer> peers;
 };
 
 struct BenchResult {

@@ -74,6 +74,75 @@ TEST(RunBenchTest, MeasuresBothModesAgainstTheirBaselines) {
   EXPECT_EQ(result.bytes_verified, 4u * (16u << 20));
 }
 
+TEST(RunBenchTest, PeersAlternateWithTheLoadsAndAreHeldToThem) {
+  testing::ShortTempDir dir;
+  const std::string path = dir.Join("m.safetensors");
+  testing::WriteTestSafetensors(path, 1, 8 << 20);
+  HostDevice device(HostDeviceOptions{});
+  BenchOptions options;
+  options.paths = {path};
+  options.runs = 3;
+  options.staging_bytes = 16 << 20;
+  options.slab_bytes = 4 << 20;
+  options.cold_peers = {"fio", "runai"};
+  options.warm_peers = {"runai"};
+  std::vector<std::string> events;
+  double next_gbps = 0;
+  options.measure_peer = [&](const std::string& peer,
+                             bool cold) -> absl::StatusOr<double> {
+    events.push_back(peer + (cold ? " cold" : " warm"));
+    return next_gbps += 0.5;  // Each call its own figure.
+  };
+  options.log = [&](const std::string& line) {
+    if (line.find("peer") == std::string::npos) events.push_back("load");
+  };
+  ASSERT_OK_AND_ASSIGN(BenchResult result, RunBench(options, &device));
+  const std::vector<std::string> cold_run = {"load", "fio cold", "runai cold"};
+  const std::vector<std::string> warm_run = {"load", "runai warm"};
+  std::vector<std::string> expected;
+  for (int run = 0; run < 3; ++run) {
+    expected.insert(expected.end(), cold_run.begin(), cold_run.end());
+  }
+  for (int run = 0; run < 3; ++run) {
+    expected.insert(expected.end(), warm_run.begin(), warm_run.end());
+  }
+  EXPECT_EQ(events, expected);
+  ASSERT_EQ(result.results.size(), 2u);
+  for (const ModeResult& mode : result.results) {
+    ASSERT_EQ(mode.peers.size(), mode.mode == "cold" ? 2u : 1u);
+    for (const ModeResult::Peer& peer : mode.peers) {
+      ASSERT_EQ(peer.gbps.size(), 3u);
+      for (int run = 0; run < 3; ++run) {
+        EXPECT_THAT(peer.ratios[run],
+                    DoubleEq(mode.load_gbps[run] / peer.gbps[run]));
+      }
+      EXPECT_THAT(peer.gbps_median, DoubleEq(Median(peer.gbps)));
+      EXPECT_THAT(peer.ratio_median, DoubleEq(Median(peer.ratios)));
+    }
+  }
+  EXPECT_EQ(result.results[0].peers[0].name, "fio");
+  EXPECT_EQ(result.results[1].peers[0].name, "runai");
+}
+
+TEST(RunBenchTest, APeerThatFailsFailsTheBenchmark) {
+  testing::ShortTempDir dir;
+  const std::string path = dir.Join("m.safetensors");
+  testing::WriteTestSafetensors(path, 1, 1 << 20);
+  HostDevice device(HostDeviceOptions{});
+  BenchOptions options;
+  options.paths = {path};
+  options.runs = 1;
+  options.staging_bytes = 16 << 20;
+  options.slab_bytes = 4 << 20;
+  options.cold_peers = {"runai"};
+  options.measure_peer = [](const std::string&,
+                            bool) -> absl::StatusOr<double> {
+    return absl::DataLossError("runai: its bytes did not match");
+  };
+  EXPECT_THAT(RunBench(options, &device),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("runai")));
+}
+
 TEST(RunBenchTest, MissingCheckpointIsAnError) {
   HostDevice device(HostDeviceOptions{});
   BenchOptions options;

@@ -3,6 +3,8 @@ JSON line with GB/s (10^9 file bytes per second) and whether every byte
 matched the file.
 
 usage: peers.py TOOL FILE cold|warm
+       peers.py --available   (one JSON line: the tools that can run here,
+                               and why each other one cannot)
   TOOL: runai (Run:ai's streamer, default: io_uring O_DIRECT),
         runai_buffered (RUNAI_STREAMER_FS_STRATEGY=io_uring_buffered),
         safetensors (safetensors.numpy.load_file: a copy into fresh memory),
@@ -12,14 +14,35 @@ buffers, and hashing in its loop would overlap its reads ahead).
 Cold evicts the file's pages first (posix_fadvise DONTNEED), warm reads the
 file once first. The timed part excludes the eviction, warming and checks.
 """
+import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 
+TOOLS = ("fio", "runai", "runai_buffered", "safetensors")
+
+
+def missing_reason(tool):
+    """Why `tool` cannot run here, or None when it can."""
+    if tool == "fio":
+        return None if shutil.which("fio") else "fio is not on PATH"
+    module = ("runai_model_streamer" if tool.startswith("runai")
+              else "safetensors")
+    if importlib.util.find_spec(module) is None:
+        return f"{sys.executable} has no module {module}"
+    return None
+
 
 def main():
+    if sys.argv[1:] == ["--available"]:
+        reasons = {tool: missing_reason(tool) for tool in TOOLS}
+        print(json.dumps({
+            "available": [t for t in TOOLS if reasons[t] is None],
+            "missing": {t: r for t, r in reasons.items() if r is not None}}))
+        return
     tool, path, mode = sys.argv[1:4]
     size = os.path.getsize(path)
     if mode == "cold":

@@ -1,12 +1,18 @@
 #include "daemon/ctl/bench_command.h"
 
+#include <unistd.h>
+
 #include <cstdio>
+#include <cstdlib>
+#include <map>
 #include <memory>
 #include <string>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "daemon/base/printable.h"
 #include "daemon/bench/bench.h"
+#include "daemon/bench/peer_tools.h"
 #include "daemon/device/cuda_device.h"
 #include "daemon/device/cuda_driver.h"
 #include "daemon/device/host_device.h"
@@ -20,6 +26,55 @@ int Fail(int code, const std::string& message) {
   // Messages carry file and tensor names, which may hold any byte.
   std::fprintf(stderr, "warmstartctl: %s\n", Printable(message).c_str());
   return code;
+}
+
+// Where peers.py and a Python with the peers are looked for when the flags
+// do not say: the repository's script (bench runs from the checkout) and
+// the test venv's Python, else python3 on PATH.
+std::string DefaultPeerPython() {
+  const char* venv = std::getenv("WARMSTART_VENV");
+  if (venv != nullptr && *venv != '\0') {
+    const std::string python = std::string(venv) + "/bin/python3";
+    if (::access(python.c_str(), X_OK) == 0) return python;
+  }
+  return "python3";
+}
+
+// Sets the peers of `options` from what peers.py finds installed; returns
+// why none run (empty when some do), and fills `missing`.
+std::string SetUpPeers(const CommandLine& line, BenchOptions& options,
+                       std::unique_ptr<PeerTools>& tools,
+                       std::map<std::string, std::string>& missing) {
+  if (line.Has("--no-peers")) return "--no-peers";
+  const std::string script =
+      line.Value("--peer-script", "daemon/bench/peers.py");
+  if (::access(script.c_str(), R_OK) != 0) {
+    return "no " + script + " (give --peer-script PATH to peers.py)";
+  }
+  if (options.paths.size() != 1 ||
+      !absl::EndsWith(options.paths[0], ".safetensors") ||
+      absl::StrContains(options.paths[0], "://")) {
+    return "the peers read one local .safetensors file";
+  }
+  tools = std::make_unique<PeerTools>(
+      line.Value("--peer-python", DefaultPeerPython()), script);
+  absl::StatusOr<PeerTools::Availability> availability = tools->Available();
+  if (!availability.ok()) {
+    return std::string(availability.status().message());
+  }
+  missing = availability->missing;
+  for (const std::string& tool : availability->available) {
+    options.cold_peers.push_back(tool);
+    // fio measures the disk: there is no warm figure to compare.
+    if (tool != "fio") options.warm_peers.push_back(tool);
+  }
+  if (options.cold_peers.empty()) return "none installed";
+  const std::string file = options.paths[0];
+  PeerTools* runner = tools.get();
+  options.measure_peer = [runner, file](const std::string& peer, bool cold) {
+    return runner->Measure(peer, file, cold);
+  };
+  return "";
 }
 
 }  // namespace
@@ -79,6 +134,10 @@ int RunBenchCommand(const CommandLine& line) {
     return Fail(kExitUsage,
                 "--backend \"" + backend + "\": expected host or cuda");
   }
+  std::unique_ptr<PeerTools> peer_tools;  // Outlives the run.
+  std::map<std::string, std::string> peers_missing;
+  const std::string no_peers =
+      SetUpPeers(line, options, peer_tools, peers_missing);
   const bool json = line.Has("--json");
   options.log = [](const std::string& text) {
     std::fprintf(stderr, "%s\n", text.c_str());
@@ -95,6 +154,9 @@ int RunBenchCommand(const CommandLine& line) {
         {"peak_rss_outside_arena_bytes", result->peak_rss_outside_arena},
         {"staging_bytes", result->staging_bytes},
         {"bytes_verified", result->bytes_verified},
+        {"peers_not_run", no_peers.empty() ? nlohmann::ordered_json(nullptr)
+                                           : nlohmann::ordered_json(no_peers)},
+        {"peers_missing", peers_missing},
         {"results", nlohmann::ordered_json::array()}};
     for (const ModeResult& mode : result->results) {
       nlohmann::ordered_json entry = {
@@ -112,6 +174,12 @@ int RunBenchCommand(const CommandLine& line) {
         entry["second_baseline"] = mode.second_baseline;
         entry["second_baseline_gbps_median"] = mode.second_baseline_gbps_median;
         entry["second_ratio_median"] = mode.second_ratio_median;
+      }
+      entry["peers"] = nlohmann::ordered_json::array();
+      for (const ModeResult::Peer& peer : mode.peers) {
+        entry["peers"].push_back({{"peer", peer.name},
+                                  {"gbps_median", peer.gbps_median},
+                                  {"ratio_median", peer.ratio_median}});
       }
       out["results"].push_back(std::move(entry));
     }
@@ -136,6 +204,16 @@ int RunBenchCommand(const CommandLine& line) {
                   mode.second_baseline.c_str(),
                   mode.second_baseline_gbps_median, mode.second_ratio_median);
     }
+    for (const ModeResult::Peer& peer : mode.peers) {
+      std::printf(
+          "%-8s load %.3f GB/s   peer %s %.3f GB/s   ratio %.3f (medians)\n",
+          mode.mode.c_str(), mode.gbps_median, peer.name.c_str(),
+          peer.gbps_median, peer.ratio_median);
+    }
+  }
+  if (!no_peers.empty()) std::printf("peers not run: %s\n", no_peers.c_str());
+  for (const auto& [tool, why] : peers_missing) {
+    std::printf("peer %s missing: %s\n", tool.c_str(), why.c_str());
   }
   std::printf("every load verified against the files: %.3f GB compared\n",
               result->bytes_verified / 1e9);

@@ -62,15 +62,22 @@ Reads headers only.
        false},
       {"bench",
        RunBenchCommand,
-       {"--json"},
+       {"--json", "--no-peers"},
        {"--backend", "--io", "--runs", "--staging-mib", "--remote-concurrency",
-        "--socket"},
+        "--socket", "--peer-python", "--peer-script"},
        "bench PATH...",
        "time loads of a checkpoint, cold and warm, against baselines",
        R"(Measures against the O_DIRECT-read and page-cache-to-shared-memory
 baselines in the same run. URLs (as inspect takes them) are measured in
 one mode, "remote", against a plain parallel ranged download of the same
-objects with the same client in the same run.
+objects with the same client in the same run. For one local .safetensors
+file, the installed peers (fio cold; Run:ai's streamer, default and
+buffered, and safetensors cold and warm) load the same file in every run,
+after the daemon, through peers.py; the ones missing are named.
+      --peer-script PATH   peers.py (default daemon/bench/peers.py)
+      --peer-python PATH   the Python that has the peers (default
+                           $WARMSTART_VENV/bin/python3, else python3)
+      --no-peers           measure no peer
       --remote-concurrency N  parallel ranged GETs for URLs (default 8)
       --backend host|cuda  (default host)
       --io uring|pread     (default uring)
