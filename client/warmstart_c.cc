@@ -24,6 +24,7 @@
 #include "client/client.h"
 #include "client/model_mapping.h"
 #include "client/warmstart.h"
+#include "common/version.h"
 #include "nlohmann/json.hpp"
 #include "proto/warmstart.pb.h"
 
@@ -69,10 +70,6 @@ using warmstart::client::ConnectOptions;
 using warmstart::client::ModelMapping;
 using warmstart::client::TensorView;
 using warmstart::v1::ModelStatus;
-
-// The release this library belongs to. The client does not depend on
-// daemon code: keep it equal to kVersion in daemon/base/version.h.
-constexpr char kVersion[] = "0.1.0";
 
 // Stores `message` (made one line) in *errptr, freeing what was there, and
 // returns `code`. Never throws: on want of memory *errptr becomes NULL.
@@ -200,7 +197,7 @@ char* MallocCopy(const std::string& text) {
 
 extern "C" {
 
-const char* warmstart_version(void) { return kVersion; }
+const char* warmstart_version(void) { return warmstart::kVersion; }
 
 void warmstart_free(void* pointer) { std::free(pointer); }
 

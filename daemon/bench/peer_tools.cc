@@ -10,9 +10,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "daemon/base/errno_status.h"
-#include "daemon/base/scoped_fd.h"
-#include "daemon/base/status_macros.h"
+#include "common/errno_status.h"
+#include "common/scoped_fd.h"
+#include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 
 extern char** environ;
@@ -86,10 +86,10 @@ absl::StatusOr<std::string> RunProgram(const std::vector<std::string>& argv) {
 }
 
 absl::StatusOr<PeerTools::Availability> PeerTools::Available() const {
-  ASSIGN_OR_RETURN(std::string output,
-                   RunProgram({python_, script_, "--available"}));
-  ASSIGN_OR_RETURN(nlohmann::json parsed,
-                   LastJsonLine(output, script_ + " --available"));
+  WS_ASSIGN_OR_RETURN(std::string output,
+                      RunProgram({python_, script_, "--available"}));
+  WS_ASSIGN_OR_RETURN(nlohmann::json parsed,
+                      LastJsonLine(output, script_ + " --available"));
   Availability availability;
   if (parsed.contains("available") && parsed["available"].is_array()) {
     for (const auto& tool : parsed["available"]) {
@@ -109,10 +109,10 @@ absl::StatusOr<double> PeerTools::Measure(const std::string& tool,
                                           const std::string& file,
                                           bool cold) const {
   const std::string mode = cold ? "cold" : "warm";
-  ASSIGN_OR_RETURN(std::string output,
-                   RunProgram({python_, script_, tool, file, mode}));
+  WS_ASSIGN_OR_RETURN(std::string output,
+                      RunProgram({python_, script_, tool, file, mode}));
   const std::string what = absl::StrCat(script_, " ", tool, " ", mode);
-  ASSIGN_OR_RETURN(nlohmann::json parsed, LastJsonLine(output, what));
+  WS_ASSIGN_OR_RETURN(nlohmann::json parsed, LastJsonLine(output, what));
   if (!parsed.contains("gbps") || !parsed["gbps"].is_number()) {
     return absl::InternalError(
         absl::StrCat(what, ": no \"gbps\" number in ", parsed.dump()));

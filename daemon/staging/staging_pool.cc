@@ -7,8 +7,8 @@
 #include <cstdlib>
 
 #include "absl/strings/str_cat.h"
-#include "daemon/base/errno_status.h"
-#include "daemon/base/status_macros.h"
+#include "common/errno_status.h"
+#include "common/status_macros.h"
 
 namespace warmstart {
 namespace {
@@ -117,7 +117,7 @@ StagingPool::~StagingPool() {
 
 absl::StatusOr<StagingPool::Residency> StagingPool::MakeResident() {
   absl::MutexLock lock(&mutex_);
-  if (!resident_) RETURN_IF_ERROR(BecomeResidentLocked());
+  if (!resident_) WS_RETURN_IF_ERROR(BecomeResidentLocked());
   ++residencies_;
   return Residency(this);
 }

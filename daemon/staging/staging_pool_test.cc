@@ -13,8 +13,8 @@
 #include <thread>
 
 #include "absl/synchronization/notification.h"
-#include "daemon/base/testing/status_matchers.h"
-#include "daemon/base/testing/test_env.h"
+#include "common/testing/status_matchers.h"
+#include "common/testing/test_env.h"
 #include "daemon/device/host_device.h"
 #include "daemon/device/testing/fault_injecting_device.h"
 #include "daemon/io/read_engine.h"
