@@ -210,6 +210,12 @@ absl::Status Server::SetUpTargets(const v1::DaemonConfig& config,
         target.pool,
         StagingPool::Create(StagingPoolOptionsOf(config), target.device.get(),
                             target.engine.get()));
+    // Resident from the start, as before the pool could be released: a pin
+    // that fails is a start-up error, and the first loads (often many
+    // clients at once right after start) do not pay for touching and
+    // pinning it. Released once quiet (ReleaseQuietStagingPools), made
+    // resident again by the next load.
+    WS_RETURN_IF_ERROR(target.pool->MakeResident().status());
     target.loader = std::make_unique<Loader>(
         target.engine.get(), target.pool.get(), target.device.get());
     targets_.push_back(std::move(target));

@@ -125,10 +125,15 @@ absl::StatusOr<StagingPool::Residency> StagingPool::MakeResident() {
 absl::Status StagingPool::BecomeResidentLocked() {
   const uint64_t bytes = slab_bytes_ * slab_count_;
   // Touching every page now, once, means no read into a slab pays a page
-  // fault. MADV_POPULATE_WRITE (Linux 5.14) does it in one call; older
-  // kernels get a write per page.
-  if (::madvise(base_, bytes, MADV_POPULATE_WRITE) != 0) {
-    for (uint64_t at = 0; at < bytes; at += kPageBytes) base_[at] = 0;
+  // fault. MADV_POPULATE_WRITE (Linux 5.14) does it a slab per call: each
+  // call holds the process's mmap lock, which the gRPC threads need to
+  // start (their stacks are mappings), so it is not held for the whole
+  // pool at once. Older kernels get a write per page.
+  for (uint64_t i = 0; i < slab_count_; ++i) {
+    char* const slab = base_ + i * slab_bytes_;
+    if (::madvise(slab, slab_bytes_, MADV_POPULATE_WRITE) != 0) {
+      for (uint64_t at = 0; at < slab_bytes_; at += kPageBytes) slab[at] = 0;
+    }
   }
   for (uint64_t i = 0; i < slab_count_; ++i) {
     absl::Status status =

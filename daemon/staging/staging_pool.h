@@ -1,8 +1,9 @@
 // StagingPool: a fixed set of page-aligned, pinned host slabs that reads
 // land in before they are copied to the device.
 //
-// Resident only while loads use it. Create reserves the address range and
-// nothing more; MakeResident (the loader calls it when a load starts)
+// Resident only while loads use it, or for a while after. Create reserves
+// the address range and nothing more; MakeResident (the loader calls it when
+// a load starts; the daemon also once at start)
 // touches the memory, pins it slab by slab with the device (pinning is slow:
 // 1-2 GB/s, and a 16 GiB pin in one call has taken 8 s) and registers it
 // with the read engine as fixed buffers. ReleaseIfQuiet, called periodically
