@@ -423,3 +423,80 @@ def test_a_path_that_is_not_utf8_gets_a_clear_error(daemon, root):
     assert b"model path" in loaded.stderr
     assert b"is not valid UTF-8" in loaded.stderr
     assert b"m\\xff.safetensors" in loaded.stderr
+
+
+def test_one_process_cannot_take_every_grpc_connection(workdir, root):
+    # Before, gRPC connections had a cap in all but none per peer: one
+    # process could hold every connection the daemon accepts and lock
+    # everyone else out. Now the acceptor counts each process's and user's
+    # open connections (by SO_PEERCRED) and closes the next one, logging
+    # which limit it hit and its value.
+    config = os.path.join(workdir, "limits.textproto")
+    with open(config, "w") as f:
+        f.write("client_limits { max_grpc_connections_per_process: 4 }\n")
+    daemon = Daemon(workdir, "--model_root", root, "--config", config)
+    held = []
+    try:
+        assert "(4 per process," in daemon.logs()
+        for _ in range(4):
+            s = socket_module.socket(socket_module.AF_UNIX,
+                                     socket_module.SOCK_STREAM)
+            s.connect(daemon.socket)
+            held.append(s)
+        # The acceptor takes connections in order: the fifth is closed at
+        # once (EOF) while the first four are open.
+        fifth = socket_module.socket(socket_module.AF_UNIX,
+                                     socket_module.SOCK_STREAM)
+        fifth.settimeout(60)
+        fifth.connect(daemon.socket)
+        held.append(fifth)
+        assert fifth.recv(64) == b""
+        assert ("holds 4 gRPC connections, the most one process may hold "
+                "(4; client_limits.max_grpc_connections_per_process)"
+                in daemon.logs())
+        # Another process is not affected.
+        listed = daemon.ctl("ls")
+        assert listed.returncode == 0, listed.stderr
+    finally:
+        for s in held:
+            s.close()
+        daemon.stop(signal.SIGKILL)
+
+
+def test_one_user_cannot_take_every_lease(workdir, root):
+    # Before, leases had no cap: one user's processes could pin every
+    # model and hold unbounded descriptors. Now a user's (and a process's)
+    # sessions together hold at most the configured (or derived) number,
+    # and the next acquire is RESOURCE_EXHAUSTED naming the limit.
+    config = os.path.join(workdir, "limits.textproto")
+    with open(config, "w") as f:
+        f.write("client_limits { max_leases_per_uid: 2 }\n")
+    daemon = Daemon(workdir, "--model_root", root, "--config", config)
+    holders = []
+    try:
+        loaded = daemon.ctl("load", "m", in_root(root, SAFETENSORS))
+        assert loaded.returncode == 0, loaded.stderr
+        for _ in range(2):
+            holder = daemon.client("--model", "m", "--hold")
+            holders.append(holder)
+            assert event(holder)["event"] == "acquired"
+        refused = daemon.client("--model", "m", "--cycles", "1")
+        got = event(refused, timeout=120)
+        assert got["event"] == "error", got
+        assert got["code"] == "RESOURCE_EXHAUSTED", got
+        assert (f"uid {os.getuid()} holds 2 leases, the most one user may "
+                "hold (2; client_limits.max_leases_per_uid)"
+                in got["message"]), got
+        refused.wait(60)
+        assert daemon.leases("m") == 2
+        # A released lease makes room again.
+        holders.pop().kill()
+        assert wait_for(lambda: daemon.leases("m") == 1, 60)
+        fresh = daemon.client("--model", "m", "--cycles", "1")
+        assert event(fresh, timeout=120)["event"] == "cycles"
+        assert fresh.wait(60) == 0
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait(30)
+        daemon.stop(signal.SIGKILL)

@@ -79,7 +79,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   server->config_ = config;
   // Before anything opens descriptors: the caps below follow from it.
   WS_ASSIGN_OR_RETURN(const DescriptorLimit limit, RaiseDescriptorLimit());
-  server->descriptors_ = BudgetFor(limit.soft);
+  const v1::ClientLimits& configured = config.client_limits();
+  PeerLimitOverrides overrides;
+  overrides.max_grpc_connections_per_process =
+      configured.max_grpc_connections_per_process();
+  overrides.max_grpc_connections_per_uid =
+      configured.max_grpc_connections_per_uid();
+  overrides.max_leases_per_process = configured.max_leases_per_process();
+  overrides.max_leases_per_uid = configured.max_leases_per_uid();
+  server->descriptors_ = BudgetFor(limit.soft, overrides);
   Logger("daemon")->info("{}", DescribeBudget(limit, server->descriptors_));
   v1::ServerInfo info;
   info.set_version(kVersion);
@@ -242,6 +250,8 @@ absl::Status Server::Listen(const v1::DaemonConfig& config,
                              config.authorization().control_gids().end());
   policy.tcp_control = config.authorization().tcp_control();
   service_->SetAuthorization(std::move(policy));
+  service_->SetLeaseLimits(
+      {descriptors_.max_leases_per_process, descriptors_.max_leases_per_uid});
   service_->SetReadiness(v1::Readiness::STARTING, "loading preloads");
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
@@ -280,7 +290,10 @@ absl::Status Server::Listen(const v1::DaemonConfig& config,
             const size_t open = sessions->session_count();
             return reserved + (open < max_sessions ? max_sessions - open : 0);
           },
-          &connection_peers_));
+          &connection_peers_,
+          ConnectionLimits{descriptors_.max_grpc_connections,
+                           descriptors_.max_grpc_connections_per_process,
+                           descriptors_.max_grpc_connections_per_uid}));
   if (!listen.tcp_address().empty() && tcp_port == 0) {
     return absl::UnavailableError(
         absl::StrCat("cannot listen on ", listen.tcp_address()));

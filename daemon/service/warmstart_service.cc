@@ -250,8 +250,18 @@ grpc::Status WarmstartService::AcquireModel(
   absl::StatusOr<v1::ModelStatus> loaded =
       WaitLoaded(*context, request->name());
   if (!loaded.ok()) return ToGrpc(loaded.status());
-  absl::StatusOr<LeaseGrant> grant =
-      registry_->Acquire(request->name(), *session, absl::Now());
+  absl::StatusOr<LeaseGrant> grant;
+  {
+    absl::MutexLock lock(&acquire_mutex_);
+    if (absl::Status fits = CheckLeaseLimits(*session); !fits.ok()) {
+      Logger("service")->warn("refused a lease of {} to session {}: {}",
+                              absl::CHexEscape(request->name().substr(0, 128)),
+                              absl::CHexEscape(session->substr(0, 64)),
+                              fits.message());
+      return ToGrpc(fits);
+    }
+    grant = registry_->Acquire(request->name(), *session, absl::Now());
+  }
   if (!grant.ok()) return ToGrpc(grant.status());
 
   response->set_lease_id(grant->lease_id);
@@ -301,6 +311,39 @@ grpc::Status WarmstartService::AcquireModel(
     return ToGrpc(sent);
   }
   return grpc::Status::OK;
+}
+
+absl::Status WarmstartService::CheckLeaseLimits(
+    const std::string& session) const {
+  if (lease_limits_.max_per_process == 0 && lease_limits_.max_per_uid == 0) {
+    return absl::OkStatus();
+  }
+  const std::map<std::string, SessionPeer> peers = sessions_->Peers();
+  auto owner = peers.find(session);
+  if (owner == peers.end()) return absl::OkStatus();  // Acquire refuses it.
+  size_t same_process = 0;
+  size_t same_uid = 0;
+  for (const auto& [id, count] : registry_->LeasesBySession()) {
+    auto peer = peers.find(id);
+    if (peer == peers.end()) continue;
+    if (peer->second.pid == owner->second.pid) same_process += count;
+    if (peer->second.uid == owner->second.uid) same_uid += count;
+  }
+  if (lease_limits_.max_per_process > 0 &&
+      same_process >= lease_limits_.max_per_process) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "pid ", owner->second.pid, " holds ", same_process,
+        " leases, the most one process may hold (",
+        lease_limits_.max_per_process,
+        "; client_limits.max_leases_per_process); release some first"));
+  }
+  if (lease_limits_.max_per_uid > 0 && same_uid >= lease_limits_.max_per_uid) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "uid ", owner->second.uid, " holds ", same_uid,
+        " leases, the most one user may hold (", lease_limits_.max_per_uid,
+        "; client_limits.max_leases_per_uid); release some first"));
+  }
+  return absl::OkStatus();
 }
 
 grpc::Status WarmstartService::ReleaseModel(

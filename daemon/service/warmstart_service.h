@@ -33,6 +33,13 @@ struct AuthorizationPolicy {
   bool tcp_control = false;
 };
 
+// Leases the sessions of one process and of one user may hold at once
+// (DescriptorBudget); zero: no cap of that kind.
+struct LeaseLimits {
+  size_t max_per_process = 0;
+  size_t max_per_uid = 0;
+};
+
 class WarmstartService final : public v1::Warmstart::Service {
  public:
   // `info` is GetServerInfo's answer except for the readiness, which
@@ -52,6 +59,9 @@ class WarmstartService final : public v1::Warmstart::Service {
   void SetAuthorization(AuthorizationPolicy policy) {
     policy_ = std::move(policy);
   }
+
+  // Called once, before serving; without it leases are not capped.
+  void SetLeaseLimits(LeaseLimits limits) { lease_limits_ = limits; }
 
   void SetReadiness(v1::Readiness::State state, const std::string& message);
   v1::Readiness readiness() const;
@@ -98,8 +108,16 @@ class WarmstartService final : public v1::Warmstart::Service {
   absl::Status AuthorizeControl(const grpc::ServerContext& context,
                                 absl::string_view what) const;
 
+  // ResourceExhausted naming the limit and its value when one more lease
+  // for `session` would pass lease_limits_. Called under acquire_mutex_.
+  absl::Status CheckLeaseLimits(const std::string& session) const;
+
   const ConnectionPeers* peers_ = nullptr;  // Set before serving.
   AuthorizationPolicy policy_;              // Set before serving.
+  LeaseLimits lease_limits_;                // Set before serving.
+  // Held from counting a peer's leases to granting one, so that concurrent
+  // acquires of one peer cannot pass its cap together.
+  absl::Mutex acquire_mutex_;
   mutable absl::Mutex mutex_;
   v1::Readiness readiness_ ABSL_GUARDED_BY(mutex_);
 };
