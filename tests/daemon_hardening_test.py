@@ -500,3 +500,22 @@ def test_one_user_cannot_take_every_lease(workdir, root):
             holder.kill()
             holder.wait(30)
         daemon.stop(signal.SIGKILL)
+
+
+def test_a_removed_socket_is_rearmed_and_health_tells_the_truth(daemon):
+    # A listener can stop taking new connections while the old ones work:
+    # its socket file removed (a tmp cleaner, an operator), its accept
+    # loop dead. Before, every new client was told "daemon unavailable"
+    # for good while health said SERVING. Now the daemon probes its
+    # listeners over new connections, re-arms a unix listener that takes
+    # none, and says NOT_SERVING (or exits, for its supervisor) otherwise.
+    os.unlink(daemon.socket)
+    assert wait_for(lambda: daemon.ctl("ls").returncode == 0, 120), \
+        daemon.logs()[-2000:]
+    logs = daemon.logs()
+    assert f"the unix listener takes no new connection (connect " \
+           f"{daemon.socket}: No such file or directory" in logs, logs
+    assert "is re-armed and answers" in logs
+    ready = daemon.ctl("wait-ready", "--timeout", "60")
+    assert ready.returncode == 0, ready.stderr
+    assert daemon.process.poll() is None
