@@ -519,3 +519,54 @@ def test_a_removed_socket_is_rearmed_and_health_tells_the_truth(daemon):
     ready = daemon.ctl("wait-ready", "--timeout", "60")
     assert ready.returncode == 0, ready.stderr
     assert daemon.process.poll() is None
+
+
+def test_only_the_loader_or_an_operator_may_force_unload(workdir, root):
+    # Before, anyone allowed to unload could force-unload a model another
+    # client leases, pulling it from under its owner. Now --force needs the
+    # uid that loaded the model, or an operator (root, the daemon's uid,
+    # authorization's admin_uids / admin_gids).
+    os.chmod(workdir, 0o755)
+    os.chmod(root, 0o755)
+    config = os.path.join(workdir, "auth.textproto")
+    with open(config, "w") as f:
+        f.write("listen { socket_mode: 0666 }\n"
+                "authorization { admin_uids: 4244 admin_gids: 4245 }\n")
+    ctl_copy = os.path.join(workdir, "warmstartctl")
+    shutil.copy(harness.CTL, ctl_copy)
+    os.chmod(ctl_copy, 0o755)
+    daemon = Daemon(workdir, "--model_root", root, "--config", config)
+    model = in_root(root, SAFETENSORS)
+
+    def as_user(uid, gid, *args):
+        return subprocess.run(
+            ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+             ctl_copy, *args, "--socket", daemon.socket],
+            capture_output=True, text=True, timeout=120,
+            env=harness.NATIVE_ENV)
+    holders = []
+    try:
+        for name in ("a", "b", "c"):
+            loaded = as_user(4242, 4242, "load", name, model)
+            assert loaded.returncode == 0, loaded.stderr
+            holder = daemon.client("--model", name, "--hold")
+            holders.append(holder)
+            assert event(holder)["event"] == "acquired"
+        refused = as_user(65534, 65534, "unload", "a", "--force")
+        assert refused.returncode == 5, refused.stderr
+        assert ("uid 65534" in refused.stderr
+                and "may not force-unload a: only uid 4242, who loaded it"
+                in refused.stderr), refused.stderr
+        assert daemon.status("a")["state"] == "ready"
+        assert "refused a forced unload" in daemon.logs()
+        # The loader may; so may an operator by uid and by group.
+        assert as_user(4242, 4242, "unload", "a", "--force").returncode == 0
+        assert as_user(4244, 65534, "unload", "b", "--force").returncode == 0
+        assert as_user(65534, 4245, "unload", "c", "--force").returncode == 0
+        for name in ("a", "b", "c"):
+            assert daemon.status(name) is None
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait(30)
+        daemon.stop(signal.SIGKILL)

@@ -257,6 +257,10 @@ absl::Status Server::Listen(const v1::DaemonConfig& config,
   policy.control_gids.insert(config.authorization().control_gids().begin(),
                              config.authorization().control_gids().end());
   policy.tcp_control = config.authorization().tcp_control();
+  policy.admin_uids.insert(config.authorization().admin_uids().begin(),
+                           config.authorization().admin_uids().end());
+  policy.admin_gids.insert(config.authorization().admin_gids().begin(),
+                           config.authorization().admin_gids().end());
   service_->SetAuthorization(std::move(policy));
   service_->SetLeaseLimits(
       {descriptors_.max_leases_per_process, descriptors_.max_leases_per_uid});

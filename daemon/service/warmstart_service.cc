@@ -186,6 +186,45 @@ absl::Status WarmstartService::AuthorizeControl(
       "control_uids or control_gids"));
 }
 
+absl::Status MayForceUnload(const std::optional<SessionPeer>& caller,
+                            const std::vector<gid_t>& groups,
+                            const std::string& model,
+                            std::optional<uid_t> loaded_by,
+                            const AuthorizationPolicy& policy,
+                            uid_t daemon_uid) {
+  if (!caller.has_value()) {
+    if (policy.tcp_control) return absl::OkStatus();
+    return absl::PermissionDeniedError(
+        "callers over TCP may not force-unload models: they have no "
+        "credentials (use the unix socket, or set authorization { "
+        "tcp_control: true })");
+  }
+  if (caller->uid == 0 || caller->uid == daemon_uid ||
+      policy.admin_uids.count(caller->uid) > 0 ||
+      policy.admin_gids.count(caller->gid) > 0 ||
+      (loaded_by.has_value() && *loaded_by == caller->uid)) {
+    return absl::OkStatus();
+  }
+  for (gid_t gid : groups) {
+    if (policy.admin_gids.count(gid) > 0) return absl::OkStatus();
+  }
+  return absl::PermissionDeniedError(absl::StrCat(
+      "uid ", caller->uid, " (pid ", caller->pid, ") may not force-unload ",
+      absl::CHexEscape(model), ": only ",
+      loaded_by.has_value()
+          ? absl::StrCat("uid ", *loaded_by, ", who loaded it, ")
+          : std::string(),
+      "root, the daemon's uid and authorization's admin_uids or admin_gids "
+      "may; unload it without --force once its leases are released"));
+}
+
+std::optional<uid_t> WarmstartService::LoadedBy(const std::string& name) const {
+  absl::MutexLock lock(&mutex_);
+  auto it = loaded_by_.find(name);
+  if (it == loaded_by_.end()) return std::nullopt;
+  return it->second;
+}
+
 grpc::Status WarmstartService::LoadModel(grpc::ServerContext* context,
                                          const v1::LoadModelRequest* request,
                                          v1::ModelStatus* response) {
@@ -208,6 +247,15 @@ grpc::Status WarmstartService::LoadModel(grpc::ServerContext* context,
                               status.status().message());
     }
     return ToGrpc(status.status());
+  }
+  if (peers_ != nullptr) {
+    if (std::optional<SessionPeer> caller = peers_->Find(context->peer())) {
+      absl::MutexLock lock(&mutex_);
+      loaded_by_[model.name] = caller->uid;
+    } else {
+      absl::MutexLock lock(&mutex_);
+      loaded_by_.erase(model.name);
+    }
   }
   if (!request->no_wait()) status = WaitLoaded(*context, model.name);
   if (!status.ok()) return ToGrpc(status.status());
@@ -360,6 +408,17 @@ grpc::Status WarmstartService::UnloadModel(
   if (absl::Status allowed = AuthorizeControl(*context, "unload models");
       !allowed.ok()) {
     return ToGrpc(allowed);
+  }
+  if (request->force() && peers_ != nullptr) {
+    const std::optional<SessionPeer> caller = peers_->Find(context->peer());
+    absl::Status allowed = MayForceUnload(
+        caller,
+        caller.has_value() ? GroupsOf(caller->pid) : std::vector<gid_t>(),
+        request->name(), LoadedBy(request->name()), policy_, ::geteuid());
+    if (!allowed.ok()) {
+      Logger("service")->warn("refused a forced unload: {}", allowed.message());
+      return ToGrpc(allowed);
+    }
   }
   absl::StatusOr<v1::ModelStatus> status =
       registry_->Unload(request->name(), request->force());
