@@ -570,3 +570,37 @@ def test_only_the_loader_or_an_operator_may_force_unload(workdir, root):
             holder.kill()
             holder.wait(30)
         daemon.stop(signal.SIGKILL)
+
+
+def test_a_gpu_budget_is_what_was_free_at_start(workdir, root):
+    # Before, a GPU had no budget beyond its configured one: the daemon
+    # filled memory other processes on the GPU were about to need, and a
+    # load that did not fit failed deep in the driver. Now the budget is
+    # the least of the configured one and what cuMemGetInfo reported free
+    # at start (re-checked at each reservation), and a load past it is
+    # RESOURCE_EXHAUSTED with the figures. On the simulated driver: 64 MiB,
+    # 32 of them used by another process.
+    write_safetensors(os.path.join(root, "a.safetensors"), 12, 1 << 20)
+    write_safetensors(os.path.join(root, "b.safetensors"), 24, 1 << 20)
+    write_safetensors(os.path.join(root, "c.safetensors"), 4, 1 << 20)
+    sim = os.path.join(harness.RUNFILES, "daemon/device/libcuda_sim.so")
+    daemon = Daemon(workdir, "--model_root", root, "--preload",
+                    "a=" + os.path.join(root, "a.safetensors"),
+                    backend="cuda",
+                    env={"WARMSTART_LIBCUDA": sim,
+                         "WARMSTART_SIM_MEMORY_BYTES": str(64 << 20),
+                         "WARMSTART_SIM_OTHERS_MEMORY_BYTES": str(32 << 20)})
+    try:
+        assert "budget 33554432 bytes (configured none; cuMemGetInfo on " \
+            "GPU-" in daemon.logs()
+        stats = json.loads(daemon.ctl("stats", "--json").stdout)
+        assert stats["devices"][0]["budget_bytes"] == 32 << 20
+        refused = daemon.ctl("load", "b", os.path.join(root, "b.safetensors"))
+        assert refused.returncode == 5, refused.stderr
+        assert "the budget is 33554432 bytes" in refused.stderr, \
+            refused.stderr
+        assert daemon.status("a")["state"] == "ready"
+        loaded = daemon.ctl("load", "c", os.path.join(root, "c.safetensors"))
+        assert loaded.returncode == 0, loaded.stderr
+    finally:
+        daemon.stop(signal.SIGKILL)

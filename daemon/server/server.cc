@@ -73,6 +73,25 @@ absl::StatusOr<std::shared_ptr<KeyProvider>> KeysFor(
   return std::shared_ptr<KeyProvider>();
 }
 
+// A GPU's budget: the least of the configured one (0: none) and what the
+// driver reports free now, before any model: other processes' memory is not
+// the daemon's to fill. (Each load also re-checks what is free when it
+// reserves.)
+uint64_t GpuBudget(const Device& device, uint64_t configured) {
+  const DeviceMemory memory = device.Memory();
+  uint64_t budget = configured;
+  if (memory.free_bytes.has_value() &&
+      (budget == 0 || *memory.free_bytes < budget)) {
+    budget = *memory.free_bytes;
+  }
+  Logger("daemon")->info(
+      "{}: budget {} bytes (configured {}; {})", device.uuid(), budget,
+      configured == 0 ? std::string("none") : absl::StrCat(configured),
+      memory.free_bytes.has_value() ? memory.source
+                                    : std::string("free memory unknown"));
+  return budget;
+}
+
 Counter* PreloadFailures() {
   static Counter* counter = Metrics::Global().GetCounter(
       "warmstart_preload_failures_total", "Preloads that failed to load");
@@ -200,6 +219,9 @@ absl::Status Server::SetUpTargets(const v1::DaemonConfig& config,
   for (std::unique_ptr<Device>& device : devices) {
     Target target;
     target.budget_bytes = budget_of(device->uuid());
+    if (use_cuda) {
+      target.budget_bytes = GpuBudget(*device, target.budget_bytes);
+    }
     target.device = std::move(device);
     WS_ASSIGN_OR_RETURN(
         target.pool,
