@@ -12,6 +12,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/utf8.h"
 #include "daemon/base/logging.h"
 #include "daemon/base/metrics.h"
 
@@ -49,6 +50,18 @@ v1::MemoryKind KindOf(ExportedMemory::Kind kind) {
   return v1::MEMORY_KIND_UNSPECIFIED;
 }
 
+// INVALID_ARGUMENT naming `field` when `value` is not UTF-8. Request
+// fields that carry text are bytes on the wire so that this, not the
+// protobuf parser (INTERNAL, no message), refuses them; nothing that is not
+// UTF-8 reaches a log line, a path or the registry.
+absl::Status RequireUtf8(absl::string_view field, absl::string_view value) {
+  const size_t bad = FindInvalidUtf8(value);
+  if (bad == absl::string_view::npos) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(field, " \"", absl::CHexEscape(value.substr(0, 200)),
+                   "\" is not valid UTF-8 (byte ", bad, ")"));
+}
+
 Counter* RefusedPaths() {
   static Counter* counter = Metrics::Global().GetCounter(
       "warmstart_refused_paths_total",
@@ -80,6 +93,11 @@ absl::StatusOr<std::string> WarmstartService::SessionOf(
         "session id as metadata \"warmstart-session\"");
   }
   std::string id(it->second.data(), it->second.size());
+  if (absl::Status utf8 = RequireUtf8(
+          absl::StrCat("metadata \"", kSessionMetadataKey, "\""), id);
+      !utf8.ok()) {
+    return utf8;
+  }
   absl::StatusOr<SessionPeer> owner = sessions_->Find(id);
   if (!owner.ok()) {
     return absl::UnauthenticatedError(absl::StrCat(
@@ -228,6 +246,12 @@ std::optional<uid_t> WarmstartService::LoadedBy(const std::string& name) const {
 grpc::Status WarmstartService::LoadModel(grpc::ServerContext* context,
                                          const v1::LoadModelRequest* request,
                                          v1::ModelStatus* response) {
+  absl::Status valid = RequireUtf8("LoadModelRequest.name", request->name());
+  if (valid.ok()) valid = RequireUtf8("LoadModelRequest.path", request->path());
+  for (const std::string& device : request->devices()) {
+    if (valid.ok()) valid = RequireUtf8("LoadModelRequest.devices", device);
+  }
+  if (!valid.ok()) return ToGrpc(valid);
   if (absl::Status allowed = AuthorizeControl(*context, "load models");
       !allowed.ok()) {
     return ToGrpc(allowed);
@@ -275,6 +299,11 @@ grpc::Status WarmstartService::LoadModel(grpc::ServerContext* context,
 grpc::Status WarmstartService::WatchModel(
     grpc::ServerContext* context, const v1::WatchModelRequest* request,
     grpc::ServerWriter<v1::ModelStatus>* writer) {
+  if (absl::Status valid =
+          RequireUtf8("WatchModelRequest.name", request->name());
+      !valid.ok()) {
+    return ToGrpc(valid);
+  }
   uint64_t version = 0;
   while (!context->IsCancelled()) {
     absl::StatusOr<v1::ModelStatus> status = registry_->WaitForChange(
@@ -291,6 +320,11 @@ grpc::Status WarmstartService::WatchModel(
 grpc::Status WarmstartService::AcquireModel(
     grpc::ServerContext* context, const v1::AcquireModelRequest* request,
     v1::Lease* response) {
+  if (absl::Status valid =
+          RequireUtf8("AcquireModelRequest.name", request->name());
+      !valid.ok()) {
+    return ToGrpc(valid);
+  }
   absl::StatusOr<std::string> session = SessionOf(*context);
   if (!session.ok()) return ToGrpc(session.status());
   // Wait for a load in progress here, where a cancelled call is noticed,
@@ -397,6 +431,11 @@ absl::Status WarmstartService::CheckLeaseLimits(
 grpc::Status WarmstartService::ReleaseModel(
     grpc::ServerContext* context, const v1::ReleaseModelRequest* request,
     v1::ReleaseModelResponse*) {
+  if (absl::Status valid =
+          RequireUtf8("ReleaseModelRequest.lease_id", request->lease_id());
+      !valid.ok()) {
+    return ToGrpc(valid);
+  }
   absl::StatusOr<std::string> session = SessionOf(*context);
   if (!session.ok()) return ToGrpc(session.status());
   return ToGrpc(registry_->Release(request->lease_id(), *session));
@@ -405,6 +444,11 @@ grpc::Status WarmstartService::ReleaseModel(
 grpc::Status WarmstartService::UnloadModel(
     grpc::ServerContext* context, const v1::UnloadModelRequest* request,
     v1::ModelStatus* response) {
+  if (absl::Status valid =
+          RequireUtf8("UnloadModelRequest.name", request->name());
+      !valid.ok()) {
+    return ToGrpc(valid);
+  }
   if (absl::Status allowed = AuthorizeControl(*context, "unload models");
       !allowed.ok()) {
     return ToGrpc(allowed);
@@ -430,6 +474,11 @@ grpc::Status WarmstartService::UnloadModel(
 grpc::Status WarmstartService::ListModels(grpc::ServerContext*,
                                           const v1::ListModelsRequest* request,
                                           v1::ListModelsResponse* response) {
+  if (absl::Status valid =
+          RequireUtf8("ListModelsRequest.name", request->name());
+      !valid.ok()) {
+    return ToGrpc(valid);
+  }
   if (!request->name().empty()) {
     absl::StatusOr<v1::ModelStatus> status = registry_->Get(request->name());
     if (!status.ok()) return ToGrpc(status.status());
