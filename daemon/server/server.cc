@@ -310,24 +310,7 @@ absl::Status Server::Listen(const v1::DaemonConfig& config,
                          ? ""
                          : absl::StrCat(" on ", listen.tcp_address())));
   }
-  SessionServer* sessions = sessions_.get();
-  const uint64_t reserved = descriptors_.reserved;
-  const size_t max_sessions = descriptors_.sessions.max_sessions;
-  WS_ASSIGN_OR_RETURN(
-      grpc_acceptor_,
-      GrpcAcceptor::Start(
-          socket, grpc_server_.get(),
-          [=]() -> uint64_t {
-            // The daemon's own reserve, and room for every session
-            // not yet open: gRPC connections never take what
-            // sessions are promised.
-            const size_t open = sessions->session_count();
-            return reserved + (open < max_sessions ? max_sessions - open : 0);
-          },
-          &connection_peers_,
-          ConnectionLimits{descriptors_.max_grpc_connections,
-                           descriptors_.max_grpc_connections_per_process,
-                           descriptors_.max_grpc_connections_per_uid}));
+  WS_RETURN_IF_ERROR(StartUnixAcceptor());
   if (!listen.tcp_address().empty() && tcp_port == 0) {
     return absl::UnavailableError(
         absl::StrCat("cannot listen on ", listen.tcp_address()));
@@ -502,18 +485,18 @@ void Server::RunListenerProbe() {
   }
 }
 
-absl::Status Server::RearmUnixListener() {
-  const v1::Listen& listen = config_.listen();
-  grpc_acceptor_.reset();
-  WS_RETURN_IF_ERROR(PrepareSocketPath(listen.unix_socket()));
+absl::Status Server::StartUnixAcceptor() {
   SessionServer* sessions = sessions_.get();
   const uint64_t reserved = descriptors_.reserved;
   const size_t max_sessions = descriptors_.sessions.max_sessions;
   WS_ASSIGN_OR_RETURN(
       grpc_acceptor_,
       GrpcAcceptor::Start(
-          listen.unix_socket(), grpc_server_.get(),
+          config_.listen().unix_socket(), grpc_server_.get(),
           [=]() -> uint64_t {
+            // The daemon's own reserve, and room for every session
+            // not yet open: gRPC connections never take what
+            // sessions are promised.
             const size_t open = sessions->session_count();
             return reserved + (open < max_sessions ? max_sessions - open : 0);
           },
@@ -521,6 +504,14 @@ absl::Status Server::RearmUnixListener() {
           ConnectionLimits{descriptors_.max_grpc_connections,
                            descriptors_.max_grpc_connections_per_process,
                            descriptors_.max_grpc_connections_per_uid}));
+  return absl::OkStatus();
+}
+
+absl::Status Server::RearmUnixListener() {
+  const v1::Listen& listen = config_.listen();
+  grpc_acceptor_.reset();
+  WS_RETURN_IF_ERROR(PrepareSocketPath(listen.unix_socket()));
+  WS_RETURN_IF_ERROR(StartUnixAcceptor());
   return ApplySocketPermissions(listen.unix_socket(), listen.socket_mode(),
                                 listen.socket_owner(), listen.socket_group());
 }

@@ -97,6 +97,8 @@ class Server {
   // rounds in a row, end the process (status 3, reason logged) so that its
   // supervisor restarts it.
   void ProbeListenersOnce();
+  // Starts grpc_acceptor_ on the unix socket with the descriptor caps.
+  absl::Status StartUnixAcceptor();
   absl::Status RearmUnixListener();
   void StopListenerProbe();
 
