@@ -176,6 +176,47 @@ absl::Status HttpError(const std::string& url, const std::string& what,
   }
 }
 
+// What one try of a request came to: its status, and whether the failure
+// is worth another try (a 5xx, a reset, a timeout, a short body).
+struct TryOutcome {
+  absl::Status status;
+  bool retryable = false;
+};
+
+// Runs `try_once(attempt)` for attempt 1, 2, ... until it succeeds, fails
+// in a way not worth retrying, or `options.max_attempts` tries are spent;
+// sleeps between tries with exponential backoff (initial_backoff, doubled
+// up to max_backoff) and counts each retry. Returns the last try's status.
+absl::Status RetryWithBackoff(
+    const RemoteOptions& options,
+    const std::function<TryOutcome(int attempt)>& try_once) {
+  absl::Duration backoff = options.initial_backoff;
+  for (int attempt = 1;; ++attempt) {
+    TryOutcome outcome = try_once(attempt);
+    if (!outcome.retryable || attempt >= options.max_attempts) {
+      return std::move(outcome.status);
+    }
+    CountRetry();
+    absl::SleepFor(backoff);
+    backoff = std::min(backoff * 2, options.max_backoff);
+  }
+}
+
+// The outcome of a transfer libcurl could not complete (`code`).
+TryOutcome TransferFailed(const std::string& url, absl::string_view what,
+                          CURLcode code, int attempt) {
+  return {absl::UnavailableError(absl::StrCat(
+              url, ": ", what, ": ", curl_easy_strerror(code), " (after ",
+              attempt, attempt == 1 ? " try)" : " tries)")),
+          RetryableCurlError(code)};
+}
+
+// The outcome of a final HTTP answer that is not the one expected.
+TryOutcome HttpFailed(const std::string& url, const std::string& what,
+                      long status) {
+  return {HttpError(url, what, status), RetryableHttpStatus(status)};
+}
+
 }  // namespace
 
 // One request: a HEAD or a ranged GET on `curl`, with the object's signing.
@@ -303,6 +344,13 @@ RemoteSources::RemoteSources(RemoteOptions options)
                     : addressing == RemoteOptions::Addressing::kPath;
   ca_bundle_ = options_.ca_bundle;
   if (ca_bundle_.empty()) ca_bundle_ = Env(env, "AWS_CA_BUNDLE");
+  AwsCredentialProviderOptions credential_options;
+  credential_options.env = env;
+  credential_options.region = region_;
+  credential_options.ca_bundle = ca_bundle_;
+  credential_options.connect_timeout = options_.connect_timeout;
+  credential_provider_ =
+      std::make_unique<AwsCredentialProvider>(std::move(credential_options));
 }
 
 RemoteSources::~RemoteSources() {
@@ -338,6 +386,16 @@ void RemoteSources::Work(CurlEasy curl) {
     }
     job(curl);
   }
+}
+
+absl::StatusOr<AwsCredentials> RemoteSources::S3Credentials(
+    const std::string& url) const {
+  absl::StatusOr<AwsCredentials> found = credential_provider_->Get();
+  if (!found.ok()) {
+    return absl::Status(found.status().code(),
+                        absl::StrCat(url, ": ", found.status().message()));
+  }
+  return found;
 }
 
 absl::Status RemoteSources::CheckAllowed(const std::string& url) const {
@@ -420,12 +478,7 @@ absl::StatusOr<std::unique_ptr<RemoteObject>> RemoteSources::Open(
   RETURN_IF_ERROR(CheckAllowed(url));
   AwsCredentials credentials;
   if (resolved.second) {
-    absl::StatusOr<AwsCredentials> found = FindAwsCredentials(options_.env);
-    if (!found.ok()) {
-      return absl::Status(found.status().code(),
-                          absl::StrCat(url, ": ", found.status().message()));
-    }
-    credentials = *std::move(found);
+    ASSIGN_OR_RETURN(credentials, S3Credentials(url));
   }
   RequestSpec spec{&resolved.first, resolved.second,
                    &credentials,    absl::StrCat("aws:amz:", region_, ":s3"),
@@ -435,8 +488,7 @@ absl::StatusOr<std::unique_ptr<RemoteObject>> RemoteSources::Open(
   std::string etag;
   absl::Notification done;
   Enqueue([&](CurlEasy& curl) {
-    absl::Duration backoff = options_.initial_backoff;
-    for (int attempt = 1;; ++attempt) {
+    status = RetryWithBackoff(options_, [&](int attempt) -> TryOutcome {
       curl_slist* headers = Prepare(curl.get(), spec);
       ResponseHeaders response;
       curl_easy_setopt(curl.get(), CURLOPT_NOBODY, 1L);
@@ -448,33 +500,19 @@ absl::StatusOr<std::unique_ptr<RemoteObject>> RemoteSources::Open(
       curl_slist_free_all(headers);
       long http = 0;
       curl_easy_getinfo(curl.get(), CURLINFO_RESPONSE_CODE, &http);
-      bool retry = false;
-      if (code != CURLE_OK) {
-        status = absl::UnavailableError(
-            absl::StrCat(url, ": HEAD: ", curl_easy_strerror(code), " (after ",
-                         attempt, attempt == 1 ? " try)" : " tries)"));
-        retry = RetryableCurlError(code);
-      } else if (http != 200) {
-        status = HttpError(url, "HEAD", http);
-        retry = RetryableHttpStatus(http);
-      } else {
-        curl_off_t length = -1;
-        curl_easy_getinfo(curl.get(), CURLINFO_CONTENT_LENGTH_DOWNLOAD_T,
-                          &length);
-        if (length < 0) {
-          status = absl::InvalidArgumentError(
-              absl::StrCat(url, ": HEAD: the server sent no Content-Length"));
-        } else {
-          size = static_cast<uint64_t>(length);
-          etag = response.etag;
-          status = absl::OkStatus();
-        }
+      if (code != CURLE_OK) return TransferFailed(url, "HEAD", code, attempt);
+      if (http != 200) return HttpFailed(url, "HEAD", http);
+      curl_off_t length = -1;
+      curl_easy_getinfo(curl.get(), CURLINFO_CONTENT_LENGTH_DOWNLOAD_T,
+                        &length);
+      if (length < 0) {
+        return {absl::InvalidArgumentError(
+            absl::StrCat(url, ": HEAD: the server sent no Content-Length"))};
       }
-      if (!retry || attempt >= options_.max_attempts) break;
-      CountRetry();
-      absl::SleepFor(backoff);
-      backoff = std::min(backoff * 2, options_.max_backoff);
-    }
+      size = static_cast<uint64_t>(length);
+      etag = response.etag;
+      return {absl::OkStatus()};
+    });
     done.Notify();
   });
   done.WaitForNotification();
@@ -562,12 +600,7 @@ absl::StatusOr<std::vector<std::string>> RemoteSources::ListUrl(
     return absl::InvalidArgumentError(
         absl::StrCat("s3://...: not a valid bucket and prefix to list"));
   }
-  absl::StatusOr<AwsCredentials> found = FindAwsCredentials(options_.env);
-  if (!found.ok()) {
-    return absl::Status(found.status().code(),
-                        absl::StrCat(url, ": ", found.status().message()));
-  }
-  const AwsCredentials credentials = *std::move(found);
+  ASSIGN_OR_RETURN(const AwsCredentials credentials, S3Credentials(url));
   // The bucket's own URL, path-style or virtual-host as for objects.
   std::string bucket_url;
   if (path_style_) {
@@ -597,8 +630,7 @@ absl::StatusOr<std::vector<std::string>> RemoteSources::ListUrl(
     absl::Status status;
     absl::Notification done;
     Enqueue([&](CurlEasy& curl) {
-      absl::Duration backoff = options_.initial_backoff;
-      for (int attempt = 1;; ++attempt) {
+      status = RetryWithBackoff(options_, [&](int attempt) -> TryOutcome {
         body.clear();
         curl_slist* headers = Prepare(curl.get(), spec);
         curl_easy_setopt(curl.get(), CURLOPT_HTTPHEADER, headers);
@@ -608,23 +640,12 @@ absl::StatusOr<std::vector<std::string>> RemoteSources::ListUrl(
         curl_slist_free_all(headers);
         long http = 0;
         curl_easy_getinfo(curl.get(), CURLINFO_RESPONSE_CODE, &http);
-        bool retry = false;
         if (code != CURLE_OK) {
-          status = absl::UnavailableError(absl::StrCat(
-              url, ": list: ", curl_easy_strerror(code), " (after ", attempt,
-              attempt == 1 ? " try)" : " tries)"));
-          retry = RetryableCurlError(code);
-        } else if (http != 200) {
-          status = HttpError(url, "list", http);
-          retry = RetryableHttpStatus(http);
-        } else {
-          status = absl::OkStatus();
+          return TransferFailed(url, "list", code, attempt);
         }
-        if (!retry || attempt >= options_.max_attempts) break;
-        CountRetry();
-        absl::SleepFor(backoff);
-        backoff = std::min(backoff * 2, options_.max_backoff);
-      }
+        if (http != 200) return HttpFailed(url, "list", http);
+        return {absl::OkStatus()};
+      });
       done.Notify();
     });
     done.WaitForNotification();
@@ -698,6 +719,64 @@ absl::Status CheckContentRange(const std::string& url,
   return absl::OkStatus();
 }
 
+// One try of a ranged GET of bytes [from, last] of the object at `url`
+// (opened with `size` bytes and `etag`) into `sink`, which holds the bytes
+// of the earlier tries before `sink.next`.
+TryOutcome GetRangeOnce(CURL* curl, const RequestSpec& spec,
+                        const std::string& url, const std::string& etag,
+                        uint64_t size, uint64_t from, uint64_t last,
+                        int attempt, Sink& sink) {
+  curl_slist* headers = Prepare(curl, spec);
+  headers = curl_slist_append(
+      headers, absl::StrCat("Range: bytes=", from, "-", last).c_str());
+  if (!etag.empty()) {
+    headers = curl_slist_append(headers, ("If-Match: " + etag).c_str());
+  }
+  ResponseHeaders response;
+  curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
+  curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, &OnHeader);
+  curl_easy_setopt(curl, CURLOPT_HEADERDATA, &response);
+  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, &OnBody);
+  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &sink);
+  char* const before = sink.next;
+  const CURLcode code = curl_easy_perform(curl);
+  curl_slist_free_all(headers);
+  long http = 0;
+  curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &http);
+  CountBytes(sink.next - before);
+  const std::string what = absl::StrCat("GET bytes ", from, "-", last);
+  if (http == 200) {
+    return {absl::FailedPreconditionError(absl::StrCat(
+        url, ": ", what,
+        ": the server ignored the Range header (HTTP 200): it must serve "
+        "byte ranges"))};
+  }
+  if (http != 0 && http != 206) return HttpFailed(url, what, http);
+  if (http == 206 && !response.etag.empty() && !etag.empty() &&
+      response.etag != etag) {
+    return {absl::DataLossError(
+        absl::StrCat(url, ": the object changed since it was opened: ETag ",
+                     etag, " -> ", response.etag))};
+  }
+  if (http == 206) {
+    absl::Status range = CheckContentRange(url, response.content_range, size);
+    if (!range.ok()) return {std::move(range)};
+  }
+  if (code == CURLE_WRITE_ERROR) {
+    return {absl::DataLossError(absl::StrCat(
+        url, ": ", what, ": the server sent more bytes than asked"))};
+  }
+  if (code != CURLE_OK) return TransferFailed(url, what, code, attempt);
+  if (sink.next != sink.end) {
+    return {absl::DataLossError(
+                absl::StrCat(url, ": ", what, ": the body ended at byte ",
+                             from + (sink.next - before), " (after ", attempt,
+                             attempt == 1 ? " try)" : " tries)")),
+            /*retryable=*/true};
+  }
+  return {absl::OkStatus()};
+}
+
 }  // namespace
 
 void RemoteObject::ReadAsync(uint64_t offset, uint64_t length, char* out,
@@ -731,80 +810,29 @@ void RemoteObject::ReadAsync(uint64_t offset, uint64_t length, char* out,
     sources_->Enqueue([this, group, part_offset, part_length,
                        part_out](CurlEasy& curl) {
       const RemoteOptions& options = sources_->options_;
+      AwsCredentials current = credentials_;
       RequestSpec spec{&http_url_,
                        s3_,
-                       &credentials_,
+                       &current,
                        absl::StrCat("aws:amz:", sources_->region_, ":s3"),
                        &sources_->ca_bundle_,
                        &options};
       Sink sink{part_out, part_out + part_length, curl.get()};
-      absl::Duration backoff = options.initial_backoff;
-      absl::Status status;
-      for (int attempt = 1;; ++attempt) {
-        // Resume where the last try stopped.
-        const uint64_t from = part_offset + (sink.next - part_out);
-        const uint64_t last = part_offset + part_length - 1;
-        curl_slist* headers = Prepare(curl.get(), spec);
-        headers = curl_slist_append(
-            headers, absl::StrCat("Range: bytes=", from, "-", last).c_str());
-        if (!etag_.empty()) {
-          headers = curl_slist_append(headers, ("If-Match: " + etag_).c_str());
-        }
-        ResponseHeaders response;
-        curl_easy_setopt(curl.get(), CURLOPT_HTTPHEADER, headers);
-        curl_easy_setopt(curl.get(), CURLOPT_HEADERFUNCTION, &OnHeader);
-        curl_easy_setopt(curl.get(), CURLOPT_HEADERDATA, &response);
-        curl_easy_setopt(curl.get(), CURLOPT_WRITEFUNCTION, &OnBody);
-        curl_easy_setopt(curl.get(), CURLOPT_WRITEDATA, &sink);
-        char* const before = sink.next;
-        const CURLcode code = curl_easy_perform(curl.get());
-        curl_slist_free_all(headers);
-        long http = 0;
-        curl_easy_getinfo(curl.get(), CURLINFO_RESPONSE_CODE, &http);
-        CountBytes(sink.next - before);
-        const std::string what = absl::StrCat("GET bytes ", from, "-", last);
-        bool retry = false;
-        if (http != 0 && http != 206) {
-          if (http == 200) {
-            status = absl::FailedPreconditionError(absl::StrCat(
-                url_, ": ", what,
-                ": the server ignored the Range header (HTTP 200): it must "
-                "serve byte ranges"));
-          } else {
-            status = HttpError(url_, what, http);
-            retry = RetryableHttpStatus(http);
-          }
-        } else if (http == 206 && !response.etag.empty() && !etag_.empty() &&
-                   response.etag != etag_) {
-          status = absl::DataLossError(absl::StrCat(
-              url_, ": the object changed since it was opened: ETag ", etag_,
-              " -> ", response.etag));
-        } else if (http == 206 && !(status = CheckContentRange(
-                                        url_, response.content_range, size_))
-                                       .ok()) {
-          // status set.
-        } else if (code == CURLE_WRITE_ERROR) {
-          status = absl::DataLossError(absl::StrCat(
-              url_, ": ", what, ": the server sent more bytes than asked"));
-        } else if (code != CURLE_OK) {
-          status = absl::UnavailableError(absl::StrCat(
-              url_, ": ", what, ": ", curl_easy_strerror(code), " (after ",
-              attempt, attempt == 1 ? " try)" : " tries)"));
-          retry = RetryableCurlError(code);
-        } else if (sink.next != sink.end) {
-          status = absl::DataLossError(
-              absl::StrCat(url_, ": ", what, ": the body ended at byte ",
-                           part_offset + (sink.next - part_out), " (after ",
-                           attempt, attempt == 1 ? " try)" : " tries)"));
-          retry = true;
-        } else {
-          status = absl::OkStatus();
-        }
-        if (!retry || attempt >= options.max_attempts) break;
-        CountRetry();
-        absl::SleepFor(backoff);
-        backoff = std::min(backoff * 2, options.max_backoff);
-      }
+      absl::Status status =
+          RetryWithBackoff(options, [&](int attempt) -> TryOutcome {
+            // Temporary credentials may have been renewed since the open
+            // (a long load): the provider hands out its current ones.
+            if (s3_ && credentials_.expiration != absl::InfiniteFuture()) {
+              absl::StatusOr<AwsCredentials> renewed =
+                  sources_->S3Credentials(url_);
+              if (!renewed.ok()) return {renewed.status()};
+              current = *std::move(renewed);
+            }
+            // Resume where the last try stopped.
+            const uint64_t from = part_offset + (sink.next - part_out);
+            return GetRangeOnce(curl.get(), spec, url_, etag_, size_, from,
+                                part_offset + part_length - 1, attempt, sink);
+          });
       group->Finish(std::move(status));
     });
   }

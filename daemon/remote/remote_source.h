@@ -25,8 +25,11 @@
 // parallel straight into the caller's memory (a staging slab): memory use is
 // bounded by the caller's buffers, whatever the object's size.
 //
-// Credentials (see aws_credentials.h) never appear in logs, errors or
-// metrics: errors name the URL as the user wrote it (URLs with user
+// S3 credentials come from AwsCredentialProvider's chain (environment keys,
+// a web-identity token, the shared credentials file; see
+// aws_credential_provider.h); temporary ones are renewed before they expire,
+// also between the parts of a long load. Credentials never appear in logs,
+// errors or metrics: errors name the URL as the user wrote it (URLs with user
 // information are refused) and the HTTP status.
 //
 // Thread safety: RemoteSources and RemoteObject are safe to use from any
@@ -49,6 +52,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "daemon/formats/byte_source.h"
+#include "daemon/remote/aws_credential_provider.h"
 #include "daemon/remote/aws_credentials.h"
 #include "daemon/remote/curl_easy.h"
 
@@ -176,6 +180,9 @@ class RemoteSources : public UrlSourceOpener {
   // The HTTP(S) URL for `url`, and whether it is S3.
   absl::StatusOr<std::pair<std::string, bool>> Resolve(
       const std::string& url) const;
+  // The current S3 credentials; errors are the provider's, prefixed with
+  // `url`.
+  absl::StatusOr<AwsCredentials> S3Credentials(const std::string& url) const;
   void Enqueue(Job job) const;
   void Work(CurlEasy curl);
 
@@ -184,6 +191,8 @@ class RemoteSources : public UrlSourceOpener {
   std::string endpoint_;
   bool path_style_ = true;
   std::string ca_bundle_;
+  // Thread-safe; keeps web-identity credentials between requests.
+  std::unique_ptr<AwsCredentialProvider> credential_provider_;
 
   mutable absl::Mutex mutex_;
   mutable std::deque<Job> queue_ ABSL_GUARDED_BY(mutex_);
