@@ -1,8 +1,9 @@
 #include "daemon/remote/aws_credential_provider.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cerrno>
-#include <fstream>
-#include <sstream>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -11,6 +12,7 @@
 #include "absl/strings/string_view.h"
 #include "daemon/base/errno_status.h"
 #include "daemon/base/metrics.h"
+#include "daemon/base/scoped_fd.h"
 #include "daemon/remote/curl_easy.h"
 
 namespace warmstart {
@@ -61,24 +63,32 @@ std::string FormValue(CURL* curl, const std::string& value) {
   return out;
 }
 
-// The token file's content, whitespace trimmed. Errors name the file and,
-// for AWS_WEB_IDENTITY_TOKEN_FILE, the variable; never the content.
+// The token file's content, whitespace trimmed. Errors name the variable
+// and the file; never the content.
 absl::StatusOr<std::string> ReadToken(const std::string& token_file) {
-  std::ifstream in(token_file);
-  if (!in) {
-    return ErrnoToStatus(
-        errno, absl::StrCat("AWS_WEB_IDENTITY_TOKEN_FILE ", token_file));
+  const std::string what =
+      absl::StrCat("AWS_WEB_IDENTITY_TOKEN_FILE ", token_file);
+  ScopedFd fd(::open(token_file.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return ErrnoToStatus(errno, what);
+  // A projected service-account token is about a KiB; cap what is read.
+  constexpr size_t kMaxTokenBytes = 64 << 10;
+  std::string content;
+  char buffer[4096];
+  while (true) {
+    const ssize_t n = ::read(fd.get(), buffer, sizeof(buffer));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return ErrnoToStatus(errno, what);
+    if (n == 0) break;
+    content.append(buffer, static_cast<size_t>(n));
+    if (content.size() > kMaxTokenBytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, ": larger than ", kMaxTokenBytes, " bytes: not a token"));
+    }
   }
-  std::stringstream content;
-  content << in.rdbuf();
-  std::string token(absl::StripAsciiWhitespace(content.str()));
-  if (in.bad()) {
-    return ErrnoToStatus(
-        errno, absl::StrCat("AWS_WEB_IDENTITY_TOKEN_FILE ", token_file));
-  }
+  std::string token(absl::StripAsciiWhitespace(content));
   if (token.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "AWS_WEB_IDENTITY_TOKEN_FILE ", token_file, ": the file is empty"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": the file is empty"));
   }
   return token;
 }
