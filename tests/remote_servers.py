@@ -44,9 +44,15 @@ class Nginx:
     connection; requests under docroot/burst/ are limited to 2 a second,
     the others answered 503 at once (bursts of 503s); docroot/norange/
     ignores Range headers (answers 200 with the whole file). The access log
-    records each request's status, body bytes sent, Range and If-Match."""
+    records each request's status, body bytes sent, Range and If-Match.
+    HTTPS serves docroot/slow/ at 1 MB/s per connection too.
 
-    def __init__(self, workdir, docroot):
+    With `s3_upstream` (a moto server's port), https://127.0.0.1:{s3_port}/
+    is a TLS proxy in front of it, sending at 1 MB/s per connection (S3 over
+    HTTPS, slow enough to act on mid-load); the Host header is passed on, so
+    SigV4 signatures made for the proxy hold at moto."""
+
+    def __init__(self, workdir, docroot, s3_upstream=None):
         self.dir = os.path.join(workdir, "nginx")
         os.makedirs(self.dir, exist_ok=True)
         self.docroot = docroot
@@ -60,6 +66,20 @@ class Nginx:
             check=True, capture_output=True)
         self.http_port = free_port()
         self.https_port = free_port()
+        self.s3_port = free_port() if s3_upstream else None
+        s3_proxy = f"""
+  server {{
+    listen 127.0.0.1:{self.s3_port} ssl;
+    ssl_certificate {self.ca_path};
+    ssl_certificate_key {key};
+    location / {{
+      proxy_pass http://127.0.0.1:{s3_upstream};
+      proxy_set_header Host $http_host;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      limit_rate 1m;
+    }}
+  }}""" if s3_upstream else ""
         temp = os.path.join(self.dir, "temp")
         # A root nginx master hands requests to workers of another user,
         # which could not read a 0700 test directory.
@@ -94,7 +114,8 @@ http {{
     ssl_certificate {self.ca_path};
     ssl_certificate_key {key};
     root {docroot};
-  }}
+    location /slow/ {{ limit_rate 1m; }}
+  }}{s3_proxy}
 }}
 """)
         self.conf = conf
@@ -108,6 +129,8 @@ http {{
             stdout=self.log, stderr=self.log)
         wait_listening(self.http_port, self.process, "nginx")
         wait_listening(self.https_port, self.process, "nginx")
+        if self.s3_port:
+            wait_listening(self.s3_port, self.process, "nginx")
 
     def kill(self):
         """Stops nginx at once: SIGTERM is its fast shutdown, which closes
@@ -119,6 +142,9 @@ http {{
 
     def https(self, path=""):
         return f"https://127.0.0.1:{self.https_port}/{path}"
+
+    def s3_endpoint(self):
+        return f"https://127.0.0.1:{self.s3_port}"
 
     def access_log(self):
         with open(os.path.join(self.dir, "access.log")) as log:
