@@ -43,8 +43,10 @@ class Nginx:
     Faults, by location: files under docroot/slow/ are sent at 1 MB/s per
     connection; requests under docroot/burst/ are limited to 2 a second,
     the others answered 503 at once (bursts of 503s); docroot/norange/
-    ignores Range headers (answers 200 with the whole file). The access log
-    records each request's status, body bytes sent, Range and If-Match.
+    ignores Range headers (answers 200 with the whole file); docroot/weak/
+    is sent at 1 MB/s with a weak ETag. The access log records each
+    request's status, body bytes sent, Range, If-Unmodified-Since and
+    If-Match.
     HTTPS serves docroot/slow/ at 1 MB/s per connection too.
 
     With `s3_upstream` (a moto server's port), https://127.0.0.1:{s3_port}/
@@ -93,7 +95,11 @@ pid {self.dir}/nginx.pid;
 events {{ worker_connections 256; }}
 http {{
   log_format ranges '"$request" $status $body_bytes_sent "$http_range" '
-                    '"$http_if_match"';
+                    '"$http_if_unmodified_since" "$http_if_match"';
+  # nginx's own ETag made weak: W/"<mtime>-<size>". nginx's filters that
+  # weaken ETags (gzip, sub_filter, ssi) also drop Content-Length and byte
+  # ranges, so this is how nginx serves ranges under a weak ETag.
+  map $sent_http_etag $weak_etag {{ ~^"(?<tag>.*)"$ 'W/"$tag"'; }}
   access_log {self.dir}/access.log ranges;
   limit_req_zone $server_port zone=burst:1m rate=2r/s;
   client_body_temp_path {temp}; proxy_temp_path {temp};
@@ -104,6 +110,7 @@ http {{
     root {docroot};
     location /slow/ {{ limit_rate 1m; }}
     location /norange/ {{ max_ranges 0; }}
+    location /weak/ {{ add_header ETag $weak_etag; limit_rate 1m; }}
     location /burst/ {{
       limit_req zone=burst nodelay;
       limit_req_status 503;

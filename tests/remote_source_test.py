@@ -337,7 +337,7 @@ BIG_BYTES = 1 << 20
 @pytest.fixture
 def faulty(workdir):
     docroot = os.path.join(workdir, "doc")
-    for sub in ("slow", "burst", "norange"):
+    for sub in ("slow", "burst", "norange", "weak"):
         os.makedirs(os.path.join(docroot, sub))
     write_safetensors(os.path.join(docroot, "slow", "big.safetensors"),
                       BIG_TENSORS, BIG_BYTES, seed=5)
@@ -345,6 +345,8 @@ def faulty(workdir):
                 os.path.join(docroot, "burst"))
     write_safetensors(os.path.join(docroot, "norange", "big.safetensors"),
                       BIG_TENSORS, BIG_BYTES, seed=7)
+    write_safetensors(os.path.join(docroot, "weak", "big.safetensors"),
+                      BIG_TENSORS, BIG_BYTES, seed=10)
     nginx = remote_servers.Nginx(workdir, docroot)
     yield nginx
     nginx.stop()
@@ -713,5 +715,48 @@ def test_s3_object_replaced_mid_load_fails_the_load(moto, s3_faulty,
         loaded = daemon.ctl("load", "big2", S3_BIG)
         assert loaded.returncode == 0, loaded.stderr
         assert mapped_hashes(daemon, "big2") == safetensors_hashes(path)
+    finally:
+        daemon.stop(signal.SIGKILL)
+
+
+def test_weak_etag_is_checked_with_if_unmodified_since(faulty, workdir):
+    # If-Match compares ETags strongly, so nginx answers 412 to If-Match with
+    # a weak ETag even for the unchanged file: the reads send the HEAD's
+    # Last-Modified as If-Unmodified-Since instead.
+    daemon = start(workdir, "--remote_source", faulty.http("weak"))
+    try:
+        url = faulty.http("weak/big.safetensors")
+        loaded = daemon.ctl("load", "big", url)
+        assert loaded.returncode == 0, loaded.stderr + daemon.logs()
+        assert mapped_hashes(daemon, "big") == safetensors_hashes(
+            os.path.join(faulty.docroot, "weak", "big.safetensors"))
+    finally:
+        daemon.stop(signal.SIGKILL)
+    gets = [line for line in faulty.access_log().splitlines()
+            if line.startswith('"GET /weak/')]
+    assert gets
+    for line in gets:
+        assert " 206 " in line, line
+        assert line.endswith('GMT" "-"'), line  # The date, no If-Match.
+
+
+def test_weak_etag_object_replaced_mid_load_fails_the_load(faulty, workdir):
+    daemon = start(workdir, "--remote_source", faulty.http("weak"))
+    try:
+        before = resources(daemon)
+        path = os.path.join(faulty.docroot, "weak", "big.safetensors")
+        url = faulty.http("weak/big.safetensors")
+        loading = start_load(daemon, "big", url)
+        wait_bulk_started(daemon, "big")
+        # Last-Modified has one-second steps: the new version is dated
+        # later than the one opened, as any later write would be.
+        write_safetensors(path + ".new", BIG_TENSORS, BIG_BYTES, seed=11)
+        stat = os.stat(path)
+        os.utime(path + ".new", (stat.st_atime + 2, stat.st_mtime + 2))
+        os.replace(path + ".new", path)
+        out, err = loading.communicate(timeout=300)
+        assert loading.returncode != 0
+        assert url in err and "changed since it was opened" in err, err
+        assert_failed_and_released(daemon, "big", before)
     finally:
         daemon.stop(signal.SIGKILL)

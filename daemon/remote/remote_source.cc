@@ -76,6 +76,7 @@ std::string EncodeKey(absl::string_view key) {
 struct ResponseHeaders {
   std::string etag;
   std::string content_range;
+  std::string last_modified;
 };
 
 size_t OnHeader(char* data, size_t size, size_t count, void* user) {
@@ -89,6 +90,7 @@ size_t OnHeader(char* data, size_t size, size_t count, void* user) {
         absl::StripAsciiWhitespace(line.substr(colon + 1));
     if (name == "etag") headers->etag = std::string(value);
     if (name == "content-range") headers->content_range = std::string(value);
+    if (name == "last-modified") headers->last_modified = std::string(value);
   } else if (absl::StartsWith(line, "HTTP/")) {
     // A new response (after a 100 Continue): forget the previous one.
     *headers = ResponseHeaders();
@@ -160,8 +162,10 @@ absl::Status HttpError(const std::string& url, const std::string& what,
     case 404:
       return absl::NotFoundError(absl::StrCat(message, " (no such object)"));
     case 412:
-      return absl::DataLossError(absl::StrCat(
-          message, " (the object changed since it was opened: ETag differs)"));
+      return absl::DataLossError(
+          absl::StrCat(message,
+                       " (the object changed since it was opened: its ETag or "
+                       "Last-Modified differs)"));
     case 416:
       return absl::DataLossError(absl::StrCat(
           message,
@@ -486,6 +490,7 @@ absl::StatusOr<std::unique_ptr<RemoteObject>> RemoteSources::Open(
   absl::Status status;
   uint64_t size = 0;
   std::string etag;
+  std::string last_modified;
   absl::Notification done;
   Enqueue([&](CurlEasy& curl) {
     status = RetryWithBackoff(options_, [&](int attempt) -> TryOutcome {
@@ -511,15 +516,16 @@ absl::StatusOr<std::unique_ptr<RemoteObject>> RemoteSources::Open(
       }
       size = static_cast<uint64_t>(length);
       etag = response.etag;
+      last_modified = response.last_modified;
       return {absl::OkStatus()};
     });
     done.Notify();
   });
   done.WaitForNotification();
   RETURN_IF_ERROR(status);
-  return std::unique_ptr<RemoteObject>(
-      new RemoteObject(this, url, resolved.first, resolved.second,
-                       std::move(credentials), size, std::move(etag)));
+  return std::unique_ptr<RemoteObject>(new RemoteObject(
+      this, url, resolved.first, resolved.second, std::move(credentials), size,
+      std::move(etag), std::move(last_modified)));
 }
 
 namespace {
@@ -719,18 +725,34 @@ absl::Status CheckContentRange(const std::string& url,
   return absl::OkStatus();
 }
 
-// One try of a ranged GET of bytes [from, last] of the object at `url`
-// (opened with `size` bytes and `etag`) into `sink`, which holds the bytes
-// of the earlier tries before `sink.next`.
+// What a HEAD fixed about an object: reads must find it unchanged.
+struct ObjectIdentity {
+  const std::string& url;
+  uint64_t size;
+  const std::string& etag;           // Empty when the server sent none.
+  bool weak_etag;                    // etag is W/"...".
+  const std::string& last_modified;  // Empty when the server sent none.
+};
+
+// One try of a ranged GET of bytes [from, last] of `object` into `sink`,
+// which holds the bytes of the earlier tries before `sink.next`.
 TryOutcome GetRangeOnce(CURL* curl, const RequestSpec& spec,
-                        const std::string& url, const std::string& etag,
-                        uint64_t size, uint64_t from, uint64_t last,
-                        int attempt, Sink& sink) {
+                        const ObjectIdentity& object, uint64_t from,
+                        uint64_t last, int attempt, Sink& sink) {
+  const std::string& url = object.url;
+  const std::string& etag = object.etag;
+  const uint64_t size = object.size;
   curl_slist* headers = Prepare(curl, spec);
   headers = curl_slist_append(
       headers, absl::StrCat("Range: bytes=", from, "-", last).c_str());
-  if (!etag.empty()) {
+  if (!etag.empty() && !object.weak_etag) {
     headers = curl_slist_append(headers, ("If-Match: " + etag).c_str());
+  } else if (!object.last_modified.empty()) {
+    // A weak ETag never passes If-Match's strong comparison (a compliant
+    // server answers 412): the date is the precondition instead, and the
+    // ETag and size of each answer are still compared below.
+    headers = curl_slist_append(
+        headers, ("If-Unmodified-Since: " + object.last_modified).c_str());
   }
   ResponseHeaders response;
   curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
@@ -830,7 +852,9 @@ void RemoteObject::ReadAsync(uint64_t offset, uint64_t length, char* out,
             }
             // Resume where the last try stopped.
             const uint64_t from = part_offset + (sink.next - part_out);
-            return GetRangeOnce(curl.get(), spec, url_, etag_, size_, from,
+            const ObjectIdentity object{url_, size_, etag_, weak_etag(),
+                                        last_modified_};
+            return GetRangeOnce(curl.get(), spec, object, from,
                                 part_offset + part_length - 1, attempt, sink);
           });
       group->Finish(std::move(status));
