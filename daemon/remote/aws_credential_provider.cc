@@ -10,9 +10,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/string_view.h"
-#include "daemon/base/errno_status.h"
+#include "common/errno_status.h"
+#include "common/scoped_fd.h"
 #include "daemon/base/metrics.h"
-#include "daemon/base/scoped_fd.h"
 #include "daemon/remote/curl_easy.h"
 
 namespace warmstart {
