@@ -128,11 +128,17 @@ print(json.dumps({"seconds": elapsed, "verified": ok}))
 """
 
 
+FAILURES = []
+
+
 def run_child(code, args, env):
+    """The peer's JSON result, or None when it failed (its error is kept
+    and printed at the end: a failed run is reported, not hidden)."""
     out = subprocess.run([sys.executable, "-c", code] + args, env=env,
                          capture_output=True, text=True)
     if out.returncode != 0:
-        sys.exit(out.stderr[-3000:])
+        FAILURES.append(out.stderr.strip().splitlines()[-1])
+        return None
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -181,6 +187,10 @@ def main():
                    AWS_REGION="us-east-1", AWS_ACCESS_KEY_ID=KEY_ID,
                    AWS_SECRET_ACCESS_KEY=SECRET, AWS_EC2_METADATA_DISABLED="true",
                    RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING="0",
+                   # As many parallel requests as warmstart's default, and
+                   # patience with a loaded moto (its default timed out).
+                   RUNAI_STREAMER_CONCURRENCY="8",
+                   RUNAI_STREAMER_S3_TIMEOUT="600000",
                    AWS_S3_ADDRESSING_STYLE="path")
         runai_env = dict(env, PYTHONPATH=os.pathsep.join(
             [runai] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
@@ -188,7 +198,7 @@ def main():
         tz_url = "s3://bench/model.tensors"
 
         def gbps(name, seconds):
-            return sizes[name] / seconds / 1e9
+            return None if seconds is None else sizes[name] / seconds / 1e9
 
         tools = {
             "warmstart safetensors": lambda: warmstart(args.ctl, st_url, env),
@@ -219,10 +229,11 @@ def main():
                     results[name].append(load)
                     results[name.replace("warmstart", "raw download")].append(
                         raw)
-                else:
+                elif got is not None:
                     results[name].append(got)
             print(f"round {round_number + 1}: " + ", ".join(
-                f"{n} {v[-1]:.3f}" for n, v in results.items()), flush=True)
+                f"{n} {v[-1]:.3f}" for n, v in results.items() if v),
+                flush=True)
         report(results)
     finally:
         moto.terminate()
@@ -232,20 +243,26 @@ def main():
 
 
 def check(result):
+    if result is None:
+        return None
     if not result["verified"]:
         sys.exit(f"a peer's tensors did not match: {result}")
     return result["seconds"]
 
 
 def report(results):
+    for failure in FAILURES:
+        print(f"a peer's run failed: {failure}")
+    results = {name: v for name, v in results.items() if v}
     medians = {name: statistics.median(v) for name, v in results.items()}
     print("\nmedian GB/s (object bytes / s), ratios on the same object:")
     for name, values in results.items():
         tool, kind = name.rsplit(" ", 1)
-        raw = medians[f"raw download {kind}"]
-        ours = medians[f"warmstart {kind}"]
-        print(f"  {name:26} {medians[name]:7.3f}   vs raw {medians[name] / raw:5.2f}"
-              f"   vs warmstart {medians[name] / ours:5.2f}   "
+        raw = medians.get(f"raw download {kind}", float("nan"))
+        ours = medians.get(f"warmstart {kind}", float("nan"))
+        print(f"  {name:26} {medians[name]:7.3f}   vs raw "
+              f"{medians[name] / raw:5.2f}   vs warmstart "
+              f"{medians[name] / ours:5.2f}   "
               f"({' '.join(f'{v:.3f}' for v in values)})")
 
 
