@@ -137,7 +137,9 @@ def run_child(code, args, env):
     out = subprocess.run([sys.executable, "-c", code] + args, env=env,
                          capture_output=True, text=True)
     if out.returncode != 0:
-        FAILURES.append(out.stderr.strip().splitlines()[-1])
+        lines = [line for line in out.stderr.strip().splitlines()
+                 if "Warning" not in line and "dsa." not in line]
+        FAILURES.append(lines[-1] if lines else f"exit {out.returncode}")
         return None
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -222,18 +224,20 @@ def main():
               f"load {os.getloadavg()[0]:.2f}", flush=True)
         for round_number in range(args.runs):
             shift = round_number % len(names)
+            this_round = {}
             for name in names[shift:] + names[:shift]:
                 got = tools[name]()
                 if name.startswith("warmstart"):
-                    load, raw = got
-                    results[name].append(load)
-                    results[name.replace("warmstart", "raw download")].append(
-                        raw)
-                elif got is not None:
-                    results[name].append(got)
+                    this_round[name], this_round[
+                        name.replace("warmstart", "raw download")] = got
+                else:
+                    this_round[name] = got
+            for name, value in this_round.items():
+                if value is not None:
+                    results[name].append(value)
             print(f"round {round_number + 1}: " + ", ".join(
-                f"{n} {v[-1]:.3f}" for n, v in results.items() if v),
-                flush=True)
+                f"{n} " + ("failed" if v is None else f"{v:.3f}")
+                for n, v in this_round.items()), flush=True)
         report(results)
     finally:
         moto.terminate()
