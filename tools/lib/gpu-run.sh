@@ -25,6 +25,30 @@ done
 work="$(mktemp -d /tmp/ws-gpu-XXXXXX)"
 trap 'rm -rf "$work"' EXIT
 
+echo "== warmstart.torch on the GPU (tests/torch_gpu_test.py, $(python3 -c \
+'import torch; print("torch", torch.__version__)' 2>&1))"
+# The runfiles layout harness.py expects: the bundle's Python half and its
+# binaries.
+runfiles="$work/runfiles"
+mkdir -p "$runfiles/daemon/ctl"
+ln -s "$here/py/client" "$here/py/tests" "$here/py/tools" "$runfiles/"
+ln -s "$here/bin/warmstartd" "$runfiles/daemon/warmstartd"
+ln -s "$here/bin/warmstartctl" "$runfiles/daemon/ctl/warmstartctl"
+if (cd "$runfiles" && WARMSTART_RUNFILES="$runfiles" PYTHONUNBUFFERED=1 \
+    python3 -m pytest -q -rs -p no:cacheprovider tests/torch_gpu_test.py) \
+    >"$out/torch_gpu_test.log" 2>&1; then
+  tail -n 3 "$out/torch_gpu_test.log"
+else
+  tail -n 40 "$out/torch_gpu_test.log"
+  status=1
+fi
+echo "== host -> GPU copy: pageable vs registered read-only (2 GB, 5 runs)"
+python3 "$here/py/tools/torch_gpu_copy_bench.py" --bytes 2G --runs 5 \
+    --daemon "$here/bin/warmstartd" \
+    --library "$here/py/client/libwarmstart.so" \
+    --gen "$here/bin/gen_checkpoint" --package "$here/py/client/python" \
+    2>&1 | tee "$out/torch_gpu_copy_bench.txt" || status=1
+
 echo "== warmstartd on this machine: start, wait-ready, info, SIGTERM"
 "$here/bin/warmstartd" --socket "$work/d.sock" 2> "$out/warmstartd.log" &
 daemon=$!

@@ -17,6 +17,19 @@ Every parameter and buffer the checkpoint holds becomes a tensor over the
 model's mapping (``requires_grad=False``): the memory is shared with every
 other worker and the daemon, and nothing is read from disk.
 
+Devices. ``device=None`` binds the model where it is: host weights as
+tensors over the shared memory, a GPU model's (warmstartd's CUDA backend)
+as tensors over its imported CUDA memory, with no copy either way.
+``device="cpu"`` binds the host copy (a model only on a GPU is refused).
+``device="cuda[:N]"`` binds the copy on that GPU, or copies a host model
+to it, registering the mapping's pages read-only with the CUDA driver for
+the copy so that it runs at pinned speed (``BindReport.host_copy``); a GPU
+model asked onto another device is refused. ``"cuda"`` where torch has no
+usable GPU is refused, naming the model and the reason, before the model
+is acquired or the module touched. The GPU path is tested without a GPU
+(its decisions, the driver faked) and by tests/torch_gpu_test.py where a
+GPU is present (tools/gpu-check); it has not run on hardware yet.
+
 Writing. Host weights are mapped read-only: an in-place write to a bound
 tensor (``param.add_(1)``, an optimiser step, ``load_state_dict`` into the
 module) kills the process with SIGSEGV, because torch does not know the
