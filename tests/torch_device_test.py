@@ -71,6 +71,11 @@ def test_cuda_without_a_usable_gpu_names_model_and_reason():
                               f"needs a GPU, but torch 1.13 was built "
                               f"without CUDA")
     assert "untouched" in message
+    with pytest.raises(warmstart.FailedPrecondition) as error:
+        devices.require_cuda(LABEL, torch.device("cuda", 0), NO_CUDA,
+                             f"its copy on {GPU0}")
+    assert f"{LABEL}: its copy on {GPU0} needs a GPU, but torch 1.13" in \
+        str(error.value)
     # cpu and None need nothing.
     devices.require_cuda(LABEL, torch.device("cpu"), NO_CUDA)
     devices.require_cuda(LABEL, None, NO_CUDA)

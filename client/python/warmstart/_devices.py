@@ -77,17 +77,18 @@ class CudaState:
     index_of: dict
 
 
-def require_cuda(label, device, cuda):
+def require_cuda(label, device, cuda, what=None):
     """Raises FailedPrecondition when `device` (a torch.device) is a GPU and
     torch cannot use one, InvalidArgument when the index is past the GPUs
-    torch sees."""
+    torch sees. `what` names what needs the GPU (default: the device
+    asked for)."""
     if device is None or device.type != "cuda":
         return
     if not cuda.available:
         raise FailedPrecondition(
-            f"warmstart.torch: {label}: device='{device}' needs a GPU, but "
-            f"{cuda.why_not}; the module is untouched (pass device=None or "
-            f"'cpu' to bind the host copy)")
+            f"warmstart.torch: {label}: {what or f'device={str(device)!r}'} "
+            f"needs a GPU, but {cuda.why_not}; the module is untouched "
+            f"(pass device=None or 'cpu' to bind a host copy)")
     if device.index is not None and device.index >= cuda.device_count:
         raise InvalidArgument(
             f"warmstart.torch: {label}: device='{device}', but torch sees "

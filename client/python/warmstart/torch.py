@@ -348,7 +348,10 @@ def load_into_module(module, model, *, key_map=None, strict=True,
         cuda = _cuda_state(model.devices)
         source = _devices.choose_source(torch, label, model.devices, device,
                                         cuda)
-        _devices.require_cuda(label, source.target, cuda)
+        _devices.require_cuda(
+            label, source.target, cuda,
+            None if device is not None else
+            f"its copy on {source.copy_key}")
         return _bind(module, model, key_map, strict, source,
                      on_dtype_mismatch, copy)
     finally:
