@@ -302,3 +302,46 @@ def test_this_torch_state_says_why_there_is_no_gpu():
     assert torch.__version__ in state.why_not
     assert ("built without CUDA" in state.why_not or
             "sees no GPU" in state.why_not)
+
+
+# -------------------------------------------------- the transfer, faked CUDA
+
+def test_transfer_copies_inside_the_registration_under_the_lock(monkeypatch):
+    # torch's two CUDA calls _transfer makes around the copies are faked,
+    # and the "GPU" is cpu:0 (a device unequal to the tensors' "cpu"): what
+    # is tested is our sequence, not CUDA's copy.
+    wtorch = importlib.import_module("warmstart.torch")
+    driver = FakeDriver()
+    locked = []
+    register = driver.register
+
+    def register_checking_lock(address, length):
+        locked.append(devices.TRANSFER_LOCK.locked())
+        return register(address, length)
+
+    driver.register = register_checking_lock
+    monkeypatch.setattr(devices, "load_driver", lambda: (driver, ""))
+    monkeypatch.setattr(torch.cuda, "device", lambda target: _Nothing())
+    monkeypatch.setattr(torch.cuda, "synchronize",
+                        lambda target: driver.calls.append(("synchronize",)))
+    host = {1: torch.arange(3000.0), 2: torch.arange(5.0, dtype=torch.float64)}
+    moved, note = wtorch._transfer(host, torch.device("cpu", 0))
+    for key, tensor in host.items():
+        assert torch.equal(moved[key], tensor)
+        assert moved[key].data_ptr() != tensor.data_ptr()
+    assert note.startswith("pinned: ")
+    assert locked and all(locked)
+    kinds = [call[0] for call in driver.calls]
+    first_unregister = kinds.index("unregister")
+    assert kinds.index("synchronize") < first_unregister
+    assert kinds.count("register") == kinds.count("unregister") >= 1
+    assert "register" not in kinds[first_unregister:]
+    assert not devices.TRANSFER_LOCK.locked()
+
+
+class _Nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        return False

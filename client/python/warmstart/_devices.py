@@ -16,6 +16,7 @@ libcuda.so.1 is the driver torch itself loaded: no new dependency.
 import ctypes
 import dataclasses
 import mmap
+import threading
 
 from . import FailedPrecondition, InvalidArgument
 
@@ -26,6 +27,12 @@ HOST = "host"  # The daemon's name of the host copy (Model.devices).
 _REGISTER_FLAGS = 0x01 | 0x08
 _CUDA_SUCCESS = 0
 _CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED = 712
+
+# Held by a host -> GPU copy from its registration to its unregistration:
+# two binds of one model in one process would otherwise share pages, and
+# the first to finish would unregister them under the other's copies
+# (which compete for the same link anyway).
+TRANSFER_LOCK = threading.Lock()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -618,7 +618,7 @@ def _transfer(host_tensors, target):
         registration = _devices.HostRegistration(
             driver, _devices.page_ranges(spans),
             lambda: torch.cuda.synchronize(target), no_driver)
-        with registration:
+        with _devices.TRANSFER_LOCK, registration:
             for key, tensor in host_tensors.items():
                 moved[key].copy_(tensor, non_blocking=registration.pinned)
     return moved, registration.note
