@@ -4,9 +4,13 @@ bound and which copied, the page ranges registered with the CUDA driver for
 a host -> GPU copy, and the registration's lifetime around the copy.
 
 The driver is the one fake here (FakeDriver, standing in for libcuda's
-cuMemHostRegister / cuMemHostUnregister): what is tested is our own code
-that calls it. The real driver runs in tests/torch_gpu_test.py, on a GPU.
+cuMemHostRegister / cuMemHostUnregister; and torch.cuda's device guard and
+synchronize around _transfer): what is tested is our own code that calls
+it. The real driver runs in tests/torch_gpu_test.py, on a GPU. A model on
+warmstartd's CUDA backend over the simulated driver checks the refusals of
+a GPU-resident model end to end.
 """
+import gc
 import importlib
 import os
 import sys
@@ -14,13 +18,19 @@ import sys
 import pytest
 import torch
 
-from harness import RUNFILES
+from harness import RUNFILES, Daemon, wait_for
 
 os.environ["WARMSTART_LIBRARY"] = os.path.join(RUNFILES,
                                                "client/libwarmstart.so")
 sys.path.insert(0, os.path.join(RUNFILES, "client/python"))
 warmstart = importlib.import_module("warmstart")
 devices = importlib.import_module("warmstart._devices")
+
+# The simulated CUDA driver (daemon/device/testing/cuda_sim.h): a model
+# "on a GPU" whose memory torch cannot use, to check the refusals end to
+# end through the real daemon and client.
+CUDA_SIM = os.path.join(RUNFILES, "daemon/device/libcuda_sim.so")
+WORKDIR_PREFIX = "wsdev-"
 
 LABEL = "model llama"
 GPU0 = "GPU-aaaaaaaa-0000-0000-0000-000000000000"
@@ -345,3 +355,57 @@ class _Nothing:
 
     def __exit__(self, *exc_info):
         return False
+
+
+# ------------------------------------- a GPU-resident model, simulated GPU
+
+@pytest.fixture
+def gpu_model(workdir, root, monkeypatch):
+    """A one-tensor model ("weight", F32 [8, 8], written by safetensors'
+    reference writer) on warmstartd's CUDA backend over the simulated
+    driver, and the client."""
+    from safetensors.torch import save_file
+    path = os.path.join(root, "one.safetensors")
+    save_file({"weight": torch.arange(64.0).reshape(8, 8)}, path)
+    monkeypatch.setenv("WARMSTART_LIBCUDA", CUDA_SIM)
+    daemon = Daemon(workdir, "--model_root", root, backend="cuda",
+                    env={"WARMSTART_LIBCUDA": CUDA_SIM})
+    try:
+        with warmstart.connect(daemon.socket) as client:
+            assert client.load("one", path, timeout=60)["state"] == "ready"
+            yield daemon, client
+    finally:
+        daemon.stop()
+
+
+needs_cpu_only_torch = pytest.mark.skipif(
+    torch.cuda.is_available(),
+    reason="torch has a GPU here: the simulated GPU's memory is not its")
+
+
+@needs_cpu_only_torch
+def test_gpu_model_refusals_through_the_daemon(gpu_model):
+    daemon, client = gpu_model
+    wtorch = importlib.import_module("warmstart.torch")
+    module = torch.nn.Linear(8, 8, bias=False)
+    weight = module.weight
+    with client.acquire("one") as model:
+        gpu = model.devices[0]
+        assert gpu.startswith("GPU-") and len(model.devices) == 1
+        # Off the GPU: refused, whatever torch has.
+        with pytest.raises(warmstart.InvalidArgument) as error:
+            wtorch.load_into_module(module, model, device="cpu")
+        # (No CUDA in torch: the GPU is named by its UUID alone.)
+        assert (f"model one is resident on {gpu} only; device='cpu' would "
+                f"copy it off the GPU") in str(error.value)
+        # Where it is: torch (CPU-only) cannot hold it, and says why.
+        with pytest.raises(warmstart.FailedPrecondition) as error:
+            wtorch.load_into_module(module, model)
+        assert (f"model one: its copy on {gpu} needs a GPU, but torch "
+                f"{torch.__version__}") in str(error.value)
+    # By name: refused before anything is acquired.
+    with pytest.raises(warmstart.FailedPrecondition):
+        wtorch.load_into_module(module, "one", client=client, device="cuda")
+    assert module.weight is weight and weight.device.type == "cpu"
+    gc.collect()
+    assert wait_for(lambda: daemon.leases("one") == 0, 30)
