@@ -253,11 +253,12 @@ def load_driver():
 class HostRegistration:
     """Registers host ranges with the driver read-only for the duration of
     a host->GPU copy (a context manager; `driver` a CudaDriver, or None
-    with `no_driver` saying why there is none). `pinned` says whether every range
-    is page-locked (registered here, or already registered by someone
-    else: left registered on exit); `note` says why not where not. A range
-    the driver refuses makes the whole copy pageable: the ranges registered
-    so far are unregistered at once, and the copy still runs (slower).
+    with `no_driver` saying why there is none). `pinned` says whether
+    every range is page-locked (registered here, or already registered by
+    someone else: left registered on exit); `note` says why not where
+    not. A range the driver refuses makes the whole copy pageable: the
+    ranges registered so far are unregistered at once, and the copy still
+    runs (slower).
 
     `before_unregister` (the caller's wait for its copies) runs on exit
     before any range is unregistered, whatever happened: unregistering
