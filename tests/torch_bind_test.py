@@ -377,11 +377,19 @@ def test_a_write_to_bound_weights_is_refused_by_the_memory(env):
     assert result.returncode == -signal.SIGSEGV
 
 
-def test_device_of_the_model_binds_without_a_copy(env):
+@pytest.mark.parametrize("device", ["cpu", None])
+def test_device_of_the_model_binds_without_a_copy(env, monkeypatch, device):
+    # A host bind never asks torch about CUDA: is_available() initialises
+    # the driver (and a forked child could use CUDA no more).
+    def no_cuda_question():
+        raise AssertionError("torch.cuda.is_available() called")
+
+    monkeypatch.setattr(torch.cuda, "is_available", no_cuda_question)
+    monkeypatch.setattr(torch.version, "cuda", "12.1")  # As a CUDA build.
     write_linear(env, "one")
     module = torch.nn.Linear(8, 8, bias=False)
     with env["client"].acquire("one") as model:
-        report = wtorch.load_into_module(module, model, device="cpu")
+        report = wtorch.load_into_module(module, model, device=device)
         assert report.bound == ["weight"] and report.copied == []
         assert report.host_copy == ""
         assert_bound_to_resident(module, model, {"weight": "weight"})

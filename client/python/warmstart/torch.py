@@ -277,6 +277,18 @@ def _label(model):
     return "model"
 
 
+# Where neither the device asked for nor the model is a GPU, torch's CUDA
+# is never asked about: torch.cuda.is_available() initialises the driver
+# (cudaGetDeviceCount), which a host-only worker should not pay for and
+# after which a forked child (a DataLoader worker) cannot use CUDA.
+_NO_GPU_WANTED = _devices.CudaState(False, "no GPU was asked for", 0, 0, {})
+
+
+def _wants_gpu(device, devices):
+    return (device is not None and device.type == "cuda") or any(
+        key != _devices.HOST for key in devices)
+
+
 def _cuda_state(devices):
     uuids = [key for key in devices if key != _devices.HOST]
     return _devices.torch_cuda_state(torch, uuids, _torch_device)
@@ -337,7 +349,8 @@ def load_into_module(module, model, *, key_map=None, strict=True,
     # cannot use costs no lease.
     label = _label(model)
     device = _devices.parse_device(torch, label, device)
-    _devices.require_cuda(label, device, _cuda_state(()))
+    if _wants_gpu(device, ()):
+        _devices.require_cuda(label, device, _cuda_state(()))
     model, acquired = _as_model(model, client)
     try:
         if model.released:
@@ -345,7 +358,8 @@ def load_into_module(module, model, *, key_map=None, strict=True,
                 f"warmstart.torch: model {model.name} was released; acquire "
                 f"it again")
         label = f"model {model.name}"
-        cuda = _cuda_state(model.devices)
+        cuda = _cuda_state(model.devices) if _wants_gpu(
+            device, model.devices) else _NO_GPU_WANTED
         source = _devices.choose_source(torch, label, model.devices, device,
                                         cuda)
         _devices.require_cuda(
@@ -679,9 +693,9 @@ def from_pretrained(config_or_dir, model, *, client=None, torch_dtype="auto",
         if isinstance(torch_dtype, str):
             torch_dtype = getattr(torch, torch_dtype)
     # As load_into_module, checked before anything is built or acquired.
-    _devices.require_cuda(_label(model),
-                          _devices.parse_device(torch, _label(model), device),
-                          _cuda_state(()))
+    parsed = _devices.parse_device(torch, _label(model), device)
+    if _wants_gpu(parsed, ()):
+        _devices.require_cuda(_label(model), parsed, _cuda_state(()))
     acquired = False
     if not isinstance(model, Model):
         if client is None:
