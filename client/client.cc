@@ -13,7 +13,7 @@
 #include "absl/strings/string_view.h"
 #include "client/connection.h"
 #include "client/session.h"
-#include "client/unique_fd.h"
+#include "common/scoped_fd.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/health.grpc.pb.h"
 
@@ -333,13 +333,12 @@ absl::StatusOr<ModelMapping> Client::Acquire(const std::string& name,
       connection_->stub().AcquireModel(&context, request, &lease);
   if (!status.ok()) return connection_->FromGrpc(status);
 
-  std::vector<internal::UniqueFd> fds;
+  std::vector<ScopedFd> fds;
   if (lease.fd_transfer_id() != 0) {
     // The daemon sent the bundle before its reply, so it is already queued;
     // the wait only covers a daemon that broke that promise.
-    absl::StatusOr<std::vector<internal::UniqueFd>> received =
-        (*session)->ReceiveFds(lease.fd_transfer_id(),
-                               absl::Now() + connection_->connect_timeout());
+    absl::StatusOr<std::vector<ScopedFd>> received = (*session)->ReceiveFds(
+        lease.fd_transfer_id(), absl::Now() + connection_->connect_timeout());
     if (!received.ok()) {
       connection_->ReleaseLease(**session, lease.lease_id()).IgnoreError();
       return absl::Status(received.status().code(),

@@ -14,8 +14,8 @@
 
 #include "absl/cleanup/cleanup.h"
 #include "client/testing/fake_daemon.h"
-#include "daemon/base/testing/status_matchers.h"
-#include "daemon/base/testing/test_env.h"
+#include "common/testing/status_matchers.h"
+#include "common/testing/test_env.h"
 #include "tests/subprocess.h"
 
 namespace warmstart {

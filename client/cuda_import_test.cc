@@ -20,8 +20,8 @@
 #include <string>
 #include <type_traits>
 
-#include "daemon/base/testing/status_matchers.h"
-#include "daemon/base/testing/test_env.h"
+#include "common/testing/status_matchers.h"
+#include "common/testing/test_env.h"
 #include "daemon/device/testing/cuda_sim.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"

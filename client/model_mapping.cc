@@ -12,7 +12,7 @@
 #include "client/connection.h"
 #include "client/cuda_import.h"
 #include "client/session.h"
-#include "client/unique_fd.h"
+#include "common/scoped_fd.h"
 
 namespace warmstart {
 namespace client {
@@ -116,7 +116,7 @@ absl::Status ModelMapping::Release() {
 absl::StatusOr<ModelMapping> ModelMapping::Map(
     std::shared_ptr<internal::Connection> connection,
     std::shared_ptr<internal::Session> session, v1::Lease lease,
-    std::vector<internal::UniqueFd> fds) {
+    std::vector<ScopedFd> fds) {
   ModelMapping mapping;
   mapping.connection_ = std::move(connection);
   mapping.session_ = std::move(session);
@@ -125,7 +125,7 @@ absl::StatusOr<ModelMapping> ModelMapping::Map(
     mapping.metadata_json_ = mapping.lease_.metadata_json();
   }
   mapping.fds_.reserve(fds.size());
-  for (internal::UniqueFd& fd : fds) mapping.fds_.push_back(fd.Release());
+  for (ScopedFd& fd : fds) mapping.fds_.push_back(fd.release());
   mapping.held_ = true;
   // From here on the mapping owns everything: on error, Release() unmaps,
   // closes the descriptors and ends the lease.
@@ -235,9 +235,9 @@ absl::Status ModelMapping::ImportGpuAllocation(int index) {
   const v1::Allocation& allocation = lease_.allocations(index);
   // The import holds the memory by itself: the descriptor would only count
   // against this process's limit until Release().
-  internal::UniqueFd fd;
+  ScopedFd fd;
   if (allocation.kind() == v1::CUDA_VMM_FD) {
-    fd.Reset(std::exchange(fds_[allocation.fd_index()], -1));
+    fd.reset(std::exchange(fds_[allocation.fd_index()], -1));
   }
   if (allocation.size() == 0) {
     AddViews(allocation, nullptr, /*read_only=*/true);

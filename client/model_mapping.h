@@ -15,13 +15,15 @@
 #include "proto/warmstart.pb.h"
 
 namespace warmstart {
+
+class ScopedFd;
+
 namespace client {
 
 namespace internal {
 class Connection;
 class CudaImport;
 class Session;
-class UniqueFd;
 }  // namespace internal
 
 // One tensor in one allocation (one device's copy of the model). Plain
@@ -133,7 +135,7 @@ class ModelMapping {
   static absl::StatusOr<ModelMapping> Map(
       std::shared_ptr<internal::Connection> connection,
       std::shared_ptr<internal::Session> session, v1::Lease lease,
-      std::vector<internal::UniqueFd> fds);
+      std::vector<ScopedFd> fds);
 
   // Maps every allocation and fills tensors_/index_. REQUIRES: held_.
   absl::Status MapAllocations();

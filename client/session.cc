@@ -45,7 +45,7 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Open(
                      sizeof(address.sun_path) - 1, " bytes"));
   }
   std::memcpy(address.sun_path, handle_path.data(), handle_path.size());
-  UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  ScopedFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
   if (!fd.valid()) {
     return absl::InternalError(
         absl::StrCat("socket(AF_UNIX, SOCK_SEQPACKET): ", ErrnoText(errno)));
@@ -127,7 +127,7 @@ bool Session::DiscardQueued() {
   return !Closed();
 }
 
-absl::StatusOr<std::vector<UniqueFd>> Session::ReceiveFds(uint64_t transfer_id,
+absl::StatusOr<std::vector<ScopedFd>> Session::ReceiveFds(uint64_t transfer_id,
                                                           absl::Time deadline) {
   for (;;) {
     absl::StatusOr<Datagram> datagram = Receive(deadline);

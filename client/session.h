@@ -17,7 +17,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "client/unique_fd.h"
+#include "common/scoped_fd.h"
 #include "proto/warmstart.pb.h"
 
 namespace warmstart {
@@ -71,7 +71,7 @@ class Session {
   // (their acquire failed) and are closed. Unavailable when the session
   // closes first; DataLoss when the bundle does not arrive by `deadline`
   // or its descriptors do not match its announced count (they are closed).
-  absl::StatusOr<std::vector<UniqueFd>> ReceiveFds(uint64_t transfer_id,
+  absl::StatusOr<std::vector<ScopedFd>> ReceiveFds(uint64_t transfer_id,
                                                    absl::Time deadline);
 
   // The leases of the stale bundles dropped so far (their acquires gave up
@@ -84,13 +84,13 @@ class Session {
  private:
   struct Datagram {
     v1::HandleMessage message;
-    std::vector<UniqueFd> fds;
+    std::vector<ScopedFd> fds;
     // The kernel dropped descriptors (MSG_CTRUNC): too many, or the
     // process is out of descriptors.
     bool fds_truncated = false;
   };
 
-  Session(UniqueFd fd, std::string handle_path, std::string daemon_socket)
+  Session(ScopedFd fd, std::string handle_path, std::string daemon_socket)
       : fd_(std::move(fd)),
         handle_path_(std::move(handle_path)),
         daemon_socket_(std::move(daemon_socket)) {}
@@ -99,7 +99,7 @@ class Session {
   // Unavailable (and Closed() from then on) at end of stream.
   absl::StatusOr<Datagram> Receive(absl::Time deadline);
 
-  UniqueFd fd_;
+  ScopedFd fd_;
   std::string id_;
   const std::string handle_path_;
   const std::string daemon_socket_;

@@ -23,6 +23,7 @@
 #include "client/client.h"
 #include "client/model_mapping.h"
 #include "client/warmstart.h"
+#include "common/version.h"
 #include "nlohmann/json.hpp"
 #include "proto/warmstart.pb.h"
 
@@ -47,10 +48,6 @@ using warmstart::client::ConnectOptions;
 using warmstart::client::ModelMapping;
 using warmstart::client::TensorView;
 using warmstart::v1::ModelStatus;
-
-// The release this library belongs to. The client does not depend on
-// daemon code: keep it equal to kVersion in daemon/base/version.h.
-constexpr char kVersion[] = "0.1.0";
 
 // Stores `message` (made one line) in *errptr, freeing what was there, and
 // returns `code`. Never throws: on want of memory *errptr becomes NULL.
@@ -178,7 +175,7 @@ char* MallocCopy(const std::string& text) {
 
 extern "C" {
 
-const char* warmstart_version(void) { return kVersion; }
+const char* warmstart_version(void) { return warmstart::kVersion; }
 
 void warmstart_free(void* pointer) { std::free(pointer); }
 

@@ -2,8 +2,8 @@
 #include <signal.h>
 #include <sys/stat.h>
 
-#include "daemon/base/testing/status_matchers.h"
-#include "daemon/base/testing/test_env.h"
+#include "common/testing/status_matchers.h"
+#include "common/testing/test_env.h"
 #include "nlohmann/json.hpp"
 #include "tests/subprocess.h"
 

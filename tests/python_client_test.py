@@ -496,7 +496,7 @@ def test_arrays_survive_the_daemon(daemon, root, client):
 
 def test_version_is_the_release():
     """libwarmstart.so keeps its own copy of the version: the same as
-    warmstartctl's (daemon/base/version.h)."""
+    warmstartctl's (common/version.h)."""
     ctl = subprocess.run([CTL, "--version"], capture_output=True, text=True,
                          env=NATIVE_ENV)
     assert ctl.returncode == 0

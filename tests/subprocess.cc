@@ -10,7 +10,7 @@
 #include <cstdlib>
 #include <thread>
 
-#include "daemon/base/testing/test_env.h"
+#include "common/testing/test_env.h"
 
 extern char** environ;
 

@@ -2,7 +2,7 @@
 # Builds the wheel of the Python package `warmstart` (with its dist-info,
 # libwarmstart.so inside the package) into OUTDIR, offline, with Debian's
 # pip, setuptools and wheel; prints the wheel's path. The version is the
-# daemon's: kVersion in daemon/base/version.h.
+# daemon's: kVersion in common/version.h.
 # Usage: build_wheel.sh PACKAGE_DIR LIBWARMSTART_SO VERSION_H OUTDIR
 #   PACKAGE_DIR: client/python (holding setup.py and warmstart/).
 set -euo pipefail

@@ -2,7 +2,7 @@
 build_wheel.sh runs it on a staging copy of the package that holds
 libwarmstart.so beside __init__.py. Not for running by hand.
 
-The version is the daemon's (kVersion in daemon/base/version.h), passed in
+The version is the daemon's (kVersion in common/version.h), passed in
 $WARMSTART_VERSION. The wheel carries a native library, so it is tagged for
 this platform (py3-none-linux_x86_64: any Python 3, as ctypes needs no
 particular ABI).

@@ -14,7 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
-#include "daemon/base/errno_status.h"
+#include "common/errno_status.h"
 
 // Older C libraries lack the number; it is the same on every architecture.
 #ifndef SYS_openat2

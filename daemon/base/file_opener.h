@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "daemon/base/scoped_fd.h"
+#include "common/scoped_fd.h"
 
 namespace warmstart {
 

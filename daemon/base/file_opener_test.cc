@@ -11,8 +11,8 @@
 
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
-#include "daemon/base/testing/status_matchers.h"
-#include "daemon/base/testing/test_env.h"
+#include "common/testing/status_matchers.h"
+#include "common/testing/test_env.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 

@@ -6,7 +6,7 @@
 #include <cstdio>
 #include <string>
 
-#include "daemon/base/testing/status_matchers.h"
+#include "common/testing/status_matchers.h"
 
 namespace warmstart {
 namespace {

@@ -16,9 +16,9 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
-#include "daemon/base/errno_status.h"
-#include "daemon/base/scoped_fd.h"
-#include "daemon/base/status_macros.h"
+#include "common/errno_status.h"
+#include "common/scoped_fd.h"
+#include "common/status_macros.h"
 #include "daemon/bench/page_cache.h"
 #include "daemon/formats/checkpoint.h"
 #include "daemon/io/read_file.h"
@@ -88,7 +88,8 @@ absl::StatusOr<absl::Duration> OdirectReadBaseline(
   std::unique_ptr<void, decltype(&std::free)> owned(buffer, &std::free);
   const absl::Time start = absl::Now();
   for (const std::string& path : files) {
-    ASSIGN_OR_RETURN(ReadFile file, OpenReadFile(path, /*want_direct=*/true));
+    WS_ASSIGN_OR_RETURN(ReadFile file,
+                        OpenReadFile(path, /*want_direct=*/true));
     for (uint64_t offset = 0; offset < file.size;) {
       const ssize_t n =
           ::pread(file.fd.get(), buffer, kBuffer, static_cast<off_t>(offset));
@@ -116,7 +117,8 @@ absl::StatusOr<absl::Duration> OdirectManyReadsBaseline(
   char* const base = static_cast<char*>(buffer);
   std::vector<ReadFile> opened;
   for (const std::string& path : files) {
-    ASSIGN_OR_RETURN(ReadFile file, OpenReadFile(path, /*want_direct=*/true));
+    WS_ASSIGN_OR_RETURN(ReadFile file,
+                        OpenReadFile(path, /*want_direct=*/true));
     opened.push_back(std::move(file));
   }
   absl::Mutex mutex;
@@ -151,7 +153,7 @@ absl::StatusOr<absl::Duration> OdirectManyReadsBaseline(
   engine->Drain();
   const absl::Duration elapsed = absl::Now() - start;
   absl::MutexLock lock(&mutex);
-  RETURN_IF_ERROR(first_error);
+  WS_RETURN_IF_ERROR(first_error);
   return elapsed;
 }
 
@@ -202,8 +204,8 @@ absl::StatusOr<absl::Duration> PageCacheToFreshShmBaseline(
 // allocation, slab-sized copies in flight on every slab, and returns GB/s.
 absl::StatusOr<double> HostToDevicePeak(Device* device, StagingPool* pool,
                                         uint64_t total) {
-  ASSIGN_OR_RETURN(std::unique_ptr<DeviceAllocation> target,
-                   device->Allocate(total, "bench-h2d"));
+  WS_ASSIGN_OR_RETURN(std::unique_ptr<DeviceAllocation> target,
+                      device->Allocate(total, "bench-h2d"));
   auto errors = std::make_shared<absl::Status>();
   auto mutex = std::make_shared<absl::Mutex>();
   const absl::Time start = absl::Now();
@@ -217,11 +219,11 @@ absl::StatusOr<double> HostToDevicePeak(Device* device, StagingPool* pool,
                            slab.reset();
                          });
   }
-  RETURN_IF_ERROR(device->Synchronize());
+  WS_RETURN_IF_ERROR(device->Synchronize());
   const absl::Duration elapsed = absl::Now() - start;
   {
     absl::MutexLock lock(mutex.get());
-    RETURN_IF_ERROR(*errors);
+    WS_RETURN_IF_ERROR(*errors);
   }
   return GigabytesPerSecond(total, elapsed);
 }
@@ -278,10 +280,10 @@ absl::StatusOr<absl::Duration> ParallelRangedGetBaseline(
   std::unique_ptr<char[]> buffer(new char[window]);
   const absl::Time start = absl::Now();
   for (const FileManifest& file : manifest.files) {
-    ASSIGN_OR_RETURN(std::unique_ptr<RemoteObject> object,
-                     remote.Open(file.path));
+    WS_ASSIGN_OR_RETURN(std::unique_ptr<RemoteObject> object,
+                        remote.Open(file.path));
     for (uint64_t offset = 0; offset < object->size(); offset += window) {
-      RETURN_IF_ERROR(object->ReadAt(
+      WS_RETURN_IF_ERROR(object->ReadAt(
           offset, std::min(window, object->size() - offset), buffer.get()));
     }
   }
@@ -307,13 +309,14 @@ absl::StatusOr<BenchResult> RunBench(const BenchOptions& options,
           "bench: give either local paths or URLs, not both (their modes "
           "differ)");
     }
-    ASSIGN_OR_RETURN(remote, RemoteSources::Create(std::move(remote_options)));
+    WS_ASSIGN_OR_RETURN(remote,
+                        RemoteSources::Create(std::move(remote_options)));
   }
   ParseOptions parse_options;
   parse_options.remote = remote.get();
   Manifest manifest;
   for (const std::string& path : options.paths) {
-    ASSIGN_OR_RETURN(Manifest part, OpenCheckpoint(path, parse_options));
+    WS_ASSIGN_OR_RETURN(Manifest part, OpenCheckpoint(path, parse_options));
     for (FileManifest& file : part.files) {
       manifest.files.push_back(std::move(file));
     }
@@ -330,16 +333,16 @@ absl::StatusOr<BenchResult> RunBench(const BenchOptions& options,
 
   // The pool is declared first so that it outlives the engine its slabs are
   // registered with.
-  ASSIGN_OR_RETURN(
+  WS_ASSIGN_OR_RETURN(
       std::unique_ptr<StagingPool> pool,
       StagingPool::Create({options.staging_bytes, options.slab_bytes}, device));
   ReadEngineOptions engine_options;
   engine_options.kind = options.io;
-  ASSIGN_OR_RETURN(std::unique_ptr<ReadEngine> engine,
-                   CreateReadEngine(engine_options));
+  WS_ASSIGN_OR_RETURN(std::unique_ptr<ReadEngine> engine,
+                      CreateReadEngine(engine_options));
   result.io = std::string(engine->name());
   std::atomic<uint64_t> peak{0};
-  RETURN_IF_ERROR(engine->RegisterBuffers(pool->Regions()));
+  WS_RETURN_IF_ERROR(engine->RegisterBuffers(pool->Regions()));
   Loader loader(engine.get(), pool.get(), device);
   auto log = [&](const std::string& line) {
     if (options.log) options.log(line);
@@ -347,8 +350,8 @@ absl::StatusOr<BenchResult> RunBench(const BenchOptions& options,
 
   auto set_cache = [&](bool cold) -> absl::Status {
     for (const std::string& path : files) {
-      RETURN_IF_ERROR(cold ? EvictFromPageCache(path) : WarmPageCache(path));
-      ASSIGN_OR_RETURN(double resident, ResidentFraction(path));
+      WS_RETURN_IF_ERROR(cold ? EvictFromPageCache(path) : WarmPageCache(path));
+      WS_ASSIGN_OR_RETURN(double resident, ResidentFraction(path));
       if (cold ? resident > 0.05 : resident < 0.95) {
         return absl::FailedPreconditionError(absl::StrFormat(
             "%s: %.0f%% of its pages are cached after trying to make it %s",
@@ -369,12 +372,12 @@ absl::StatusOr<BenchResult> RunBench(const BenchOptions& options,
       {
         RssSampler sampler(&peak);
         const absl::Time start = absl::Now();
-        ASSIGN_OR_RETURN(LoadedModel model,
-                         loader.Load(manifest, "bench", load_options));
+        WS_ASSIGN_OR_RETURN(LoadedModel model,
+                            loader.Load(manifest, "bench", load_options));
         load_time = absl::Now() - start;
       }
-      ASSIGN_OR_RETURN(absl::Duration baseline_time,
-                       ParallelRangedGetBaseline(manifest, *remote));
+      WS_ASSIGN_OR_RETURN(absl::Duration baseline_time,
+                          ParallelRangedGetBaseline(manifest, *remote));
       const double load = GigabytesPerSecond(result.file_bytes, load_time);
       const double baseline =
           GigabytesPerSecond(result.file_bytes, baseline_time);
@@ -397,29 +400,29 @@ absl::StatusOr<BenchResult> RunBench(const BenchOptions& options,
     mode.mode = cold ? "cold" : "warm";
     mode.baseline = cold ? "odirect_read" : "pagecache_to_fresh_shm";
     for (int run = 0; run < options.runs; ++run) {
-      RETURN_IF_ERROR(set_cache(cold));
+      WS_RETURN_IF_ERROR(set_cache(cold));
       LoadOptions load_options;
       load_options.direct_io = cold;
       absl::Duration load_time;
       {
         RssSampler sampler(&peak);
         const absl::Time start = absl::Now();
-        ASSIGN_OR_RETURN(LoadedModel model,
-                         loader.Load(manifest, "bench", load_options));
+        WS_ASSIGN_OR_RETURN(LoadedModel model,
+                            loader.Load(manifest, "bench", load_options));
         // Freeing the model is not part of loading it (the baselines do not
         // time their unmapping either), nor is checking it.
         load_time = absl::Now() - start;
-        RETURN_IF_ERROR(VerifyAgainstFiles(manifest, model));
+        WS_RETURN_IF_ERROR(VerifyAgainstFiles(manifest, model));
         result.bytes_verified += model.tensor_bytes;
       }
       const double load = GigabytesPerSecond(result.file_bytes, load_time);
-      RETURN_IF_ERROR(set_cache(cold));
+      WS_RETURN_IF_ERROR(set_cache(cold));
       absl::Duration baseline_time;
       if (cold) {
-        ASSIGN_OR_RETURN(baseline_time, OdirectReadBaseline(files));
+        WS_ASSIGN_OR_RETURN(baseline_time, OdirectReadBaseline(files));
       } else {
-        ASSIGN_OR_RETURN(baseline_time,
-                         PageCacheToFreshShmBaseline(files, result.file_bytes));
+        WS_ASSIGN_OR_RETURN(baseline_time, PageCacheToFreshShmBaseline(
+                                               files, result.file_bytes));
       }
       const double baseline =
           GigabytesPerSecond(result.file_bytes, baseline_time);
@@ -428,10 +431,10 @@ absl::StatusOr<BenchResult> RunBench(const BenchOptions& options,
       mode.ratios.push_back(load / baseline);
       std::string second;
       if (cold) {
-        RETURN_IF_ERROR(set_cache(cold));
+        WS_RETURN_IF_ERROR(set_cache(cold));
         mode.second_baseline = "odirect_many_reads";
-        ASSIGN_OR_RETURN(absl::Duration many_time,
-                         OdirectManyReadsBaseline(files, engine.get()));
+        WS_ASSIGN_OR_RETURN(absl::Duration many_time,
+                            OdirectManyReadsBaseline(files, engine.get()));
         const double many = GigabytesPerSecond(result.file_bytes, many_time);
         mode.second_baseline_gbps.push_back(many);
         mode.second_ratios.push_back(load / many);
@@ -456,8 +459,8 @@ absl::StatusOr<BenchResult> RunBench(const BenchOptions& options,
     mode.mode = "h2d_peak";
     const uint64_t total = std::min<uint64_t>(result.file_bytes, 4ull << 30);
     for (int run = 0; run < options.runs; ++run) {
-      ASSIGN_OR_RETURN(double gbps,
-                       HostToDevicePeak(device, pool.get(), total));
+      WS_ASSIGN_OR_RETURN(double gbps,
+                          HostToDevicePeak(device, pool.get(), total));
       mode.load_gbps.push_back(gbps);
       log(absl::StrFormat("h2d_peak run %d: %.3f GB/s", run + 1, gbps));
     }

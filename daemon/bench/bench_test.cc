@@ -3,8 +3,8 @@
 #include <fstream>
 #include <string>
 
-#include "daemon/base/testing/status_matchers.h"
-#include "daemon/base/testing/test_env.h"
+#include "common/testing/status_matchers.h"
+#include "common/testing/test_env.h"
 #include "daemon/bench/page_cache.h"
 #include "daemon/device/host_device.h"
 

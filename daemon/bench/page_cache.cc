@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "daemon/base/errno_status.h"
-#include "daemon/base/scoped_fd.h"
+#include "common/errno_status.h"
+#include "common/scoped_fd.h"
 
 namespace warmstart {
 namespace {

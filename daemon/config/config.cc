@@ -21,9 +21,9 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
-#include "daemon/base/errno_status.h"
-#include "daemon/base/scoped_fd.h"
-#include "daemon/base/status_macros.h"
+#include "common/errno_status.h"
+#include "common/scoped_fd.h"
+#include "common/status_macros.h"
 #include "google/protobuf/io/tokenizer.h"
 #include "google/protobuf/text_format.h"
 
@@ -225,11 +225,11 @@ absl::Status ValidateListen(const v1::Listen& listen) {
         absl::StrFormat("%#o is not a permission mode (at most 0777)",
                         listen.socket_mode()));
   }
-  RETURN_IF_ERROR(ValidateHostPort("listen.tcp_address", listen.tcp_address(),
-                                   listen.allow_non_loopback()));
-  RETURN_IF_ERROR(ValidateHostPort("listen.metrics_address",
-                                   listen.metrics_address(),
-                                   listen.allow_non_loopback()));
+  WS_RETURN_IF_ERROR(ValidateHostPort(
+      "listen.tcp_address", listen.tcp_address(), listen.allow_non_loopback()));
+  WS_RETURN_IF_ERROR(ValidateHostPort("listen.metrics_address",
+                                      listen.metrics_address(),
+                                      listen.allow_non_loopback()));
   return absl::OkStatus();
 }
 
@@ -332,7 +332,7 @@ absl::Status ValidateRemote(const DaemonConfig& config) {
 }
 
 absl::Status ValidateModels(const DaemonConfig& config) {
-  RETURN_IF_ERROR(ValidateRemote(config));
+  WS_RETURN_IF_ERROR(ValidateRemote(config));
   std::vector<std::string> roots;
   for (int i = 0; i < config.model_roots_size(); ++i) {
     const std::string field = absl::StrCat("model_roots[", i, "]");
@@ -370,7 +370,7 @@ absl::Status ValidateModels(const DaemonConfig& config) {
                        absl::StrCat("\"", path,
                                     "\" is not beneath any of remote_sources"));
       }
-      RETURN_IF_ERROR(ValidateKey(preload.key(), field + ".key"));
+      WS_RETURN_IF_ERROR(ValidateKey(preload.key(), field + ".key"));
       continue;
     }
     if (path.empty() || path[0] != '/') {
@@ -390,7 +390,7 @@ absl::Status ValidateModels(const DaemonConfig& config) {
           field + ".path",
           absl::StrCat("\"", path, "\" is not beneath any of model_roots"));
     }
-    RETURN_IF_ERROR(ValidateKey(preload.key(), field + ".key"));
+    WS_RETURN_IF_ERROR(ValidateKey(preload.key(), field + ".key"));
   }
   return absl::OkStatus();
 }
@@ -427,7 +427,7 @@ absl::Status ValidateMemory(const DaemonConfig& config) {
 }  // namespace
 
 absl::StatusOr<DaemonConfig> LoadConfigFile(const std::string& path) {
-  ASSIGN_OR_RETURN(const std::string text, ReadFile(path));
+  WS_ASSIGN_OR_RETURN(const std::string text, ReadFile(path));
   google::protobuf::TextFormat::Parser parser;
   FirstErrorCollector errors;
   parser.RecordErrorsTo(&errors);
@@ -460,9 +460,9 @@ void ApplyDefaults(DaemonConfig& config) {
 }
 
 absl::Status ValidateConfig(const DaemonConfig& config) {
-  RETURN_IF_ERROR(ValidateListen(config.listen()));
-  RETURN_IF_ERROR(ValidateModels(config));
-  RETURN_IF_ERROR(ValidateMemory(config));
+  WS_RETURN_IF_ERROR(ValidateListen(config.listen()));
+  WS_RETURN_IF_ERROR(ValidateModels(config));
+  WS_RETURN_IF_ERROR(ValidateMemory(config));
   if (config.shutdown_grace_seconds() > kMaxShutdownGraceSeconds) {
     return Invalid("shutdown_grace_seconds",
                    absl::StrCat(config.shutdown_grace_seconds(),
@@ -474,11 +474,11 @@ absl::Status ValidateConfig(const DaemonConfig& config) {
 absl::StatusOr<DaemonConfig> BuildConfig(const ConfigFlags& flags) {
   DaemonConfig config;
   if (!flags.config.empty()) {
-    ASSIGN_OR_RETURN(config, LoadConfigFile(flags.config));
+    WS_ASSIGN_OR_RETURN(config, LoadConfigFile(flags.config));
   }
-  RETURN_IF_ERROR(ApplyFlags(flags, config));
+  WS_RETURN_IF_ERROR(ApplyFlags(flags, config));
   ApplyDefaults(config);
-  RETURN_IF_ERROR(ValidateConfig(config));
+  WS_RETURN_IF_ERROR(ValidateConfig(config));
   return config;
 }
 

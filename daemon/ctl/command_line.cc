@@ -4,7 +4,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "daemon/base/errno_status.h"
+#include "common/errno_status.h"
 #include "daemon/formats/tensor_data.h"
 
 namespace warmstart {

@@ -3,8 +3,8 @@
 #include <cerrno>
 #include <cstdlib>
 
-#include "daemon/base/errno_status.h"
-#include "daemon/base/testing/status_matchers.h"
+#include "common/errno_status.h"
+#include "common/testing/status_matchers.h"
 #include "daemon/formats/tensor_data.h"
 
 namespace warmstart {

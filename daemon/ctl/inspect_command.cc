@@ -8,8 +8,8 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/status_macros.h"
 #include "daemon/base/printable.h"
-#include "daemon/base/status_macros.h"
 #include "daemon/formats/byte_source.h"
 #include "daemon/formats/checkpoint.h"
 #include "daemon/formats/key_provider.h"
@@ -38,12 +38,13 @@ int KeyFlagCount(const CommandLine& line) {
 absl::StatusOr<std::unique_ptr<KeyProvider>> KeysFromCommandLine(
     const CommandLine& line) {
   if (line.values.count("--key-hex")) {
-    ASSIGN_OR_RETURN(KeyMaterial key, KeyFromHex(line.Value("--key-hex", "")));
+    WS_ASSIGN_OR_RETURN(KeyMaterial key,
+                        KeyFromHex(line.Value("--key-hex", "")));
     return std::make_unique<KeyProvider>(std::move(key));
   }
   if (line.values.count("--key-file")) {
-    ASSIGN_OR_RETURN(KeyMaterial key,
-                     KeyFromFile(line.Value("--key-file", "")));
+    WS_ASSIGN_OR_RETURN(KeyMaterial key,
+                        KeyFromFile(line.Value("--key-file", "")));
     return std::make_unique<KeyProvider>(std::move(key));
   }
   if (line.values.count("--password")) {
@@ -51,8 +52,8 @@ absl::StatusOr<std::unique_ptr<KeyProvider>> KeysFromCommandLine(
         Password(line.Value("--password", "")));
   }
   if (line.values.count("--password-file")) {
-    ASSIGN_OR_RETURN(Password password,
-                     PasswordFromFile(line.Value("--password-file", "")));
+    WS_ASSIGN_OR_RETURN(Password password,
+                        PasswordFromFile(line.Value("--password-file", "")));
     return std::make_unique<KeyProvider>(std::move(password));
   }
   return std::make_unique<KeyProvider>();
@@ -73,14 +74,14 @@ struct InspectOptions {
 absl::Status InspectPath(const std::string& path, const InspectOptions& options,
                          KeyProvider& keys, Json& json_files, std::string& text,
                          uint64_t& verified) {
-  ASSIGN_OR_RETURN(Manifest manifest, OpenCheckpoint(path, options.parse));
+  WS_ASSIGN_OR_RETURN(Manifest manifest, OpenCheckpoint(path, options.parse));
   for (const FileManifest& file : manifest.files) {
     std::unique_ptr<ByteSource> source;
     if (options.hash || options.verify) {
       if (IsRemoteUrl(file.path)) {
-        ASSIGN_OR_RETURN(source, options.parse.remote->OpenUrl(file.path));
+        WS_ASSIGN_OR_RETURN(source, options.parse.remote->OpenUrl(file.path));
       } else {
-        ASSIGN_OR_RETURN(source, FileByteSource::Open(file.path));
+        WS_ASSIGN_OR_RETURN(source, FileByteSource::Open(file.path));
       }
     }
     Json tensors = Json::array();
@@ -90,14 +91,14 @@ absl::Status InspectPath(const std::string& path, const InspectOptions& options,
       total_bytes += tensor.nbytes;
       std::optional<std::string> sha256;
       if (source != nullptr) {
-        ASSIGN_OR_RETURN(const KeyMaterial* key,
-                         keys.KeyFor(file.path, tensor));
+        WS_ASSIGN_OR_RETURN(const KeyMaterial* key,
+                            keys.KeyFor(file.path, tensor));
         if (options.verify) {
-          RETURN_IF_ERROR(VerifyStoredChecksums(*source, tensor, key));
+          WS_RETURN_IF_ERROR(VerifyStoredChecksums(*source, tensor, key));
           verified += tensor.checksums.size();
         }
         if (options.hash) {
-          ASSIGN_OR_RETURN(sha256, TensorSha256Hex(*source, tensor, key));
+          WS_ASSIGN_OR_RETURN(sha256, TensorSha256Hex(*source, tensor, key));
         }
       }
       if (options.json) {

@@ -8,8 +8,8 @@
 #include "absl/strings/str_split.h"
 #include "client/client.h"
 #include "client/testing/fake_daemon.h"
-#include "daemon/base/testing/status_matchers.h"
-#include "daemon/base/testing/test_env.h"
+#include "common/testing/status_matchers.h"
+#include "common/testing/test_env.h"
 #include "daemon/ctl/daemon_commands.h"
 #include "nlohmann/json.hpp"
 

@@ -5,7 +5,7 @@
 #include <limits>
 #include <string>
 
-#include "daemon/base/testing/status_matchers.h"
+#include "common/testing/status_matchers.h"
 
 namespace warmstart {
 namespace ctl {

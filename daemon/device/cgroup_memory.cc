@@ -13,8 +13,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
-#include "daemon/base/errno_status.h"
-#include "daemon/base/status_macros.h"
+#include "common/errno_status.h"
+#include "common/status_macros.h"
 
 namespace warmstart {
 namespace {
@@ -146,9 +146,9 @@ absl::StatusOr<CgroupMemory> ReadCgroupMemory(
            {cgroup_root, absl::StrCat(cgroup_root, "/unified")}) {
         if (!IsDirectory(mount)) continue;
         const std::vector<std::string> levels = Levels(mount, path);
-        RETURN_IF_ERROR(Tighten(levels, "memory.max", "memory.current",
-                                "inactive_file",
-                                std::numeric_limits<uint64_t>::max(), out));
+        WS_RETURN_IF_ERROR(Tighten(levels, "memory.max", "memory.current",
+                                   "inactive_file",
+                                   std::numeric_limits<uint64_t>::max(), out));
         if (out.shmem == 0 && HoldsOneProcess(levels.front())) {
           out.shmem = ReadStat(levels.front() + "/memory.stat", "shmem");
         }
@@ -163,9 +163,9 @@ absl::StatusOr<CgroupMemory> ReadCgroupMemory(
     const std::string mount = absl::StrCat(cgroup_root, "/memory");
     if (!IsDirectory(mount)) continue;
     const std::vector<std::string> levels = Levels(mount, path);
-    RETURN_IF_ERROR(Tighten(levels, "memory.limit_in_bytes",
-                            "memory.usage_in_bytes", "total_inactive_file",
-                            kV1Unlimited, out));
+    WS_RETURN_IF_ERROR(Tighten(levels, "memory.limit_in_bytes",
+                               "memory.usage_in_bytes", "total_inactive_file",
+                               kV1Unlimited, out));
     // v1 counts a cgroup's own shmem as "shmem", with its children's as
     // "total_shmem".
     if (HoldsOneProcess(levels.front())) {

@@ -6,9 +6,9 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 #include "daemon/base/logging.h"
 #include "daemon/base/metrics.h"
-#include "daemon/base/status_macros.h"
 
 namespace warmstart {
 namespace {
@@ -74,7 +74,7 @@ absl::StatusOr<std::string> VmmUnavailableReason(const CudaDriver& driver,
   if (!driver.has_vmm()) return std::string("the driver lacks the VMM API");
   const CudaApi& api = driver.api();
   int vmm = 0;
-  RETURN_IF_ERROR(driver.ToStatus(
+  WS_RETURN_IF_ERROR(driver.ToStatus(
       api.device_get_attribute(
           &vmm, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED,
           device),
@@ -83,7 +83,7 @@ absl::StatusOr<std::string> VmmUnavailableReason(const CudaDriver& driver,
     return std::string("the GPU does not support virtual memory management");
   }
   int posix_fd = 0;
-  RETURN_IF_ERROR(driver.ToStatus(
+  WS_RETURN_IF_ERROR(driver.ToStatus(
       api.device_get_attribute(
           &posix_fd,
           CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED,
@@ -100,7 +100,7 @@ absl::StatusOr<std::string> VmmUnavailableReason(const CudaDriver& driver,
 // what anything else in the process puts on the legacy default stream.
 absl::StatusOr<CudaStream> NewStream(const CudaDriver& driver) {
   CUstream stream = nullptr;
-  RETURN_IF_ERROR(driver.ToStatus(
+  WS_RETURN_IF_ERROR(driver.ToStatus(
       driver.api().stream_create(&stream, CU_STREAM_NON_BLOCKING),
       "cuStreamCreate"));
   return CudaStream(&driver, stream);
@@ -153,13 +153,13 @@ absl::StatusOr<std::unique_ptr<CudaDevice>> CudaDevice::Create(
         absl::StrCat("CUDA device: copy_streams ", options.copy_streams,
                      " out of range 1 to ", kMaxCopyStreams));
   }
-  ASSIGN_OR_RETURN(CudaDeviceInfo info, driver->Device(ordinal));
+  WS_ASSIGN_OR_RETURN(CudaDeviceInfo info, driver->Device(ordinal));
   const CudaApi& api = driver->api();
   CUdevice device = 0;
-  RETURN_IF_ERROR(
+  WS_RETURN_IF_ERROR(
       driver->ToStatus(api.device_get(&device, ordinal), "cuDeviceGet"));
   CUcontext context = nullptr;
-  RETURN_IF_ERROR(
+  WS_RETURN_IF_ERROR(
       driver->ToStatus(api.device_primary_ctx_retain(&context, device),
                        "cuDevicePrimaryCtxRetain"));
   // From here on the device's destructor undoes whatever was set up.
@@ -168,10 +168,10 @@ absl::StatusOr<std::unique_ptr<CudaDevice>> CudaDevice::Create(
                      PrimaryContext(driver, device), context));
   {
     ScopedContext scope(*driver, context);
-    RETURN_IF_ERROR(scope.status());
+    WS_RETURN_IF_ERROR(scope.status());
     std::string reason = "allow_vmm is off";
     if (options.allow_vmm) {
-      ASSIGN_OR_RETURN(reason, VmmUnavailableReason(*driver, device));
+      WS_ASSIGN_OR_RETURN(reason, VmmUnavailableReason(*driver, device));
       if (!reason.empty()) {
         static std::atomic<bool> warned{false};
         if (!warned.exchange(true)) {
@@ -188,7 +188,7 @@ absl::StatusOr<std::unique_ptr<CudaDevice>> CudaDevice::Create(
     if (cuda->vmm_) {
       const CUmemAllocationProp prop = VmmProperties(device);
       size_t granularity = 0;
-      RETURN_IF_ERROR(driver->ToStatus(
+      WS_RETURN_IF_ERROR(driver->ToStatus(
           api.mem_get_allocation_granularity(&granularity, &prop,
                                              CU_MEM_ALLOC_GRANULARITY_MINIMUM),
           "cuMemGetAllocationGranularity"));
@@ -197,10 +197,10 @@ absl::StatusOr<std::unique_ptr<CudaDevice>> CudaDevice::Create(
       cuda->granularity_ = kLinearGranularity;
     }
     for (int i = 0; i < options.copy_streams; ++i) {
-      ASSIGN_OR_RETURN(CudaStream stream, NewStream(*driver));
+      WS_ASSIGN_OR_RETURN(CudaStream stream, NewStream(*driver));
       cuda->copy_streams_.push_back(std::move(stream));
     }
-    ASSIGN_OR_RETURN(cuda->zero_stream_, NewStream(*driver));
+    WS_ASSIGN_OR_RETURN(cuda->zero_stream_, NewStream(*driver));
   }
   cuda->completion_thread_ =
       std::thread(&CudaDevice::CompleteCopies, cuda.get());
@@ -210,7 +210,7 @@ absl::StatusOr<std::unique_ptr<CudaDevice>> CudaDevice::Create(
     cuda->mutex_.Await(absl::Condition(&cuda->thread_started_));
     started = cuda->thread_status_;
   }
-  RETURN_IF_ERROR(started);
+  WS_RETURN_IF_ERROR(started);
   Logger("device")->info(
       "CUDA device {} ({}, {}): {}, {} copy streams", ordinal, cuda->name(),
       cuda->uuid(),
@@ -287,7 +287,7 @@ absl::Status CudaDevice::Zero(const CudaAllocation& allocation) {
   // on zeros for meta tensors and padding. The dedicated stream keeps this
   // wait clear of the copies in flight.
   const CudaApi& api = driver_->api();
-  RETURN_IF_ERROR(driver_->ToStatus(
+  WS_RETURN_IF_ERROR(driver_->ToStatus(
       api.memset_d8_async(allocation.pointer_, 0, allocation.size_,
                           zero_stream_.get()),
       "cuMemsetD8Async"));
@@ -300,16 +300,16 @@ absl::Status CudaDevice::AllocateVmm(CudaAllocation& allocation) {
   const uint64_t size = allocation.size_;
   const CUmemAllocationProp prop = VmmProperties(device_);
   CUmemGenericAllocationHandle handle = 0;
-  RETURN_IF_ERROR(driver_->ToStatus(api.mem_create(&handle, size, &prop, 0),
-                                    "cuMemCreate"));
+  WS_RETURN_IF_ERROR(driver_->ToStatus(api.mem_create(&handle, size, &prop, 0),
+                                       "cuMemCreate"));
   allocation.physical_ = PhysicalMemory(driver_, handle);
   CUdeviceptr pointer = 0;
-  RETURN_IF_ERROR(driver_->ToStatus(
+  WS_RETURN_IF_ERROR(driver_->ToStatus(
       api.mem_address_reserve(&pointer, size, granularity_, 0, 0),
       "cuMemAddressReserve"));
   allocation.reservation_ = AddressReservation(driver_, {pointer, size});
   allocation.pointer_ = pointer;
-  RETURN_IF_ERROR(
+  WS_RETURN_IF_ERROR(
       driver_->ToStatus(api.mem_map(pointer, size, 0, handle, 0), "cuMemMap"));
   allocation.mapping_ = Mapping(driver_, {pointer, size});
   // Read-write for the daemon, which fills it; clients ask for read-only
@@ -317,12 +317,12 @@ absl::Status CudaDevice::AllocateVmm(CudaAllocation& allocation) {
   CUmemAccessDesc access = {};
   access.location = prop.location;
   access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-  RETURN_IF_ERROR(driver_->ToStatus(
+  WS_RETURN_IF_ERROR(driver_->ToStatus(
       api.mem_set_access(pointer, size, &access, 1), "cuMemSetAccess"));
   // Exported once, now, so that Export() cannot fail and every client
   // receives a duplicate of the same descriptor.
   int fd = -1;
-  RETURN_IF_ERROR(driver_->ToStatus(
+  WS_RETURN_IF_ERROR(driver_->ToStatus(
       api.mem_export_to_shareable_handle(
           &fd, handle, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0),
       "cuMemExportToShareableHandle"));
@@ -333,21 +333,21 @@ absl::Status CudaDevice::AllocateVmm(CudaAllocation& allocation) {
 absl::Status CudaDevice::AllocateLinear(CudaAllocation& allocation) {
   const CudaApi& api = driver_->api();
   CUdeviceptr pointer = 0;
-  RETURN_IF_ERROR(driver_->ToStatus(api.mem_alloc(&pointer, allocation.size_),
-                                    "cuMemAlloc"));
+  WS_RETURN_IF_ERROR(driver_->ToStatus(
+      api.mem_alloc(&pointer, allocation.size_), "cuMemAlloc"));
   allocation.linear_ = LinearMemory(driver_, pointer);
   allocation.pointer_ = pointer;
   // A legacy handle names the whole allocation by its base pointer.
   CUipcMemHandle handle;
-  RETURN_IF_ERROR(driver_->ToStatus(api.ipc_get_mem_handle(&handle, pointer),
-                                    "cuIpcGetMemHandle"));
+  WS_RETURN_IF_ERROR(driver_->ToStatus(api.ipc_get_mem_handle(&handle, pointer),
+                                       "cuIpcGetMemHandle"));
   allocation.ipc_handle_.assign(handle.reserved, CU_IPC_HANDLE_SIZE);
   return absl::OkStatus();
 }
 
 absl::Status CudaDevice::RegisterHostMemory(void* data, uint64_t bytes) {
   ScopedContext scope(*driver_, context_);
-  RETURN_IF_ERROR(scope.status());
+  WS_RETURN_IF_ERROR(scope.status());
   // Flags 0: only this device's context copies from the slabs, so neither
   // portable nor mapped pinning is needed.
   const absl::Status status = driver_->ToStatus(
@@ -382,7 +382,7 @@ absl::StatusOr<CudaEvent> CudaDevice::TakeEvent() {
   // rather than spinning on a core that reads and decryption need. No
   // timing: cheaper to record.
   CUevent event = nullptr;
-  RETURN_IF_ERROR(driver_->ToStatus(
+  WS_RETURN_IF_ERROR(driver_->ToStatus(
       driver_->api().event_create(
           &event, CU_EVENT_BLOCKING_SYNC | CU_EVENT_DISABLE_TIMING),
       "cuEventCreate"));
@@ -398,7 +398,7 @@ absl::Status CudaDevice::Enqueue(CUdeviceptr target, const char* source,
   // in stream order, so callbacks of one stream run in the order its copies
   // complete.
   absl::MutexLock lock(&mutex_);
-  ASSIGN_OR_RETURN(CudaEvent event, TakeEvent());
+  WS_ASSIGN_OR_RETURN(CudaEvent event, TakeEvent());
   const CUstream stream =
       copy_streams_[next_stream_++ % copy_streams_.size()].get();
   absl::Status status =
@@ -510,7 +510,7 @@ absl::Status CudaDevice::CopyToHost(const DeviceAllocation& source,
   const CUdeviceptr from =
       static_cast<const CudaAllocation&>(source).device_pointer() + offset;
   ScopedContext scope(*driver_, context_);
-  RETURN_IF_ERROR(scope.status());
+  WS_RETURN_IF_ERROR(scope.status());
   return driver_->ToStatus(driver_->api().memcpy_dtoh(destination, from, bytes),
                            "cuMemcpyDtoH");
 }

@@ -43,7 +43,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "daemon/base/scoped_fd.h"
+#include "common/scoped_fd.h"
 #include "daemon/device/cuda_driver.h"
 #include "daemon/device/cuda_resources.h"
 #include "daemon/device/device.h"

@@ -14,8 +14,8 @@
 #include <vector>
 
 #include "absl/strings/escaping.h"
-#include "daemon/base/testing/status_matchers.h"
-#include "daemon/base/testing/test_env.h"
+#include "common/testing/status_matchers.h"
+#include "common/testing/test_env.h"
 #include "daemon/device/cuda_device.h"
 #include "daemon/device/cuda_driver.h"
 #include "daemon/device/testing/pinned_buffer.h"

@@ -6,7 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "daemon/base/status_macros.h"
+#include "common/status_macros.h"
 
 namespace warmstart {
 namespace {
@@ -182,25 +182,27 @@ absl::Status CudaDriver::ToStatus(CUresult result,
 
 absl::StatusOr<CudaDeviceInfo> CudaDriver::Device(int ordinal) const {
   int count = 0;
-  RETURN_IF_ERROR(ToStatus(api_.device_get_count(&count), "cuDeviceGetCount"));
+  WS_RETURN_IF_ERROR(
+      ToStatus(api_.device_get_count(&count), "cuDeviceGetCount"));
   if (ordinal < 0 || ordinal >= count) {
     return absl::NotFoundError(absl::StrCat("no GPU with ordinal ", ordinal,
                                             ": the CUDA driver sees ", count));
   }
   CUdevice device;
-  RETURN_IF_ERROR(ToStatus(api_.device_get(&device, ordinal), "cuDeviceGet"));
+  WS_RETURN_IF_ERROR(
+      ToStatus(api_.device_get(&device, ordinal), "cuDeviceGet"));
   CudaDeviceInfo info;
   info.ordinal = ordinal;
   char name[256] = {};
-  RETURN_IF_ERROR(ToStatus(api_.device_get_name(name, sizeof(name) - 1, device),
-                           "cuDeviceGetName"));
+  WS_RETURN_IF_ERROR(ToStatus(
+      api_.device_get_name(name, sizeof(name) - 1, device), "cuDeviceGetName"));
   info.name = name;
   size_t total = 0;
-  RETURN_IF_ERROR(
+  WS_RETURN_IF_ERROR(
       ToStatus(api_.device_total_mem(&total, device), "cuDeviceTotalMem"));
   info.total_bytes = total;
   CUuuid uuid;
-  RETURN_IF_ERROR(
+  WS_RETURN_IF_ERROR(
       ToStatus(api_.device_get_uuid(&uuid, device), "cuDeviceGetUuid"));
   info.uuid = FormatUuid(uuid);
   return info;
@@ -208,10 +210,11 @@ absl::StatusOr<CudaDeviceInfo> CudaDriver::Device(int ordinal) const {
 
 absl::StatusOr<std::vector<CudaDeviceInfo>> CudaDriver::Devices() const {
   int count = 0;
-  RETURN_IF_ERROR(ToStatus(api_.device_get_count(&count), "cuDeviceGetCount"));
+  WS_RETURN_IF_ERROR(
+      ToStatus(api_.device_get_count(&count), "cuDeviceGetCount"));
   std::vector<CudaDeviceInfo> devices;
   for (int i = 0; i < count; ++i) {
-    ASSIGN_OR_RETURN(CudaDeviceInfo info, Device(i));
+    WS_ASSIGN_OR_RETURN(CudaDeviceInfo info, Device(i));
     devices.push_back(std::move(info));
   }
   return devices;

@@ -2,7 +2,7 @@
 
 #include <cstdlib>
 
-#include "daemon/base/testing/status_matchers.h"
+#include "common/testing/status_matchers.h"
 
 namespace warmstart {
 namespace {

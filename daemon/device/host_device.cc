@@ -14,10 +14,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
-#include "daemon/base/errno_status.h"
+#include "common/errno_status.h"
+#include "common/scoped_fd.h"
 #include "daemon/base/logging.h"
 #include "daemon/base/metrics.h"
-#include "daemon/base/scoped_fd.h"
 #include "daemon/device/cgroup_memory.h"
 
 namespace warmstart {

@@ -9,8 +9,8 @@
 #include <cstring>
 #include <string>
 
+#include "common/testing/status_matchers.h"
 #include "daemon/base/metrics.h"
-#include "daemon/base/testing/status_matchers.h"
 
 namespace warmstart {
 namespace {

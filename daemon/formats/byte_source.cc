@@ -9,8 +9,8 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "daemon/base/errno_status.h"
-#include "daemon/base/status_macros.h"
+#include "common/errno_status.h"
+#include "common/status_macros.h"
 
 namespace warmstart {
 namespace {
@@ -30,7 +30,7 @@ bool RangeFits(uint64_t offset, uint64_t length, uint64_t size) {
 
 absl::StatusOr<std::unique_ptr<FileByteSource>> FileByteSource::Open(
     const std::string& path, const FileOpener& opener) {
-  ASSIGN_OR_RETURN(ScopedFd fd, opener.Open(path, O_RDONLY));
+  WS_ASSIGN_OR_RETURN(ScopedFd fd, opener.Open(path, O_RDONLY));
   struct stat st;
   if (::fstat(fd.get(), &st) != 0) {
     return ErrnoToStatus(errno, absl::StrCat("stat ", path));

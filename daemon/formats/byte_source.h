@@ -16,8 +16,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/scoped_fd.h"
 #include "daemon/base/file_opener.h"
-#include "daemon/base/scoped_fd.h"
 
 namespace warmstart {
 

@@ -19,10 +19,10 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
-#include "daemon/base/errno_status.h"
+#include "common/errno_status.h"
+#include "common/scoped_fd.h"
+#include "common/status_macros.h"
 #include "daemon/base/file_opener.h"
-#include "daemon/base/scoped_fd.h"
-#include "daemon/base/status_macros.h"
 #include "daemon/formats/gguf.h"
 #include "daemon/formats/safetensors.h"
 #include "daemon/formats/tensorizer.h"
@@ -201,7 +201,7 @@ absl::StatusOr<struct stat> Stat(const std::string& path,
     if (::stat(path.c_str(), &st) != 0) return ErrnoToStatus(errno, path);
     return st;
   }
-  ASSIGN_OR_RETURN(ScopedFd fd, options.opener->Open(path, O_PATH));
+  WS_ASSIGN_OR_RETURN(ScopedFd fd, options.opener->Open(path, O_PATH));
   if (::fstat(fd.get(), &st) != 0) return ErrnoToStatus(errno, path);
   return st;
 }
@@ -218,16 +218,16 @@ absl::StatusOr<std::unique_ptr<ByteSource>> OpenSource(
     }
     return options.remote->OpenUrl(path);
   }
-  ASSIGN_OR_RETURN(std::unique_ptr<FileByteSource> source,
-                   FileByteSource::Open(path, OpenerOf(options)));
+  WS_ASSIGN_OR_RETURN(std::unique_ptr<FileByteSource> source,
+                      FileByteSource::Open(path, OpenerOf(options)));
   return std::unique_ptr<ByteSource>(std::move(source));
 }
 
 absl::StatusOr<FileManifest> OpenFile(const std::string& path,
                                       const ParseOptions& options) {
-  ASSIGN_OR_RETURN(std::unique_ptr<ByteSource> source,
-                   OpenSource(path, options));
-  ASSIGN_OR_RETURN(FileManifest file, ParseFile(*source, options));
+  WS_ASSIGN_OR_RETURN(std::unique_ptr<ByteSource> source,
+                      OpenSource(path, options));
+  WS_ASSIGN_OR_RETURN(FileManifest file, ParseFile(*source, options));
   file.version = source->version();
   return file;
 }
@@ -260,8 +260,8 @@ bool IsPlainFileName(absl::string_view name) {
 
 absl::StatusOr<Manifest> OpenIndex(const std::string& index_path,
                                    const ParseOptions& options) {
-  ASSIGN_OR_RETURN(std::unique_ptr<ByteSource> source,
-                   OpenSource(index_path, options));
+  WS_ASSIGN_OR_RETURN(std::unique_ptr<ByteSource> source,
+                      OpenSource(index_path, options));
   if (source->size() > kMaxIndexFileBytes) {
     return Invalid(
         index_path, "at byte 0",
@@ -269,8 +269,8 @@ absl::StatusOr<Manifest> OpenIndex(const std::string& index_path,
                      " bytes, more than the limit of ", kMaxIndexFileBytes));
   }
   std::string text(source->size(), '\0');
-  RETURN_IF_ERROR(source->ReadAt(0, text.size(), text.data()));
-  ASSIGN_OR_RETURN(Json index, ParseJsonStrictly(index_path, text));
+  WS_RETURN_IF_ERROR(source->ReadAt(0, text.size(), text.data()));
+  WS_ASSIGN_OR_RETURN(Json index, ParseJsonStrictly(index_path, text));
 
   if (!index.is_object()) {
     return Invalid(index_path, "at byte 0",
@@ -333,7 +333,7 @@ absl::StatusOr<Manifest> OpenIndex(const std::string& index_path,
     }
     manifest.files.push_back(*std::move(file));
   }
-  RETURN_IF_ERROR(CheckUniqueNames(manifest));
+  WS_RETURN_IF_ERROR(CheckUniqueNames(manifest));
 
   // Names are unique now, so each tensor is in exactly one shard.
   std::set<absl::string_view> found;
@@ -388,7 +388,7 @@ absl::StatusOr<Manifest> OpenListed(const std::string& listing,
   }
   Manifest manifest;
   for (const std::string& path : weights) {
-    ASSIGN_OR_RETURN(FileManifest file, OpenFile(path, options));
+    WS_ASSIGN_OR_RETURN(FileManifest file, OpenFile(path, options));
     manifest.files.push_back(std::move(file));
   }
   return manifest;
@@ -398,8 +398,8 @@ absl::StatusOr<Manifest> OpenDirectory(const std::string& directory,
                                        const ParseOptions& options) {
   // The directory is listed through a descriptor from the opener, so that a
   // confined opener refuses a directory that resolves outside its roots.
-  ASSIGN_OR_RETURN(ScopedFd fd,
-                   OpenerOf(options).Open(directory, O_RDONLY | O_DIRECTORY));
+  WS_ASSIGN_OR_RETURN(
+      ScopedFd fd, OpenerOf(options).Open(directory, O_RDONLY | O_DIRECTORY));
   std::unique_ptr<DIR, int (*)(DIR*)> dir(::fdopendir(fd.get()), &::closedir);
   if (dir == nullptr) return ErrnoToStatus(errno, directory);
   // The DIR stream owns the descriptor now.
@@ -449,8 +449,8 @@ absl::StatusOr<Manifest> OpenRemotePrefix(const std::string& url,
         ": remote sources are not enabled here (remote_sources in the "
         "config, --remote_source PREFIX)"));
   }
-  ASSIGN_OR_RETURN(std::vector<std::string> objects,
-                   options.remote->ListUrl(url));
+  WS_ASSIGN_OR_RETURN(std::vector<std::string> objects,
+                      options.remote->ListUrl(url));
   std::vector<std::string> indexes;
   std::vector<std::string> weights;
   for (const std::string& object : objects) {
@@ -471,7 +471,7 @@ absl::StatusOr<Manifest> OpenRemotePrefix(const std::string& url,
 absl::StatusOr<Format> DetectFormat(const ByteSource& source) {
   char head[9];
   const uint64_t length = std::min<uint64_t>(source.size(), sizeof(head));
-  RETURN_IF_ERROR(source.ReadAt(0, length, head));
+  WS_RETURN_IF_ERROR(source.ReadAt(0, length, head));
   const absl::string_view bytes(head, length);
   if (absl::StartsWith(bytes, "|TZR|")) return Format::kTensorizer;
   // A big-endian GGUF file keeps the magic's byte order; only the numbers
@@ -497,7 +497,7 @@ absl::StatusOr<Format> DetectFormat(const ByteSource& source) {
 
 absl::StatusOr<FileManifest> ParseFile(const ByteSource& source,
                                        const ParseOptions& options) {
-  ASSIGN_OR_RETURN(Format format, DetectFormat(source));
+  WS_ASSIGN_OR_RETURN(Format format, DetectFormat(source));
   switch (format) {
     case Format::kSafetensors:
       return ParseSafetensors(source, options);
@@ -515,27 +515,27 @@ absl::StatusOr<Manifest> OpenCheckpoint(const std::string& path,
   if (IsRemoteUrl(path)) {
     // An object store has no directories to stat: the name says what it is.
     if (absl::EndsWith(path, "/")) {
-      ASSIGN_OR_RETURN(manifest, OpenRemotePrefix(path, options));
+      WS_ASSIGN_OR_RETURN(manifest, OpenRemotePrefix(path, options));
     } else if (absl::EndsWith(path, kIndexSuffix)) {
-      ASSIGN_OR_RETURN(manifest, OpenIndex(path, options));
+      WS_ASSIGN_OR_RETURN(manifest, OpenIndex(path, options));
     } else {
-      ASSIGN_OR_RETURN(FileManifest file, OpenFile(path, options));
+      WS_ASSIGN_OR_RETURN(FileManifest file, OpenFile(path, options));
       manifest.files.push_back(std::move(file));
     }
-    RETURN_IF_ERROR(CheckUniqueNames(manifest));
+    WS_RETURN_IF_ERROR(CheckUniqueNames(manifest));
     return manifest;
   }
-  ASSIGN_OR_RETURN(struct stat st, Stat(path, options));
+  WS_ASSIGN_OR_RETURN(struct stat st, Stat(path, options));
   if (S_ISDIR(st.st_mode)) {
-    ASSIGN_OR_RETURN(manifest,
-                     OpenDirectory(StripTrailingSlashes(path), options));
+    WS_ASSIGN_OR_RETURN(manifest,
+                        OpenDirectory(StripTrailingSlashes(path), options));
   } else if (absl::EndsWith(path, kIndexSuffix)) {
-    ASSIGN_OR_RETURN(manifest, OpenIndex(path, options));
+    WS_ASSIGN_OR_RETURN(manifest, OpenIndex(path, options));
   } else {
-    ASSIGN_OR_RETURN(FileManifest file, OpenFile(path, options));
+    WS_ASSIGN_OR_RETURN(FileManifest file, OpenFile(path, options));
     manifest.files.push_back(std::move(file));
   }
-  RETURN_IF_ERROR(CheckUniqueNames(manifest));
+  WS_RETURN_IF_ERROR(CheckUniqueNames(manifest));
   return manifest;
 }
 

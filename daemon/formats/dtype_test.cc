@@ -3,7 +3,7 @@
 #include <limits>
 #include <set>
 
-#include "daemon/base/testing/status_matchers.h"
+#include "common/testing/status_matchers.h"
 
 namespace warmstart {
 namespace {

@@ -13,7 +13,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
-#include "daemon/base/status_macros.h"
+#include "common/status_macros.h"
 #include "daemon/formats/dtype.h"
 
 namespace warmstart {
@@ -262,7 +262,7 @@ absl::Status GgufParser::CheckRemaining(uint64_t n,
 
 absl::StatusOr<absl::string_view> GgufParser::Take(uint64_t n,
                                                    absl::string_view what) {
-  RETURN_IF_ERROR(CheckRemaining(n, what));
+  WS_RETURN_IF_ERROR(CheckRemaining(n, what));
   const uint64_t at = pos_;
   char* destination;
   if (at >= window_start_ && at - window_start_ <= window_.size() &&
@@ -298,14 +298,14 @@ absl::StatusOr<absl::string_view> GgufParser::Take(uint64_t n,
 }
 
 absl::Status GgufParser::Skip(uint64_t n, absl::string_view what) {
-  RETURN_IF_ERROR(CheckRemaining(n, what));
+  WS_RETURN_IF_ERROR(CheckRemaining(n, what));
   pos_ += n;
   return absl::OkStatus();
 }
 
 absl::StatusOr<uint64_t> GgufParser::ReadUint(uint64_t bytes,
                                               absl::string_view what) {
-  ASSIGN_OR_RETURN(absl::string_view raw, Take(bytes, what));
+  WS_ASSIGN_OR_RETURN(absl::string_view raw, Take(bytes, what));
   return Decode(raw, big_endian_);
 }
 
@@ -315,7 +315,7 @@ absl::StatusOr<uint64_t> GgufParser::ReadCount(absl::string_view what) {
 
 absl::StatusOr<uint32_t> GgufParser::ReadValueType(absl::string_view what) {
   const uint64_t at = pos_;
-  ASSIGN_OR_RETURN(uint64_t type, ReadUint(4, what));
+  WS_ASSIGN_OR_RETURN(uint64_t type, ReadUint(4, what));
   if (type >= kValueTypeCount) {
     return Error(at, what, absl::StrCat("unknown value type ", type));
   }
@@ -330,7 +330,7 @@ absl::StatusOr<uint32_t> GgufParser::ReadValueType(absl::string_view what) {
 absl::StatusOr<absl::string_view> GgufParser::ReadString(
     absl::string_view what, uint64_t max_bytes, absl::string_view label) {
   const uint64_t at = pos_;
-  ASSIGN_OR_RETURN(uint64_t length, ReadCount(what));
+  WS_ASSIGN_OR_RETURN(uint64_t length, ReadCount(what));
   // Against the file first: a corrupt length is far more often a damaged
   // file than an oversized string, and this is what ggml reports too.
   if (length > remaining()) {
@@ -344,7 +344,7 @@ absl::StatusOr<absl::string_view> GgufParser::ReadString(
                               " exceeds the limit of ", max_bytes, " bytes"));
   }
   const uint64_t data_at = pos_;
-  ASSIGN_OR_RETURN(absl::string_view text, Take(length, what));
+  WS_ASSIGN_OR_RETURN(absl::string_view text, Take(length, what));
   const size_t bad = FirstInvalidUtf8(text);
   if (bad != text.size()) {
     return Error(data_at + bad, what,
@@ -358,13 +358,13 @@ absl::StatusOr<absl::string_view> GgufParser::ReadString(
 
 absl::Status GgufParser::ReadHeader(uint64_t* tensor_count,
                                     uint64_t* kv_count) {
-  ASSIGN_OR_RETURN(absl::string_view magic, Take(4, "magic"));
+  WS_ASSIGN_OR_RETURN(absl::string_view magic, Take(4, "magic"));
   if (magic != "GGUF") {
     return Error(0, "magic",
                  absl::StrCat("expected \"GGUF\", found \"",
                               absl::CHexEscape(magic), "\": not a GGUF file"));
   }
-  ASSIGN_OR_RETURN(absl::string_view version_bytes, Take(4, "version"));
+  WS_ASSIGN_OR_RETURN(absl::string_view version_bytes, Take(4, "version"));
   const uint64_t little = Decode(version_bytes, /*big_endian=*/false);
   const uint64_t big = Decode(version_bytes, /*big_endian=*/true);
   // Nothing marks a big-endian file but its version, which reads
@@ -394,9 +394,9 @@ absl::Status GgufParser::ReadHeader(uint64_t* tensor_count,
   const uint64_t min_tensor_bytes = length_bytes + 4 + 4 + 8;
 
   const uint64_t tensor_count_at = pos_;
-  ASSIGN_OR_RETURN(*tensor_count, ReadCount("tensor_count"));
+  WS_ASSIGN_OR_RETURN(*tensor_count, ReadCount("tensor_count"));
   const uint64_t kv_count_at = pos_;
-  ASSIGN_OR_RETURN(*kv_count, ReadCount("kv_count"));
+  WS_ASSIGN_OR_RETURN(*kv_count, ReadCount("kv_count"));
   if (*kv_count > remaining() / min_kv_bytes) {
     const std::string reason =
         absl::StrCat("kv_count ", *kv_count, " cannot fit: the ", remaining(),
@@ -418,8 +418,8 @@ absl::Status GgufParser::ReadKeyValue(uint64_t index,
                                       Json::object_t* metadata) {
   where_ = absl::StrCat("kv ", index);
   const uint64_t kv_at = pos_;
-  ASSIGN_OR_RETURN(absl::string_view key_view,
-                   ReadString("key", kMaxKeyBytes, "key"));
+  WS_ASSIGN_OR_RETURN(absl::string_view key_view,
+                      ReadString("key", kMaxKeyBytes, "key"));
   if (key_view.empty()) return Error(kv_at, "key", "empty key");
   for (size_t i = 0; i < key_view.size(); ++i) {
     const auto byte = static_cast<unsigned char>(key_view[i]);
@@ -442,10 +442,10 @@ absl::Status GgufParser::ReadKeyValue(uint64_t index,
   where_ = absl::StrCat("key \"", absl::CHexEscape(key), "\"");
 
   const uint64_t type_at = pos_;
-  ASSIGN_OR_RETURN(uint32_t type, ReadValueType("value type"));
+  WS_ASSIGN_OR_RETURN(uint32_t type, ReadValueType("value type"));
   const uint64_t value_at = pos_;
   Json value;
-  RETURN_IF_ERROR(ReadValue(type, /*depth=*/0, /*keep=*/true, &value));
+  WS_RETURN_IF_ERROR(ReadValue(type, /*depth=*/0, /*keep=*/true, &value));
 
   if (key == "general.alignment") {
     // The container's layout depends on this key, so it is held to ggml's
@@ -477,8 +477,8 @@ absl::Status GgufParser::ReadValue(uint32_t type, int depth, bool keep,
   const uint64_t at = pos_;
   switch (type) {
     case kString: {
-      ASSIGN_OR_RETURN(absl::string_view text,
-                       ReadString("", kMaxStringBytes, "string"));
+      WS_ASSIGN_OR_RETURN(absl::string_view text,
+                          ReadString("", kMaxStringBytes, "string"));
       if (keep) *out = std::string(text);
       return absl::OkStatus();
     }
@@ -491,7 +491,7 @@ absl::Status GgufParser::ReadValue(uint32_t type, int depth, bool keep,
       return ReadArray(depth + 1, mode, out);
     }
     case kBool: {
-      ASSIGN_OR_RETURN(uint64_t byte, ReadUint(1, ""));
+      WS_ASSIGN_OR_RETURN(uint64_t byte, ReadUint(1, ""));
       if (byte > 1) {
         return Error(at, "",
                      absl::StrCat("BOOL value ", byte, " is neither 0 nor 1"));
@@ -503,7 +503,7 @@ absl::Status GgufParser::ReadValue(uint32_t type, int depth, bool keep,
       break;
   }
   const uint32_t size = kValueTypes[type].size;
-  ASSIGN_OR_RETURN(uint64_t bits, ReadUint(size, ""));
+  WS_ASSIGN_OR_RETURN(uint64_t bits, ReadUint(size, ""));
   if (!keep) return absl::OkStatus();
   switch (type) {
     case kUint8:
@@ -550,9 +550,9 @@ absl::Status GgufParser::ReadArray(int depth, ArrayMode mode, Json* out) {
                  absl::StrCat("arrays nested deeper than ", kGgufMaxArrayDepth,
                               " levels"));
   }
-  ASSIGN_OR_RETURN(uint32_t type, ReadValueType("array element type"));
+  WS_ASSIGN_OR_RETURN(uint32_t type, ReadValueType("array element type"));
   const uint64_t count_at = pos_;
-  ASSIGN_OR_RETURN(uint64_t count, ReadCount("array length"));
+  WS_ASSIGN_OR_RETURN(uint64_t count, ReadCount("array length"));
 
   const uint64_t length_bytes = version_ == 1 ? 4 : 8;
   uint64_t min_element_bytes = kValueTypes[type].size;
@@ -586,7 +586,7 @@ absl::Status GgufParser::ReadArray(int depth, ArrayMode mode, Json* out) {
   Json element;
   for (uint64_t i = 0; i < count; ++i) {
     element_path_.back() = i;
-    RETURN_IF_ERROR(ReadValue(type, depth, keep, &element));
+    WS_RETURN_IF_ERROR(ReadValue(type, depth, keep, &element));
     if (keep) elements->push_back(std::move(element));
   }
   element_path_.pop_back();
@@ -595,14 +595,14 @@ absl::Status GgufParser::ReadArray(int depth, ArrayMode mode, Json* out) {
 
 absl::Status GgufParser::ReadTensorInfo(uint64_t index, TensorInfo* info) {
   where_ = absl::StrCat("tensor ", index);
-  ASSIGN_OR_RETURN(absl::string_view name,
-                   ReadString("name", kMaxTensorNameBytes, "tensor name"));
+  WS_ASSIGN_OR_RETURN(absl::string_view name,
+                      ReadString("name", kMaxTensorNameBytes, "tensor name"));
   info->name = std::string(name);
   where_ =
       absl::StrCat("tensor \"", absl::Utf8SafeCHexEscape(info->name), "\"");
 
   const uint64_t n_dims_at = pos_;
-  ASSIGN_OR_RETURN(uint64_t n_dims, ReadUint(4, "n_dims"));
+  WS_ASSIGN_OR_RETURN(uint64_t n_dims, ReadUint(4, "n_dims"));
   if (n_dims > kMaxDims) {
     return Error(
         n_dims_at, "n_dims",
@@ -613,7 +613,7 @@ absl::Status GgufParser::ReadTensorInfo(uint64_t index, TensorInfo* info) {
   for (uint64_t d = 0; d < n_dims; ++d) {
     const std::string what = absl::StrCat("dims[", d, "]");
     const uint64_t at = pos_;
-    ASSIGN_OR_RETURN(info->dims[d], ReadCount(what));
+    WS_ASSIGN_OR_RETURN(info->dims[d], ReadCount(what));
     if (info->dims[d] > kMaxInt64) {
       return Error(
           at, what,
@@ -622,7 +622,7 @@ absl::Status GgufParser::ReadTensorInfo(uint64_t index, TensorInfo* info) {
   }
 
   const uint64_t type_at = pos_;
-  ASSIGN_OR_RETURN(uint64_t type_id, ReadUint(4, "type"));
+  WS_ASSIGN_OR_RETURN(uint64_t type_id, ReadUint(4, "type"));
   if (type_id >= kGgmlTypeCount) {
     return Error(type_at, "type", absl::StrCat("unknown ggml type ", type_id));
   }
@@ -669,7 +669,7 @@ absl::Status GgufParser::ReadTensorInfo(uint64_t index, TensorInfo* info) {
   info->nbytes = blocks * info->dtype->block_bytes;
 
   info->offset_at = pos_;
-  ASSIGN_OR_RETURN(info->relative_offset, ReadUint(8, "offset"));
+  WS_ASSIGN_OR_RETURN(info->relative_offset, ReadUint(8, "offset"));
   if (info->relative_offset % alignment_ != 0) {
     return Error(
         info->offset_at, "offset",
@@ -750,7 +750,7 @@ absl::Status GgufParser::PlaceTensors(std::vector<TensorInfo>* tensors) {
 absl::StatusOr<FileManifest> GgufParser::Parse() {
   uint64_t tensor_count = 0;
   uint64_t kv_count = 0;
-  RETURN_IF_ERROR(ReadHeader(&tensor_count, &kv_count));
+  WS_RETURN_IF_ERROR(ReadHeader(&tensor_count, &kv_count));
 
   FileManifest manifest;
   manifest.path = source_.name();
@@ -761,7 +761,7 @@ absl::StatusOr<FileManifest> GgufParser::Parse() {
   Json::object_t& metadata = *manifest.metadata.get_ptr<Json::object_t*>();
   metadata.reserve(std::min(kv_count, kMaxReserve));
   for (uint64_t i = 0; i < kv_count; ++i) {
-    RETURN_IF_ERROR(ReadKeyValue(i, &metadata));
+    WS_RETURN_IF_ERROR(ReadKeyValue(i, &metadata));
   }
 
   std::vector<TensorInfo> tensors;
@@ -770,7 +770,7 @@ absl::StatusOr<FileManifest> GgufParser::Parse() {
   for (uint64_t i = 0; i < tensor_count; ++i) {
     const uint64_t name_at = pos_;
     TensorInfo& info = tensors.emplace_back();
-    RETURN_IF_ERROR(ReadTensorInfo(i, &info));
+    WS_RETURN_IF_ERROR(ReadTensorInfo(i, &info));
     const auto inserted = tensor_indices.emplace(info.name, i);
     if (!inserted.second) {
       where_ = absl::StrCat("tensor ", i);
@@ -781,7 +781,7 @@ absl::StatusOr<FileManifest> GgufParser::Parse() {
                        inserted.first->second, ")"));
     }
   }
-  RETURN_IF_ERROR(PlaceTensors(&tensors));
+  WS_RETURN_IF_ERROR(PlaceTensors(&tensors));
 
   manifest.tensors.reserve(tensors.size());
   for (TensorInfo& info : tensors) {

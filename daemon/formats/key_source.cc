@@ -11,9 +11,9 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "daemon/base/errno_status.h"
-#include "daemon/base/scoped_fd.h"
-#include "daemon/base/status_macros.h"
+#include "common/errno_status.h"
+#include "common/scoped_fd.h"
+#include "common/status_macros.h"
 
 namespace warmstart {
 namespace {
@@ -88,7 +88,7 @@ absl::StatusOr<KeyMaterial> KeyMaterial::FromBytes(absl::string_view bytes) {
     return absl::InvalidArgumentError(absl::StrCat(
         "key: a key is ", kSize, " bytes, this one is ", bytes.size()));
   }
-  RETURN_IF_ERROR(InitSodium());
+  WS_RETURN_IF_ERROR(InitSodium());
   KeyMaterial key;
   std::copy(bytes.begin(), bytes.end(), key.bytes_.begin());
   return key;
@@ -162,8 +162,8 @@ absl::StatusOr<KeyMaterial> KeyFromHex(absl::string_view hex) {
 absl::StatusOr<KeyMaterial> KeyFromFile(const std::string& path) {
   // One byte more than any valid key file, to tell "too long" apart.
   WipedBuffer buffer(kMaxKeyFileBytes + 1);
-  ASSIGN_OR_RETURN(const size_t length,
-                   ReadSecretFile(path, "key file", &buffer));
+  WS_ASSIGN_OR_RETURN(const size_t length,
+                      ReadSecretFile(path, "key file", &buffer));
   const absl::string_view contents(buffer.data(), length);
   if (contents.size() == KeyMaterial::kSize) {
     return KeyMaterial::FromBytes(contents);
@@ -198,8 +198,8 @@ absl::StatusOr<KeyMaterial> KeyFromEnvironment(const std::string& variable) {
 
 absl::StatusOr<Password> PasswordFromFile(const std::string& path) {
   WipedBuffer buffer(kMaxPasswordFileBytes + 1);
-  ASSIGN_OR_RETURN(const size_t length,
-                   ReadSecretFile(path, "password file", &buffer));
+  WS_ASSIGN_OR_RETURN(const size_t length,
+                      ReadSecretFile(path, "password file", &buffer));
   if (length == buffer.size()) {
     return absl::InvalidArgumentError(
         absl::StrCat(path, ": the password file is longer than ",
@@ -251,7 +251,7 @@ absl::StatusOr<KeyMaterial> DeriveKey(const Password& password,
         " (the cap keeps a file from making key derivation use arbitrary "
         "memory)"));
   }
-  RETURN_IF_ERROR(InitSodium());
+  WS_RETURN_IF_ERROR(InitSodium());
   unsigned char bytes[KeyMaterial::kSize];
   const absl::string_view text = password.view();
   const int rc = crypto_pwhash(

@@ -7,8 +7,8 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
-#include "daemon/base/testing/status_matchers.h"
-#include "daemon/base/testing/test_env.h"
+#include "common/testing/status_matchers.h"
+#include "common/testing/test_env.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"

@@ -15,7 +15,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
-#include "daemon/base/status_macros.h"
+#include "common/status_macros.h"
 #include "daemon/formats/dtype.h"
 #include "daemon/formats/text_util.h"
 #include "nlohmann/json.hpp"
@@ -436,8 +436,9 @@ absl::StatusOr<FileManifest> ParseSafetensors(const ByteSource& source,
   };
 
   unsigned char length_bytes[kLengthBytes];
-  RETURN_IF_ERROR(ReadRange(source, 0, kLengthBytes, "the 8-byte header length",
-                            reinterpret_cast<char*>(length_bytes)));
+  WS_RETURN_IF_ERROR(ReadRange(source, 0, kLengthBytes,
+                               "the 8-byte header length",
+                               reinterpret_cast<char*>(length_bytes)));
   uint64_t header_length = 0;
   for (int i = static_cast<int>(kLengthBytes) - 1; i >= 0; --i) {
     header_length = (header_length << 8) | length_bytes[i];
@@ -458,8 +459,8 @@ absl::StatusOr<FileManifest> ParseSafetensors(const ByteSource& source,
   }
 
   std::string header(header_length, '\0');
-  RETURN_IF_ERROR(ReadRange(source, kLengthBytes, header_length, "the header",
-                            header.data()));
+  WS_RETURN_IF_ERROR(ReadRange(source, kLengthBytes, header_length,
+                               "the header", header.data()));
 
   if (size_t bad = FindInvalidUtf8(header); bad != absl::string_view::npos) {
     return invalid(absl::StrCat("at byte ", kLengthBytes + bad),

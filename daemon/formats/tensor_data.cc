@@ -13,7 +13,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "daemon/base/status_macros.h"
+#include "common/status_macros.h"
 #include "daemon/formats/text_util.h"
 
 namespace warmstart {
@@ -88,8 +88,9 @@ absl::Status StreamPlain(const ByteSource& source, const TensorEntry& tensor,
   for (uint64_t done = 0; done < tensor.stored_bytes;) {
     const uint64_t length =
         std::min(tensor.stored_bytes - done, kPlaintextPieceBytes);
-    RETURN_IF_ERROR(source.ReadAt(tensor.offset + done, length, buffer.data()));
-    RETURN_IF_ERROR(sink(absl::string_view(buffer.data(), length)));
+    WS_RETURN_IF_ERROR(
+        source.ReadAt(tensor.offset + done, length, buffer.data()));
+    WS_RETURN_IF_ERROR(sink(absl::string_view(buffer.data(), length)));
     done += length;
   }
   return absl::OkStatus();
@@ -110,13 +111,13 @@ absl::Status StreamDecrypted(const ByteSource& source,
       // DecryptInPlace rejects the chunk size; let it say so.
       return DecryptInPlace(source.name(), tensor, key, begin, nullptr, length);
     }
-    RETURN_IF_ERROR(
+    WS_RETURN_IF_ERROR(
         source.ReadAt(tensor.offset + begin, length, buffer.data()));
-    RETURN_IF_ERROR(DecryptInPlace(source.name(), tensor, key, begin,
-                                   buffer.data(), length));
+    WS_RETURN_IF_ERROR(DecryptInPlace(source.name(), tensor, key, begin,
+                                      buffer.data(), length));
     for (uint64_t done = 0; done < length;) {
       const uint64_t piece = std::min(length - done, kPlaintextPieceBytes);
-      RETURN_IF_ERROR(sink(absl::string_view(buffer.data() + done, piece)));
+      WS_RETURN_IF_ERROR(sink(absl::string_view(buffer.data() + done, piece)));
       done += piece;
     }
   }
@@ -167,7 +168,7 @@ absl::Status ReadTensorPlaintext(const ByteSource& source,
   for (uint64_t done = 0; done < tensor.nbytes;) {
     const uint64_t length =
         std::min(tensor.nbytes - done, kPlaintextPieceBytes);
-    RETURN_IF_ERROR(sink(absl::string_view(zeros.data(), length)));
+    WS_RETURN_IF_ERROR(sink(absl::string_view(zeros.data(), length)));
     done += length;
   }
   return absl::OkStatus();
@@ -176,11 +177,11 @@ absl::Status ReadTensorPlaintext(const ByteSource& source,
 absl::StatusOr<std::string> TensorSha256Hex(const ByteSource& source,
                                             const TensorEntry& tensor,
                                             const KeyMaterial* key) {
-  ASSIGN_OR_RETURN(Sha256Digest sha, Sha256Digest::Create());
-  RETURN_IF_ERROR(ReadTensorPlaintext(
+  WS_ASSIGN_OR_RETURN(Sha256Digest sha, Sha256Digest::Create());
+  WS_RETURN_IF_ERROR(ReadTensorPlaintext(
       source, tensor, key,
       [&sha](absl::string_view piece) { return sha.Update(piece); }));
-  ASSIGN_OR_RETURN(const std::string digest, sha.Finish());
+  WS_ASSIGN_OR_RETURN(const std::string digest, sha.Finish());
   return absl::BytesToHexString(digest);
 }
 
@@ -270,9 +271,9 @@ absl::StatusOr<ChecksumVerifier> ChecksumVerifier::Start(
     if (stored.kind == StoredChecksum::Kind::kCrc32) {
       check.crc = Crc32Update(crc32(0, nullptr, 0), stored.prefix);
     } else {
-      ASSIGN_OR_RETURN(Sha256Digest sha, Sha256Digest::Create());
+      WS_ASSIGN_OR_RETURN(Sha256Digest sha, Sha256Digest::Create());
       check.sha = std::make_shared<Sha256Digest>(std::move(sha));
-      RETURN_IF_ERROR(check.sha->Update(stored.prefix));
+      WS_RETURN_IF_ERROR(check.sha->Update(stored.prefix));
     }
     verifier.running_.push_back(std::move(check));
   }
@@ -285,7 +286,7 @@ absl::Status ChecksumVerifier::Update(absl::string_view plaintext) {
         plaintext.substr(done, kPlaintextPieceBytes);
     for (Running& check : running_) {
       if (check.sha != nullptr) {
-        RETURN_IF_ERROR(check.sha->Update(piece));
+        WS_RETURN_IF_ERROR(check.sha->Update(piece));
       } else {
         check.crc = Crc32Update(check.crc, piece);
       }
@@ -303,7 +304,7 @@ absl::Status ChecksumVerifier::Finish() {
     std::string actual;
     absl::string_view kind;
     if (check.sha != nullptr) {
-      ASSIGN_OR_RETURN(actual, check.sha->Finish());
+      WS_ASSIGN_OR_RETURN(actual, check.sha->Finish());
       kind = "SHA-256";
     } else {
       actual = Crc32BigEndian(check.crc);
@@ -334,9 +335,9 @@ absl::Status VerifyStoredChecksums(const ByteSource& source,
                                    const TensorEntry& tensor,
                                    const KeyMaterial* key) {
   if (tensor.checksums.empty()) return absl::OkStatus();
-  ASSIGN_OR_RETURN(ChecksumVerifier verifier,
-                   ChecksumVerifier::Start(source.name(), tensor));
-  RETURN_IF_ERROR(StreamStored(
+  WS_ASSIGN_OR_RETURN(ChecksumVerifier verifier,
+                      ChecksumVerifier::Start(source.name(), tensor));
+  WS_RETURN_IF_ERROR(StreamStored(
       source, tensor, key,
       [&verifier](absl::string_view piece) { return verifier.Update(piece); }));
   return verifier.Finish();

@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "absl/strings/escaping.h"
-#include "daemon/base/testing/status_matchers.h"
-#include "daemon/base/testing/test_env.h"
+#include "common/testing/status_matchers.h"
+#include "common/testing/test_env.h"
 #include "daemon/formats/byte_source.h"
 #include "daemon/formats/key_source.h"
 #include "daemon/formats/tensorizer.h"

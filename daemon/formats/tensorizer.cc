@@ -14,7 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
-#include "daemon/base/status_macros.h"
+#include "common/status_macros.h"
 #include "daemon/formats/dtype.h"
 #include "daemon/formats/text_util.h"
 #include "nlohmann/json.hpp"
@@ -154,7 +154,7 @@ template <typename T>
 absl::StatusOr<T> ReadIntAt(const ByteSource& source, uint64_t offset,
                             absl::string_view field) {
   char bytes[sizeof(T)];
-  RETURN_IF_ERROR(ReadExact(source, offset, sizeof(T), field, bytes));
+  WS_RETURN_IF_ERROR(ReadExact(source, offset, sizeof(T), field, bytes));
   return DecodeLittleEndian<T>(bytes);
 }
 
@@ -177,13 +177,13 @@ class FieldReader {
   uint64_t remaining() const { return end_ - position_; }
 
   absl::Status Read(uint64_t length, absl::string_view field, char* out) {
-    RETURN_IF_ERROR(CheckRoom(length, field));
+    WS_RETURN_IF_ERROR(CheckRoom(length, field));
     const uint64_t window_end = window_start_ + window_.size();
     if (position_ < window_start_ || position_ + length > window_end) {
       const uint64_t fetch =
           std::min(std::max(length, kWindowBytes), remaining());
       window_.resize(fetch);
-      RETURN_IF_ERROR(
+      WS_RETURN_IF_ERROR(
           ReadExact(source_, position_, fetch, field, window_.data()));
       window_start_ = position_;
     }
@@ -197,16 +197,16 @@ class FieldReader {
   template <typename T>
   absl::StatusOr<T> ReadInt(absl::string_view field) {
     char bytes[sizeof(T)];
-    RETURN_IF_ERROR(Read(sizeof(T), field, bytes));
+    WS_RETURN_IF_ERROR(Read(sizeof(T), field, bytes));
     return DecodeLittleEndian<T>(bytes);
   }
 
   absl::StatusOr<std::string> ReadString(uint64_t length,
                                          absl::string_view field) {
     // Check before allocating: `length` comes from the file.
-    RETURN_IF_ERROR(CheckRoom(length, field));
+    WS_RETURN_IF_ERROR(CheckRoom(length, field));
     std::string out(length, '\0');
-    RETURN_IF_ERROR(Read(length, field, out.data()));
+    WS_RETURN_IF_ERROR(Read(length, field, out.data()));
     return out;
   }
 
@@ -398,17 +398,17 @@ class Parser {
     manifest.path = source_.name();
     manifest.format = Format::kTensorizer;
     manifest.file_size = source_.size();
-    RETURN_IF_ERROR(ParseFileHeader());
+    WS_RETURN_IF_ERROR(ParseFileHeader());
     manifest.format_version = version_;
-    RETURN_IF_ERROR(ParseIndex());
+    WS_RETURN_IF_ERROR(ParseIndex());
     uint64_t offset = kFileHeaderBytes + metadata_len_;
     manifest.tensors.reserve(index_.size());
     for (size_t i = 0; i < index_.size(); ++i) {
       TensorEntry tensor;
-      RETURN_IF_ERROR(ParseRecord(i, &offset, &tensor));
+      WS_RETURN_IF_ERROR(ParseRecord(i, &offset, &tensor));
       manifest.tensors.push_back(std::move(tensor));
     }
-    RETURN_IF_ERROR(CheckEndMarker(offset));
+    WS_RETURN_IF_ERROR(CheckEndMarker(offset));
     return manifest;
   }
 
@@ -427,8 +427,8 @@ class Parser {
                                 " bytes, too short for the tensorizer magic "
                                 "|TZR|"));
     }
-    RETURN_IF_ERROR(ReadExact(source_, 0, std::min(size, kFileHeaderBytes),
-                              "file header", header));
+    WS_RETURN_IF_ERROR(ReadExact(source_, 0, std::min(size, kFileHeaderBytes),
+                                 "file header", header));
     if (absl::string_view(header, kMagic.size()) != kMagic) {
       return Error(
           0, "magic",
@@ -507,14 +507,15 @@ class Parser {
     for (uint64_t i = 0; i < tensor_count_; ++i) {
       IndexEntry& entry = index_.emplace_back();
       const std::string prefix = absl::StrCat("index entry ", i, ": ");
-      ASSIGN_OR_RETURN(const uint16_t name_len,
-                       reader.ReadInt<uint16_t>(prefix + "name_len"));
+      WS_ASSIGN_OR_RETURN(const uint16_t name_len,
+                          reader.ReadInt<uint16_t>(prefix + "name_len"));
       const uint64_t name_at = reader.position();
-      ASSIGN_OR_RETURN(entry.name,
-                       reader.ReadString(name_len, prefix + "name"));
+      WS_ASSIGN_OR_RETURN(entry.name,
+                          reader.ReadString(name_len, prefix + "name"));
       const std::string label = TensorLabel(entry.name);
       const uint64_t type_at = reader.position();
-      ASSIGN_OR_RETURN(entry.type, reader.ReadInt<uint8_t>(label + ": type"));
+      WS_ASSIGN_OR_RETURN(entry.type,
+                          reader.ReadInt<uint8_t>(label + ": type"));
       if (entry.type > kMaxTensorType) {
         return Error(type_at, label + ": type",
                      absl::StrCat(entry.type,
@@ -532,11 +533,11 @@ class Parser {
                                   " has the same name"));
       }
 
-      ASSIGN_OR_RETURN(const uint8_t dtype_len,
-                       reader.ReadInt<uint8_t>(label + ": dtype_len"));
+      WS_ASSIGN_OR_RETURN(const uint8_t dtype_len,
+                          reader.ReadInt<uint8_t>(label + ": dtype_len"));
       const uint64_t dtype_at = reader.position();
-      ASSIGN_OR_RETURN(entry.dtype_string,
-                       reader.ReadString(dtype_len, label + ": dtype"));
+      WS_ASSIGN_OR_RETURN(entry.dtype_string,
+                          reader.ReadString(dtype_len, label + ": dtype"));
       absl::StatusOr<MappedDType> mapped = MapDType(entry.dtype_string);
       if (!mapped.ok()) {
         return Error(dtype_at, label + ": dtype", mapped.status().message());
@@ -549,13 +550,13 @@ class Parser {
       }
       entry.dtype = mapped->info;
 
-      ASSIGN_OR_RETURN(const uint8_t ndim,
-                       reader.ReadInt<uint8_t>(label + ": ndim"));
+      WS_ASSIGN_OR_RETURN(const uint8_t ndim,
+                          reader.ReadInt<uint8_t>(label + ": ndim"));
       const uint64_t shape_at = reader.position();
       entry.shape.resize(ndim);
       for (uint8_t d = 0; d < ndim; ++d) {
-        ASSIGN_OR_RETURN(entry.shape[d],
-                         reader.ReadInt<uint32_t>(label + ": shape"));
+        WS_ASSIGN_OR_RETURN(entry.shape[d],
+                            reader.ReadInt<uint32_t>(label + ": shape"));
       }
       absl::StatusOr<uint64_t> count = ElementCount(entry.shape);
       absl::StatusOr<uint64_t> nbytes =
@@ -566,15 +567,15 @@ class Parser {
       entry.nbytes = *nbytes;
 
       entry.header_offset_at = reader.position();
-      ASSIGN_OR_RETURN(entry.header_offset,
-                       reader.ReadInt<uint64_t>(label + ": header_offset"));
+      WS_ASSIGN_OR_RETURN(entry.header_offset,
+                          reader.ReadInt<uint64_t>(label + ": header_offset"));
       entry.data_offset_at = reader.position();
-      ASSIGN_OR_RETURN(entry.data_offset,
-                       reader.ReadInt<uint64_t>(label + ": data_offset"));
+      WS_ASSIGN_OR_RETURN(entry.data_offset,
+                          reader.ReadInt<uint64_t>(label + ": data_offset"));
       entry.data_length_at = reader.position();
-      ASSIGN_OR_RETURN(entry.data_length,
-                       reader.ReadInt<uint64_t>(label + ": data_length"));
-      RETURN_IF_ERROR(CheckDataLength(entry, label));
+      WS_ASSIGN_OR_RETURN(entry.data_length,
+                          reader.ReadInt<uint64_t>(label + ": data_length"));
+      WS_RETURN_IF_ERROR(CheckDataLength(entry, label));
     }
     return absl::OkStatus();
   }
@@ -619,7 +620,7 @@ class Parser {
                                 "gaps, so this one starts at byte ",
                                 header_offset));
     }
-    ASSIGN_OR_RETURN(
+    WS_ASSIGN_OR_RETURN(
         const uint64_t header_size,
         ReadIntAt<uint64_t>(source_, header_offset, label + ": header_size"));
     if (header_size == 0) {
@@ -646,7 +647,7 @@ class Parser {
     }
     const uint64_t data_offset = header_offset + header_size;
     const uint64_t data_length_at = data_offset - 8;
-    ASSIGN_OR_RETURN(
+    WS_ASSIGN_OR_RETURN(
         const int64_t signed_length,
         ReadIntAt<int64_t>(source_, data_length_at, label + ": data_length"));
     if (signed_length < 0) {
@@ -662,38 +663,40 @@ class Parser {
         absl::StrCat("the header's data_length field (at byte ", data_length_at,
                      ", set by header_size ", header_size, ")"));
     // module_idx only says which module owned the tensor; nothing to check.
-    RETURN_IF_ERROR(reader.ReadInt<uint16_t>(label + ": module_idx").status());
+    WS_RETURN_IF_ERROR(
+        reader.ReadInt<uint16_t>(label + ": module_idx").status());
     const uint64_t type_at = reader.position();
-    ASSIGN_OR_RETURN(const uint8_t type,
-                     reader.ReadInt<uint8_t>(label + ": type"));
+    WS_ASSIGN_OR_RETURN(const uint8_t type,
+                        reader.ReadInt<uint8_t>(label + ": type"));
     if (type != entry.type) {
       return Disagreement(type_at, label + ": type", absl::StrCat(type),
                           absl::StrCat(entry.type));
     }
-    ASSIGN_OR_RETURN(const uint16_t name_len,
-                     reader.ReadInt<uint16_t>(label + ": name_len"));
+    WS_ASSIGN_OR_RETURN(const uint16_t name_len,
+                        reader.ReadInt<uint16_t>(label + ": name_len"));
     const uint64_t name_at = reader.position();
-    ASSIGN_OR_RETURN(const std::string name,
-                     reader.ReadString(name_len, label + ": name"));
+    WS_ASSIGN_OR_RETURN(const std::string name,
+                        reader.ReadString(name_len, label + ": name"));
     if (name != entry.name) {
       return Disagreement(name_at, label + ": name", Quote(name),
                           Quote(entry.name));
     }
-    ASSIGN_OR_RETURN(const uint8_t dtype_len,
-                     reader.ReadInt<uint8_t>(label + ": dtype_len"));
+    WS_ASSIGN_OR_RETURN(const uint8_t dtype_len,
+                        reader.ReadInt<uint8_t>(label + ": dtype_len"));
     const uint64_t dtype_at = reader.position();
-    ASSIGN_OR_RETURN(const std::string dtype,
-                     reader.ReadString(dtype_len, label + ": dtype"));
+    WS_ASSIGN_OR_RETURN(const std::string dtype,
+                        reader.ReadString(dtype_len, label + ": dtype"));
     if (dtype != entry.dtype_string) {
       return Disagreement(dtype_at, label + ": dtype", Quote(dtype),
                           Quote(entry.dtype_string));
     }
-    ASSIGN_OR_RETURN(const uint8_t ndim,
-                     reader.ReadInt<uint8_t>(label + ": ndim"));
+    WS_ASSIGN_OR_RETURN(const uint8_t ndim,
+                        reader.ReadInt<uint8_t>(label + ": ndim"));
     const uint64_t shape_at = reader.position();
     std::vector<uint64_t> shape(ndim);
     for (uint8_t d = 0; d < ndim; ++d) {
-      ASSIGN_OR_RETURN(shape[d], reader.ReadInt<uint32_t>(label + ": shape"));
+      WS_ASSIGN_OR_RETURN(shape[d],
+                          reader.ReadInt<uint32_t>(label + ": shape"));
     }
     if (shape != entry.shape) {
       return Disagreement(shape_at, label + ": shape", ShapeString(shape),
@@ -701,12 +704,12 @@ class Parser {
     }
 
     std::vector<StoredHash> hashes;
-    RETURN_IF_ERROR(ParseHashes(reader, header_offset, label, &hashes));
+    WS_RETURN_IF_ERROR(ParseHashes(reader, header_offset, label, &hashes));
     const uint64_t hash_block_end = reader.position();
 
     if (has_crypt_info_) {
-      ASSIGN_OR_RETURN(tensor->encryption,
-                       ParseCryptInfo(reader, label, data_length));
+      WS_ASSIGN_OR_RETURN(tensor->encryption,
+                          ParseCryptInfo(reader, label, data_length));
       if (!tensor->encryption.has_value() && data_length > 0 &&
           !shape.empty()) {
         return Error(hash_block_end, label + ": crypt_info",
@@ -756,9 +759,9 @@ class Parser {
     tensor->offset = data_offset;
     tensor->stored_bytes = data_length;
     if (!hashes.empty()) {
-      ASSIGN_OR_RETURN(const std::string prefix,
-                       HashedHeader(header_offset, hash_block_end,
-                                    data_length_at, hashes, label));
+      WS_ASSIGN_OR_RETURN(const std::string prefix,
+                          HashedHeader(header_offset, hash_block_end,
+                                       data_length_at, hashes, label));
       for (StoredHash& hash : hashes) {
         StoredChecksum checksum;
         checksum.prefix = prefix;
@@ -789,18 +792,18 @@ class Parser {
                            const std::string& label,
                            std::vector<StoredHash>* hashes) const {
     const uint64_t block_len_at = reader.position();
-    ASSIGN_OR_RETURN(const uint16_t block_len,
-                     reader.ReadInt<uint16_t>(label + ": hash_block_len"));
+    WS_ASSIGN_OR_RETURN(const uint16_t block_len,
+                        reader.ReadInt<uint16_t>(label + ": hash_block_len"));
     const uint64_t block_start = reader.position();
-    ASSIGN_OR_RETURN(const uint8_t count,
-                     reader.ReadInt<uint8_t>(label + ": hash_count"));
+    WS_ASSIGN_OR_RETURN(const uint8_t count,
+                        reader.ReadInt<uint8_t>(label + ": hash_count"));
     for (uint8_t h = 0; h < count; ++h) {
       const std::string field = absl::StrCat(label, ": hash ", h);
       StoredHash hash;
       const uint64_t type_at = reader.position();
-      ASSIGN_OR_RETURN(hash.type, reader.ReadInt<uint8_t>(field + " type"));
-      ASSIGN_OR_RETURN(const uint8_t length,
-                       reader.ReadInt<uint8_t>(field + " length"));
+      WS_ASSIGN_OR_RETURN(hash.type, reader.ReadInt<uint8_t>(field + " type"));
+      WS_ASSIGN_OR_RETURN(const uint8_t length,
+                          reader.ReadInt<uint8_t>(field + " length"));
       uint8_t expected_length;
       absl::string_view kind;
       if (hash.type == kHashCrc32) {
@@ -820,7 +823,8 @@ class Parser {
                                   expected_length));
       }
       hash.value_offset = reader.position() - header_offset;
-      ASSIGN_OR_RETURN(hash.value, reader.ReadString(length, field + " value"));
+      WS_ASSIGN_OR_RETURN(hash.value,
+                          reader.ReadString(length, field + " value"));
       hashes->push_back(std::move(hash));
     }
     const uint64_t taken = reader.position() - block_start;
@@ -847,8 +851,9 @@ class Parser {
                                 "has a crypt_info block; this is version ",
                                 version_));
     }
-    ASSIGN_OR_RETURN(const uint64_t length,
-                     reader.ReadInt<uint64_t>(label + ": crypt_info length"));
+    WS_ASSIGN_OR_RETURN(
+        const uint64_t length,
+        reader.ReadInt<uint64_t>(label + ": crypt_info length"));
     if (length > reader.remaining()) {
       return Error(length_at, label + ": crypt_info length",
                    absl::StrCat(length,
@@ -857,15 +862,16 @@ class Parser {
                                 reader.remaining(), " bytes remain)"));
     }
     const uint64_t end = reader.position() + length;
-    ASSIGN_OR_RETURN(const uint16_t chunk_count,
-                     reader.ReadInt<uint16_t>(label + ": crypt_info chunks"));
+    WS_ASSIGN_OR_RETURN(
+        const uint16_t chunk_count,
+        reader.ReadInt<uint16_t>(label + ": crypt_info chunks"));
     std::optional<KeyDerivation> key_derivation;
     std::optional<TensorEncryption> cipher;
     for (uint16_t c = 0; c < chunk_count; ++c) {
       const std::string field = absl::StrCat(label, ": crypt_info chunk ", c);
       const uint64_t chunk_at = reader.position();
-      ASSIGN_OR_RETURN(const uint64_t chunk_len,
-                       reader.ReadInt<uint64_t>(field + " length"));
+      WS_ASSIGN_OR_RETURN(const uint64_t chunk_len,
+                          reader.ReadInt<uint64_t>(field + " length"));
       if (chunk_len > end - std::min(end, reader.position())) {
         return Error(chunk_at, field + " length",
                      absl::StrCat(chunk_len,
@@ -875,20 +881,20 @@ class Parser {
       }
       const uint64_t chunk_end = reader.position() + chunk_len;
       const uint64_t type_at = reader.position();
-      ASSIGN_OR_RETURN(const uint16_t chunk_type,
-                       reader.ReadInt<uint16_t>(field + " type"));
+      WS_ASSIGN_OR_RETURN(const uint16_t chunk_type,
+                          reader.ReadInt<uint16_t>(field + " type"));
       if (chunk_type == kChunkKeyDerivation) {
         if (key_derivation.has_value()) {
           return Error(type_at, field + " type",
                        "a second key derivation chunk");
         }
-        ASSIGN_OR_RETURN(key_derivation, ParseKeyDerivation(reader, field));
+        WS_ASSIGN_OR_RETURN(key_derivation, ParseKeyDerivation(reader, field));
       } else if (chunk_type == kChunkXSalsa20Parallel) {
         if (cipher.has_value()) {
           return Error(type_at, field + " type",
                        "a second XSalsa20-Poly1305 chunk");
         }
-        ASSIGN_OR_RETURN(
+        WS_ASSIGN_OR_RETURN(
             cipher, ParseCipherChunk(reader, field, data_length, chunk_end));
       } else if (chunk_type == kChunkXSalsa20Sequential) {
         return Error(type_at, field + " type",
@@ -927,26 +933,26 @@ class Parser {
   absl::StatusOr<KeyDerivation> ParseKeyDerivation(
       FieldReader& reader, const std::string& field) const {
     const uint64_t method_at = reader.position();
-    ASSIGN_OR_RETURN(const uint16_t method,
-                     reader.ReadInt<uint16_t>(field + " method"));
+    WS_ASSIGN_OR_RETURN(const uint16_t method,
+                        reader.ReadInt<uint16_t>(field + " method"));
     if (method != kKdfMethodPwhash) {
       return Error(method_at, field + " method",
                    absl::StrCat(method, " is not libsodium crypto_pwhash (1)"));
     }
     KeyDerivation kdf;
-    ASSIGN_OR_RETURN(kdf.opslimit,
-                     reader.ReadInt<uint64_t>(field + " opslimit"));
-    ASSIGN_OR_RETURN(kdf.memlimit,
-                     reader.ReadInt<uint64_t>(field + " memlimit"));
+    WS_ASSIGN_OR_RETURN(kdf.opslimit,
+                        reader.ReadInt<uint64_t>(field + " opslimit"));
+    WS_ASSIGN_OR_RETURN(kdf.memlimit,
+                        reader.ReadInt<uint64_t>(field + " memlimit"));
     const uint64_t alg_at = reader.position();
-    ASSIGN_OR_RETURN(kdf.algorithm, reader.ReadInt<int32_t>(field + " alg"));
+    WS_ASSIGN_OR_RETURN(kdf.algorithm, reader.ReadInt<int32_t>(field + " alg"));
     if (kdf.algorithm != kKdfAlgArgon2id13) {
       return Error(alg_at, field + " alg",
                    absl::StrCat(kdf.algorithm, " is not Argon2id13 (2)"));
     }
-    ASSIGN_OR_RETURN(const uint16_t salt_len,
-                     reader.ReadInt<uint16_t>(field + " salt_len"));
-    ASSIGN_OR_RETURN(kdf.salt, reader.ReadString(salt_len, field + " salt"));
+    WS_ASSIGN_OR_RETURN(const uint16_t salt_len,
+                        reader.ReadInt<uint16_t>(field + " salt_len"));
+    WS_ASSIGN_OR_RETURN(kdf.salt, reader.ReadString(salt_len, field + " salt"));
     return kdf;
   }
 
@@ -956,8 +962,8 @@ class Parser {
                                                     uint64_t chunk_end) const {
     TensorEncryption cipher;
     const uint64_t chunk_size_at = reader.position();
-    ASSIGN_OR_RETURN(cipher.chunk_size,
-                     reader.ReadInt<uint64_t>(field + " chunk_size"));
+    WS_ASSIGN_OR_RETURN(cipher.chunk_size,
+                        reader.ReadInt<uint64_t>(field + " chunk_size"));
     if (cipher.chunk_size < kMinCipherChunkSize ||
         cipher.chunk_size % kCipherChunkAlignment != 0) {
       return Error(chunk_size_at, field + " chunk_size",
@@ -965,11 +971,12 @@ class Parser {
                                 kMinCipherChunkSize, " and a multiple of ",
                                 kCipherChunkAlignment));
     }
-    RETURN_IF_ERROR(reader.Read(cipher.nonce.size(), field + " nonce",
-                                reinterpret_cast<char*>(cipher.nonce.data())));
+    WS_RETURN_IF_ERROR(
+        reader.Read(cipher.nonce.size(), field + " nonce",
+                    reinterpret_cast<char*>(cipher.nonce.data())));
     const uint64_t num_macs_at = reader.position();
-    ASSIGN_OR_RETURN(const uint64_t num_macs,
-                     reader.ReadInt<uint64_t>(field + " num_macs"));
+    WS_ASSIGN_OR_RETURN(const uint64_t num_macs,
+                        reader.ReadInt<uint64_t>(field + " num_macs"));
     const uint64_t expected = data_length / cipher.chunk_size +
                               (data_length % cipher.chunk_size != 0 ? 1 : 0);
     if (num_macs != expected) {
@@ -989,8 +996,8 @@ class Parser {
     }
     cipher.macs.resize(num_macs);
     for (auto& mac : cipher.macs) {
-      RETURN_IF_ERROR(reader.Read(mac.size(), field + " mac",
-                                  reinterpret_cast<char*>(mac.data())));
+      WS_RETURN_IF_ERROR(reader.Read(mac.size(), field + " mac",
+                                     reinterpret_cast<char*>(mac.data())));
     }
     return cipher;
   }
@@ -1003,10 +1010,11 @@ class Parser {
       const std::vector<StoredHash>& hashes, const std::string& label) const {
     const uint64_t head = hash_block_end - header_offset;
     std::string prefix(head + 8, '\0');
-    RETURN_IF_ERROR(ReadExact(source_, header_offset, head, label + ": header",
-                              prefix.data()));
-    RETURN_IF_ERROR(ReadExact(source_, data_length_at, 8,
-                              label + ": data_length", prefix.data() + head));
+    WS_RETURN_IF_ERROR(ReadExact(source_, header_offset, head,
+                                 label + ": header", prefix.data()));
+    WS_RETURN_IF_ERROR(ReadExact(source_, data_length_at, 8,
+                                 label + ": data_length",
+                                 prefix.data() + head));
     for (const StoredHash& hash : hashes) {
       std::fill_n(prefix.begin() + static_cast<ptrdiff_t>(hash.value_offset),
                   hash.value.size(), '\0');
@@ -1024,8 +1032,8 @@ class Parser {
                                 "at byte ",
                                 size));
     }
-    ASSIGN_OR_RETURN(const uint64_t marker,
-                     ReadIntAt<uint64_t>(source_, offset, "end marker"));
+    WS_ASSIGN_OR_RETURN(const uint64_t marker,
+                        ReadIntAt<uint64_t>(source_, offset, "end marker"));
     if (marker != 0) {
       return Error(offset, "end marker",
                    absl::StrCat("expected a u64 0 after the last of ",

@@ -27,8 +27,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
-#include "daemon/base/errno_status.h"
-#include "daemon/base/status_macros.h"
+#include "common/errno_status.h"
+#include "common/status_macros.h"
 #include "daemon/io/read_engine.h"
 #include "daemon/io/read_file.h"
 
@@ -113,7 +113,7 @@ absl::StatusOr<double> EnginePass(ReadEngine& engine, const ReadFile& file,
   }
   engine.Drain();
   const double seconds = Seconds(start);
-  RETURN_IF_ERROR(error);
+  WS_RETURN_IF_ERROR(error);
   if (total != file.size) return absl::DataLossError("short engine pass");
   return seconds;
 }
@@ -122,8 +122,8 @@ absl::StatusOr<double> MedianSeconds(
     const Pass& pass, int runs, const std::function<absl::Status()>& before) {
   std::vector<double> seconds;
   for (int i = 0; i < runs; ++i) {
-    RETURN_IF_ERROR(before());
-    ASSIGN_OR_RETURN(double s, pass());
+    WS_RETURN_IF_ERROR(before());
+    WS_ASSIGN_OR_RETURN(double s, pass());
     seconds.push_back(s);
   }
   std::sort(seconds.begin(), seconds.end());
@@ -142,7 +142,7 @@ absl::Status Run() {
   }
   AlignedMemory pool = AllocateTouched(chunk * depth);
   for (const bool cold : {true, false}) {
-    ASSIGN_OR_RETURN(ReadFile file, OpenReadFile(path, cold));
+    WS_ASSIGN_OR_RETURN(ReadFile file, OpenReadFile(path, cold));
     if (cold && !file.direct) {
       return absl::FailedPreconditionError(path + " refuses O_DIRECT");
     }
@@ -159,11 +159,11 @@ absl::Status Run() {
     };
     if (!cold) {
       // Fills the page cache for the warm rows.
-      RETURN_IF_ERROR(PreadLoop(file, pool.get(), chunk).status());
+      WS_RETURN_IF_ERROR(PreadLoop(file, pool.get(), chunk).status());
     }
     const char* mode = cold ? "O_DIRECT, cold" : "buffered, warm";
     const double gb = static_cast<double>(file.size) / 1e9;
-    ASSIGN_OR_RETURN(
+    WS_ASSIGN_OR_RETURN(
         const double baseline,
         MedianSeconds([&] { return PreadLoop(file, pool.get(), chunk); }, runs,
                       before));
@@ -184,14 +184,14 @@ absl::Status Run() {
       }
       std::unique_ptr<ReadEngine> engine = std::move(*created);
       const iovec registered = {pool.get(), chunk * depth};
-      RETURN_IF_ERROR(engine->RegisterBuffers({&registered, 1}));
-      ASSIGN_OR_RETURN(const double seconds,
-                       MedianSeconds(
-                           [&] {
-                             return EnginePass(*engine, file, pool.get(), chunk,
-                                               depth);
-                           },
-                           runs, before));
+      WS_RETURN_IF_ERROR(engine->RegisterBuffers({&registered, 1}));
+      WS_ASSIGN_OR_RETURN(const double seconds,
+                          MedianSeconds(
+                              [&] {
+                                return EnginePass(*engine, file, pool.get(),
+                                                  chunk, depth);
+                              },
+                              runs, before));
       const std::string name = absl::StrCat(engine->name(), " engine");
       std::printf("%-16s %-22s %6.2f GB/s  %.2fx\n", mode, name.c_str(),
                   gb / seconds, baseline / seconds);

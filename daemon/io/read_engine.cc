@@ -4,7 +4,7 @@
 #include <cstdint>
 
 #include "absl/strings/str_cat.h"
-#include "daemon/base/errno_status.h"
+#include "common/errno_status.h"
 #include "daemon/base/logging.h"
 #include "daemon/base/metrics.h"
 #include "daemon/io/pread_engine.h"

@@ -4,9 +4,9 @@
 // (PreadEngine). CreateReadEngine picks one at start; the loader sees only
 // this interface.
 //
-//   ASSIGN_OR_RETURN(std::unique_ptr<ReadEngine> engine,
+//   WS_ASSIGN_OR_RETURN(std::unique_ptr<ReadEngine> engine,
 //                    CreateReadEngine(ReadEngineOptions()));
-//   RETURN_IF_ERROR(engine->RegisterBuffers(slabs));
+//   WS_RETURN_IF_ERROR(engine->RegisterBuffers(slabs));
 //   engine->Submit({fd, offset, length, slab, path},
 //                  [](absl::StatusOr<uint64_t> bytes_read) { ... });
 //   engine->Drain();

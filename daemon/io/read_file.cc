@@ -9,7 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "daemon/base/errno_status.h"
+#include "common/errno_status.h"
 #include "daemon/base/logging.h"
 #include "daemon/base/metrics.h"
 

@@ -10,8 +10,8 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "common/scoped_fd.h"
 #include "daemon/base/file_opener.h"
-#include "daemon/base/scoped_fd.h"
 
 namespace warmstart {
 

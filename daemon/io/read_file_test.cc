@@ -7,9 +7,9 @@
 #include <random>
 #include <string>
 
+#include "common/testing/status_matchers.h"
+#include "common/testing/test_env.h"
 #include "daemon/base/metrics.h"
-#include "daemon/base/testing/status_matchers.h"
-#include "daemon/base/testing/test_env.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 

@@ -24,7 +24,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "daemon/base/scoped_fd.h"
+#include "common/scoped_fd.h"
 #include "daemon/io/read_engine.h"
 
 namespace warmstart {

@@ -3,8 +3,8 @@
 #include <openssl/sha.h>
 
 #include "absl/strings/escaping.h"
-#include "daemon/base/testing/status_matchers.h"
-#include "daemon/base/testing/test_env.h"
+#include "common/testing/status_matchers.h"
+#include "common/testing/test_env.h"
 #include "daemon/device/host_device.h"
 #include "daemon/formats/byte_source.h"
 #include "daemon/formats/checkpoint.h"

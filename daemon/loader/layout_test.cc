@@ -1,6 +1,6 @@
 #include "daemon/loader/layout.h"
 
-#include "daemon/base/testing/status_matchers.h"
+#include "common/testing/status_matchers.h"
 
 namespace warmstart {
 namespace {

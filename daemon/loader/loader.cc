@@ -8,7 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
-#include "daemon/base/status_macros.h"
+#include "common/status_macros.h"
 #include "daemon/formats/tensor_data.h"
 #include "daemon/io/read_file.h"
 #include "daemon/loader/layout.h"
@@ -73,8 +73,8 @@ absl::StatusOr<std::unique_ptr<RemoteObject>> OpenRemote(
                      ": remote sources are not enabled here (remote_sources in "
                      "the config, --remote_source PREFIX)"));
   }
-  ASSIGN_OR_RETURN(std::unique_ptr<RemoteObject> object,
-                   options.remote->Open(file.path));
+  WS_ASSIGN_OR_RETURN(std::unique_ptr<RemoteObject> object,
+                      options.remote->Open(file.path));
   if (object->size() != file.file_size || object->etag() != file.version) {
     return absl::DataLossError(absl::StrCat(
         file.path, ": the object changed since it was parsed: size ",
@@ -147,11 +147,11 @@ Manifest WholeFileManifest(const FileManifest& file) {
 absl::Status VerifyImage(const FileManifest& file, const char* image) {
   for (const TensorEntry& tensor : file.tensors) {
     if (tensor.checksums.empty()) continue;
-    ASSIGN_OR_RETURN(ChecksumVerifier verifier,
-                     ChecksumVerifier::Start(file.path, tensor));
-    RETURN_IF_ERROR(verifier.Update(
+    WS_ASSIGN_OR_RETURN(ChecksumVerifier verifier,
+                        ChecksumVerifier::Start(file.path, tensor));
+    WS_RETURN_IF_ERROR(verifier.Update(
         absl::string_view(image + tensor.offset, tensor.stored_bytes)));
-    RETURN_IF_ERROR(verifier.Finish());
+    WS_RETURN_IF_ERROR(verifier.Finish());
   }
   return absl::OkStatus();
 }
@@ -192,14 +192,14 @@ absl::string_view ModelLayoutName(ModelLayout layout) {
 
 absl::StatusOr<LoadSize> SizeLoad(const Manifest& manifest, ModelLayout layout,
                                   uint64_t alignment) {
-  RETURN_IF_ERROR(CheckLoadable(manifest));
+  WS_RETURN_IF_ERROR(CheckLoadable(manifest));
   LoadSize size;
   if (layout == ModelLayout::kFileImage) {
-    RETURN_IF_ERROR(CheckFileImage(manifest));
+    WS_RETURN_IF_ERROR(CheckFileImage(manifest));
     size.arena_bytes = size.load_bytes = manifest.files[0].file_size;
     return size;
   }
-  ASSIGN_OR_RETURN(ArenaLayout arena, LayoutArena(manifest, alignment));
+  WS_ASSIGN_OR_RETURN(ArenaLayout arena, LayoutArena(manifest, alignment));
   size.arena_bytes = arena.total_bytes;
   for (const FileManifest& file : manifest.files) {
     for (const TensorEntry& tensor : file.tensors) {
@@ -212,7 +212,7 @@ absl::StatusOr<LoadSize> SizeLoad(const Manifest& manifest, ModelLayout layout,
 absl::StatusOr<LoadedModel> Loader::Load(const Manifest& manifest,
                                          const std::string& label,
                                          const LoadOptions& options) {
-  RETURN_IF_ERROR(CheckLoadable(manifest));
+  WS_RETURN_IF_ERROR(CheckLoadable(manifest));
   if (options.layout == ModelLayout::kFileImage) {
     return LoadFileImage(manifest, label, options);
   }
@@ -222,7 +222,7 @@ absl::StatusOr<LoadedModel> Loader::Load(const Manifest& manifest,
 absl::StatusOr<LoadedModel> Loader::LoadFileImage(const Manifest& manifest,
                                                   const std::string& label,
                                                   const LoadOptions& options) {
-  RETURN_IF_ERROR(CheckFileImage(manifest));
+  WS_RETURN_IF_ERROR(CheckFileImage(manifest));
   const FileManifest& file = manifest.files[0];
   LoadedModel model;
   for (const TensorEntry& tensor : file.tensors) {
@@ -243,9 +243,9 @@ absl::StatusOr<LoadedModel> Loader::LoadFileImage(const Manifest& manifest,
   // once it is complete.
   LoadOptions whole_options = options;
   whole_options.verify_checksums = false;
-  RETURN_IF_ERROR(Fill(whole, layout, label, whole_options, *model.arena));
+  WS_RETURN_IF_ERROR(Fill(whole, layout, label, whole_options, *model.arena));
   if (options.verify_checksums) {
-    RETURN_IF_ERROR(VerifyImage(file, model.arena->host_data()));
+    WS_RETURN_IF_ERROR(VerifyImage(file, model.arena->host_data()));
   }
   return model;
 }
@@ -253,8 +253,8 @@ absl::StatusOr<LoadedModel> Loader::LoadFileImage(const Manifest& manifest,
 absl::StatusOr<LoadedModel> Loader::LoadPacked(const Manifest& manifest,
                                                const std::string& label,
                                                const LoadOptions& options) {
-  ASSIGN_OR_RETURN(ArenaLayout layout,
-                   LayoutArena(manifest, options.alignment));
+  WS_ASSIGN_OR_RETURN(ArenaLayout layout,
+                      LayoutArena(manifest, options.alignment));
   LoadedModel model;
   for (const TensorPlacement& placement : layout.placements) {
     const TensorEntry& tensor =
@@ -271,7 +271,7 @@ absl::StatusOr<LoadedModel> Loader::LoadPacked(const Manifest& manifest,
       device_->Allocate(std::max<uint64_t>(layout.total_bytes, 1), label);
   if (!arena.ok()) return MarkedDeviceFull(arena.status());
   model.arena = *std::move(arena);
-  RETURN_IF_ERROR(Fill(manifest, layout, label, options, *model.arena));
+  WS_RETURN_IF_ERROR(Fill(manifest, layout, label, options, *model.arena));
   return model;
 }
 
@@ -292,8 +292,8 @@ absl::Status Loader::Fill(const Manifest& manifest, const ArenaLayout& layout,
                      " must be a non-zero multiple of ", kDirectAlignment));
   }
   const uint64_t max_chunk = pool_->slab_bytes() - 2 * kDirectAlignment;
-  ASSIGN_OR_RETURN(std::vector<ReadChunk> chunks,
-                   PlanReads(manifest, layout, max_chunk));
+  WS_ASSIGN_OR_RETURN(std::vector<ReadChunk> chunks,
+                      PlanReads(manifest, layout, max_chunk));
 
   // Keys and checksum verifiers, per placement.
   std::vector<const KeyMaterial*> keys(layout.placements.size(), nullptr);
@@ -304,14 +304,14 @@ absl::Status Loader::Fill(const Manifest& manifest, const ArenaLayout& layout,
     const FileManifest& file = manifest.files[placement.file_index];
     const TensorEntry& tensor = file.tensors[placement.tensor_index];
     if (tensor.encryption.has_value() && options.keys != nullptr) {
-      ASSIGN_OR_RETURN(keys[p], options.keys->KeyFor(file.path, tensor));
+      WS_ASSIGN_OR_RETURN(keys[p], options.keys->KeyFor(file.path, tensor));
     }
     if (options.verify_checksums && !tensor.checksums.empty()) {
-      ASSIGN_OR_RETURN(ChecksumVerifier verifier,
-                       ChecksumVerifier::Start(file.path, tensor));
+      WS_ASSIGN_OR_RETURN(ChecksumVerifier verifier,
+                          ChecksumVerifier::Start(file.path, tensor));
       if (tensor.stored_bytes == 0) {
         // A meta tensor's checksums cover its header alone.
-        RETURN_IF_ERROR(verifier.Finish());
+        WS_RETURN_IF_ERROR(verifier.Finish());
       } else {
         verifiers[p].emplace(std::move(verifier));
       }
@@ -329,13 +329,13 @@ absl::Status Loader::Fill(const Manifest& manifest, const ArenaLayout& layout,
     const FileManifest& manifest_file = manifest.files[chunk.file_index];
     const std::string& path = manifest_file.path;
     if (IsRemoteUrl(path)) {
-      ASSIGN_OR_RETURN(std::unique_ptr<RemoteObject> object,
-                       OpenRemote(manifest_file, options));
+      WS_ASSIGN_OR_RETURN(std::unique_ptr<RemoteObject> object,
+                          OpenRemote(manifest_file, options));
       remotes.emplace(chunk.file_index, std::move(object));
       continue;
     }
-    ASSIGN_OR_RETURN(ReadFile file,
-                     OpenReadFile(path, options.direct_io, opener));
+    WS_ASSIGN_OR_RETURN(ReadFile file,
+                        OpenReadFile(path, options.direct_io, opener));
     files.emplace(chunk.file_index, std::move(file));
   }
 
@@ -444,7 +444,7 @@ absl::Status Loader::Fill(const Manifest& manifest, const ArenaLayout& layout,
     const ReadFile& file = files.at(chunk.file_index);
     // The reads write the arena directly: its memory must be there first.
     const Piece& last = chunk.pieces.back();
-    RETURN_IF_ERROR(MarkedDeviceFull(
+    WS_RETURN_IF_ERROR(MarkedDeviceFull(
         arena.WaitWritable(layout.placements[last.placement].arena_offset +
                            last.tensor_offset + last.length)));
     {
@@ -481,7 +481,7 @@ absl::Status Loader::Fill(const Manifest& manifest, const ArenaLayout& layout,
     uint64_t lead;
     {
       absl::MutexLock lock(&mutex);
-      RETURN_IF_ERROR(slots[i].status);
+      WS_RETURN_IF_ERROR(slots[i].status);
       slab = std::move(slots[i].slab);
       lead = slots[i].lead;
     }
@@ -499,15 +499,15 @@ absl::Status Loader::Fill(const Manifest& manifest, const ArenaLayout& layout,
               .tensors[layout.placements[piece.placement].tensor_index];
       char* data = base + piece.chunk_offset;
       if (tensor.encryption.has_value()) {
-        RETURN_IF_ERROR(DecryptInPlace(path, tensor, keys[piece.placement],
-                                       piece.tensor_offset, data,
-                                       piece.length));
+        WS_RETURN_IF_ERROR(DecryptInPlace(path, tensor, keys[piece.placement],
+                                          piece.tensor_offset, data,
+                                          piece.length));
       }
       if (auto& verifier = verifiers[piece.placement]; verifier.has_value()) {
-        RETURN_IF_ERROR(
+        WS_RETURN_IF_ERROR(
             verifier->Update(absl::string_view(data, piece.length)));
         if (piece.tensor_offset + piece.length == tensor.stored_bytes) {
-          RETURN_IF_ERROR(verifier->Finish());
+          WS_RETURN_IF_ERROR(verifier->Finish());
         }
       }
     }
@@ -590,7 +590,7 @@ absl::Status Loader::Fill(const Manifest& manifest, const ArenaLayout& layout,
   absl::Status synchronized = device_->Synchronize();
   if (status.ok()) status = synchronized;
   if (status.ok()) status = copy_errors->Get();
-  RETURN_IF_ERROR(status);
+  WS_RETURN_IF_ERROR(status);
   if (options.on_progress && chunks.empty()) options.on_progress(progress);
   return arena.Seal();
 }

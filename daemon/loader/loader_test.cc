@@ -10,9 +10,9 @@
 #include <vector>
 
 #include "absl/strings/escaping.h"
+#include "common/testing/status_matchers.h"
+#include "common/testing/test_env.h"
 #include "daemon/base/file_opener.h"
-#include "daemon/base/testing/status_matchers.h"
-#include "daemon/base/testing/test_env.h"
 #include "daemon/device/host_device.h"
 #include "daemon/device/testing/fault_injecting_device.h"
 #include "daemon/formats/byte_source.h"

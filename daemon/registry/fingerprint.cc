@@ -9,16 +9,16 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
-#include "daemon/base/errno_status.h"
-#include "daemon/base/scoped_fd.h"
-#include "daemon/base/status_macros.h"
+#include "common/errno_status.h"
+#include "common/scoped_fd.h"
+#include "common/status_macros.h"
 
 namespace warmstart {
 namespace {
 
 absl::StatusOr<FileFingerprint> FingerprintFile(const std::string& path,
                                                 const FileOpener& opener) {
-  ASSIGN_OR_RETURN(ScopedFd fd, opener.Open(path, O_RDONLY));
+  WS_ASSIGN_OR_RETURN(ScopedFd fd, opener.Open(path, O_RDONLY));
   struct stat st;
   if (::fstat(fd.get(), &st) != 0) return ErrnoToStatus(errno, path);
   FileFingerprint print;
@@ -69,7 +69,8 @@ absl::StatusOr<Fingerprint> FingerprintFiles(const Manifest& manifest,
       prints.push_back(std::move(print));
       continue;
     }
-    ASSIGN_OR_RETURN(FileFingerprint print, FingerprintFile(file.path, opener));
+    WS_ASSIGN_OR_RETURN(FileFingerprint print,
+                        FingerprintFile(file.path, opener));
     prints.push_back(std::move(print));
   }
   return prints;

@@ -5,8 +5,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "daemon/base/testing/status_matchers.h"
-#include "daemon/base/testing/test_env.h"
+#include "common/testing/status_matchers.h"
+#include "common/testing/test_env.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 

@@ -12,9 +12,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/status_macros.h"
 #include "daemon/base/logging.h"
 #include "daemon/base/metrics.h"
-#include "daemon/base/status_macros.h"
 #include "daemon/formats/checkpoint.h"
 #include "daemon/loader/layout.h"
 #include "daemon/registry/fingerprint.h"
@@ -189,7 +189,7 @@ const RegistryTarget* Registry::FindTarget(const std::string& uuid) const {
 }
 
 absl::StatusOr<v1::ModelStatus> Registry::Load(const ModelRequest& request) {
-  RETURN_IF_ERROR(CheckName(request.name));
+  WS_RETURN_IF_ERROR(CheckName(request.name));
   // Threads of finished loads are joined here, outside the lock: their
   // last act (freeing what a failed load allocated) may take a while.
   std::vector<std::thread> finished;
@@ -239,10 +239,10 @@ absl::StatusOr<v1::ModelStatus> Registry::Load(const ModelRequest& request) {
   ParseOptions parse_options;
   parse_options.opener = options_.opener;
   parse_options.remote = options_.load.remote;
-  ASSIGN_OR_RETURN(Manifest manifest,
-                   OpenCheckpoint(request.path, parse_options));
-  ASSIGN_OR_RETURN(Fingerprint fingerprint,
-                   FingerprintFiles(manifest, *options_.opener));
+  WS_ASSIGN_OR_RETURN(Manifest manifest,
+                      OpenCheckpoint(request.path, parse_options));
+  WS_ASSIGN_OR_RETURN(Fingerprint fingerprint,
+                      FingerprintFiles(manifest, *options_.opener));
   const ModelLayout layout = ChooseLayout(request.layout, manifest, devices);
   absl::StatusOr<LoadSize> size =
       SizeLoad(manifest, layout, options_.load.alignment);
@@ -403,7 +403,8 @@ absl::Status Registry::LoadReplicas(Model& model, const Manifest& manifest,
     std::vector<LoadedModel> evicted;
     {
       absl::MutexLock lock(&mutex_);
-      RETURN_IF_ERROR(ReserveLocked(target, model.arena_bytes, model, evicted));
+      WS_RETURN_IF_ERROR(
+          ReserveLocked(target, model.arena_bytes, model, evicted));
     }
     evicted.clear();
 
@@ -456,8 +457,8 @@ absl::Status Registry::LoadReplicas(Model& model, const Manifest& manifest,
   }
   // The loader read the files by path; make sure they are still the ones
   // fingerprinted when the load was asked for.
-  ASSIGN_OR_RETURN(Fingerprint now,
-                   FingerprintFiles(manifest, *options_.opener));
+  WS_ASSIGN_OR_RETURN(Fingerprint now,
+                      FingerprintFiles(manifest, *options_.opener));
   const std::string change = DescribeChange(model.fingerprint, now);
   if (!change.empty()) {
     return absl::DataLossError(absl::StrCat(
@@ -664,7 +665,7 @@ v1::ModelStatus Registry::StatusLocked(const Model& model) const {
 
 absl::StatusOr<v1::ModelStatus> Registry::WaitLoaded(const std::string& name,
                                                      absl::Time deadline) {
-  RETURN_IF_ERROR(CheckName(name));
+  WS_RETURN_IF_ERROR(CheckName(name));
   absl::MutexLock lock(&mutex_);
   while (true) {
     auto it = models_.find(name);
@@ -683,7 +684,7 @@ absl::StatusOr<v1::ModelStatus> Registry::WaitLoaded(const std::string& name,
 absl::StatusOr<v1::ModelStatus> Registry::WaitForChange(const std::string& name,
                                                         uint64_t* version,
                                                         absl::Time deadline) {
-  RETURN_IF_ERROR(CheckName(name));
+  WS_RETURN_IF_ERROR(CheckName(name));
   absl::MutexLock lock(&mutex_);
   while (true) {
     auto it = models_.find(name);
@@ -705,7 +706,7 @@ absl::StatusOr<v1::ModelStatus> Registry::WaitForChange(const std::string& name,
 absl::StatusOr<LeaseGrant> Registry::Acquire(const std::string& name,
                                              const std::string& session,
                                              absl::Time deadline) {
-  RETURN_IF_ERROR(CheckName(name));
+  WS_RETURN_IF_ERROR(CheckName(name));
   const absl::Time requested = absl::Now();
   absl::MutexLock lock(&mutex_);
   while (true) {
@@ -815,7 +816,7 @@ int Registry::ReleaseSession(const std::string& session) {
 
 absl::StatusOr<v1::ModelStatus> Registry::Unload(const std::string& name,
                                                  bool force) {
-  RETURN_IF_ERROR(CheckName(name));
+  WS_RETURN_IF_ERROR(CheckName(name));
   std::vector<LoadedModel> freed;
   absl::MutexLock lock(&mutex_);
   auto it = models_.find(name);
@@ -867,7 +868,7 @@ absl::StatusOr<v1::ModelStatus> Registry::Unload(const std::string& name,
 }
 
 absl::Status Registry::SetPinned(const std::string& name, bool pinned) {
-  RETURN_IF_ERROR(CheckName(name));
+  WS_RETURN_IF_ERROR(CheckName(name));
   absl::MutexLock lock(&mutex_);
   auto it = models_.find(name);
   if (it == models_.end()) {
@@ -879,7 +880,7 @@ absl::Status Registry::SetPinned(const std::string& name, bool pinned) {
 }
 
 absl::StatusOr<v1::ModelStatus> Registry::Get(const std::string& name) const {
-  RETURN_IF_ERROR(CheckName(name));
+  WS_RETURN_IF_ERROR(CheckName(name));
   absl::MutexLock lock(&mutex_);
   auto it = models_.find(name);
   if (it == models_.end()) {

@@ -10,9 +10,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
+#include "common/testing/status_matchers.h"
+#include "common/testing/test_env.h"
 #include "daemon/base/file_opener.h"
-#include "daemon/base/testing/status_matchers.h"
-#include "daemon/base/testing/test_env.h"
 #include "daemon/device/host_device.h"
 #include "daemon/device/testing/fault_injecting_device.h"
 #include "daemon/io/read_engine.h"

@@ -7,7 +7,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
-#include "daemon/base/errno_status.h"
+#include "common/errno_status.h"
 
 namespace warmstart {
 namespace {

@@ -13,8 +13,8 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
+#include "common/status_macros.h"
 #include "daemon/base/metrics.h"
-#include "daemon/base/status_macros.h"
 
 namespace warmstart {
 namespace {
@@ -259,10 +259,10 @@ absl::StatusOr<std::unique_ptr<RemoteSources>> RemoteSources::Create(
   }
   if (options.max_attempts < 1) options.max_attempts = 1;
   if (options.env == nullptr) options.env = &GetEnv;
-  RETURN_IF_ERROR(CurlGlobalInit());
+  WS_RETURN_IF_ERROR(CurlGlobalInit());
   std::vector<CurlEasy> handles;
   for (unsigned i = 0; i < options.concurrency; ++i) {
-    ASSIGN_OR_RETURN(CurlEasy curl, CurlEasy::Create());
+    WS_ASSIGN_OR_RETURN(CurlEasy curl, CurlEasy::Create());
     handles.push_back(std::move(curl));
   }
   std::unique_ptr<RemoteSources> sources(new RemoteSources(std::move(options)));
@@ -416,8 +416,8 @@ absl::StatusOr<std::pair<std::string, bool>> RemoteSources::Resolve(
 
 absl::StatusOr<std::unique_ptr<RemoteObject>> RemoteSources::Open(
     const std::string& url) const {
-  ASSIGN_OR_RETURN(auto resolved, Resolve(url));
-  RETURN_IF_ERROR(CheckAllowed(url));
+  WS_ASSIGN_OR_RETURN(auto resolved, Resolve(url));
+  WS_RETURN_IF_ERROR(CheckAllowed(url));
   AwsCredentials credentials;
   if (resolved.second) {
     absl::StatusOr<AwsCredentials> found = FindAwsCredentials(options_.env);
@@ -478,7 +478,7 @@ absl::StatusOr<std::unique_ptr<RemoteObject>> RemoteSources::Open(
     done.Notify();
   });
   done.WaitForNotification();
-  RETURN_IF_ERROR(status);
+  WS_RETURN_IF_ERROR(status);
   return std::unique_ptr<RemoteObject>(
       new RemoteObject(this, url, resolved.first, resolved.second,
                        std::move(credentials), size, std::move(etag)));
@@ -552,7 +552,7 @@ absl::StatusOr<std::vector<std::string>> RemoteSources::ListUrl(
     return absl::InvalidArgumentError(
         absl::StrCat(url, ": a prefix to list must end with '/'"));
   }
-  RETURN_IF_ERROR(CheckAllowed(url));
+  WS_RETURN_IF_ERROR(CheckAllowed(url));
   const std::string rest = url.substr(5);
   const size_t slash = rest.find('/');
   const std::string bucket = rest.substr(0, slash);
@@ -628,7 +628,7 @@ absl::StatusOr<std::vector<std::string>> RemoteSources::ListUrl(
       done.Notify();
     });
     done.WaitForNotification();
-    RETURN_IF_ERROR(status);
+    WS_RETURN_IF_ERROR(status);
     if (body.find("<ListBucketResult") == std::string::npos) {
       return absl::DataLossError(absl::StrCat(
           url, ": list: the answer is not a ListObjectsV2 result"));
@@ -651,7 +651,7 @@ absl::StatusOr<std::vector<std::string>> RemoteSources::ListUrl(
 
 absl::StatusOr<std::unique_ptr<ByteSource>> RemoteSources::OpenUrl(
     const std::string& url) const {
-  ASSIGN_OR_RETURN(std::unique_ptr<RemoteObject> object, Open(url));
+  WS_ASSIGN_OR_RETURN(std::unique_ptr<RemoteObject> object, Open(url));
   return std::unique_ptr<ByteSource>(std::move(object));
 }
 

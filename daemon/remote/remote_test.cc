@@ -5,9 +5,9 @@
 #include <fstream>
 #include <map>
 
+#include "common/testing/status_matchers.h"
+#include "common/testing/test_env.h"
 #include "daemon/base/metrics.h"
-#include "daemon/base/testing/status_matchers.h"
-#include "daemon/base/testing/test_env.h"
 #include "daemon/remote/remote_source.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"

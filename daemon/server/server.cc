@@ -7,10 +7,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/status_macros.h"
+#include "common/version.h"
 #include "daemon/base/logging.h"
 #include "daemon/base/metrics.h"
-#include "daemon/base/status_macros.h"
-#include "daemon/base/version.h"
 #include "daemon/device/cuda_device.h"
 #include "daemon/device/host_device.h"
 #include "daemon/formats/key_source.h"
@@ -45,17 +45,18 @@ absl::StatusOr<std::shared_ptr<KeyProvider>> KeysFor(
     const v1::Preload& preload) {
   switch (preload.key().source_case()) {
     case v1::KeySource::kKeyFile: {
-      ASSIGN_OR_RETURN(KeyMaterial key, KeyFromFile(preload.key().key_file()));
+      WS_ASSIGN_OR_RETURN(KeyMaterial key,
+                          KeyFromFile(preload.key().key_file()));
       return std::make_shared<KeyProvider>(std::move(key));
     }
     case v1::KeySource::kKeyEnv: {
-      ASSIGN_OR_RETURN(KeyMaterial key,
-                       KeyFromEnvironment(preload.key().key_env()));
+      WS_ASSIGN_OR_RETURN(KeyMaterial key,
+                          KeyFromEnvironment(preload.key().key_env()));
       return std::make_shared<KeyProvider>(std::move(key));
     }
     case v1::KeySource::kPasswordFile: {
-      ASSIGN_OR_RETURN(Password password,
-                       PasswordFromFile(preload.key().password_file()));
+      WS_ASSIGN_OR_RETURN(Password password,
+                          PasswordFromFile(preload.key().password_file()));
       return std::make_shared<KeyProvider>(std::move(password));
     }
     case v1::KeySource::SOURCE_NOT_SET:
@@ -77,7 +78,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   std::unique_ptr<Server> server(new Server());
   server->config_ = config;
   // Before anything opens descriptors: the caps below follow from it.
-  ASSIGN_OR_RETURN(const DescriptorLimit limit, RaiseDescriptorLimit());
+  WS_ASSIGN_OR_RETURN(const DescriptorLimit limit, RaiseDescriptorLimit());
   server->descriptors_ = BudgetFor(limit.soft);
   Logger("daemon")->info("{}", DescribeBudget(limit, server->descriptors_));
   v1::ServerInfo info;
@@ -87,12 +88,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   info.set_pid(static_cast<uint32_t>(::getpid()));
   info.set_handle_socket_name(
       Basename(config.listen().unix_socket() + kHandleSocketSuffix));
-  RETURN_IF_ERROR(server->SetUpTargets(config, info));
+  WS_RETURN_IF_ERROR(server->SetUpTargets(config, info));
 
   if (config.model_roots().empty()) {
     server->opener_ = std::make_unique<NoRootsOpener>();
   } else {
-    ASSIGN_OR_RETURN(
+    WS_ASSIGN_OR_RETURN(
         server->opener_,
         BeneathRootsOpener::Create(std::vector<std::string>(
             config.model_roots().begin(), config.model_roots().end())));
@@ -102,7 +103,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
                                  config.remote_sources().end());
   remote.concurrency = config.remote_concurrency();
   remote.ca_bundle = config.remote_ca_bundle();
-  ASSIGN_OR_RETURN(server->remote_, RemoteSources::Create(std::move(remote)));
+  WS_ASSIGN_OR_RETURN(server->remote_,
+                      RemoteSources::Create(std::move(remote)));
   RegistryOptions options;
   options.load.remote = server->remote_.get();
   for (Target& target : server->targets_) {
@@ -111,7 +113,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   }
   options.opener = server->opener_.get();
   server->registry_ = std::make_unique<Registry>(std::move(options));
-  RETURN_IF_ERROR(server->Listen(config, info));
+  WS_RETURN_IF_ERROR(server->Listen(config, info));
   return server;
 }
 
@@ -153,7 +155,7 @@ absl::Status Server::SetUpTargets(const v1::DaemonConfig& config,
   std::vector<std::unique_ptr<Device>> devices;
   if (use_cuda) {
     for (const CudaDeviceInfo& gpu : gpus) {
-      ASSIGN_OR_RETURN(
+      WS_ASSIGN_OR_RETURN(
           std::unique_ptr<CudaDevice> device,
           CudaDevice::Create(driver_.get(), gpu.ordinal, CudaDeviceOptions{}));
       devices.push_back(std::move(device));
@@ -183,11 +185,12 @@ absl::Status Server::SetUpTargets(const v1::DaemonConfig& config,
     Target target;
     target.budget_bytes = budget_of(device->uuid());
     target.device = std::move(device);
-    ASSIGN_OR_RETURN(target.pool, StagingPool::Create({config.staging_bytes(),
-                                                       config.slab_bytes()},
-                                                      target.device.get()));
-    ASSIGN_OR_RETURN(target.engine, CreateReadEngine(engine_options));
-    RETURN_IF_ERROR(target.engine->RegisterBuffers(target.pool->Regions()));
+    WS_ASSIGN_OR_RETURN(
+        target.pool,
+        StagingPool::Create({config.staging_bytes(), config.slab_bytes()},
+                            target.device.get()));
+    WS_ASSIGN_OR_RETURN(target.engine, CreateReadEngine(engine_options));
+    WS_RETURN_IF_ERROR(target.engine->RegisterBuffers(target.pool->Regions()));
     target.loader = std::make_unique<Loader>(
         target.engine.get(), target.pool.get(), target.device.get());
     targets_.push_back(std::move(target));
@@ -209,10 +212,10 @@ absl::Status Server::Listen(const v1::DaemonConfig& config,
   const v1::Listen& listen = config.listen();
   const std::string& socket = listen.unix_socket();
   const std::string handle_socket = socket + kHandleSocketSuffix;
-  RETURN_IF_ERROR(PrepareSocketPath(socket));
-  RETURN_IF_ERROR(PrepareSocketPath(handle_socket));
+  WS_RETURN_IF_ERROR(PrepareSocketPath(socket));
+  WS_RETURN_IF_ERROR(PrepareSocketPath(handle_socket));
   Registry* registry = registry_.get();
-  ASSIGN_OR_RETURN(
+  WS_ASSIGN_OR_RETURN(
       sessions_, SessionServer::Start(
                      handle_socket,
                      [registry](const std::string& id) {
@@ -225,9 +228,9 @@ absl::Status Server::Listen(const v1::DaemonConfig& config,
                        }
                      },
                      descriptors_.sessions));
-  RETURN_IF_ERROR(ApplySocketPermissions(handle_socket, listen.socket_mode(),
-                                         listen.socket_owner(),
-                                         listen.socket_group()));
+  WS_RETURN_IF_ERROR(ApplySocketPermissions(handle_socket, listen.socket_mode(),
+                                            listen.socket_owner(),
+                                            listen.socket_group()));
 
   service_ =
       std::make_unique<WarmstartService>(info, registry, sessions_.get());
@@ -266,31 +269,31 @@ absl::Status Server::Listen(const v1::DaemonConfig& config,
   SessionServer* sessions = sessions_.get();
   const uint64_t reserved = descriptors_.reserved;
   const size_t max_sessions = descriptors_.sessions.max_sessions;
-  ASSIGN_OR_RETURN(grpc_acceptor_,
-                   GrpcAcceptor::Start(
-                       socket, grpc_server_.get(),
-                       [=]() -> uint64_t {
-                         // The daemon's own reserve, and room for every session
-                         // not yet open: gRPC connections never take what
-                         // sessions are promised.
-                         const size_t open = sessions->session_count();
-                         return reserved +
-                                (open < max_sessions ? max_sessions - open : 0);
-                       },
-                       &connection_peers_));
+  WS_ASSIGN_OR_RETURN(
+      grpc_acceptor_,
+      GrpcAcceptor::Start(
+          socket, grpc_server_.get(),
+          [=]() -> uint64_t {
+            // The daemon's own reserve, and room for every session
+            // not yet open: gRPC connections never take what
+            // sessions are promised.
+            const size_t open = sessions->session_count();
+            return reserved + (open < max_sessions ? max_sessions - open : 0);
+          },
+          &connection_peers_));
   if (!listen.tcp_address().empty() && tcp_port == 0) {
     return absl::UnavailableError(
         absl::StrCat("cannot listen on ", listen.tcp_address()));
   }
   grpc_server_->GetHealthCheckService()->SetServingStatus(false);
-  RETURN_IF_ERROR(ApplySocketPermissions(socket, listen.socket_mode(),
-                                         listen.socket_owner(),
-                                         listen.socket_group()));
+  WS_RETURN_IF_ERROR(ApplySocketPermissions(socket, listen.socket_mode(),
+                                            listen.socket_owner(),
+                                            listen.socket_group()));
   if (!listen.metrics_address().empty()) {
-    ASSIGN_OR_RETURN(metrics_endpoint_,
-                     MetricsEndpoint::Start(listen.metrics_address(), [] {
-                       return Metrics::Global().PrometheusText();
-                     }));
+    WS_ASSIGN_OR_RETURN(metrics_endpoint_,
+                        MetricsEndpoint::Start(listen.metrics_address(), [] {
+                          return Metrics::Global().PrometheusText();
+                        }));
   }
   Logger("daemon")->info(
       "warmstartd {} serving on unix:{}{}{} (backend {}, handle socket {}, "

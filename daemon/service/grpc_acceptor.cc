@@ -15,7 +15,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
-#include "daemon/base/errno_status.h"
+#include "common/errno_status.h"
 #include "daemon/base/logging.h"
 #include "daemon/base/metrics.h"
 #include "grpcpp/server_posix.h"

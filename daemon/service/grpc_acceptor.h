@@ -30,7 +30,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
-#include "daemon/base/scoped_fd.h"
+#include "common/scoped_fd.h"
 #include "daemon/service/session_server.h"
 #include "grpcpp/server.h"
 

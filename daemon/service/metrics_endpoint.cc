@@ -21,9 +21,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
-#include "daemon/base/errno_status.h"
+#include "common/errno_status.h"
+#include "common/status_macros.h"
 #include "daemon/base/logging.h"
-#include "daemon/base/status_macros.h"
 
 namespace warmstart {
 namespace {
@@ -312,7 +312,7 @@ absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(
       options.io_timeout.count() <= 0) {
     return AddressError(address, "invalid options");
   }
-  ASSIGN_OR_RETURN(const SocketAddress parsed, ParseAddress(address));
+  WS_ASSIGN_OR_RETURN(const SocketAddress parsed, ParseAddress(address));
 
   ScopedFd listen_fd(
       ::socket(parsed.family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));

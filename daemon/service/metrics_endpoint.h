@@ -16,7 +16,7 @@
 //
 // Typical use in the daemon:
 //
-//   ASSIGN_OR_RETURN(auto metrics, MetricsEndpoint::Start(
+//   WS_ASSIGN_OR_RETURN(auto metrics, MetricsEndpoint::Start(
 //       config.metrics_address(),
 //       [] { return Metrics::Global().PrometheusText(); }));
 //   ...  // serves until `metrics` is destroyed
@@ -37,7 +37,7 @@
 #include <thread>
 
 #include "absl/status/statusor.h"
-#include "daemon/base/scoped_fd.h"
+#include "common/scoped_fd.h"
 
 namespace warmstart {
 

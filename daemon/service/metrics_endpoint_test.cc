@@ -15,9 +15,9 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/scoped_fd.h"
+#include "common/testing/status_matchers.h"
 #include "daemon/base/metrics.h"
-#include "daemon/base/scoped_fd.h"
-#include "daemon/base/testing/status_matchers.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 

@@ -12,7 +12,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "daemon/base/errno_status.h"
+#include "common/errno_status.h"
 #include "daemon/base/logging.h"
 #include "daemon/base/metrics.h"
 #include "daemon/registry/random_id.h"

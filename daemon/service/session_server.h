@@ -30,7 +30,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "daemon/base/scoped_fd.h"
+#include "common/scoped_fd.h"
 
 namespace warmstart {
 

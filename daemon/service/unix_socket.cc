@@ -13,8 +13,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "daemon/base/errno_status.h"
-#include "daemon/base/scoped_fd.h"
+#include "common/errno_status.h"
+#include "common/scoped_fd.h"
 
 namespace warmstart {
 

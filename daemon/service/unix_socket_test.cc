@@ -8,9 +8,9 @@
 #include <cstring>
 #include <fstream>
 
-#include "daemon/base/scoped_fd.h"
-#include "daemon/base/testing/status_matchers.h"
-#include "daemon/base/testing/test_env.h"
+#include "common/scoped_fd.h"
+#include "common/testing/status_matchers.h"
+#include "common/testing/test_env.h"
 
 namespace warmstart {
 namespace {

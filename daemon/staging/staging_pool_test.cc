@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <thread>
 
-#include "daemon/base/testing/status_matchers.h"
+#include "common/testing/status_matchers.h"
 #include "daemon/device/host_device.h"
 #include "daemon/device/testing/fault_injecting_device.h"
 

@@ -8,7 +8,7 @@
 
 #include <cstdint>
 
-#include "daemon/base/testing/status_matchers.h"
+#include "common/testing/status_matchers.h"
 #include "daemon/device/device.h"
 
 namespace warmstart {

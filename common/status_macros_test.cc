@@ -1,8 +1,8 @@
-#include "daemon/base/status_macros.h"
+#include "common/status_macros.h"
 
 #include <memory>
 
-#include "daemon/base/testing/status_matchers.h"
+#include "common/testing/status_matchers.h"
 
 namespace warmstart {
 namespace {
@@ -21,13 +21,13 @@ absl::StatusOr<std::unique_ptr<int>> MakeInt(bool ok) {
 }
 
 absl::Status UsesReturnIfError(absl::Status inner, bool* reached_end) {
-  RETURN_IF_ERROR(CountedStatus(inner));
+  WS_RETURN_IF_ERROR(CountedStatus(inner));
   *reached_end = true;
   return absl::OkStatus();
 }
 
 absl::StatusOr<int> UsesAssignOrReturn(bool ok) {
-  ASSIGN_OR_RETURN(std::unique_ptr<int> value, MakeInt(ok));  // Move-only.
+  WS_ASSIGN_OR_RETURN(std::unique_ptr<int> value, MakeInt(ok));  // Move-only.
   return *value + 1;
 }
 

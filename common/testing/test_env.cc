@@ -1,4 +1,4 @@
-#include "daemon/base/testing/test_env.h"
+#include "common/testing/test_env.h"
 
 #include <ftw.h>
 #include <openssl/sha.h>

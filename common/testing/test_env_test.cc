@@ -1,11 +1,11 @@
-#include "daemon/base/testing/test_env.h"
+#include "common/testing/test_env.h"
 
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <fstream>
 
-#include "daemon/base/testing/status_matchers.h"
+#include "common/testing/status_matchers.h"
 
 namespace warmstart {
 namespace testing {

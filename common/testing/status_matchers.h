@@ -4,8 +4,8 @@
 //   EXPECT_THAT(Parse(bad), StatusIs(absl::StatusCode::kInvalidArgument,
 //                                    HasSubstr("data_offsets")));
 //   ASSERT_OK_AND_ASSIGN(auto value, MakeValue());
-#ifndef WARMSTART_DAEMON_BASE_TESTING_STATUS_MATCHERS_H_
-#define WARMSTART_DAEMON_BASE_TESTING_STATUS_MATCHERS_H_
+#ifndef WARMSTART_COMMON_TESTING_STATUS_MATCHERS_H_
+#define WARMSTART_COMMON_TESTING_STATUS_MATCHERS_H_
 
 #include <ostream>
 #include <string>
@@ -66,4 +66,4 @@ MATCHER_P(StatusIs, code, "has code " + absl::StatusCodeToString(code)) {
   ASSERT_THAT(statusor.status(), ::warmstart::IsOk());     \
   lhs = std::move(statusor).value()
 
-#endif  // WARMSTART_DAEMON_BASE_TESTING_STATUS_MATCHERS_H_
+#endif  // WARMSTART_COMMON_TESTING_STATUS_MATCHERS_H_

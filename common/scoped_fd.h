@@ -2,8 +2,8 @@
 //
 // Thread safety: a ScopedFd is not synchronised; share the descriptor value
 // (get()) across threads only while the owner outlives its users.
-#ifndef WARMSTART_DAEMON_BASE_SCOPED_FD_H_
-#define WARMSTART_DAEMON_BASE_SCOPED_FD_H_
+#ifndef WARMSTART_COMMON_SCOPED_FD_H_
+#define WARMSTART_COMMON_SCOPED_FD_H_
 
 namespace warmstart {
 
@@ -41,4 +41,4 @@ class ScopedFd {
 
 }  // namespace warmstart
 
-#endif  // WARMSTART_DAEMON_BASE_SCOPED_FD_H_
+#endif  // WARMSTART_COMMON_SCOPED_FD_H_

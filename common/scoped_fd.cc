@@ -1,4 +1,4 @@
-#include "daemon/base/scoped_fd.h"
+#include "common/scoped_fd.h"
 
 #include <unistd.h>
 

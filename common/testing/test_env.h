@@ -1,6 +1,6 @@
 // Test environment helpers: fixtures, short temporary directories, the seed.
-#ifndef WARMSTART_DAEMON_BASE_TESTING_TEST_ENV_H_
-#define WARMSTART_DAEMON_BASE_TESTING_TEST_ENV_H_
+#ifndef WARMSTART_COMMON_TESTING_TEST_ENV_H_
+#define WARMSTART_COMMON_TESTING_TEST_ENV_H_
 
 #include <cstdint>
 #include <string>
@@ -62,4 +62,4 @@ class ShortTempDir {
 }  // namespace testing
 }  // namespace warmstart
 
-#endif  // WARMSTART_DAEMON_BASE_TESTING_TEST_ENV_H_
+#endif  // WARMSTART_COMMON_TESTING_TEST_ENV_H_

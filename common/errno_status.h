@@ -1,6 +1,6 @@
 // Turns errno values (and io_uring's negated errno results) into absl::Status.
-#ifndef WARMSTART_DAEMON_BASE_ERRNO_STATUS_H_
-#define WARMSTART_DAEMON_BASE_ERRNO_STATUS_H_
+#ifndef WARMSTART_COMMON_ERRNO_STATUS_H_
+#define WARMSTART_COMMON_ERRNO_STATUS_H_
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
@@ -26,4 +26,4 @@ bool IsIoError(const absl::Status& status);
 
 }  // namespace warmstart
 
-#endif  // WARMSTART_DAEMON_BASE_ERRNO_STATUS_H_
+#endif  // WARMSTART_COMMON_ERRNO_STATUS_H_

@@ -1,4 +1,4 @@
-#include "daemon/base/errno_status.h"
+#include "common/errno_status.h"
 
 #include <cerrno>
 #include <cstdlib>

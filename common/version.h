@@ -1,6 +1,6 @@
 // The release version and the gRPC protocol version.
-#ifndef WARMSTART_DAEMON_BASE_VERSION_H_
-#define WARMSTART_DAEMON_BASE_VERSION_H_
+#ifndef WARMSTART_COMMON_VERSION_H_
+#define WARMSTART_COMMON_VERSION_H_
 
 namespace warmstart {
 
@@ -12,4 +12,4 @@ inline constexpr int kProtocolMinor = 0;
 
 }  // namespace warmstart
 
-#endif  // WARMSTART_DAEMON_BASE_VERSION_H_
+#endif  // WARMSTART_COMMON_VERSION_H_

@@ -5,7 +5,7 @@
 #include <cstring>
 #include <random>
 
-#include "daemon/base/testing/test_env.h"
+#include "common/testing/test_env.h"
 #include "gtest/gtest.h"
 
 int main(int argc, char** argv) {

@@ -1,8 +1,8 @@
-#include "daemon/base/errno_status.h"
+#include "common/errno_status.h"
 
 #include <cerrno>
 
-#include "daemon/base/testing/status_matchers.h"
+#include "common/testing/status_matchers.h"
 
 namespace warmstart {
 namespace {
