@@ -282,6 +282,32 @@ absl::StatusOr<std::unique_ptr<DeviceAllocation>> CudaDevice::Allocate(
   return std::unique_ptr<DeviceAllocation>(std::move(allocation));
 }
 
+DeviceMemory CudaDevice::Memory() const {
+  DeviceMemory memory;
+  ScopedContext scope(*driver_, context_);
+  size_t free_bytes = 0;
+  size_t total_bytes = 0;
+  absl::Status status = scope.status();
+  if (status.ok()) {
+    status = driver_->ToStatus(
+        driver_->api().mem_get_info(&free_bytes, &total_bytes), "cuMemGetInfo");
+  }
+  if (!status.ok()) {
+    // The loader's allocations still fail cleanly when the GPU is full;
+    // say once why the figure is missing.
+    static std::atomic<bool> warned{false};
+    if (!warned.exchange(true)) {
+      Logger("device")->warn("free memory of {} unknown: {}", info_.uuid,
+                             status.message());
+    }
+    return memory;
+  }
+  memory.free_bytes = free_bytes;
+  memory.source = absl::StrCat("cuMemGetInfo on ", info_.uuid, " (", free_bytes,
+                               " of ", total_bytes, " bytes free)");
+  return memory;
+}
+
 absl::Status CudaDevice::Zero(const CudaAllocation& allocation) {
   // Neither cuMemCreate nor cuMemAlloc clears memory, and the loader relies
   // on zeros for meta tensors and padding. The dedicated stream keeps this

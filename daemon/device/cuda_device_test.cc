@@ -299,6 +299,35 @@ TEST_P(CudaDeviceTest, OutOfMemoryNamesTheSizeAndLeaksNothing) {
   EXPECT_OK(device_->Allocate(kMiB, "small").status());
 }
 
+TEST_F(SimulatedCudaTest, FreeMemoryComesFromTheDriverAtEveryCall) {
+  // 64 MiB, 24 of them used by other processes: 40 free, less what this
+  // device allocates, asked anew at every call.
+  ASSERT_NO_FATAL_FAILURE(
+      Open({{"WARMSTART_SIM_MEMORY_BYTES", std::to_string(64 * kMiB)},
+            {"WARMSTART_SIM_OTHERS_MEMORY_BYTES", std::to_string(24 * kMiB)}}));
+  DeviceMemory memory = device_->Memory();
+  ASSERT_TRUE(memory.free_bytes.has_value());
+  EXPECT_EQ(*memory.free_bytes, 40 * kMiB);
+  EXPECT_THAT(memory.source,
+              AllOf(HasSubstr("cuMemGetInfo on GPU-"),
+                    HasSubstr("(41943040 of 67108864 bytes free)")));
+  {
+    ASSERT_OK_AND_ASSIGN(auto allocation, device_->Allocate(8 * kMiB, "m"));
+    EXPECT_EQ(device_->Memory().free_bytes, 32 * kMiB);
+    // Memory other processes use cannot be allocated.
+    EXPECT_THAT(device_->Allocate(34 * kMiB, "big").status(),
+                StatusIs(absl::StatusCode::kResourceExhausted));
+  }
+  EXPECT_EQ(device_->Memory().free_bytes, 40 * kMiB);
+}
+
+TEST_F(SimulatedCudaTest, AFailingMemGetInfoLeavesFreeMemoryUnknown) {
+  ASSERT_NO_FATAL_FAILURE(Open({}));
+  sim_.inject("cuMemGetInfo", 1, CUDA_ERROR_UNKNOWN);
+  EXPECT_FALSE(device_->Memory().free_bytes.has_value());
+  EXPECT_TRUE(device_->Memory().free_bytes.has_value());
+}
+
 TEST_P(CudaDeviceTest, FailedPinningFailsThePoolAndUnpinsTheRest) {
   sim_.inject("cuMemHostRegister", 3, CUDA_ERROR_OUT_OF_MEMORY);
   ASSERT_OK_AND_ASSIGN(auto pool,

@@ -91,6 +91,7 @@ absl::StatusOr<std::unique_ptr<CudaDriver>> CudaDriver::Load() {
       Entry("cuDeviceGet", &api.device_get),
       Entry("cuDeviceGetName", &api.device_get_name),
       Entry("cuDeviceTotalMem", &api.device_total_mem),
+      Entry("cuMemGetInfo", &api.mem_get_info),
       Entry("cuDeviceGetUuid", &api.device_get_uuid),
       Entry("cuDeviceGetAttribute", &api.device_get_attribute),
       Entry("cuGetErrorName", &api.get_error_name),

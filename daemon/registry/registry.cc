@@ -799,6 +799,13 @@ absl::Status Registry::Release(const std::string& lease_id,
   return absl::OkStatus();
 }
 
+std::map<std::string, int> Registry::LeasesBySession() const {
+  std::map<std::string, int> counts;
+  absl::MutexLock lock(&mutex_);
+  for (const auto& [id, lease] : leases_) ++counts[lease.session];
+  return counts;
+}
+
 int Registry::ReleaseSession(const std::string& session) {
   std::vector<std::string> ids;
   {

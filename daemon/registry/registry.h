@@ -173,6 +173,8 @@ class Registry {
   absl::StatusOr<v1::ModelStatus> Get(const std::string& name) const;
   std::vector<v1::ModelStatus> List() const;  // By name.
   RegistryStats Stats() const;
+  // How many leases each session holds (sessions without any are absent).
+  std::map<std::string, int> LeasesBySession() const;
 
   // From now on Acquire and Load fail with Unavailable (shutting down).
   void StopLeasing();

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "daemon/device/cuda_driver.h"
@@ -91,6 +92,23 @@ class Server {
   // enough; runs on staging_release_thread_ until staging_release_stop_.
   void ReleaseQuietStagingPools(absl::Duration period);
   void StopStagingReleaseThread();
+  // Health is SERVING only while readiness is READY and the last listener
+  // probe succeeded.
+  void UpdateHealth();
+  // Every kProbeInterval until StopListenerProbe: ProbeListenersOnce.
+  void RunListenerProbe();
+  // Probes the unix socket (and the TCP address when configured) over new
+  // connections. A unix listener that takes no connection at all is
+  // re-armed (closed, its path prepared and bound again) and probed again.
+  // What still fails turns health NOT_SERVING with a logged reason; a
+  // listener that cannot be re-armed, or failures in kProbeFailuresToExit
+  // rounds in a row, end the process (status 3, reason logged) so that its
+  // supervisor restarts it.
+  void ProbeListenersOnce();
+  // Starts grpc_acceptor_ on the unix socket with the descriptor caps.
+  absl::Status StartUnixAcceptor();
+  absl::Status RearmUnixListener();
+  void StopListenerProbe();
 
   v1::DaemonConfig config_;
   DescriptorBudget descriptors_;        // Set first in Start.
@@ -116,6 +134,16 @@ class Server {
   std::thread readiness_thread_;
   absl::Notification staging_release_stop_;
   std::thread staging_release_thread_;
+
+  // "127.0.0.1:7070" with the port gRPC bound; empty without TCP.
+  std::string tcp_probe_address_;
+  // Serialises health changes (readiness thread, probe thread).
+  absl::Mutex health_mutex_;
+  bool listeners_healthy_ ABSL_GUARDED_BY(health_mutex_) = true;
+  absl::Mutex probe_mutex_;
+  bool stop_probe_ ABSL_GUARDED_BY(probe_mutex_) = false;
+  int failed_probe_rounds_ = 0;  // The probe thread's.
+  std::thread probe_thread_;
 };
 
 }  // namespace warmstart

@@ -126,6 +126,9 @@ struct Simulation {
   // Objects.
   int context_retains ABSL_GUARDED_BY(mutex) = 0;
   size_t used_memory ABSL_GUARDED_BY(mutex) = 0;
+  // Used by other processes (WARMSTART_SIM_OTHERS_MEMORY_BYTES): neither
+  // allocatable nor free.
+  size_t others_memory ABSL_GUARDED_BY(mutex) = 0;
   std::map<uintptr_t, Linear> linear ABSL_GUARDED_BY(mutex);
   uint64_t next_serial ABSL_GUARDED_BY(mutex) = 1;
   std::map<uintptr_t, IpcMapping> ipc_mappings ABSL_GUARDED_BY(mutex);
@@ -361,6 +364,13 @@ CUresult CUDAAPI cuInit(unsigned int flags) {
     uint64_t bytes = 0;
     if (absl::SimpleAtoi(text, &bytes)) sim.total_memory = bytes;
   }
+  sim.others_memory = 0;
+  if (const char* text = std::getenv("WARMSTART_SIM_OTHERS_MEMORY_BYTES")) {
+    uint64_t bytes = 0;
+    if (absl::SimpleAtoi(text, &bytes)) {
+      sim.others_memory = std::min<uint64_t>(bytes, sim.total_memory);
+    }
+  }
   sim.copy_delay = absl::Microseconds(EnvInt("WARMSTART_SIM_COPY_DELAY_US", 0));
   sim.missing.clear();
   if (const char* text = std::getenv("WARMSTART_SIM_MISSING")) {
@@ -416,6 +426,19 @@ CUresult CUDAAPI cuDeviceGetName(char* name, int length, CUdevice device) {
   if (device != 0) return CUDA_ERROR_INVALID_DEVICE;
   if (length <= 0) return CUDA_ERROR_INVALID_VALUE;
   std::snprintf(name, static_cast<size_t>(length), "%s", kDeviceName);
+  return CUDA_SUCCESS;
+}
+
+CUresult CUDAAPI cuMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
+  SIM_CHECK(Injected("cuMemGetInfo"));
+  SIM_CHECK(RequireContext());
+  if (free_bytes == nullptr || total_bytes == nullptr) {
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  Simulation& sim = Sim();
+  absl::MutexLock lock(&sim.mutex);
+  *total_bytes = sim.total_memory;
+  *free_bytes = sim.total_memory - sim.others_memory - sim.used_memory;
   return CUDA_SUCCESS;
 }
 
@@ -514,7 +537,7 @@ CUresult CUDAAPI cuMemAlloc(CUdeviceptr* pointer, size_t bytes) {
   if (bytes == 0) return CUDA_ERROR_INVALID_VALUE;
   Simulation& sim = Sim();
   absl::MutexLock lock(&sim.mutex);
-  if (bytes > sim.total_memory - sim.used_memory) {
+  if (bytes > sim.total_memory - sim.others_memory - sim.used_memory) {
     return CUDA_ERROR_OUT_OF_MEMORY;
   }
   const uint64_t serial = sim.next_serial++;
@@ -680,7 +703,7 @@ CUresult CUDAAPI cuMemCreate(CUmemGenericAllocationHandle* handle, size_t size,
       size % kGranularity != 0) {
     return CUDA_ERROR_INVALID_VALUE;
   }
-  if (size > sim.total_memory - sim.used_memory) {
+  if (size > sim.total_memory - sim.others_memory - sim.used_memory) {
     return CUDA_ERROR_OUT_OF_MEMORY;
   }
   const int memfd =
@@ -1105,6 +1128,7 @@ CUresult CUDAAPI cuGetProcAddress(const char* symbol, void** function,
       SIM_ENTRY(cuDeviceGet),
       SIM_ENTRY(cuDeviceGetName),
       SIM_ENTRY(cuDeviceTotalMem),
+      SIM_ENTRY(cuMemGetInfo),
       SIM_ENTRY(cuDeviceGetUuid),
       SIM_ENTRY(cuDeviceGetAttribute),
       SIM_ENTRY(cuGetErrorName),
