@@ -374,10 +374,13 @@ absl::Status CudaDevice::AllocateLinear(CudaAllocation& allocation) {
 absl::Status CudaDevice::RegisterHostMemory(void* data, uint64_t bytes) {
   ScopedContext scope(*driver_, context_);
   WS_RETURN_IF_ERROR(scope.status());
-  // Flags 0: only this device's context copies from the slabs, so neither
-  // portable nor mapped pinning is needed.
-  const absl::Status status = driver_->ToStatus(
-      driver_->api().mem_host_register(data, bytes, 0), "cuMemHostRegister");
+  // Portable: one load's slabs feed every device it is placed on (a slab
+  // read once is copied to each GPU), and pinning seen only by this
+  // device's context would make the other devices' copies pageable.
+  const absl::Status status =
+      driver_->ToStatus(driver_->api().mem_host_register(
+                            data, bytes, CU_MEMHOSTREGISTER_PORTABLE),
+                        "cuMemHostRegister");
   if (!status.ok()) {
     return Annotate(status,
                     absl::StrCat("pin ", bytes, " bytes of host memory"));

@@ -167,6 +167,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
         {target.device.get(), target.loader.get(), target.budget_bytes});
   }
   options.opener = server->opener_.get();
+  // The daemon's metrics and clock: the process-wide ones (tests of the
+  // registry pass their own).
+  options.metrics = &Metrics::Global();
+  options.now = [] { return absl::Now(); };
   server->registry_ = std::make_unique<Registry>(std::move(options));
   WS_RETURN_IF_ERROR(server->Listen(config, info));
   return server;
