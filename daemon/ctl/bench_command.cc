@@ -5,7 +5,7 @@
 #include <string>
 
 #include "absl/strings/numbers.h"
-#include "daemon/base/printable.h"
+#include "common/printable.h"
 #include "daemon/bench/bench.h"
 #include "daemon/device/cuda_device.h"
 #include "daemon/device/cuda_driver.h"

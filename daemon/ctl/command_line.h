@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/protocol.h"
 
 namespace warmstart {
 namespace ctl {
@@ -70,10 +71,6 @@ absl::StatusOr<CommandLine> ParseCommandLine(
 absl::Status CheckFlags(const CommandLine& line,
                         const std::set<std::string>& switches,
                         const std::set<std::string>& value_flags);
-
-// The environment variable that names the daemon's socket when --socket
-// is not given.
-inline constexpr char kSocketEnv[] = "WARMSTART_SOCKET";
 
 // The daemon's socket: --socket PATH, else $WARMSTART_SOCKET when set and
 // not empty, else `default_path`.

@@ -4,6 +4,7 @@
 #include <cstdlib>
 
 #include "common/errno_status.h"
+#include "common/protocol.h"
 #include "common/testing/status_matchers.h"
 #include "daemon/formats/tensor_data.h"
 

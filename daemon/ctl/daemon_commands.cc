@@ -12,7 +12,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "client/client.h"
-#include "daemon/base/printable.h"
+#include "common/printable.h"
+#include "common/protocol.h"
 #include "daemon/ctl/progress.h"
 #include "nlohmann/json.hpp"
 
@@ -23,7 +24,7 @@ namespace {
 using Json = nlohmann::ordered_json;
 
 std::string SocketPath(const CommandLine& line) {
-  return ctl::SocketPath(line, client::kDefaultSocket);
+  return ctl::SocketPath(line, kDefaultSocketPath);
 }
 
 int Fail(int code, const std::string& message) {

@@ -7,8 +7,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/printable.h"
 #include "common/version.h"
-#include "daemon/base/printable.h"
 #include "daemon/ctl/bench_command.h"
 #include "daemon/ctl/command_line.h"
 #include "daemon/ctl/daemon_commands.h"

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/protocol.h"
 #include "common/status_macros.h"
 #include "common/version.h"
 #include "daemon/base/logging.h"
@@ -20,9 +21,6 @@
 namespace warmstart {
 namespace {
 
-// Handle socket file name: beside the gRPC socket, so that a client that
-// reaches one (through a shared emptyDir, say) reaches the other.
-constexpr char kHandleSocketSuffix[] = ".handles";
 constexpr absl::Duration kReadinessPoll = absl::Milliseconds(250);
 
 // The opener when no model root is configured: nothing may be loaded.

@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/errno_status.h"
+#include "common/fd_passing.h"
 #include "daemon/base/logging.h"
 #include "daemon/base/metrics.h"
 #include "daemon/registry/random_id.h"
@@ -47,30 +48,12 @@ Gauge* SessionsGauge() {
 // Sends one datagram holding `message` and, when given, `fds`.
 absl::Status SendMessage(int socket, const v1::HandleMessage& message,
                          const std::vector<int>& fds) {
-  const std::string bytes = message.SerializeAsString();
-  iovec data{const_cast<char*>(bytes.data()), bytes.size()};
-  msghdr header{};
-  header.msg_iov = &data;
-  header.msg_iovlen = 1;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerBundle)];
-  if (!fds.empty()) {
-    const size_t fd_bytes = sizeof(int) * fds.size();
-    header.msg_control = control;
-    header.msg_controllen = CMSG_SPACE(fd_bytes);
-    cmsghdr* rights = CMSG_FIRSTHDR(&header);
-    rights->cmsg_level = SOL_SOCKET;
-    rights->cmsg_type = SCM_RIGHTS;
-    rights->cmsg_len = CMSG_LEN(fd_bytes);
-    std::memcpy(CMSG_DATA(rights), fds.data(), fd_bytes);
-  }
-  while (true) {
-    // Non-blocking: a peer that stopped reading fails its own acquire
-    // instead of stalling a gRPC thread.
-    const ssize_t sent =
-        ::sendmsg(socket, &header, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (sent >= 0) return absl::OkStatus();
-    if (errno != EINTR) return ErrnoToStatus(errno, "handle socket sendmsg");
-  }
+  // Non-blocking: a peer that stopped reading fails its own acquire
+  // instead of stalling a gRPC thread.
+  const int error =
+      SendWithFds(socket, message.SerializeAsString(), fds, MSG_DONTWAIT);
+  if (error != 0) return ErrnoToStatus(error, "handle socket sendmsg");
+  return absl::OkStatus();
 }
 
 }  // namespace
