@@ -65,7 +65,7 @@ class DaemonProtocolTest : public ::testing::Test {
                                  root_, "--preload", "tiny=" + model_path_},
         dir_.path());
     testing::RunResult ready =
-        RunProcess({BinaryPath("daemon/ctl/warmstartctl"), "wait-ready",
+        RunProcess({BinaryPath("tools/warmstartctl/warmstartctl"), "wait-ready",
                     "--timeout", "30", "--socket", socket_});
     ASSERT_EQ(ready.exit_code, 0) << ready.err << daemon_->Stderr();
   }
@@ -338,7 +338,7 @@ TEST_F(DaemonProtocolTest, TcpCallersMayOnlyRead) {
                                "--config", config},
       dir_.path());
   testing::RunResult ready =
-      RunProcess({BinaryPath("daemon/ctl/warmstartctl"), "wait-ready",
+      RunProcess({BinaryPath("tools/warmstartctl/warmstartctl"), "wait-ready",
                   "--timeout", "30", "--socket", socket_});
   ASSERT_EQ(ready.exit_code, 0) << ready.err << daemon_->Stderr();
 
@@ -422,7 +422,7 @@ TEST_F(DaemonProtocolTest, AnUnreadHandleSocketDoesNotBlockOthers) {
           "--preload", "tiny=" + model_path_},
       dir_.path());
   testing::RunResult ready =
-      RunProcess({BinaryPath("daemon/ctl/warmstartctl"), "wait-ready",
+      RunProcess({BinaryPath("tools/warmstartctl/warmstartctl"), "wait-ready",
                   "--timeout", "30", "--socket", socket_});
   ASSERT_EQ(ready.exit_code, 0) << ready.err << daemon_->Stderr();
 

@@ -1,4 +1,4 @@
-#include "daemon/ctl/daemon_commands.h"
+#include "tools/warmstartctl/daemon_commands.h"
 
 #include <algorithm>
 #include <cmath>
@@ -14,8 +14,9 @@
 #include "client/client.h"
 #include "common/printable.h"
 #include "common/protocol.h"
-#include "daemon/ctl/progress.h"
 #include "nlohmann/json.hpp"
+#include "tools/warmstartctl/exit_codes.h"
+#include "tools/warmstartctl/progress.h"
 
 namespace warmstart {
 namespace ctl {

@@ -1,4 +1,4 @@
-#include "daemon/ctl/inspect_command.h"
+#include "tools/warmstartctl/inspect_command.h"
 
 #include <cstdio>
 #include <memory>
@@ -17,6 +17,7 @@
 #include "daemon/formats/tensor_data.h"
 #include "daemon/remote/remote_source.h"
 #include "nlohmann/json.hpp"
+#include "tools/warmstartctl/exit_codes.h"
 
 namespace warmstart {
 namespace ctl {

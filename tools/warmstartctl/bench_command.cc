@@ -1,4 +1,4 @@
-#include "daemon/ctl/bench_command.h"
+#include "tools/warmstartctl/bench_command.h"
 
 #include <cstdio>
 #include <memory>
@@ -11,6 +11,7 @@
 #include "daemon/device/cuda_driver.h"
 #include "daemon/device/host_device.h"
 #include "nlohmann/json.hpp"
+#include "tools/warmstartctl/exit_codes.h"
 
 namespace warmstart {
 namespace ctl {

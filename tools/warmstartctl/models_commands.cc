@@ -1,4 +1,4 @@
-#include "daemon/ctl/models_commands.h"
+#include "tools/warmstartctl/models_commands.h"
 
 #include <sys/ioctl.h>
 #include <unistd.h>
@@ -19,8 +19,9 @@
 #include "client/model_json.h"
 #include "common/printable.h"
 #include "common/protocol.h"
-#include "daemon/ctl/progress.h"
 #include "nlohmann/json.hpp"
+#include "tools/warmstartctl/exit_codes.h"
+#include "tools/warmstartctl/progress.h"
 
 namespace warmstart {
 namespace ctl {
