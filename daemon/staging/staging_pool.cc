@@ -7,6 +7,7 @@
 #include <cstdlib>
 
 #include "absl/strings/str_cat.h"
+#include "common/check.h"
 #include "common/errno_status.h"
 
 namespace warmstart {
@@ -91,13 +92,9 @@ StagingPool::StagingPool(Device* device, char* base, uint64_t slab_bytes,
 StagingPool::~StagingPool() {
   {
     absl::MutexLock lock(&mutex_);
-    if (free_.size() != slab_count_) {
-      std::fprintf(stderr,
-                   "StagingPool destroyed with %zu of %llu slabs on loan\n",
-                   slab_count_ - free_.size(),
-                   static_cast<unsigned long long>(slab_count_));
-      std::abort();
-    }
+    WS_CHECK(free_.size() == slab_count_)
+        << "StagingPool destroyed with " << slab_count_ - free_.size() << " of "
+        << slab_count_ << " slabs on loan";
   }
   for (uint64_t i = 0; i < registered_; ++i) {
     device_->UnregisterHostMemory(base_ + i * slab_bytes_);
