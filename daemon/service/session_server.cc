@@ -14,9 +14,11 @@
 #include "absl/strings/str_cat.h"
 #include "common/errno_status.h"
 #include "common/fd_passing.h"
+#include "common/status_macros.h"
 #include "daemon/base/logging.h"
 #include "daemon/base/metrics.h"
 #include "daemon/registry/random_id.h"
+#include "daemon/service/unix_socket.h"
 #include "proto/warmstart.pb.h"
 
 namespace warmstart {
@@ -61,26 +63,9 @@ absl::Status SendMessage(int socket, const v1::HandleMessage& message,
 absl::StatusOr<std::unique_ptr<SessionServer>> SessionServer::Start(
     const std::string& path, std::function<void(const std::string&)> on_close,
     SessionLimits limits) {
-  sockaddr_un address{};
-  address.sun_family = AF_UNIX;
-  if (path.size() >= sizeof(address.sun_path)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "handle socket ", path, " is ", path.size(),
-        " bytes; a unix socket path must be under ", sizeof(address.sun_path)));
-  }
-  std::memcpy(address.sun_path, path.data(), path.size());
-  // Non-blocking: a connection that poll reported but that went away
-  // before accept must not block the session thread.
-  ScopedFd listener(
-      ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-  if (!listener.valid()) return ErrnoToStatus(errno, "handle socket");
-  if (::bind(listener.get(), reinterpret_cast<const sockaddr*>(&address),
-             sizeof(address)) != 0) {
-    return ErrnoToStatus(errno, absl::StrCat("bind ", path));
-  }
-  if (::listen(listener.get(), 128) != 0) {
-    return ErrnoToStatus(errno, absl::StrCat("listen ", path));
-  }
+  WS_ASSIGN_OR_RETURN(
+      ScopedFd listener,
+      ListenUnixSocket(path, SOCK_SEQPACKET, 128, "handle socket"));
   ScopedFd stop_event(::eventfd(0, EFD_CLOEXEC));
   if (!stop_event.valid()) return ErrnoToStatus(errno, "eventfd");
   return std::unique_ptr<SessionServer>(
