@@ -423,3 +423,184 @@ def test_a_path_that_is_not_utf8_gets_a_clear_error(daemon, root):
     assert b"model path" in loaded.stderr
     assert b"is not valid UTF-8" in loaded.stderr
     assert b"m\\xff.safetensors" in loaded.stderr
+
+
+def test_one_process_cannot_take_every_grpc_connection(workdir, root):
+    # Before, gRPC connections had a cap in all but none per peer: one
+    # process could hold every connection the daemon accepts and lock
+    # everyone else out. Now the acceptor counts each process's and user's
+    # open connections (by SO_PEERCRED) and closes the next one, logging
+    # which limit it hit and its value.
+    config = os.path.join(workdir, "limits.textproto")
+    with open(config, "w") as f:
+        f.write("client_limits { max_grpc_connections_per_process: 4 }\n")
+    daemon = Daemon(workdir, "--model_root", root, "--config", config)
+    held = []
+    try:
+        assert "(4 per process," in daemon.logs()
+        for _ in range(4):
+            s = socket_module.socket(socket_module.AF_UNIX,
+                                     socket_module.SOCK_STREAM)
+            s.connect(daemon.socket)
+            held.append(s)
+        # The acceptor takes connections in order: the fifth is closed at
+        # once (EOF) while the first four are open.
+        fifth = socket_module.socket(socket_module.AF_UNIX,
+                                     socket_module.SOCK_STREAM)
+        fifth.settimeout(60)
+        fifth.connect(daemon.socket)
+        held.append(fifth)
+        assert fifth.recv(64) == b""
+        assert ("holds 4 gRPC connections, the most one process may hold "
+                "(4; client_limits.max_grpc_connections_per_process)"
+                in daemon.logs())
+        # Another process is not affected.
+        listed = daemon.ctl("ls")
+        assert listed.returncode == 0, listed.stderr
+    finally:
+        for s in held:
+            s.close()
+        daemon.stop(signal.SIGKILL)
+
+
+def test_one_user_cannot_take_every_lease(workdir, root):
+    # Before, leases had no cap: one user's processes could pin every
+    # model and hold unbounded descriptors. Now a user's (and a process's)
+    # sessions together hold at most the configured (or derived) number,
+    # and the next acquire is RESOURCE_EXHAUSTED naming the limit.
+    config = os.path.join(workdir, "limits.textproto")
+    with open(config, "w") as f:
+        f.write("client_limits { max_leases_per_uid: 2 }\n")
+    daemon = Daemon(workdir, "--model_root", root, "--config", config)
+    holders = []
+    try:
+        loaded = daemon.ctl("load", "m", in_root(root, SAFETENSORS))
+        assert loaded.returncode == 0, loaded.stderr
+        for _ in range(2):
+            holder = daemon.client("--model", "m", "--hold")
+            holders.append(holder)
+            assert event(holder)["event"] == "acquired"
+        refused = daemon.client("--model", "m", "--cycles", "1")
+        got = event(refused, timeout=120)
+        assert got["event"] == "error", got
+        assert got["code"] == "RESOURCE_EXHAUSTED", got
+        assert (f"uid {os.getuid()} holds 2 leases, the most one user may "
+                "hold (2; client_limits.max_leases_per_uid)"
+                in got["message"]), got
+        refused.wait(60)
+        assert daemon.leases("m") == 2
+        # A released lease makes room again.
+        holders.pop().kill()
+        assert wait_for(lambda: daemon.leases("m") == 1, 60)
+        fresh = daemon.client("--model", "m", "--cycles", "1")
+        assert event(fresh, timeout=120)["event"] == "cycles"
+        assert fresh.wait(60) == 0
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait(30)
+        daemon.stop(signal.SIGKILL)
+
+
+def test_a_removed_socket_is_rearmed_and_health_tells_the_truth(daemon):
+    # A listener can stop taking new connections while the old ones work:
+    # its socket file removed (a tmp cleaner, an operator), its accept
+    # loop dead. Before, every new client was told "daemon unavailable"
+    # for good while health said SERVING. Now the daemon probes its
+    # listeners over new connections, re-arms a unix listener that takes
+    # none, and says NOT_SERVING (or exits, for its supervisor) otherwise.
+    os.unlink(daemon.socket)
+    assert wait_for(lambda: daemon.ctl("ls").returncode == 0, 120), \
+        daemon.logs()[-2000:]
+    logs = daemon.logs()
+    assert f"the unix listener takes no new connection (connect " \
+           f"{daemon.socket}: No such file or directory" in logs, logs
+    assert "is re-armed and answers" in logs
+    ready = daemon.ctl("wait-ready", "--timeout", "60")
+    assert ready.returncode == 0, ready.stderr
+    assert daemon.process.poll() is None
+
+
+def test_only_the_loader_or_an_operator_may_force_unload(workdir, root):
+    # Before, anyone allowed to unload could force-unload a model another
+    # client leases, pulling it from under its owner. Now --force needs the
+    # uid that loaded the model, or an operator (root, the daemon's uid,
+    # authorization's admin_uids / admin_gids).
+    os.chmod(workdir, 0o755)
+    os.chmod(root, 0o755)
+    config = os.path.join(workdir, "auth.textproto")
+    with open(config, "w") as f:
+        f.write("listen { socket_mode: 0666 }\n"
+                "authorization { admin_uids: 4244 admin_gids: 4245 }\n")
+    ctl_copy = os.path.join(workdir, "warmstartctl")
+    shutil.copy(harness.CTL, ctl_copy)
+    os.chmod(ctl_copy, 0o755)
+    daemon = Daemon(workdir, "--model_root", root, "--config", config)
+    model = in_root(root, SAFETENSORS)
+
+    def as_user(uid, gid, *args):
+        return subprocess.run(
+            ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+             ctl_copy, *args, "--socket", daemon.socket],
+            capture_output=True, text=True, timeout=120,
+            env=harness.NATIVE_ENV)
+    holders = []
+    try:
+        for name in ("a", "b", "c"):
+            loaded = as_user(4242, 4242, "load", name, model)
+            assert loaded.returncode == 0, loaded.stderr
+            holder = daemon.client("--model", name, "--hold")
+            holders.append(holder)
+            assert event(holder)["event"] == "acquired"
+        refused = as_user(65534, 65534, "unload", "a", "--force")
+        assert refused.returncode == 5, refused.stderr
+        assert ("uid 65534" in refused.stderr
+                and "may not force-unload a: only uid 4242, who loaded it"
+                in refused.stderr), refused.stderr
+        assert daemon.status("a")["state"] == "ready"
+        assert "refused a forced unload" in daemon.logs()
+        # The loader may; so may an operator by uid and by group.
+        assert as_user(4242, 4242, "unload", "a", "--force").returncode == 0
+        assert as_user(4244, 65534, "unload", "b", "--force").returncode == 0
+        assert as_user(65534, 4245, "unload", "c", "--force").returncode == 0
+        for name in ("a", "b", "c"):
+            assert daemon.status(name) is None
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait(30)
+        daemon.stop(signal.SIGKILL)
+
+
+def test_a_gpu_budget_is_what_was_free_at_start(workdir, root):
+    # Before, a GPU had no budget beyond its configured one: the daemon
+    # filled memory other processes on the GPU were about to need, and a
+    # load that did not fit failed deep in the driver. Now the budget is
+    # the least of the configured one and what cuMemGetInfo reported free
+    # at start (re-checked at each reservation), and a load past it is
+    # RESOURCE_EXHAUSTED with the figures. On the simulated driver: 64 MiB,
+    # 32 of them used by another process.
+    write_safetensors(os.path.join(root, "a.safetensors"), 12, 1 << 20)
+    write_safetensors(os.path.join(root, "b.safetensors"), 24, 1 << 20)
+    write_safetensors(os.path.join(root, "c.safetensors"), 4, 1 << 20)
+    sim = os.path.join(harness.RUNFILES, "daemon/device/libcuda_sim.so")
+    daemon = Daemon(workdir, "--model_root", root, "--preload",
+                    "a=" + os.path.join(root, "a.safetensors"),
+                    backend="cuda",
+                    env={"WARMSTART_LIBCUDA": sim,
+                         "WARMSTART_SIM_MEMORY_BYTES": str(64 << 20),
+                         "WARMSTART_SIM_OTHERS_MEMORY_BYTES": str(32 << 20)})
+    try:
+        assert "budget 33554432 bytes (configured none; cuMemGetInfo on " \
+            "GPU-" in daemon.logs()
+        stats = json.loads(daemon.ctl("stats", "--json").stdout)
+        assert stats["devices"][0]["budget_bytes"] == 32 << 20
+        refused = daemon.ctl("load", "b", os.path.join(root, "b.safetensors"))
+        assert refused.returncode == 5, refused.stderr
+        assert "the budget is 33554432 bytes" in refused.stderr, \
+            refused.stderr
+        assert daemon.status("a")["state"] == "ready"
+        loaded = daemon.ctl("load", "c", os.path.join(root, "c.safetensors"))
+        assert loaded.returncode == 0, loaded.stderr
+    finally:
+        daemon.stop(signal.SIGKILL)

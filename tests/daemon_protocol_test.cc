@@ -36,6 +36,7 @@ namespace warmstart {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 using ::warmstart::testing::BinaryPath;
 using ::warmstart::testing::ChildProcess;
 using ::warmstart::testing::RunProcess;
@@ -217,6 +218,99 @@ TEST_F(DaemonProtocolTest, ForgedMissingOrClosedSessionsAreRefused) {
   } while (absl::Now() < deadline);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_THAT(status.error_message(), HasSubstr("unknown or closed"));
+}
+
+TEST_F(DaemonProtocolTest, TextThatIsNotUtf8IsInvalidArgumentNamingTheField) {
+  // Before, the protobuf parser refused such a request: INTERNAL with no
+  // message, and nothing said which field. The text fields are bytes on the
+  // wire now and the daemon checks them itself.
+  const std::string bad = "m\xff\x1b";
+  auto expect_refused = [&](const grpc::Status& status,
+                            const std::string& field) {
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << field << ": " << status.error_message();
+    EXPECT_THAT(status.error_message(),
+                HasSubstr(field + " \"m\\xff\\x1b\" is not valid UTF-8 "
+                                  "(byte 1)"));
+  };
+  {
+    grpc::ClientContext context;
+    v1::LoadModelRequest request;
+    request.set_name("ok");
+    request.set_path(root_ + "/" + bad);
+    v1::ModelStatus response;
+    const grpc::Status status = Stub()->LoadModel(&context, request, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(status.error_message(),
+                HasSubstr("LoadModelRequest.path \"" + root_ + "/m\\xff"));
+  }
+  {
+    grpc::ClientContext context;
+    v1::LoadModelRequest request;
+    request.set_name(bad);
+    request.set_path(model_path_);
+    v1::ModelStatus response;
+    expect_refused(Stub()->LoadModel(&context, request, &response),
+                   "LoadModelRequest.name");
+  }
+  {
+    grpc::ClientContext context;
+    v1::LoadModelRequest request;
+    request.set_name("ok");
+    request.set_path(model_path_);
+    request.add_devices(bad);
+    v1::ModelStatus response;
+    expect_refused(Stub()->LoadModel(&context, request, &response),
+                   "LoadModelRequest.devices");
+  }
+  {
+    grpc::ClientContext context;
+    v1::AcquireModelRequest request;
+    request.set_name(bad);
+    v1::Lease lease;
+    expect_refused(Stub()->AcquireModel(&context, request, &lease),
+                   "AcquireModelRequest.name");
+  }
+  {
+    grpc::ClientContext context;
+    v1::ReleaseModelRequest request;
+    request.set_lease_id(bad);
+    v1::ReleaseModelResponse response;
+    expect_refused(Stub()->ReleaseModel(&context, request, &response),
+                   "ReleaseModelRequest.lease_id");
+  }
+  {
+    grpc::ClientContext context;
+    v1::UnloadModelRequest request;
+    request.set_name(bad);
+    request.set_force(true);
+    v1::ModelStatus response;
+    expect_refused(Stub()->UnloadModel(&context, request, &response),
+                   "UnloadModelRequest.name");
+  }
+  {
+    grpc::ClientContext context;
+    v1::ListModelsRequest request;
+    request.set_name(bad);
+    v1::ListModelsResponse response;
+    expect_refused(Stub()->ListModels(&context, request, &response),
+                   "ListModelsRequest.name");
+  }
+  {
+    grpc::ClientContext context;
+    v1::WatchModelRequest request;
+    request.set_name(bad);
+    auto reader = Stub()->WatchModel(&context, request);
+    v1::ModelStatus status;
+    while (reader->Read(&status)) {
+    }
+    expect_refused(reader->Finish(), "WatchModelRequest.name");
+  }
+  // Nothing reached the log raw, and the daemon still serves.
+  EXPECT_THAT(daemon_->Stderr(), Not(HasSubstr("\xff")));
+  grpc::ClientContext context;
+  v1::ListModelsResponse listed;
+  EXPECT_TRUE(Stub()->ListModels(&context, {}, &listed).ok());
 }
 
 TEST_F(DaemonProtocolTest, AnotherSessionCannotReleaseMyLease) {

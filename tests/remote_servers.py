@@ -43,10 +43,18 @@ class Nginx:
     Faults, by location: files under docroot/slow/ are sent at 1 MB/s per
     connection; requests under docroot/burst/ are limited to 2 a second,
     the others answered 503 at once (bursts of 503s); docroot/norange/
-    ignores Range headers (answers 200 with the whole file). The access log
-    records each request's status, body bytes sent, Range and If-Match."""
+    ignores Range headers (answers 200 with the whole file); docroot/weak/
+    is sent at 1 MB/s with a weak ETag. The access log records each
+    request's status, body bytes sent, Range, If-Unmodified-Since and
+    If-Match.
+    HTTPS serves docroot/slow/ at 1 MB/s per connection too.
 
-    def __init__(self, workdir, docroot):
+    With `s3_upstream` (a moto server's port), https://127.0.0.1:{s3_port}/
+    is a TLS proxy in front of it, sending at 1 MB/s per connection (S3 over
+    HTTPS, slow enough to act on mid-load); the Host header is passed on, so
+    SigV4 signatures made for the proxy hold at moto."""
+
+    def __init__(self, workdir, docroot, s3_upstream=None):
         self.dir = os.path.join(workdir, "nginx")
         os.makedirs(self.dir, exist_ok=True)
         self.docroot = docroot
@@ -60,6 +68,20 @@ class Nginx:
             check=True, capture_output=True)
         self.http_port = free_port()
         self.https_port = free_port()
+        self.s3_port = free_port() if s3_upstream else None
+        s3_proxy = f"""
+  server {{
+    listen 127.0.0.1:{self.s3_port} ssl;
+    ssl_certificate {self.ca_path};
+    ssl_certificate_key {key};
+    location / {{
+      proxy_pass http://127.0.0.1:{s3_upstream};
+      proxy_set_header Host $http_host;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      limit_rate 1m;
+    }}
+  }}""" if s3_upstream else ""
         temp = os.path.join(self.dir, "temp")
         # A root nginx master hands requests to workers of another user,
         # which could not read a 0700 test directory.
@@ -73,7 +95,11 @@ pid {self.dir}/nginx.pid;
 events {{ worker_connections 256; }}
 http {{
   log_format ranges '"$request" $status $body_bytes_sent "$http_range" '
-                    '"$http_if_match"';
+                    '"$http_if_unmodified_since" "$http_if_match"';
+  # nginx's own ETag made weak: W/"<mtime>-<size>". nginx's filters that
+  # weaken ETags (gzip, sub_filter, ssi) also drop Content-Length and byte
+  # ranges, so this is how nginx serves ranges under a weak ETag.
+  map $sent_http_etag $weak_etag {{ ~^"(?<tag>.*)"$ 'W/"$tag"'; }}
   access_log {self.dir}/access.log ranges;
   limit_req_zone $server_port zone=burst:1m rate=2r/s;
   client_body_temp_path {temp}; proxy_temp_path {temp};
@@ -84,6 +110,7 @@ http {{
     root {docroot};
     location /slow/ {{ limit_rate 1m; }}
     location /norange/ {{ max_ranges 0; }}
+    location /weak/ {{ add_header ETag $weak_etag; limit_rate 1m; }}
     location /burst/ {{
       limit_req zone=burst nodelay;
       limit_req_status 503;
@@ -94,7 +121,8 @@ http {{
     ssl_certificate {self.ca_path};
     ssl_certificate_key {key};
     root {docroot};
-  }}
+    location /slow/ {{ limit_rate 1m; }}
+  }}{s3_proxy}
 }}
 """)
         self.conf = conf
@@ -108,6 +136,8 @@ http {{
             stdout=self.log, stderr=self.log)
         wait_listening(self.http_port, self.process, "nginx")
         wait_listening(self.https_port, self.process, "nginx")
+        if self.s3_port:
+            wait_listening(self.s3_port, self.process, "nginx")
 
     def kill(self):
         """Stops nginx at once: SIGTERM is its fast shutdown, which closes
@@ -119,6 +149,9 @@ http {{
 
     def https(self, path=""):
         return f"https://127.0.0.1:{self.https_port}/{path}"
+
+    def s3_endpoint(self):
+        return f"https://127.0.0.1:{self.s3_port}"
 
     def access_log(self):
         with open(os.path.join(self.dir, "access.log")) as log:

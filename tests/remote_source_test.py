@@ -337,7 +337,7 @@ BIG_BYTES = 1 << 20
 @pytest.fixture
 def faulty(workdir):
     docroot = os.path.join(workdir, "doc")
-    for sub in ("slow", "burst", "norange"):
+    for sub in ("slow", "burst", "norange", "weak"):
         os.makedirs(os.path.join(docroot, sub))
     write_safetensors(os.path.join(docroot, "slow", "big.safetensors"),
                       BIG_TENSORS, BIG_BYTES, seed=5)
@@ -345,6 +345,8 @@ def faulty(workdir):
                 os.path.join(docroot, "burst"))
     write_safetensors(os.path.join(docroot, "norange", "big.safetensors"),
                       BIG_TENSORS, BIG_BYTES, seed=7)
+    write_safetensors(os.path.join(docroot, "weak", "big.safetensors"),
+                      BIG_TENSORS, BIG_BYTES, seed=10)
     nginx = remote_servers.Nginx(workdir, docroot)
     yield nginx
     nginx.stop()
@@ -445,10 +447,13 @@ def test_a_slow_server_still_loads_every_byte(faulty, workdir):
         daemon.stop(signal.SIGKILL)
 
 
-def test_killed_mid_transfer_then_back_resumes(faulty, workdir):
-    daemon = start(workdir, "--remote_source", faulty.http("slow"))
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_killed_mid_transfer_then_back_resumes(faulty, workdir, scheme):
+    url_of = getattr(faulty, scheme)
+    daemon = start(workdir, "--remote_source", url_of("slow"),
+                   env={"AWS_CA_BUNDLE": faulty.ca_path})
     try:
-        loading = start_load(daemon, "big", faulty.http("slow/big.safetensors"))
+        loading = start_load(daemon, "big", url_of("slow/big.safetensors"))
         wait_bulk_started(daemon, "big")
         faulty.kill()
         faulty.start()  # Within the retries' backoff.
@@ -461,11 +466,14 @@ def test_killed_mid_transfer_then_back_resumes(faulty, workdir):
         daemon.stop(signal.SIGKILL)
 
 
-def test_killed_mid_transfer_for_good_fails_cleanly(faulty, workdir):
-    daemon = start(workdir, "--remote_source", faulty.http("slow"))
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_killed_mid_transfer_for_good_fails_cleanly(faulty, workdir, scheme):
+    url_of = getattr(faulty, scheme)
+    daemon = start(workdir, "--remote_source", url_of("slow"),
+                   env={"AWS_CA_BUNDLE": faulty.ca_path})
     try:
         before = resources(daemon)
-        url = faulty.http("slow/big.safetensors")
+        url = url_of("slow/big.safetensors")
         loading = start_load(daemon, "big", url)
         wait_bulk_started(daemon, "big")
         faulty.kill()
@@ -567,3 +575,188 @@ def test_a_server_that_ignores_range_is_refused_without_downloading(
     for fields in gets:
         assert fields[3] == "200"
         assert int(fields[4]) < BIG_TENSORS * BIG_BYTES // 2, fields
+
+
+def moto_free_requests(moto, count):
+    """Lets moto's next `count` requests through without a signature
+    (moto's /moto-api/reset-auth), then enforces authentication again.
+    moto checks signatures on STS AssumeRoleWithWebIdentity too, which AWS
+    does not sign: the daemon's STS request is given one of these."""
+    import urllib.request
+    request = urllib.request.Request(moto.endpoint + "/moto-api/reset-auth",
+                                     data=str(count).encode(), method="POST",
+                                     headers={"Content-Type": "text/plain"})
+    with urllib.request.urlopen(request) as answer:
+        assert answer.status == 200
+
+
+IRSA_ROLE = "arn:aws:iam::123456789012:role/irsa-loader"
+
+
+def test_s3_web_identity_token_and_role_only(moto, served, workdir):
+    # The role the token is exchanged for may read S3 (made unsigned: two
+    # free requests).
+    moto_free_requests(moto, 2)
+    import boto3
+    iam = boto3.client("iam", endpoint_url=moto.endpoint,
+                       region_name="us-east-1",
+                       aws_access_key_id="bootstrap",
+                       aws_secret_access_key="bootstrap")
+    iam.create_role(RoleName="irsa-loader",
+                    AssumeRolePolicyDocument='{"Version": "2012-10-17"}')
+    iam.put_role_policy(
+        RoleName="irsa-loader", PolicyName="s3-read",
+        PolicyDocument='{"Version": "2012-10-17", "Statement": [{"Effect": '
+                       '"Allow", "Action": "s3:*", "Resource": "*"}]}')
+    token = os.path.join(workdir, "token")
+    with open(token, "w") as out:
+        out.write(SECRET_MARK + "-token\n")
+    # No keys anywhere: HOME has no credentials file.
+    env = s3_env(moto, AWS_WEB_IDENTITY_TOKEN_FILE=token,
+                 AWS_ROLE_ARN=IRSA_ROLE, AWS_ROLE_SESSION_NAME="wt19",
+                 HOME=workdir)
+    daemon = start(workdir, "--remote_source", "s3://models/ckpt/", env=env)
+    try:
+        moto_free_requests(moto, 1)  # The STS request; S3 is signed.
+        for name, fixture in (("a", SAFETENSORS), ("b", GGUF)):
+            url = "s3://models/ckpt/" + os.path.basename(fixture)
+            loaded = daemon.ctl("load", name, url)
+            assert loaded.returncode == 0, loaded.stderr + daemon.logs()
+            assert mapped_hashes(daemon, name) == expected_hashes(fixture)
+        # One STS request: the second load used the kept credentials.
+        metrics = stats(daemon)
+        assert metrics["warmstart_remote_sts_requests_total"] == 1
+        assert SECRET_MARK not in json.dumps(metrics)
+    finally:
+        daemon.stop(signal.SIGKILL)
+    assert SECRET_MARK not in daemon.logs()
+
+
+def test_s3_web_identity_missing_token_file_is_named(moto, workdir):
+    token = os.path.join(workdir, "absent-token")
+    env = s3_env(moto, AWS_WEB_IDENTITY_TOKEN_FILE=token,
+                 AWS_ROLE_ARN=IRSA_ROLE, HOME=workdir)
+    daemon = start(workdir, "--remote_source", "s3://models", env=env)
+    try:
+        url = "s3://models/ckpt/" + os.path.basename(SAFETENSORS)
+        refused = daemon.ctl("load", "m", url)
+        assert refused.returncode != 0
+        assert url in refused.stderr
+        assert f"AWS_WEB_IDENTITY_TOKEN_FILE {token}" in refused.stderr
+        assert "No such file" in refused.stderr, refused.stderr
+        assert stats(daemon).get("warmstart_remote_sts_requests_total",
+                                 0) == 0
+    finally:
+        daemon.stop(signal.SIGKILL)
+
+
+# S3 faults: moto behind nginx's TLS proxy (1 MB/s per connection), so an
+# S3 load over HTTPS is slow enough to kill the server or replace the object
+# in the middle of it.
+S3_BIG = "s3://models/big/big.safetensors"
+
+
+@pytest.fixture
+def s3_faulty(moto, workdir):
+    """(nginx proxying to moto over TLS, the local copy of S3_BIG)."""
+    path = os.path.join(workdir, "big.safetensors")
+    write_safetensors(path, BIG_TENSORS, BIG_BYTES, seed=8)
+    moto.client().upload_file(path, "models", "big/big.safetensors")
+    docroot = os.path.join(workdir, "doc")
+    os.makedirs(docroot)
+    nginx = remote_servers.Nginx(workdir, docroot, s3_upstream=moto.port)
+    yield nginx, path
+    nginx.stop()
+
+
+def s3_proxy_env(moto, nginx):
+    return {"AWS_ENDPOINT_URL": nginx.s3_endpoint(), "AWS_REGION": "us-east-1",
+            "AWS_CA_BUNDLE": nginx.ca_path, "AWS_ACCESS_KEY_ID": moto.key_id,
+            "AWS_SECRET_ACCESS_KEY": moto.secret}
+
+
+def test_s3_over_https_killed_mid_transfer_then_back_resumes(
+        moto, s3_faulty, workdir):
+    nginx, path = s3_faulty
+    daemon = start(workdir, "--remote_source", "s3://models/big",
+                   env=s3_proxy_env(moto, nginx))
+    try:
+        loading = start_load(daemon, "big", S3_BIG)
+        wait_bulk_started(daemon, "big")
+        nginx.kill()
+        nginx.start()  # Within the retries' backoff.
+        out, err = loading.communicate(timeout=300)
+        assert loading.returncode == 0, err + daemon.logs()
+        assert mapped_hashes(daemon, "big") == safetensors_hashes(path)
+        assert stats(daemon)["warmstart_remote_retries_total"] > 0
+    finally:
+        daemon.stop(signal.SIGKILL)
+    assert moto.secret not in daemon.logs()
+
+
+def test_s3_object_replaced_mid_load_fails_the_load(moto, s3_faulty,
+                                                     workdir):
+    nginx, path = s3_faulty
+    daemon = start(workdir, "--remote_source", "s3://models/big",
+                   env=s3_proxy_env(moto, nginx))
+    try:
+        before = resources(daemon)
+        loading = start_load(daemon, "big", S3_BIG)
+        wait_bulk_started(daemon, "big")
+        # A new version of the object, put straight to moto.
+        write_safetensors(path, BIG_TENSORS, BIG_BYTES, seed=9)
+        moto.client().upload_file(path, "models", "big/big.safetensors")
+        out, err = loading.communicate(timeout=300)
+        assert loading.returncode != 0
+        assert S3_BIG in err
+        assert "changed since it was opened" in err, err
+        assert_failed_and_released(daemon, "big", before)
+        # A fresh load gets the new version whole.
+        loaded = daemon.ctl("load", "big2", S3_BIG)
+        assert loaded.returncode == 0, loaded.stderr
+        assert mapped_hashes(daemon, "big2") == safetensors_hashes(path)
+    finally:
+        daemon.stop(signal.SIGKILL)
+
+
+def test_weak_etag_is_checked_with_if_unmodified_since(faulty, workdir):
+    # If-Match compares ETags strongly, so nginx answers 412 to If-Match with
+    # a weak ETag even for the unchanged file: the reads send the HEAD's
+    # Last-Modified as If-Unmodified-Since instead.
+    daemon = start(workdir, "--remote_source", faulty.http("weak"))
+    try:
+        url = faulty.http("weak/big.safetensors")
+        loaded = daemon.ctl("load", "big", url)
+        assert loaded.returncode == 0, loaded.stderr + daemon.logs()
+        assert mapped_hashes(daemon, "big") == safetensors_hashes(
+            os.path.join(faulty.docroot, "weak", "big.safetensors"))
+    finally:
+        daemon.stop(signal.SIGKILL)
+    gets = [line for line in faulty.access_log().splitlines()
+            if line.startswith('"GET /weak/')]
+    assert gets
+    for line in gets:
+        assert " 206 " in line, line
+        assert line.endswith('GMT" "-"'), line  # The date, no If-Match.
+
+
+def test_weak_etag_object_replaced_mid_load_fails_the_load(faulty, workdir):
+    daemon = start(workdir, "--remote_source", faulty.http("weak"))
+    try:
+        before = resources(daemon)
+        path = os.path.join(faulty.docroot, "weak", "big.safetensors")
+        url = faulty.http("weak/big.safetensors")
+        loading = start_load(daemon, "big", url)
+        wait_bulk_started(daemon, "big")
+        # Last-Modified has one-second steps: the new version is dated
+        # later than the one opened, as any later write would be.
+        write_safetensors(path + ".new", BIG_TENSORS, BIG_BYTES, seed=11)
+        stat = os.stat(path)
+        os.utime(path + ".new", (stat.st_atime + 2, stat.st_mtime + 2))
+        os.replace(path + ".new", path)
+        out, err = loading.communicate(timeout=300)
+        assert loading.returncode != 0
+        assert url in err and "changed since it was opened" in err, err
+        assert_failed_and_released(daemon, "big", before)
+    finally:
+        daemon.stop(signal.SIGKILL)

@@ -377,14 +377,74 @@ def test_a_write_to_bound_weights_is_refused_by_the_memory(env):
     assert result.returncode == -signal.SIGSEGV
 
 
-def test_device_of_the_model_binds_without_a_copy(env):
+@pytest.mark.parametrize("device", ["cpu", None])
+def test_device_of_the_model_binds_without_a_copy(env, monkeypatch, device):
+    # A host bind never asks torch about CUDA: is_available() initialises
+    # the driver (and a forked child could use CUDA no more).
+    def no_cuda_question():
+        raise AssertionError("torch.cuda.is_available() called")
+
+    monkeypatch.setattr(torch.cuda, "is_available", no_cuda_question)
+    monkeypatch.setattr(torch.version, "cuda", "12.1")  # As a CUDA build.
     write_linear(env, "one")
     module = torch.nn.Linear(8, 8, bias=False)
     with env["client"].acquire("one") as model:
-        report = wtorch.load_into_module(module, model, device="cpu")
+        report = wtorch.load_into_module(module, model, device=device)
         assert report.bound == ["weight"] and report.copied == []
+        assert report.host_copy == ""
         assert_bound_to_resident(module, model, {"weight": "weight"})
     assert not module.weight.requires_grad
+
+
+needs_cpu_only_torch = pytest.mark.skipif(
+    torch.cuda.is_available(),
+    reason="torch has a GPU here: tests/torch_gpu_test.py binds to it")
+
+
+@needs_cpu_only_torch
+@pytest.mark.parametrize("by_name", [True, False])
+def test_cuda_without_a_gpu_names_the_model_and_touches_nothing(env,
+                                                                 by_name):
+    assert no_leases(env, "tied")
+    module = fresh_llama()
+    before = snapshot(module)
+    model = "tied" if by_name else env["client"].acquire("tied")
+    with pytest.raises(warmstart.FailedPrecondition) as error:
+        wtorch.load_into_module(module, model, client=env["client"],
+                                device="cuda")
+    message = str(error.value)
+    assert "model 'tied'" in message if by_name else "model tied" in message
+    assert f"device='cuda' needs a GPU, but torch {torch.__version__}" in \
+        message
+    assert "untouched" in message
+    assert snapshot(module) == before
+    if not by_name:
+        assert env["daemon"].leases("tied") == 1  # The caller's own.
+        model.release()
+    assert no_leases(env, "tied")
+
+
+@needs_cpu_only_torch
+def test_from_pretrained_to_cuda_without_a_gpu_acquires_nothing(env):
+    with pytest.raises(warmstart.FailedPrecondition) as error:
+        wtorch.from_pretrained(env["tied"], "tied", client=env["client"],
+                               device="cuda:0")
+    assert "model 'tied': device='cuda:0' needs a GPU" in str(error.value)
+    assert no_leases(env, "tied")
+
+
+@pytest.mark.parametrize("device, reason", [
+    ("gpu", "is no device torch knows"), ("meta", "is of type meta")])
+def test_an_invalid_device_is_refused_before_anything(env, device, reason):
+    module = fresh_llama()
+    before = snapshot(module)
+    with pytest.raises(warmstart.InvalidArgument) as error:
+        wtorch.load_into_module(module, "tied", client=env["client"],
+                                device=device)
+    message = str(error.value)
+    assert f"model 'tied': device {device!r} {reason}" in message
+    assert snapshot(module) == before
+    assert no_leases(env, "tied")
 
 
 def test_copy_gives_private_writable_weights(env):

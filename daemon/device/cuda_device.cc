@@ -279,6 +279,32 @@ absl::StatusOr<std::unique_ptr<DeviceAllocation>> CudaDevice::Allocate(
   return std::unique_ptr<DeviceAllocation>(std::move(allocation));
 }
 
+DeviceMemory CudaDevice::Memory() const {
+  DeviceMemory memory;
+  ScopedContext scope(*driver_, context_);
+  size_t free_bytes = 0;
+  size_t total_bytes = 0;
+  absl::Status status = scope.status();
+  if (status.ok()) {
+    status = driver_->ToStatus(
+        driver_->api().mem_get_info(&free_bytes, &total_bytes), "cuMemGetInfo");
+  }
+  if (!status.ok()) {
+    // The loader's allocations still fail cleanly when the GPU is full;
+    // say once why the figure is missing.
+    static std::atomic<bool> warned{false};
+    if (!warned.exchange(true)) {
+      Logger("device")->warn("free memory of {} unknown: {}", info_.uuid,
+                             status.message());
+    }
+    return memory;
+  }
+  memory.free_bytes = free_bytes;
+  memory.source = absl::StrCat("cuMemGetInfo on ", info_.uuid, " (", free_bytes,
+                               " of ", total_bytes, " bytes free)");
+  return memory;
+}
+
 absl::Status CudaDevice::Zero(const CudaAllocation& allocation) {
   // Neither cuMemCreate nor cuMemAlloc clears memory, and the loader relies
   // on zeros for meta tensors and padding. The dedicated stream keeps this
@@ -345,10 +371,13 @@ absl::Status CudaDevice::AllocateLinear(CudaAllocation& allocation) {
 absl::Status CudaDevice::RegisterHostMemory(void* data, uint64_t bytes) {
   ScopedContext scope(*driver_, context_);
   WS_RETURN_IF_ERROR(scope.status());
-  // Flags 0: only this device's context copies from the slabs, so neither
-  // portable nor mapped pinning is needed.
-  const absl::Status status = driver_->ToStatus(
-      driver_->api().mem_host_register(data, bytes, 0), "cuMemHostRegister");
+  // Portable: one load's slabs feed every device it is placed on (a slab
+  // read once is copied to each GPU), and pinning seen only by this
+  // device's context would make the other devices' copies pageable.
+  const absl::Status status =
+      driver_->ToStatus(driver_->api().mem_host_register(
+                            data, bytes, CU_MEMHOSTREGISTER_PORTABLE),
+                        "cuMemHostRegister");
   if (!status.ok()) {
     return Annotate(status,
                     absl::StrCat("pin ", bytes, " bytes of host memory"));

@@ -132,6 +132,10 @@ class CudaDevice : public Device {
 
   absl::StatusOr<std::unique_ptr<DeviceAllocation>> Allocate(
       uint64_t bytes, const std::string& label) override;
+  // free_bytes from cuMemGetInfo, asked at every call (the registry asks
+  // under its lock at each reservation, so concurrent loads see each
+  // other); nullopt, with a warning logged once, when the driver fails.
+  DeviceMemory Memory() const override;
   // Pins the region with cuMemHostRegister.
   absl::Status RegisterHostMemory(void* data, uint64_t bytes) override;
   void UnregisterHostMemory(void* data) override;

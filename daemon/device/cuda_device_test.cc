@@ -1,7 +1,7 @@
 // The CUDA backend against the SIMULATED driver (testing/cuda_sim.h):
-// allocation on both paths, export, stream and event ordering, slab
-// recycling through the real Loader, and every error path. Simulated device
-// memory is host memory, so the tests read it directly through
+// allocation on both paths, export, stream and event ordering, and every
+// error path (the Loader over it: daemon/loader/loader_cuda_sim_test.cc).
+// Simulated device memory is host memory, so the tests read it directly through
 // device_pointer() or the exported memfd. What only a GPU can prove is in
 // cuda_device_gpu_test.cc.
 #include "daemon/device/cuda_device.h"
@@ -32,19 +32,24 @@
 #include "daemon/device/cuda_driver.h"
 #include "daemon/device/testing/cuda_sim.h"
 #include "daemon/device/testing/pinned_buffer.h"
+#include "daemon/device/testing/sim_driver.h"
 #include "daemon/formats/byte_source.h"
 #include "daemon/formats/checkpoint.h"
 #include "daemon/formats/tensor_data.h"
 #include "daemon/io/read_engine.h"
-#include "daemon/loader/loader.h"
 #include "daemon/staging/staging_pool.h"
 
 namespace warmstart {
 namespace {
 
+using ::warmstart::testing::BindSim;
 using ::warmstart::testing::FillPattern;
+using ::warmstart::testing::LoadSimulatedDriver;
 using ::warmstart::testing::PinnedBuffer;
 using ::warmstart::testing::Sha256Hex;
+using ::warmstart::testing::SimControls;
+using ::warmstart::testing::SimulatedBytes;
+using ::warmstart::testing::SimulatedCudaTest;
 
 using ::testing::AllOf;
 using ::testing::ElementsAreArray;
@@ -52,105 +57,6 @@ using ::testing::HasSubstr;
 using ::testing::StartsWith;
 
 constexpr uint64_t kMiB = uint64_t{1} << 20;
-
-std::string SimLibraryPath() {
-  const char* srcdir = std::getenv("TEST_SRCDIR");
-  const char* workspace = std::getenv("TEST_WORKSPACE");
-  return std::string(srcdir != nullptr ? srcdir : ".") + "/" +
-         (workspace != nullptr ? workspace : "warmstart") +
-         "/daemon/device/libcuda_sim.so";
-}
-
-// Loads the simulated driver; `options` (WARMSTART_SIM_* variables) are set
-// for the cuInit that Load makes and removed afterwards.
-absl::StatusOr<std::unique_ptr<CudaDriver>> LoadSimulatedDriver(
-    const std::map<std::string, std::string>& options = {}) {
-  ::setenv("WARMSTART_LIBCUDA", SimLibraryPath().c_str(), 1);
-  for (const auto& [name, value] : options) {
-    ::setenv(name.c_str(), value.c_str(), 1);
-  }
-  auto driver = CudaDriver::Load();
-  for (const auto& [name, value] : options) ::unsetenv(name.c_str());
-  ::unsetenv("WARMSTART_LIBCUDA");
-  return driver;
-}
-
-// The simulation's test controls, from the library the driver loaded.
-struct SimControls {
-  decltype(&warmstart_sim_inject) inject = nullptr;
-  decltype(&warmstart_sim_pause_streams) pause_streams = nullptr;
-  decltype(&warmstart_sim_live_allocations) live_allocations = nullptr;
-  decltype(&warmstart_sim_live_address_ranges) live_address_ranges = nullptr;
-  decltype(&warmstart_sim_registered_host_regions) registered_host_regions =
-      nullptr;
-  decltype(&warmstart_sim_outstanding_copies) outstanding_copies = nullptr;
-  decltype(&warmstart_sim_live_streams) live_streams = nullptr;
-  decltype(&warmstart_sim_live_events) live_events = nullptr;
-  decltype(&warmstart_sim_context_retains) context_retains = nullptr;
-  decltype(&warmstart_sim_pageable_copies) pageable_copies = nullptr;
-};
-
-template <typename Fn>
-void Bind(void* library, const char* name, Fn* fn) {
-  *fn = reinterpret_cast<Fn>(::dlsym(library, name));
-  ASSERT_NE(*fn, nullptr) << name << ": " << ::dlerror();
-}
-
-// REQUIRES: LoadSimulatedDriver has loaded the library.
-void BindSim(SimControls* sim) {
-  void* library = ::dlopen(SimLibraryPath().c_str(), RTLD_NOW | RTLD_NOLOAD);
-  ASSERT_NE(library, nullptr) << ::dlerror();
-  Bind(library, "warmstart_sim_inject", &sim->inject);
-  Bind(library, "warmstart_sim_pause_streams", &sim->pause_streams);
-  Bind(library, "warmstart_sim_live_allocations", &sim->live_allocations);
-  Bind(library, "warmstart_sim_live_address_ranges", &sim->live_address_ranges);
-  Bind(library, "warmstart_sim_registered_host_regions",
-       &sim->registered_host_regions);
-  Bind(library, "warmstart_sim_outstanding_copies", &sim->outstanding_copies);
-  Bind(library, "warmstart_sim_live_streams", &sim->live_streams);
-  Bind(library, "warmstart_sim_live_events", &sim->live_events);
-  Bind(library, "warmstart_sim_context_retains", &sim->context_retains);
-  Bind(library, "warmstart_sim_pageable_copies", &sim->pageable_copies);
-  // The library is linked with -z nodelete: the functions stay valid.
-  ::dlclose(library);
-}
-
-// Simulated device memory is host memory.
-const char* SimulatedBytes(const DeviceAllocation& allocation) {
-  return reinterpret_cast<const char*>(
-      static_cast<const CudaAllocation&>(allocation).device_pointer());
-}
-
-// Opens the simulated driver and GPU; checks when the test ends that the
-// device gave everything back to the driver.
-class SimulatedCudaTest : public ::testing::Test {
- protected:
-  void Open(const std::map<std::string, std::string>& options,
-            CudaDeviceOptions device_options = {}) {
-    ASSERT_OK_AND_ASSIGN(driver_, LoadSimulatedDriver(options));
-    ASSERT_NO_FATAL_FAILURE(BindSim(&sim_));
-    ASSERT_OK_AND_ASSIGN(device_,
-                         CudaDevice::Create(driver_.get(), 0, device_options));
-  }
-
-  void TearDown() override {
-    device_.reset();
-    if (sim_.live_allocations != nullptr) {
-      EXPECT_EQ(sim_.live_allocations(), 0);
-      EXPECT_EQ(sim_.live_address_ranges(), 0);
-      EXPECT_EQ(sim_.registered_host_regions(), 0);
-      EXPECT_EQ(sim_.outstanding_copies(), 0);
-      EXPECT_EQ(sim_.live_streams(), 0);
-      EXPECT_EQ(sim_.live_events(), 0);
-      EXPECT_EQ(sim_.context_retains(), 0);
-    }
-    driver_.reset();
-  }
-
-  std::unique_ptr<CudaDriver> driver_;
-  SimControls sim_;
-  std::unique_ptr<CudaDevice> device_;
-};
 
 // Both allocation paths: VMM (true) and cuMemAlloc with legacy IPC (false).
 class CudaDeviceTest : public SimulatedCudaTest,
@@ -299,6 +205,35 @@ TEST_P(CudaDeviceTest, OutOfMemoryNamesTheSizeAndLeaksNothing) {
   EXPECT_OK(device_->Allocate(kMiB, "small").status());
 }
 
+TEST_F(SimulatedCudaTest, FreeMemoryComesFromTheDriverAtEveryCall) {
+  // 64 MiB, 24 of them used by other processes: 40 free, less what this
+  // device allocates, asked anew at every call.
+  ASSERT_NO_FATAL_FAILURE(
+      Open({{"WARMSTART_SIM_MEMORY_BYTES", std::to_string(64 * kMiB)},
+            {"WARMSTART_SIM_OTHERS_MEMORY_BYTES", std::to_string(24 * kMiB)}}));
+  DeviceMemory memory = device_->Memory();
+  ASSERT_TRUE(memory.free_bytes.has_value());
+  EXPECT_EQ(*memory.free_bytes, 40 * kMiB);
+  EXPECT_THAT(memory.source,
+              AllOf(HasSubstr("cuMemGetInfo on GPU-"),
+                    HasSubstr("(41943040 of 67108864 bytes free)")));
+  {
+    ASSERT_OK_AND_ASSIGN(auto allocation, device_->Allocate(8 * kMiB, "m"));
+    EXPECT_EQ(device_->Memory().free_bytes, 32 * kMiB);
+    // Memory other processes use cannot be allocated.
+    EXPECT_THAT(device_->Allocate(34 * kMiB, "big").status(),
+                StatusIs(absl::StatusCode::kResourceExhausted));
+  }
+  EXPECT_EQ(device_->Memory().free_bytes, 40 * kMiB);
+}
+
+TEST_F(SimulatedCudaTest, AFailingMemGetInfoLeavesFreeMemoryUnknown) {
+  ASSERT_NO_FATAL_FAILURE(Open({}));
+  sim_.inject("cuMemGetInfo", 1, CUDA_ERROR_UNKNOWN);
+  EXPECT_FALSE(device_->Memory().free_bytes.has_value());
+  EXPECT_TRUE(device_->Memory().free_bytes.has_value());
+}
+
 TEST_P(CudaDeviceTest, FailedPinningFailsThePoolAndUnpinsTheRest) {
   sim_.inject("cuMemHostRegister", 3, CUDA_ERROR_OUT_OF_MEMORY);
   auto pool = StagingPool::Create({4 * 65536, 65536}, device_.get());
@@ -306,81 +241,6 @@ TEST_P(CudaDeviceTest, FailedPinningFailsThePoolAndUnpinsTheRest) {
                              AllOf(HasSubstr("pin slab 2 of 4"),
                                    HasSubstr("cuMemHostRegister"))));
   EXPECT_EQ(sim_.registered_host_regions(), 0);
-}
-
-// The fixtures the loader test also loads, minus the encrypted ones.
-const char* const kFixtures[] = {
-    "safetensors/candle_whisper_mel_filters.safetensors",
-    "safetensors/coffeevampir3_save_model_f32_meta.safetensors",
-    "safetensors/fastsafetensors_a_f16_meta.safetensors",
-    "safetensors/golden_py_bf16.safetensors",
-    "safetensors/golden_py_i32_f16_alignment.safetensors",
-    "safetensors/golden_rs_empty.safetensors",
-    "safetensors/golden_rs_f32_padded.safetensors",
-    "safetensors/golden_rs_f4_subbyte.safetensors",
-    "tensorizer/meta_tensors_v4.tensors",
-    "tensorizer/module_mixed_v2.tensors",
-    "tensorizer/module_simple_v1.tensors",
-    "gguf/ggmlc-v3-alltypes.gguf",
-    "gguf/ggufpy-v3-alltypes.gguf",
-    "gguf/ollama-llama-2-tiny-random.gguf",
-};
-
-// Loads `fixture` with `loader` and checks every tensor's bytes in the
-// simulated device memory against the file.
-void LoadAndCheck(Loader& loader, const char* fixture) {
-  SCOPED_TRACE(fixture);
-  const std::string path = testing::FixturePath(fixture);
-  ASSERT_OK_AND_ASSIGN(Manifest manifest, OpenCheckpoint(path, {}));
-  LoadOptions options;
-  options.direct_io = false;
-  ASSERT_OK_AND_ASSIGN(LoadedModel model, loader.Load(manifest, "m", options));
-  ASSERT_OK_AND_ASSIGN(auto source, FileByteSource::Open(path));
-  size_t t = 0;
-  for (const TensorEntry& tensor : manifest.files[0].tensors) {
-    const LoadedTensor& loaded = model.tensors[t++];
-    ASSERT_LE(loaded.offset + loaded.nbytes, model.arena->size());
-    ASSERT_OK_AND_ASSIGN(std::string expected,
-                         TensorSha256Hex(*source, tensor, nullptr));
-    EXPECT_EQ(Sha256Hex(absl::string_view(
-                  SimulatedBytes(*model.arena) + loaded.offset, loaded.nbytes)),
-              expected)
-        << tensor.name;
-  }
-}
-
-TEST_P(CudaDeviceTest, LoaderLandsEveryTensorThroughSmallSlabs) {
-  ASSERT_OK_AND_ASSIGN(auto engine, CreateReadEngine(ReadEngineOptions()));
-  // Three 12 KiB slabs: most tensors span several slabs, so slabs are
-  // recycled many times per load, each only after its copies completed.
-  ASSERT_OK_AND_ASSIGN(
-      auto pool, StagingPool::Create({36 << 10, 12 << 10}, device_.get()));
-  ASSERT_OK(engine->RegisterBuffers(pool->Regions()));
-  EXPECT_EQ(sim_.registered_host_regions(), 3);
-  Loader loader(engine.get(), pool.get(), device_.get());
-  for (const char* fixture : kFixtures) LoadAndCheck(loader, fixture);
-  EXPECT_EQ(pool->free_slabs(), pool->slab_count());
-  EXPECT_EQ(sim_.pageable_copies(), 0) << "every copy came from a pinned slab";
-  EXPECT_EQ(sim_.live_allocations(), 0);
-}
-
-TEST_P(CudaDeviceTest, ConcurrentLoadsShareTheDevice) {
-  ASSERT_OK_AND_ASSIGN(auto engine, CreateReadEngine(ReadEngineOptions()));
-  ASSERT_OK_AND_ASSIGN(auto pool,
-                       StagingPool::Create({8 << 14, 1 << 14}, device_.get()));
-  ASSERT_OK(engine->RegisterBuffers(pool->Regions()));
-  Loader loader(engine.get(), pool.get(), device_.get());
-  std::vector<std::thread> threads;
-  for (const char* fixture :
-       {"gguf/ollama-llama-2-tiny-random.gguf",
-        "safetensors/candle_whisper_mel_filters.safetensors",
-        "tensorizer/module_mixed_v2.tensors"}) {
-    threads.emplace_back([&loader, fixture] {
-      for (int i = 0; i < 3; ++i) LoadAndCheck(loader, fixture);
-    });
-  }
-  for (std::thread& thread : threads) thread.join();
-  EXPECT_EQ(pool->free_slabs(), pool->slab_count());
 }
 
 INSTANTIATE_TEST_SUITE_P(AllocationPaths, CudaDeviceTest, ::testing::Bool(),
@@ -451,73 +311,6 @@ INSTANTIATE_TEST_SUITE_P(
         AllocationFault{false, "cuStreamSynchronize", CUDA_ERROR_LAUNCH_FAILED,
                         absl::StatusCode::kInternal}),
     AllocationFaultName);
-
-// A failure injected at the n-th call of a copy-path entry point while the
-// Loader loads a model.
-struct CopyFault {
-  const char* call;
-  int nth;
-  CUresult error;
-};
-
-void PrintTo(const CopyFault& fault, std::ostream* out) {
-  *out << fault.call << " call " << fault.nth;
-}
-
-std::string CopyFaultName(const ::testing::TestParamInfo<CopyFault>& info) {
-  return info.param.call;
-}
-
-class CopyFaultTest : public SimulatedCudaTest,
-                      public ::testing::WithParamInterface<CopyFault> {};
-
-TEST_P(CopyFaultTest, LoaderReturnsTheErrorWithEverySlabBack) {
-  ASSERT_NO_FATAL_FAILURE(Open({}));
-  testing::ShortTempDir dir;
-  const std::string path = dir.Join("model.safetensors");
-  testing::WriteTestSafetensors(path, 8, 100000);
-  ASSERT_OK_AND_ASSIGN(Manifest manifest, OpenCheckpoint(path, {}));
-  ASSERT_OK_AND_ASSIGN(auto engine, CreateReadEngine(ReadEngineOptions()));
-  ASSERT_OK_AND_ASSIGN(auto pool,
-                       StagingPool::Create({3 * 65536, 65536}, device_.get()));
-  Loader loader(engine.get(), pool.get(), device_.get());
-
-  sim_.inject(GetParam().call, GetParam().nth, GetParam().error);
-  auto failed = loader.Load(manifest, "faulty", LoadOptions());
-  EXPECT_THAT(failed, StatusIs(absl::StatusCode::kInternal,
-                               AllOf(HasSubstr(GetParam().call),
-                                     HasSubstr("simulated driver"))));
-  EXPECT_EQ(pool->free_slabs(), pool->slab_count());
-  EXPECT_EQ(sim_.live_allocations(), 0);
-  EXPECT_EQ(sim_.outstanding_copies(), 0);
-
-  // The error was the copy's alone: the next load succeeds.
-  ASSERT_OK_AND_ASSIGN(LoadedModel model,
-                       loader.Load(manifest, "healthy", LoadOptions()));
-  ASSERT_OK_AND_ASSIGN(auto source, FileByteSource::Open(path));
-  for (size_t t = 0; t < model.tensors.size(); ++t) {
-    ASSERT_OK_AND_ASSIGN(
-        std::string expected,
-        TensorSha256Hex(*source, manifest.files[0].tensors[t], nullptr));
-    EXPECT_EQ(Sha256Hex(absl::string_view(
-                  SimulatedBytes(*model.arena) + model.tensors[t].offset,
-                  model.tensors[t].nbytes)),
-              expected);
-  }
-  EXPECT_EQ(pool->free_slabs(), pool->slab_count());
-}
-
-INSTANTIATE_TEST_SUITE_P(
-    CopyPath, CopyFaultTest,
-    ::testing::Values(
-        CopyFault{"cuMemcpyHtoDAsync", 5, CUDA_ERROR_ILLEGAL_ADDRESS},
-        // Events are pooled: a second one is created only when the first
-        // copy is still in flight, which a fast completion thread prevents,
-        // so only the first creation is certain to happen.
-        CopyFault{"cuEventCreate", 1, CUDA_ERROR_UNKNOWN},
-        CopyFault{"cuEventRecord", 5, CUDA_ERROR_LAUNCH_FAILED},
-        CopyFault{"cuEventSynchronize", 5, CUDA_ERROR_LAUNCH_FAILED}),
-    CopyFaultName);
 
 TEST_F(SimulatedCudaTest, SynchronizeWaitsForSlowCopies) {
   ASSERT_NO_FATAL_FAILURE(Open({{"WARMSTART_SIM_COPY_DELAY_US", "2000"}}));

@@ -39,6 +39,7 @@ absl::StatusOr<std::unique_ptr<CudaDriver>> CudaDriver::Load() {
       CudaEntry("cuDeviceGet", &api.device_get),
       CudaEntry("cuDeviceGetName", &api.device_get_name),
       CudaEntry("cuDeviceTotalMem", &api.device_total_mem),
+      CudaEntry("cuMemGetInfo", &api.mem_get_info),
       CudaEntry("cuDeviceGetUuid", &api.device_get_uuid),
       CudaEntry("cuDeviceGetAttribute", &api.device_get_attribute),
       CudaEntry("cuGetErrorName", &api.get_error_name),

@@ -56,6 +56,7 @@ struct CudaApi {
   // Legacy allocations and IPC.
   PFN_cuMemAlloc_v3020 mem_alloc = nullptr;
   PFN_cuMemFree_v3020 mem_free = nullptr;
+  PFN_cuMemGetInfo_v3020 mem_get_info = nullptr;
   PFN_cuIpcGetMemHandle_v4010 ipc_get_mem_handle = nullptr;
 
   // Virtual memory management (optional).

@@ -59,6 +59,7 @@ void FaultInjectingEngine::Submit(const ReadRequest& request, ReadDone done) {
           {
             absl::MutexLock lock(&mutex_);
             --in_flight_;
+            if (result.ok()) bytes_read_ += *result;
           }
           PieceDone(join, i, std::move(result));
         });
@@ -94,6 +95,11 @@ void FaultInjectingEngine::PieceDone(const std::shared_ptr<Join>& join,
 uint64_t FaultInjectingEngine::reads() const {
   absl::MutexLock lock(&mutex_);
   return reads_;
+}
+
+uint64_t FaultInjectingEngine::bytes_read() const {
+  absl::MutexLock lock(&mutex_);
+  return bytes_read_;
 }
 
 int64_t FaultInjectingEngine::max_in_flight() const {

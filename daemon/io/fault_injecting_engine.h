@@ -54,6 +54,9 @@ class FaultInjectingEngine final : public ReadEngine {
 
   // Reads submitted to the wrapped engine so far.
   uint64_t reads() const;
+  // Bytes the wrapped engine delivered, over every read completed so far
+  // (failed reads count nothing).
+  uint64_t bytes_read() const;
   // The most reads seen in flight in the wrapped engine at once. A read
   // counts from when the wrapped engine's Submit returns until its callback
   // ends, so this never exceeds the true number.
@@ -68,6 +71,7 @@ class FaultInjectingEngine final : public ReadEngine {
   const Options options_;
   mutable absl::Mutex mutex_;
   uint64_t reads_ ABSL_GUARDED_BY(mutex_) = 0;
+  uint64_t bytes_read_ ABSL_GUARDED_BY(mutex_) = 0;
   int64_t in_flight_ ABSL_GUARDED_BY(mutex_) = 0;
   int64_t max_in_flight_ ABSL_GUARDED_BY(mutex_) = 0;
 };

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "daemon/base/file_opener.h"
 #include "daemon/device/device.h"
 #include "daemon/formats/key_provider.h"
@@ -122,6 +123,8 @@ struct LoadOptions {
   // Polled between chunks; when it becomes true the load stops with
   // Cancelled.
   const std::atomic<bool>* cancel = nullptr;
+  // The clock the progress rate is measured with; null means absl::Now.
+  std::function<absl::Time()> now;
 };
 
 // Marks the ResourceExhausted errors that mean the device itself has no
@@ -130,6 +133,9 @@ struct LoadOptions {
 // only those are worth freeing device memory and trying again for.
 inline constexpr char kDeviceFullPayload[] = "type.warmstart.dev/device_full";
 bool IsDeviceFull(const absl::Status& status);
+
+class LoadPlan;
+class LoadJob;
 
 class Loader {
  public:
@@ -153,18 +159,24 @@ class Loader {
                                    const std::string& label,
                                    const LoadOptions& options);
 
- private:
-  absl::StatusOr<LoadedModel> LoadPacked(const Manifest& manifest,
-                                         const std::string& label,
-                                         const LoadOptions& options);
-  absl::StatusOr<LoadedModel> LoadFileImage(const Manifest& manifest,
-                                            const std::string& label,
-                                            const LoadOptions& options);
-  // Reads every placement of `layout` into `arena` and seals it.
-  absl::Status Fill(const Manifest& manifest, const ArenaLayout& layout,
-                    const std::string& label, const LoadOptions& options,
-                    DeviceAllocation& arena);
+  // The bytes of one staging slab: the most one planned read holds.
+  uint64_t slab_bytes() const { return pool_->slab_bytes(); }
 
+  // The plan of a load of `manifest` with `options` (layout, alignment,
+  // read_bytes; files opened with direct_io, opener and remote), sized for
+  // this loader's slabs: made once, it serves a job onto any number of
+  // devices. `manifest` must outlive the plan. Errors: those of
+  // LoadPlan::Make and LoadPlan::OpenFiles.
+  absl::StatusOr<LoadPlan> Plan(const Manifest& manifest,
+                                const LoadOptions& options) const;
+
+  // A job that loads `plan` through this loader's engine and slabs onto the
+  // devices its caller allocates on. `plan` must outlive the job.
+  std::unique_ptr<LoadJob> NewJob(const LoadPlan& plan,
+                                  const std::string& label,
+                                  const LoadOptions& options) const;
+
+ private:
   ReadEngine* const engine_;
   StagingPool* const pool_;
   Device* const device_;

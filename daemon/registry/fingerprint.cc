@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <memory>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
@@ -16,11 +18,31 @@
 namespace warmstart {
 namespace {
 
+// O_DIRECT alignment (kDirectAlignment) for the header reads.
+constexpr uint64_t kHashReadAlignment = 4096;
+
+// A remote file: its URL, size and the version (ETag) recorded when it was
+// parsed, with no further request.
+FileFingerprint RemoteFingerprint(const FileManifest& file) {
+  FileFingerprint print;
+  print.path = file.path;
+  print.size = file.file_size;
+  print.etag = file.version;
+  return print;
+}
+
 absl::StatusOr<FileFingerprint> FingerprintFile(const std::string& path,
                                                 const FileOpener& opener) {
   WS_ASSIGN_OR_RETURN(ScopedFd fd, opener.Open(path, O_RDONLY));
+  return FingerprintOpenFile(fd.get(), path);
+}
+
+}  // namespace
+
+absl::StatusOr<FileFingerprint> FingerprintOpenFile(int fd,
+                                                    const std::string& path) {
   struct stat st;
-  if (::fstat(fd.get(), &st) != 0) return ErrnoToStatus(errno, path);
+  if (::fstat(fd, &st) != 0) return ErrnoToStatus(errno, path);
   FileFingerprint print;
   print.path = path;
   print.device = st.st_dev;
@@ -31,24 +53,57 @@ absl::StatusOr<FileFingerprint> FingerprintFile(const std::string& path,
   print.ctime_ns =
       int64_t{st.st_ctim.tv_sec} * 1'000'000'000 + st.st_ctim.tv_nsec;
 
-  std::string head(std::min<uint64_t>(print.size, kHeaderHashBytes), '\0');
-  size_t done = 0;
-  while (done < head.size()) {
-    const ssize_t n =
-        ::pread(fd.get(), head.data() + done, head.size() - done, done);
+  // The descriptor may be O_DIRECT (the loader's): the buffer, offsets and
+  // lengths are kept aligned, and a short read means the end of the file.
+  const uint64_t head = std::min<uint64_t>(print.size, kHeaderHashBytes);
+  const uint64_t want =
+      (head + kHashReadAlignment - 1) / kHashReadAlignment * kHashReadAlignment;
+  std::unique_ptr<char, decltype(&std::free)> buffer(
+      static_cast<char*>(
+          std::aligned_alloc(kHashReadAlignment, std::max<uint64_t>(want, 1))),
+      &std::free);
+  if (buffer == nullptr) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(path, ": no memory to hash its header"));
+  }
+  uint64_t done = 0;
+  while (done < want) {
+    const ssize_t n = ::pread(fd, buffer.get() + done, want - done, done);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return ErrnoToStatus(errno, path);
-    if (n == 0) break;  // Shrunk since fstat: the hash will differ anyway.
-    done += static_cast<size_t>(n);
+    done += static_cast<uint64_t>(n);
+    // Short: the end of the file (it may have shrunk since fstat: the hash
+    // will differ anyway).
+    if (n == 0 || done % kHashReadAlignment != 0) break;
   }
   unsigned char digest[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(head.data()), done, digest);
+  SHA256(reinterpret_cast<const unsigned char*>(buffer.get()),
+         std::min(done, head), digest);
   print.header_sha256 = absl::BytesToHexString(
       absl::string_view(reinterpret_cast<const char*>(digest), sizeof(digest)));
   return print;
 }
 
-}  // namespace
+absl::StatusOr<Fingerprint> FingerprintPlan(const LoadPlan& plan) {
+  const Manifest& manifest = plan.manifest();
+  Fingerprint prints;
+  for (size_t i = 0; i < manifest.files.size(); ++i) {
+    const FileManifest& file = manifest.files[i];
+    if (IsRemoteUrl(file.path)) {
+      prints.push_back(RemoteFingerprint(file));
+      continue;
+    }
+    const ReadFile* opened = plan.local_file(i);
+    if (opened == nullptr) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(file.path, ": fingerprinted before it was opened"));
+    }
+    WS_ASSIGN_OR_RETURN(FileFingerprint print,
+                        FingerprintOpenFile(opened->fd.get(), file.path));
+    prints.push_back(std::move(print));
+  }
+  return prints;
+}
 
 bool FileFingerprint::operator==(const FileFingerprint& other) const {
   return path == other.path && device == other.device && inode == other.inode &&
@@ -62,11 +117,7 @@ absl::StatusOr<Fingerprint> FingerprintFiles(const Manifest& manifest,
   Fingerprint prints;
   for (const FileManifest& file : manifest.files) {
     if (IsRemoteUrl(file.path)) {
-      FileFingerprint print;
-      print.path = file.path;
-      print.size = file.file_size;
-      print.etag = file.version;
-      prints.push_back(std::move(print));
+      prints.push_back(RemoteFingerprint(file));
       continue;
     }
     WS_ASSIGN_OR_RETURN(FileFingerprint print,

@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "daemon/base/file_opener.h"
 #include "daemon/formats/manifest.h"
+#include "daemon/loader/load_job.h"
 
 namespace warmstart {
 
@@ -52,6 +53,16 @@ using Fingerprint = std::vector<FileFingerprint>;
 // model roots, ...) and of reading, naming the file.
 absl::StatusOr<Fingerprint> FingerprintFiles(const Manifest& manifest,
                                              const FileOpener& opener);
+
+// Fingerprints the open file `fd` (which may be O_DIRECT), named `path` in
+// messages. Errors: errno's, naming `path`.
+absl::StatusOr<FileFingerprint> FingerprintOpenFile(int fd,
+                                                    const std::string& path);
+
+// Fingerprints every file of `plan`'s manifest through the descriptors the
+// plan opened (no path is opened again), remote files as FingerprintFiles
+// does. REQUIRES: plan.OpenFiles has succeeded.
+absl::StatusOr<Fingerprint> FingerprintPlan(const LoadPlan& plan);
 
 // Why `now` differs from `before`, for error messages ("<path>: size 10 ->
 // 12"); empty when they are equal.

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <optional>
 #include <set>
 #include <utility>
 
@@ -17,10 +18,18 @@
 #include "daemon/base/metrics.h"
 #include "daemon/formats/checkpoint.h"
 #include "daemon/loader/layout.h"
+#include "daemon/loader/load_job.h"
 #include "daemon/registry/fingerprint.h"
 #include "daemon/registry/random_id.h"
 
 namespace warmstart {
+
+// A parsed manifest and its plan (which points into it), kept together on
+// the heap while the load runs.
+struct Registry::PlannedLoad {
+  Manifest manifest;
+  std::optional<LoadPlan> plan;
+};
 
 struct Registry::Model {
   std::string name;
@@ -234,24 +243,31 @@ absl::StatusOr<v1::ModelStatus> Registry::Load(const ModelRequest& request) {
     }
   }
 
-  // Parsing and fingerprinting read headers only; doing it here, before the
-  // model is listed, turns bad paths and files into an error of this call.
+  // Parsing, planning and fingerprinting read headers only; doing it here,
+  // before the model is listed, turns bad paths and files into an error of
+  // this call. The plan opens each file once; the load reads through those
+  // descriptors and the fingerprints come from them.
   ParseOptions parse_options;
   parse_options.opener = options_.opener;
   parse_options.remote = options_.load.remote;
-  WS_ASSIGN_OR_RETURN(Manifest manifest,
+  auto planned = std::make_unique<PlannedLoad>();
+  WS_ASSIGN_OR_RETURN(planned->manifest,
                       OpenCheckpoint(request.path, parse_options));
-  WS_ASSIGN_OR_RETURN(Fingerprint fingerprint,
-                      FingerprintFiles(manifest, *options_.opener));
+  const Manifest& manifest = planned->manifest;
   const ModelLayout layout = ChooseLayout(request.layout, manifest, devices);
-  absl::StatusOr<LoadSize> size =
-      SizeLoad(manifest, layout, options_.load.alignment);
-  if (!size.ok()) {
+  absl::StatusOr<LoadPlan> plan = LoadPlan::Make(
+      manifest, layout, options_.load.alignment,
+      FindTarget(devices[0])->loader->slab_bytes(), options_.load.read_bytes);
+  if (!plan.ok()) {
     return absl::Status(
-        size.status().code(),
+        plan.status().code(),
         absl::StrCat("model ", request.name, " as ", ModelLayoutName(layout),
-                     ": ", size.status().message()));
+                     ": ", plan.status().message()));
   }
+  planned->plan.emplace(*std::move(plan));
+  WS_RETURN_IF_ERROR(planned->plan->OpenFiles(LoadOptionsFor(layout)));
+  WS_ASSIGN_OR_RETURN(Fingerprint fingerprint, FingerprintPlan(*planned->plan));
+  const LoadSize* const size = &planned->plan->size();
   uint32_t tensor_count = 0;
   for (const FileManifest& file : manifest.files) {
     tensor_count += static_cast<uint32_t>(file.tensors.size());
@@ -324,7 +340,7 @@ absl::StatusOr<v1::ModelStatus> Registry::Load(const ModelRequest& request) {
   model->bytes_total = size->load_bytes * devices.size();
   model->tensor_count = tensor_count;
   model->arena_bytes = size->arena_bytes;
-  model->started = absl::Now();
+  model->started = Now();
   model->last_used = model->started;
   models_[request.name] = model;
   ChangedLocked(*model);
@@ -337,16 +353,17 @@ absl::StatusOr<v1::ModelStatus> Registry::Load(const ModelRequest& request) {
 
   // The new thread blocks on mutex_ until this call returns, so it cannot
   // finish before it is recorded.
-  std::thread thread(&Registry::RunLoad, this, model, std::move(manifest),
+  std::thread thread(&Registry::RunLoad, this, model, std::move(planned),
                      request.keys);
   const std::thread::id id = thread.get_id();
   threads_.emplace(id, std::move(thread));
   return StatusLocked(*model);
 }
 
-void Registry::RunLoad(std::shared_ptr<Model> model, Manifest manifest,
+void Registry::RunLoad(std::shared_ptr<Model> model,
+                       std::unique_ptr<PlannedLoad> planned,
                        std::shared_ptr<KeyProvider> keys) {
-  absl::Status status = LoadReplicas(*model, manifest, keys.get());
+  absl::Status status = LoadReplicas(*model, *planned->plan, keys.get());
   std::vector<LoadedModel> removed;
   std::vector<LoadedModel> to_free;
   auto log = Logger("registry");
@@ -357,8 +374,8 @@ void Registry::RunLoad(std::shared_ptr<Model> model, Manifest manifest,
     }
     if (status.ok()) {
       model->state = v1::READY;
-      model->load_seconds = absl::ToDoubleSeconds(absl::Now() - model->started);
-      model->last_used = absl::Now();
+      model->load_seconds = absl::ToDoubleSeconds(Now() - model->started);
+      model->last_used = Now();
       metrics_->load_bytes->Add(model->bytes_total);
       log->info("model {} ready: {} tensors, {} bytes in {:.2f} s", model->name,
                 model->tensor_count, model->bytes_total, model->load_seconds);
@@ -386,7 +403,7 @@ void Registry::RunLoad(std::shared_ptr<Model> model, Manifest manifest,
   // Device memory is freed here, outside the lock.
   to_free.clear();
   removed.clear();
-  manifest = Manifest();
+  planned.reset();
   // Parsing a header of 100k+ tensors (a JSON document of megabytes) and
   // the manifest leave hundreds of bytes per tensor free in glibc's arenas,
   // which it keeps: return them, so that what stays per tensor is the
@@ -394,77 +411,103 @@ void Registry::RunLoad(std::shared_ptr<Model> model, Manifest manifest,
   ::malloc_trim(0);
 }
 
-absl::Status Registry::LoadReplicas(Model& model, const Manifest& manifest,
-                                    KeyProvider* keys) {
-  const uint64_t per_device = model.bytes_total / model.devices.size();
-  for (size_t i = 0; i < model.devices.size(); ++i) {
-    const std::string& uuid = model.devices[i];
-    const RegistryTarget& target = *FindTarget(uuid);
-    std::vector<LoadedModel> evicted;
-    {
-      absl::MutexLock lock(&mutex_);
-      WS_RETURN_IF_ERROR(
-          ReserveLocked(target, model.arena_bytes, model, evicted));
-    }
-    evicted.clear();
+LoadOptions Registry::LoadOptionsFor(ModelLayout layout) const {
+  LoadOptions options = options_.load;
+  options.layout = layout;
+  options.opener = options_.opener;
+  options.now = [this] { return Now(); };
+  return options;
+}
 
-    LoadOptions options = options_.load;
-    options.layout = model.layout;
-    options.keys = keys;
-    options.cancel = &model.cancel;
-    options.opener = options_.opener;
-    const uint64_t base = per_device * i;
-    options.on_progress = [this, &model, base](const LoadProgress& progress) {
-      absl::MutexLock lock(&mutex_);
-      model.bytes_loaded = base + progress.bytes_done;
-      const absl::Time now = absl::Now();
-      if (now - model.last_progress_signal >= kProgressInterval ||
-          progress.bytes_done == progress.bytes_total) {
-        model.last_progress_signal = now;
-        ChangedLocked(model);
-      }
-    };
-    absl::StatusOr<LoadedModel> loaded;
-    const absl::Time load_started = absl::Now();
-    while (true) {
-      loaded = target.loader->Load(manifest, model.name, options);
-      if (loaded.ok() || !IsDeviceFull(loaded.status()) || model.cancel) {
-        break;
-      }
-      // The device itself is full: make room the way a budget would.
-      bool made_room;
-      {
-        absl::MutexLock lock(&mutex_);
-        made_room = EvictOneLocked(uuid, model, evicted);
-      }
-      evicted.clear();
-      if (!made_room) break;
+absl::Time Registry::Now() const {
+  return options_.now ? options_.now() : absl::Now();
+}
+
+absl::Status Registry::LoadReplicas(Model& model, const LoadPlan& plan,
+                                    KeyProvider* keys) {
+  LoadOptions options = LoadOptionsFor(model.layout);
+  options.keys = keys;
+  options.cancel = &model.cancel;
+  options.on_progress = [this, &model](const LoadProgress& progress) {
+    absl::MutexLock lock(&mutex_);
+    model.bytes_loaded = progress.bytes_done;
+    const absl::Time now = Now();
+    if (now - model.last_progress_signal >= kProgressInterval ||
+        progress.bytes_done == progress.bytes_total) {
+      model.last_progress_signal = now;
+      ChangedLocked(model);
     }
-    if (!loaded.ok()) {
-      return absl::Status(loaded.status().code(),
-                          absl::StrCat("loading model ", model.name, " onto ",
-                                       uuid, ": ", loaded.status().message()));
-    }
-    const double seconds = absl::ToDoubleSeconds(absl::Now() - load_started);
+  };
+  // One job for every device: each chunk is read once, through the first
+  // device's engine and slabs, and copied to every device.
+  const RegistryTarget& first = *FindTarget(model.devices.front());
+  std::unique_ptr<LoadJob> job =
+      first.loader->NewJob(plan, model.name, options);
+  const absl::Time load_started = Now();
+  for (const std::string& uuid : model.devices) {
+    WS_RETURN_IF_ERROR(AllocateReplica(model, *FindTarget(uuid), *job));
+  }
+  absl::Status filled = job->Fill();
+  absl::StatusOr<std::vector<LoadedModel>> loaded =
+      filled.ok() ? job->Publish() : filled;
+  if (!loaded.ok()) {
+    return absl::Status(loaded.status().code(),
+                        absl::StrCat("loading model ", model.name, " onto ",
+                                     absl::StrJoin(model.devices, ", "), ": ",
+                                     loaded.status().message()));
+  }
+  const double seconds = absl::ToDoubleSeconds(Now() - load_started);
+  const uint64_t per_device = model.bytes_total / model.devices.size();
+  for (const std::string& uuid : model.devices) {
     metrics_->load_duration->WithLabels({model.name, uuid})->Observe(seconds);
     if (seconds > 0) {
       metrics_->read_throughput->WithLabels({model.name, uuid})
           ->Observe(static_cast<double>(per_device) / seconds);
     }
-    // The loader has sealed the arena: clients can only map it read-only.
-    absl::MutexLock lock(&mutex_);
-    model.replicas.push_back(*std::move(loaded));
   }
-  // The loader read the files by path; make sure they are still the ones
-  // fingerprinted when the load was asked for.
-  WS_ASSIGN_OR_RETURN(Fingerprint now,
-                      FingerprintFiles(manifest, *options_.opener));
+  {
+    // The job has sealed the arenas: clients can only map them read-only.
+    absl::MutexLock lock(&mutex_);
+    model.replicas = *std::move(loaded);
+  }
+  // The files were read through the descriptors fingerprinted when the
+  // load was asked for; make sure nothing rewrote them meanwhile.
+  WS_ASSIGN_OR_RETURN(Fingerprint now, FingerprintPlan(plan));
   const std::string change = DescribeChange(model.fingerprint, now);
   if (!change.empty()) {
     return absl::DataLossError(absl::StrCat(
         "model ", model.name, ": files changed while loading: ", change));
   }
   return absl::OkStatus();
+}
+
+absl::Status Registry::AllocateReplica(Model& model,
+                                       const RegistryTarget& target,
+                                       LoadJob& job) {
+  const std::string& uuid = target.device->uuid();
+  std::vector<LoadedModel> evicted;
+  {
+    absl::MutexLock lock(&mutex_);
+    WS_RETURN_IF_ERROR(
+        ReserveLocked(target, model.arena_bytes, model, evicted));
+  }
+  evicted.clear();
+  while (true) {
+    absl::Status allocated = job.Allocate(target.device);
+    if (allocated.ok()) return allocated;
+    // The device itself is full: make room the way a budget would.
+    bool made_room = false;
+    if (IsDeviceFull(allocated) && !model.cancel) {
+      absl::MutexLock lock(&mutex_);
+      made_room = EvictOneLocked(uuid, model, evicted);
+    }
+    evicted.clear();
+    if (!made_room) {
+      return absl::Status(allocated.code(),
+                          absl::StrCat("loading model ", model.name, " onto ",
+                                       uuid, ": ", allocated.message()));
+    }
+  }
 }
 
 uint64_t Registry::ResidentBytesLocked(const std::string& uuid) const {
@@ -567,7 +610,7 @@ bool Registry::EvictOneLocked(const std::string& uuid, const Model& loading,
           "room "
           "for {}",
           victim->name, victim->arena_bytes, uuid,
-          absl::ToDoubleSeconds(absl::Now() - victim->last_used), loading.name);
+          absl::ToDoubleSeconds(Now() - victim->last_used), loading.name);
   metrics_->evictions->Add();
   for (LoadedModel& replica : RemoveLocked(victim->name)) {
     evicted.push_back(std::move(replica));
@@ -642,10 +685,9 @@ v1::ModelStatus Registry::StatusLocked(const Model& model) const {
   status.set_bytes_loaded(model.state == v1::READY ? model.bytes_total
                                                    : model.bytes_loaded);
   status.set_bytes_total(model.bytes_total);
-  const double seconds =
-      model.state == v1::LOADING
-          ? absl::ToDoubleSeconds(absl::Now() - model.started)
-          : model.load_seconds;
+  const double seconds = model.state == v1::LOADING
+                             ? absl::ToDoubleSeconds(Now() - model.started)
+                             : model.load_seconds;
   if (seconds > 0) {
     status.set_bytes_per_second(static_cast<double>(status.bytes_loaded()) /
                                 seconds);
@@ -707,7 +749,7 @@ absl::StatusOr<LeaseGrant> Registry::Acquire(const std::string& name,
                                              const std::string& session,
                                              absl::Time deadline) {
   WS_RETURN_IF_ERROR(CheckName(name));
-  const absl::Time requested = absl::Now();
+  const absl::Time requested = Now();
   absl::MutexLock lock(&mutex_);
   while (true) {
     if (leasing_stopped_) {
@@ -741,13 +783,13 @@ absl::StatusOr<LeaseGrant> Registry::Acquire(const std::string& name,
   LeaseGrant grant;
   grant.lease_id = RandomId();
   ++model->leases;
-  model->last_used = absl::Now();
+  model->last_used = Now();
   leases_[grant.lease_id] = Lease{session, model};
   ChangedLocked(*model);
   UpdateGaugesLocked();
   metrics_->leases_granted->Add();
   metrics_->acquire_latency->WithLabels({name})->Observe(
-      absl::ToDoubleSeconds(absl::Now() - requested));
+      absl::ToDoubleSeconds(Now() - requested));
   grant.model = StatusLocked(*model);
   grant.tensors = model->replicas.front().tensors;
   grant.metadata_json = model->replicas.front().metadata_json;
@@ -774,7 +816,7 @@ absl::Status Registry::Release(const std::string& lease_id,
   std::shared_ptr<Model> model = std::move(it->second.model);
   leases_.erase(it);
   --model->leases;
-  model->last_used = absl::Now();
+  model->last_used = Now();
   ChangedLocked(*model);
   if (model->state == v1::UNLOADING && model->leases == 0) {
     auto listed = models_.find(model->name);
@@ -797,6 +839,13 @@ absl::Status Registry::Release(const std::string& lease_id,
   UpdateGaugesLocked();
   // The mutex is released before `freed` (declared first) frees the memory.
   return absl::OkStatus();
+}
+
+std::map<std::string, int> Registry::LeasesBySession() const {
+  std::map<std::string, int> counts;
+  absl::MutexLock lock(&mutex_);
+  for (const auto& [id, lease] : leases_) ++counts[lease.session];
+  return counts;
 }
 
 int Registry::ReleaseSession(const std::string& session) {

@@ -21,6 +21,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -35,6 +36,7 @@
 #include "daemon/base/metrics.h"
 #include "daemon/device/device.h"
 #include "daemon/formats/key_provider.h"
+#include "daemon/loader/load_job.h"
 #include "daemon/loader/loader.h"
 #include "proto/warmstart.pb.h"
 
@@ -61,6 +63,10 @@ struct RegistryOptions {
   // Where the registry's counters, gauges and histograms go (per model and
   // per device). Not owned; outlives the registry. Null: Metrics::Global().
   Metrics* metrics = nullptr;
+  // The clock for load durations, least-recently-used order and progress
+  // signals; null means absl::Now. Called from any thread, under the
+  // registry's lock: it must not call back into the registry.
+  std::function<absl::Time()> now;
 };
 
 struct ModelRequest {
@@ -173,6 +179,8 @@ class Registry {
   absl::StatusOr<v1::ModelStatus> Get(const std::string& name) const;
   std::vector<v1::ModelStatus> List() const;  // By name.
   RegistryStats Stats() const;
+  // How many leases each session holds (sessions without any are absent).
+  std::map<std::string, int> LeasesBySession() const;
 
   // From now on Acquire and Load fail with Unavailable (shutting down).
   void StopLeasing();
@@ -181,15 +189,26 @@ class Registry {
 
  private:
   struct Model;
+  struct PlannedLoad;
   struct Lease {
     std::string session;
     std::shared_ptr<Model> model;
   };
 
-  void RunLoad(std::shared_ptr<Model> model, Manifest manifest,
+  void RunLoad(std::shared_ptr<Model> model,
+               std::unique_ptr<PlannedLoad> planned,
                std::shared_ptr<KeyProvider> keys);
-  absl::Status LoadReplicas(Model& model, const Manifest& manifest,
+  // Loads `plan` onto every device of `model` as one job: each file is read
+  // once and copied to every device.
+  absl::Status LoadReplicas(Model& model, const LoadPlan& plan,
                             KeyProvider* keys);
+  // Reserves room on `target` and allocates the model's arena there in
+  // `job`, evicting to make room when the device is full.
+  absl::Status AllocateReplica(Model& model, const RegistryTarget& target,
+                               LoadJob& job);
+  // options_.load with the layout, opener and clock filled in.
+  LoadOptions LoadOptionsFor(ModelLayout layout) const;
+  absl::Time Now() const;
   // Reserves room for `bytes` on `target` for `model` within its budget,
   // evicting into `evicted`. ResourceExhausted with the figures otherwise.
   absl::Status ReserveLocked(const RegistryTarget& target, uint64_t bytes,

@@ -5,11 +5,14 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <functional>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
 #include "common/testing/status_matchers.h"
 #include "common/testing/test_env.h"
 #include "daemon/base/file_opener.h"
@@ -68,6 +71,7 @@ class RegistryTest : public ::testing::Test {
     options.opener = opener_.get();
     options.load.direct_io = false;
     options.metrics = &metrics_;
+    options.now = now_;
     registry_ = std::make_unique<Registry>(std::move(options));
   }
 
@@ -110,6 +114,8 @@ class RegistryTest : public ::testing::Test {
     return *loaded;
   }
 
+  // The registry's clock; null: absl::Now.
+  std::function<absl::Time()> now_;
   // Before the registry, which reports into it until destroyed.
   Metrics metrics_;
   absl::Notification allocations_released_;
@@ -368,6 +374,46 @@ TEST_F(RegistryTest, EvictsLeastRecentlyUsedUnpinnedModelsToFitTheBudget) {
   EXPECT_THAT(names, ::testing::ElementsAre("a", "c"));
   EXPECT_EQ(device_->live_allocations(), 2);
   EXPECT_EQ(registry_->Stats().devices[0].resident_bytes, 2 * kModelBytes);
+}
+
+// A clock the test sets; read from the registry's threads.
+class FakeClock {
+ public:
+  absl::Time Now() {
+    absl::MutexLock lock(&mutex_);
+    return now_;
+  }
+  void Set(absl::Time now) {
+    absl::MutexLock lock(&mutex_);
+    now_ = now;
+  }
+
+ private:
+  absl::Mutex mutex_;
+  absl::Time now_ = absl::UnixEpoch();
+};
+
+TEST_F(RegistryTest, LeastRecentlyUsedIsByTheRegistrysClock) {
+  FakeClock clock;
+  now_ = [&clock] { return clock.Now(); };
+  Start({}, 2 * kModelBytes + kModelBytes / 2);
+  const absl::Time start = absl::UnixEpoch() + absl::Hours(1);
+  clock.Set(start + absl::Seconds(100));
+  LoadReady("a", WriteModel("a.safetensors"));
+  clock.Set(start + absl::Seconds(200));
+  LoadReady("b", WriteModel("b.safetensors"));
+  // "a" is used last in real time, but at an earlier time by the clock
+  // the registry was given: by that clock "a" is the least recently used.
+  clock.Set(start + absl::Seconds(50));
+  ASSERT_OK_AND_ASSIGN(LeaseGrant lease, registry_->Acquire("a", "s", Soon()));
+  ASSERT_OK(registry_->Release(lease.lease_id, "s"));
+  clock.Set(start + absl::Seconds(300));
+  LoadReady("c", WriteModel("c.safetensors"));
+  std::vector<std::string> names;
+  for (const v1::ModelStatus& model : registry_->List()) {
+    names.push_back(model.name());
+  }
+  EXPECT_THAT(names, ::testing::ElementsAre("b", "c"));
 }
 
 TEST_F(RegistryTest, PinnedAndLeasedModelsAreNotEvicted) {

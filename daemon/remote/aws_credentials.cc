@@ -46,8 +46,9 @@ absl::StatusOr<AwsCredentials> FindAwsCredentials(EnvLookup env) {
   std::string profile = Get(env, "AWS_PROFILE");
   if (profile.empty()) profile = "default";
   const std::string looked_at =
-      "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment, and the "
-      "shared credentials file";
+      "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and "
+      "AWS_WEB_IDENTITY_TOKEN_FILE in the environment, and the shared "
+      "credentials file";
   if (file.empty()) {
     return absl::UnauthenticatedError(absl::StrCat(
         "no AWS credentials: looked at ", looked_at, " (HOME is not set)"));

@@ -1,14 +1,12 @@
-// AwsCredentials: the access key an S3 request is signed with, found the way
-// the AWS SDKs look (a subset of their chain, in this order):
+// AwsCredentials: the access key an S3 request is signed with.
+// FindAwsCredentials reads the sources that need no request (the whole chain,
+// web-identity tokens included, is AwsCredentialProvider's, in
+// aws_credential_provider.h), in this order:
 //   1. the environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and the
 //      optional AWS_SESSION_TOKEN;
 //   2. the shared credentials file: AWS_SHARED_CREDENTIALS_FILE, or else
 //      $HOME/.aws/credentials, profile AWS_PROFILE (default "default"):
 //      aws_access_key_id, aws_secret_access_key, aws_session_token.
-// Not supported yet: web-identity tokens
-// (AWS_WEB_IDENTITY_TOKEN_FILE with STS AssumeRoleWithWebIdentity), the
-// config file's role_arn/source_profile and credential_process, SSO, the
-// ECS container endpoint and the EC2 instance metadata service.
 //
 // Secrets never appear in the errors returned here: they name the variable,
 // the file, the profile and the key only.
@@ -21,6 +19,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 
 namespace warmstart {
 
@@ -28,9 +27,11 @@ struct AwsCredentials {
   std::string access_key_id;
   std::string secret_access_key;
   std::string session_token;  // Empty when none.
-  // Where they came from, for logs and errors: "environment" or
-  // "<file> [<profile>]". Holds no secret.
+  // Where they came from, for logs and errors: "environment",
+  // "<file> [<profile>]" or "web identity <role ARN>". Holds no secret.
   std::string origin;
+  // When temporary credentials stop working; InfiniteFuture for keys.
+  absl::Time expiration = absl::InfiniteFuture();
 };
 
 // Reads `getenv` style lookups through `env` so tests can pass their own.

@@ -76,6 +76,7 @@ std::string EncodeKey(absl::string_view key) {
 struct ResponseHeaders {
   std::string etag;
   std::string content_range;
+  std::string last_modified;
 };
 
 size_t OnHeader(char* data, size_t size, size_t count, void* user) {
@@ -89,6 +90,7 @@ size_t OnHeader(char* data, size_t size, size_t count, void* user) {
         absl::StripAsciiWhitespace(line.substr(colon + 1));
     if (name == "etag") headers->etag = std::string(value);
     if (name == "content-range") headers->content_range = std::string(value);
+    if (name == "last-modified") headers->last_modified = std::string(value);
   } else if (absl::StartsWith(line, "HTTP/")) {
     // A new response (after a 100 Continue): forget the previous one.
     *headers = ResponseHeaders();
@@ -160,8 +162,10 @@ absl::Status HttpError(const std::string& url, const std::string& what,
     case 404:
       return absl::NotFoundError(absl::StrCat(message, " (no such object)"));
     case 412:
-      return absl::DataLossError(absl::StrCat(
-          message, " (the object changed since it was opened: ETag differs)"));
+      return absl::DataLossError(
+          absl::StrCat(message,
+                       " (the object changed since it was opened: its ETag or "
+                       "Last-Modified differs)"));
     case 416:
       return absl::DataLossError(absl::StrCat(
           message,
@@ -174,6 +178,47 @@ absl::Status HttpError(const std::string& url, const std::string& what,
       }
       return absl::UnavailableError(message);
   }
+}
+
+// What one try of a request came to: its status, and whether the failure
+// is worth another try (a 5xx, a reset, a timeout, a short body).
+struct TryOutcome {
+  absl::Status status;
+  bool retryable = false;
+};
+
+// Runs `try_once(attempt)` for attempt 1, 2, ... until it succeeds, fails
+// in a way not worth retrying, or `options.max_attempts` tries are spent;
+// sleeps between tries with exponential backoff (initial_backoff, doubled
+// up to max_backoff) and counts each retry. Returns the last try's status.
+absl::Status RetryWithBackoff(
+    const RemoteOptions& options,
+    const std::function<TryOutcome(int attempt)>& try_once) {
+  absl::Duration backoff = options.initial_backoff;
+  for (int attempt = 1;; ++attempt) {
+    TryOutcome outcome = try_once(attempt);
+    if (!outcome.retryable || attempt >= options.max_attempts) {
+      return std::move(outcome.status);
+    }
+    CountRetry();
+    absl::SleepFor(backoff);
+    backoff = std::min(backoff * 2, options.max_backoff);
+  }
+}
+
+// The outcome of a transfer libcurl could not complete (`code`).
+TryOutcome TransferFailed(const std::string& url, absl::string_view what,
+                          CURLcode code, int attempt) {
+  return {absl::UnavailableError(absl::StrCat(
+              url, ": ", what, ": ", curl_easy_strerror(code), " (after ",
+              attempt, attempt == 1 ? " try)" : " tries)")),
+          RetryableCurlError(code)};
+}
+
+// The outcome of a final HTTP answer that is not the one expected.
+TryOutcome HttpFailed(const std::string& url, const std::string& what,
+                      long status) {
+  return {HttpError(url, what, status), RetryableHttpStatus(status)};
 }
 
 }  // namespace
@@ -303,6 +348,13 @@ RemoteSources::RemoteSources(RemoteOptions options)
                     : addressing == RemoteOptions::Addressing::kPath;
   ca_bundle_ = options_.ca_bundle;
   if (ca_bundle_.empty()) ca_bundle_ = Env(env, "AWS_CA_BUNDLE");
+  AwsCredentialProviderOptions credential_options;
+  credential_options.env = env;
+  credential_options.region = region_;
+  credential_options.ca_bundle = ca_bundle_;
+  credential_options.connect_timeout = options_.connect_timeout;
+  credential_provider_ =
+      std::make_unique<AwsCredentialProvider>(std::move(credential_options));
 }
 
 RemoteSources::~RemoteSources() {
@@ -338,6 +390,16 @@ void RemoteSources::Work(CurlEasy curl) {
     }
     job(curl);
   }
+}
+
+absl::StatusOr<AwsCredentials> RemoteSources::S3Credentials(
+    const std::string& url) const {
+  absl::StatusOr<AwsCredentials> found = credential_provider_->Get();
+  if (!found.ok()) {
+    return absl::Status(found.status().code(),
+                        absl::StrCat(url, ": ", found.status().message()));
+  }
+  return found;
 }
 
 absl::Status RemoteSources::CheckAllowed(const std::string& url) const {
@@ -420,12 +482,7 @@ absl::StatusOr<std::unique_ptr<RemoteObject>> RemoteSources::Open(
   WS_RETURN_IF_ERROR(CheckAllowed(url));
   AwsCredentials credentials;
   if (resolved.second) {
-    absl::StatusOr<AwsCredentials> found = FindAwsCredentials(options_.env);
-    if (!found.ok()) {
-      return absl::Status(found.status().code(),
-                          absl::StrCat(url, ": ", found.status().message()));
-    }
-    credentials = *std::move(found);
+    WS_ASSIGN_OR_RETURN(credentials, S3Credentials(url));
   }
   RequestSpec spec{&resolved.first, resolved.second,
                    &credentials,    absl::StrCat("aws:amz:", region_, ":s3"),
@@ -433,10 +490,10 @@ absl::StatusOr<std::unique_ptr<RemoteObject>> RemoteSources::Open(
   absl::Status status;
   uint64_t size = 0;
   std::string etag;
+  std::string last_modified;
   absl::Notification done;
   Enqueue([&](CurlEasy& curl) {
-    absl::Duration backoff = options_.initial_backoff;
-    for (int attempt = 1;; ++attempt) {
+    status = RetryWithBackoff(options_, [&](int attempt) -> TryOutcome {
       curl_slist* headers = Prepare(curl.get(), spec);
       ResponseHeaders response;
       curl_easy_setopt(curl.get(), CURLOPT_NOBODY, 1L);
@@ -448,40 +505,27 @@ absl::StatusOr<std::unique_ptr<RemoteObject>> RemoteSources::Open(
       curl_slist_free_all(headers);
       long http = 0;
       curl_easy_getinfo(curl.get(), CURLINFO_RESPONSE_CODE, &http);
-      bool retry = false;
-      if (code != CURLE_OK) {
-        status = absl::UnavailableError(
-            absl::StrCat(url, ": HEAD: ", curl_easy_strerror(code), " (after ",
-                         attempt, attempt == 1 ? " try)" : " tries)"));
-        retry = RetryableCurlError(code);
-      } else if (http != 200) {
-        status = HttpError(url, "HEAD", http);
-        retry = RetryableHttpStatus(http);
-      } else {
-        curl_off_t length = -1;
-        curl_easy_getinfo(curl.get(), CURLINFO_CONTENT_LENGTH_DOWNLOAD_T,
-                          &length);
-        if (length < 0) {
-          status = absl::InvalidArgumentError(
-              absl::StrCat(url, ": HEAD: the server sent no Content-Length"));
-        } else {
-          size = static_cast<uint64_t>(length);
-          etag = response.etag;
-          status = absl::OkStatus();
-        }
+      if (code != CURLE_OK) return TransferFailed(url, "HEAD", code, attempt);
+      if (http != 200) return HttpFailed(url, "HEAD", http);
+      curl_off_t length = -1;
+      curl_easy_getinfo(curl.get(), CURLINFO_CONTENT_LENGTH_DOWNLOAD_T,
+                        &length);
+      if (length < 0) {
+        return {absl::InvalidArgumentError(
+            absl::StrCat(url, ": HEAD: the server sent no Content-Length"))};
       }
-      if (!retry || attempt >= options_.max_attempts) break;
-      CountRetry();
-      absl::SleepFor(backoff);
-      backoff = std::min(backoff * 2, options_.max_backoff);
-    }
+      size = static_cast<uint64_t>(length);
+      etag = response.etag;
+      last_modified = response.last_modified;
+      return {absl::OkStatus()};
+    });
     done.Notify();
   });
   done.WaitForNotification();
   WS_RETURN_IF_ERROR(status);
-  return std::unique_ptr<RemoteObject>(
-      new RemoteObject(this, url, resolved.first, resolved.second,
-                       std::move(credentials), size, std::move(etag)));
+  return std::unique_ptr<RemoteObject>(new RemoteObject(
+      this, url, resolved.first, resolved.second, std::move(credentials), size,
+      std::move(etag), std::move(last_modified)));
 }
 
 namespace {
@@ -562,12 +606,7 @@ absl::StatusOr<std::vector<std::string>> RemoteSources::ListUrl(
     return absl::InvalidArgumentError(
         absl::StrCat("s3://...: not a valid bucket and prefix to list"));
   }
-  absl::StatusOr<AwsCredentials> found = FindAwsCredentials(options_.env);
-  if (!found.ok()) {
-    return absl::Status(found.status().code(),
-                        absl::StrCat(url, ": ", found.status().message()));
-  }
-  const AwsCredentials credentials = *std::move(found);
+  WS_ASSIGN_OR_RETURN(const AwsCredentials credentials, S3Credentials(url));
   // The bucket's own URL, path-style or virtual-host as for objects.
   std::string bucket_url;
   if (path_style_) {
@@ -597,8 +636,7 @@ absl::StatusOr<std::vector<std::string>> RemoteSources::ListUrl(
     absl::Status status;
     absl::Notification done;
     Enqueue([&](CurlEasy& curl) {
-      absl::Duration backoff = options_.initial_backoff;
-      for (int attempt = 1;; ++attempt) {
+      status = RetryWithBackoff(options_, [&](int attempt) -> TryOutcome {
         body.clear();
         curl_slist* headers = Prepare(curl.get(), spec);
         curl_easy_setopt(curl.get(), CURLOPT_HTTPHEADER, headers);
@@ -608,23 +646,12 @@ absl::StatusOr<std::vector<std::string>> RemoteSources::ListUrl(
         curl_slist_free_all(headers);
         long http = 0;
         curl_easy_getinfo(curl.get(), CURLINFO_RESPONSE_CODE, &http);
-        bool retry = false;
         if (code != CURLE_OK) {
-          status = absl::UnavailableError(absl::StrCat(
-              url, ": list: ", curl_easy_strerror(code), " (after ", attempt,
-              attempt == 1 ? " try)" : " tries)"));
-          retry = RetryableCurlError(code);
-        } else if (http != 200) {
-          status = HttpError(url, "list", http);
-          retry = RetryableHttpStatus(http);
-        } else {
-          status = absl::OkStatus();
+          return TransferFailed(url, "list", code, attempt);
         }
-        if (!retry || attempt >= options_.max_attempts) break;
-        CountRetry();
-        absl::SleepFor(backoff);
-        backoff = std::min(backoff * 2, options_.max_backoff);
-      }
+        if (http != 200) return HttpFailed(url, "list", http);
+        return {absl::OkStatus()};
+      });
       done.Notify();
     });
     done.WaitForNotification();
@@ -698,6 +725,80 @@ absl::Status CheckContentRange(const std::string& url,
   return absl::OkStatus();
 }
 
+// What a HEAD fixed about an object: reads must find it unchanged.
+struct ObjectIdentity {
+  const std::string& url;
+  uint64_t size;
+  const std::string& etag;           // Empty when the server sent none.
+  bool weak_etag;                    // etag is W/"...".
+  const std::string& last_modified;  // Empty when the server sent none.
+};
+
+// One try of a ranged GET of bytes [from, last] of `object` into `sink`,
+// which holds the bytes of the earlier tries before `sink.next`.
+TryOutcome GetRangeOnce(CURL* curl, const RequestSpec& spec,
+                        const ObjectIdentity& object, uint64_t from,
+                        uint64_t last, int attempt, Sink& sink) {
+  const std::string& url = object.url;
+  const std::string& etag = object.etag;
+  const uint64_t size = object.size;
+  curl_slist* headers = Prepare(curl, spec);
+  headers = curl_slist_append(
+      headers, absl::StrCat("Range: bytes=", from, "-", last).c_str());
+  if (!etag.empty() && !object.weak_etag) {
+    headers = curl_slist_append(headers, ("If-Match: " + etag).c_str());
+  } else if (!object.last_modified.empty()) {
+    // A weak ETag never passes If-Match's strong comparison (a compliant
+    // server answers 412): the date is the precondition instead, and the
+    // ETag and size of each answer are still compared below.
+    headers = curl_slist_append(
+        headers, ("If-Unmodified-Since: " + object.last_modified).c_str());
+  }
+  ResponseHeaders response;
+  curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
+  curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, &OnHeader);
+  curl_easy_setopt(curl, CURLOPT_HEADERDATA, &response);
+  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, &OnBody);
+  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &sink);
+  char* const before = sink.next;
+  const CURLcode code = curl_easy_perform(curl);
+  curl_slist_free_all(headers);
+  long http = 0;
+  curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &http);
+  CountBytes(sink.next - before);
+  const std::string what = absl::StrCat("GET bytes ", from, "-", last);
+  if (http == 200) {
+    return {absl::FailedPreconditionError(absl::StrCat(
+        url, ": ", what,
+        ": the server ignored the Range header (HTTP 200): it must serve "
+        "byte ranges"))};
+  }
+  if (http != 0 && http != 206) return HttpFailed(url, what, http);
+  if (http == 206 && !response.etag.empty() && !etag.empty() &&
+      response.etag != etag) {
+    return {absl::DataLossError(
+        absl::StrCat(url, ": the object changed since it was opened: ETag ",
+                     etag, " -> ", response.etag))};
+  }
+  if (http == 206) {
+    absl::Status range = CheckContentRange(url, response.content_range, size);
+    if (!range.ok()) return {std::move(range)};
+  }
+  if (code == CURLE_WRITE_ERROR) {
+    return {absl::DataLossError(absl::StrCat(
+        url, ": ", what, ": the server sent more bytes than asked"))};
+  }
+  if (code != CURLE_OK) return TransferFailed(url, what, code, attempt);
+  if (sink.next != sink.end) {
+    return {absl::DataLossError(
+                absl::StrCat(url, ": ", what, ": the body ended at byte ",
+                             from + (sink.next - before), " (after ", attempt,
+                             attempt == 1 ? " try)" : " tries)")),
+            /*retryable=*/true};
+  }
+  return {absl::OkStatus()};
+}
+
 }  // namespace
 
 void RemoteObject::ReadAsync(uint64_t offset, uint64_t length, char* out,
@@ -731,80 +832,31 @@ void RemoteObject::ReadAsync(uint64_t offset, uint64_t length, char* out,
     sources_->Enqueue([this, group, part_offset, part_length,
                        part_out](CurlEasy& curl) {
       const RemoteOptions& options = sources_->options_;
+      AwsCredentials current = credentials_;
       RequestSpec spec{&http_url_,
                        s3_,
-                       &credentials_,
+                       &current,
                        absl::StrCat("aws:amz:", sources_->region_, ":s3"),
                        &sources_->ca_bundle_,
                        &options};
       Sink sink{part_out, part_out + part_length, curl.get()};
-      absl::Duration backoff = options.initial_backoff;
-      absl::Status status;
-      for (int attempt = 1;; ++attempt) {
-        // Resume where the last try stopped.
-        const uint64_t from = part_offset + (sink.next - part_out);
-        const uint64_t last = part_offset + part_length - 1;
-        curl_slist* headers = Prepare(curl.get(), spec);
-        headers = curl_slist_append(
-            headers, absl::StrCat("Range: bytes=", from, "-", last).c_str());
-        if (!etag_.empty()) {
-          headers = curl_slist_append(headers, ("If-Match: " + etag_).c_str());
-        }
-        ResponseHeaders response;
-        curl_easy_setopt(curl.get(), CURLOPT_HTTPHEADER, headers);
-        curl_easy_setopt(curl.get(), CURLOPT_HEADERFUNCTION, &OnHeader);
-        curl_easy_setopt(curl.get(), CURLOPT_HEADERDATA, &response);
-        curl_easy_setopt(curl.get(), CURLOPT_WRITEFUNCTION, &OnBody);
-        curl_easy_setopt(curl.get(), CURLOPT_WRITEDATA, &sink);
-        char* const before = sink.next;
-        const CURLcode code = curl_easy_perform(curl.get());
-        curl_slist_free_all(headers);
-        long http = 0;
-        curl_easy_getinfo(curl.get(), CURLINFO_RESPONSE_CODE, &http);
-        CountBytes(sink.next - before);
-        const std::string what = absl::StrCat("GET bytes ", from, "-", last);
-        bool retry = false;
-        if (http != 0 && http != 206) {
-          if (http == 200) {
-            status = absl::FailedPreconditionError(absl::StrCat(
-                url_, ": ", what,
-                ": the server ignored the Range header (HTTP 200): it must "
-                "serve byte ranges"));
-          } else {
-            status = HttpError(url_, what, http);
-            retry = RetryableHttpStatus(http);
-          }
-        } else if (http == 206 && !response.etag.empty() && !etag_.empty() &&
-                   response.etag != etag_) {
-          status = absl::DataLossError(absl::StrCat(
-              url_, ": the object changed since it was opened: ETag ", etag_,
-              " -> ", response.etag));
-        } else if (http == 206 && !(status = CheckContentRange(
-                                        url_, response.content_range, size_))
-                                       .ok()) {
-          // status set.
-        } else if (code == CURLE_WRITE_ERROR) {
-          status = absl::DataLossError(absl::StrCat(
-              url_, ": ", what, ": the server sent more bytes than asked"));
-        } else if (code != CURLE_OK) {
-          status = absl::UnavailableError(absl::StrCat(
-              url_, ": ", what, ": ", curl_easy_strerror(code), " (after ",
-              attempt, attempt == 1 ? " try)" : " tries)"));
-          retry = RetryableCurlError(code);
-        } else if (sink.next != sink.end) {
-          status = absl::DataLossError(
-              absl::StrCat(url_, ": ", what, ": the body ended at byte ",
-                           part_offset + (sink.next - part_out), " (after ",
-                           attempt, attempt == 1 ? " try)" : " tries)"));
-          retry = true;
-        } else {
-          status = absl::OkStatus();
-        }
-        if (!retry || attempt >= options.max_attempts) break;
-        CountRetry();
-        absl::SleepFor(backoff);
-        backoff = std::min(backoff * 2, options.max_backoff);
-      }
+      absl::Status status =
+          RetryWithBackoff(options, [&](int attempt) -> TryOutcome {
+            // Temporary credentials may have been renewed since the open
+            // (a long load): the provider hands out its current ones.
+            if (s3_ && credentials_.expiration != absl::InfiniteFuture()) {
+              absl::StatusOr<AwsCredentials> renewed =
+                  sources_->S3Credentials(url_);
+              if (!renewed.ok()) return {renewed.status()};
+              current = *std::move(renewed);
+            }
+            // Resume where the last try stopped.
+            const uint64_t from = part_offset + (sink.next - part_out);
+            const ObjectIdentity object{url_, size_, etag_, weak_etag(),
+                                        last_modified_};
+            return GetRangeOnce(curl.get(), spec, object, from,
+                                part_offset + part_length - 1, attempt, sink);
+          });
       group->Finish(std::move(status));
     });
   }

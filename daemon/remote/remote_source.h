@@ -12,7 +12,8 @@
 //
 // Opening an object sends one HEAD (size and ETag) and reads nothing else,
 // so a checkpoint's headers are parsed, and bad input refused, before any
-// bulk transfer. Reads are ranged GETs carrying If-Match: <ETag>; every
+// bulk transfer. Reads are ranged GETs carrying If-Match: <ETag> (for a weak
+// ETag, If-Unmodified-Since: <Last-Modified>; see weak_etag()); every
 // answer must be 206 with the object's total size and ETag, so an object
 // replaced or truncated while it is read fails the read (DataLoss) instead of
 // mixing two versions. Transfers that fail with a 5xx or 429 answer, a reset
@@ -25,8 +26,11 @@
 // parallel straight into the caller's memory (a staging slab): memory use is
 // bounded by the caller's buffers, whatever the object's size.
 //
-// Credentials (see aws_credentials.h) never appear in logs, errors or
-// metrics: errors name the URL as the user wrote it (URLs with user
+// S3 credentials come from AwsCredentialProvider's chain (environment keys,
+// a web-identity token, the shared credentials file; see
+// aws_credential_provider.h); temporary ones are renewed before they expire,
+// also between the parts of a long load. Credentials never appear in logs,
+// errors or metrics: errors name the URL as the user wrote it (URLs with user
 // information are refused) and the HTTP status.
 //
 // Thread safety: RemoteSources and RemoteObject are safe to use from any
@@ -49,6 +53,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "daemon/formats/byte_source.h"
+#include "daemon/remote/aws_credential_provider.h"
 #include "daemon/remote/aws_credentials.h"
 #include "daemon/remote/curl_easy.h"
 
@@ -97,6 +102,14 @@ class RemoteObject : public ByteSource {
   // The ETag as the server sent it (quotes included); empty when it sent
   // none (then changes are detected by size alone).
   const std::string& etag() const { return etag_; }
+  // Whether the ETag is weak (W/"..."): If-Match compares ETags strongly, so
+  // a weak one never matches (RFC 9110 13.1.1). Reads of such an object send
+  // If-Unmodified-Since with the HEAD's Last-Modified instead, and still
+  // fail when an answer's ETag or size differs.
+  bool weak_etag() const { return etag_.rfind("W/", 0) == 0; }
+  // The fingerprint that tells whether a later load is the same object,
+  // with the size: the ETag. A weak ETag makes a weaker fingerprint: a
+  // server may keep it across changes it deems equivalent.
   std::string version() const override { return etag_; }
 
   // Reads [offset, offset + length) into `out`, in parallel parts; blocks.
@@ -119,14 +132,15 @@ class RemoteObject : public ByteSource {
   friend class RemoteSources;
   RemoteObject(const RemoteSources* sources, std::string url,
                std::string http_url, bool s3, AwsCredentials credentials,
-               uint64_t size, std::string etag)
+               uint64_t size, std::string etag, std::string last_modified)
       : sources_(sources),
         url_(std::move(url)),
         http_url_(std::move(http_url)),
         s3_(s3),
         credentials_(std::move(credentials)),
         size_(size),
-        etag_(std::move(etag)) {}
+        etag_(std::move(etag)),
+        last_modified_(std::move(last_modified)) {}
 
   const RemoteSources* const sources_;
   const std::string url_;
@@ -135,6 +149,7 @@ class RemoteObject : public ByteSource {
   const AwsCredentials credentials_;
   const uint64_t size_;
   const std::string etag_;
+  const std::string last_modified_;  // The HEAD's; empty when none.
 };
 
 class RemoteSources : public UrlSourceOpener {
@@ -176,6 +191,9 @@ class RemoteSources : public UrlSourceOpener {
   // The HTTP(S) URL for `url`, and whether it is S3.
   absl::StatusOr<std::pair<std::string, bool>> Resolve(
       const std::string& url) const;
+  // The current S3 credentials; errors are the provider's, prefixed with
+  // `url`.
+  absl::StatusOr<AwsCredentials> S3Credentials(const std::string& url) const;
   void Enqueue(Job job) const;
   void Work(CurlEasy curl);
 
@@ -184,6 +202,8 @@ class RemoteSources : public UrlSourceOpener {
   std::string endpoint_;
   bool path_style_ = true;
   std::string ca_bundle_;
+  // Thread-safe; keeps web-identity credentials between requests.
+  std::unique_ptr<AwsCredentialProvider> credential_provider_;
 
   mutable absl::Mutex mutex_;
   mutable std::deque<Job> queue_ ABSL_GUARDED_BY(mutex_);

@@ -43,7 +43,8 @@ absl::StatusOr<DescriptorLimit> RaiseDescriptorLimit() {
   return limit;
 }
 
-DescriptorBudget BudgetFor(uint64_t limit) {
+DescriptorBudget BudgetFor(uint64_t limit,
+                           const PeerLimitOverrides& overrides) {
   const uint64_t reserved = std::min(kReservedDescriptors, limit / 4);
   const uint64_t usable = limit - reserved;
   DescriptorBudget budget;
@@ -56,6 +57,22 @@ DescriptorBudget BudgetFor(uint64_t limit) {
       std::clamp<size_t>(budget.sessions.max_sessions / 8, 1, 128);
   budget.sessions.max_per_uid =
       std::max<size_t>(1, budget.sessions.max_sessions * 3 / 4);
+  budget.max_grpc_connections_per_process =
+      std::clamp<size_t>(budget.max_grpc_connections / 8, 1, 128);
+  budget.max_grpc_connections_per_uid =
+      std::max<size_t>(1, budget.max_grpc_connections * 3 / 4);
+  budget.max_leases_per_process = budget.sessions.max_per_process * 16;
+  budget.max_leases_per_uid = budget.sessions.max_per_uid * 16;
+  auto override_with = [](size_t value, size_t& cap) {
+    if (value > 0) cap = value;
+  };
+  override_with(overrides.max_grpc_connections_per_process,
+                budget.max_grpc_connections_per_process);
+  override_with(overrides.max_grpc_connections_per_uid,
+                budget.max_grpc_connections_per_uid);
+  override_with(overrides.max_leases_per_process,
+                budget.max_leases_per_process);
+  override_with(overrides.max_leases_per_uid, budget.max_leases_per_uid);
   // Every session's unread bundles together (one descriptor each on the
   // host, one per device on GPUs) stay under half the limit, which is what
   // the kernel lets the daemon's user have in flight.
@@ -73,7 +90,11 @@ std::string DescribeBudget(const DescriptorLimit& limit,
       "): sessions at most ", budget.sessions.max_sessions, " (",
       budget.sessions.max_per_process, " per process, ",
       budget.sessions.max_per_uid, " per uid), gRPC connections at most ",
-      budget.max_grpc_connections);
+      budget.max_grpc_connections, " (",
+      budget.max_grpc_connections_per_process, " per process, ",
+      budget.max_grpc_connections_per_uid, " per uid), leases ",
+      budget.max_leases_per_process, " per process, ",
+      budget.max_leases_per_uid, " per uid");
 }
 
 }  // namespace warmstart

@@ -38,6 +38,27 @@ struct DescriptorBudget {
   uint64_t reserved = 0;
   SessionLimits sessions;
   size_t max_grpc_connections = 0;
+  // gRPC connections on the unix socket one process, and one user, may
+  // hold open at once (the acceptor closes the next one, logging which
+  // limit it hit).
+  size_t max_grpc_connections_per_process = 0;
+  size_t max_grpc_connections_per_uid = 0;
+  // Leases the sessions of one process, and of one user, may hold at once
+  // (AcquireModel is RESOURCE_EXHAUSTED past them, naming the limit). A
+  // lease holds no descriptor in the daemon, but each one's bundle is a
+  // descriptor in flight until read and in the client after: they are
+  // capped like the sessions that carry them.
+  size_t max_leases_per_process = 0;
+  size_t max_leases_per_uid = 0;
+};
+
+// Operator overrides of the per-peer caps (DaemonConfig.client_limits); 0
+// keeps the derived value.
+struct PeerLimitOverrides {
+  size_t max_grpc_connections_per_process = 0;
+  size_t max_grpc_connections_per_uid = 0;
+  size_t max_leases_per_process = 0;
+  size_t max_leases_per_uid = 0;
 };
 
 // Raises the soft RLIMIT_NOFILE to the hard limit (capped at what the kernel
@@ -50,7 +71,12 @@ absl::StatusOr<DescriptorLimit> RaiseDescriptorLimit();
 // sessions and gRPC connections; one process may hold an eighth of the
 // sessions (at most 128), one user three quarters; a session may leave 2 to
 // 16 descriptor bundles unread, all of them together within half the limit.
-DescriptorBudget BudgetFor(uint64_t limit);
+// gRPC connections are split the same way (an eighth, at most 128, per
+// process; three quarters per uid); leases per process are 16 for each
+// session a process may hold, per uid 16 for each session a uid may hold.
+// Non-zero `overrides` replace the per-peer values.
+DescriptorBudget BudgetFor(uint64_t limit,
+                           const PeerLimitOverrides& overrides = {});
 
 // "descriptor limit 1024 -> 524288 (hard 524288): sessions at most 4096
 // (...)", for the start log.

@@ -55,6 +55,31 @@ TEST(DescriptorBudgetTest, ATinyLimitStillAllowsOneOfEach) {
   }
 }
 
+TEST(DescriptorBudgetTest, PerPeerCapsDeriveFromTheLimit) {
+  const DescriptorBudget budget = BudgetFor(1024);
+  // An eighth and three quarters of the 384 connections.
+  EXPECT_EQ(budget.max_grpc_connections_per_process, 48u);
+  EXPECT_EQ(budget.max_grpc_connections_per_uid, 288u);
+  // 16 leases for each session a process (48) or a uid (288) may hold.
+  EXPECT_EQ(budget.max_leases_per_process, 768u);
+  EXPECT_EQ(budget.max_leases_per_uid, 4608u);
+  EXPECT_THAT(DescribeBudget({1024, 1024, 1024}, budget),
+              ::testing::HasSubstr("gRPC connections at most 384 (48 per "
+                                   "process, 288 per uid), leases 768 per "
+                                   "process, 4608 per uid"));
+}
+
+TEST(DescriptorBudgetTest, OverridesReplaceThePerPeerCaps) {
+  PeerLimitOverrides overrides;
+  overrides.max_grpc_connections_per_process = 3;
+  overrides.max_leases_per_uid = 7;
+  const DescriptorBudget budget = BudgetFor(1024, overrides);
+  EXPECT_EQ(budget.max_grpc_connections_per_process, 3u);
+  EXPECT_EQ(budget.max_grpc_connections_per_uid, 288u);
+  EXPECT_EQ(budget.max_leases_per_process, 768u);
+  EXPECT_EQ(budget.max_leases_per_uid, 7u);
+}
+
 TEST(DescriptorBudgetTest, RaisesTheSoftLimitToTheHardOne) {
   rlimit before{};
   ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &before), 0);

@@ -15,6 +15,7 @@
 #include "daemon/device/cuda_device.h"
 #include "daemon/device/host_device.h"
 #include "daemon/formats/key_source.h"
+#include "daemon/server/listener_probe.h"
 #include "daemon/service/unix_socket.h"
 #include "grpcpp/health_check_service_interface.h"
 
@@ -22,6 +23,13 @@ namespace warmstart {
 namespace {
 
 constexpr absl::Duration kReadinessPoll = absl::Milliseconds(250);
+// How often the listeners are probed over new connections, how long a probe
+// may take, and how many failed rounds in a row end the process.
+constexpr absl::Duration kProbeInterval = absl::Seconds(5);
+constexpr absl::Duration kProbeTimeout = absl::Seconds(10);
+constexpr int kProbeFailuresToExit = 3;
+// The exit status of a daemon whose listener could not be kept alive.
+constexpr int kExitListenerLost = 3;
 
 // The opener when no model root is configured: nothing may be loaded.
 class NoRootsOpener : public FileOpener {
@@ -63,6 +71,25 @@ absl::StatusOr<std::shared_ptr<KeyProvider>> KeysFor(
   return std::shared_ptr<KeyProvider>();
 }
 
+// A GPU's budget: the least of the configured one (0: none) and what the
+// driver reports free now, before any model: other processes' memory is not
+// the daemon's to fill. (Each load also re-checks what is free when it
+// reserves.)
+uint64_t GpuBudget(const Device& device, uint64_t configured) {
+  const DeviceMemory memory = device.Memory();
+  uint64_t budget = configured;
+  if (memory.free_bytes.has_value() &&
+      (budget == 0 || *memory.free_bytes < budget)) {
+    budget = *memory.free_bytes;
+  }
+  Logger("daemon")->info(
+      "{}: budget {} bytes (configured {}; {})", device.uuid(), budget,
+      configured == 0 ? std::string("none") : absl::StrCat(configured),
+      memory.free_bytes.has_value() ? memory.source
+                                    : std::string("free memory unknown"));
+  return budget;
+}
+
 Counter* PreloadFailures() {
   static Counter* counter = Metrics::Global().GetCounter(
       "warmstart_preload_failures_total", "Preloads that failed to load");
@@ -77,7 +104,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   server->config_ = config;
   // Before anything opens descriptors: the caps below follow from it.
   WS_ASSIGN_OR_RETURN(const DescriptorLimit limit, RaiseDescriptorLimit());
-  server->descriptors_ = BudgetFor(limit.soft);
+  const v1::ClientLimits& configured = config.client_limits();
+  PeerLimitOverrides overrides;
+  overrides.max_grpc_connections_per_process =
+      configured.max_grpc_connections_per_process();
+  overrides.max_grpc_connections_per_uid =
+      configured.max_grpc_connections_per_uid();
+  overrides.max_leases_per_process = configured.max_leases_per_process();
+  overrides.max_leases_per_uid = configured.max_leases_per_uid();
+  server->descriptors_ = BudgetFor(limit.soft, overrides);
   Logger("daemon")->info("{}", DescribeBudget(limit, server->descriptors_));
   v1::ServerInfo info;
   info.set_version(kVersion);
@@ -110,6 +145,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
         {target.device.get(), target.loader.get(), target.budget_bytes});
   }
   options.opener = server->opener_.get();
+  // The daemon's metrics and clock: the process-wide ones (tests of the
+  // registry pass their own).
+  options.metrics = &Metrics::Global();
+  options.now = [] { return absl::Now(); };
   server->registry_ = std::make_unique<Registry>(std::move(options));
   WS_RETURN_IF_ERROR(server->Listen(config, info));
   return server;
@@ -182,6 +221,9 @@ absl::Status Server::SetUpTargets(const v1::DaemonConfig& config,
   for (std::unique_ptr<Device>& device : devices) {
     Target target;
     target.budget_bytes = budget_of(device->uuid());
+    if (use_cuda) {
+      target.budget_bytes = GpuBudget(*device, target.budget_bytes);
+    }
     target.device = std::move(device);
     WS_ASSIGN_OR_RETURN(
         target.pool,
@@ -239,7 +281,13 @@ absl::Status Server::Listen(const v1::DaemonConfig& config,
   policy.control_gids.insert(config.authorization().control_gids().begin(),
                              config.authorization().control_gids().end());
   policy.tcp_control = config.authorization().tcp_control();
+  policy.admin_uids.insert(config.authorization().admin_uids().begin(),
+                           config.authorization().admin_uids().end());
+  policy.admin_gids.insert(config.authorization().admin_gids().begin(),
+                           config.authorization().admin_gids().end());
   service_->SetAuthorization(std::move(policy));
+  service_->SetLeaseLimits(
+      {descriptors_.max_leases_per_process, descriptors_.max_leases_per_uid});
   service_->SetReadiness(v1::Readiness::STARTING, "loading preloads");
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
@@ -264,24 +312,15 @@ absl::Status Server::Listen(const v1::DaemonConfig& config,
                          ? ""
                          : absl::StrCat(" on ", listen.tcp_address())));
   }
-  SessionServer* sessions = sessions_.get();
-  const uint64_t reserved = descriptors_.reserved;
-  const size_t max_sessions = descriptors_.sessions.max_sessions;
-  WS_ASSIGN_OR_RETURN(
-      grpc_acceptor_,
-      GrpcAcceptor::Start(
-          socket, grpc_server_.get(),
-          [=]() -> uint64_t {
-            // The daemon's own reserve, and room for every session
-            // not yet open: gRPC connections never take what
-            // sessions are promised.
-            const size_t open = sessions->session_count();
-            return reserved + (open < max_sessions ? max_sessions - open : 0);
-          },
-          &connection_peers_));
+  WS_RETURN_IF_ERROR(StartUnixAcceptor());
   if (!listen.tcp_address().empty() && tcp_port == 0) {
     return absl::UnavailableError(
         absl::StrCat("cannot listen on ", listen.tcp_address()));
+  }
+  if (!listen.tcp_address().empty()) {
+    const size_t colon = listen.tcp_address().rfind(':');
+    tcp_probe_address_ =
+        absl::StrCat(listen.tcp_address().substr(0, colon), ":", tcp_port);
   }
   grpc_server_->GetHealthCheckService()->SetServingStatus(false);
   WS_RETURN_IF_ERROR(ApplySocketPermissions(socket, listen.socket_mode(),
@@ -293,6 +332,7 @@ absl::Status Server::Listen(const v1::DaemonConfig& config,
                           return Metrics::Global().PrometheusText();
                         }));
   }
+  probe_thread_ = std::thread([this] { RunListenerProbe(); });
   Logger("daemon")->info(
       "warmstartd {} serving on unix:{}{}{} (backend {}, handle socket {}, "
       "pid {})",
@@ -412,8 +452,7 @@ void Server::TrackReadiness(std::vector<std::string> required,
 void Server::SetReady(v1::Readiness::State state, const std::string& message) {
   auto log = Logger("daemon");
   service_->SetReadiness(state, message);
-  const bool serving = state == v1::Readiness::READY;
-  grpc_server_->GetHealthCheckService()->SetServingStatus(serving);
+  UpdateHealth();
   switch (state) {
     case v1::Readiness::READY:
       log->info("ready: {}", message);
@@ -429,6 +468,117 @@ void Server::SetReady(v1::Readiness::State state, const std::string& message) {
   }
 }
 
+void Server::UpdateHealth() {
+  absl::MutexLock lock(&health_mutex_);
+  grpc_server_->GetHealthCheckService()->SetServingStatus(
+      listeners_healthy_ &&
+      service_->readiness().state() == v1::Readiness::READY);
+}
+
+void Server::RunListenerProbe() {
+  while (true) {
+    {
+      absl::MutexLock lock(&probe_mutex_);
+      probe_mutex_.AwaitWithTimeout(absl::Condition(&stop_probe_),
+                                    kProbeInterval);
+      if (stop_probe_) return;
+    }
+    ProbeListenersOnce();
+  }
+}
+
+absl::Status Server::StartUnixAcceptor() {
+  SessionServer* sessions = sessions_.get();
+  const uint64_t reserved = descriptors_.reserved;
+  const size_t max_sessions = descriptors_.sessions.max_sessions;
+  WS_ASSIGN_OR_RETURN(
+      grpc_acceptor_,
+      GrpcAcceptor::Start(
+          config_.listen().unix_socket(), grpc_server_.get(),
+          [=]() -> uint64_t {
+            // The daemon's own reserve, and room for every session
+            // not yet open: gRPC connections never take what
+            // sessions are promised.
+            const size_t open = sessions->session_count();
+            return reserved + (open < max_sessions ? max_sessions - open : 0);
+          },
+          &connection_peers_,
+          ConnectionLimits{descriptors_.max_grpc_connections,
+                           descriptors_.max_grpc_connections_per_process,
+                           descriptors_.max_grpc_connections_per_uid}));
+  return absl::OkStatus();
+}
+
+absl::Status Server::RearmUnixListener() {
+  const v1::Listen& listen = config_.listen();
+  grpc_acceptor_.reset();
+  WS_RETURN_IF_ERROR(PrepareSocketPath(listen.unix_socket()));
+  WS_RETURN_IF_ERROR(StartUnixAcceptor());
+  return ApplySocketPermissions(listen.unix_socket(), listen.socket_mode(),
+                                listen.socket_owner(), listen.socket_group());
+}
+
+void Server::ProbeListenersOnce() {
+  auto log = Logger("daemon");
+  const std::string& socket = config_.listen().unix_socket();
+  std::vector<std::string> failures;
+  ProbeResult unix_probe = ProbeUnixListener(socket, kProbeTimeout);
+  if (unix_probe.listener_gone) {
+    log->error("the unix listener takes no new connection ({}); re-arming it",
+               unix_probe.status.message());
+    if (absl::Status rearmed = RearmUnixListener(); !rearmed.ok()) {
+      log->error(
+          "cannot re-arm the unix listener on {}: {}; exiting (status {}) so "
+          "that the supervisor restarts the daemon",
+          socket, rearmed.message(), kExitListenerLost);
+      log->flush();
+      ::_exit(kExitListenerLost);
+    }
+    unix_probe = ProbeUnixListener(socket, kProbeTimeout);
+    if (unix_probe.status.ok()) {
+      log->warn("the unix listener on {} is re-armed and answers", socket);
+    }
+  }
+  if (!unix_probe.status.ok()) {
+    failures.push_back(std::string(unix_probe.status.message()));
+  }
+  if (!tcp_probe_address_.empty()) {
+    const ProbeResult tcp = ProbeTcpListener(tcp_probe_address_, kProbeTimeout);
+    if (!tcp.status.ok()) failures.push_back(std::string(tcp.status.message()));
+  }
+  bool changed = false;
+  {
+    absl::MutexLock lock(&health_mutex_);
+    changed = listeners_healthy_ != failures.empty();
+    listeners_healthy_ = failures.empty();
+  }
+  if (changed) UpdateHealth();
+  if (failures.empty()) {
+    if (failed_probe_rounds_ > 0) log->info("the listeners answer again");
+    failed_probe_rounds_ = 0;
+    return;
+  }
+  ++failed_probe_rounds_;
+  log->error("health NOT_SERVING: a new client cannot be served: {}",
+             absl::StrJoin(failures, "; "));
+  if (failed_probe_rounds_ >= kProbeFailuresToExit) {
+    log->error(
+        "the listeners failed {} probes in a row; exiting (status {}) so that "
+        "the supervisor restarts the daemon",
+        failed_probe_rounds_, kExitListenerLost);
+    log->flush();
+    ::_exit(kExitListenerLost);
+  }
+}
+
+void Server::StopListenerProbe() {
+  {
+    absl::MutexLock lock(&probe_mutex_);
+    stop_probe_ = true;
+  }
+  if (probe_thread_.joinable()) probe_thread_.join();
+}
+
 void Server::StopReadinessThread() {
   stop_readiness_ = true;
   if (readiness_thread_.joinable()) readiness_thread_.join();
@@ -437,6 +587,7 @@ void Server::StopReadinessThread() {
 int Server::Shutdown() {
   auto log = Logger("daemon");
   StopReadinessThread();
+  StopListenerProbe();
   SetReady(v1::Readiness::STOPPING, "shutting down");
   sd_notify(0, "STOPPING=1");
   registry_->StopLeasing();
@@ -462,6 +613,7 @@ int Server::Shutdown() {
 
 Server::~Server() {
   StopReadinessThread();
+  StopListenerProbe();
   grpc_acceptor_.reset();
   if (grpc_server_ != nullptr) {
     grpc_server_->Shutdown(std::chrono::system_clock::now());

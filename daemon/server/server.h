@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "daemon/device/cuda_driver.h"
 #include "daemon/device/device.h"
 #include "daemon/io/read_engine.h"
@@ -83,6 +84,23 @@ class Server {
                       std::vector<std::string> failed_early);
   void SetReady(v1::Readiness::State state, const std::string& message);
   void StopReadinessThread();
+  // Health is SERVING only while readiness is READY and the last listener
+  // probe succeeded.
+  void UpdateHealth();
+  // Every kProbeInterval until StopListenerProbe: ProbeListenersOnce.
+  void RunListenerProbe();
+  // Probes the unix socket (and the TCP address when configured) over new
+  // connections. A unix listener that takes no connection at all is
+  // re-armed (closed, its path prepared and bound again) and probed again.
+  // What still fails turns health NOT_SERVING with a logged reason; a
+  // listener that cannot be re-armed, or failures in kProbeFailuresToExit
+  // rounds in a row, end the process (status 3, reason logged) so that its
+  // supervisor restarts it.
+  void ProbeListenersOnce();
+  // Starts grpc_acceptor_ on the unix socket with the descriptor caps.
+  absl::Status StartUnixAcceptor();
+  absl::Status RearmUnixListener();
+  void StopListenerProbe();
 
   v1::DaemonConfig config_;
   DescriptorBudget descriptors_;        // Set first in Start.
@@ -106,6 +124,16 @@ class Server {
 
   std::atomic<bool> stop_readiness_{false};
   std::thread readiness_thread_;
+
+  // "127.0.0.1:7070" with the port gRPC bound; empty without TCP.
+  std::string tcp_probe_address_;
+  // Serialises health changes (readiness thread, probe thread).
+  absl::Mutex health_mutex_;
+  bool listeners_healthy_ ABSL_GUARDED_BY(health_mutex_) = true;
+  absl::Mutex probe_mutex_;
+  bool stop_probe_ ABSL_GUARDED_BY(probe_mutex_) = false;
+  int failed_probe_rounds_ = 0;  // The probe thread's.
+  std::thread probe_thread_;
 };
 
 }  // namespace warmstart

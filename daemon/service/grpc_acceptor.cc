@@ -6,6 +6,7 @@
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -53,7 +54,8 @@ uint64_t OpenDescriptors() {
 
 absl::StatusOr<std::unique_ptr<GrpcAcceptor>> GrpcAcceptor::Start(
     const std::string& path, grpc::Server* server,
-    std::function<uint64_t()> keep_free, ConnectionPeers* peers) {
+    std::function<uint64_t()> keep_free, ConnectionPeers* peers,
+    ConnectionLimits limits) {
   WS_ASSIGN_OR_RETURN(ScopedFd listener,
                       ListenUnixSocket(path, SOCK_STREAM, SOMAXCONN, "socket"));
   ScopedFd stop_event(::eventfd(0, EFD_CLOEXEC));
@@ -62,19 +64,21 @@ absl::StatusOr<std::unique_ptr<GrpcAcceptor>> GrpcAcceptor::Start(
   if (!spare.valid()) return ErrnoToStatus(errno, "open /dev/null");
   return std::unique_ptr<GrpcAcceptor>(new GrpcAcceptor(
       std::move(listener), std::move(stop_event), std::move(spare), server,
-      std::move(keep_free), peers, path));
+      std::move(keep_free), peers, limits, path));
 }
 
 GrpcAcceptor::GrpcAcceptor(ScopedFd listener, ScopedFd stop_event,
                            ScopedFd spare, grpc::Server* server,
                            std::function<uint64_t()> keep_free,
-                           ConnectionPeers* peers, std::string path)
+                           ConnectionPeers* peers, ConnectionLimits limits,
+                           std::string path)
     : listener_(std::move(listener)),
       stop_event_(std::move(stop_event)),
       spare_(std::move(spare)),
       server_(server),
       keep_free_(std::move(keep_free)),
       peers_(peers),
+      limits_(limits),
       path_(std::move(path)),
       thread_([this] { Run(); }) {}
 
@@ -122,11 +126,7 @@ void GrpcAcceptor::AcceptOne() {
       ScopedFd dropped(
           ::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
       spare_ = OpenSpare();
-      {
-        absl::MutexLock lock(&mutex_);
-        ++refused_;
-      }
-      RefusedCounter()->Add();
+      CountRefusal();
       log->warn(
           "gRPC connection on {} refused: the daemon is out of "
           "descriptors (RLIMIT_NOFILE)",
@@ -141,11 +141,7 @@ void GrpcAcceptor::AcceptOne() {
     return;
   }
   if (DescriptorsRunLow()) {
-    {
-      absl::MutexLock lock(&mutex_);
-      ++refused_;
-    }
-    RefusedCounter()->Add();
+    CountRefusal();
     log->warn(
         "gRPC connection on {} refused: too few descriptors are left below "
         "the daemon's RLIMIT_NOFILE; they are kept for loads and sessions",
@@ -159,16 +155,82 @@ void GrpcAcceptor::AcceptOne() {
     log->warn("SO_PEERCRED on {}: {}", path_, std::strerror(errno));
     return;
   }
+  const SessionPeer peer{credentials.pid, credentials.uid, credentials.gid};
+  if (const std::string over = OverLimit(peer); !over.empty()) {
+    CountRefusal();
+    log->warn("gRPC connection on {} from pid {} uid {} refused: {}", path_,
+              peer.pid, peer.uid, over);
+    return;
+  }
   const int fd = socket.release();
-  peers_->Record(
-      fd, SessionPeer{credentials.pid, credentials.uid, credentials.gid});
+  peers_->Record(fd, peer);
   // gRPC owns the descriptor from here and closes it with the connection.
   grpc::AddInsecureChannelFromFd(server_, fd);
 }
 
+std::string GrpcAcceptor::OverLimit(const SessionPeer& peer) const {
+  const ConnectionPeers::Counts open = peers_->CountOpen(peer);
+  if (limits_.max_connections > 0 && open.total >= limits_.max_connections) {
+    return absl::StrCat(open.total,
+                        " gRPC connections are open, the most the daemon "
+                        "accepts (",
+                        limits_.max_connections, ")");
+  }
+  if (limits_.max_per_process > 0 &&
+      open.same_process >= limits_.max_per_process) {
+    return absl::StrCat("pid ", peer.pid, " holds ", open.same_process,
+                        " gRPC connections, the most one process may hold (",
+                        limits_.max_per_process,
+                        "; client_limits.max_grpc_connections_per_process)");
+  }
+  if (limits_.max_per_uid > 0 && open.same_uid >= limits_.max_per_uid) {
+    return absl::StrCat("uid ", peer.uid, " holds ", open.same_uid,
+                        " gRPC connections, the most one user may hold (",
+                        limits_.max_per_uid,
+                        "; client_limits.max_grpc_connections_per_uid)");
+  }
+  return "";
+}
+
+void GrpcAcceptor::CountRefusal() {
+  {
+    absl::MutexLock lock(&mutex_);
+    ++refused_;
+  }
+  RefusedCounter()->Add();
+}
+
+namespace {
+
+// The inode of the socket open on `fd`; 0 when `fd` is not an open socket.
+ino_t SocketInode(int fd) {
+  struct stat described {};
+  if (::fstat(fd, &described) != 0 || !S_ISSOCK(described.st_mode)) return 0;
+  return described.st_ino;
+}
+
+}  // namespace
+
 void ConnectionPeers::Record(int fd, const SessionPeer& peer) {
+  const ino_t inode = SocketInode(fd);
   absl::MutexLock lock(&mutex_);
-  peers_[fd] = peer;
+  peers_[fd] = Connection{peer, inode};
+}
+
+ConnectionPeers::Counts ConnectionPeers::CountOpen(const SessionPeer& peer) {
+  Counts counts;
+  absl::MutexLock lock(&mutex_);
+  for (auto it = peers_.begin(); it != peers_.end();) {
+    if (it->second.inode == 0 || SocketInode(it->first) != it->second.inode) {
+      it = peers_.erase(it);
+      continue;
+    }
+    ++counts.total;
+    if (it->second.peer.pid == peer.pid) ++counts.same_process;
+    if (it->second.peer.uid == peer.uid) ++counts.same_uid;
+    ++it;
+  }
+  return counts;
 }
 
 std::optional<SessionPeer> ConnectionPeers::Find(
@@ -179,7 +241,7 @@ std::optional<SessionPeer> ConnectionPeers::Find(
   absl::MutexLock lock(&mutex_);
   auto it = peers_.find(fd);
   if (it == peers_.end()) return std::nullopt;
-  return it->second;
+  return it->second.peer;
 }
 
 uint64_t GrpcAcceptor::refused() const {

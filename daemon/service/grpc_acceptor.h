@@ -44,17 +44,43 @@ namespace warmstart {
 // Thread safety: thread-safe.
 class ConnectionPeers {
  public:
+  // Records the connection on `fd` (which must be open) as `peer`'s.
   void Record(int fd, const SessionPeer& peer);
   // nullopt for a peer string of another kind (a TCP peer, say) or an
   // unknown descriptor.
   std::optional<SessionPeer> Find(absl::string_view grpc_peer) const;
 
+  struct Counts {
+    size_t total = 0;
+    size_t same_process = 0;
+    size_t same_uid = 0;
+  };
+  // The recorded connections still open (in all, of `peer`'s pid, of its
+  // uid); forgets those gRPC has closed.
+  Counts CountOpen(const SessionPeer& peer);
+
  private:
+  struct Connection {
+    SessionPeer peer;
+    // The socket's inode: gRPC closes descriptors without telling, and the
+    // number may be reused by another file; a different inode (or none)
+    // under it means the connection is gone.
+    ino_t inode = 0;
+  };
   mutable absl::Mutex mutex_;
   // Descriptor number -> peer of the connection most recently accepted on
   // it. A number is reused only after gRPC closed the connection, so the
   // entry of a live connection is always its own.
-  std::map<int, SessionPeer> peers_ ABSL_GUARDED_BY(mutex_);
+  std::map<int, Connection> peers_ ABSL_GUARDED_BY(mutex_);
+};
+
+// How many unix socket connections gRPC may hold at once: in all, from one
+// process, from one user (by SO_PEERCRED), so that one runaway process or
+// user cannot take every connection. Zero: no cap of that kind.
+struct ConnectionLimits {
+  size_t max_connections = 0;
+  size_t max_per_process = 0;
+  size_t max_per_uid = 0;
 };
 
 class GrpcAcceptor {
@@ -66,10 +92,13 @@ class GrpcAcceptor {
   // descriptors below the soft RLIMIT_NOFILE would remain; `keep_free` is
   // called on the accepting thread.
   // Each connection's peer is recorded in `peers` (not owned; outlives the
-  // acceptor).
+  // acceptor). A connection past one of `limits` is closed at once with a
+  // logged reason naming the limit and its value (a client sees the daemon
+  // as unavailable).
   static absl::StatusOr<std::unique_ptr<GrpcAcceptor>> Start(
       const std::string& path, grpc::Server* server,
-      std::function<uint64_t()> keep_free, ConnectionPeers* peers);
+      std::function<uint64_t()> keep_free, ConnectionPeers* peers,
+      ConnectionLimits limits = ConnectionLimits());
 
   // Stops accepting and closes the listening socket (the file stays; the
   // server removes it). Connections already handed to gRPC stay open.
@@ -83,10 +112,14 @@ class GrpcAcceptor {
  private:
   GrpcAcceptor(ScopedFd listener, ScopedFd stop_event, ScopedFd spare,
                grpc::Server* server, std::function<uint64_t()> keep_free,
-               ConnectionPeers* peers, std::string path);
+               ConnectionPeers* peers, ConnectionLimits limits,
+               std::string path);
   void Run();
   void AcceptOne();
   bool DescriptorsRunLow() const;
+  // Why one more connection from `peer` would pass a limit; empty if not.
+  std::string OverLimit(const SessionPeer& peer) const;
+  void CountRefusal();
 
   const ScopedFd listener_;
   const ScopedFd stop_event_;
@@ -94,6 +127,7 @@ class GrpcAcceptor {
   grpc::Server* const server_;
   const std::function<uint64_t()> keep_free_;
   ConnectionPeers* const peers_;
+  const ConnectionLimits limits_;
   const std::string path_;
 
   mutable absl::Mutex mutex_;

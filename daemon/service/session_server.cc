@@ -299,6 +299,13 @@ absl::Status SessionServer::SendFds(const std::string& session_id,
   return absl::OkStatus();
 }
 
+std::map<std::string, SessionPeer> SessionServer::Peers() const {
+  std::map<std::string, SessionPeer> peers;
+  absl::MutexLock lock(&mutex_);
+  for (const auto& [id, session] : sessions_) peers.emplace(id, session.peer);
+  return peers;
+}
+
 size_t SessionServer::session_count() const {
   absl::MutexLock lock(&mutex_);
   return sessions_.size();

@@ -93,6 +93,8 @@ class SessionServer {
                        const std::vector<int>& fds);
 
   size_t session_count() const;
+  // Every open session's id and peer.
+  std::map<std::string, SessionPeer> Peers() const;
 
  private:
   struct Session {

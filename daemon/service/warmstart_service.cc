@@ -12,6 +12,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/utf8.h"
 #include "daemon/base/logging.h"
 #include "daemon/base/metrics.h"
 
@@ -49,6 +50,18 @@ v1::MemoryKind KindOf(ExportedMemory::Kind kind) {
   return v1::MEMORY_KIND_UNSPECIFIED;
 }
 
+// INVALID_ARGUMENT naming `field` when `value` is not UTF-8. Request
+// fields that carry text are bytes on the wire so that this, not the
+// protobuf parser (INTERNAL, no message), refuses them; nothing that is not
+// UTF-8 reaches a log line, a path or the registry.
+absl::Status RequireUtf8(absl::string_view field, absl::string_view value) {
+  const size_t bad = FindInvalidUtf8(value);
+  if (bad == absl::string_view::npos) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(field, " \"", absl::CHexEscape(value.substr(0, 200)),
+                   "\" is not valid UTF-8 (byte ", bad, ")"));
+}
+
 Counter* RefusedPaths() {
   static Counter* counter = Metrics::Global().GetCounter(
       "warmstart_refused_paths_total",
@@ -80,6 +93,11 @@ absl::StatusOr<std::string> WarmstartService::SessionOf(
         "session id as metadata \"warmstart-session\"");
   }
   std::string id(it->second.data(), it->second.size());
+  if (absl::Status utf8 = RequireUtf8(
+          absl::StrCat("metadata \"", kSessionMetadataKey, "\""), id);
+      !utf8.ok()) {
+    return utf8;
+  }
   absl::StatusOr<SessionPeer> owner = sessions_->Find(id);
   if (!owner.ok()) {
     return absl::UnauthenticatedError(absl::StrCat(
@@ -186,9 +204,54 @@ absl::Status WarmstartService::AuthorizeControl(
       "control_uids or control_gids"));
 }
 
+absl::Status MayForceUnload(const std::optional<SessionPeer>& caller,
+                            const std::vector<gid_t>& groups,
+                            const std::string& model,
+                            std::optional<uid_t> loaded_by,
+                            const AuthorizationPolicy& policy,
+                            uid_t daemon_uid) {
+  if (!caller.has_value()) {
+    if (policy.tcp_control) return absl::OkStatus();
+    return absl::PermissionDeniedError(
+        "callers over TCP may not force-unload models: they have no "
+        "credentials (use the unix socket, or set authorization { "
+        "tcp_control: true })");
+  }
+  if (caller->uid == 0 || caller->uid == daemon_uid ||
+      policy.admin_uids.count(caller->uid) > 0 ||
+      policy.admin_gids.count(caller->gid) > 0 ||
+      (loaded_by.has_value() && *loaded_by == caller->uid)) {
+    return absl::OkStatus();
+  }
+  for (gid_t gid : groups) {
+    if (policy.admin_gids.count(gid) > 0) return absl::OkStatus();
+  }
+  return absl::PermissionDeniedError(absl::StrCat(
+      "uid ", caller->uid, " (pid ", caller->pid, ") may not force-unload ",
+      absl::CHexEscape(model), ": only ",
+      loaded_by.has_value()
+          ? absl::StrCat("uid ", *loaded_by, ", who loaded it, ")
+          : std::string(),
+      "root, the daemon's uid and authorization's admin_uids or admin_gids "
+      "may; unload it without --force once its leases are released"));
+}
+
+std::optional<uid_t> WarmstartService::LoadedBy(const std::string& name) const {
+  absl::MutexLock lock(&mutex_);
+  auto it = loaded_by_.find(name);
+  if (it == loaded_by_.end()) return std::nullopt;
+  return it->second;
+}
+
 grpc::Status WarmstartService::LoadModel(grpc::ServerContext* context,
                                          const v1::LoadModelRequest* request,
                                          v1::ModelStatus* response) {
+  absl::Status valid = RequireUtf8("LoadModelRequest.name", request->name());
+  if (valid.ok()) valid = RequireUtf8("LoadModelRequest.path", request->path());
+  for (const std::string& device : request->devices()) {
+    if (valid.ok()) valid = RequireUtf8("LoadModelRequest.devices", device);
+  }
+  if (!valid.ok()) return ToGrpc(valid);
   if (absl::Status allowed = AuthorizeControl(*context, "load models");
       !allowed.ok()) {
     return ToGrpc(allowed);
@@ -209,6 +272,15 @@ grpc::Status WarmstartService::LoadModel(grpc::ServerContext* context,
     }
     return ToGrpc(status.status());
   }
+  if (peers_ != nullptr) {
+    if (std::optional<SessionPeer> caller = peers_->Find(context->peer())) {
+      absl::MutexLock lock(&mutex_);
+      loaded_by_[model.name] = caller->uid;
+    } else {
+      absl::MutexLock lock(&mutex_);
+      loaded_by_.erase(model.name);
+    }
+  }
   if (!request->no_wait()) status = WaitLoaded(*context, model.name);
   if (!status.ok()) return ToGrpc(status.status());
   if (status->state() == v1::FAILED) {
@@ -227,6 +299,11 @@ grpc::Status WarmstartService::LoadModel(grpc::ServerContext* context,
 grpc::Status WarmstartService::WatchModel(
     grpc::ServerContext* context, const v1::WatchModelRequest* request,
     grpc::ServerWriter<v1::ModelStatus>* writer) {
+  if (absl::Status valid =
+          RequireUtf8("WatchModelRequest.name", request->name());
+      !valid.ok()) {
+    return ToGrpc(valid);
+  }
   uint64_t version = 0;
   while (!context->IsCancelled()) {
     absl::StatusOr<v1::ModelStatus> status = registry_->WaitForChange(
@@ -243,6 +320,11 @@ grpc::Status WarmstartService::WatchModel(
 grpc::Status WarmstartService::AcquireModel(
     grpc::ServerContext* context, const v1::AcquireModelRequest* request,
     v1::Lease* response) {
+  if (absl::Status valid =
+          RequireUtf8("AcquireModelRequest.name", request->name());
+      !valid.ok()) {
+    return ToGrpc(valid);
+  }
   absl::StatusOr<std::string> session = SessionOf(*context);
   if (!session.ok()) return ToGrpc(session.status());
   // Wait for a load in progress here, where a cancelled call is noticed,
@@ -250,8 +332,18 @@ grpc::Status WarmstartService::AcquireModel(
   absl::StatusOr<v1::ModelStatus> loaded =
       WaitLoaded(*context, request->name());
   if (!loaded.ok()) return ToGrpc(loaded.status());
-  absl::StatusOr<LeaseGrant> grant =
-      registry_->Acquire(request->name(), *session, absl::Now());
+  absl::StatusOr<LeaseGrant> grant;
+  {
+    absl::MutexLock lock(&acquire_mutex_);
+    if (absl::Status fits = CheckLeaseLimits(*session); !fits.ok()) {
+      Logger("service")->warn("refused a lease of {} to session {}: {}",
+                              absl::CHexEscape(request->name().substr(0, 128)),
+                              absl::CHexEscape(session->substr(0, 64)),
+                              fits.message());
+      return ToGrpc(fits);
+    }
+    grant = registry_->Acquire(request->name(), *session, absl::Now());
+  }
   if (!grant.ok()) return ToGrpc(grant.status());
 
   response->set_lease_id(grant->lease_id);
@@ -303,9 +395,47 @@ grpc::Status WarmstartService::AcquireModel(
   return grpc::Status::OK;
 }
 
+absl::Status WarmstartService::CheckLeaseLimits(
+    const std::string& session) const {
+  if (lease_limits_.max_per_process == 0 && lease_limits_.max_per_uid == 0) {
+    return absl::OkStatus();
+  }
+  const std::map<std::string, SessionPeer> peers = sessions_->Peers();
+  auto owner = peers.find(session);
+  if (owner == peers.end()) return absl::OkStatus();  // Acquire refuses it.
+  size_t same_process = 0;
+  size_t same_uid = 0;
+  for (const auto& [id, count] : registry_->LeasesBySession()) {
+    auto peer = peers.find(id);
+    if (peer == peers.end()) continue;
+    if (peer->second.pid == owner->second.pid) same_process += count;
+    if (peer->second.uid == owner->second.uid) same_uid += count;
+  }
+  if (lease_limits_.max_per_process > 0 &&
+      same_process >= lease_limits_.max_per_process) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "pid ", owner->second.pid, " holds ", same_process,
+        " leases, the most one process may hold (",
+        lease_limits_.max_per_process,
+        "; client_limits.max_leases_per_process); release some first"));
+  }
+  if (lease_limits_.max_per_uid > 0 && same_uid >= lease_limits_.max_per_uid) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "uid ", owner->second.uid, " holds ", same_uid,
+        " leases, the most one user may hold (", lease_limits_.max_per_uid,
+        "; client_limits.max_leases_per_uid); release some first"));
+  }
+  return absl::OkStatus();
+}
+
 grpc::Status WarmstartService::ReleaseModel(
     grpc::ServerContext* context, const v1::ReleaseModelRequest* request,
     v1::ReleaseModelResponse*) {
+  if (absl::Status valid =
+          RequireUtf8("ReleaseModelRequest.lease_id", request->lease_id());
+      !valid.ok()) {
+    return ToGrpc(valid);
+  }
   absl::StatusOr<std::string> session = SessionOf(*context);
   if (!session.ok()) return ToGrpc(session.status());
   return ToGrpc(registry_->Release(request->lease_id(), *session));
@@ -314,9 +444,25 @@ grpc::Status WarmstartService::ReleaseModel(
 grpc::Status WarmstartService::UnloadModel(
     grpc::ServerContext* context, const v1::UnloadModelRequest* request,
     v1::ModelStatus* response) {
+  if (absl::Status valid =
+          RequireUtf8("UnloadModelRequest.name", request->name());
+      !valid.ok()) {
+    return ToGrpc(valid);
+  }
   if (absl::Status allowed = AuthorizeControl(*context, "unload models");
       !allowed.ok()) {
     return ToGrpc(allowed);
+  }
+  if (request->force() && peers_ != nullptr) {
+    const std::optional<SessionPeer> caller = peers_->Find(context->peer());
+    absl::Status allowed = MayForceUnload(
+        caller,
+        caller.has_value() ? GroupsOf(caller->pid) : std::vector<gid_t>(),
+        request->name(), LoadedBy(request->name()), policy_, ::geteuid());
+    if (!allowed.ok()) {
+      Logger("service")->warn("refused a forced unload: {}", allowed.message());
+      return ToGrpc(allowed);
+    }
   }
   absl::StatusOr<v1::ModelStatus> status =
       registry_->Unload(request->name(), request->force());
@@ -328,6 +474,11 @@ grpc::Status WarmstartService::UnloadModel(
 grpc::Status WarmstartService::ListModels(grpc::ServerContext*,
                                           const v1::ListModelsRequest* request,
                                           v1::ListModelsResponse* response) {
+  if (absl::Status valid =
+          RequireUtf8("ListModelsRequest.name", request->name());
+      !valid.ok()) {
+    return ToGrpc(valid);
+  }
   if (!request->name().empty()) {
     absl::StatusOr<v1::ModelStatus> status = registry_->Get(request->name());
     if (!status.ok()) return ToGrpc(status.status());

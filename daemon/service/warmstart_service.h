@@ -10,8 +10,11 @@
 #ifndef WARMSTART_DAEMON_SERVICE_WARMSTART_SERVICE_H_
 #define WARMSTART_DAEMON_SERVICE_WARMSTART_SERVICE_H_
 
+#include <map>
+#include <optional>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "absl/synchronization/mutex.h"
 #include "common/protocol.h"
@@ -29,6 +32,30 @@ struct AuthorizationPolicy {
   std::set<uid_t> control_uids;
   std::set<gid_t> control_gids;
   bool tcp_control = false;
+  // Operators, who may force-unload any model (see MayForceUnload).
+  std::set<uid_t> admin_uids;
+  std::set<gid_t> admin_gids;
+};
+
+// Whether `caller` may force-unload (unload although others lease it) a
+// model that `loaded_by` loaded over LoadModel (nullopt: a preload, or a
+// model whose loader is not known). Allowed: root, `daemon_uid`, the
+// policy's admin_uids, a caller whose gid or one of whose `groups` is in
+// admin_gids, and the uid that loaded the model. `caller` nullopt is a TCP
+// caller, allowed only with tcp_control. PermissionDenied names the caller,
+// the model and who may.
+absl::Status MayForceUnload(const std::optional<SessionPeer>& caller,
+                            const std::vector<gid_t>& groups,
+                            const std::string& model,
+                            std::optional<uid_t> loaded_by,
+                            const AuthorizationPolicy& policy,
+                            uid_t daemon_uid);
+
+// Leases the sessions of one process and of one user may hold at once
+// (DescriptorBudget); zero: no cap of that kind.
+struct LeaseLimits {
+  size_t max_per_process = 0;
+  size_t max_per_uid = 0;
 };
 
 class WarmstartService final : public v1::Warmstart::Service {
@@ -50,6 +77,9 @@ class WarmstartService final : public v1::Warmstart::Service {
   void SetAuthorization(AuthorizationPolicy policy) {
     policy_ = std::move(policy);
   }
+
+  // Called once, before serving; without it leases are not capped.
+  void SetLeaseLimits(LeaseLimits limits) { lease_limits_ = limits; }
 
   void SetReadiness(v1::Readiness::State state, const std::string& message);
   v1::Readiness readiness() const;
@@ -96,10 +126,24 @@ class WarmstartService final : public v1::Warmstart::Service {
   absl::Status AuthorizeControl(const grpc::ServerContext& context,
                                 absl::string_view what) const;
 
+  // ResourceExhausted naming the limit and its value when one more lease
+  // for `session` would pass lease_limits_. Called under acquire_mutex_.
+  absl::Status CheckLeaseLimits(const std::string& session) const;
+
+  // The uid that loaded each model over LoadModel (unix socket callers).
+  std::optional<uid_t> LoadedBy(const std::string& name) const;
+
   const ConnectionPeers* peers_ = nullptr;  // Set before serving.
   AuthorizationPolicy policy_;              // Set before serving.
+  LeaseLimits lease_limits_;                // Set before serving.
+  // Held from counting a peer's leases to granting one, so that concurrent
+  // acquires of one peer cannot pass its cap together.
+  absl::Mutex acquire_mutex_;
   mutable absl::Mutex mutex_;
   v1::Readiness readiness_ ABSL_GUARDED_BY(mutex_);
+  // Model name -> the uid whose LoadModel started it; replaced when the
+  // name is loaded again.
+  std::map<std::string, uid_t> loaded_by_ ABSL_GUARDED_BY(mutex_);
 };
 
 }  // namespace warmstart

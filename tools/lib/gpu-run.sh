@@ -25,6 +25,46 @@ done
 work="$(mktemp -d /tmp/ws-gpu-XXXXXX)"
 trap 'rm -rf "$work"' EXIT
 
+# The runfiles layout harness.py expects: the bundle's Python half and its
+# binaries.
+runfiles="$work/runfiles"
+mkdir -p "$runfiles/tools/warmstartctl"
+ln -s "$here/py/client" "$here/py/tests" "$here/py/tools" "$runfiles/"
+ln -s "$here/bin/warmstartd" "$runfiles/daemon/warmstartd"
+ln -s "$here/bin/warmstartctl" "$runfiles/tools/warmstartctl/warmstartctl"
+# python3 and torch there are built for that machine's system libraries:
+# the bundle's copies of those (older, from Debian) must not shadow them in
+# the Python processes; libwarmstart.so takes the system's (newer, same
+# sonames) and the bundle's others (gRPC, absl, ...).
+pylib="$work/pylib"
+mkdir -p "$pylib"
+for library in "$here"/lib/*; do
+  case "$(basename "$library")" in
+    libstdc++.so.*|libgcc_s.so.*|libz.so.*|libffi.so.*|liblzma.so.*) ;;
+    libzstd.so.*|libssl.so.*|libcrypto.so.*|libresolv.so.*) ;;
+    *) ln -s "$library" "$pylib/" ;;
+  esac
+done
+echo "== warmstart.torch on the GPU (tests/torch_gpu_test.py, $(
+    LD_LIBRARY_PATH="$pylib" python3 -c \
+    'import torch; print("torch", torch.__version__)' 2>&1))"
+if (cd "$runfiles" && LD_LIBRARY_PATH="$pylib" \
+    WARMSTART_RUNFILES="$runfiles" PYTHONUNBUFFERED=1 \
+    python3 -m pytest -q -rs -p no:cacheprovider tests/torch_gpu_test.py) \
+    >"$out/torch_gpu_test.log" 2>&1; then
+  tail -n 3 "$out/torch_gpu_test.log"
+else
+  tail -n 40 "$out/torch_gpu_test.log"
+  status=1
+fi
+echo "== host -> GPU copy: pageable vs registered read-only (2 GB, 5 runs)"
+LD_LIBRARY_PATH="$pylib" PYTHONUNBUFFERED=1 \
+    python3 "$here/py/tools/torch_gpu_copy_bench.py" --bytes 2G --runs 5 \
+    --daemon "$here/bin/warmstartd" \
+    --library "$here/py/client/libwarmstart.so" \
+    --gen "$here/bin/gen_checkpoint" --package "$here/py/client/python" \
+    2>&1 | tee "$out/torch_gpu_copy_bench.txt" || status=1
+
 echo "== warmstartd on this machine: start, wait-ready, info, SIGTERM"
 "$here/bin/warmstartd" --socket "$work/d.sock" 2> "$out/warmstartd.log" &
 daemon=$!

@@ -17,6 +17,19 @@ Every parameter and buffer the checkpoint holds becomes a tensor over the
 model's mapping (``requires_grad=False``): the memory is shared with every
 other worker and the daemon, and nothing is read from disk.
 
+Devices. ``device=None`` binds the model where it is: host weights as
+tensors over the shared memory, a GPU model's (warmstartd's CUDA backend)
+as tensors over its imported CUDA memory, with no copy either way.
+``device="cpu"`` binds the host copy (a model only on a GPU is refused).
+``device="cuda[:N]"`` binds the copy on that GPU, or copies a host model
+to it, registering the mapping's pages read-only with the CUDA driver for
+the copy so that it runs at pinned speed (``BindReport.host_copy``); a GPU
+model asked onto another device is refused. ``"cuda"`` where torch has no
+usable GPU is refused, naming the model and the reason, before the model
+is acquired or the module touched. The GPU path is tested without a GPU
+(its decisions, the driver faked) and by tests/torch_gpu_test.py where a
+GPU is present (tools/gpu-check); it has not run on hardware yet.
+
 Writing. Host weights are mapped read-only: an in-place write to a bound
 tensor (``param.add_(1)``, an optimiser step, ``load_state_dict`` into the
 module) kills the process with SIGSEGV, because torch does not know the
@@ -38,8 +51,10 @@ import torch
 from torch import nn
 
 from . import FailedPrecondition, InvalidArgument, Model, connect
+from . import _devices
 from . import _dtypes
 from . import _to_torch
+from . import _torch_device
 
 __all__ = ["BindError", "BindReport", "from_pretrained", "load_into_module",
            "no_init"]
@@ -75,6 +90,10 @@ class BindReport:
     missing: list = dataclasses.field(default_factory=list)
     unexpected: list = dataclasses.field(default_factory=list)
     materialised: list = dataclasses.field(default_factory=list)
+    host_copy: str = ""
+    """How the host -> GPU copies ran ("" where there were none): "pinned:
+    ..." when the model's mapping was registered read-only with the CUDA
+    driver for the copy, else "pageable: " and why it was not."""
 
 
 # ----------------------------------------------------------------- no_init
@@ -250,8 +269,29 @@ def _as_model(model, client):
                     f"not {type(model).__name__}")
 
 
-def _resolve_device(device):
-    return None if device is None else torch.device(device)
+def _label(model):
+    if isinstance(model, Model):
+        return f"model {model.name}"
+    if isinstance(model, (str, bytes)):
+        return f"model {model!r}"
+    return "model"
+
+
+# Where neither the device asked for nor the model is a GPU, torch's CUDA
+# is never asked about: torch.cuda.is_available() initialises the driver
+# (cudaGetDeviceCount), which a host-only worker should not pay for and
+# after which a forked child (a DataLoader worker) cannot use CUDA.
+_NO_GPU_WANTED = _devices.CudaState(False, "no GPU was asked for", 0, 0, {})
+
+
+def _wants_gpu(device, devices):
+    return (device is not None and device.type == "cuda") or any(
+        key != _devices.HOST for key in devices)
+
+
+def _cuda_state(devices):
+    uuids = [key for key in devices if key != _devices.HOST]
+    return _devices.torch_cuda_state(torch, uuids, _torch_device)
 
 
 def load_into_module(module, model, *, key_map=None, strict=True,
@@ -275,8 +315,20 @@ def load_into_module(module, model, *, key_map=None, strict=True,
       drops the tensor).
     strict: missing or unexpected names are an error (`BindError`, listing
       them all); with False they are reported and left alone.
-    device: where the tensors must be; None or the model's own device binds
-      the resident memory, another device copies (reported in ``copied``).
+    device: where the tensors must be (None, "cpu", "cuda", "cuda:N", a
+      torch.device). None binds the model's first copy where it is (a GPU
+      model's tensors are its imported CUDA memory, zero-copy). "cpu" binds
+      the host copy; a model only on GPUs is refused (InvalidArgument).
+      "cuda[:N]" binds the copy on that GPU ("cuda": the model's GPU, else
+      torch's current one); a host model is copied to it, with its mapping
+      registered read-only with the CUDA driver for the copy (pinned
+      speed; ``report.host_copy`` says how it ran) and the copies counted in
+      ``copied``; a GPU model on another GPU is refused. Checked before
+      anything is acquired or touched: a device string torch does not know
+      or that is neither cpu nor cuda is an InvalidArgument, and "cuda"
+      where torch has no usable GPU (a CPU-only torch, no GPU visible) a
+      FailedPrecondition naming the model and the reason. Buffers the
+      module computes are moved to the device the tensors end on.
     on_dtype_mismatch: "error" (a `BindError` naming each tensor and both
       dtypes), or "copy" (converted copies, reported in ``copied``).
     copy: private, writable copies of every tensor (for training).
@@ -293,21 +345,35 @@ def load_into_module(module, model, *, key_map=None, strict=True,
     if not isinstance(module, nn.Module):
         raise TypeError(f"warmstart.torch: module is a torch.nn.Module, not "
                         f"{type(module).__name__}")
-    device = _resolve_device(device)
+    # The device is checked before the model is acquired: a device torch
+    # cannot use costs no lease.
+    label = _label(model)
+    device = _devices.parse_device(torch, label, device)
+    if _wants_gpu(device, ()):
+        _devices.require_cuda(label, device, _cuda_state(()))
     model, acquired = _as_model(model, client)
     try:
-        return _bind(module, model, key_map, strict, device,
+        if model.released:
+            raise FailedPrecondition(
+                f"warmstart.torch: model {model.name} was released; acquire "
+                f"it again")
+        label = f"model {model.name}"
+        cuda = _cuda_state(model.devices) if _wants_gpu(
+            device, model.devices) else _NO_GPU_WANTED
+        source = _devices.choose_source(torch, label, model.devices, device,
+                                        cuda)
+        _devices.require_cuda(
+            label, source.target, cuda,
+            None if device is not None else
+            f"its copy on {source.copy_key}")
+        return _bind(module, model, key_map, strict, source,
                      on_dtype_mismatch, copy)
     finally:
         if acquired:
             model.release()
 
 
-def _bind(module, model, key_map, strict, device, on_dtype_mismatch, copy):
-    if model.released:
-        raise FailedPrecondition(
-            f"warmstart.torch: model {model.name} was released; acquire it "
-            f"again")
+def _bind(module, model, key_map, strict, source, on_dtype_mismatch, copy):
     label = f"model {model.name}"
     # Tie first, as the module declares it, so that tied names share one
     # Parameter (transformers ties in post_init; again here is harmless).
@@ -448,7 +514,7 @@ def _bind(module, model, key_map, strict, device, on_dtype_mismatch, copy):
     # frames.
     try:
         torch_tensors, materialised = _make_tensors(
-            module, model, label, plan, sources, report, by_name, device,
+            module, model, label, plan, sources, report, by_name, source,
             copy)
     except Exception as error:
         raise error.with_traceback(None)
@@ -476,16 +542,17 @@ def _bind(module, model, key_map, strict, device, on_dtype_mismatch, copy):
 
 
 def _make_tensors(module, model, label, plan, sources, report, by_name,
-                  device, copy):
+                  source, copy):
     """The tensors `plan` binds (id of the group's tensor -> (tensor,
     copied)) and the materialised buffers' (slot, buffer), made and checked
-    without touching the module."""
-    torch_tensors = {}
+    without touching the module. Reads the copy `source` names; a host ->
+    GPU transfer runs with the mapping registered (see _transfer)."""
     if model.released:
         raise FailedPrecondition(
             f"warmstart.torch: {label} was released while binding; the "
             f"module is untouched")
-    tensors = model.tensors
+    tensors = model.tensors_on(source.copy_key)
+    resident = {}  # id of the group's tensor -> the resident tensor.
     for group, first in plan:
         ckpt = sources[first.name]
         made = _to_torch(torch, ckpt, model.dtypes[ckpt],
@@ -504,23 +571,39 @@ def _make_tensors(module, model, label, plan, sources, report, by_name,
                     f"{type(module).__name__}; the module is untouched. "
                     f"{first.name} and {slot.name} are tied in the module, "
                     f"but the checkpoint's {ckpt} and {other} differ")
-        copied = False
-        if made.dtype != first.current.dtype:
+        resident[id(group[0].current)] = made
+
+    target = source.target
+    plans = {}
+    for group, first in plan:
+        key = id(group[0].current)
+        made = resident[key]
+        plans[key] = _devices.steps(made.device, made.dtype,
+                                    first.current.dtype, target, copy)
+    if source.transfer:
+        moved, report.host_copy = _transfer(
+            {key: made for key, made in resident.items()
+             if "move" in plans[key]}, target)
+    else:
+        moved = {}
+    torch_tensors = {}
+    for group, first in plan:
+        key = id(group[0].current)
+        made = moved.get(key, resident[key])
+        steps = plans[key]
+        if "move" in steps and key not in moved:
+            made = made.to(target)
+        if "convert" in steps:
             made = made.to(first.current.dtype)
-            copied = True
-        if device is not None and made.device != device:
-            made = made.to(device)
-            copied = True
-        if copy and not copied:
+        if "clone" in steps:
             made = made.clone()
-            copied = True
-        torch_tensors[id(group[0].current)] = (made, copied)
+        torch_tensors[key] = (made, bool(steps))
     materialised = []
     for name in report.materialised:
         slot = by_name[name]
         buf = slot.current
-        if device is not None and buf.device != device:
-            buf = buf.to(device)
+        if target is not None and buf.device != target:
+            buf = buf.to(target)
         materialised.append((slot, buf))
     if model.released:
         # Released by another thread (or a key_map) while binding: the
@@ -529,6 +612,30 @@ def _make_tensors(module, model, label, plan, sources, report, by_name,
             f"warmstart.torch: {label} was released while binding; the "
             f"module is untouched")
     return torch_tensors, materialised
+
+
+def _transfer(host_tensors, target):
+    """Copies host tensors (key -> CPU tensor over the mapping) to the GPU
+    `target`, with the pages they lie on registered read-only with the
+    driver for the copies, so that they run as DMA from pinned memory (a
+    pageable copy goes through the driver's staging buffers). Returns (key
+    -> GPU tensor, the report's host_copy note). Falls back to pageable
+    copies where the driver refuses the registration."""
+    spans = [(t.data_ptr(), t.numel() * t.element_size())
+             for t in host_tensors.values()]
+    with torch.cuda.device(target):
+        # Allocating first also makes torch's context current here, which
+        # the driver's registration is made in.
+        moved = {key: torch.empty(t.shape, dtype=t.dtype, device=target)
+                 for key, t in host_tensors.items()}
+        driver, no_driver = _devices.load_driver()
+        registration = _devices.HostRegistration(
+            driver, _devices.page_ranges(spans),
+            lambda: torch.cuda.synchronize(target), no_driver)
+        with _devices.TRANSFER_LOCK, registration:
+            for key, tensor in host_tensors.items():
+                moved[key].copy_(tensor, non_blocking=registration.pinned)
+    return moved, registration.note
 
 
 def _describe(label, module, missing, unexpected, others):
@@ -585,6 +692,10 @@ def from_pretrained(config_or_dir, model, *, client=None, torch_dtype="auto",
         torch_dtype = getattr(config, "torch_dtype", None) or torch.float32
         if isinstance(torch_dtype, str):
             torch_dtype = getattr(torch, torch_dtype)
+    # As load_into_module, checked before anything is built or acquired.
+    parsed = _devices.parse_device(torch, _label(model), device)
+    if _wants_gpu(parsed, ()):
+        _devices.require_cuda(_label(model), parsed, _cuda_state(()))
     acquired = False
     if not isinstance(model, Model):
         if client is None:

@@ -67,6 +67,7 @@ constexpr char kDeviceName[] = "warmstart simulated GPU (not a real device)";
 constexpr char kUuid[16] = {'w', 's', '-', 's', 'i', 'm', 'u', 'l',
                             'a', 't', 'e', 'd', '-', 'g', 'p', 'u'};
 constexpr size_t kGranularity = size_t{2} << 20;
+constexpr int kMaxSimulatedDevices = 8;
 constexpr unsigned char kPoison = 0xA5;
 // How every simulated IPC handle starts.
 constexpr char kIpcHandlePrefix[] = "simulated IPC handle ";
@@ -126,6 +127,9 @@ struct Simulation {
   // Objects.
   int context_retains ABSL_GUARDED_BY(mutex) = 0;
   size_t used_memory ABSL_GUARDED_BY(mutex) = 0;
+  // Used by other processes (WARMSTART_SIM_OTHERS_MEMORY_BYTES): neither
+  // allocatable nor free.
+  size_t others_memory ABSL_GUARDED_BY(mutex) = 0;
   std::map<uintptr_t, Linear> linear ABSL_GUARDED_BY(mutex);
   uint64_t next_serial ABSL_GUARDED_BY(mutex) = 1;
   std::map<uintptr_t, IpcMapping> ipc_mappings ABSL_GUARDED_BY(mutex);
@@ -149,6 +153,14 @@ Simulation& Sim() {
 }
 
 CUctx_st g_primary_context;
+
+// CUDA_SUCCESS for a device ordinal the simulation has.
+CUresult CheckDevice(CUdevice device) {
+  Simulation& sim = Sim();
+  absl::MutexLock lock(&sim.mutex);
+  return device >= 0 && device < sim.devices ? CUDA_SUCCESS
+                                             : CUDA_ERROR_INVALID_DEVICE;
+}
 thread_local std::vector<CUcontext> t_context_stack;
 
 // The injected error for this call of `call`, or CUDA_SUCCESS. The waits
@@ -355,11 +367,19 @@ CUresult CUDAAPI cuInit(unsigned int flags) {
   absl::MutexLock lock(&sim.mutex);
   sim.vmm = EnvInt("WARMSTART_SIM_VMM", 1) != 0;
   sim.posix_fd = EnvInt("WARMSTART_SIM_POSIX_FD", 1) != 0;
-  sim.devices = EnvInt("WARMSTART_SIM_DEVICES", 1) > 0 ? 1 : 0;
+  sim.devices =
+      std::clamp(EnvInt("WARMSTART_SIM_DEVICES", 1), 0, kMaxSimulatedDevices);
   sim.total_memory = size_t{1} << 30;
   if (const char* text = std::getenv("WARMSTART_SIM_MEMORY_BYTES")) {
     uint64_t bytes = 0;
     if (absl::SimpleAtoi(text, &bytes)) sim.total_memory = bytes;
+  }
+  sim.others_memory = 0;
+  if (const char* text = std::getenv("WARMSTART_SIM_OTHERS_MEMORY_BYTES")) {
+    uint64_t bytes = 0;
+    if (absl::SimpleAtoi(text, &bytes)) {
+      sim.others_memory = std::min<uint64_t>(bytes, sim.total_memory);
+    }
   }
   sim.copy_delay = absl::Microseconds(EnvInt("WARMSTART_SIM_COPY_DELAY_US", 0));
   sim.missing.clear();
@@ -413,15 +433,28 @@ CUresult CUDAAPI cuDeviceGet(CUdevice* device, int ordinal) {
 
 CUresult CUDAAPI cuDeviceGetName(char* name, int length, CUdevice device) {
   SIM_CHECK(Injected("cuDeviceGetName"));
-  if (device != 0) return CUDA_ERROR_INVALID_DEVICE;
+  SIM_CHECK(CheckDevice(device));
   if (length <= 0) return CUDA_ERROR_INVALID_VALUE;
   std::snprintf(name, static_cast<size_t>(length), "%s", kDeviceName);
   return CUDA_SUCCESS;
 }
 
+CUresult CUDAAPI cuMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
+  SIM_CHECK(Injected("cuMemGetInfo"));
+  SIM_CHECK(RequireContext());
+  if (free_bytes == nullptr || total_bytes == nullptr) {
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  Simulation& sim = Sim();
+  absl::MutexLock lock(&sim.mutex);
+  *total_bytes = sim.total_memory;
+  *free_bytes = sim.total_memory - sim.others_memory - sim.used_memory;
+  return CUDA_SUCCESS;
+}
+
 CUresult CUDAAPI cuDeviceTotalMem(size_t* bytes, CUdevice device) {
   SIM_CHECK(Injected("cuDeviceTotalMem"));
-  if (device != 0) return CUDA_ERROR_INVALID_DEVICE;
+  SIM_CHECK(CheckDevice(device));
   Simulation& sim = Sim();
   absl::MutexLock lock(&sim.mutex);
   *bytes = sim.total_memory;
@@ -430,15 +463,17 @@ CUresult CUDAAPI cuDeviceTotalMem(size_t* bytes, CUdevice device) {
 
 CUresult CUDAAPI cuDeviceGetUuid(CUuuid* uuid, CUdevice device) {
   SIM_CHECK(Injected("cuDeviceGetUuid"));
-  if (device != 0) return CUDA_ERROR_INVALID_DEVICE;
+  SIM_CHECK(CheckDevice(device));
   std::memcpy(uuid->bytes, kUuid, sizeof(kUuid));
+  // Each simulated GPU has its own UUID: the last byte is its ordinal.
+  uuid->bytes[15] = static_cast<char>(kUuid[15] + device);
   return CUDA_SUCCESS;
 }
 
 CUresult CUDAAPI cuDeviceGetAttribute(int* value, CUdevice_attribute attribute,
                                       CUdevice device) {
   SIM_CHECK(Injected("cuDeviceGetAttribute"));
-  if (device != 0) return CUDA_ERROR_INVALID_DEVICE;
+  SIM_CHECK(CheckDevice(device));
   Simulation& sim = Sim();
   absl::MutexLock lock(&sim.mutex);
   switch (attribute) {
@@ -458,7 +493,7 @@ CUresult CUDAAPI cuDeviceGetAttribute(int* value, CUdevice_attribute attribute,
 
 CUresult CUDAAPI cuDevicePrimaryCtxRetain(CUcontext* context, CUdevice device) {
   SIM_CHECK(Injected("cuDevicePrimaryCtxRetain"));
-  if (device != 0) return CUDA_ERROR_INVALID_DEVICE;
+  SIM_CHECK(CheckDevice(device));
   Simulation& sim = Sim();
   absl::MutexLock lock(&sim.mutex);
   ++sim.context_retains;
@@ -468,7 +503,7 @@ CUresult CUDAAPI cuDevicePrimaryCtxRetain(CUcontext* context, CUdevice device) {
 
 CUresult CUDAAPI cuDevicePrimaryCtxRelease(CUdevice device) {
   SIM_CHECK(Injected("cuDevicePrimaryCtxRelease"));
-  if (device != 0) return CUDA_ERROR_INVALID_DEVICE;
+  SIM_CHECK(CheckDevice(device));
   Simulation& sim = Sim();
   absl::MutexLock lock(&sim.mutex);
   if (sim.context_retains == 0) return CUDA_ERROR_INVALID_CONTEXT;
@@ -514,7 +549,7 @@ CUresult CUDAAPI cuMemAlloc(CUdeviceptr* pointer, size_t bytes) {
   if (bytes == 0) return CUDA_ERROR_INVALID_VALUE;
   Simulation& sim = Sim();
   absl::MutexLock lock(&sim.mutex);
-  if (bytes > sim.total_memory - sim.used_memory) {
+  if (bytes > sim.total_memory - sim.others_memory - sim.used_memory) {
     return CUDA_ERROR_OUT_OF_MEMORY;
   }
   const uint64_t serial = sim.next_serial++;
@@ -656,7 +691,7 @@ CUresult CUDAAPI cuMemGetAllocationGranularity(
     CUmemAllocationGranularity_flags option) {
   SIM_CHECK(Injected("cuMemGetAllocationGranularity"));
   if (prop == nullptr || prop->location.type != CU_MEM_LOCATION_TYPE_DEVICE ||
-      prop->location.id != 0) {
+      CheckDevice(prop->location.id) != CUDA_SUCCESS) {
     return CUDA_ERROR_INVALID_VALUE;
   }
   *granularity = kGranularity;
@@ -676,11 +711,11 @@ CUresult CUDAAPI cuMemCreate(CUmemGenericAllocationHandle* handle, size_t size,
   if (wants_fd && !sim.posix_fd) return CUDA_ERROR_NOT_SUPPORTED;
   if (prop->type != CU_MEM_ALLOCATION_TYPE_PINNED ||
       prop->location.type != CU_MEM_LOCATION_TYPE_DEVICE ||
-      prop->location.id != 0 || flags != 0 || size == 0 ||
-      size % kGranularity != 0) {
+      prop->location.id < 0 || prop->location.id >= sim.devices || flags != 0 ||
+      size == 0 || size % kGranularity != 0) {
     return CUDA_ERROR_INVALID_VALUE;
   }
-  if (size > sim.total_memory - sim.used_memory) {
+  if (size > sim.total_memory - sim.others_memory - sim.used_memory) {
     return CUDA_ERROR_OUT_OF_MEMORY;
   }
   const int memfd =
@@ -867,7 +902,7 @@ CUresult CUDAAPI cuMemSetAccess(CUdeviceptr pointer, size_t size,
   auto it = sim.mappings.find(pointer);
   if (it == sim.mappings.end() || it->second.size != size || count != 1 ||
       desc->location.type != CU_MEM_LOCATION_TYPE_DEVICE ||
-      desc->location.id != 0) {
+      desc->location.id < 0 || desc->location.id >= sim.devices) {
     return CUDA_ERROR_INVALID_VALUE;
   }
   int prot = PROT_NONE;
@@ -1105,6 +1140,7 @@ CUresult CUDAAPI cuGetProcAddress(const char* symbol, void** function,
       SIM_ENTRY(cuDeviceGet),
       SIM_ENTRY(cuDeviceGetName),
       SIM_ENTRY(cuDeviceTotalMem),
+      SIM_ENTRY(cuMemGetInfo),
       SIM_ENTRY(cuDeviceGetUuid),
       SIM_ENTRY(cuDeviceGetAttribute),
       SIM_ENTRY(cuGetErrorName),

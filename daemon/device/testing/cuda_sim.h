@@ -37,8 +37,14 @@
 //   WARMSTART_SIM_VMM=0            VMM not supported (device attribute 0,
 //                                  cuMemCreate fails).
 //   WARMSTART_SIM_POSIX_FD=0       no POSIX file descriptor handles.
-//   WARMSTART_SIM_DEVICES=0        the driver sees no GPU.
+//   WARMSTART_SIM_DEVICES=N        the driver sees N GPUs (0 to 8, default
+//                                  1), each with its own UUID; they share
+//                                  one primary context, one memory total
+//                                  and the counters below.
 //   WARMSTART_SIM_MEMORY_BYTES=N   simulated GPU memory (default 1 GiB).
+//   WARMSTART_SIM_OTHERS_MEMORY_BYTES=N  of which N are used by other
+//                                  processes (cuMemGetInfo does not report
+//                                  them free; allocations cannot use them).
 //   WARMSTART_SIM_COPY_DELAY_US=N  each copy takes at least N us.
 //   WARMSTART_SIM_INIT_ERROR=code  cuInit fails with `code`.
 //   WARMSTART_SIM_MISSING=a,b      cuGetProcAddress does not find these.

@@ -1,0 +1,90 @@
+// Test support for the SIMULATED CUDA driver (cuda_sim.h): loading it in
+// place of libcuda.so.1, binding its test controls, and reading simulated
+// device memory. For tests that carry ":libcuda_sim.so" (//daemon/device)
+// in their data.
+//
+// Thread safety: LoadSimulatedDriver sets and unsets environment variables:
+// call it from the test's main thread only.
+#ifndef WARMSTART_DAEMON_DEVICE_TESTING_SIM_DRIVER_H_
+#define WARMSTART_DAEMON_DEVICE_TESTING_SIM_DRIVER_H_
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "common/testing/status_matchers.h"
+#include "daemon/device/cuda_device.h"
+#include "daemon/device/cuda_driver.h"
+#include "daemon/device/device.h"
+#include "daemon/device/testing/cuda_sim.h"
+#include "gtest/gtest.h"
+
+namespace warmstart {
+namespace testing {
+
+// Where the simulated driver library lies in the test's runfiles.
+std::string SimLibraryPath();
+
+// Loads the simulated driver; `options` (WARMSTART_SIM_* variables) are set
+// for the cuInit that Load makes and removed afterwards.
+absl::StatusOr<std::unique_ptr<CudaDriver>> LoadSimulatedDriver(
+    const std::map<std::string, std::string>& options = {});
+
+// The simulation's test controls, from the library the driver loaded.
+struct SimControls {
+  decltype(&warmstart_sim_inject) inject = nullptr;
+  decltype(&warmstart_sim_pause_streams) pause_streams = nullptr;
+  decltype(&warmstart_sim_live_allocations) live_allocations = nullptr;
+  decltype(&warmstart_sim_live_address_ranges) live_address_ranges = nullptr;
+  decltype(&warmstart_sim_registered_host_regions) registered_host_regions =
+      nullptr;
+  decltype(&warmstart_sim_outstanding_copies) outstanding_copies = nullptr;
+  decltype(&warmstart_sim_live_streams) live_streams = nullptr;
+  decltype(&warmstart_sim_live_events) live_events = nullptr;
+  decltype(&warmstart_sim_context_retains) context_retains = nullptr;
+  decltype(&warmstart_sim_pageable_copies) pageable_copies = nullptr;
+};
+
+// Binds every control (a gtest failure for one that is missing).
+// REQUIRES: LoadSimulatedDriver has loaded the library.
+void BindSim(SimControls* sim);
+
+// Simulated device memory is host memory: the bytes of a CudaAllocation.
+const char* SimulatedBytes(const DeviceAllocation& allocation);
+
+// Opens the simulated driver and GPU; checks when the test ends that the
+// device gave everything back to the driver.
+class SimulatedCudaTest : public ::testing::Test {
+ protected:
+  void Open(const std::map<std::string, std::string>& options,
+            CudaDeviceOptions device_options = {}) {
+    ASSERT_OK_AND_ASSIGN(driver_, LoadSimulatedDriver(options));
+    ASSERT_NO_FATAL_FAILURE(BindSim(&sim_));
+    ASSERT_OK_AND_ASSIGN(device_,
+                         CudaDevice::Create(driver_.get(), 0, device_options));
+  }
+
+  void TearDown() override {
+    device_.reset();
+    if (sim_.live_allocations != nullptr) {
+      EXPECT_EQ(sim_.live_allocations(), 0);
+      EXPECT_EQ(sim_.live_address_ranges(), 0);
+      EXPECT_EQ(sim_.registered_host_regions(), 0);
+      EXPECT_EQ(sim_.outstanding_copies(), 0);
+      EXPECT_EQ(sim_.live_streams(), 0);
+      EXPECT_EQ(sim_.live_events(), 0);
+      EXPECT_EQ(sim_.context_retains(), 0);
+    }
+    driver_.reset();
+  }
+
+  std::unique_ptr<CudaDriver> driver_;
+  SimControls sim_;
+  std::unique_ptr<CudaDevice> device_;
+};
+
+}  // namespace testing
+}  // namespace warmstart
+
+#endif  // WARMSTART_DAEMON_DEVICE_TESTING_SIM_DRIVER_H_
