@@ -27,6 +27,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "client/model_mapping.h"
+#include "common/protocol.h"
 #include "proto/warmstart.grpc.pb.h"
 
 namespace warmstart {
@@ -35,9 +36,6 @@ namespace client {
 namespace internal {
 class Connection;
 }  // namespace internal
-
-// Where warmstartd listens unless told otherwise.
-inline constexpr char kDefaultSocket[] = "/run/warmstart/warmstart.sock";
 
 // The protocol this client speaks; a daemon with another major is refused.
 inline constexpr uint32_t kClientProtocolMajor = 1;
@@ -48,7 +46,7 @@ inline constexpr uint32_t kClientProtocolMajor = 1;
 inline constexpr absl::Duration kDefaultCallTimeout = absl::Seconds(30);
 
 struct ConnectOptions {
-  std::string socket_path = kDefaultSocket;
+  std::string socket_path = kDefaultSocketPath;
   // How long Connect waits for the daemon to answer; also how long opening
   // a session (and, after a daemon restart, reconnecting) may take.
   absl::Duration timeout = absl::Seconds(5);

@@ -15,15 +15,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/cuda_driver_loader.h"
 
 namespace warmstart {
 namespace client {
 namespace internal {
 namespace {
-
-// The daemon resolves its entry points at this ABI too, so both format the
-// UUID that cuDeviceGetUuid of this ABI returns.
-constexpr int kRequestedAbi = 12000;
 
 // The driver entry points an importer calls.
 struct Api {
@@ -52,45 +49,6 @@ struct Api {
   PFN_cuMemRelease_v10020 mem_release = nullptr;
 };
 
-struct EntryPoint {
-  const char* symbol;
-  void** fn;
-};
-
-template <typename Fn>
-EntryPoint Entry(const char* symbol, Fn* fn) {
-  return {symbol, reinterpret_cast<void**>(fn)};
-}
-
-// Resolves every entry of `group`; false (and all of them null) when the
-// driver lacks any.
-bool ResolveAll(PFN_cuGetProcAddress_v12000 get_proc,
-                const std::vector<EntryPoint>& group) {
-  bool found_all = true;
-  for (const EntryPoint& entry : group) {
-    CUdriverProcAddressQueryResult found = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
-    const CUresult rc = get_proc(entry.symbol, entry.fn, kRequestedAbi,
-                                 CU_GET_PROC_ADDRESS_DEFAULT, &found);
-    if (rc != CUDA_SUCCESS || found != CU_GET_PROC_ADDRESS_SUCCESS ||
-        *entry.fn == nullptr) {
-      found_all = false;
-    }
-  }
-  if (!found_all) {
-    for (const EntryPoint& entry : group) *entry.fn = nullptr;
-  }
-  return found_all;
-}
-
-std::string FormatUuid(const CUuuid& uuid) {
-  const auto* b = reinterpret_cast<const unsigned char*>(uuid.bytes);
-  return absl::StrFormat(
-      "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%"
-      "02x",
-      b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11],
-      b[12], b[13], b[14], b[15]);
-}
-
 }  // namespace
 
 // The driver as loaded for this process. Immutable once loaded; the CUDA
@@ -117,15 +75,8 @@ class CudaImportDriver {
   // an unreachable daemon), anything else -> Internal.
   absl::Status Check(CUresult result, absl::string_view what) const {
     if (result == CUDA_SUCCESS) return absl::OkStatus();
-    const char* name = nullptr;
-    const char* text = nullptr;
-    if (api_.get_error_name != nullptr) api_.get_error_name(result, &name);
-    if (api_.get_error_string != nullptr) {
-      api_.get_error_string(result, &text);
-    }
-    const std::string message = absl::StrCat(
-        what, " failed: ", name != nullptr ? name : "CUDA error", ": ",
-        text != nullptr ? text : "unknown", " (", result, ")");
+    const std::string message = CudaErrorMessage(
+        api_.get_error_name, api_.get_error_string, result, what);
     switch (result) {
       case CUDA_ERROR_OUT_OF_MEMORY:
         return absl::ResourceExhaustedError(message);
@@ -164,7 +115,7 @@ class CudaImportDriver {
             Check(api_.device_get_uuid(&bytes, candidate), "cuDeviceGetUuid");
       }
       if (!status.ok()) return status;
-      std::string formatted = FormatUuid(bytes);
+      std::string formatted = FormatGpuUuid(bytes);
       if (formatted == uuid) {
         *ordinal = i;
         *device = candidate;
@@ -185,31 +136,21 @@ class CudaImportDriver {
 
  private:
   static absl::StatusOr<const CudaImportDriver*> Load() {
-    const char* override_path = std::getenv("WARMSTART_LIBCUDA");
-    const char* path =
-        override_path != nullptr ? override_path : "libcuda.so.1";
-    void* library = ::dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (library == nullptr) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("no CUDA driver in this process: cannot load ", path,
-                       ": ", ::dlerror()));
+    absl::StatusOr<CudaDriverLibrary> library = OpenCudaDriver();
+    if (!library.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "no CUDA driver in this process: ", library.status().message()));
     }
-    auto fail = [library](std::string message) {
-      ::dlclose(library);
+    const std::string& path = library->path;
+    auto fail = [handle = library->handle](std::string message) {
+      ::dlclose(handle);
       return absl::FailedPreconditionError(std::move(message));
     };
-    auto init = reinterpret_cast<PFN_cuInit_v2000>(::dlsym(library, "cuInit"));
-    auto get_proc = reinterpret_cast<PFN_cuGetProcAddress_v12000>(
-        ::dlsym(library, "cuGetProcAddress_v2"));
-    if (init == nullptr || get_proc == nullptr) {
-      return fail(absl::StrCat("unusable CUDA driver ", path,
-                               ": no cuInit or cuGetProcAddress_v2 (a driver "
-                               "older than CUDA 12)"));
-    }
+    const PFN_cuGetProcAddress_v12000 get_proc = library->get_proc;
     // Never deleted, and the library never closed: imports may be released
     // by destructors that run at exit.
     auto* driver = new CudaImportDriver;
-    const CUresult initialised = init(0);
+    const CUresult initialised = library->init(0);
     if (initialised == CUDA_ERROR_NO_DEVICE) {
       // What CUDA_VISIBLE_DEVICES="" gives: a driver that sees no GPU, so
       // every GPU is "not visible" (NotFound) rather than "no driver".
@@ -220,36 +161,38 @@ class CudaImportDriver {
                                ": cuInit failed with error ", initialised));
     }
     Api& api = driver->api_;
-    const std::vector<EntryPoint> required = {
-        Entry("cuGetErrorName", &api.get_error_name),
-        Entry("cuGetErrorString", &api.get_error_string),
-        Entry("cuDeviceGetCount", &api.device_get_count),
-        Entry("cuDeviceGet", &api.device_get),
-        Entry("cuDeviceGetUuid", &api.device_get_uuid),
-        Entry("cuDevicePrimaryCtxRetain", &api.primary_ctx_retain),
-        Entry("cuDevicePrimaryCtxRelease", &api.primary_ctx_release),
-        Entry("cuCtxPushCurrent", &api.ctx_push_current),
-        Entry("cuCtxPopCurrent", &api.ctx_pop_current),
+    const std::vector<CudaEntryPoint> required = {
+        CudaEntry("cuGetErrorName", &api.get_error_name),
+        CudaEntry("cuGetErrorString", &api.get_error_string),
+        CudaEntry("cuDeviceGetCount", &api.device_get_count),
+        CudaEntry("cuDeviceGet", &api.device_get),
+        CudaEntry("cuDeviceGetUuid", &api.device_get_uuid),
+        CudaEntry("cuDevicePrimaryCtxRetain", &api.primary_ctx_retain),
+        CudaEntry("cuDevicePrimaryCtxRelease", &api.primary_ctx_release),
+        CudaEntry("cuCtxPushCurrent", &api.ctx_push_current),
+        CudaEntry("cuCtxPopCurrent", &api.ctx_pop_current),
     };
-    if (!driver->sees_no_gpu_ && !ResolveAll(get_proc, required)) {
+    if (!driver->sees_no_gpu_ &&
+        ResolveCudaEntryPoints(get_proc, required) != nullptr) {
       delete driver;
       return fail(absl::StrCat("unusable CUDA driver ", path,
                                ": it lacks a device or context entry point"));
     }
-    ResolveAll(get_proc,
-               {Entry("cuIpcOpenMemHandle", &api.ipc_open_mem_handle),
-                Entry("cuIpcCloseMemHandle", &api.ipc_close_mem_handle)});
-    ResolveAll(
+    ResolveCudaEntryPoints(
         get_proc,
-        {Entry("cuMemGetAllocationGranularity",
-               &api.mem_get_allocation_granularity),
-         Entry("cuMemImportFromShareableHandle",
-               &api.mem_import_from_shareable_handle),
-         Entry("cuMemAddressReserve", &api.mem_address_reserve),
-         Entry("cuMemAddressFree", &api.mem_address_free),
-         Entry("cuMemMap", &api.mem_map), Entry("cuMemUnmap", &api.mem_unmap),
-         Entry("cuMemSetAccess", &api.mem_set_access),
-         Entry("cuMemRelease", &api.mem_release)});
+        {CudaEntry("cuIpcOpenMemHandle", &api.ipc_open_mem_handle),
+         CudaEntry("cuIpcCloseMemHandle", &api.ipc_close_mem_handle)});
+    ResolveCudaEntryPoints(
+        get_proc, {CudaEntry("cuMemGetAllocationGranularity",
+                             &api.mem_get_allocation_granularity),
+                   CudaEntry("cuMemImportFromShareableHandle",
+                             &api.mem_import_from_shareable_handle),
+                   CudaEntry("cuMemAddressReserve", &api.mem_address_reserve),
+                   CudaEntry("cuMemAddressFree", &api.mem_address_free),
+                   CudaEntry("cuMemMap", &api.mem_map),
+                   CudaEntry("cuMemUnmap", &api.mem_unmap),
+                   CudaEntry("cuMemSetAccess", &api.mem_set_access),
+                   CudaEntry("cuMemRelease", &api.mem_release)});
     return driver;
   }
 

@@ -8,14 +8,13 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "common/fd_passing.h"
 
 namespace warmstart {
 namespace client {
 namespace internal {
 namespace {
 
-// The most descriptors one SCM_RIGHTS message can carry (SCM_MAX_FD).
-constexpr size_t kMaxFdsPerMessage = 253;
 // HandleMessages are a few dozen bytes; anything near this is not one.
 constexpr size_t kMaxMessageBytes = 4096;
 
@@ -186,51 +185,28 @@ absl::StatusOr<Session::Datagram> Session::Receive(absl::Time deadline) {
     break;
   }
   char data[kMaxMessageBytes];
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage)];
-  iovec iov = {data, sizeof(data)};
-  msghdr message = {};
-  message.msg_iov = &iov;
-  message.msg_iovlen = 1;
-  message.msg_control = control;
-  message.msg_controllen = sizeof(control);
-  ssize_t n;
-  do {
-    // MSG_DONTWAIT: poll said readable; never block past the deadline if
-    // another reader got there first.
-    n = ::recvmsg(fd_.get(), &message, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
-  } while (n < 0 && errno == EINTR);
-  if (n < 0) {
-    if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      return absl::DeadlineExceededError("no message on the handle socket");
-    }
-    if (errno != ECONNRESET) {
-      return absl::InternalError(absl::StrCat(
-          "recvmsg(handle socket ", handle_path_, "): ", ErrnoText(errno)));
-    }
-    n = 0;  // A reset connection is a closed one.
+  ReceivedDatagram received;
+  // MSG_DONTWAIT: poll said readable; never block past the deadline if
+  // another reader got there first.
+  const int error = ReceiveWithFds(fd_.get(), absl::MakeSpan(data),
+                                   kMaxFdsPerMessage, MSG_DONTWAIT, &received);
+  if (error == EAGAIN || error == EWOULDBLOCK) {
+    return absl::DeadlineExceededError("no message on the handle socket");
   }
+  if (error != 0 && error != ECONNRESET) {
+    return absl::InternalError(absl::StrCat(
+        "recvmsg(handle socket ", handle_path_, "): ", ErrnoText(error)));
+  }
+  // A reset connection is a closed one.
+  const size_t n = error == 0 ? received.size : 0;
   Datagram datagram;
-  // Take ownership of every descriptor first, so that no error path below
-  // can leak one.
-  for (cmsghdr* header = CMSG_FIRSTHDR(&message); header != nullptr;
-       header = CMSG_NXTHDR(&message, header)) {
-    if (header->cmsg_level != SOL_SOCKET || header->cmsg_type != SCM_RIGHTS) {
-      continue;
-    }
-    const size_t count = (header->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    const unsigned char* bytes = CMSG_DATA(header);
-    for (size_t i = 0; i < count; ++i) {
-      int fd;
-      std::memcpy(&fd, bytes + i * sizeof(int), sizeof(int));
-      datagram.fds.emplace_back(fd);
-    }
-  }
-  datagram.fds_truncated = (message.msg_flags & MSG_CTRUNC) != 0;
+  datagram.fds = std::move(received.fds);
+  datagram.fds_truncated = received.fds_truncated;
   if (n == 0) {
     closed_.store(true, std::memory_order_release);
     return ClosedError();
   }
-  if ((message.msg_flags & MSG_TRUNC) != 0 ||
+  if (received.truncated ||
       !datagram.message.ParseFromArray(data, static_cast<int>(n))) {
     return absl::DataLossError(absl::StrCat(
         "handle socket ", handle_path_,

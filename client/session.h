@@ -17,15 +17,13 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/protocol.h"
 #include "common/scoped_fd.h"
 #include "proto/warmstart.pb.h"
 
 namespace warmstart {
 namespace client {
 namespace internal {
-
-// The gRPC metadata key that carries the session id on every call.
-inline constexpr char kSessionMetadataKey[] = "warmstart-session";
 
 // Owns the connected SOCK_SEQPACKET socket. Shared (std::shared_ptr) by the
 // client and every ModelMapping acquired under it, so the session outlives

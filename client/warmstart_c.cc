@@ -22,6 +22,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "client/client.h"
+#include "client/model_json.h"
 #include "client/model_mapping.h"
 #include "client/warmstart.h"
 #include "common/version.h"
@@ -67,6 +68,7 @@ namespace {
 
 using warmstart::client::Client;
 using warmstart::client::ConnectOptions;
+using warmstart::client::ModelJson;
 using warmstart::client::ModelMapping;
 using warmstart::client::TensorView;
 using warmstart::v1::ModelStatus;
@@ -137,53 +139,6 @@ absl::StatusOr<absl::Duration> Timeout(double seconds,
   }
   if (std::isinf(seconds)) return absl::InfiniteDuration();
   return absl::Seconds(seconds);
-}
-
-const char* StateName(warmstart::v1::ModelState state) {
-  switch (state) {
-    case warmstart::v1::LOADING:
-      return "loading";
-    case warmstart::v1::READY:
-      return "ready";
-    case warmstart::v1::FAILED:
-      return "failed";
-    case warmstart::v1::UNLOADING:
-      return "unloading";
-    default:
-      return "unknown";
-  }
-}
-
-const char* LayoutName(warmstart::v1::ModelLayout layout) {
-  switch (layout) {
-    case warmstart::v1::PACKED:
-      return "packed";
-    case warmstart::v1::FILE_IMAGE:
-      return "file_image";
-    default:
-      return "";
-  }
-}
-
-// The same fields as `warmstartctl status --json`.
-nlohmann::json ModelJson(const ModelStatus& model) {
-  nlohmann::json devices = nlohmann::json::array();
-  for (const std::string& device : model.devices()) devices.push_back(device);
-  return nlohmann::json{{"name", model.name()},
-                        {"path", model.path()},
-                        {"state", StateName(model.state())},
-                        {"error", model.error()},
-                        {"error_code", model.error_code()},
-                        {"bytes_loaded", model.bytes_loaded()},
-                        {"bytes_total", model.bytes_total()},
-                        {"bytes_per_second", model.bytes_per_second()},
-                        {"leases", model.leases()},
-                        {"pinned", model.pinned()},
-                        {"devices", devices},
-                        {"tensor_count", model.tensor_count()},
-                        {"resident_bytes", model.resident_bytes()},
-                        {"load_seconds", model.load_seconds()},
-                        {"layout", LayoutName(model.layout())}};
 }
 
 // A malloc'ed copy of `text`, or null.
@@ -295,12 +250,13 @@ int warmstart_status_json(warmstart_client* client, const char* name,
     if (name != nullptr) {
       absl::StatusOr<ModelStatus> model = client->client->GetModel(name);
       if (!model.ok()) return FailWith(errptr, model.status());
-      doc = ModelJson(*model);
+      doc = nlohmann::json(ModelJson(*model));
     } else {
       absl::StatusOr<std::vector<ModelStatus>> models = client->client->List();
       if (!models.ok()) return FailWith(errptr, models.status());
       doc = nlohmann::json::array();
-      for (const ModelStatus& model : *models) doc.push_back(ModelJson(model));
+      for (const ModelStatus& model : *models)
+        doc.push_back(nlohmann::json(ModelJson(model)));
     }
     // Names, paths and messages are bytes from the daemon: never let
     // invalid UTF-8 make dump() throw.

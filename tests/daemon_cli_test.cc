@@ -19,7 +19,7 @@ const std::string& Daemon() {
   return path;
 }
 const std::string& Ctl() {
-  static const std::string path = BinaryPath("daemon/ctl/warmstartctl");
+  static const std::string path = BinaryPath("tools/warmstartctl/warmstartctl");
   return path;
 }
 

@@ -21,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "client/client.h"
+#include "common/protocol.h"
 #include "common/testing/status_matchers.h"
 #include "common/testing/test_env.h"
 #include "daemon/device/testing/cuda_sim.h"
@@ -65,7 +66,7 @@ class DaemonProtocolTest : public ::testing::Test {
                                  root_, "--preload", "tiny=" + model_path_},
         dir_.path());
     testing::RunResult ready =
-        RunProcess({BinaryPath("daemon/ctl/warmstartctl"), "wait-ready",
+        RunProcess({BinaryPath("tools/warmstartctl/warmstartctl"), "wait-ready",
                     "--timeout", "30", "--socket", socket_});
     ASSERT_EQ(ready.exit_code, 0) << ready.err << daemon_->Stderr();
   }
@@ -80,7 +81,7 @@ class DaemonProtocolTest : public ::testing::Test {
     int fd = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
     sockaddr_un address{};
     address.sun_family = AF_UNIX;
-    const std::string path = socket_ + ".handles";
+    const std::string path = socket_ + kHandleSocketSuffix;
     std::memcpy(address.sun_path, path.data(), path.size());
     EXPECT_EQ(
         ::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)),
@@ -129,7 +130,7 @@ TEST_F(DaemonProtocolTest, SharedMemoryCannotBeWrittenOrResized) {
   std::string session;
   const int handles = OpenSession(&session);
   grpc::ClientContext context;
-  context.AddMetadata("warmstart-session", session);
+  context.AddMetadata(kSessionMetadataKey, session);
   v1::AcquireModelRequest request;
   request.set_name("tiny");
   v1::Lease lease;
@@ -181,7 +182,7 @@ TEST_F(DaemonProtocolTest, ForgedMissingOrClosedSessionsAreRefused) {
        {std::string("0123456789abcdef0123456789abcdef"), std::string(200, 'z'),
         std::string("")}) {
     grpc::ClientContext context;
-    context.AddMetadata("warmstart-session", forged);
+    context.AddMetadata(kSessionMetadataKey, forged);
     v1::Lease lease;
     grpc::Status status = Stub()->AcquireModel(&context, request, &lease);
     EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED)
@@ -191,7 +192,7 @@ TEST_F(DaemonProtocolTest, ForgedMissingOrClosedSessionsAreRefused) {
   {
     // Past gRPC's 8 KiB metadata limit: refused before any handler runs.
     grpc::ClientContext context;
-    context.AddMetadata("warmstart-session", std::string(100000, 'z'));
+    context.AddMetadata(kSessionMetadataKey, std::string(100000, 'z'));
     v1::Lease lease;
     grpc::Status status = Stub()->AcquireModel(&context, request, &lease);
     EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
@@ -204,7 +205,7 @@ TEST_F(DaemonProtocolTest, ForgedMissingOrClosedSessionsAreRefused) {
   const absl::Time deadline = absl::Now() + absl::Seconds(30);
   do {
     grpc::ClientContext context;
-    context.AddMetadata("warmstart-session", session);
+    context.AddMetadata(kSessionMetadataKey, session);
     v1::ReleaseModelRequest release;
     release.set_lease_id("whatever");
     v1::ReleaseModelResponse response;
@@ -317,13 +318,13 @@ TEST_F(DaemonProtocolTest, AnotherSessionCannotReleaseMyLease) {
   const int my_socket = OpenSession(&mine);
   const int their_socket = OpenSession(&theirs);
   grpc::ClientContext acquire;
-  acquire.AddMetadata("warmstart-session", mine);
+  acquire.AddMetadata(kSessionMetadataKey, mine);
   v1::AcquireModelRequest request;
   request.set_name("tiny");
   v1::Lease lease;
   ASSERT_TRUE(Stub()->AcquireModel(&acquire, request, &lease).ok());
   grpc::ClientContext release;
-  release.AddMetadata("warmstart-session", theirs);
+  release.AddMetadata(kSessionMetadataKey, theirs);
   v1::ReleaseModelRequest release_request;
   release_request.set_lease_id(lease.lease_id());
   v1::ReleaseModelResponse response;
@@ -361,7 +362,7 @@ TEST_F(DaemonProtocolTest, AStolenSessionIdIsRefused) {
   const std::string stolen(buffer, static_cast<size_t>(n));
 
   grpc::ClientContext acquire;
-  acquire.AddMetadata("warmstart-session", stolen);
+  acquire.AddMetadata(kSessionMetadataKey, stolen);
   v1::AcquireModelRequest request;
   request.set_name("tiny");
   v1::Lease lease;
@@ -376,7 +377,7 @@ TEST_F(DaemonProtocolTest, AStolenSessionIdIsRefused) {
   std::string mine;
   const int my_socket = OpenSession(&mine);
   grpc::ClientContext own;
-  own.AddMetadata("warmstart-session", mine);
+  own.AddMetadata(kSessionMetadataKey, mine);
   v1::Lease own_lease;
   EXPECT_TRUE(Stub()->AcquireModel(&own, request, &own_lease).ok());
   ::close(my_socket);
@@ -431,7 +432,7 @@ TEST_F(DaemonProtocolTest, TcpCallersMayOnlyRead) {
                                "--config", config},
       dir_.path());
   testing::RunResult ready =
-      RunProcess({BinaryPath("daemon/ctl/warmstartctl"), "wait-ready",
+      RunProcess({BinaryPath("tools/warmstartctl/warmstartctl"), "wait-ready",
                   "--timeout", "30", "--socket", socket_});
   ASSERT_EQ(ready.exit_code, 0) << ready.err << daemon_->Stderr();
 
@@ -469,7 +470,7 @@ TEST_F(DaemonProtocolTest, TcpCallersMayOnlyRead) {
     std::string session;
     const int handles = OpenSession(&session);
     grpc::ClientContext context;
-    context.AddMetadata("warmstart-session", session);
+    context.AddMetadata(kSessionMetadataKey, session);
     v1::AcquireModelRequest request;
     request.set_name("tiny");
     v1::Lease lease;
@@ -500,7 +501,7 @@ TEST_F(DaemonProtocolTest, AnUnreadHandleSocketDoesNotBlockOthers) {
   daemon_.reset();
   // The killed root daemon's socket files, which nobody may not probe.
   ::unlink(socket_.c_str());
-  ::unlink((socket_ + ".handles").c_str());
+  ::unlink((socket_ + kHandleSocketSuffix).c_str());
   ASSERT_EQ(::chmod(dir_.path().c_str(), 0777), 0);
   ASSERT_EQ(::chmod(root_.c_str(), 0755), 0);
   ASSERT_EQ(::chmod(model_path_.c_str(), 0644), 0);
@@ -515,7 +516,7 @@ TEST_F(DaemonProtocolTest, AnUnreadHandleSocketDoesNotBlockOthers) {
           "--preload", "tiny=" + model_path_},
       dir_.path());
   testing::RunResult ready =
-      RunProcess({BinaryPath("daemon/ctl/warmstartctl"), "wait-ready",
+      RunProcess({BinaryPath("tools/warmstartctl/warmstartctl"), "wait-ready",
                   "--timeout", "30", "--socket", socket_});
   ASSERT_EQ(ready.exit_code, 0) << ready.err << daemon_->Stderr();
 
@@ -525,7 +526,7 @@ TEST_F(DaemonProtocolTest, AnUnreadHandleSocketDoesNotBlockOthers) {
   int granted = 0;
   for (int i = 0; i < 400; ++i) {
     grpc::ClientContext context;
-    context.AddMetadata("warmstart-session", session);
+    context.AddMetadata(kSessionMetadataKey, session);
     v1::AcquireModelRequest request;
     request.set_name("tiny");
     v1::Lease lease;
@@ -671,7 +672,7 @@ TEST_P(SimulatedGpuTest, LeasesDescribeDeviceMemoryByUuid) {
   std::string session;
   const int handles = OpenSession(&session);
   grpc::ClientContext context;
-  context.AddMetadata("warmstart-session", session);
+  context.AddMetadata(kSessionMetadataKey, session);
   v1::AcquireModelRequest request;
   request.set_name("tiny");
   v1::Lease lease;

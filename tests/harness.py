@@ -22,7 +22,7 @@ import time
 RUNFILES = os.environ["WARMSTART_RUNFILES"]
 FIXTURES = os.environ["WARMSTART_FIXTURES"]
 DAEMON = os.path.join(RUNFILES, "daemon/warmstartd")
-CTL = os.path.join(RUNFILES, "daemon/ctl/warmstartctl")
+CTL = os.path.join(RUNFILES, "tools/warmstartctl/warmstartctl")
 CLIENT = os.path.join(RUNFILES, "client/examples/map_model")
 
 # Fixtures written by the reference writers, with their expected sha256 per

@@ -15,7 +15,7 @@ def python_package_test(name, size = "medium", data = [], **kwargs):
             "$(location //tools:pytest_runner.sh)",
             "$(location //client:libwarmstart.so)",
             "$(location %s.py)" % name,
-            "$(location //daemon/ctl:warmstartctl)",
+            "$(location //tools/warmstartctl:warmstartctl)",
         ],
         data = [
             name + ".py",
@@ -23,7 +23,7 @@ def python_package_test(name, size = "medium", data = [], **kwargs):
             "//client:libwarmstart.so",
             "//client/python:package",
             "//daemon:warmstartd",
-            "//daemon/ctl:warmstartctl",
+            "//tools/warmstartctl:warmstartctl",
             "//tests/testdata:fixtures",
             "//tools:pytest_runner.sh",
         ] + data,

@@ -12,33 +12,17 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/fd_passing.h"
+#include "common/protocol.h"
 
 namespace warmstart {
 namespace testing {
 namespace {
 
-constexpr char kSessionKey[] = "warmstart-session";
-
 // Sends one HandleMessage with `fds` attached. Returns errno or 0.
 int SendHandleMessage(int socket, const v1::HandleMessage& message,
                       const std::vector<int>& fds) {
-  std::string bytes = message.SerializeAsString();
-  iovec iov = {bytes.data(), bytes.size()};
-  msghdr header = {};
-  header.msg_iov = &iov;
-  header.msg_iovlen = 1;
-  std::vector<char> control;
-  if (!fds.empty()) {
-    control.resize(CMSG_SPACE(sizeof(int) * fds.size()));
-    header.msg_control = control.data();
-    header.msg_controllen = control.size();
-    cmsghdr* cmsg = CMSG_FIRSTHDR(&header);
-    cmsg->cmsg_level = SOL_SOCKET;
-    cmsg->cmsg_type = SCM_RIGHTS;
-    cmsg->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-    std::memcpy(CMSG_DATA(cmsg), fds.data(), sizeof(int) * fds.size());
-  }
-  return ::sendmsg(socket, &header, MSG_NOSIGNAL) < 0 ? errno : 0;
+  return SendWithFds(socket, message.SerializeAsString(), fds);
 }
 
 // A memfd holding `bytes`, sealed like the daemon's when `seal`; -1 on
@@ -341,7 +325,7 @@ std::string FakeDaemon::Record(grpc::ServerContext* context,
                                const char* method) {
   std::string session;
   const auto& metadata = context->client_metadata();
-  if (auto it = metadata.find(kSessionKey); it != metadata.end()) {
+  if (auto it = metadata.find(kSessionMetadataKey); it != metadata.end()) {
     session.assign(it->second.data(), it->second.size());
   }
   absl::MutexLock lock(&mu_);

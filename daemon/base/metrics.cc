@@ -8,19 +8,15 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/check.h"
 
 namespace warmstart {
 namespace {
 
-[[noreturn]] void Die(const std::string& message) {
-  std::fprintf(stderr, "%s\n", message.c_str());
-  std::abort();
-}
-
 void CheckLabelCount(size_t want, const LabelValues& values) {
   if (values.size() != want) {
-    Die(absl::StrCat("metric series with ", values.size(),
-                     " label values, want ", want));
+    WS_CHECK(false) << (absl::StrCat("metric series with ", values.size(),
+                                     " label values, want ", want));
   }
 }
 
@@ -89,7 +85,8 @@ Histogram::Histogram(std::vector<double> bounds)
     : bounds_(std::move(bounds)), counts_(bounds_.size() + 1, 0) {
   if (bounds_.empty() || !std::is_sorted(bounds_.begin(), bounds_.end()) ||
       std::adjacent_find(bounds_.begin(), bounds_.end()) != bounds_.end()) {
-    Die("histogram bounds must be non-empty and strictly increasing");
+    WS_CHECK(false)
+        << ("histogram bounds must be non-empty and strictly increasing");
   }
 }
 
@@ -110,7 +107,8 @@ Histogram::Data Histogram::Read() const {
 
 std::vector<double> ExponentialBuckets(double start, double factor, int count) {
   if (!(start > 0) || !(factor > 1) || count < 1) {
-    Die("ExponentialBuckets: need start > 0, factor > 1, count >= 1");
+    WS_CHECK(false)
+        << ("ExponentialBuckets: need start > 0, factor > 1, count >= 1");
   }
   std::vector<double> bounds;
   double bound = start;
@@ -183,13 +181,14 @@ Metrics::Entry& Metrics::FindOrAddLocked(
   auto it = entries_.find(name);
   if (it != entries_.end()) {
     if (it->second.kind != kind) {
-      Die(absl::StrCat("metric ", name, " is registered as another kind (",
-                       kind == Kind::kGauge ? "not a gauge" : "not a counter",
-                       ")"));
+      WS_CHECK(false) << (absl::StrCat(
+          "metric ", name, " is registered as another kind (",
+          kind == Kind::kGauge ? "not a gauge" : "not a counter", ")"));
     }
     if (it->second.label_names != label_names) {
-      Die(absl::StrCat("metric ", name, " is registered with labels {",
-                       absl::StrJoin(it->second.label_names, ","), "}"));
+      WS_CHECK(false) << (absl::StrCat(
+          "metric ", name, " is registered with labels {",
+          absl::StrJoin(it->second.label_names, ","), "}"));
     }
     return it->second;
   }

@@ -450,7 +450,7 @@ absl::StatusOr<DaemonConfig> LoadConfigFile(const std::string& path) {
 
 void ApplyDefaults(DaemonConfig& config) {
   v1::Listen* listen = config.mutable_listen();
-  if (!listen->has_unix_socket()) listen->set_unix_socket(kDefaultUnixSocket);
+  if (!listen->has_unix_socket()) listen->set_unix_socket(kDefaultSocketPath);
   if (!listen->has_socket_mode()) listen->set_socket_mode(kDefaultSocketMode);
   if (!config.has_staging_bytes()) {
     config.set_staging_bytes(kDefaultStagingBytes);

@@ -11,11 +11,11 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/protocol.h"
 #include "proto/config.pb.h"
 
 namespace warmstart {
 
-inline constexpr char kDefaultUnixSocket[] = "/run/warmstart/warmstart.sock";
 inline constexpr uint32_t kDefaultSocketMode = 0660;
 inline constexpr uint64_t kDefaultStagingBytes = uint64_t{256} << 20;
 inline constexpr uint64_t kDefaultSlabBytes = uint64_t{16} << 20;

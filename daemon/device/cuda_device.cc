@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/check.h"
 #include "common/status_macros.h"
 #include "daemon/base/logging.h"
 #include "daemon/base/metrics.h"
@@ -238,14 +239,10 @@ CudaDevice::~CudaDevice() {
     // The thread reports every copy still pending before it exits.
     completion_thread_.join();
   }
-  if (live_allocations_.load() != 0 || registered_regions_.load() != 0) {
-    std::fprintf(stderr,
-                 "CudaDevice %s destroyed with %d allocations and %d "
-                 "registered host regions still alive\n",
-                 info_.uuid.c_str(), live_allocations_.load(),
-                 registered_regions_.load());
-    std::abort();
-  }
+  WS_CHECK(live_allocations_.load() == 0 && registered_regions_.load() == 0)
+      << "CudaDevice " << info_.uuid << " destroyed with "
+      << live_allocations_.load() << " allocations and "
+      << registered_regions_.load() << " registered host regions still alive";
   {
     ScopedContext scope(*driver_, context_);
     if (!scope.status().ok()) {

@@ -2,72 +2,26 @@
 
 #include <dlfcn.h>
 
-#include <cstdlib>
-
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
+#include "common/cuda_driver_loader.h"
 #include "common/status_macros.h"
 
 namespace warmstart {
-namespace {
-
-// Entry points are requested at the ABI of CUDA 12.0, the oldest driver
-// series the daemon supports; newer drivers serve that ABI too.
-constexpr int kRequestedAbi = 12000;
-
-std::string FormatUuid(const CUuuid& uuid) {
-  const auto* b = reinterpret_cast<const unsigned char*>(uuid.bytes);
-  return absl::StrFormat(
-      "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%"
-      "02x",
-      b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11],
-      b[12], b[13], b[14], b[15]);
-}
-
-// One entry point to resolve and where its address goes.
-struct EntryPoint {
-  const char* symbol;
-  void** fn;
-};
-
-template <typename Fn>
-EntryPoint Entry(const char* symbol, Fn* fn) {
-  return {symbol, reinterpret_cast<void**>(fn)};
-}
-
-// Resolves `symbol` through cuGetProcAddress; false when the driver lacks it.
-bool ResolveEntry(PFN_cuGetProcAddress_v12000 get_proc, const EntryPoint& e) {
-  CUdriverProcAddressQueryResult found;
-  const CUresult rc = get_proc(e.symbol, e.fn, kRequestedAbi,
-                               CU_GET_PROC_ADDRESS_DEFAULT, &found);
-  if (rc != CUDA_SUCCESS || found != CU_GET_PROC_ADDRESS_SUCCESS ||
-      *e.fn == nullptr) {
-    *e.fn = nullptr;
-    return false;
-  }
-  return true;
-}
-
-}  // namespace
 
 absl::StatusOr<std::unique_ptr<CudaDriver>> CudaDriver::Load() {
-  const char* override_path = std::getenv("WARMSTART_LIBCUDA");
-  const char* path = override_path != nullptr ? override_path : "libcuda.so.1";
-  void* library = ::dlopen(path, RTLD_NOW | RTLD_LOCAL);
-  if (library == nullptr) {
+  absl::StatusOr<CudaDriverLibrary> library = OpenCudaDriver();
+  if (!library.ok()) {
     return absl::UnavailableError(
-        absl::StrCat("no CUDA driver: cannot load ", path, ": ", ::dlerror()));
+        absl::StrCat("no CUDA driver: ", library.status().message()));
   }
-  std::unique_ptr<CudaDriver> driver(new CudaDriver(library));
-
-  auto init = reinterpret_cast<PFN_cuInit_v2000>(::dlsym(library, "cuInit"));
+  std::unique_ptr<CudaDriver> driver(new CudaDriver(library->handle));
   auto get_version = reinterpret_cast<PFN_cuDriverGetVersion_v2020>(
-      ::dlsym(library, "cuDriverGetVersion"));
-  if (init == nullptr || get_version == nullptr) {
+      ::dlsym(library->handle, "cuDriverGetVersion"));
+  if (get_version == nullptr) {
     return absl::UnavailableError(absl::StrCat(
-        "no CUDA driver: ", path, " lacks cuInit or cuDriverGetVersion"));
+        "no CUDA driver: ", library->path, " lacks cuDriverGetVersion"));
   }
-  if (CUresult rc = init(0); rc != CUDA_SUCCESS) {
+  if (CUresult rc = library->init(0); rc != CUDA_SUCCESS) {
     // CUDA_ERROR_NO_DEVICE and CUDA_ERROR_INSUFFICIENT_DRIVER land here on
     // machines with a driver package but no usable GPU.
     return absl::UnavailableError(
@@ -77,74 +31,60 @@ absl::StatusOr<std::unique_ptr<CudaDriver>> CudaDriver::Load() {
     return absl::UnavailableError(absl::StrCat(
         "no usable CUDA driver: cuDriverGetVersion failed (", rc, ")"));
   }
-  auto get_proc = reinterpret_cast<PFN_cuGetProcAddress_v12000>(
-      ::dlsym(library, "cuGetProcAddress_v2"));
-  if (get_proc == nullptr) {
-    return absl::UnavailableError(
-        "no usable CUDA driver: cuGetProcAddress_v2 missing (driver older "
-        "than CUDA 12)");
-  }
+  const PFN_cuGetProcAddress_v12000 get_proc = library->get_proc;
 
   CudaApi& api = driver->api_;
-  const EntryPoint required[] = {
-      Entry("cuDeviceGetCount", &api.device_get_count),
-      Entry("cuDeviceGet", &api.device_get),
-      Entry("cuDeviceGetName", &api.device_get_name),
-      Entry("cuDeviceTotalMem", &api.device_total_mem),
-      Entry("cuMemGetInfo", &api.mem_get_info),
-      Entry("cuDeviceGetUuid", &api.device_get_uuid),
-      Entry("cuDeviceGetAttribute", &api.device_get_attribute),
-      Entry("cuGetErrorName", &api.get_error_name),
-      Entry("cuGetErrorString", &api.get_error_string),
-      Entry("cuDevicePrimaryCtxRetain", &api.device_primary_ctx_retain),
-      Entry("cuDevicePrimaryCtxRelease", &api.device_primary_ctx_release),
-      Entry("cuCtxSetCurrent", &api.ctx_set_current),
-      Entry("cuCtxPushCurrent", &api.ctx_push_current),
-      Entry("cuCtxPopCurrent", &api.ctx_pop_current),
-      Entry("cuMemAlloc", &api.mem_alloc),
-      Entry("cuMemFree", &api.mem_free),
-      Entry("cuIpcGetMemHandle", &api.ipc_get_mem_handle),
-      Entry("cuMemHostRegister", &api.mem_host_register),
-      Entry("cuMemHostUnregister", &api.mem_host_unregister),
-      Entry("cuStreamCreate", &api.stream_create),
-      Entry("cuStreamDestroy", &api.stream_destroy),
-      Entry("cuStreamSynchronize", &api.stream_synchronize),
-      Entry("cuEventCreate", &api.event_create),
-      Entry("cuEventRecord", &api.event_record),
-      Entry("cuEventSynchronize", &api.event_synchronize),
-      Entry("cuEventDestroy", &api.event_destroy),
-      Entry("cuMemsetD8Async", &api.memset_d8_async),
-      Entry("cuMemcpyHtoDAsync", &api.memcpy_htod_async),
-      Entry("cuMemcpyDtoH", &api.memcpy_dtoh),
+  const CudaEntryPoint required[] = {
+      CudaEntry("cuDeviceGetCount", &api.device_get_count),
+      CudaEntry("cuDeviceGet", &api.device_get),
+      CudaEntry("cuDeviceGetName", &api.device_get_name),
+      CudaEntry("cuDeviceTotalMem", &api.device_total_mem),
+      CudaEntry("cuMemGetInfo", &api.mem_get_info),
+      CudaEntry("cuDeviceGetUuid", &api.device_get_uuid),
+      CudaEntry("cuDeviceGetAttribute", &api.device_get_attribute),
+      CudaEntry("cuGetErrorName", &api.get_error_name),
+      CudaEntry("cuGetErrorString", &api.get_error_string),
+      CudaEntry("cuDevicePrimaryCtxRetain", &api.device_primary_ctx_retain),
+      CudaEntry("cuDevicePrimaryCtxRelease", &api.device_primary_ctx_release),
+      CudaEntry("cuCtxSetCurrent", &api.ctx_set_current),
+      CudaEntry("cuCtxPushCurrent", &api.ctx_push_current),
+      CudaEntry("cuCtxPopCurrent", &api.ctx_pop_current),
+      CudaEntry("cuMemAlloc", &api.mem_alloc),
+      CudaEntry("cuMemFree", &api.mem_free),
+      CudaEntry("cuIpcGetMemHandle", &api.ipc_get_mem_handle),
+      CudaEntry("cuMemHostRegister", &api.mem_host_register),
+      CudaEntry("cuMemHostUnregister", &api.mem_host_unregister),
+      CudaEntry("cuStreamCreate", &api.stream_create),
+      CudaEntry("cuStreamDestroy", &api.stream_destroy),
+      CudaEntry("cuStreamSynchronize", &api.stream_synchronize),
+      CudaEntry("cuEventCreate", &api.event_create),
+      CudaEntry("cuEventRecord", &api.event_record),
+      CudaEntry("cuEventSynchronize", &api.event_synchronize),
+      CudaEntry("cuEventDestroy", &api.event_destroy),
+      CudaEntry("cuMemsetD8Async", &api.memset_d8_async),
+      CudaEntry("cuMemcpyHtoDAsync", &api.memcpy_htod_async),
+      CudaEntry("cuMemcpyDtoH", &api.memcpy_dtoh),
   };
-  for (const EntryPoint& entry : required) {
-    if (!ResolveEntry(get_proc, entry)) {
-      return absl::UnavailableError(absl::StrCat(
-          "no usable CUDA driver: entry point ", entry.symbol, " not found"));
-    }
+  if (const char* missing = ResolveCudaEntryPoints(get_proc, required)) {
+    return absl::UnavailableError(absl::StrCat(
+        "no usable CUDA driver: entry point ", missing, " not found"));
   }
   // VMM is all or nothing: without any one of these the device falls back
   // to cuMemAlloc and legacy IPC handles.
-  const EntryPoint vmm[] = {
-      Entry("cuMemGetAllocationGranularity",
-            &api.mem_get_allocation_granularity),
-      Entry("cuMemCreate", &api.mem_create),
-      Entry("cuMemRelease", &api.mem_release),
-      Entry("cuMemExportToShareableHandle",
-            &api.mem_export_to_shareable_handle),
-      Entry("cuMemAddressReserve", &api.mem_address_reserve),
-      Entry("cuMemAddressFree", &api.mem_address_free),
-      Entry("cuMemMap", &api.mem_map),
-      Entry("cuMemUnmap", &api.mem_unmap),
-      Entry("cuMemSetAccess", &api.mem_set_access),
+  const CudaEntryPoint vmm[] = {
+      CudaEntry("cuMemGetAllocationGranularity",
+                &api.mem_get_allocation_granularity),
+      CudaEntry("cuMemCreate", &api.mem_create),
+      CudaEntry("cuMemRelease", &api.mem_release),
+      CudaEntry("cuMemExportToShareableHandle",
+                &api.mem_export_to_shareable_handle),
+      CudaEntry("cuMemAddressReserve", &api.mem_address_reserve),
+      CudaEntry("cuMemAddressFree", &api.mem_address_free),
+      CudaEntry("cuMemMap", &api.mem_map),
+      CudaEntry("cuMemUnmap", &api.mem_unmap),
+      CudaEntry("cuMemSetAccess", &api.mem_set_access),
   };
-  bool has_vmm = true;
-  for (const EntryPoint& entry : vmm) {
-    has_vmm = ResolveEntry(get_proc, entry) && has_vmm;
-  }
-  if (!has_vmm) {
-    for (const EntryPoint& entry : vmm) *entry.fn = nullptr;
-  }
+  ResolveCudaEntryPoints(get_proc, vmm);
   return driver;
 }
 
@@ -153,14 +93,8 @@ CudaDriver::~CudaDriver() { ::dlclose(library_); }
 absl::Status CudaDriver::ToStatus(CUresult result,
                                   absl::string_view what) const {
   if (result == CUDA_SUCCESS) return absl::OkStatus();
-  const char* name = nullptr;
-  const char* text = nullptr;
-  // Both leave the pointer null for codes the driver does not know.
-  api_.get_error_name(result, &name);
-  api_.get_error_string(result, &text);
-  const std::string message =
-      absl::StrCat(what, " failed: ", name != nullptr ? name : "CUDA error",
-                   ": ", text != nullptr ? text : "unknown", " (", result, ")");
+  const std::string message = CudaErrorMessage(
+      api_.get_error_name, api_.get_error_string, result, what);
   switch (result) {
     case CUDA_ERROR_OUT_OF_MEMORY:
       return absl::ResourceExhaustedError(message);
@@ -205,7 +139,7 @@ absl::StatusOr<CudaDeviceInfo> CudaDriver::Device(int ordinal) const {
   CUuuid uuid;
   WS_RETURN_IF_ERROR(
       ToStatus(api_.device_get_uuid(&uuid, device), "cuDeviceGetUuid"));
-  info.uuid = FormatUuid(uuid);
+  info.uuid = FormatGpuUuid(uuid);
   return info;
 }
 

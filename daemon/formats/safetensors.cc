@@ -16,6 +16,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
 #include "common/status_macros.h"
+#include "common/utf8.h"
 #include "daemon/formats/dtype.h"
 #include "daemon/formats/text_util.h"
 #include "nlohmann/json.hpp"

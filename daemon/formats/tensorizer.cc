@@ -15,6 +15,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
 #include "common/status_macros.h"
+#include "common/utf8.h"
 #include "daemon/formats/dtype.h"
 #include "daemon/formats/text_util.h"
 #include "nlohmann/json.hpp"

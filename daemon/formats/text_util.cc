@@ -7,47 +7,6 @@
 
 namespace warmstart {
 
-size_t FindInvalidUtf8(absl::string_view text) {
-  size_t i = 0;
-  while (i < text.size()) {
-    const auto lead = static_cast<unsigned char>(text[i]);
-    if (lead < 0x80) {
-      ++i;
-      continue;
-    }
-    size_t length;
-    uint32_t code_point;
-    uint32_t smallest;
-    if ((lead & 0xe0) == 0xc0) {
-      length = 2;
-      code_point = lead & 0x1f;
-      smallest = 0x80;
-    } else if ((lead & 0xf0) == 0xe0) {
-      length = 3;
-      code_point = lead & 0x0f;
-      smallest = 0x800;
-    } else if ((lead & 0xf8) == 0xf0) {
-      length = 4;
-      code_point = lead & 0x07;
-      smallest = 0x10000;
-    } else {
-      return i;
-    }
-    if (text.size() - i < length) return i;
-    for (size_t k = 1; k < length; ++k) {
-      const auto next = static_cast<unsigned char>(text[i + k]);
-      if ((next & 0xc0) != 0x80) return i;
-      code_point = (code_point << 6) | (next & 0x3f);
-    }
-    if (code_point < smallest || code_point > 0x10ffff ||
-        (code_point >= 0xd800 && code_point <= 0xdfff)) {
-      return i;
-    }
-    i += length;
-  }
-  return absl::string_view::npos;
-}
-
 // Names come from files and may hold quotes or control characters, or be
 // huge: escaping and shortening keeps a message on one line, short and
 // unambiguous.

@@ -1,4 +1,4 @@
-// Helpers for parsers' error messages and UTF-8 checks.
+// Helpers for parsers' error messages (UTF-8 checks: common/utf8.h).
 #ifndef WARMSTART_DAEMON_FORMATS_TEXT_UTIL_H_
 #define WARMSTART_DAEMON_FORMATS_TEXT_UTIL_H_
 
@@ -8,11 +8,6 @@
 #include "absl/strings/string_view.h"
 
 namespace warmstart {
-
-// Returns the index of the first byte of `text` that does not start a valid
-// UTF-8 sequence (overlong forms, surrogates and values past U+10FFFF are
-// invalid), or npos when all of it is valid.
-size_t FindInvalidUtf8(absl::string_view text);
 
 // `text` in double quotes, fit for a one-line message: quotes, backslashes
 // and control characters escaped, cut to 200 bytes (at a character

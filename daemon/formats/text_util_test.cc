@@ -2,21 +2,11 @@
 
 #include <string>
 
+#include "common/utf8.h"
 #include "gtest/gtest.h"
 
 namespace warmstart {
 namespace {
-
-TEST(FindInvalidUtf8Test, FindsTheFirstBadByte) {
-  EXPECT_EQ(FindInvalidUtf8("plain ascii"), absl::string_view::npos);
-  EXPECT_EQ(FindInvalidUtf8("h\xc3\xa9llo \xf0\x9f\x98\x80"),
-            absl::string_view::npos);
-  EXPECT_EQ(FindInvalidUtf8("ab\xff"), 2u);
-  EXPECT_EQ(FindInvalidUtf8("x\xc0\xaf"), 1u);         // Overlong '/'.
-  EXPECT_EQ(FindInvalidUtf8("\xed\xa0\x80"), 0u);      // A surrogate.
-  EXPECT_EQ(FindInvalidUtf8("\xf4\x90\x80\x80"), 0u);  // Past U+10FFFF.
-  EXPECT_EQ(FindInvalidUtf8("ok\xe2\x82"), 2u);        // Cut short.
-}
 
 TEST(QuoteTest, EscapesAndShortens) {
   EXPECT_EQ(Quote("w"), "\"w\"");

@@ -11,6 +11,7 @@
 
 #include "absl/memory/memory.h"
 #include "absl/strings/str_cat.h"
+#include "common/check.h"
 #include "common/errno_status.h"
 #include "daemon/base/logging.h"
 #include "daemon/base/metrics.h"
@@ -21,9 +22,9 @@ namespace {
 // A ring call that fails for any reason but a transient one means the ring
 // or this code is broken; no read could be trusted after it.
 [[noreturn]] void DieOnRingError(const char* call, int result) {
-  Logger("io")->critical("{} failed: {}", call,
-                         ErrnoToStatus(result, "io_uring").ToString());
-  std::abort();
+  WS_CHECK(false) << call << " failed: "
+                  << ErrnoToStatus(result, "io_uring").ToString();
+  std::abort();  // Unreached: tells the compiler that this never returns.
 }
 
 bool RingSupportsRead(io_uring* ring) {

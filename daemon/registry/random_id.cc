@@ -3,10 +3,11 @@
 #include <sys/random.h>
 
 #include <cerrno>
-#include <cstdlib>
+#include <cstring>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/string_view.h"
+#include "common/check.h"
 
 namespace warmstart {
 
@@ -19,7 +20,7 @@ std::string RandomId() {
     // getrandom cannot fail for 16 bytes once the pool is initialised
     // (guaranteed after boot); without randomness an id would be guessable,
     // so there is nothing safe to fall back to.
-    if (n < 0) std::abort();
+    WS_CHECK(n >= 0) << "getrandom failed: " << std::strerror(errno);
     done += static_cast<size_t>(n);
   }
   return absl::BytesToHexString(absl::string_view(bytes, sizeof(bytes)));

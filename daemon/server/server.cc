@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/protocol.h"
 #include "common/status_macros.h"
 #include "common/version.h"
 #include "daemon/base/logging.h"
@@ -21,9 +22,6 @@
 namespace warmstart {
 namespace {
 
-// Handle socket file name: beside the gRPC socket, so that a client that
-// reaches one (through a shared emptyDir, say) reaches the other.
-constexpr char kHandleSocketSuffix[] = ".handles";
 constexpr absl::Duration kReadinessPoll = absl::Milliseconds(250);
 // How often the listeners are probed over new connections, how long a probe
 // may take, and how many failed rounds in a row end the process.

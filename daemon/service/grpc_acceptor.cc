@@ -17,8 +17,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "common/errno_status.h"
+#include "common/status_macros.h"
 #include "daemon/base/logging.h"
 #include "daemon/base/metrics.h"
+#include "daemon/service/unix_socket.h"
 #include "grpcpp/server_posix.h"
 
 namespace warmstart {
@@ -54,24 +56,8 @@ absl::StatusOr<std::unique_ptr<GrpcAcceptor>> GrpcAcceptor::Start(
     const std::string& path, grpc::Server* server,
     std::function<uint64_t()> keep_free, ConnectionPeers* peers,
     ConnectionLimits limits) {
-  sockaddr_un address{};
-  address.sun_family = AF_UNIX;
-  if (path.size() >= sizeof(address.sun_path)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "socket ", path, " is ", path.size(),
-        " bytes; a unix socket path must be under ", sizeof(address.sun_path)));
-  }
-  std::memcpy(address.sun_path, path.data(), path.size());
-  ScopedFd listener(
-      ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-  if (!listener.valid()) return ErrnoToStatus(errno, "socket");
-  if (::bind(listener.get(), reinterpret_cast<const sockaddr*>(&address),
-             sizeof(address)) != 0) {
-    return ErrnoToStatus(errno, absl::StrCat("bind ", path));
-  }
-  if (::listen(listener.get(), SOMAXCONN) != 0) {
-    return ErrnoToStatus(errno, absl::StrCat("listen ", path));
-  }
+  WS_ASSIGN_OR_RETURN(ScopedFd listener,
+                      ListenUnixSocket(path, SOCK_STREAM, SOMAXCONN, "socket"));
   ScopedFd stop_event(::eventfd(0, EFD_CLOEXEC));
   if (!stop_event.valid()) return ErrnoToStatus(errno, "eventfd");
   ScopedFd spare = OpenSpare();

@@ -13,9 +13,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/errno_status.h"
+#include "common/fd_passing.h"
+#include "common/status_macros.h"
 #include "daemon/base/logging.h"
 #include "daemon/base/metrics.h"
 #include "daemon/registry/random_id.h"
+#include "daemon/service/unix_socket.h"
 #include "proto/warmstart.pb.h"
 
 namespace warmstart {
@@ -47,30 +50,12 @@ Gauge* SessionsGauge() {
 // Sends one datagram holding `message` and, when given, `fds`.
 absl::Status SendMessage(int socket, const v1::HandleMessage& message,
                          const std::vector<int>& fds) {
-  const std::string bytes = message.SerializeAsString();
-  iovec data{const_cast<char*>(bytes.data()), bytes.size()};
-  msghdr header{};
-  header.msg_iov = &data;
-  header.msg_iovlen = 1;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerBundle)];
-  if (!fds.empty()) {
-    const size_t fd_bytes = sizeof(int) * fds.size();
-    header.msg_control = control;
-    header.msg_controllen = CMSG_SPACE(fd_bytes);
-    cmsghdr* rights = CMSG_FIRSTHDR(&header);
-    rights->cmsg_level = SOL_SOCKET;
-    rights->cmsg_type = SCM_RIGHTS;
-    rights->cmsg_len = CMSG_LEN(fd_bytes);
-    std::memcpy(CMSG_DATA(rights), fds.data(), fd_bytes);
-  }
-  while (true) {
-    // Non-blocking: a peer that stopped reading fails its own acquire
-    // instead of stalling a gRPC thread.
-    const ssize_t sent =
-        ::sendmsg(socket, &header, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (sent >= 0) return absl::OkStatus();
-    if (errno != EINTR) return ErrnoToStatus(errno, "handle socket sendmsg");
-  }
+  // Non-blocking: a peer that stopped reading fails its own acquire
+  // instead of stalling a gRPC thread.
+  const int error =
+      SendWithFds(socket, message.SerializeAsString(), fds, MSG_DONTWAIT);
+  if (error != 0) return ErrnoToStatus(error, "handle socket sendmsg");
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -78,26 +63,9 @@ absl::Status SendMessage(int socket, const v1::HandleMessage& message,
 absl::StatusOr<std::unique_ptr<SessionServer>> SessionServer::Start(
     const std::string& path, std::function<void(const std::string&)> on_close,
     SessionLimits limits) {
-  sockaddr_un address{};
-  address.sun_family = AF_UNIX;
-  if (path.size() >= sizeof(address.sun_path)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "handle socket ", path, " is ", path.size(),
-        " bytes; a unix socket path must be under ", sizeof(address.sun_path)));
-  }
-  std::memcpy(address.sun_path, path.data(), path.size());
-  // Non-blocking: a connection that poll reported but that went away
-  // before accept must not block the session thread.
-  ScopedFd listener(
-      ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-  if (!listener.valid()) return ErrnoToStatus(errno, "handle socket");
-  if (::bind(listener.get(), reinterpret_cast<const sockaddr*>(&address),
-             sizeof(address)) != 0) {
-    return ErrnoToStatus(errno, absl::StrCat("bind ", path));
-  }
-  if (::listen(listener.get(), 128) != 0) {
-    return ErrnoToStatus(errno, absl::StrCat("listen ", path));
-  }
+  WS_ASSIGN_OR_RETURN(
+      ScopedFd listener,
+      ListenUnixSocket(path, SOCK_SEQPACKET, 128, "handle socket"));
   ScopedFd stop_event(::eventfd(0, EFD_CLOEXEC));
   if (!stop_event.valid()) return ErrnoToStatus(errno, "eventfd");
   return std::unique_ptr<SessionServer>(

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "common/fd_passing.h"
 #include "common/scoped_fd.h"
 #include "common/testing/status_matchers.h"
 #include "common/testing/test_env.h"
@@ -38,26 +39,13 @@ ScopedFd ConnectTo(const std::string& path) {
 // Receives one datagram; appends any descriptors it carried to `fds`.
 v1::HandleMessage Receive(int socket, std::vector<int>* fds = nullptr) {
   char data[512];
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 8)];
-  iovec vector{data, sizeof(data)};
-  msghdr header{};
-  header.msg_iov = &vector;
-  header.msg_iovlen = 1;
-  header.msg_control = control;
-  header.msg_controllen = sizeof(control);
-  const ssize_t n = ::recvmsg(socket, &header, MSG_CMSG_CLOEXEC);
-  EXPECT_GT(n, 0) << std::strerror(errno);
+  ReceivedDatagram received;
+  EXPECT_EQ(ReceiveWithFds(socket, absl::MakeSpan(data), 8, 0, &received), 0);
+  EXPECT_GT(received.size, 0u);
   v1::HandleMessage message;
-  EXPECT_TRUE(message.ParseFromArray(data, static_cast<int>(n)));
-  for (cmsghdr* c = CMSG_FIRSTHDR(&header); c != nullptr;
-       c = CMSG_NXTHDR(&header, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (size_t i = 0; i < count; ++i) {
-      int fd;
-      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-      if (fds != nullptr) fds->push_back(fd);
-    }
+  EXPECT_TRUE(message.ParseFromArray(data, static_cast<int>(received.size)));
+  for (ScopedFd& fd : received.fds) {
+    if (fds != nullptr) fds->push_back(fd.release());
   }
   return message;
 }

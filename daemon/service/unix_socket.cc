@@ -94,4 +94,28 @@ absl::Status ApplySocketPermissions(const std::string& path, uint32_t mode,
   return absl::OkStatus();
 }
 
+absl::StatusOr<ScopedFd> ListenUnixSocket(const std::string& path, int type,
+                                          int backlog, const char* what) {
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(address.sun_path)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, " ", path, " is ", path.size(),
+        " bytes; a unix socket path must be under ", sizeof(address.sun_path)));
+  }
+  std::memcpy(address.sun_path, path.data(), path.size());
+  // Non-blocking: a connection that poll reported but that went away
+  // before accept must not block the accepting thread.
+  ScopedFd listener(::socket(AF_UNIX, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!listener.valid()) return ErrnoToStatus(errno, what);
+  if (::bind(listener.get(), reinterpret_cast<const sockaddr*>(&address),
+             sizeof(address)) != 0) {
+    return ErrnoToStatus(errno, absl::StrCat("bind ", path));
+  }
+  if (::listen(listener.get(), backlog) != 0) {
+    return ErrnoToStatus(errno, absl::StrCat("listen ", path));
+  }
+  return listener;
+}
+
 }  // namespace warmstart

@@ -1,4 +1,4 @@
-// Preparing the path of a listening unix socket.
+// Listening unix sockets: preparing their path, binding and listening.
 #ifndef WARMSTART_DAEMON_SERVICE_UNIX_SOCKET_H_
 #define WARMSTART_DAEMON_SERVICE_UNIX_SOCKET_H_
 
@@ -6,6 +6,8 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/scoped_fd.h"
 
 namespace warmstart {
 
@@ -22,6 +24,13 @@ absl::Status PrepareSocketPath(const std::string& path);
 absl::Status ApplySocketPermissions(const std::string& path, uint32_t mode,
                                     const std::string& owner,
                                     const std::string& group);
+
+// A non-blocking, close-on-exec unix socket of `type` (SOCK_STREAM,
+// SOCK_SEQPACKET) bound to `path` and listening with `backlog`. `what`
+// names the socket in errors: InvalidArgument when the path does not fit
+// sun_path; the errno status of socket, bind ("bind <path>") or listen.
+absl::StatusOr<ScopedFd> ListenUnixSocket(const std::string& path, int type,
+                                          int backlog, const char* what);
 
 }  // namespace warmstart
 

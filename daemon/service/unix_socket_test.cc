@@ -1,5 +1,6 @@
 #include "daemon/service/unix_socket.h"
 
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -68,6 +69,31 @@ TEST(PrepareSocketPathTest, RefusesToReplaceARegularFile) {
   EXPECT_THAT(PrepareSocketPath(path),
               StatusIs(absl::StatusCode::kFailedPrecondition,
                        HasSubstr("not a socket")));
+}
+
+TEST(ListenUnixSocketTest, ListensNonBlockingOnThePath) {
+  testing::ShortTempDir dir;
+  const std::string path = dir.Join("l.sock");
+  ASSERT_OK_AND_ASSIGN(ScopedFd listener, ListenUnixSocket(path, SOCK_SEQPACKET,
+                                                           4, "test socket"));
+  EXPECT_NE(::fcntl(listener.get(), F_GETFL) & O_NONBLOCK, 0);
+  EXPECT_NE(::fcntl(listener.get(), F_GETFD) & FD_CLOEXEC, 0);
+  ScopedFd client(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::memcpy(address.sun_path, path.data(), path.size());
+  ASSERT_EQ(::connect(client.get(), reinterpret_cast<sockaddr*>(&address),
+                      sizeof(address)),
+            0);
+  ScopedFd accepted(::accept4(listener.get(), nullptr, nullptr, 0));
+  EXPECT_TRUE(accepted.valid());
+}
+
+TEST(ListenUnixSocketTest, NamesTheSocketWhenThePathIsTooLong) {
+  EXPECT_THAT(ListenUnixSocket("/tmp/" + std::string(200, 'x'), SOCK_STREAM, 4,
+                               "handle socket"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("handle socket /tmp/xxx")));
 }
 
 TEST(PrepareSocketPathTest, RefusesPathsLongerThanSunPath) {

@@ -12,9 +12,9 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/utf8.h"
 #include "daemon/base/logging.h"
 #include "daemon/base/metrics.h"
-#include "daemon/formats/text_util.h"
 
 namespace warmstart {
 namespace {

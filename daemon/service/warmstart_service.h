@@ -17,15 +17,13 @@
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
+#include "common/protocol.h"
 #include "daemon/registry/registry.h"
 #include "daemon/service/grpc_acceptor.h"
 #include "daemon/service/session_server.h"
 #include "proto/warmstart.grpc.pb.h"
 
 namespace warmstart {
-
-// The gRPC metadata key carrying a session id.
-inline constexpr char kSessionMetadataKey[] = "warmstart-session";
 
 // Who may load and unload models (DaemonConfig.authorization). Root and the
 // daemon's own uid always may; with both sets empty every unix socket

@@ -7,6 +7,7 @@
 #include <cstdlib>
 
 #include "absl/strings/str_cat.h"
+#include "common/check.h"
 #include "common/errno_status.h"
 #include "common/status_macros.h"
 
@@ -102,14 +103,10 @@ StagingPool::StagingPool(const StagingPoolOptions& options, Device* device,
 
 StagingPool::~StagingPool() {
   absl::MutexLock lock(&mutex_);
-  if (free_.size() != slab_count_ || residencies_ != 0) {
-    std::fprintf(stderr,
-                 "StagingPool destroyed with %zu of %llu slabs on loan and "
-                 "%d residencies live\n",
-                 slab_count_ - free_.size(),
-                 static_cast<unsigned long long>(slab_count_), residencies_);
-    std::abort();
-  }
+  WS_CHECK(free_.size() == slab_count_ && residencies_ == 0)
+      << "StagingPool destroyed with " << slab_count_ - free_.size() << " of "
+      << slab_count_ << " slabs on loan and " << residencies_
+      << " residencies live";
   if (resident_ && engine_ != nullptr) engine_->UnregisterBuffers();
   UnpinLocked();
   ::munmap(base_, slab_bytes_ * slab_count_);
@@ -199,11 +196,8 @@ uint64_t StagingPool::resident_bytes() const {
 }
 
 void StagingPool::CheckResidentLocked() const {
-  if (residencies_ == 0) {
-    std::fprintf(stderr,
-                 "StagingPool: a slab was asked for without a Residency\n");
-    std::abort();
-  }
+  WS_CHECK(residencies_ != 0)
+      << "StagingPool: a slab was asked for without a Residency";
 }
 
 StagingPool::Slab StagingPool::Acquire() {

@@ -94,7 +94,7 @@ def main():
     env = dict(os.environ, WS_ROOT=ROOT, WS_SOCKET=socket,
                WARMSTART_LIBRARY=library)
     try:
-        ctl = os.path.join(args.bin, "daemon/ctl/warmstartctl")
+        ctl = os.path.join(args.bin, "tools/warmstartctl/warmstartctl")
         subprocess.run([ctl, "wait-ready", "--timeout", "120", "--socket",
                         socket], check=True, stdout=subprocess.DEVNULL)
         size = os.path.getsize(model)

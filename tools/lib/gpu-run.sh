@@ -28,10 +28,10 @@ trap 'rm -rf "$work"' EXIT
 # The runfiles layout harness.py expects: the bundle's Python half and its
 # binaries.
 runfiles="$work/runfiles"
-mkdir -p "$runfiles/daemon/ctl"
+mkdir -p "$runfiles/tools/warmstartctl"
 ln -s "$here/py/client" "$here/py/tests" "$here/py/tools" "$runfiles/"
 ln -s "$here/bin/warmstartd" "$runfiles/daemon/warmstartd"
-ln -s "$here/bin/warmstartctl" "$runfiles/daemon/ctl/warmstartctl"
+ln -s "$here/bin/warmstartctl" "$runfiles/tools/warmstartctl/warmstartctl"
 # python3 and torch there are built for that machine's system libraries:
 # the bundle's copies of those (older, from Debian) must not shadow them in
 # the Python processes; libwarmstart.so takes the system's (newer, same

@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
 #include "absl/strings/string_view.h"
+#include "common/check.h"
 #include "daemon/formats/byte_source.h"
 #include "daemon/formats/dtype.h"
 #include "daemon/formats/gguf.h"
@@ -23,42 +24,38 @@ namespace {
 
 constexpr char kName[] = "fuzz.gguf";
 
-void Check(bool condition) {
-  if (!condition) std::abort();
-}
-
 void CheckManifest(const FileManifest& manifest, uint64_t size) {
-  Check(manifest.path == kName);
-  Check(manifest.format == Format::kGguf);
-  Check(manifest.format_version.has_value() && *manifest.format_version >= 1 &&
-        *manifest.format_version <= 3);
-  Check(manifest.file_size == size);
-  Check(manifest.metadata.is_object());
+  WS_CHECK(manifest.path == kName);
+  WS_CHECK(manifest.format == Format::kGguf);
+  WS_CHECK(manifest.format_version.has_value() &&
+           *manifest.format_version >= 1 && *manifest.format_version <= 3);
+  WS_CHECK(manifest.file_size == size);
+  WS_CHECK(manifest.metadata.is_object());
   // Strings were checked as UTF-8, so replacing invalid sequences and
   // dropping them must give the same text (neither throws).
   using Json = nlohmann::ordered_json;
-  Check(
+  WS_CHECK(
       manifest.metadata.dump(-1, ' ', false, Json::error_handler_t::replace) ==
       manifest.metadata.dump(-1, ' ', false, Json::error_handler_t::ignore));
 
   std::vector<std::pair<uint64_t, uint64_t>> ranges;
   for (const TensorEntry& tensor : manifest.tensors) {
-    Check(tensor.shape.size() <= 4);
-    Check(tensor.name.size() < 64);
+    WS_CHECK(tensor.shape.size() <= 4);
+    WS_CHECK(tensor.name.size() < 64);
     const DTypeInfo* dtype = FindDType(tensor.dtype);
-    Check(dtype != nullptr);
+    WS_CHECK(dtype != nullptr);
     absl::StatusOr<uint64_t> elements = ElementCount(tensor.shape);
-    Check(elements.ok());
+    WS_CHECK(elements.ok());
     absl::StatusOr<uint64_t> nbytes = ByteSize(*dtype, *elements);
-    Check(nbytes.ok() && *nbytes == tensor.nbytes);
-    Check(tensor.stored_bytes == tensor.nbytes);
-    Check(tensor.checksums.empty() && !tensor.encryption.has_value());
-    Check(tensor.offset <= size && tensor.nbytes <= size - tensor.offset);
+    WS_CHECK(nbytes.ok() && *nbytes == tensor.nbytes);
+    WS_CHECK(tensor.stored_bytes == tensor.nbytes);
+    WS_CHECK(tensor.checksums.empty() && !tensor.encryption.has_value());
+    WS_CHECK(tensor.offset <= size && tensor.nbytes <= size - tensor.offset);
     if (tensor.nbytes > 0) ranges.emplace_back(tensor.offset, tensor.nbytes);
   }
   std::sort(ranges.begin(), ranges.end());
   for (size_t i = 1; i < ranges.size(); ++i) {
-    Check(ranges[i - 1].first + ranges[i - 1].second <= ranges[i].first);
+    WS_CHECK(ranges[i - 1].first + ranges[i - 1].second <= ranges[i].first);
   }
 }
 
@@ -76,9 +73,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (manifest.ok()) {
       CheckManifest(*manifest, size);
     } else {
-      Check(absl::IsInvalidArgument(manifest.status()));
-      Check(absl::StartsWith(manifest.status().message(),
-                             std::string(kName) + ": at byte "));
+      WS_CHECK(absl::IsInvalidArgument(manifest.status()));
+      WS_CHECK(absl::StartsWith(manifest.status().message(),
+                                std::string(kName) + ": at byte "));
     }
   }
   return 0;

@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
 #include "absl/strings/string_view.h"
+#include "common/check.h"
 #include "daemon/formats/byte_source.h"
 #include "daemon/formats/dtype.h"
 #include "daemon/formats/manifest.h"
@@ -24,59 +25,54 @@ namespace {
 
 constexpr char kName[] = "fuzz.safetensors";
 
-void Check(bool condition, const char* what) {
-  if (condition) return;
-  std::fprintf(stderr, "invariant broken: %s\n", what);
-  std::abort();
-}
-
 void CheckManifest(const warmstart::FileManifest& manifest,
                    absl::string_view bytes) {
-  Check(manifest.path == kName, "path is the source name");
-  Check(manifest.format == warmstart::Format::kSafetensors, "format");
-  Check(!manifest.format_version.has_value(), "no format version");
-  Check(manifest.file_size == bytes.size(), "file size");
-  Check(manifest.metadata.is_object(), "metadata is an object");
+  WS_CHECK(manifest.path == kName) << "path is the source name";
+  WS_CHECK(manifest.format == warmstart::Format::kSafetensors) << "format";
+  WS_CHECK(!manifest.format_version.has_value()) << "no format version";
+  WS_CHECK(manifest.file_size == bytes.size()) << "file size";
+  WS_CHECK(manifest.metadata.is_object()) << "metadata is an object";
   for (const auto& item : manifest.metadata.items()) {
-    Check(item.value().is_string(), "metadata values are strings");
+    WS_CHECK(item.value().is_string()) << "metadata values are strings";
   }
 
   uint64_t header_length = 0;
   for (int i = 7; i >= 0; --i) {
     header_length = (header_length << 8) | static_cast<unsigned char>(bytes[i]);
   }
-  Check(header_length <= warmstart::kSafetensorsMaxHeaderBytes &&
-            header_length <= bytes.size() - 8,
-        "header fits the file");
-  Check(bytes[8] == '{', "header starts with '{'");
+  WS_CHECK(header_length <= warmstart::kSafetensorsMaxHeaderBytes &&
+           header_length <= bytes.size() - 8)
+      << "header fits the file";
+  WS_CHECK(bytes[8] == '{') << "header starts with '{'";
 
   // Tensors tile the data section exactly, in order.
   uint64_t next = 8 + header_length;
   std::set<std::string> names;
   const warmstart::TensorEntry* previous = nullptr;
   for (const warmstart::TensorEntry& tensor : manifest.tensors) {
-    Check(names.insert(tensor.name).second, "names are unique");
-    Check(tensor.offset == next, "tensors are contiguous and sorted");
-    Check(tensor.offset <= bytes.size() &&
-              tensor.nbytes <= bytes.size() - tensor.offset,
-          "tensor range inside the file");
-    Check(tensor.stored_bytes == tensor.nbytes, "stored bytes");
-    Check(tensor.checksums.empty() && !tensor.encryption.has_value(),
-          "no checksums or encryption");
+    WS_CHECK(names.insert(tensor.name).second) << "names are unique";
+    WS_CHECK(tensor.offset == next) << "tensors are contiguous and sorted";
+    WS_CHECK(tensor.offset <= bytes.size() &&
+             tensor.nbytes <= bytes.size() - tensor.offset)
+        << "tensor range inside the file";
+    WS_CHECK(tensor.stored_bytes == tensor.nbytes) << "stored bytes";
+    WS_CHECK(tensor.checksums.empty() && !tensor.encryption.has_value())
+        << "no checksums or encryption";
     const warmstart::DTypeInfo* dtype = warmstart::FindDType(tensor.dtype);
-    Check(dtype != nullptr, "known dtype");
+    WS_CHECK(dtype != nullptr) << "known dtype";
     absl::StatusOr<uint64_t> count = warmstart::ElementCount(tensor.shape);
-    Check(count.ok(), "element count");
+    WS_CHECK(count.ok()) << "element count";
     absl::StatusOr<uint64_t> size = warmstart::ByteSize(*dtype, *count);
-    Check(size.ok() && *size == tensor.nbytes, "size matches dtype and shape");
+    WS_CHECK(size.ok() && *size == tensor.nbytes)
+        << "size matches dtype and shape";
     if (previous != nullptr && previous->offset == tensor.offset &&
         previous->nbytes == 0 && tensor.nbytes == 0) {
-      Check(previous->name < tensor.name, "empty tensors ordered by name");
+      WS_CHECK(previous->name < tensor.name) << "empty tensors ordered by name";
     }
     next = tensor.offset + tensor.nbytes;
     previous = &tensor;
   }
-  Check(next == bytes.size(), "data ends at the end of the file");
+  WS_CHECK(next == bytes.size()) << "data ends at the end of the file";
 }
 
 // Random bytes almost never meet the rule that the data ends exactly at the
@@ -109,11 +105,11 @@ void ParseAndCheck(absl::string_view bytes) {
     CheckManifest(*manifest, bytes);
     return;
   }
-  Check(absl::IsInvalidArgument(manifest.status()),
-        "malformed input is InvalidArgument");
-  Check(
-      absl::StartsWith(manifest.status().message(), std::string(kName) + ": "),
-      "error names the source");
+  WS_CHECK(absl::IsInvalidArgument(manifest.status()))
+      << "malformed input is InvalidArgument";
+  WS_CHECK(
+      absl::StartsWith(manifest.status().message(), std::string(kName) + ": "))
+      << "error names the source";
 }
 
 }  // namespace

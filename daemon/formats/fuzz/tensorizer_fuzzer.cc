@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
 #include "absl/strings/string_view.h"
+#include "common/check.h"
 #include "daemon/formats/byte_source.h"
 #include "daemon/formats/dtype.h"
 #include "daemon/formats/key_source.h"
@@ -32,64 +33,59 @@ constexpr uint64_t kEndMarkerBytes = 8;
 // small enough to keep an iteration fast.
 constexpr uint64_t kMaxStreamedBytes = uint64_t{16} << 20;
 
-void Check(bool condition, const char* what) {
-  if (condition) return;
-  std::fprintf(stderr, "invariant broken: %s\n", what);
-  std::abort();
-}
-
 void CheckTensor(const warmstart::TensorEntry& tensor, uint32_t version) {
   const warmstart::DTypeInfo* dtype = warmstart::FindDType(tensor.dtype);
-  Check(dtype != nullptr, "known dtype");
+  WS_CHECK(dtype != nullptr) << "known dtype";
   absl::StatusOr<uint64_t> count = warmstart::ElementCount(tensor.shape);
-  Check(count.ok(), "element count");
+  WS_CHECK(count.ok()) << "element count";
   absl::StatusOr<uint64_t> size = warmstart::ByteSize(*dtype, *count);
-  Check(size.ok() && *size == tensor.nbytes, "size matches dtype and shape");
-  Check(tensor.stored_bytes == tensor.nbytes ||
-            (tensor.stored_bytes == 0 && version >= 4),
-        "stored bytes are nbytes, or 0 for a version 4 meta tensor");
+  WS_CHECK(size.ok() && *size == tensor.nbytes)
+      << "size matches dtype and shape";
+  WS_CHECK(tensor.stored_bytes == tensor.nbytes ||
+           (tensor.stored_bytes == 0 && version >= 4))
+      << "stored bytes are nbytes, or 0 for a version 4 meta tensor";
   for (const warmstart::StoredChecksum& checksum : tensor.checksums) {
     const size_t digest =
         checksum.kind == warmstart::StoredChecksum::Kind::kCrc32 ? 4 : 32;
-    Check(checksum.digest.size() == digest, "digest size");
-    Check(checksum.prefix.size() >= 26, "prefix holds the fixed fields");
+    WS_CHECK(checksum.digest.size() == digest) << "digest size";
+    WS_CHECK(checksum.prefix.size() >= 26) << "prefix holds the fixed fields";
   }
   if (tensor.encryption.has_value()) {
     const warmstart::TensorEncryption& encryption = *tensor.encryption;
-    Check(version >= 3, "encryption needs version 3");
-    Check(tensor.stored_bytes > 0, "only stored data is encrypted");
-    Check(encryption.chunk_size >= 1024 && encryption.chunk_size % 64 == 0,
-          "cipher chunk size");
+    WS_CHECK(version >= 3) << "encryption needs version 3";
+    WS_CHECK(tensor.stored_bytes > 0) << "only stored data is encrypted";
+    WS_CHECK(encryption.chunk_size >= 1024 && encryption.chunk_size % 64 == 0)
+        << "cipher chunk size";
     const uint64_t chunks =
         (tensor.stored_bytes - 1) / encryption.chunk_size + 1;
-    Check(encryption.macs.size() == chunks, "one MAC per chunk");
+    WS_CHECK(encryption.macs.size() == chunks) << "one MAC per chunk";
   }
 }
 
 void CheckManifest(const warmstart::FileManifest& manifest,
                    absl::string_view bytes) {
-  Check(manifest.path == kName, "path is the source name");
-  Check(manifest.format == warmstart::Format::kTensorizer, "format");
-  Check(manifest.format_version.has_value() && *manifest.format_version >= 1 &&
-            *manifest.format_version <= 4,
-        "format version 1 to 4");
-  Check(manifest.file_size == bytes.size(), "file size");
-  Check(manifest.metadata.is_object() && manifest.metadata.empty(),
-        "metadata is {}");
+  WS_CHECK(manifest.path == kName) << "path is the source name";
+  WS_CHECK(manifest.format == warmstart::Format::kTensorizer) << "format";
+  WS_CHECK(manifest.format_version.has_value() &&
+           *manifest.format_version >= 1 && *manifest.format_version <= 4)
+      << "format version 1 to 4";
+  WS_CHECK(manifest.file_size == bytes.size()) << "file size";
+  WS_CHECK(manifest.metadata.is_object() && manifest.metadata.empty())
+      << "metadata is {}";
   // Records follow the index in order, each header before its data, and the
   // end marker after the last.
   uint64_t next = kFileHeaderBytes;
   std::set<std::string> names;
   for (const warmstart::TensorEntry& tensor : manifest.tensors) {
-    Check(names.insert(tensor.name).second, "names are unique");
-    Check(tensor.offset > next, "data follows the previous record");
-    Check(tensor.offset <= bytes.size() &&
-              tensor.stored_bytes <= bytes.size() - tensor.offset,
-          "data inside the file");
+    WS_CHECK(names.insert(tensor.name).second) << "names are unique";
+    WS_CHECK(tensor.offset > next) << "data follows the previous record";
+    WS_CHECK(tensor.offset <= bytes.size() &&
+             tensor.stored_bytes <= bytes.size() - tensor.offset)
+        << "data inside the file";
     CheckTensor(tensor, *manifest.format_version);
     next = tensor.offset + tensor.stored_bytes;
   }
-  Check(bytes.size() - next >= kEndMarkerBytes, "room for the end marker");
+  WS_CHECK(bytes.size() - next >= kEndMarkerBytes) << "room for the end marker";
 }
 
 void StreamTensor(const warmstart::ByteSource& source,
@@ -99,23 +95,24 @@ void StreamTensor(const warmstart::ByteSource& source,
   uint64_t total = 0;
   const absl::Status status = warmstart::ReadTensorPlaintext(
       source, tensor, &key, [&total](absl::string_view piece) {
-        Check(!piece.empty() && piece.size() <= warmstart::kPlaintextPieceBytes,
-              "pieces are non-empty and bounded");
+        WS_CHECK(!piece.empty() &&
+                 piece.size() <= warmstart::kPlaintextPieceBytes)
+            << "pieces are non-empty and bounded";
         total += piece.size();
         return absl::OkStatus();
       });
   if (tensor.encryption.has_value()) {
     // The fuzzer's key is not the writer's: decryption fails cleanly.
-    Check(status.ok() || absl::IsInvalidArgument(status),
-          "decryption fails as InvalidArgument");
+    WS_CHECK(status.ok() || absl::IsInvalidArgument(status))
+        << "decryption fails as InvalidArgument";
     return;
   }
-  Check(status.ok(), "unencrypted data streams");
-  Check(total == tensor.nbytes, "streamed exactly nbytes");
+  WS_CHECK(status.ok()) << "unencrypted data streams";
+  WS_CHECK(total == tensor.nbytes) << "streamed exactly nbytes";
   const absl::Status verified =
       warmstart::VerifyStoredChecksums(source, tensor, &key);
-  Check(verified.ok() || absl::IsDataLoss(verified),
-        "verification passes or reports DataLoss");
+  WS_CHECK(verified.ok() || absl::IsDataLoss(verified))
+      << "verification passes or reports DataLoss";
 }
 
 }  // namespace
@@ -124,7 +121,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const warmstart::KeyMaterial* const kKey = [] {
     absl::StatusOr<warmstart::KeyMaterial> key =
         warmstart::KeyMaterial::FromBytes(std::string(32, '\x5a'));
-    Check(key.ok(), "key");
+    WS_CHECK(key.ok()) << "key";
     return new warmstart::KeyMaterial(*std::move(key));
   }();
   const absl::string_view bytes(reinterpret_cast<const char*>(data), size);
@@ -132,11 +129,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   absl::StatusOr<warmstart::FileManifest> manifest =
       warmstart::ParseTensorizer(source, warmstart::ParseOptions());
   if (!manifest.ok()) {
-    Check(absl::IsInvalidArgument(manifest.status()),
-          "rejections are InvalidArgument");
-    Check(absl::StartsWith(manifest.status().message(),
-                           std::string(kName) + ": "),
-          "rejections name the source");
+    WS_CHECK(absl::IsInvalidArgument(manifest.status()))
+        << "rejections are InvalidArgument";
+    WS_CHECK(absl::StartsWith(manifest.status().message(),
+                              std::string(kName) + ": "))
+        << "rejections name the source";
     return 0;
   }
   CheckManifest(*manifest, bytes);

@@ -1,4 +1,4 @@
-#include "daemon/base/printable.h"
+#include "common/printable.h"
 
 #include "gtest/gtest.h"
 

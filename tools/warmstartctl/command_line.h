@@ -1,8 +1,8 @@
 // The command line of warmstartctl: a subcommand, its positional arguments
 // and its --flags, in any order ("--socket PATH" may come before or after
 // the subcommand).
-#ifndef WARMSTART_DAEMON_CTL_COMMAND_LINE_H_
-#define WARMSTART_DAEMON_CTL_COMMAND_LINE_H_
+#ifndef WARMSTART_TOOLS_WARMSTARTCTL_COMMAND_LINE_H_
+#define WARMSTART_TOOLS_WARMSTARTCTL_COMMAND_LINE_H_
 
 #include <map>
 #include <set>
@@ -10,35 +10,10 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/protocol.h"
 
 namespace warmstart {
 namespace ctl {
-
-// Exit statuses, shared by every subcommand.
-enum ExitCode {
-  kExitOk = 0,
-  kExitUsage = 1,
-  kExitMalformed = 2,
-  kExitUnavailable = 3,
-  kExitNotFound = 4,
-  kExitRefused = 5,
-  kExitTimeout = 6,
-  kExitChecksum = 7,
-  kExitIoError = 8,
-};
-
-// The exit status for a failed command: a stored checksum that does not
-// match 7, an I/O error of the storage (IsIoError: EIO, EUCLEAN, ...) 8,
-// NotFound 4, PermissionDenied and ResourceExhausted (refused) 5,
-// Unavailable 3, DeadlineExceeded 6, anything else 2 (malformed input).
-int ExitCodeFor(const absl::Status& status);
-
-// The exit status for a failed call to the daemon: as ExitCodeFor, and the
-// daemon's refusals AlreadyExists (the name is taken) and
-// FailedPrecondition (leased, incompatible protocol) are 5 too; DataLoss
-// with the daemon's checksum mismatch message ("... mismatch: expected
-// ...") is 7.
-int ExitCodeForDaemonCall(const absl::Status& status);
 
 struct CommandLine {
   std::string command;                        // Empty when none was given.
@@ -71,10 +46,6 @@ absl::Status CheckFlags(const CommandLine& line,
                         const std::set<std::string>& switches,
                         const std::set<std::string>& value_flags);
 
-// The environment variable that names the daemon's socket when --socket
-// is not given.
-inline constexpr char kSocketEnv[] = "WARMSTART_SOCKET";
-
 // The daemon's socket: --socket PATH, else $WARMSTART_SOCKET when set and
 // not empty, else `default_path`.
 std::string SocketPath(const CommandLine& line,
@@ -83,4 +54,4 @@ std::string SocketPath(const CommandLine& line,
 }  // namespace ctl
 }  // namespace warmstart
 
-#endif  // WARMSTART_DAEMON_CTL_COMMAND_LINE_H_
+#endif  // WARMSTART_TOOLS_WARMSTARTCTL_COMMAND_LINE_H_

@@ -1,8 +1,8 @@
 // How warmstartctl shows a load's progress: pure formatting functions, so
 // that every case (units, the bar, an unknown ETA) is unit-tested, and
 // ProgressDisplay, which writes them to a terminal or a log.
-#ifndef WARMSTART_DAEMON_CTL_PROGRESS_H_
-#define WARMSTART_DAEMON_CTL_PROGRESS_H_
+#ifndef WARMSTART_TOOLS_WARMSTARTCTL_PROGRESS_H_
+#define WARMSTART_TOOLS_WARMSTARTCTL_PROGRESS_H_
 
 #include <cstdint>
 #include <cstdio>
@@ -98,4 +98,4 @@ class ProgressDisplay {
 }  // namespace ctl
 }  // namespace warmstart
 
-#endif  // WARMSTART_DAEMON_CTL_PROGRESS_H_
+#endif  // WARMSTART_TOOLS_WARMSTARTCTL_PROGRESS_H_

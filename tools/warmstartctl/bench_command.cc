@@ -1,4 +1,4 @@
-#include "daemon/ctl/bench_command.h"
+#include "tools/warmstartctl/bench_command.h"
 
 #include <unistd.h>
 
@@ -10,13 +10,14 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
-#include "daemon/base/printable.h"
+#include "common/printable.h"
 #include "daemon/bench/bench.h"
 #include "daemon/bench/peer_tools.h"
 #include "daemon/device/cuda_device.h"
 #include "daemon/device/cuda_driver.h"
 #include "daemon/device/host_device.h"
 #include "nlohmann/json.hpp"
+#include "tools/warmstartctl/exit_codes.h"
 
 namespace warmstart {
 namespace ctl {

@@ -4,8 +4,8 @@
 // A file name may hold any byte but '/' and NUL: an escape sequence in one
 // could rewrite what an operator's terminal shows, and a newline could forge
 // a log line. Pure functions; thread-safe.
-#ifndef WARMSTART_DAEMON_BASE_PRINTABLE_H_
-#define WARMSTART_DAEMON_BASE_PRINTABLE_H_
+#ifndef WARMSTART_COMMON_PRINTABLE_H_
+#define WARMSTART_COMMON_PRINTABLE_H_
 
 #include <string>
 
@@ -24,4 +24,4 @@ std::string PrintableLines(absl::string_view text);
 
 }  // namespace warmstart
 
-#endif  // WARMSTART_DAEMON_BASE_PRINTABLE_H_
+#endif  // WARMSTART_COMMON_PRINTABLE_H_

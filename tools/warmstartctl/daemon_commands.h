@@ -1,8 +1,8 @@
 // warmstartctl subcommands that talk to a running daemon.
-#ifndef WARMSTART_DAEMON_CTL_DAEMON_COMMANDS_H_
-#define WARMSTART_DAEMON_CTL_DAEMON_COMMANDS_H_
+#ifndef WARMSTART_TOOLS_WARMSTARTCTL_DAEMON_COMMANDS_H_
+#define WARMSTART_TOOLS_WARMSTARTCTL_DAEMON_COMMANDS_H_
 
-#include "daemon/ctl/command_line.h"
+#include "tools/warmstartctl/command_line.h"
 
 namespace warmstart {
 namespace ctl {
@@ -25,4 +25,4 @@ int RunStats(const CommandLine& line);
 }  // namespace ctl
 }  // namespace warmstart
 
-#endif  // WARMSTART_DAEMON_CTL_DAEMON_COMMANDS_H_
+#endif  // WARMSTART_TOOLS_WARMSTARTCTL_DAEMON_COMMANDS_H_

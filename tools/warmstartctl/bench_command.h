@@ -1,8 +1,8 @@
 // `warmstartctl bench`: the load benchmark, without a running daemon.
-#ifndef WARMSTART_DAEMON_CTL_BENCH_COMMAND_H_
-#define WARMSTART_DAEMON_CTL_BENCH_COMMAND_H_
+#ifndef WARMSTART_TOOLS_WARMSTARTCTL_BENCH_COMMAND_H_
+#define WARMSTART_TOOLS_WARMSTARTCTL_BENCH_COMMAND_H_
 
-#include "daemon/ctl/command_line.h"
+#include "tools/warmstartctl/command_line.h"
 
 namespace warmstart {
 namespace ctl {
@@ -17,4 +17,4 @@ int RunBenchCommand(const CommandLine& line);
 }  // namespace ctl
 }  // namespace warmstart
 
-#endif  // WARMSTART_DAEMON_CTL_BENCH_COMMAND_H_
+#endif  // WARMSTART_TOOLS_WARMSTARTCTL_BENCH_COMMAND_H_

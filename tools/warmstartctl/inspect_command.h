@@ -1,9 +1,9 @@
 // `warmstartctl inspect`: lists what checkpoints hold, from their headers,
 // without a running daemon.
-#ifndef WARMSTART_DAEMON_CTL_INSPECT_COMMAND_H_
-#define WARMSTART_DAEMON_CTL_INSPECT_COMMAND_H_
+#ifndef WARMSTART_TOOLS_WARMSTARTCTL_INSPECT_COMMAND_H_
+#define WARMSTART_TOOLS_WARMSTARTCTL_INSPECT_COMMAND_H_
 
-#include "daemon/ctl/command_line.h"
+#include "tools/warmstartctl/command_line.h"
 
 namespace warmstart {
 namespace ctl {
@@ -20,4 +20,4 @@ int RunInspect(const CommandLine& line);
 }  // namespace ctl
 }  // namespace warmstart
 
-#endif  // WARMSTART_DAEMON_CTL_INSPECT_COMMAND_H_
+#endif  // WARMSTART_TOOLS_WARMSTARTCTL_INSPECT_COMMAND_H_

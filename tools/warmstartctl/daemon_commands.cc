@@ -1,4 +1,4 @@
-#include "daemon/ctl/daemon_commands.h"
+#include "tools/warmstartctl/daemon_commands.h"
 
 #include <algorithm>
 #include <cmath>
@@ -12,9 +12,11 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "client/client.h"
-#include "daemon/base/printable.h"
-#include "daemon/ctl/progress.h"
+#include "common/printable.h"
+#include "common/protocol.h"
 #include "nlohmann/json.hpp"
+#include "tools/warmstartctl/exit_codes.h"
+#include "tools/warmstartctl/progress.h"
 
 namespace warmstart {
 namespace ctl {
@@ -23,7 +25,7 @@ namespace {
 using Json = nlohmann::ordered_json;
 
 std::string SocketPath(const CommandLine& line) {
-  return ctl::SocketPath(line, client::kDefaultSocket);
+  return ctl::SocketPath(line, kDefaultSocketPath);
 }
 
 int Fail(int code, const std::string& message) {

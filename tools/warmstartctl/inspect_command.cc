@@ -1,4 +1,4 @@
-#include "daemon/ctl/inspect_command.h"
+#include "tools/warmstartctl/inspect_command.h"
 
 #include <cstdio>
 #include <memory>
@@ -8,8 +8,8 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/printable.h"
 #include "common/status_macros.h"
-#include "daemon/base/printable.h"
 #include "daemon/formats/byte_source.h"
 #include "daemon/formats/checkpoint.h"
 #include "daemon/formats/key_provider.h"
@@ -17,6 +17,7 @@
 #include "daemon/formats/tensor_data.h"
 #include "daemon/remote/remote_source.h"
 #include "nlohmann/json.hpp"
+#include "tools/warmstartctl/exit_codes.h"
 
 namespace warmstart {
 namespace ctl {

@@ -7,13 +7,14 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/printable.h"
 #include "common/version.h"
-#include "daemon/base/printable.h"
-#include "daemon/ctl/bench_command.h"
-#include "daemon/ctl/command_line.h"
-#include "daemon/ctl/daemon_commands.h"
-#include "daemon/ctl/inspect_command.h"
-#include "daemon/ctl/models_commands.h"
+#include "tools/warmstartctl/bench_command.h"
+#include "tools/warmstartctl/command_line.h"
+#include "tools/warmstartctl/daemon_commands.h"
+#include "tools/warmstartctl/exit_codes.h"
+#include "tools/warmstartctl/inspect_command.h"
+#include "tools/warmstartctl/models_commands.h"
 
 namespace warmstart {
 namespace ctl {

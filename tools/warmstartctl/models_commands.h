@@ -2,10 +2,10 @@
 // ls, status, unload. Each prints its result on stdout (as JSON with --json),
 // one line "warmstartctl: <message>" on stderr when it fails, and returns
 // the exit status (ExitCodeForDaemonCall).
-#ifndef WARMSTART_DAEMON_CTL_MODELS_COMMANDS_H_
-#define WARMSTART_DAEMON_CTL_MODELS_COMMANDS_H_
+#ifndef WARMSTART_TOOLS_WARMSTARTCTL_MODELS_COMMANDS_H_
+#define WARMSTART_TOOLS_WARMSTARTCTL_MODELS_COMMANDS_H_
 
-#include "daemon/ctl/command_line.h"
+#include "tools/warmstartctl/command_line.h"
 
 namespace warmstart {
 namespace ctl {
@@ -41,4 +41,4 @@ int RunUnload(const CommandLine& line);
 }  // namespace ctl
 }  // namespace warmstart
 
-#endif  // WARMSTART_DAEMON_CTL_MODELS_COMMANDS_H_
+#endif  // WARMSTART_TOOLS_WARMSTARTCTL_MODELS_COMMANDS_H_

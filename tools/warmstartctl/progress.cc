@@ -1,4 +1,4 @@
-#include "daemon/ctl/progress.h"
+#include "tools/warmstartctl/progress.h"
 
 #include <algorithm>
 #include <cmath>

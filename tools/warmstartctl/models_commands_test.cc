@@ -1,4 +1,4 @@
-#include "daemon/ctl/models_commands.h"
+#include "tools/warmstartctl/models_commands.h"
 
 #include <unistd.h>
 
@@ -10,8 +10,9 @@
 #include "client/testing/fake_daemon.h"
 #include "common/testing/status_matchers.h"
 #include "common/testing/test_env.h"
-#include "daemon/ctl/daemon_commands.h"
 #include "nlohmann/json.hpp"
+#include "tools/warmstartctl/daemon_commands.h"
+#include "tools/warmstartctl/exit_codes.h"
 
 namespace warmstart {
 namespace ctl {

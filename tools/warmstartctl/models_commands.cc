@@ -1,4 +1,4 @@
-#include "daemon/ctl/models_commands.h"
+#include "tools/warmstartctl/models_commands.h"
 
 #include <sys/ioctl.h>
 #include <unistd.h>
@@ -16,15 +16,21 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "client/client.h"
-#include "daemon/base/printable.h"
-#include "daemon/ctl/progress.h"
+#include "client/model_json.h"
+#include "common/printable.h"
+#include "common/protocol.h"
 #include "nlohmann/json.hpp"
+#include "tools/warmstartctl/exit_codes.h"
+#include "tools/warmstartctl/progress.h"
 
 namespace warmstart {
 namespace ctl {
 namespace {
 
 using Json = nlohmann::ordered_json;
+using client::LayoutName;
+using client::ModelJson;
+using client::StateName;
 
 constexpr double kMiB = 1024.0 * 1024.0;
 
@@ -41,23 +47,8 @@ int Fail(const absl::Status& status) {
 absl::StatusOr<std::unique_ptr<client::Client>> Connect(
     const CommandLine& line) {
   client::ConnectOptions options;
-  options.socket_path = SocketPath(line, client::kDefaultSocket);
+  options.socket_path = SocketPath(line, kDefaultSocketPath);
   return client::Client::Connect(options);
-}
-
-const char* StateName(v1::ModelState state) {
-  switch (state) {
-    case v1::LOADING:
-      return "loading";
-    case v1::READY:
-      return "ready";
-    case v1::FAILED:
-      return "failed";
-    case v1::UNLOADING:
-      return "unloading";
-    default:
-      return "unknown";
-  }
 }
 
 // "512 B", "1.5 KiB", "12.0 MiB", "3.25 GiB".
@@ -68,36 +59,6 @@ std::string HumanBytes(uint64_t bytes) {
     return absl::StrFormat("%.1f MiB", bytes / kMiB);
   }
   return absl::StrFormat("%.2f GiB", bytes / (kMiB * 1024));
-}
-
-const char* LayoutName(v1::ModelLayout layout) {
-  switch (layout) {
-    case v1::PACKED:
-      return "packed";
-    case v1::FILE_IMAGE:
-      return "file_image";
-    default:
-      return "";
-  }
-}
-
-Json ModelJson(const v1::ModelStatus& model) {
-  Json devices = Json::array();
-  for (const std::string& device : model.devices()) devices.push_back(device);
-  return Json{{"name", model.name()},
-              {"path", model.path()},
-              {"state", StateName(model.state())},
-              {"error", model.error()},
-              {"bytes_loaded", model.bytes_loaded()},
-              {"bytes_total", model.bytes_total()},
-              {"bytes_per_second", model.bytes_per_second()},
-              {"leases", model.leases()},
-              {"pinned", model.pinned()},
-              {"devices", devices},
-              {"tensor_count", model.tensor_count()},
-              {"resident_bytes", model.resident_bytes()},
-              {"load_seconds", model.load_seconds()},
-              {"layout", LayoutName(model.layout())}};
 }
 
 void PrintJson(const Json& json) { std::printf("%s\n", json.dump(2).c_str()); }
