@@ -150,6 +150,38 @@ char* MallocCopy(const std::string& text) {
 
 }  // namespace
 
+namespace {
+
+std::unique_ptr<TensorTableColumns> BuildTensorTable(
+    const std::vector<TensorView>& tensors) {
+  auto columns = std::make_unique<TensorTableColumns>();
+  const size_t count = tensors.size();
+  columns->nbytes.reserve(count);
+  columns->data.reserve(count);
+  columns->on_host.reserve(count);
+  columns->read_only.reserve(count);
+  columns->shape_starts.reserve(count + 1);
+  for (const TensorView& view : tensors) {
+    // append(data, size + 1) copies each string's terminating NUL too.
+    columns->names.append(view.name.c_str(), view.name.size() + 1);
+    columns->dtypes.append(view.dtype.c_str(), view.dtype.size() + 1);
+    columns->device_uuids.append(view.device_uuid.c_str(),
+                                 view.device_uuid.size() + 1);
+    columns->nbytes.push_back(view.nbytes);
+    columns->data.push_back(
+        view.nbytes == 0 ? 0 : reinterpret_cast<uintptr_t>(view.data));
+    columns->on_host.push_back(view.device_uuid == "host" ? 1 : 0);
+    columns->read_only.push_back(view.read_only ? 1 : 0);
+    columns->shape_starts.push_back(columns->shapes.size());
+    columns->shapes.insert(columns->shapes.end(), view.shape.begin(),
+                           view.shape.end());
+  }
+  columns->shape_starts.push_back(columns->shapes.size());
+  return columns;
+}
+
+}  // namespace
+
 extern "C" {
 
 const char* warmstart_version(void) { return warmstart::kVersion; }
@@ -355,38 +387,6 @@ int warmstart_model_tensor(const warmstart_model* model, size_t index,
   tensor->read_only = view.read_only ? 1 : 0;
   return WARMSTART_OK;
 }
-
-namespace {
-
-std::unique_ptr<TensorTableColumns> BuildTensorTable(
-    const std::vector<TensorView>& tensors) {
-  auto columns = std::make_unique<TensorTableColumns>();
-  const size_t count = tensors.size();
-  columns->nbytes.reserve(count);
-  columns->data.reserve(count);
-  columns->on_host.reserve(count);
-  columns->read_only.reserve(count);
-  columns->shape_starts.reserve(count + 1);
-  for (const TensorView& view : tensors) {
-    // append(data, size + 1) copies each string's terminating NUL too.
-    columns->names.append(view.name.c_str(), view.name.size() + 1);
-    columns->dtypes.append(view.dtype.c_str(), view.dtype.size() + 1);
-    columns->device_uuids.append(view.device_uuid.c_str(),
-                                 view.device_uuid.size() + 1);
-    columns->nbytes.push_back(view.nbytes);
-    columns->data.push_back(
-        view.nbytes == 0 ? 0 : reinterpret_cast<uintptr_t>(view.data));
-    columns->on_host.push_back(view.device_uuid == "host" ? 1 : 0);
-    columns->read_only.push_back(view.read_only ? 1 : 0);
-    columns->shape_starts.push_back(columns->shapes.size());
-    columns->shapes.insert(columns->shapes.end(), view.shape.begin(),
-                           view.shape.end());
-  }
-  columns->shape_starts.push_back(columns->shapes.size());
-  return columns;
-}
-
-}  // namespace
 
 int warmstart_model_tensor_table(warmstart_model* model,
                                  warmstart_tensor_table* table, char** errptr) {

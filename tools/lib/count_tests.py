@@ -1,6 +1,7 @@
 """Counts test cases in Bazel's test.xml files and prints the closing line.
 
 Usage: count_tests.py TESTLOGS_DIR LABELS_FILE BAZEL_EXIT_CODE FUZZ_EXIT_CODE
+                      [WALLS_EXIT_CODE]
 
 LABELS_FILE lists the test targets of this run, one label a line; only their
 results count (bazel-testlogs keeps those of earlier runs too).
@@ -8,7 +9,8 @@ results count (bazel-testlogs keeps those of earlier runs too).
 GoogleTest and pytest write JUnit XML (one <testcase> per case); a target
 whose XML has no cases counts as one case. A Bazel failure that left no
 failing case behind (a build error) counts as one failure, and so does a
-failed fuzzing run. Exits 1 on any failure or when nothing passed.
+failed fuzzing run. WALLS_EXIT_CODE, when given, is the clang build's
+(layering_check, -Wextra -Werror): one check passed or failed. Exits 1 on any failure or when nothing passed.
 """
 import os
 import sys
@@ -43,6 +45,9 @@ def count_file(path):
 def main():
     logs, labels_file = sys.argv[1], sys.argv[2]
     bazel_rc, fuzz_rc = int(sys.argv[3]), int(sys.argv[4])
+    # The clang build of everything (layering_check, -Wextra -Werror): one
+    # check, passed or failed.
+    walls_rc = int(sys.argv[5]) if len(sys.argv) > 5 else None
     passed = failed = skipped = 0
     with open(labels_file) as labels:
         for label in labels:
@@ -58,6 +63,11 @@ def main():
         failed = 1
     if fuzz_rc != 0:
         failed += 1
+    if walls_rc is not None:
+        if walls_rc == 0:
+            passed += 1
+        else:
+            failed += 1
     print(f"{passed} passed, {failed} failed, {skipped} skipped")
     return 0 if failed == 0 and passed > 0 else 1
 

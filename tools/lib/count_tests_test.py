@@ -22,13 +22,14 @@ NO_CASES_XML = """<?xml version="1.0"?>
 <testsuites><testsuite name="sh" tests="1" failures="0"></testsuite></testsuites>"""
 
 
-def run(logs, labels, bazel_rc=0, fuzz_rc=0):
+def run(logs, labels, bazel_rc=0, fuzz_rc=0, walls_rc=None):
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
         f.write("\n".join(labels) + "\n")
+    args = [sys.executable, SCRIPT, logs, f.name, str(bazel_rc), str(fuzz_rc)]
+    if walls_rc is not None:
+        args.append(str(walls_rc))
     try:
-        return subprocess.run(
-            [sys.executable, SCRIPT, logs, f.name, str(bazel_rc), str(fuzz_rc)],
-            capture_output=True, text=True)
+        return subprocess.run(args, capture_output=True, text=True)
     finally:
         os.unlink(f.name)
 
@@ -81,3 +82,14 @@ def test_failed_fuzzing_counts(logs):
     write("//b:t2", NO_CASES_XML)
     result = run(d, ["//b:t2"], fuzz_rc=1)
     assert result.stdout.strip() == "1 passed, 1 failed, 0 skipped"
+
+
+def test_the_clang_build_counts_as_one_check(logs):
+    d, write = logs
+    write("//b:t2", NO_CASES_XML)
+    passed = run(d, ["//b:t2"], walls_rc=0)
+    assert passed.stdout.strip() == "2 passed, 0 failed, 0 skipped"
+    assert passed.returncode == 0
+    failed = run(d, ["//b:t2"], walls_rc=1)
+    assert failed.stdout.strip() == "1 passed, 1 failed, 0 skipped"
+    assert failed.returncode == 1
