@@ -42,6 +42,7 @@
 namespace warmstart {
 namespace {
 
+using ::warmstart::testing::AllocationPathName;
 using ::warmstart::testing::BindSim;
 using ::warmstart::testing::FillPattern;
 using ::warmstart::testing::LoadSimulatedDriver;
@@ -49,6 +50,7 @@ using ::warmstart::testing::PinnedBuffer;
 using ::warmstart::testing::Sha256Hex;
 using ::warmstart::testing::SimControls;
 using ::warmstart::testing::SimulatedBytes;
+using ::warmstart::testing::SimulatedCudaPathsTest;
 using ::warmstart::testing::SimulatedCudaTest;
 
 using ::testing::AllOf;
@@ -58,19 +60,8 @@ using ::testing::StartsWith;
 
 constexpr uint64_t kMiB = uint64_t{1} << 20;
 
-// Both allocation paths: VMM (true) and cuMemAlloc with legacy IPC (false).
-class CudaDeviceTest : public SimulatedCudaTest,
-                       public ::testing::WithParamInterface<bool> {
- protected:
-  void SetUp() override {
-    ASSERT_NO_FATAL_FAILURE(
-        Open({{"WARMSTART_SIM_VMM", GetParam() ? "1" : "0"}}));
-  }
-};
-
-std::string PathName(const ::testing::TestParamInfo<bool>& info) {
-  return info.param ? "vmm" : "legacy";
-}
+// Both allocation paths: VMM and cuMemAlloc with legacy IPC.
+class CudaDeviceTest : public SimulatedCudaPathsTest {};
 
 TEST_P(CudaDeviceTest, DescribesTheSimulatedGpu) {
   EXPECT_THAT(device_->uuid(), StartsWith("GPU-"));
@@ -246,7 +237,7 @@ TEST_P(CudaDeviceTest, FailedPinningFailsThePoolAndUnpinsTheRest) {
 }
 
 INSTANTIATE_TEST_SUITE_P(AllocationPaths, CudaDeviceTest, ::testing::Bool(),
-                         PathName);
+                         AllocationPathName);
 
 // A failure injected at one driver call inside Allocate.
 struct AllocationFault {

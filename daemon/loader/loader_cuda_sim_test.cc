@@ -31,8 +31,10 @@
 namespace warmstart {
 namespace {
 
+using ::warmstart::testing::AllocationPathName;
 using ::warmstart::testing::Sha256Hex;
 using ::warmstart::testing::SimulatedBytes;
+using ::warmstart::testing::SimulatedCudaPathsTest;
 using ::warmstart::testing::SimulatedCudaTest;
 
 using ::testing::AllOf;
@@ -56,19 +58,8 @@ const char* const kFixtures[] = {
     "gguf/ollama-llama-2-tiny-random.gguf",
 };
 
-// Both allocation paths: VMM (true) and cuMemAlloc with legacy IPC (false).
-class LoaderOnCudaTest : public SimulatedCudaTest,
-                         public ::testing::WithParamInterface<bool> {
- protected:
-  void SetUp() override {
-    ASSERT_NO_FATAL_FAILURE(
-        Open({{"WARMSTART_SIM_VMM", GetParam() ? "1" : "0"}}));
-  }
-};
-
-std::string PathName(const ::testing::TestParamInfo<bool>& info) {
-  return info.param ? "vmm" : "legacy";
-}
+// Both allocation paths: VMM and cuMemAlloc with legacy IPC.
+class LoaderOnCudaTest : public SimulatedCudaPathsTest {};
 
 // Loads `fixture` with `loader` and checks every tensor's bytes in the
 // simulated device memory against the file.
@@ -154,7 +145,7 @@ TEST_P(LoaderOnCudaTest, ConcurrentLoadsShareTheDevice) {
 }
 
 INSTANTIATE_TEST_SUITE_P(AllocationPaths, LoaderOnCudaTest, ::testing::Bool(),
-                         PathName);
+                         AllocationPathName);
 
 // A failure injected at the n-th call of a copy-path entry point while the
 // Loader loads a model.
@@ -227,19 +218,6 @@ INSTANTIATE_TEST_SUITE_P(
 // them: each device's arena is its own allocation).
 class MultiDeviceLoadTest : public SimulatedCudaTest {
  protected:
-  // Opens `count` simulated GPUs: device_ (ordinal 0) and the rest.
-  void OpenDevices(int count) {
-    ASSERT_NO_FATAL_FAILURE(
-        Open({{"WARMSTART_SIM_DEVICES", std::to_string(count)}}));
-    devices_.push_back(device_.get());
-    for (int ordinal = 1; ordinal < count; ++ordinal) {
-      ASSERT_OK_AND_ASSIGN(std::unique_ptr<CudaDevice> device,
-                           CudaDevice::Create(driver_.get(), ordinal, {}));
-      devices_.push_back(device.get());
-      others_.push_back(std::move(device));
-    }
-  }
-
   // A model of 8 tensors of 100000 bytes, read through 64 KiB slabs: every
   // tensor spans several chunks.
   void WriteModel() {
@@ -278,7 +256,6 @@ class MultiDeviceLoadTest : public SimulatedCudaTest {
     loader_.reset();
     pool_.reset();
     engine_.reset();
-    others_.clear();
     SimulatedCudaTest::TearDown();
   }
 
@@ -286,8 +263,6 @@ class MultiDeviceLoadTest : public SimulatedCudaTest {
   std::string path_;
   Manifest manifest_;
   uint64_t stored_bytes_ = 0;
-  std::vector<Device*> devices_;
-  std::vector<std::unique_ptr<CudaDevice>> others_;
   std::unique_ptr<FaultInjectingEngine> engine_;
   std::unique_ptr<StagingPool> pool_;
   std::unique_ptr<Loader> loader_;

@@ -32,16 +32,7 @@ class RegistryOnSimulatedGpusTest : public SimulatedCudaTest,
                                     public ::testing::WithParamInterface<int> {
  protected:
   void SetUp() override {
-    const int count = GetParam();
-    ASSERT_NO_FATAL_FAILURE(
-        Open({{"WARMSTART_SIM_DEVICES", std::to_string(count)}}));
-    devices_.push_back(device_.get());
-    for (int ordinal = 1; ordinal < count; ++ordinal) {
-      ASSERT_OK_AND_ASSIGN(std::unique_ptr<CudaDevice> device,
-                           CudaDevice::Create(driver_.get(), ordinal, {}));
-      devices_.push_back(device.get());
-      others_.push_back(std::move(device));
-    }
+    ASSERT_NO_FATAL_FAILURE(OpenDevices(GetParam()));
     RegistryOptions options;
     for (Device* device : devices_) {
       ASSERT_OK_AND_ASSIGN(auto inner, CreateReadEngine(ReadEngineOptions()));
@@ -66,7 +57,6 @@ class RegistryOnSimulatedGpusTest : public SimulatedCudaTest,
     loaders_.clear();
     pools_.clear();
     engines_.clear();
-    others_.clear();
     SimulatedCudaTest::TearDown();
   }
 
@@ -78,8 +68,6 @@ class RegistryOnSimulatedGpusTest : public SimulatedCudaTest,
 
   Metrics metrics_;
   testing::ShortTempDir root_;
-  std::vector<Device*> devices_;
-  std::vector<std::unique_ptr<CudaDevice>> others_;
   std::vector<std::unique_ptr<FaultInjectingEngine>> engines_;
   std::vector<std::unique_ptr<StagingPool>> pools_;
   std::vector<std::unique_ptr<Loader>> loaders_;

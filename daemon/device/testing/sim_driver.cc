@@ -57,6 +57,10 @@ void BindSim(SimControls* sim) {
   ::dlclose(library);
 }
 
+std::string AllocationPathName(const ::testing::TestParamInfo<bool>& info) {
+  return info.param ? "vmm" : "legacy";
+}
+
 const char* SimulatedBytes(const DeviceAllocation& allocation) {
   return reinterpret_cast<const char*>(
       static_cast<const CudaAllocation&>(allocation).device_pointer());

@@ -11,6 +11,8 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "common/testing/status_matchers.h"
@@ -65,7 +67,23 @@ class SimulatedCudaTest : public ::testing::Test {
                          CudaDevice::Create(driver_.get(), 0, device_options));
   }
 
+  // Opens `count` simulated GPUs (WARMSTART_SIM_DEVICES): device_ is
+  // ordinal 0, others_ owns the rest, devices_ lists all in ordinal order.
+  void OpenDevices(int count) {
+    ASSERT_NO_FATAL_FAILURE(
+        Open({{"WARMSTART_SIM_DEVICES", std::to_string(count)}}));
+    devices_.push_back(device_.get());
+    for (int ordinal = 1; ordinal < count; ++ordinal) {
+      ASSERT_OK_AND_ASSIGN(std::unique_ptr<CudaDevice> device,
+                           CudaDevice::Create(driver_.get(), ordinal, {}));
+      devices_.push_back(device.get());
+      others_.push_back(std::move(device));
+    }
+  }
+
   void TearDown() override {
+    devices_.clear();
+    others_.clear();
     device_.reset();
     if (sim_.live_allocations != nullptr) {
       EXPECT_EQ(sim_.live_allocations(), 0);
@@ -82,7 +100,23 @@ class SimulatedCudaTest : public ::testing::Test {
   std::unique_ptr<CudaDriver> driver_;
   SimControls sim_;
   std::unique_ptr<CudaDevice> device_;
+  std::vector<Device*> devices_;
+  std::vector<std::unique_ptr<CudaDevice>> others_;
 };
+
+// A test on both allocation paths; the parameter: VMM (true) or cuMemAlloc
+// with legacy IPC (false).
+class SimulatedCudaPathsTest : public SimulatedCudaTest,
+                               public ::testing::WithParamInterface<bool> {
+ protected:
+  void SetUp() override {
+    ASSERT_NO_FATAL_FAILURE(
+        Open({{"WARMSTART_SIM_VMM", GetParam() ? "1" : "0"}}));
+  }
+};
+
+// Names SimulatedCudaPathsTest's parameter in test names: "vmm", "legacy".
+std::string AllocationPathName(const ::testing::TestParamInfo<bool>& info);
 
 }  // namespace testing
 }  // namespace warmstart
