@@ -148,14 +148,12 @@ void GrpcAcceptor::AcceptOne() {
         path_);
     return;
   }
-  ucred credentials{};
-  socklen_t length = sizeof(credentials);
-  if (::getsockopt(socket.get(), SOL_SOCKET, SO_PEERCRED, &credentials,
-                   &length) != 0) {
-    log->warn("SO_PEERCRED on {}: {}", path_, std::strerror(errno));
+  absl::StatusOr<SessionPeer> peer_or = PeerOf(socket.get());
+  if (!peer_or.ok()) {
+    log->warn("gRPC connection on {}: {}", path_, peer_or.status().message());
     return;
   }
-  const SessionPeer peer{credentials.pid, credentials.uid, credentials.gid};
+  const SessionPeer peer = *peer_or;
   if (const std::string over = OverLimit(peer); !over.empty()) {
     CountRefusal();
     log->warn("gRPC connection on {} from pid {} uid {} refused: {}", path_,

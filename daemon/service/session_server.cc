@@ -133,6 +133,15 @@ void SessionServer::Run() {
   }
 }
 
+absl::StatusOr<SessionPeer> PeerOf(int fd) {
+  ucred credentials{};
+  socklen_t length = sizeof(credentials);
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &length) != 0) {
+    return ErrnoToStatus(errno, "SO_PEERCRED");
+  }
+  return SessionPeer{credentials.pid, credentials.uid, credentials.gid};
+}
+
 void SessionServer::Accept() {
   auto log = Logger("sessions");
   ScopedFd socket(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
@@ -148,14 +157,12 @@ void SessionServer::Accept() {
     }
     return;
   }
-  ucred credentials{};
-  socklen_t length = sizeof(credentials);
-  if (::getsockopt(socket.get(), SOL_SOCKET, SO_PEERCRED, &credentials,
-                   &length) != 0) {
-    log->warn("SO_PEERCRED on {}: {}", path_, std::strerror(errno));
+  absl::StatusOr<SessionPeer> peer_or = PeerOf(socket.get());
+  if (!peer_or.ok()) {
+    log->warn("session on {}: {}", path_, peer_or.status().message());
     return;
   }
-  const SessionPeer peer{credentials.pid, credentials.uid, credentials.gid};
+  const SessionPeer peer = *peer_or;
   std::string over;
   {
     absl::MutexLock lock(&mutex_);

@@ -41,6 +41,11 @@ struct SessionPeer {
   gid_t gid = 0;
 };
 
+// The process at the other end of the connected unix socket `fd`, as the
+// kernel recorded it at connect (SO_PEERCRED). Errors: getsockopt's errno
+// status.
+absl::StatusOr<SessionPeer> PeerOf(int fd);
+
 // Sessions open at once at most, whatever the descriptor limit allows.
 inline constexpr size_t kMaxSessions = 4096;
 

@@ -1,5 +1,6 @@
 #include "daemon/service/session_server.h"
 
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -48,6 +49,25 @@ v1::HandleMessage Receive(int socket, std::vector<int>* fds = nullptr) {
     if (fds != nullptr) fds->push_back(fd.release());
   }
   return message;
+}
+
+TEST(PeerOfTest, NamesTheProcessAtTheOtherEnd) {
+  int ends[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ends), 0);
+  ScopedFd a(ends[0]), b(ends[1]);
+  ASSERT_OK_AND_ASSIGN(SessionPeer peer, PeerOf(a.get()));
+  EXPECT_EQ(peer.pid, ::getpid());
+  EXPECT_EQ(peer.uid, ::getuid());
+  EXPECT_EQ(peer.gid, ::getgid());
+}
+
+TEST(PeerOfTest, ANonSocketIsAnErrorNamingTheOption) {
+  int ends[2];
+  ASSERT_EQ(::pipe2(ends, O_CLOEXEC), 0);
+  ScopedFd read_end(ends[0]), write_end(ends[1]);
+  absl::StatusOr<SessionPeer> peer = PeerOf(read_end.get());
+  ASSERT_FALSE(peer.ok());
+  EXPECT_THAT(peer.status().message(), ::testing::HasSubstr("SO_PEERCRED"));
 }
 
 TEST(SessionServerTest, OpensSessionsRecordsPeersAndSendsDescriptors) {
