@@ -38,6 +38,7 @@ struct Registry::Model {
   Fingerprint fingerprint;
   ModelLayout layout = ModelLayout::kPacked;
   bool pinned = false;
+  std::optional<uint32_t> loaded_by_uid;
   v1::ModelState state = v1::LOADING;
   uint64_t bytes_loaded = 0;  // Over every device.
   uint64_t bytes_total = 0;
@@ -337,6 +338,7 @@ absl::StatusOr<v1::ModelStatus> Registry::Load(const ModelRequest& request) {
   model->fingerprint = std::move(fingerprint);
   model->layout = layout;
   model->pinned = request.pinned;
+  model->loaded_by_uid = request.requested_by_uid;
   model->bytes_total = size->load_bytes * devices.size();
   model->tensor_count = tensor_count;
   model->arena_bytes = size->arena_bytes;
@@ -846,6 +848,13 @@ std::map<std::string, int> Registry::LeasesBySession() const {
   absl::MutexLock lock(&mutex_);
   for (const auto& [id, lease] : leases_) ++counts[lease.session];
   return counts;
+}
+
+std::optional<uint32_t> Registry::LoadedBy(const std::string& name) const {
+  absl::MutexLock lock(&mutex_);
+  auto it = models_.find(name);
+  if (it == models_.end()) return std::nullopt;
+  return it->second->loaded_by_uid;
 }
 
 int Registry::ReleaseSession(const std::string& session) {

@@ -24,6 +24,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -82,6 +83,10 @@ struct ModelRequest {
   // MODEL_LAYOUT_UNSPECIFIED: FILE_IMAGE for one GGUF file on host memory
   // only, else PACKED; joins a loaded model whatever its layout.
   v1::ModelLayout layout = v1::MODEL_LAYOUT_UNSPECIFIED;
+  // The uid of the client asking, where the daemon knows it (unix-socket
+  // callers). Kept by a model this request creates, never by one it joins:
+  // loading a model again does not make the caller its owner.
+  std::optional<uint32_t> requested_by_uid;
 };
 
 // What a lease gives a client: the layout and the memory to map. The
@@ -181,6 +186,9 @@ class Registry {
   RegistryStats Stats() const;
   // How many leases each session holds (sessions without any are absent).
   std::map<std::string, int> LeasesBySession() const;
+  // The uid whose request created the model now under `name`, if known;
+  // gone with the model (unload, eviction, failure).
+  std::optional<uint32_t> LoadedBy(const std::string& name) const;
 
   // From now on Acquire and Load fail with Unavailable (shutting down).
   void StopLeasing();

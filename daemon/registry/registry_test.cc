@@ -129,6 +129,26 @@ class RegistryTest : public ::testing::Test {
   std::unique_ptr<Registry> registry_;
 };
 
+TEST_F(RegistryTest, TheLoaderIsWhoCreatedTheModelNotWhoJoinedIt) {
+  const std::string path = WriteModel("m.safetensors");
+  ModelRequest first = Request("m", path);
+  first.requested_by_uid = 1000;
+  ASSERT_OK(registry_->Load(first).status());
+  ASSERT_OK(registry_->WaitLoaded("m", Soon()).status());
+  // The same model asked for again, by another uid: it joins, and the
+  // model's owner stays the uid that created it.
+  ModelRequest again = Request("m", path);
+  again.requested_by_uid = 2000;
+  ASSERT_OK(registry_->Load(again).status());
+  EXPECT_EQ(registry_->LoadedBy("m"), std::optional<uint32_t>(1000));
+  // Ownership goes with the model.
+  ASSERT_OK(registry_->Unload("m", /*force=*/false).status());
+  EXPECT_EQ(registry_->LoadedBy("m"), std::nullopt);
+  // Loaded again without a known caller (TCP, a preload): no owner.
+  LoadReady("m", path);
+  EXPECT_EQ(registry_->LoadedBy("m"), std::nullopt);
+}
+
 TEST_F(RegistryTest, ExportsPerModelAndPerDeviceMetrics) {
   const std::string path = WriteModel("m.safetensors");
   LoadReady("m", path);

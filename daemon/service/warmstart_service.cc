@@ -236,13 +236,6 @@ absl::Status MayForceUnload(const std::optional<SessionPeer>& caller,
       "may; unload it without --force once its leases are released"));
 }
 
-std::optional<uid_t> WarmstartService::LoadedBy(const std::string& name) const {
-  absl::MutexLock lock(&mutex_);
-  auto it = loaded_by_.find(name);
-  if (it == loaded_by_.end()) return std::nullopt;
-  return it->second;
-}
-
 grpc::Status WarmstartService::LoadModel(grpc::ServerContext* context,
                                          const v1::LoadModelRequest* request,
                                          v1::ModelStatus* response) {
@@ -261,6 +254,11 @@ grpc::Status WarmstartService::LoadModel(grpc::ServerContext* context,
   model.path = request->path();
   model.devices.assign(request->devices().begin(), request->devices().end());
   model.layout = request->layout();
+  if (peers_ != nullptr) {
+    if (std::optional<SessionPeer> caller = peers_->Find(context->peer())) {
+      model.requested_by_uid = caller->uid;
+    }
+  }
   absl::StatusOr<v1::ModelStatus> status = registry_->Load(model);
   if (!status.ok()) {
     if (absl::IsPermissionDenied(status.status())) {
@@ -271,15 +269,6 @@ grpc::Status WarmstartService::LoadModel(grpc::ServerContext* context,
                               status.status().message());
     }
     return ToGrpc(status.status());
-  }
-  if (peers_ != nullptr) {
-    if (std::optional<SessionPeer> caller = peers_->Find(context->peer())) {
-      absl::MutexLock lock(&mutex_);
-      loaded_by_[model.name] = caller->uid;
-    } else {
-      absl::MutexLock lock(&mutex_);
-      loaded_by_.erase(model.name);
-    }
   }
   if (!request->no_wait()) status = WaitLoaded(*context, model.name);
   if (!status.ok()) return ToGrpc(status.status());
@@ -458,7 +447,8 @@ grpc::Status WarmstartService::UnloadModel(
     absl::Status allowed = MayForceUnload(
         caller,
         caller.has_value() ? GroupsOf(caller->pid) : std::vector<gid_t>(),
-        request->name(), LoadedBy(request->name()), policy_, ::geteuid());
+        request->name(), registry_->LoadedBy(request->name()), policy_,
+        ::geteuid());
     if (!allowed.ok()) {
       Logger("service")->warn("refused a forced unload: {}", allowed.message());
       return ToGrpc(allowed);

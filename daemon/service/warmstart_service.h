@@ -130,9 +130,6 @@ class WarmstartService final : public v1::Warmstart::Service {
   // for `session` would pass lease_limits_. Called under acquire_mutex_.
   absl::Status CheckLeaseLimits(const std::string& session) const;
 
-  // The uid that loaded each model over LoadModel (unix socket callers).
-  std::optional<uid_t> LoadedBy(const std::string& name) const;
-
   const ConnectionPeers* peers_ = nullptr;  // Set before serving.
   AuthorizationPolicy policy_;              // Set before serving.
   LeaseLimits lease_limits_;                // Set before serving.
@@ -141,9 +138,6 @@ class WarmstartService final : public v1::Warmstart::Service {
   absl::Mutex acquire_mutex_;
   mutable absl::Mutex mutex_;
   v1::Readiness readiness_ ABSL_GUARDED_BY(mutex_);
-  // Model name -> the uid whose LoadModel started it; replaced when the
-  // name is loaded again.
-  std::map<std::string, uid_t> loaded_by_ ABSL_GUARDED_BY(mutex_);
 };
 
 }  // namespace warmstart
