@@ -13,6 +13,7 @@ import signal
 import socket as socket_module
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -463,6 +464,40 @@ def test_one_process_cannot_take_every_grpc_connection(workdir, root):
         # Another process is not affected.
         listed = daemon.ctl("ls")
         assert listed.returncode == 0, listed.stderr
+    finally:
+        for s in held:
+            s.close()
+        daemon.stop(signal.SIGKILL)
+
+
+def test_clients_at_their_caps_do_not_make_the_daemon_refuse_its_probe(
+        workdir, root):
+    # The daemon probes its listener over a new connection of its own. The
+    # probe runs as the daemon's uid, here the test's: with that uid at its
+    # connection cap, the probe was refused like a client's, health went
+    # NOT_SERVING, and three rounds later the daemon exited with every
+    # model. Its own connections are never refused now.
+    config = os.path.join(workdir, "limits.textproto")
+    with open(config, "w") as f:
+        f.write("client_limits { max_grpc_connections_per_uid: 4 "
+                "max_grpc_connections_per_process: 4 }\n")
+    daemon = Daemon(workdir, "--model_root", root, "--config", config)
+    held = []
+    try:
+        for _ in range(4):
+            s = socket_module.socket(socket_module.AF_UNIX,
+                                     socket_module.SOCK_STREAM)
+            s.connect(daemon.socket)
+            held.append(s)
+        deadline = time.time() + 60
+        while ("the listeners answer new connections" not in daemon.logs()
+               and "NOT_SERVING" not in daemon.logs()
+               and time.time() < deadline):
+            time.sleep(0.1)
+        assert "the listeners answer new connections" in daemon.logs(), \
+            daemon.logs()
+        assert "NOT_SERVING" not in daemon.logs()
+        assert daemon.process.poll() is None
     finally:
         for s in held:
             s.close()

@@ -1,6 +1,7 @@
 #include "daemon/server/listener_probe.h"
 
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 
 #include <cerrno>
@@ -8,6 +9,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "common/errno_status.h"
 #include "common/scoped_fd.h"
 #include "grpcpp/grpcpp.h"
@@ -54,6 +56,15 @@ ProbeResult ProbeUnixListener(const std::string& path, absl::Duration timeout) {
   ScopedFd socket(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!socket.valid()) {
     result.status = ErrnoToStatus(errno, "socket for the listener probe");
+    return result;
+  }
+  // A listener that accepts nothing fills its backlog, and connect on a
+  // unix socket then blocks until there is room: bounded by SO_SNDTIMEO,
+  // after which it fails with EAGAIN (there, not gone).
+  const timeval bound = absl::ToTimeval(timeout);
+  if (::setsockopt(socket.get(), SOL_SOCKET, SO_SNDTIMEO, &bound,
+                   sizeof(bound)) != 0) {
+    result.status = ErrnoToStatus(errno, "SO_SNDTIMEO for the listener probe");
     return result;
   }
   if (::connect(socket.get(), reinterpret_cast<const sockaddr*>(&address),

@@ -598,6 +598,12 @@ void Server::ProbeListenersOnce() {
   if (changed) UpdateHealth();
   if (failures.empty()) {
     if (failed_probe_rounds_ > 0) log->info("the listeners answer again");
+    if (!probe_answered_) {
+      // Once: says the probe runs and passes (later rounds are silent).
+      log->info("the listeners answer new connections (probed every {})",
+                absl::FormatDuration(kProbeInterval));
+      probe_answered_ = true;
+    }
     failed_probe_rounds_ = 0;
     return;
   }

@@ -143,6 +143,7 @@ class Server {
   absl::Mutex probe_mutex_;
   bool stop_probe_ ABSL_GUARDED_BY(probe_mutex_) = false;
   int failed_probe_rounds_ = 0;  // The probe thread's.
+  bool probe_answered_ = false;  // The probe thread's: once, ever.
   std::thread probe_thread_;
 };
 

@@ -140,30 +140,38 @@ void GrpcAcceptor::AcceptOne() {
     }
     return;
   }
-  if (DescriptorsRunLow()) {
-    CountRefusal();
-    log->warn(
-        "gRPC connection on {} refused: too few descriptors are left below "
-        "the daemon's RLIMIT_NOFILE; they are kept for loads and sessions",
-        path_);
-    return;
-  }
   absl::StatusOr<SessionPeer> peer_or = PeerOf(socket.get());
   if (!peer_or.ok()) {
     log->warn("gRPC connection on {}: {}", path_, peer_or.status().message());
     return;
   }
   const SessionPeer peer = *peer_or;
-  if (const std::string over = OverLimit(peer); !over.empty()) {
-    CountRefusal();
-    log->warn("gRPC connection on {} from pid {} uid {} refused: {}", path_,
-              peer.pid, peer.uid, over);
-    return;
-  }
+  // The daemon's own listener probe is never refused: clients filling the
+  // caps must not make the daemon think its listener is dead and exit.
+  if (peer.pid != ::getpid() && !Admit(peer)) return;
   const int fd = socket.release();
   peers_->Record(fd, peer);
   // gRPC owns the descriptor from here and closes it with the connection.
   grpc::AddInsecureChannelFromFd(server_, fd);
+}
+
+bool GrpcAcceptor::Admit(const SessionPeer& peer) {
+  auto log = Logger("service");
+  if (DescriptorsRunLow()) {
+    CountRefusal();
+    log->warn(
+        "gRPC connection on {} refused: too few descriptors are left below "
+        "the daemon's RLIMIT_NOFILE; they are kept for loads and sessions",
+        path_);
+    return false;
+  }
+  if (const std::string over = OverLimit(peer); !over.empty()) {
+    CountRefusal();
+    log->warn("gRPC connection on {} from pid {} uid {} refused: {}", path_,
+              peer.pid, peer.uid, over);
+    return false;
+  }
+  return true;
 }
 
 std::string GrpcAcceptor::OverLimit(const SessionPeer& peer) const {

@@ -119,6 +119,9 @@ class GrpcAcceptor {
   bool DescriptorsRunLow() const;
   // Why one more connection from `peer` would pass a limit; empty if not.
   std::string OverLimit(const SessionPeer& peer) const;
+  // Whether a connection from `peer` may be served: false (counted and
+  // logged with the reason) when descriptors run low or a cap is reached.
+  bool Admit(const SessionPeer& peer);
   void CountRefusal();
 
   const ScopedFd listener_;
