@@ -117,14 +117,38 @@ absl::StatusOr<AwsCredentials> AwsCredentialProvider::Get() {
   }
   const absl::Time now = options_.clock ? options_.clock() : absl::Now();
   const std::string key = absl::StrCat(token_file, "\n", role_arn);
-  absl::MutexLock lock(&mutex_);
-  if (cached_.has_value() && cached_for_ == key &&
-      now < cached_->expiration - options_.refresh_margin) {
-    return *cached_;
+  {
+    absl::MutexLock lock(&mutex_);
+    const uint64_t refreshes_seen = refreshes_;
+    mutex_.Await(absl::Condition(
+        +[](bool* refreshing) { return !*refreshing; }, &refreshing_));
+    const bool have_cached = cached_.has_value() && cached_for_ == key;
+    if (have_cached && now < cached_->expiration - options_.refresh_margin) {
+      return *cached_;
+    }
+    if (refreshes_ != refreshes_seen && !last_refresh_error_.ok()) {
+      // A refresh this call waited for has just failed: its answer is ours.
+      if (have_cached && now < cached_->expiration) return *cached_;
+      return last_refresh_error_;
+    }
+    refreshing_ = true;
   }
+  // Up to the request timeout, with the mutex free: callers that need no
+  // refresh are not held up by it.
   absl::StatusOr<AwsCredentials> fresh =
       AssumeRoleWithWebIdentity(token_file, role_arn);
-  if (!fresh.ok()) return fresh.status();
+  absl::MutexLock lock(&mutex_);
+  refreshing_ = false;
+  ++refreshes_;
+  last_refresh_error_ = fresh.status();
+  if (!fresh.ok()) {
+    // Credentials inside their refresh margin still work until they expire.
+    if (cached_.has_value() && cached_for_ == key &&
+        now < cached_->expiration) {
+      return *cached_;
+    }
+    return fresh.status();
+  }
   cached_ = *fresh;
   cached_for_ = key;
   return fresh;

@@ -61,7 +61,10 @@ class AwsCredentialProvider {
 
   // Credentials from the first source of the chain that is configured.
   // Temporary credentials carry their `expiration`; the others
-  // absl::InfiniteFuture(). Errors: those of FindAwsCredentials;
+  // absl::InfiniteFuture().
+  // A refresh that fails while the cached credentials have not expired
+  // yet (inside `refresh_margin`) returns those. Errors otherwise: those of
+  // FindAwsCredentials;
   // InvalidArgument when AWS_WEB_IDENTITY_TOKEN_FILE is set without
   // AWS_ROLE_ARN; the errno class of a token file that cannot be read,
   // naming the file; Unavailable naming the STS endpoint when it cannot be
@@ -70,9 +73,9 @@ class AwsCredentialProvider {
   absl::StatusOr<AwsCredentials> Get();
 
  private:
+  // The STS call; made without mutex_ held.
   absl::StatusOr<AwsCredentials> AssumeRoleWithWebIdentity(
-      const std::string& token_file, const std::string& role_arn)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+      const std::string& token_file, const std::string& role_arn);
   std::string StsEndpoint() const;
 
   const AwsCredentialProviderOptions options_;
@@ -81,6 +84,12 @@ class AwsCredentialProvider {
   // for (a changed environment is not served old credentials).
   std::optional<AwsCredentials> cached_ ABSL_GUARDED_BY(mutex_);
   std::string cached_for_ ABSL_GUARDED_BY(mutex_);
+  // One refresh at a time (every ranged GET of a load asks at every try):
+  // the others wait for it and take its result, credentials or error,
+  // instead of each calling STS in turn.
+  bool refreshing_ ABSL_GUARDED_BY(mutex_) = false;
+  uint64_t refreshes_ ABSL_GUARDED_BY(mutex_) = 0;
+  absl::Status last_refresh_error_ ABSL_GUARDED_BY(mutex_);
 };
 
 }  // namespace warmstart

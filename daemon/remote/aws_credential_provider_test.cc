@@ -149,6 +149,21 @@ TEST_F(WebIdentityTest, FetchesKeepsAndRenewsBeforeExpiry) {
   EXPECT_EQ(StsRequests(), before + 2);
 }
 
+TEST_F(WebIdentityTest, AFailedRefreshKeepsCredentialsUntilTheyExpire) {
+  if (!StartSts()) GTEST_SKIP() << "needs moto: set WARMSTART_VENV";
+  AwsCredentialProvider provider(Options());
+  ASSERT_OK_AND_ASSIGN(AwsCredentials first, provider.Get());
+  // STS gone: a refresh inside the margin fails, and the credentials,
+  // still valid, are what a load gets.
+  env_["AWS_ENDPOINT_URL_STS"] = absl::StrCat("http://127.0.0.1:", FreePort());
+  now_ = first.expiration - absl::Minutes(4);
+  ASSERT_OK_AND_ASSIGN(AwsCredentials kept, provider.Get());
+  EXPECT_EQ(kept.access_key_id, first.access_key_id);
+  // Past their expiry: the refresh's error.
+  now_ = first.expiration + absl::Seconds(1);
+  EXPECT_EQ(provider.Get().status().code(), absl::StatusCode::kUnavailable);
+}
+
 TEST_F(WebIdentityTest, EnvironmentKeysComeFirst) {
   env_["AWS_ACCESS_KEY_ID"] = "AKID";
   env_["AWS_SECRET_ACCESS_KEY"] = "SECRET";
