@@ -247,6 +247,9 @@ std::optional<SessionPeer> ConnectionPeers::Find(
   absl::MutexLock lock(&mutex_);
   auto it = peers_.find(fd);
   if (it == peers_.end()) return std::nullopt;
+  // The descriptor may since have been closed and reused for something
+  // else (a model file, another listener): not that peer's any more.
+  if (SocketInode(fd) != it->second.inode) return std::nullopt;
   return it->second.peer;
 }
 
