@@ -341,24 +341,21 @@ def test_control_characters_in_file_names_are_escaped(daemon, root):
     assert refused.stderr.count("\n") == 1
 
 
-def test_only_configured_users_may_load_and_unload(workdir, root):
-    # Before there was no authorization model: any local user who could
-    # reach the socket could load any file under a root and force-unload
-    # others' models. Now authorization { control_uids, control_gids }
-    # names who may (root and the daemon's uid always may).
+def start_with_authorization(workdir, root, authorization):
+    """A daemon whose socket anyone may reach, with `authorization` (the
+    config block's fields), and as_user(uid, gid, *args): warmstartctl run
+    as that user. The binary is copied where any user can run it (runfiles
+    live under /root, which other users cannot enter)."""
     os.chmod(workdir, 0o755)
     os.chmod(root, 0o755)
     config = os.path.join(workdir, "auth.textproto")
     with open(config, "w") as f:
         f.write("listen { socket_mode: 0666 }\n"
-                "authorization { control_uids: 4242 control_gids: 4243 }\n")
-    # warmstartctl, where user nobody can run it (runfiles live under
-    # /root, which it cannot enter).
+                f"authorization {{ {authorization} }}\n")
     ctl_copy = os.path.join(workdir, "warmstartctl")
     shutil.copy(harness.CTL, ctl_copy)
     os.chmod(ctl_copy, 0o755)
     daemon = Daemon(workdir, "--model_root", root, "--config", config)
-    model = in_root(root, SAFETENSORS)
 
     def as_user(uid, gid, *args):
         return subprocess.run(
@@ -366,6 +363,17 @@ def test_only_configured_users_may_load_and_unload(workdir, root):
              ctl_copy, *args, "--socket", daemon.socket],
             capture_output=True, text=True, timeout=120,
             env=harness.NATIVE_ENV)
+    return daemon, as_user
+
+
+def test_only_configured_users_may_load_and_unload(workdir, root):
+    # Before there was no authorization model: any local user who could
+    # reach the socket could load any file under a root and force-unload
+    # others' models. Now authorization { control_uids, control_gids }
+    # names who may (root and the daemon's uid always may).
+    daemon, as_user = start_with_authorization(
+        workdir, root, "control_uids: 4242 control_gids: 4243")
+    model = in_root(root, SAFETENSORS)
     try:
         refused = as_user(65534, 65534, "load", "m", model)
         assert refused.returncode == 5, refused.stderr
@@ -567,24 +575,9 @@ def test_only_the_loader_or_an_operator_may_force_unload(workdir, root):
     # client leases, pulling it from under its owner. Now --force needs the
     # uid that loaded the model, or an operator (root, the daemon's uid,
     # authorization's admin_uids / admin_gids).
-    os.chmod(workdir, 0o755)
-    os.chmod(root, 0o755)
-    config = os.path.join(workdir, "auth.textproto")
-    with open(config, "w") as f:
-        f.write("listen { socket_mode: 0666 }\n"
-                "authorization { admin_uids: 4244 admin_gids: 4245 }\n")
-    ctl_copy = os.path.join(workdir, "warmstartctl")
-    shutil.copy(harness.CTL, ctl_copy)
-    os.chmod(ctl_copy, 0o755)
-    daemon = Daemon(workdir, "--model_root", root, "--config", config)
+    daemon, as_user = start_with_authorization(
+        workdir, root, "admin_uids: 4244 admin_gids: 4245")
     model = in_root(root, SAFETENSORS)
-
-    def as_user(uid, gid, *args):
-        return subprocess.run(
-            ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
-             ctl_copy, *args, "--socket", daemon.socket],
-            capture_output=True, text=True, timeout=120,
-            env=harness.NATIVE_ENV)
     holders = []
     try:
         for name in ("a", "b", "c"):
