@@ -175,6 +175,13 @@ Metrics& Metrics::Global() {
   return *metrics;
 }
 
+Metrics& GivenOrUnexported(Metrics* given,
+                           std::unique_ptr<Metrics>& unexported) {
+  if (given != nullptr) return *given;
+  if (unexported == nullptr) unexported = std::make_unique<Metrics>();
+  return *unexported;
+}
+
 Metrics::Entry& Metrics::FindOrAddLocked(
     const std::string& name, Kind kind, const std::string& help,
     const std::vector<std::string>& label_names) {

@@ -6,8 +6,10 @@
 // device="host"}). Metrics live as long as their Metrics object: the Get*
 // calls return the same object for the same name, and the pointers they (and
 // the families' WithLabels) return never dangle while it lives. Components
-// take a Metrics* (tests inject their own); Metrics::Global() is the
-// daemon's.
+// take a Metrics* through their options (not owned; it must outlive them):
+// the daemon's composition root (daemon/server) owns the one it exports, and
+// tests pass their own, so no test reads another's counts. There is no
+// process-wide instance.
 //
 // Thread safety: everything here is thread-safe. Counter and Gauge updates
 // are lock-free; a Histogram observation and a family look-up take a short
@@ -186,6 +188,12 @@ class Metrics {
   mutable absl::Mutex mutex_;
   std::map<std::string, Entry> entries_ ABSL_GUARDED_BY(mutex_);
 };
+
+// For components whose Metrics* is optional: `given` when not null, else a
+// Metrics made in `unexported` (which the component keeps, so the counts
+// live as long as it does and nobody reads them).
+Metrics& GivenOrUnexported(Metrics* given,
+                           std::unique_ptr<Metrics>& unexported);
 
 }  // namespace warmstart
 

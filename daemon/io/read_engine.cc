@@ -14,12 +14,14 @@
 namespace warmstart {
 namespace {
 
-void NoteUringFallback(const absl::Status& why) {
-  static Counter* const counter = Metrics::Global().GetCounter(
-      "warmstart_io_uring_fallback_total",
-      "Read engines created as a pread pool because io_uring could not be "
-      "set up.");
-  counter->Add();
+void NoteUringFallback(const absl::Status& why, Metrics* metrics) {
+  if (metrics != nullptr) {
+    metrics
+        ->GetCounter("warmstart_io_uring_fallback_total",
+                     "Read engines created as a pread pool because io_uring "
+                     "could not be set up.")
+        ->Add();
+  }
   static std::atomic<bool> warned{false};
   if (!warned.exchange(true)) {
     Logger("io")->warn(
@@ -48,7 +50,7 @@ absl::StatusOr<std::unique_ptr<ReadEngine>> CreateReadEngine(
   using Kind = ReadEngineOptions::Kind;
   if (options.kind != Kind::kPread) {
     absl::StatusOr<std::unique_ptr<UringEngine>> uring =
-        UringEngine::Create(options.queue_depth);
+        UringEngine::Create(options.queue_depth, options.metrics);
     if (uring.ok()) return std::unique_ptr<ReadEngine>(std::move(*uring));
     if (options.kind == Kind::kIoUring) {
       return absl::FailedPreconditionError(
@@ -56,7 +58,7 @@ absl::StatusOr<std::unique_ptr<ReadEngine>> CreateReadEngine(
                        "set up: ",
                        uring.status().ToString()));
     }
-    NoteUringFallback(uring.status());
+    NoteUringFallback(uring.status(), options.metrics);
   }
   return std::unique_ptr<ReadEngine>(
       new PreadEngine(options.pread_threads, options.queue_depth));

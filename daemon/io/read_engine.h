@@ -28,6 +28,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "daemon/base/metrics.h"
 
 namespace warmstart {
 
@@ -67,7 +68,8 @@ class ReadEngine {
   // still work. The kernel refusing the registration (the locked-memory
   // limit, 8 MiB for an unprivileged process, answers ENOMEM) is a degraded
   // mode, not an error: reads proceed unregistered, one warning is logged
-  // per process and warmstart_io_buffer_registration_failed_total counts it.
+  // per process and warmstart_io_buffer_registration_failed_total (in the
+  // engine's ReadEngineOptions::metrics) counts it.
   // REQUIRES: no buffers registered (never, or UnregisterBuffers since) and
   // no read in flight; the buffers stay mapped until UnregisterBuffers or
   // the engine's end.
@@ -105,6 +107,9 @@ struct ReadEngineOptions {
   unsigned queue_depth = 64;
   // Threads of the pread pool, 1 to kMaxPreadThreads.
   unsigned pread_threads = 4;
+  // Where the io_uring fallback and refused buffer registrations are
+  // counted. Not owned; must outlive the engine. Null: not counted.
+  Metrics* metrics = nullptr;
 };
 
 constexpr unsigned kMaxQueueDepth = 4096;
@@ -112,12 +117,12 @@ constexpr unsigned kMaxPreadThreads = 256;
 
 // Creates the engine `options` ask for. With kAuto, an io_uring that cannot
 // be set up gives the pread pool instead: one warning per process, and
-// warmstart_io_uring_fallback_total counts it. The usual causes: EPERM from
-// the default seccomp profiles of Docker and containerd or from the
-// kernel.io_uring_disabled sysctl, ENOSYS from kernels without io_uring,
-// ENOMEM when the locked-memory limit cannot hold the ring.
-// Errors: InvalidArgument for options out of range; FailedPrecondition,
-// naming the reason, when kIoUring was asked for and cannot be set up.
+// warmstart_io_uring_fallback_total (in options.metrics) counts it. The usual
+// causes: EPERM from the default seccomp profiles of Docker and containerd or
+// from the kernel.io_uring_disabled sysctl, ENOSYS from kernels without
+// io_uring, ENOMEM when the locked-memory limit cannot hold the ring. Errors:
+// InvalidArgument for options out of range; FailedPrecondition, naming the
+// reason, when kIoUring was asked for and cannot be set up.
 absl::StatusOr<std::unique_ptr<ReadEngine>> CreateReadEngine(
     const ReadEngineOptions& options);
 

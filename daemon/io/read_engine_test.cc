@@ -55,8 +55,8 @@ MATCHER_P(ReadBytes, expected,
   return *arg == static_cast<uint64_t>(expected);
 }
 
-uint64_t CounterValue(const std::string& name) {
-  return Metrics::Global().Snapshot()[name];
+uint64_t CounterValue(const Metrics& metrics, const std::string& name) {
+  return metrics.Snapshot()[name];
 }
 
 // Page-aligned memory, as the staging pool hands out.
@@ -683,10 +683,12 @@ TEST(CreateReadEngineTest, PreadWhenAskedFor) {
 
 TEST(CreateReadEngineTest, AutoPicksIoUringWhereItWorks) {
   if (!IoUringWorksHere()) GTEST_SKIP() << "io_uring cannot be set up here";
-  const uint64_t fallbacks = CounterValue("warmstart_io_uring_fallback_total");
-  ASSERT_OK_AND_ASSIGN(auto engine, CreateReadEngine(ReadEngineOptions()));
+  Metrics metrics;
+  ReadEngineOptions options;
+  options.metrics = &metrics;
+  ASSERT_OK_AND_ASSIGN(auto engine, CreateReadEngine(options));
   EXPECT_EQ(engine->name(), "io_uring");
-  EXPECT_EQ(CounterValue("warmstart_io_uring_fallback_total"), fallbacks);
+  EXPECT_EQ(CounterValue(metrics, "warmstart_io_uring_fallback_total"), 0u);
 }
 
 // The death tests below run their body in a forked child (gtest runs
@@ -714,12 +716,14 @@ bool BlockIoUringSetup() {
 
 int FallBackUnderSeccomp() {
   if (!BlockIoUringSetup()) return Fail("installing the seccomp filter");
-  const uint64_t before = CounterValue("warmstart_io_uring_fallback_total");
+  Metrics metrics;
+  ReadEngineOptions options;
+  options.metrics = &metrics;
   absl::StatusOr<std::unique_ptr<ReadEngine>> engine =
-      CreateReadEngine(ReadEngineOptions());
+      CreateReadEngine(options);
   if (!engine.ok()) return Fail(engine.status().ToString());
   if ((*engine)->name() != "pread") return Fail("the engine is not pread");
-  if (CounterValue("warmstart_io_uring_fallback_total") != before + 1) {
+  if (CounterValue(metrics, "warmstart_io_uring_fallback_total") != 1) {
     return Fail("the fallback was not counted once");
   }
   ReadEngineOptions forced;
@@ -755,19 +759,19 @@ int ReadUnregisteredUnderMemlockLimit(const std::string& path,
   // of root's processes share) but not for the 1 MiB buffer.
   const rlimit limit = {512 * kKiB, 512 * kKiB};
   if (::setrlimit(RLIMIT_MEMLOCK, &limit) != 0) return Fail("setrlimit");
+  Metrics metrics;
   ReadEngineOptions options;
   options.kind = Kind::kIoUring;
+  options.metrics = &metrics;
   absl::StatusOr<std::unique_ptr<ReadEngine>> engine =
       CreateReadEngine(options);
   if (!engine.ok()) return Fail(engine.status().ToString());
-  const uint64_t before =
-      CounterValue("warmstart_io_buffer_registration_failed_total");
   AlignedBuffer memory(1 * kMiB);
   const iovec buffer = {memory.data(), memory.size()};
   const absl::Status registered = (*engine)->RegisterBuffers({&buffer, 1});
   if (!registered.ok()) return Fail(registered.ToString());
-  if (CounterValue("warmstart_io_buffer_registration_failed_total") !=
-      before + 1) {
+  if (CounterValue(metrics, "warmstart_io_buffer_registration_failed_total") !=
+      1) {
     return Fail("the refused registration was not counted once");
   }
   absl::StatusOr<ReadFile> file = OpenReadFile(path, true);

@@ -16,11 +16,14 @@
 namespace warmstart {
 namespace {
 
-void NoteDirectRefused(const std::string& path) {
-  static Counter* const counter = Metrics::Global().GetCounter(
-      "warmstart_io_direct_refused_total",
-      "Files opened buffered because their filesystem refused O_DIRECT.");
-  counter->Add();
+void NoteDirectRefused(const std::string& path, Metrics* metrics) {
+  if (metrics != nullptr) {
+    metrics
+        ->GetCounter("warmstart_io_direct_refused_total",
+                     "Files opened buffered because their filesystem refused "
+                     "O_DIRECT.")
+        ->Add();
+  }
   static std::atomic<bool> warned{false};
   if (!warned.exchange(true)) {
     Logger("io")->warn(
@@ -34,7 +37,8 @@ void NoteDirectRefused(const std::string& path) {
 }  // namespace
 
 absl::StatusOr<ReadFile> OpenReadFile(const std::string& path, bool want_direct,
-                                      const FileOpener& opener) {
+                                      const FileOpener& opener,
+                                      Metrics* metrics) {
   absl::StatusOr<ScopedFd> fd =
       opener.Open(path, want_direct ? O_RDONLY | O_DIRECT : O_RDONLY);
   // open() answers EINVAL for O_DIRECT on filesystems without direct I/O
@@ -59,7 +63,7 @@ absl::StatusOr<ReadFile> OpenReadFile(const std::string& path, bool want_direct,
   file.size = static_cast<uint64_t>(st.st_size);
   // Counted only now, so a path that is no file at all is not reported as a
   // filesystem without direct I/O.
-  if (refused) NoteDirectRefused(path);
+  if (refused) NoteDirectRefused(path, metrics);
   return file;
 }
 

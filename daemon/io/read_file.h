@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "common/scoped_fd.h"
 #include "daemon/base/file_opener.h"
+#include "daemon/base/metrics.h"
 
 namespace warmstart {
 
@@ -34,13 +35,14 @@ struct ReadFile {
 // with O_DIRECT when `want_direct`. A filesystem that refuses O_DIRECT
 // (EINVAL on open) gets a buffered descriptor instead (direct == false):
 // that degraded mode logs one warning per process and counts in
-// warmstart_io_direct_refused_total.
+// warmstart_io_direct_refused_total of `metrics` (not kept; null: not
+// counted).
 // Errors: NotFound, PermissionDenied, ... from errno (naming the path), and
 // the opener's refusals (PermissionDenied for a path outside its roots);
 // InvalidArgument when `path` is not a regular file.
 absl::StatusOr<ReadFile> OpenReadFile(
     const std::string& path, bool want_direct,
-    const FileOpener& opener = PlainFileOpener());
+    const FileOpener& opener = PlainFileOpener(), Metrics* metrics = nullptr);
 
 // The smallest kDirectAlignment-aligned range that covers [offset,
 // offset + length): read `aligned_length` bytes at `aligned_offset`, and the

@@ -35,12 +35,14 @@ bool RingSupportsRead(io_uring* ring) {
   return supported;
 }
 
-void NoteRegistrationFailed(const absl::Status& why) {
-  static Counter* const counter = Metrics::Global().GetCounter(
-      "warmstart_io_buffer_registration_failed_total",
-      "io_uring buffer registrations refused by the kernel; reads then use "
-      "unregistered buffers.");
-  counter->Add();
+void NoteRegistrationFailed(const absl::Status& why, Metrics* metrics) {
+  if (metrics != nullptr) {
+    metrics
+        ->GetCounter("warmstart_io_buffer_registration_failed_total",
+                     "io_uring buffer registrations refused by the kernel; "
+                     "reads then use unregistered buffers.")
+        ->Add();
+  }
   static std::atomic<bool> warned{false};
   if (!warned.exchange(true)) {
     Logger("io")->warn(
@@ -55,8 +57,8 @@ void NoteRegistrationFailed(const absl::Status& why) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<UringEngine>> UringEngine::Create(
-    unsigned queue_depth) {
-  auto engine = absl::WrapUnique(new UringEngine(queue_depth));
+    unsigned queue_depth, Metrics* metrics) {
+  auto engine = absl::WrapUnique(new UringEngine(queue_depth, metrics));
   // One entry more than reads in flight, for the armed eventfd read; the
   // completion queue is twice as large, so it cannot overflow.
   const int rc = io_uring_queue_init(queue_depth + 1, &engine->ring_, 0);
@@ -111,7 +113,8 @@ absl::Status UringEngine::RegisterBuffers(absl::Span<const iovec> buffers) {
   if (rc < 0) {
     NoteRegistrationFailed(
         ErrnoToStatus(rc, absl::StrCat("io_uring_register_buffers (",
-                                       buffers.size(), " buffers)")));
+                                       buffers.size(), " buffers)")),
+        metrics_);
     return absl::OkStatus();
   }
   for (size_t i = 0; i < buffers.size(); ++i) {

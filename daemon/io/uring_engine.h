@@ -25,6 +25,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "common/scoped_fd.h"
+#include "daemon/base/metrics.h"
 #include "daemon/io/read_engine.h"
 
 namespace warmstart {
@@ -35,9 +36,11 @@ class UringEngine final : public ReadEngine {
   // of io_uring_queue_init's failure (PermissionDenied for EPERM under a
   // seccomp profile, Unimplemented for ENOSYS); Unimplemented for a kernel
   // whose io_uring lacks IORING_OP_READ (before Linux 5.6).
+  // Refused buffer registrations are counted in `metrics` (not owned; it
+  // must outlive the engine; null: not counted).
   // REQUIRES: 1 <= queue_depth <= kMaxQueueDepth.
   static absl::StatusOr<std::unique_ptr<UringEngine>> Create(
-      unsigned queue_depth);
+      unsigned queue_depth, Metrics* metrics = nullptr);
 
   ~UringEngine() override;
   UringEngine(const UringEngine&) = delete;
@@ -62,7 +65,8 @@ class UringEngine final : public ReadEngine {
     int buffer_index = -1;
   };
 
-  explicit UringEngine(unsigned queue_depth) : queue_depth_(queue_depth) {}
+  UringEngine(unsigned queue_depth, Metrics* metrics)
+      : queue_depth_(queue_depth), metrics_(metrics) {}
 
   // The engine thread.
   void Run();
@@ -91,6 +95,7 @@ class UringEngine final : public ReadEngine {
   }
 
   const unsigned queue_depth_;
+  Metrics* const metrics_;  // Not owned; null: nothing counted.
   // Set up by Create; after that only the engine thread touches the ring,
   // except (Un)RegisterBuffers and the destructor, which stop the thread
   // first.
