@@ -30,31 +30,11 @@ absl::Status Annotate(const absl::Status& status, absl::string_view context) {
                       absl::StrCat(context, ": ", status.message()));
 }
 
-Gauge* AllocatedBytes() {
-  static Gauge* const gauge = Metrics::Global().GetGauge(
-      "warmstart_cuda_allocated_bytes", "GPU memory held in allocations.");
-  return gauge;
-}
-
-Counter* CopiedBytes() {
-  static Counter* const counter =
-      Metrics::Global().GetCounter("warmstart_cuda_copied_bytes_total",
-                                   "Bytes copied from host to GPU memory.");
-  return counter;
-}
-
-Counter* CopyErrors() {
-  static Counter* const counter = Metrics::Global().GetCounter(
-      "warmstart_cuda_copy_errors_total", "Host-to-GPU copies that failed.");
-  return counter;
-}
-
-Counter* LegacyIpcFallbacks() {
-  static Counter* const counter = Metrics::Global().GetCounter(
+Counter* LegacyIpcFallbacks(Metrics& metrics) {
+  return metrics.GetCounter(
       "warmstart_cuda_legacy_ipc_fallback_total",
       "GPUs opened with cuMemAlloc and legacy IPC handles because VMM "
       "file-descriptor export is unavailable.");
-  return counter;
 }
 
 // Pinned device memory on `device` that can be exported as a POSIX file
@@ -112,7 +92,7 @@ absl::StatusOr<CudaStream> NewStream(const CudaDriver& driver) {
 CudaAllocation::CudaAllocation(CudaDevice* device, uint64_t size)
     : device_(device), size_(size) {
   device_->live_allocations_.fetch_add(1);
-  AllocatedBytes()->Add(static_cast<int64_t>(size_));
+  device_->allocated_bytes_->Add(static_cast<int64_t>(size_));
 }
 
 CudaAllocation::~CudaAllocation() {
@@ -130,7 +110,7 @@ CudaAllocation::~CudaAllocation() {
     physical_.reset();
     linear_.reset();
   }
-  AllocatedBytes()->Add(-static_cast<int64_t>(size_));
+  device_->allocated_bytes_->Add(-static_cast<int64_t>(size_));
   device_->live_allocations_.fetch_sub(1);
 }
 
@@ -166,7 +146,7 @@ absl::StatusOr<std::unique_ptr<CudaDevice>> CudaDevice::Create(
   // From here on the device's destructor undoes whatever was set up.
   std::unique_ptr<CudaDevice> cuda(
       new CudaDevice(driver, std::move(info), device,
-                     PrimaryContext(driver, device), context));
+                     PrimaryContext(driver, device), context, options.metrics));
   {
     ScopedContext scope(*driver, context);
     WS_RETURN_IF_ERROR(scope.status());
@@ -182,7 +162,9 @@ absl::StatusOr<std::unique_ptr<CudaDevice>> CudaDevice::Create(
               "containers without a shared PID namespace",
               reason);
         }
-        LegacyIpcFallbacks()->Add();
+        LegacyIpcFallbacks(
+            GivenOrUnexported(options.metrics, cuda->unexported_metrics_))
+            ->Add();
       }
     }
     cuda->vmm_ = reason.empty();
@@ -223,12 +205,21 @@ absl::StatusOr<std::unique_ptr<CudaDevice>> CudaDevice::Create(
 
 CudaDevice::CudaDevice(const CudaDriver* driver, CudaDeviceInfo info,
                        CUdevice device, PrimaryContext retained,
-                       CUcontext context)
+                       CUcontext context, Metrics* metrics)
     : driver_(driver),
       info_(std::move(info)),
       device_(device),
       retained_(std::move(retained)),
-      context_(context) {}
+      context_(context),
+      allocated_bytes_(GivenOrUnexported(metrics, unexported_metrics_)
+                           .GetGauge("warmstart_cuda_allocated_bytes",
+                                     "GPU memory held in allocations.")),
+      copied_bytes_(GivenOrUnexported(metrics, unexported_metrics_)
+                        .GetCounter("warmstart_cuda_copied_bytes_total",
+                                    "Bytes copied from host to GPU memory.")),
+      copy_errors_(GivenOrUnexported(metrics, unexported_metrics_)
+                       .GetCounter("warmstart_cuda_copy_errors_total",
+                                   "Host-to-GPU copies that failed.")) {}
 
 CudaDevice::~CudaDevice() {
   if (completion_thread_.joinable()) {
@@ -469,7 +460,7 @@ void CudaDevice::CopyFromHost(DeviceAllocation& destination, uint64_t offset,
       }
     }
   }
-  CopyErrors()->Add();
+  copy_errors_->Add();
   done(Annotate(status, absl::StrCat("copy ", bytes, " bytes to ", info_.uuid,
                                      " at offset ", offset)));
 }
@@ -502,13 +493,13 @@ void CudaDevice::CompleteCopies() {
       absl::Status status = driver_->ToStatus(
           api.event_synchronize(copy.event.get()), "cuEventSynchronize");
       if (status.ok()) {
-        CopiedBytes()->Add(copy.bytes);
+        copied_bytes_->Add(copy.bytes);
         absl::MutexLock lock(&mutex_);
         free_events_.push_back(std::move(copy.event));
       } else {
         // An event that failed is not trusted again.
         copy.event.reset();
-        CopyErrors()->Add();
+        copy_errors_->Add();
         status = Annotate(status, absl::StrCat("copy ", copy.bytes,
                                                " bytes to ", info_.uuid));
       }

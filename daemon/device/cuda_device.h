@@ -44,6 +44,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "common/scoped_fd.h"
+#include "daemon/base/metrics.h"
 #include "daemon/device/cuda_driver.h"
 #include "daemon/device/cuda_resources.h"
 #include "daemon/device/device.h"
@@ -102,6 +103,10 @@ struct CudaDeviceOptions {
   // Off forces cuMemAlloc and legacy IPC handles (for clients that can only
   // import those).
   bool allow_vmm = true;
+  // Where allocated and copied bytes, copy errors and legacy-IPC fallbacks
+  // are counted. Not owned; must outlive the device and its allocations.
+  // Null: counted in a Metrics of the device's own, which nobody exports.
+  Metrics* metrics = nullptr;
 };
 
 class CudaDevice : public Device {
@@ -170,7 +175,7 @@ class CudaDevice : public Device {
   };
 
   CudaDevice(const CudaDriver* driver, CudaDeviceInfo info, CUdevice device,
-             PrimaryContext retained, CUcontext context);
+             PrimaryContext retained, CUcontext context, Metrics* metrics);
 
   // Fill in `allocation` (sized already) step by step; on failure its
   // destructor frees what was made. REQUIRES: the context is current.
@@ -199,6 +204,11 @@ class CudaDevice : public Device {
   const CUdevice device_;
   PrimaryContext retained_;
   const CUcontext context_;
+  // Set when no Metrics was given; before the pointers into it.
+  std::unique_ptr<Metrics> unexported_metrics_;
+  Gauge* const allocated_bytes_;  // Over every CudaDevice of the Metrics.
+  Counter* const copied_bytes_;
+  Counter* const copy_errors_;
   // Set by Create, then immutable.
   bool vmm_ = false;
   uint64_t granularity_ = 0;

@@ -331,15 +331,21 @@ TEST_F(SimulatedCudaTest, SynchronizeWaitsForSlowCopies) {
 }
 
 TEST_F(SimulatedCudaTest, DeviceWithoutFileDescriptorExportUsesLegacyIpc) {
-  Counter* fallbacks = Metrics::Global().GetCounter(
-      "warmstart_cuda_legacy_ipc_fallback_total", "");
-  const uint64_t before = fallbacks->value();
-  ASSERT_NO_FATAL_FAILURE(Open({{"WARMSTART_SIM_POSIX_FD", "0"}}));
+  Metrics metrics;
+  CudaDeviceOptions options;
+  options.metrics = &metrics;
+  ASSERT_NO_FATAL_FAILURE(Open({{"WARMSTART_SIM_POSIX_FD", "0"}}, options));
   EXPECT_TRUE(driver_->has_vmm());
   EXPECT_FALSE(device_->uses_vmm());
-  EXPECT_EQ(fallbacks->value(), before + 1);
-  ASSERT_OK_AND_ASSIGN(auto allocation, device_->Allocate(kMiB, "m"));
-  EXPECT_EQ(allocation->Export().kind, ExportedMemory::Kind::kCudaIpcHandle);
+  EXPECT_EQ(metrics.Snapshot()["warmstart_cuda_legacy_ipc_fallback_total"], 1);
+  {
+    ASSERT_OK_AND_ASSIGN(auto allocation, device_->Allocate(kMiB, "m"));
+    EXPECT_EQ(allocation->Export().kind, ExportedMemory::Kind::kCudaIpcHandle);
+    EXPECT_EQ(metrics.Snapshot()["warmstart_cuda_allocated_bytes"],
+              static_cast<double>(allocation->size()));
+  }
+  EXPECT_EQ(metrics.Snapshot()["warmstart_cuda_allocated_bytes"], 0);
+  device_.reset();  // Before `metrics`, which it counts into.
 }
 
 TEST_F(SimulatedCudaTest, DriverWithoutVmmEntryPointsUsesLegacyIpc) {

@@ -270,10 +270,12 @@ absl::StatusOr<std::unique_ptr<DeviceAllocation>> HostDevice::Allocate(
             "no huge pages reserved (vm.nr_hugepages): host memory uses 4 KiB "
             "pages, which load more slowly");
       }
-      Metrics::Global()
-          .GetCounter("warmstart_host_hugepage_fallback_total",
-                      "Host allocations that fell back to 4 KiB pages.")
-          ->Add();
+      if (options_.metrics != nullptr) {
+        options_.metrics
+            ->GetCounter("warmstart_host_hugepage_fallback_total",
+                         "Host allocations that fell back to 4 KiB pages.")
+            ->Add();
+      }
     }
   }
   if (data == nullptr) return AllocateSmallPages(size, label);

@@ -18,6 +18,7 @@
 #include <memory>
 #include <string>
 
+#include "daemon/base/metrics.h"
 #include "daemon/device/device.h"
 
 namespace warmstart {
@@ -25,7 +26,7 @@ namespace warmstart {
 struct HostDeviceOptions {
   // Try MFD_HUGETLB first (falls back to normal pages when the system has no
   // huge pages reserved: one warning, counter
-  // warmstart_host_hugepage_fallback_total).
+  // warmstart_host_hugepage_fallback_total in `metrics`).
   bool huge_pages = true;
   // Threads that fault the pages of a new allocation in.
   unsigned prefault_threads = 2;
@@ -42,6 +43,10 @@ struct HostDeviceOptions {
   // zeroing, about twice as fast here. Their pages are reserved ahead but
   // not faulted in. Huge-page allocations are always written by memcpy.
   bool write_through_fd = true;
+
+  // Where the huge-page fallbacks are counted. Not owned; must outlive the
+  // device. Null: not counted.
+  Metrics* metrics = nullptr;
 };
 
 class HostDevice : public Device {
