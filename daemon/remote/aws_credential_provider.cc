@@ -18,11 +18,13 @@
 namespace warmstart {
 namespace {
 
-void CountStsRequest() {
-  static Counter* const counter = Metrics::Global().GetCounter(
-      "warmstart_remote_sts_requests_total",
-      "STS AssumeRoleWithWebIdentity requests for temporary S3 credentials.");
-  counter->Add();
+void CountStsRequest(Metrics* metrics) {
+  if (metrics == nullptr) return;
+  metrics
+      ->GetCounter("warmstart_remote_sts_requests_total",
+                   "STS AssumeRoleWithWebIdentity requests for temporary S3 "
+                   "credentials.")
+      ->Add();
 }
 
 std::string Env(EnvLookup env, const char* name) {
@@ -115,7 +117,7 @@ absl::StatusOr<AwsCredentials> AwsCredentialProvider::Get() {
         ") but AWS_ROLE_ARN is not: web-identity credentials need the role "
         "to assume"));
   }
-  const absl::Time now = options_.clock ? options_.clock() : absl::Now();
+  const absl::Time now = Now();
   const std::string key = absl::StrCat(token_file, "\n", role_arn);
   {
     absl::MutexLock lock(&mutex_);
@@ -154,6 +156,10 @@ absl::StatusOr<AwsCredentials> AwsCredentialProvider::Get() {
   return fresh;
 }
 
+absl::Time AwsCredentialProvider::Now() const {
+  return options_.now ? options_.now() : absl::Now();
+}
+
 std::string AwsCredentialProvider::StsEndpoint() const {
   std::string endpoint = Env(options_.env, "AWS_ENDPOINT_URL_STS");
   if (endpoint.empty()) endpoint = Env(options_.env, "AWS_ENDPOINT_URL");
@@ -171,9 +177,7 @@ absl::StatusOr<AwsCredentials> AwsCredentialProvider::AssumeRoleWithWebIdentity(
   if (!token.ok()) return token.status();
   std::string session_name = Env(options_.env, "AWS_ROLE_SESSION_NAME");
   if (session_name.empty()) {
-    session_name = absl::StrCat(
-        "warmstartd-",
-        absl::ToUnixSeconds(options_.clock ? options_.clock() : absl::Now()));
+    session_name = absl::StrCat("warmstartd-", absl::ToUnixSeconds(Now()));
   }
   const std::string endpoint = StsEndpoint();
   const std::string what = absl::StrCat("web-identity credentials for ",
@@ -210,7 +214,7 @@ absl::StatusOr<AwsCredentials> AwsCredentialProvider::AssumeRoleWithWebIdentity(
                    static_cast<curl_off_t>(form.size()));
   curl_easy_setopt(handle, CURLOPT_WRITEFUNCTION, &AppendAnswer);
   curl_easy_setopt(handle, CURLOPT_WRITEDATA, &answer);
-  CountStsRequest();
+  CountStsRequest(options_.metrics);
   const CURLcode code = curl_easy_perform(handle);
   if (code != CURLE_OK) {
     return absl::UnavailableError(

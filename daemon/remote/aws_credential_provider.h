@@ -31,6 +31,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "daemon/base/metrics.h"
 #include "daemon/remote/aws_credentials.h"
 
 namespace warmstart {
@@ -49,8 +50,12 @@ struct AwsCredentialProviderOptions {
   absl::Duration session_duration = absl::Hours(1);
   // Temporary credentials are fetched again once less than this is left.
   absl::Duration refresh_margin = absl::Minutes(5);
-  // The time now; absl::Now when empty (tests pass their own clock).
-  std::function<absl::Time()> clock;
+  // The clock credential expiry is measured with; null means absl::Now
+  // (tests pass their own).
+  std::function<absl::Time()> now;
+  // Where STS requests are counted. Not owned; must outlive the provider.
+  // Null: not counted.
+  Metrics* metrics = nullptr;
 };
 
 class AwsCredentialProvider {
@@ -77,6 +82,7 @@ class AwsCredentialProvider {
   absl::StatusOr<AwsCredentials> AssumeRoleWithWebIdentity(
       const std::string& token_file, const std::string& role_arn);
   std::string StsEndpoint() const;
+  absl::Time Now() const;
 
   const AwsCredentialProviderOptions options_;
   absl::Mutex mutex_;

@@ -65,12 +65,6 @@ bool Accepts(int port) {
                    sizeof(address)) == 0;
 }
 
-double StsRequests() {
-  const std::map<std::string, double> metrics = Metrics::Global().Snapshot();
-  auto it = metrics.find("warmstart_remote_sts_requests_total");
-  return it == metrics.end() ? 0 : it->second;
-}
-
 class WebIdentityTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -109,14 +103,20 @@ class WebIdentityTest : public ::testing::Test {
   AwsCredentialProviderOptions Options() {
     AwsCredentialProviderOptions options;
     options.env = &FakeEnv;
-    options.clock = [this] { return now_; };
+    options.now = [this] { return now_; };
+    options.metrics = &metrics_;
     return options;
+  }
+
+  double StsRequests() const {
+    return metrics_.Snapshot()["warmstart_remote_sts_requests_total"];
   }
 
   testing::ShortTempDir dir_;
   std::map<std::string, std::string> env_;
   std::string token_file_;
   absl::Time now_ = absl::Now();
+  Metrics metrics_;
   std::unique_ptr<testing::ChildProcess> moto_;
 };
 

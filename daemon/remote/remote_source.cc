@@ -24,26 +24,29 @@ constexpr unsigned kMaxConcurrency = 256;
 // bounds the queue, not memory (the bytes land in the caller's buffers).
 constexpr size_t kQueuedPerWorker = 4;
 
-void CountRefused() {
-  static Counter* const counter = Metrics::Global().GetCounter(
-      "warmstart_remote_refused_total",
-      "Remote model URLs refused: not beneath an allowed remote source.");
-  counter->Add();
+// Each count is one look-up in `metrics` (RemoteOptions::metrics, never
+// null once RemoteSources has it): cheap beside the request it counts.
+void CountRefused(Metrics& metrics) {
+  metrics
+      .GetCounter(
+          "warmstart_remote_refused_total",
+          "Remote model URLs refused: not beneath an allowed remote source.")
+      ->Add();
 }
 
-void CountRetry() {
-  static Counter* const counter = Metrics::Global().GetCounter(
-      "warmstart_remote_retries_total",
-      "Remote requests retried after a 5xx, a reset, a timeout or a short "
-      "body.");
-  counter->Add();
+void CountRetry(Metrics& metrics) {
+  metrics
+      .GetCounter("warmstart_remote_retries_total",
+                  "Remote requests retried after a 5xx, a reset, a timeout or "
+                  "a short body.")
+      ->Add();
 }
 
-void CountBytes(uint64_t n) {
-  static Counter* const counter =
-      Metrics::Global().GetCounter("warmstart_remote_read_bytes_total",
-                                   "Bytes received from remote sources.");
-  counter->Add(n);
+void CountBytes(Metrics& metrics, uint64_t n) {
+  metrics
+      .GetCounter("warmstart_remote_read_bytes_total",
+                  "Bytes received from remote sources.")
+      ->Add(n);
 }
 
 std::string Env(EnvLookup env, const char* name) {
@@ -200,7 +203,7 @@ absl::Status RetryWithBackoff(
     if (!outcome.retryable || attempt >= options.max_attempts) {
       return std::move(outcome.status);
     }
-    CountRetry();
+    CountRetry(*options.metrics);
     absl::SleepFor(backoff);
     backoff = std::min(backoff * 2, options.max_backoff);
   }
@@ -322,6 +325,7 @@ absl::StatusOr<std::unique_ptr<RemoteSources>> RemoteSources::Create(
 
 RemoteSources::RemoteSources(RemoteOptions options)
     : options_(std::move(options)) {
+  options_.metrics = &GivenOrUnexported(options_.metrics, unexported_metrics_);
   const EnvLookup env = options_.env;
   region_ = options_.s3_region;
   if (region_.empty()) region_ = Env(env, "AWS_REGION");
@@ -353,6 +357,8 @@ RemoteSources::RemoteSources(RemoteOptions options)
   credential_options.region = region_;
   credential_options.ca_bundle = ca_bundle_;
   credential_options.connect_timeout = options_.connect_timeout;
+  credential_options.now = options_.now;
+  credential_options.metrics = options_.metrics;
   credential_provider_ =
       std::make_unique<AwsCredentialProvider>(std::move(credential_options));
 }
@@ -410,7 +416,7 @@ absl::Status RemoteSources::CheckAllowed(const std::string& url) const {
       return absl::OkStatus();
     }
   }
-  CountRefused();
+  CountRefused(*options_.metrics);
   return absl::PermissionDeniedError(absl::StrCat(
       url, ": not beneath an allowed remote source (",
       options_.allowed_prefixes.empty()
@@ -765,7 +771,7 @@ TryOutcome GetRangeOnce(CURL* curl, const RequestSpec& spec,
   curl_slist_free_all(headers);
   long http = 0;
   curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &http);
-  CountBytes(sink.next - before);
+  CountBytes(*spec.options->metrics, sink.next - before);
   const std::string what = absl::StrCat("GET bytes ", from, "-", last);
   if (http == 200) {
     return {absl::FailedPreconditionError(absl::StrCat(

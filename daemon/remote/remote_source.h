@@ -52,6 +52,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "daemon/base/metrics.h"
 #include "daemon/formats/byte_source.h"
 #include "daemon/remote/aws_credential_provider.h"
 #include "daemon/remote/aws_credentials.h"
@@ -89,6 +90,12 @@ struct RemoteOptions {
   Addressing s3_addressing = Addressing::kAuto;
   // Lookups of the environment (AWS_*, HOME); getenv by default.
   EnvLookup env = nullptr;
+  // The clock temporary S3 credentials expire by; null means absl::Now.
+  std::function<absl::Time()> now;
+  // Where refused URLs, retries, bytes received and STS requests are
+  // counted. Not owned; must outlive the RemoteSources. Null: counted in a
+  // Metrics of their own, which nobody exports.
+  Metrics* metrics = nullptr;
 };
 
 class RemoteSources;
@@ -197,7 +204,9 @@ class RemoteSources : public UrlSourceOpener {
   void Enqueue(Job job) const;
   void Work(CurlEasy curl);
 
-  RemoteOptions options_;
+  // Set when no Metrics was given; options_.metrics points into it then.
+  std::unique_ptr<Metrics> unexported_metrics_;
+  RemoteOptions options_;  // options_.metrics is never null.
   std::string region_;
   std::string endpoint_;
   bool path_style_ = true;

@@ -36,12 +36,14 @@ class RemoteTest : public ::testing::Test {
     options.concurrency = 2;
     options.env = &FakeEnv;
     options.max_attempts = 1;
+    options.metrics = &metrics_;
     auto sources = RemoteSources::Create(std::move(options));
     EXPECT_TRUE(sources.ok()) << sources.status();
     return *std::move(sources);
   }
 
   std::map<std::string, std::string> env_;
+  Metrics metrics_;  // Outlives the sources, which count into it.
 };
 
 TEST_F(RemoteTest, IsRemoteUrl) {
@@ -54,8 +56,7 @@ TEST_F(RemoteTest, IsRemoteUrl) {
 
 TEST_F(RemoteTest, RefusesUrlsOutsideThePrefixesAndCountsThem) {
   auto sources = Sources({"http://127.0.0.1:1/models", "s3://bucket/a/"});
-  Counter* refused =
-      Metrics::Global().GetCounter("warmstart_remote_refused_total", "");
+  Counter* refused = metrics_.GetCounter("warmstart_remote_refused_total", "");
   const uint64_t before = refused->value();
   // "models2" is not beneath "models": prefixes end at a '/'.
   auto status = sources->Open("http://127.0.0.1:1/models2/x.safetensors");
