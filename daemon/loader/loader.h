@@ -27,6 +27,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "daemon/base/file_opener.h"
+#include "daemon/base/metrics.h"
 #include "daemon/device/device.h"
 #include "daemon/formats/key_provider.h"
 #include "daemon/formats/manifest.h"
@@ -125,6 +126,9 @@ struct LoadOptions {
   const std::atomic<bool>* cancel = nullptr;
   // The clock the progress rate is measured with; null means absl::Now.
   std::function<absl::Time()> now;
+  // Where files opened buffered because O_DIRECT was refused are counted.
+  // Not owned; must outlive the call (and the plan). Null: not counted.
+  Metrics* metrics = nullptr;
 };
 
 // Marks the ResourceExhausted errors that mean the device itself has no

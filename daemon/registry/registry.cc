@@ -167,9 +167,8 @@ absl::Status CheckName(const std::string& name) {
 
 Registry::Registry(RegistryOptions options)
     : options_(std::move(options)),
-      metrics_(std::make_unique<RegistryMetrics>(options_.metrics != nullptr
-                                                     ? *options_.metrics
-                                                     : Metrics::Global())) {}
+      counted_in_(GivenOrUnexported(options_.metrics, unexported_metrics_)),
+      metrics_(std::make_unique<RegistryMetrics>(counted_in_)) {}
 
 Registry::~Registry() {
   std::map<std::thread::id, std::thread> threads;
@@ -418,6 +417,7 @@ LoadOptions Registry::LoadOptionsFor(ModelLayout layout) const {
   options.layout = layout;
   options.opener = options_.opener;
   options.now = [this] { return Now(); };
+  options.metrics = &counted_in_;
   return options;
 }
 

@@ -59,10 +59,12 @@ struct RegistryOptions {
   // outlives the registry.
   const FileOpener* opener = nullptr;
   // Alignment, direct I/O and checksum verification for every load; the
-  // registry sets keys, on_progress, cancel and opener itself.
+  // registry sets keys, on_progress, cancel, opener, now and metrics itself.
   LoadOptions load;
   // Where the registry's counters, gauges and histograms go (per model and
-  // per device). Not owned; outlives the registry. Null: Metrics::Global().
+  // per device), and its loads' (LoadOptions::metrics). Not owned; must
+  // outlive the registry. Null: a Metrics of the registry's own, which
+  // nobody exports.
   Metrics* metrics = nullptr;
   // The clock for load durations, least-recently-used order and progress
   // signals; null means absl::Now. Called from any thread, under the
@@ -248,6 +250,9 @@ class Registry {
   const RegistryTarget* FindTarget(const std::string& uuid) const;
 
   const RegistryOptions options_;
+  // Made when options_.metrics is null; before what points into it.
+  std::unique_ptr<Metrics> unexported_metrics_;
+  Metrics& counted_in_;  // *options_.metrics or *unexported_metrics_.
   const std::unique_ptr<RegistryMetrics> metrics_;
 
   mutable absl::Mutex mutex_;
