@@ -24,11 +24,16 @@
 
 namespace warmstart {
 
-// A parsed manifest and its plan (which points into it), kept together on
-// the heap while the load runs.
+// What Load learns before it takes the lock: the devices, the parsed
+// manifest and its plan (which points into it, so both stay together on
+// the heap while the load runs), the layout and the files' fingerprint.
 struct Registry::PlannedLoad {
+  std::vector<std::string> devices;
   Manifest manifest;
+  ModelLayout layout = ModelLayout::kPacked;
   std::optional<LoadPlan> plan;
+  Fingerprint fingerprint;
+  uint32_t tensor_count = 0;
 };
 
 struct Registry::Model {
@@ -149,6 +154,25 @@ ModelLayout ChooseLayout(v1::ModelLayout asked, const Manifest& manifest,
   return host_only && one_gguf ? ModelLayout::kFileImage : ModelLayout::kPacked;
 }
 
+// The request's path and layout, before anything is opened.
+absl::Status CheckPathAndLayout(const ModelRequest& request) {
+  if (request.path.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model ", request.name, ": path is empty"));
+  }
+  if (request.path.size() > kMaxPathBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model ", request.name, ": path is ", request.path.size(),
+                     " bytes, more than ", kMaxPathBytes));
+  }
+  if (!v1::ModelLayout_IsValid(request.layout)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model ", request.name, ": layout ", static_cast<int>(request.layout),
+        " is unknown (PACKED or FILE_IMAGE)"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckName(const std::string& name) {
   const bool well_formed =
       !name.empty() && name.size() <= kMaxNameBytes &&
@@ -199,6 +223,30 @@ const RegistryTarget* Registry::FindTarget(const std::string& uuid) const {
 
 absl::StatusOr<v1::ModelStatus> Registry::Load(const ModelRequest& request) {
   WS_RETURN_IF_ERROR(CheckName(request.name));
+  JoinFinishedThreads();
+  WS_RETURN_IF_ERROR(CheckPathAndLayout(request));
+  WS_ASSIGN_OR_RETURN(std::vector<std::string> devices,
+                      ResolveDevices(request));
+  // Parsing, planning and fingerprinting read headers only; doing it here,
+  // before the model is listed, turns bad paths and files into an error of
+  // this call.
+  WS_ASSIGN_OR_RETURN(std::unique_ptr<PlannedLoad> planned,
+                      PlanLoad(request, std::move(devices)));
+
+  absl::MutexLock lock(&mutex_);
+  if (leasing_stopped_) {
+    return absl::UnavailableError("the daemon is shutting down");
+  }
+  auto it = models_.find(request.name);
+  if (it != models_.end() && it->second->state == v1::FAILED) {
+    RemoveLocked(request.name);
+    it = models_.end();
+  }
+  if (it != models_.end()) return JoinLocked(*it->second, request, *planned);
+  return StartLoadLocked(request, std::move(planned));
+}
+
+void Registry::JoinFinishedThreads() {
   // Threads of finished loads are joined here, outside the lock: their
   // last act (freeing what a failed load allocated) may take a while.
   std::vector<std::thread> finished;
@@ -207,20 +255,10 @@ absl::StatusOr<v1::ModelStatus> Registry::Load(const ModelRequest& request) {
     finished = TakeFinishedThreadsLocked();
   }
   for (std::thread& thread : finished) thread.join();
-  if (request.path.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("model ", request.name, ": path is empty"));
-  }
-  if (request.path.size() > kMaxPathBytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("model ", request.name, ": path is ", request.path.size(),
-                     " bytes, more than ", kMaxPathBytes));
-  }
-  if (!v1::ModelLayout_IsValid(request.layout)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "model ", request.name, ": layout ", static_cast<int>(request.layout),
-        " is unknown (PACKED or FILE_IMAGE)"));
-  }
+}
+
+absl::StatusOr<std::vector<std::string>> Registry::ResolveDevices(
+    const ModelRequest& request) const {
   std::vector<std::string> devices;
   for (const std::string& uuid : request.devices) {
     if (FindTarget(uuid) == nullptr) {
@@ -242,105 +280,104 @@ absl::StatusOr<v1::ModelStatus> Registry::Load(const ModelRequest& request) {
       devices.push_back(target.device->uuid());
     }
   }
+  return devices;
+}
 
-  // Parsing, planning and fingerprinting read headers only; doing it here,
-  // before the model is listed, turns bad paths and files into an error of
-  // this call. The plan opens each file once; the load reads through those
+absl::StatusOr<std::unique_ptr<Registry::PlannedLoad>> Registry::PlanLoad(
+    const ModelRequest& request, std::vector<std::string> devices) const {
+  // The plan opens each file once; the load reads through those
   // descriptors and the fingerprints come from them.
   ParseOptions parse_options;
   parse_options.opener = options_.opener;
   parse_options.remote = options_.load.remote;
   auto planned = std::make_unique<PlannedLoad>();
+  planned->devices = std::move(devices);
   WS_ASSIGN_OR_RETURN(planned->manifest,
                       OpenCheckpoint(request.path, parse_options));
   const Manifest& manifest = planned->manifest;
-  const ModelLayout layout = ChooseLayout(request.layout, manifest, devices);
-  absl::StatusOr<LoadPlan> plan = LoadPlan::Make(
-      manifest, layout, options_.load.alignment,
-      FindTarget(devices[0])->loader->slab_bytes(), options_.load.read_bytes);
+  planned->layout = ChooseLayout(request.layout, manifest, planned->devices);
+  absl::StatusOr<LoadPlan> plan =
+      LoadPlan::Make(manifest, planned->layout, options_.load.alignment,
+                     FindTarget(planned->devices[0])->loader->slab_bytes(),
+                     options_.load.read_bytes);
   if (!plan.ok()) {
-    return absl::Status(
-        plan.status().code(),
-        absl::StrCat("model ", request.name, " as ", ModelLayoutName(layout),
-                     ": ", plan.status().message()));
+    return absl::Status(plan.status().code(),
+                        absl::StrCat("model ", request.name, " as ",
+                                     ModelLayoutName(planned->layout), ": ",
+                                     plan.status().message()));
   }
   planned->plan.emplace(*std::move(plan));
-  WS_RETURN_IF_ERROR(planned->plan->OpenFiles(LoadOptionsFor(layout)));
-  WS_ASSIGN_OR_RETURN(Fingerprint fingerprint, FingerprintPlan(*planned->plan));
-  const LoadSize* const size = &planned->plan->size();
-  uint32_t tensor_count = 0;
+  WS_RETURN_IF_ERROR(planned->plan->OpenFiles(LoadOptionsFor(planned->layout)));
+  WS_ASSIGN_OR_RETURN(planned->fingerprint, FingerprintPlan(*planned->plan));
   for (const FileManifest& file : manifest.files) {
-    tensor_count += static_cast<uint32_t>(file.tensors.size());
+    planned->tensor_count += static_cast<uint32_t>(file.tensors.size());
   }
-  for (const std::string& uuid : devices) {
+  const uint64_t arena_bytes = planned->plan->size().arena_bytes;
+  for (const std::string& uuid : planned->devices) {
     const RegistryTarget& target = *FindTarget(uuid);
-    if (target.budget_bytes != 0 && size->arena_bytes > target.budget_bytes) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("model ", request.name, " needs ", size->arena_bytes,
-                       " bytes on ", uuid, ", more than its whole budget of ",
-                       target.budget_bytes, " bytes"));
+    if (target.budget_bytes != 0 && arena_bytes > target.budget_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "model ", request.name, " needs ", arena_bytes, " bytes on ", uuid,
+          ", more than its whole budget of ", target.budget_bytes, " bytes"));
     }
   }
+  return planned;
+}
 
-  absl::MutexLock lock(&mutex_);
-  if (leasing_stopped_) {
-    return absl::UnavailableError("the daemon is shutting down");
+absl::StatusOr<v1::ModelStatus> Registry::JoinLocked(
+    Model& model, const ModelRequest& request, const PlannedLoad& planned) {
+  if (model.path != request.path) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        "model ", request.name, " is already loaded from ", model.path,
+        "; unload it before loading ", request.path, " under that name"));
   }
-  auto it = models_.find(request.name);
-  if (it != models_.end() && it->second->state == v1::FAILED) {
-    RemoveLocked(request.name);
-    it = models_.end();
+  const std::string change =
+      DescribeChange(model.fingerprint, planned.fingerprint);
+  if (!change.empty()) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("model ", request.name, " is loaded from ", model.path,
+                     ", which changed on disk since (", change,
+                     "); unload it and load it again"));
   }
-  if (it != models_.end()) {
-    Model& model = *it->second;
-    if (model.path != request.path) {
-      return absl::AlreadyExistsError(absl::StrCat(
-          "model ", request.name, " is already loaded from ", model.path,
-          "; unload it before loading ", request.path, " under that name"));
-    }
-    const std::string change = DescribeChange(model.fingerprint, fingerprint);
-    if (!change.empty()) {
-      return absl::AlreadyExistsError(
-          absl::StrCat("model ", request.name, " is loaded from ", model.path,
-                       ", which changed on disk since (", change,
-                       "); unload it and load it again"));
-    }
-    if (request.layout != v1::MODEL_LAYOUT_UNSPECIFIED &&
-        layout != model.layout) {
-      return absl::AlreadyExistsError(absl::StrCat(
-          "model ", request.name, " is held as ", ModelLayoutName(model.layout),
-          ", not ", ModelLayoutName(layout),
-          "; unload it before loading it in another layout"));
-    }
-    if (!request.devices.empty() && devices != model.devices) {
-      return absl::AlreadyExistsError(
-          absl::StrCat("model ", request.name, " is loaded on ",
-                       absl::StrJoin(model.devices, ", "), ", not ",
-                       absl::StrJoin(devices, ", ")));
-    }
-    if (model.state == v1::UNLOADING) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("model ", request.name,
-                       " is being unloaded; load it again once it is gone"));
-    }
-    if (request.pinned && !model.pinned) {
-      model.pinned = true;
-      ChangedLocked(model);
-    }
-    return StatusLocked(model);
+  if (request.layout != v1::MODEL_LAYOUT_UNSPECIFIED &&
+      planned.layout != model.layout) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        "model ", request.name, " is held as ", ModelLayoutName(model.layout),
+        ", not ", ModelLayoutName(planned.layout),
+        "; unload it before loading it in another layout"));
   }
+  if (!request.devices.empty() && planned.devices != model.devices) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("model ", request.name, " is loaded on ",
+                     absl::StrJoin(model.devices, ", "), ", not ",
+                     absl::StrJoin(planned.devices, ", ")));
+  }
+  if (model.state == v1::UNLOADING) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("model ", request.name,
+                     " is being unloaded; load it again once it is gone"));
+  }
+  if (request.pinned && !model.pinned) {
+    model.pinned = true;
+    ChangedLocked(model);
+  }
+  return StatusLocked(model);
+}
 
+v1::ModelStatus Registry::StartLoadLocked(
+    const ModelRequest& request, std::unique_ptr<PlannedLoad> planned) {
+  const LoadSize& size = planned->plan->size();
   auto model = std::make_shared<Model>();
   model->name = request.name;
   model->path = request.path;
-  model->devices = devices;
-  model->fingerprint = std::move(fingerprint);
-  model->layout = layout;
+  model->devices = planned->devices;
+  model->fingerprint = std::move(planned->fingerprint);
+  model->layout = planned->layout;
   model->pinned = request.pinned;
   model->loaded_by_uid = request.requested_by_uid;
-  model->bytes_total = size->load_bytes * devices.size();
-  model->tensor_count = tensor_count;
-  model->arena_bytes = size->arena_bytes;
+  model->bytes_total = size.load_bytes * model->devices.size();
+  model->tensor_count = planned->tensor_count;
+  model->arena_bytes = size.arena_bytes;
   model->started = Now();
   model->last_used = model->started;
   models_[request.name] = model;
@@ -349,8 +386,8 @@ absl::StatusOr<v1::ModelStatus> Registry::Load(const ModelRequest& request) {
   metrics_->loads->Add();
   Logger("registry")
       ->info("loading model {} from {} onto {} ({} bytes, {})", request.name,
-             request.path, absl::StrJoin(devices, ", "), size->load_bytes,
-             ModelLayoutName(layout));
+             request.path, absl::StrJoin(model->devices, ", "), size.load_bytes,
+             ModelLayoutName(model->layout));
 
   // The new thread blocks on mutex_ until this call returns, so it cannot
   // finish before it is recorded.

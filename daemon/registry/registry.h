@@ -205,6 +205,28 @@ class Registry {
     std::shared_ptr<Model> model;
   };
 
+  // Load's steps, in order.
+  void JoinFinishedThreads();
+  // The request's device uuids without repeats, or every target's when it
+  // names none. InvalidArgument for a uuid no target has.
+  absl::StatusOr<std::vector<std::string>> ResolveDevices(
+      const ModelRequest& request) const;
+  // Parses the request's files, plans the load onto `devices`, opens and
+  // fingerprints the files and checks the arena against each device's
+  // budget: the errors of a bad path or file, before anything is listed.
+  absl::StatusOr<std::unique_ptr<PlannedLoad>> PlanLoad(
+      const ModelRequest& request, std::vector<std::string> devices) const;
+  // Joins `model`, of the request's name, when it is the same files,
+  // layout and devices (pinning it if asked); AlreadyExists naming the
+  // difference otherwise, FailedPrecondition while it is being unloaded.
+  absl::StatusOr<v1::ModelStatus> JoinLocked(Model& model,
+                                             const ModelRequest& request,
+                                             const PlannedLoad& planned)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Lists a new LOADING model and starts its load thread.
+  v1::ModelStatus StartLoadLocked(const ModelRequest& request,
+                                  std::unique_ptr<PlannedLoad> planned)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void RunLoad(std::shared_ptr<Model> model,
                std::unique_ptr<PlannedLoad> planned,
                std::shared_ptr<KeyProvider> keys);
