@@ -26,14 +26,6 @@
 namespace warmstart {
 namespace {
 
-Counter* RefusedCounter() {
-  static Counter* counter = Metrics::Global().GetCounter(
-      "warmstart_grpc_connections_refused_total",
-      "gRPC connections closed at once because the daemon's descriptors ran "
-      "low");
-  return counter;
-}
-
 ScopedFd OpenSpare() {
   return ScopedFd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
 }
@@ -55,7 +47,7 @@ uint64_t OpenDescriptors() {
 absl::StatusOr<std::unique_ptr<GrpcAcceptor>> GrpcAcceptor::Start(
     const std::string& path, grpc::Server* server,
     std::function<uint64_t()> keep_free, ConnectionPeers* peers,
-    ConnectionLimits limits) {
+    ConnectionLimits limits, Metrics* metrics) {
   WS_ASSIGN_OR_RETURN(ScopedFd listener,
                       ListenUnixSocket(path, SOCK_STREAM, SOMAXCONN, "socket"));
   ScopedFd stop_event(::eventfd(0, EFD_CLOEXEC));
@@ -64,14 +56,14 @@ absl::StatusOr<std::unique_ptr<GrpcAcceptor>> GrpcAcceptor::Start(
   if (!spare.valid()) return ErrnoToStatus(errno, "open /dev/null");
   return std::unique_ptr<GrpcAcceptor>(new GrpcAcceptor(
       std::move(listener), std::move(stop_event), std::move(spare), server,
-      std::move(keep_free), peers, limits, path));
+      std::move(keep_free), peers, limits, metrics, path));
 }
 
 GrpcAcceptor::GrpcAcceptor(ScopedFd listener, ScopedFd stop_event,
                            ScopedFd spare, grpc::Server* server,
                            std::function<uint64_t()> keep_free,
                            ConnectionPeers* peers, ConnectionLimits limits,
-                           std::string path)
+                           Metrics* metrics, std::string path)
     : listener_(std::move(listener)),
       stop_event_(std::move(stop_event)),
       spare_(std::move(spare)),
@@ -79,6 +71,7 @@ GrpcAcceptor::GrpcAcceptor(ScopedFd listener, ScopedFd stop_event,
       keep_free_(std::move(keep_free)),
       peers_(peers),
       limits_(limits),
+      metrics_(metrics),
       path_(std::move(path)),
       thread_([this] { Run(); }) {}
 
@@ -203,7 +196,13 @@ void GrpcAcceptor::CountRefusal() {
     absl::MutexLock lock(&mutex_);
     ++refused_;
   }
-  RefusedCounter()->Add();
+  if (metrics_ != nullptr) {
+    metrics_
+        ->GetCounter("warmstart_grpc_connections_refused_total",
+                     "gRPC connections closed at once because the daemon's "
+                     "descriptors ran low")
+        ->Add();
+  }
 }
 
 namespace {

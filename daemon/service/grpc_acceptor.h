@@ -31,6 +31,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "common/scoped_fd.h"
+#include "daemon/base/metrics.h"
 #include "daemon/service/session_server.h"
 #include "grpcpp/server.h"
 
@@ -94,11 +95,12 @@ class GrpcAcceptor {
   // Each connection's peer is recorded in `peers` (not owned; outlives the
   // acceptor). A connection past one of `limits` is closed at once with a
   // logged reason naming the limit and its value (a client sees the daemon
-  // as unavailable).
+  // as unavailable). Refusals for want of descriptors are counted in
+  // `metrics` (not owned; it must outlive the acceptor; null: not counted).
   static absl::StatusOr<std::unique_ptr<GrpcAcceptor>> Start(
       const std::string& path, grpc::Server* server,
       std::function<uint64_t()> keep_free, ConnectionPeers* peers,
-      ConnectionLimits limits = ConnectionLimits());
+      ConnectionLimits limits = ConnectionLimits(), Metrics* metrics = nullptr);
 
   // Stops accepting and closes the listening socket (the file stays; the
   // server removes it). Connections already handed to gRPC stay open.
@@ -113,7 +115,7 @@ class GrpcAcceptor {
   GrpcAcceptor(ScopedFd listener, ScopedFd stop_event, ScopedFd spare,
                grpc::Server* server, std::function<uint64_t()> keep_free,
                ConnectionPeers* peers, ConnectionLimits limits,
-               std::string path);
+               Metrics* metrics, std::string path);
   void Run();
   void AcceptOne();
   bool DescriptorsRunLow() const;
@@ -131,6 +133,7 @@ class GrpcAcceptor {
   const std::function<uint64_t()> keep_free_;
   ConnectionPeers* const peers_;
   const ConnectionLimits limits_;
+  Metrics* const metrics_;  // Null: refusals not counted.
   const std::string path_;
 
   mutable absl::Mutex mutex_;

@@ -16,10 +16,10 @@
 //
 // Typical use in the daemon:
 //
-//   WS_ASSIGN_OR_RETURN(auto metrics, MetricsEndpoint::Start(
+//   WS_ASSIGN_OR_RETURN(auto endpoint, MetricsEndpoint::Start(
 //       config.metrics_address(),
-//       [] { return Metrics::Global().PrometheusText(); }));
-//   ...  // serves until `metrics` is destroyed
+//       [&metrics] { return metrics.PrometheusText(); }));
+//   ...  // serves until `endpoint` is destroyed (before `metrics`)
 //
 // Thread safety: Start() and the accessors may be called from any thread.
 // `render` is called on the endpoint's own thread, once per GET request, so

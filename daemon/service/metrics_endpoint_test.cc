@@ -114,12 +114,13 @@ TEST(MetricsEndpointTest, ServesMetrics) {
   EXPECT_EQ(Body(response), kBody);
 }
 
-TEST(MetricsEndpointTest, ServesTheGlobalRegistry) {
-  Metrics::Global()
-      .GetCounter("warmstart_endpoint_test_total", "endpoint test counter")
+TEST(MetricsEndpointTest, ServesAMetricsRegistry) {
+  Metrics metrics;
+  metrics.GetCounter("warmstart_endpoint_test_total", "endpoint test counter")
       ->Add(7);
-  ASSERT_OK_AND_ASSIGN(auto endpoint, MetricsEndpoint::Start("127.0.0.1:0", [] {
-                         return Metrics::Global().PrometheusText();
+  ASSERT_OK_AND_ASSIGN(auto endpoint,
+                       MetricsEndpoint::Start("127.0.0.1:0", [&metrics] {
+                         return metrics.PrometheusText();
                        }));
   const std::string response =
       Exchange(endpoint->port(), "GET /metrics HTTP/1.0\r\n\r\n");

@@ -27,26 +27,6 @@ namespace {
 // Descriptors in one bundle at most: one per device of a model.
 constexpr size_t kMaxFdsPerBundle = 64;
 
-Counter* RefusedCounter() {
-  static Counter* counter = Metrics::Global().GetCounter(
-      "warmstart_sessions_refused_total",
-      "Handle socket connections refused at a session limit");
-  return counter;
-}
-
-Counter* UnreadClosedCounter() {
-  static Counter* counter = Metrics::Global().GetCounter(
-      "warmstart_sessions_closed_unread_total",
-      "Sessions closed because their client left descriptor bundles unread");
-  return counter;
-}
-
-Gauge* SessionsGauge() {
-  static Gauge* gauge = Metrics::Global().GetGauge(
-      "warmstart_sessions", "Client sessions open on the handle socket");
-  return gauge;
-}
-
 // Sends one datagram holding `message` and, when given, `fds`.
 absl::Status SendMessage(int socket, const v1::HandleMessage& message,
                          const std::vector<int>& fds) {
@@ -62,7 +42,7 @@ absl::Status SendMessage(int socket, const v1::HandleMessage& message,
 
 absl::StatusOr<std::unique_ptr<SessionServer>> SessionServer::Start(
     const std::string& path, std::function<void(const std::string&)> on_close,
-    SessionLimits limits) {
+    SessionLimits limits, Metrics* metrics) {
   WS_ASSIGN_OR_RETURN(
       ScopedFd listener,
       ListenUnixSocket(path, SOCK_SEQPACKET, 128, "handle socket"));
@@ -70,18 +50,31 @@ absl::StatusOr<std::unique_ptr<SessionServer>> SessionServer::Start(
   if (!stop_event.valid()) return ErrnoToStatus(errno, "eventfd");
   return std::unique_ptr<SessionServer>(
       new SessionServer(std::move(listener), std::move(stop_event), path,
-                        std::move(on_close), limits));
+                        std::move(on_close), limits, metrics));
 }
 
 SessionServer::SessionServer(ScopedFd listener, ScopedFd stop_event,
                              std::string path,
                              std::function<void(const std::string&)> on_close,
-                             SessionLimits limits)
+                             SessionLimits limits, Metrics* metrics)
     : listener_(std::move(listener)),
       stop_event_(std::move(stop_event)),
       path_(std::move(path)),
       on_close_(std::move(on_close)),
       limits_(limits),
+      refused_(GivenOrUnexported(metrics, unexported_metrics_)
+                   .GetCounter("warmstart_sessions_refused_total",
+                               "Handle socket connections refused at a "
+                               "session limit")),
+      closed_unread_(
+          GivenOrUnexported(metrics, unexported_metrics_)
+              .GetCounter("warmstart_sessions_closed_unread_total",
+                          "Sessions closed because their client left "
+                          "descriptor bundles unread")),
+      open_sessions_(GivenOrUnexported(metrics, unexported_metrics_)
+                         .GetGauge("warmstart_sessions",
+                                   "Client sessions open on the handle "
+                                   "socket")),
       thread_([this] { Run(); }) {}
 
 SessionServer::~SessionServer() {
@@ -93,7 +86,7 @@ SessionServer::~SessionServer() {
   ids_by_fd_.clear();
   per_process_.clear();
   per_uid_.clear();
-  SessionsGauge()->Set(0);
+  open_sessions_->Set(0);
   ::unlink(path_.c_str());
 }
 
@@ -171,7 +164,7 @@ void SessionServer::Accept() {
   if (!over.empty()) {
     log->warn("refusing a session from pid {} uid {}: {}", peer.pid, peer.uid,
               over);
-    RefusedCounter()->Add();
+    refused_->Add();
     // The client learns which limit it hit instead of a bare close (which
     // reads as "the daemon restarted"). Best effort: the socket is new and
     // empty, so the datagram fits unless the peer already went away.
@@ -190,7 +183,7 @@ void SessionServer::Accept() {
     sessions_[id] = Session{std::move(socket), peer};
     ++per_process_[peer.pid];
     ++per_uid_[peer.uid];
-    SessionsGauge()->Set(static_cast<int64_t>(sessions_.size()));
+    open_sessions_->Set(static_cast<int64_t>(sessions_.size()));
   }
   v1::HandleMessage hello;
   hello.mutable_hello()->set_session_id(id);
@@ -216,7 +209,7 @@ std::string SessionServer::CloseSession(int fd) {
   if (--per_process_[peer.pid] == 0) per_process_.erase(peer.pid);
   if (--per_uid_[peer.uid] == 0) per_uid_.erase(peer.uid);
   sessions_.erase(session);
-  SessionsGauge()->Set(static_cast<int64_t>(sessions_.size()));
+  open_sessions_->Set(static_cast<int64_t>(sessions_.size()));
   return id;
 }
 
@@ -290,7 +283,7 @@ absl::Status SessionServer::SendFds(const std::string& session_id,
     Logger("sessions")
         ->warn("closing session {} of pid {} uid {}: {}", session_id,
                session.peer.pid, session.peer.uid, reason);
-    UnreadClosedCounter()->Add();
+    closed_unread_->Add();
     // The session thread sees the shutdown as a close and releases the
     // session's leases; the descriptor number stays ours until then.
     ::shutdown(session.socket.get(), SHUT_RDWR);

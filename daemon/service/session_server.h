@@ -31,6 +31,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "common/scoped_fd.h"
+#include "daemon/base/metrics.h"
 
 namespace warmstart {
 
@@ -70,10 +71,13 @@ class SessionServer {
  public:
   // Listens on `path` (which PrepareSocketPath has made ready) and starts
   // the session thread. `on_close(session_id)` runs once per session when
-  // its socket closes, not for sessions still open at destruction.
+  // its socket closes, not for sessions still open at destruction. Open
+  // sessions, refusals and sessions closed for unread bundles are counted
+  // in `metrics` (not owned; it must outlive the server; null: in a Metrics
+  // of the server's own, which nobody exports).
   static absl::StatusOr<std::unique_ptr<SessionServer>> Start(
       const std::string& path, std::function<void(const std::string&)> on_close,
-      SessionLimits limits = SessionLimits());
+      SessionLimits limits = SessionLimits(), Metrics* metrics = nullptr);
 
   // Stops the thread, closes every session and removes the socket file.
   ~SessionServer();
@@ -111,7 +115,7 @@ class SessionServer {
 
   SessionServer(ScopedFd listener, ScopedFd stop_event, std::string path,
                 std::function<void(const std::string&)> on_close,
-                SessionLimits limits);
+                SessionLimits limits, Metrics* metrics);
   void Run();
   void Accept();
   // Closes the session on `fd`; returns its id ("" if unknown).
@@ -125,6 +129,11 @@ class SessionServer {
   const std::string path_;
   const std::function<void(const std::string&)> on_close_;
   const SessionLimits limits_;
+  // Made when no Metrics was given; before the pointers into it.
+  std::unique_ptr<Metrics> unexported_metrics_;
+  Counter* const refused_;
+  Counter* const closed_unread_;
+  Gauge* const open_sessions_;
   std::atomic<uint64_t> next_transfer_id_{1};
 
   mutable absl::Mutex mutex_;

@@ -146,9 +146,10 @@ TEST(SessionServerTest, RefusesAProcessOverItsLimitNamingIt) {
   limits.max_sessions = 100;
   limits.max_per_process = 3;
   limits.max_per_uid = 100;
+  Metrics metrics;  // Outlives the server, which counts into it.
   ASSERT_OK_AND_ASSIGN(auto server,
                        SessionServer::Start(
-                           path, [](const std::string&) {}, limits));
+                           path, [](const std::string&) {}, limits, &metrics));
   std::vector<ScopedFd> held;
   for (int i = 0; i < 3; ++i) {
     held.push_back(ConnectTo(path));
@@ -162,6 +163,10 @@ TEST(SessionServerTest, RefusesAProcessOverItsLimitNamingIt) {
                   "process ", ::getpid(),
                   " holds 3 sessions, the most one process may hold (3)")));
   EXPECT_EQ(server->session_count(), 3u);
+  // Counted in the Metrics the server was given (the refusal and the open
+  // sessions are recorded before the client hears of them).
+  EXPECT_EQ(metrics.Snapshot()["warmstart_sessions_refused_total"], 1);
+  EXPECT_EQ(metrics.Snapshot()["warmstart_sessions"], 3);
 
   // Another process still gets one: a forked child, which reports.
   int pipe_fds[2];

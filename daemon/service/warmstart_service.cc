@@ -30,14 +30,6 @@ grpc::Status ToGrpc(const absl::Status& status) {
                       std::string(status.message()));
 }
 
-absl::Time DeadlineOf(const grpc::ServerContext& context) {
-  const auto deadline = context.deadline();
-  if (deadline == std::chrono::system_clock::time_point::max()) {
-    return absl::Now() + kDefaultWait;
-  }
-  return std::min(absl::FromChrono(deadline), absl::Now() + kDefaultWait);
-}
-
 v1::MemoryKind KindOf(ExportedMemory::Kind kind) {
   switch (kind) {
     case ExportedMemory::Kind::kHostMemfd:
@@ -62,14 +54,30 @@ absl::Status RequireUtf8(absl::string_view field, absl::string_view value) {
                    "\" is not valid UTF-8 (byte ", bad, ")"));
 }
 
-Counter* RefusedPaths() {
-  static Counter* counter = Metrics::Global().GetCounter(
-      "warmstart_refused_paths_total",
-      "Loads refused because the path is outside the model roots");
-  return counter;
-}
-
 }  // namespace
+
+WarmstartService::WarmstartService(v1::ServerInfo info, Registry* registry,
+                                   SessionServer* sessions,
+                                   WarmstartServiceOptions options)
+    : info_(std::move(info)),
+      registry_(registry),
+      sessions_(sessions),
+      now_(std::move(options.now)),
+      metrics_(GivenOrUnexported(options.metrics, unexported_metrics_)),
+      refused_paths_(metrics_.GetCounter(
+          "warmstart_refused_paths_total",
+          "Loads refused because the path is outside the model roots")) {}
+
+absl::Time WarmstartService::Now() const { return now_ ? now_() : absl::Now(); }
+
+absl::Time WarmstartService::DeadlineOf(
+    const grpc::ServerContext& context) const {
+  const auto deadline = context.deadline();
+  if (deadline == std::chrono::system_clock::time_point::max()) {
+    return Now() + kDefaultWait;
+  }
+  return std::min(absl::FromChrono(deadline), Now() + kDefaultWait);
+}
 
 void WarmstartService::SetReadiness(v1::Readiness::State state,
                                     const std::string& message) {
@@ -132,13 +140,13 @@ absl::StatusOr<v1::ModelStatus> WarmstartService::WaitLoaded(
     grpc::ServerContext& context, const std::string& name) {
   const absl::Time deadline = DeadlineOf(context);
   while (true) {
-    const absl::Time until = std::min(deadline, absl::Now() + kCancelPoll);
+    const absl::Time until = std::min(deadline, Now() + kCancelPoll);
     absl::StatusOr<v1::ModelStatus> status = registry_->WaitLoaded(name, until);
     if (!status.ok() || status->state() != v1::LOADING) return status;
     if (context.IsCancelled()) {
       return absl::CancelledError("the call was cancelled; the load goes on");
     }
-    if (absl::Now() >= deadline) {
+    if (Now() >= deadline) {
       return absl::DeadlineExceededError(absl::StrCat(
           "model ", name, " is still loading (", status->bytes_loaded(), " of ",
           status->bytes_total(), " bytes); the load goes on"));
@@ -262,7 +270,7 @@ grpc::Status WarmstartService::LoadModel(grpc::ServerContext* context,
   absl::StatusOr<v1::ModelStatus> status = registry_->Load(model);
   if (!status.ok()) {
     if (absl::IsPermissionDenied(status.status())) {
-      RefusedPaths()->Add();
+      refused_paths_->Add();
       Logger("service")->warn("refused to load model {} from {}: {}",
                               absl::CHexEscape(model.name.substr(0, 128)),
                               absl::CHexEscape(model.path.substr(0, 4096)),
@@ -296,7 +304,7 @@ grpc::Status WarmstartService::WatchModel(
   uint64_t version = 0;
   while (!context->IsCancelled()) {
     absl::StatusOr<v1::ModelStatus> status = registry_->WaitForChange(
-        request->name(), &version, absl::Now() + kCancelPoll);
+        request->name(), &version, Now() + kCancelPoll);
     if (!status.ok()) return ToGrpc(status.status());
     if (!writer->Write(*status)) return grpc::Status::CANCELLED;
     if (status->state() == v1::READY || status->state() == v1::FAILED) {
@@ -331,7 +339,7 @@ grpc::Status WarmstartService::AcquireModel(
                               fits.message());
       return ToGrpc(fits);
     }
-    grant = registry_->Acquire(request->name(), *session, absl::Now());
+    grant = registry_->Acquire(request->name(), *session, Now());
   }
   if (!grant.ok()) return ToGrpc(grant.status());
 
@@ -496,7 +504,7 @@ grpc::Status WarmstartService::GetStats(grpc::ServerContext*,
     device->set_free_bytes(use.free_bytes);
     device->set_retained_bytes(use.retained_bytes);
   }
-  for (const auto& [name, value] : Metrics::Global().Snapshot()) {
+  for (const auto& [name, value] : metrics_.Snapshot()) {
     (*response->mutable_metrics())[name] = value;
   }
   return grpc::Status::OK;

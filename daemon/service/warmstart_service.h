@@ -10,14 +10,18 @@
 #ifndef WARMSTART_DAEMON_SERVICE_WARMSTART_SERVICE_H_
 #define WARMSTART_DAEMON_SERVICE_WARMSTART_SERVICE_H_
 
+#include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "common/protocol.h"
+#include "daemon/base/metrics.h"
 #include "daemon/registry/registry.h"
 #include "daemon/service/grpc_acceptor.h"
 #include "daemon/service/session_server.h"
@@ -58,14 +62,26 @@ struct LeaseLimits {
   size_t max_per_uid = 0;
 };
 
+struct WarmstartServiceOptions {
+  // Where refused paths are counted, and the series GetStats reports (the
+  // daemon's: every component's). Not owned; must outlive the service.
+  // Null: a Metrics of the service's own.
+  Metrics* metrics = nullptr;
+  // The clock the calls' waits are timed by; null means absl::Now. The
+  // registry waits until deadlines on this clock's scale: under a clock
+  // behind the real time those waits return at once (tests step their
+  // clock instead of sleeping).
+  std::function<absl::Time()> now;
+};
+
 class WarmstartService final : public v1::Warmstart::Service {
  public:
   // `info` is GetServerInfo's answer except for the readiness, which
   // SetReadiness changes. `registry` and `sessions` are not owned and
   // outlive the service.
   WarmstartService(v1::ServerInfo info, Registry* registry,
-                   SessionServer* sessions)
-      : info_(std::move(info)), registry_(registry), sessions_(sessions) {}
+                   SessionServer* sessions,
+                   WarmstartServiceOptions options = {});
 
   // Binds sessions to their peer: a call that names a session must come
   // over a connection whose peer (in `peers`, not owned, outliving the
@@ -117,10 +133,19 @@ class WarmstartService final : public v1::Warmstart::Service {
   // cancelled or its deadline passes.
   absl::StatusOr<v1::ModelStatus> WaitLoaded(grpc::ServerContext& context,
                                              const std::string& name);
+  absl::Time Now() const;
+  // The call's deadline, or kDefaultWait from now when it has none or a
+  // later one.
+  absl::Time DeadlineOf(const grpc::ServerContext& context) const;
 
   const v1::ServerInfo info_;
   Registry* const registry_;
   SessionServer* const sessions_;
+  const std::function<absl::Time()> now_;
+  // Made when no Metrics was given; before the pointers into it.
+  std::unique_ptr<Metrics> unexported_metrics_;
+  Metrics& metrics_;
+  Counter* const refused_paths_;
   // PermissionDenied naming the caller when it may not `what` ("load
   // models") under policy_.
   absl::Status AuthorizeControl(const grpc::ServerContext& context,
