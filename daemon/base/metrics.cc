@@ -170,11 +170,6 @@ std::map<LabelValues, Histogram::Data> HistogramFamily::Read() const {
   return out;
 }
 
-Metrics& Metrics::Global() {
-  static Metrics* const metrics = new Metrics;
-  return *metrics;
-}
-
 Metrics& GivenOrUnexported(Metrics* given,
                            std::unique_ptr<Metrics>& unexported) {
   if (given != nullptr) return *given;

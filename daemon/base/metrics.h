@@ -135,9 +135,6 @@ class HistogramFamily {
 
 class Metrics {
  public:
-  // The daemon's registry, for components that are not handed one.
-  static Metrics& Global();
-
   // Names follow Prometheus: "warmstart_<component>_<what>[_total]"; label
   // names [a-z_]+. A name's kind and label names are fixed by its first
   // registration.

@@ -100,11 +100,8 @@ uint64_t GpuBudget(const Device& device, uint64_t configured) {
   return budget;
 }
 
-Counter* PreloadFailures() {
-  static Counter* counter = Metrics::Global().GetCounter(
-      "warmstart_preload_failures_total", "Preloads that failed to load");
-  return counter;
-}
+// The daemon's clock, which every component that reads the time is given.
+absl::Time DaemonNow() { return absl::Now(); }
 
 }  // namespace
 
@@ -156,6 +153,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
                                  config.remote_sources().end());
   remote.concurrency = config.remote_concurrency();
   remote.ca_bundle = config.remote_ca_bundle();
+  remote.now = &DaemonNow;
+  remote.metrics = &server->metrics_;
   WS_ASSIGN_OR_RETURN(server->remote_,
                       RemoteSources::Create(std::move(remote)));
   RegistryOptions options;
@@ -165,10 +164,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
         {target.device.get(), target.loader.get(), target.budget_bytes});
   }
   options.opener = server->opener_.get();
-  // The daemon's metrics and clock: the process-wide ones (tests of the
-  // registry pass their own).
-  options.metrics = &Metrics::Global();
-  options.now = [] { return absl::Now(); };
+  // The daemon's metrics and clock (tests of the registry pass their own).
+  options.metrics = &server->metrics_;
+  options.now = &DaemonNow;
   server->registry_ = std::make_unique<Registry>(std::move(options));
   WS_RETURN_IF_ERROR(server->Listen(config, info));
   return server;
@@ -214,7 +212,8 @@ absl::Status Server::SetUpTargets(const v1::DaemonConfig& config,
     for (const CudaDeviceInfo& gpu : gpus) {
       WS_ASSIGN_OR_RETURN(
           std::unique_ptr<CudaDevice> device,
-          CudaDevice::Create(driver_.get(), gpu.ordinal, CudaDeviceOptions{}));
+          CudaDevice::Create(driver_.get(), gpu.ordinal,
+                             CudaDeviceOptions{.metrics = &metrics_}));
       devices.push_back(std::move(device));
       v1::Device* described = info.add_devices();
       described->set_uuid(gpu.uuid);
@@ -222,11 +221,13 @@ absl::Status Server::SetUpTargets(const v1::DaemonConfig& config,
       described->set_total_bytes(gpu.total_bytes);
     }
   } else {
-    devices.push_back(std::make_unique<HostDevice>(HostDeviceOptions{}));
+    devices.push_back(
+        std::make_unique<HostDevice>(HostDeviceOptions{.metrics = &metrics_}));
     info.add_devices()->set_uuid("host");
   }
 
   ReadEngineOptions engine_options;
+  engine_options.metrics = &metrics_;
   switch (config.io_engine()) {
     case v1::IO_ENGINE_URING:
       engine_options.kind = ReadEngineOptions::Kind::kIoUring;
@@ -292,13 +293,16 @@ absl::Status Server::Listen(const v1::DaemonConfig& config,
                                  id, released);
                        }
                      },
-                     descriptors_.sessions));
+                     descriptors_.sessions, &metrics_));
   WS_RETURN_IF_ERROR(ApplySocketPermissions(handle_socket, listen.socket_mode(),
                                             listen.socket_owner(),
                                             listen.socket_group()));
 
-  service_ =
-      std::make_unique<WarmstartService>(info, registry, sessions_.get());
+  WarmstartServiceOptions service_options;
+  service_options.metrics = &metrics_;
+  service_options.now = &DaemonNow;
+  service_ = std::make_unique<WarmstartService>(info, registry, sessions_.get(),
+                                                service_options);
   service_->BindSessionsToPeers(&connection_peers_);
   AuthorizationPolicy policy;
   policy.control_uids.insert(config.authorization().control_uids().begin(),
@@ -352,10 +356,10 @@ absl::Status Server::Listen(const v1::DaemonConfig& config,
                                             listen.socket_owner(),
                                             listen.socket_group()));
   if (!listen.metrics_address().empty()) {
-    WS_ASSIGN_OR_RETURN(metrics_endpoint_,
-                        MetricsEndpoint::Start(listen.metrics_address(), [] {
-                          return Metrics::Global().PrometheusText();
-                        }));
+    WS_ASSIGN_OR_RETURN(
+        metrics_endpoint_,
+        MetricsEndpoint::Start(listen.metrics_address(),
+                               [this] { return metrics_.PrometheusText(); }));
   }
   probe_thread_ = std::thread([this] { RunListenerProbe(); });
   Logger("daemon")->info(
@@ -450,7 +454,7 @@ void Server::TrackReadiness(std::vector<std::string> required,
     while (true) {
       if (stop_readiness_) return;
       absl::StatusOr<v1::ModelStatus> status =
-          registry_->WaitLoaded(name, absl::Now() + kReadinessPoll);
+          registry_->WaitLoaded(name, DaemonNow() + kReadinessPoll);
       if (!status.ok()) {
         SetReady(v1::Readiness::FAILED,
                  absl::StrCat("required preload ", name, ": ",
@@ -548,7 +552,8 @@ absl::Status Server::StartUnixAcceptor() {
           &connection_peers_,
           ConnectionLimits{descriptors_.max_grpc_connections,
                            descriptors_.max_grpc_connections_per_process,
-                           descriptors_.max_grpc_connections_per_uid}));
+                           descriptors_.max_grpc_connections_per_uid},
+          &metrics_));
   return absl::OkStatus();
 }
 
@@ -646,7 +651,7 @@ int Server::Shutdown() {
     log->info("waiting up to {} s for {} lease(s) to be released",
               config_.shutdown_grace_seconds(), held);
   }
-  const int left = registry_->WaitUntilUnleased(absl::Now() + grace);
+  const int left = registry_->WaitUntilUnleased(DaemonNow() + grace);
   if (left > 0) {
     log->warn("{} lease(s) still held after {} s; releasing everything", left,
               config_.shutdown_grace_seconds());

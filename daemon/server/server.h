@@ -23,6 +23,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "daemon/base/metrics.h"
 #include "daemon/device/cuda_driver.h"
 #include "daemon/device/device.h"
 #include "daemon/io/read_engine.h"
@@ -78,6 +79,10 @@ class Server {
   };
 
   Server() = default;
+  Counter* PreloadFailures() {
+    return metrics_.GetCounter("warmstart_preload_failures_total",
+                               "Preloads that failed to load");
+  }
   absl::Status SetUpTargets(const v1::DaemonConfig& config,
                             v1::ServerInfo& info);
   absl::Status Listen(const v1::DaemonConfig& config,
@@ -110,6 +115,9 @@ class Server {
   absl::Status RearmUnixListener();
   void StopListenerProbe();
 
+  // The daemon's metrics, which every component counts into and the stats
+  // RPC and the metrics endpoint export. First: it outlives them all.
+  Metrics metrics_;
   v1::DaemonConfig config_;
   DescriptorBudget descriptors_;        // Set first in Start.
   std::unique_ptr<CudaDriver> driver_;  // Kept: unloading after cuInit is
