@@ -16,7 +16,7 @@
 #include "client/testing/fake_daemon.h"
 #include "common/testing/status_matchers.h"
 #include "common/testing/test_env.h"
-#include "tests/subprocess.h"
+#include "tests/doubles/subprocess.h"
 
 namespace warmstart {
 namespace client {

@@ -25,7 +25,7 @@
 #include "daemon/device/testing/cuda_sim.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "tests/subprocess.h"
+#include "tests/doubles/subprocess.h"
 
 namespace warmstart {
 namespace client {

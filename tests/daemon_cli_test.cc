@@ -5,7 +5,7 @@
 #include "common/testing/status_matchers.h"
 #include "common/testing/test_env.h"
 #include "nlohmann/json.hpp"
-#include "tests/subprocess.h"
+#include "tests/doubles/subprocess.h"
 
 namespace warmstart {
 namespace testing {

@@ -30,7 +30,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "proto/warmstart.grpc.pb.h"
-#include "tests/subprocess.h"
+#include "tests/doubles/subprocess.h"
 
 namespace warmstart {
 namespace {
