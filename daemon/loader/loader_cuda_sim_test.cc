@@ -22,16 +22,17 @@
 #include "daemon/formats/byte_source.h"
 #include "daemon/formats/checkpoint.h"
 #include "daemon/formats/tensor_data.h"
-#include "daemon/io/fault_injecting_engine.h"
 #include "daemon/io/read_engine.h"
 #include "daemon/loader/load_job.h"
 #include "daemon/loader/loader.h"
 #include "daemon/staging/staging_pool.h"
+#include "tests/doubles/fault_injecting_engine.h"
 
 namespace warmstart {
 namespace {
 
 using ::warmstart::testing::AllocationPathName;
+using ::warmstart::testing::FaultInjectingEngine;
 using ::warmstart::testing::Sha256Hex;
 using ::warmstart::testing::SimulatedBytes;
 using ::warmstart::testing::SimulatedCudaPathsTest;

@@ -18,12 +18,13 @@
 #include "daemon/formats/byte_source.h"
 #include "daemon/formats/checkpoint.h"
 #include "daemon/formats/tensor_data.h"
-#include "daemon/io/fault_injecting_engine.h"
 #include "nlohmann/json.hpp"
+#include "tests/doubles/fault_injecting_engine.h"
 
 namespace warmstart {
 namespace {
 
+using ::warmstart::testing::FaultInjectingEngine;
 using ::warmstart::testing::Sha256Hex;
 
 using ::testing::AllOf;

@@ -14,16 +14,17 @@
 #include "daemon/device/cuda_device.h"
 #include "daemon/device/testing/sim_driver.h"
 #include "daemon/formats/checkpoint.h"
-#include "daemon/io/fault_injecting_engine.h"
 #include "daemon/io/read_engine.h"
 #include "daemon/loader/loader.h"
 #include "daemon/registry/registry.h"
 #include "daemon/staging/staging_pool.h"
 #include "gtest/gtest.h"
+#include "tests/doubles/fault_injecting_engine.h"
 
 namespace warmstart {
 namespace {
 
+using ::warmstart::testing::FaultInjectingEngine;
 using ::warmstart::testing::SimulatedCudaTest;
 
 absl::Time Soon() { return absl::Now() + absl::Seconds(30); }
