@@ -18,13 +18,13 @@
 #include "common/testing/test_env.h"
 #include "daemon/device/cuda_device.h"
 #include "daemon/device/cuda_driver.h"
-#include "daemon/device/testing/pinned_buffer.h"
 #include "daemon/formats/byte_source.h"
 #include "daemon/formats/checkpoint.h"
 #include "daemon/formats/tensor_data.h"
 #include "daemon/io/read_engine.h"
 #include "daemon/loader/loader.h"
 #include "daemon/staging/staging_pool.h"
+#include "tests/doubles/pinned_buffer.h"
 
 namespace warmstart {
 namespace {

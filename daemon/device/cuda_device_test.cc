@@ -31,13 +31,13 @@
 #include "daemon/base/metrics.h"
 #include "daemon/device/cuda_driver.h"
 #include "daemon/device/testing/cuda_sim.h"
-#include "daemon/device/testing/pinned_buffer.h"
 #include "daemon/device/testing/sim_driver.h"
 #include "daemon/formats/byte_source.h"
 #include "daemon/formats/checkpoint.h"
 #include "daemon/formats/tensor_data.h"
 #include "daemon/io/read_engine.h"
 #include "daemon/staging/staging_pool.h"
+#include "tests/doubles/pinned_buffer.h"
 
 namespace warmstart {
 namespace {

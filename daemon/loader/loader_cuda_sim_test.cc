@@ -17,7 +17,6 @@
 #include "common/testing/test_env.h"
 #include "daemon/device/cuda_device.h"
 #include "daemon/device/testing/cuda_sim.h"
-#include "daemon/device/testing/fault_injecting_device.h"
 #include "daemon/device/testing/sim_driver.h"
 #include "daemon/formats/byte_source.h"
 #include "daemon/formats/checkpoint.h"
@@ -26,6 +25,7 @@
 #include "daemon/loader/load_job.h"
 #include "daemon/loader/loader.h"
 #include "daemon/staging/staging_pool.h"
+#include "tests/doubles/fault_injecting_device.h"
 #include "tests/doubles/fault_injecting_engine.h"
 
 namespace warmstart {

@@ -14,11 +14,11 @@
 #include "common/testing/test_env.h"
 #include "daemon/base/file_opener.h"
 #include "daemon/device/host_device.h"
-#include "daemon/device/testing/fault_injecting_device.h"
 #include "daemon/formats/byte_source.h"
 #include "daemon/formats/checkpoint.h"
 #include "daemon/formats/tensor_data.h"
 #include "nlohmann/json.hpp"
+#include "tests/doubles/fault_injecting_device.h"
 #include "tests/doubles/fault_injecting_engine.h"
 
 namespace warmstart {
