@@ -264,14 +264,14 @@ TEST_F(ClientTest, UnsafeDescriptorsAreRefused) {
 }
 
 TEST_F(ClientTest, GpuModelOnAGpuThisProcessCannotSeeIsNotFound) {
-  // The simulated CUDA driver (daemon/device/testing/cuda_sim.h) sees one
+  // The simulated CUDA driver (tests/doubles/cuda_sim.h) sees one
   // GPU, not this one. (CUDA import itself: cuda_import_test and
   // //tests:daemon_protocol_test.) The client keeps the driver it loads
   // first for the process's life, so this is the only test here that
   // reaches CUDA; the variable is cleared even when an assertion fails.
   ::setenv(
       "WARMSTART_LIBCUDA",
-      ::warmstart::testing::BinaryPath("daemon/device/libcuda_sim.so").c_str(),
+      ::warmstart::testing::BinaryPath("tests/doubles/libcuda_sim.so").c_str(),
       1);
   absl::Cleanup unset = [] { ::unsetenv("WARMSTART_LIBCUDA"); };
   SetBehavior([](FakeBehavior& b) {

@@ -1,4 +1,4 @@
-// The CUDA backend against the SIMULATED driver (testing/cuda_sim.h):
+// The CUDA backend against the SIMULATED driver (tests/doubles/cuda_sim.h):
 // allocation on both paths, export, stream and event ordering, and every
 // error path (the Loader over it: daemon/loader/loader_cuda_sim_test.cc).
 // Simulated device memory is host memory, so the tests read it directly through
@@ -30,14 +30,14 @@
 #include "common/testing/test_env.h"
 #include "daemon/base/metrics.h"
 #include "daemon/device/cuda_driver.h"
-#include "daemon/device/testing/cuda_sim.h"
-#include "daemon/device/testing/sim_driver.h"
 #include "daemon/formats/byte_source.h"
 #include "daemon/formats/checkpoint.h"
 #include "daemon/formats/tensor_data.h"
 #include "daemon/io/read_engine.h"
 #include "daemon/staging/staging_pool.h"
+#include "tests/doubles/cuda_sim.h"
 #include "tests/doubles/pinned_buffer.h"
+#include "tests/doubles/sim_driver.h"
 
 namespace warmstart {
 namespace {
