@@ -13,9 +13,9 @@
 #include <vector>
 
 #include "absl/cleanup/cleanup.h"
-#include "client/testing/fake_daemon.h"
 #include "common/testing/status_matchers.h"
 #include "common/testing/test_env.h"
+#include "tests/doubles/fake_daemon.h"
 #include "tests/doubles/subprocess.h"
 
 namespace warmstart {
@@ -457,7 +457,8 @@ class FakeDaemonProcess {
     ::mkdir(log_dir_.c_str(), 0755);
     child_ = std::make_unique<ChildProcess>(
         std::vector<std::string>{
-            ::warmstart::testing::BinaryPath("client/fake_daemon_main"), dir},
+            ::warmstart::testing::BinaryPath("tests/doubles/fake_daemon_main"),
+            dir},
         log_dir_);
     const absl::Time deadline = absl::Now() + absl::Seconds(20);
     while (child_->Stderr().find("ready") == std::string::npos &&
