@@ -10,7 +10,6 @@
 #include "daemon/base/file_opener.h"
 #include "daemon/base/metrics.h"
 #include "daemon/device/host_device.h"
-#include "daemon/device/testing/fault_injecting_device.h"
 #include "daemon/io/read_engine.h"
 #include "daemon/loader/loader.h"
 #include "daemon/registry/registry.h"
@@ -18,6 +17,7 @@
 #include "daemon/staging/staging_pool.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/doubles/fault_injecting_device.h"
 
 namespace warmstart {
 namespace {
