@@ -197,22 +197,121 @@ class HostAllocation : public DeviceAllocation {
   std::unique_ptr<Prefaulter> prefaulter_;
 };
 
-// MemAvailable from `meminfo`, in bytes; 0 when unknown.
-uint64_t MemAvailableBytes(const std::string& meminfo) {
-  uint64_t available = 0;
+// The number after `format` (a scanf format such as "MemAvailable: %llu
+// kB") in `meminfo`; 0 when absent or unreadable.
+uint64_t MeminfoValue(const std::string& meminfo, const char* format) {
+  unsigned long long value = 0;
   if (std::FILE* file = std::fopen(meminfo.c_str(), "re")) {
     char line[256];
-    unsigned long long kib = 0;
     while (std::fgets(line, sizeof(line), file) != nullptr) {
-      if (std::sscanf(line, "MemAvailable: %llu kB", &kib) == 1) break;
+      if (std::sscanf(line, format, &value) == 1) break;
     }
     std::fclose(file);
-    available = static_cast<uint64_t>(kib) * 1024;
   }
-  return available;
+  return static_cast<uint64_t>(value);
+}
+
+// MemAvailable from `meminfo`, in bytes; 0 when unknown.
+uint64_t MemAvailableBytes(const std::string& meminfo) {
+  return MeminfoValue(meminfo, "MemAvailable: %llu kB") * 1024;
+}
+
+void CountAllocation(HostPageKind kind) {
+  Metrics::Global()
+      .GetCounterFamily("warmstart_host_allocations_total",
+                        "Host arenas allocated, by the pages they got.",
+                        {"pages"})
+      ->WithLabels({HostPageKindName(kind)})
+      ->Add();
 }
 
 }  // namespace
+
+const char* HostPageKindName(HostPageKind kind) {
+  switch (kind) {
+    case HostPageKind::kHugetlb:
+      return "hugetlb";
+    case HostPageKind::kShmemThpWrite:
+      return "shmem_thp";
+    case HostPageKind::kShmemThpAdvised:
+      return "shmem_thp_advise";
+    case HostPageKind::kSmall:
+      return "4k";
+  }
+  return "4k";
+}
+
+HostPageChoice ChooseShmemPages(const std::string& shmem_enabled_path) {
+  std::string text;
+  if (std::FILE* file = std::fopen(shmem_enabled_path.c_str(), "re")) {
+    char buffer[256];
+    const size_t n = std::fread(buffer, 1, sizeof(buffer) - 1, file);
+    std::fclose(file);
+    text.assign(buffer, n);
+  } else {
+    return {HostPageKind::kSmall,
+            absl::StrCat("4 KiB pages: cannot read ", shmem_enabled_path, ": ",
+                         std::strerror(errno))};
+  }
+  const size_t open = text.find('[');
+  const size_t close = text.find(']', open);
+  const std::string setting =
+      open == std::string::npos || close == std::string::npos
+          ? ""
+          : text.substr(open + 1, close - open - 1);
+  const std::string is = absl::StrCat(shmem_enabled_path, " is ", setting);
+  // Writes to a memfd get huge folios under always, within_size and force
+  // (the file's size is set before anything is written), never under
+  // advise, which looks only at the mapping's MADV_HUGEPAGE (measured on
+  // Linux 6.18: pwrite under advise left ShmemHugePages unchanged).
+  if (setting == "always" || setting == "within_size" || setting == "force") {
+    return {HostPageKind::kShmemThpWrite,
+            absl::StrCat("2 MiB shmem transparent huge pages, filled through "
+                         "the memfd: ",
+                         is)};
+  }
+  if (setting == "advise") {
+    return {HostPageKind::kShmemThpAdvised,
+            absl::StrCat("2 MiB shmem transparent huge pages through the "
+                         "daemon's MADV_HUGEPAGE mapping, filled through it: ",
+                         is, " (writes to the memfd would get 4 KiB pages)")};
+  }
+  if (setting == "never" || setting == "deny") {
+    return {HostPageKind::kSmall,
+            absl::StrCat("4 KiB pages: ", is,
+                         " (within_size or advise there, or vm.nr_hugepages, "
+                         "give 2 MiB pages)")};
+  }
+  return {HostPageKind::kSmall,
+          absl::StrCat("4 KiB pages: ", shmem_enabled_path,
+                       " names no known setting in brackets: \"", text, "\"")};
+}
+
+HostPageChoice HostDevice::ShmemChoice() const {
+  if (!options_.transparent_huge_pages) {
+    return {HostPageKind::kSmall,
+            "4 KiB pages: transparent huge pages turned off"};
+  }
+  return ChooseShmemPages(options_.shmem_thp_setting);
+}
+
+HostPageChoice HostDevice::PagesForNextAllocation() const {
+  if (options_.huge_pages) {
+    const uint64_t free_pages =
+        MeminfoValue(options_.meminfo, "HugePages_Free: %llu");
+    if (free_pages > 0 &&
+        MeminfoValue(options_.meminfo, "Hugepagesize: %llu kB") == 2048) {
+      return {HostPageKind::kHugetlb,
+              absl::StrCat("2 MiB hugetlb pages: ", free_pages,
+                           " free of those vm.nr_hugepages reserves")};
+    }
+  }
+  HostPageChoice choice = ShmemChoice();
+  if (options_.huge_pages) {
+    choice.reason += "; no hugetlb pages free (vm.nr_hugepages)";
+  }
+  return choice;
+}
 
 DeviceMemory HostDevice::Memory() const {
   DeviceMemory memory;
@@ -264,19 +363,23 @@ absl::StatusOr<std::unique_ptr<DeviceAllocation>> HostDevice::Allocate(
     }
     if (data == nullptr) {
       memfd.reset();
+      const HostPageChoice instead = ShmemChoice();
       static std::atomic<bool> warned{false};
       if (!warned.exchange(true)) {
         Logger("device")->warn(
-            "no huge pages reserved (vm.nr_hugepages): host memory uses 4 KiB "
-            "pages, which load more slowly");
+            "no hugetlb pages free (vm.nr_hugepages): host memory uses {}",
+            instead.reason);
       }
       Metrics::Global()
           .GetCounter("warmstart_host_hugepage_fallback_total",
-                      "Host allocations that fell back to 4 KiB pages.")
+                      "Host allocations that fell back from hugetlb pages to "
+                      "shmem pages.")
           ->Add();
+      return AllocateShmem(size, label, instead.kind);
     }
   }
-  if (data == nullptr) return AllocateSmallPages(size, label);
+  if (data == nullptr) return AllocateShmem(size, label, ShmemChoice().kind);
+  CountAllocation(HostPageKind::kHugetlb);
   // Huge pages are populated by mmap (MAP_POPULATE): no prefault threads.
   return std::unique_ptr<DeviceAllocation>(
       new HostAllocation(std::move(memfd), data, size, 0,
@@ -287,12 +390,18 @@ absl::StatusOr<std::unique_ptr<DeviceAllocation>> HostDevice::AllocateFileImage(
     uint64_t bytes, const std::string& label) {
   // A memfd needs no page-multiple size: the last page is partly beyond
   // the end, and readers of the file see exactly `bytes`.
-  return AllocateSmallPages(std::max<uint64_t>(bytes, 1), label);
+  return AllocateShmem(std::max<uint64_t>(bytes, 1), label,
+                       HostPageKind::kSmall);
 }
 
-absl::StatusOr<std::unique_ptr<DeviceAllocation>>
-HostDevice::AllocateSmallPages(uint64_t size, const std::string& label) {
+absl::StatusOr<std::unique_ptr<DeviceAllocation>> HostDevice::AllocateShmem(
+    uint64_t size, const std::string& label, HostPageKind kind) {
   const std::string name = absl::StrCat("warmstart:", label);
+  const bool transparent_huge = kind == HostPageKind::kShmemThpWrite ||
+                                kind == HostPageKind::kShmemThpAdvised;
+  // Whole huge pages: under within_size a huge page is used only where the
+  // file's size covers all of it, so a partial last one would be 4 KiB.
+  if (transparent_huge) size = RoundUp(size, kHugePageBytes);
   // Shared memory has no limit of its own (and MemAvailable leaves out the
   // huge-page pool): check before reserving.
   if (const DeviceMemory memory = Memory();
@@ -313,10 +422,18 @@ HostDevice::AllocateSmallPages(uint64_t size, const std::string& label) {
     return ErrnoToStatus(
         errno, absl::StrCat("map ", size, " bytes of host memory for ", label));
   }
-  return std::unique_ptr<DeviceAllocation>(
-      new HostAllocation(std::move(memfd), static_cast<char*>(mapped), size,
-                         std::max(1u, options_.prefault_threads),
-                         options_.write_through_fd, label));
+  // The daemon's own faults into the mapping (the advised fill, checks
+  // after loading) get huge pages too. A kernel without THP refuses the
+  // advice: the pages are then 4 KiB, written through the memfd.
+  if (transparent_huge && ::madvise(mapped, size, MADV_HUGEPAGE) != 0) {
+    kind = HostPageKind::kSmall;
+  }
+  CountAllocation(kind);
+  const bool through_fd =
+      options_.write_through_fd && kind != HostPageKind::kShmemThpAdvised;
+  return std::unique_ptr<DeviceAllocation>(new HostAllocation(
+      std::move(memfd), static_cast<char*>(mapped), size,
+      std::max(1u, options_.prefault_threads), through_fd, label));
 }
 
 void HostDevice::CopyFromHost(DeviceAllocation& destination, uint64_t offset,
