@@ -40,10 +40,18 @@ uint64_t RoundUp(uint64_t value, uint64_t multiple) {
 class Prefaulter {
  public:
   // `threads` > 0 also faults the pages into this process's mapping, for
-  // writers that write through it; 0 only reserves them.
+  // writers that write through it; 0 only reserves them. `by_faulting`
+  // reserves by faulting the pages in through the mapping (in ascending
+  // order, MADV_POPULATE_WRITE) instead of fallocate: for an advised
+  // mapping, whose faults get huge pages where fallocate would allocate
+  // 4 KiB ones (the memfd's own setting may not allow them).
   Prefaulter(int memfd, char* data, uint64_t size, unsigned threads,
-             std::string label)
-      : memfd_(memfd), data_(data), size_(size), label_(std::move(label)) {
+             bool by_faulting, std::string label)
+      : memfd_(memfd),
+        data_(data),
+        size_(size),
+        by_faulting_(by_faulting),
+        label_(std::move(label)) {
     // The reservation is cheap (about 10 GB/s here); its thread then helps
     // fault pages in.
     threads_.emplace_back([this, threads] {
@@ -85,11 +93,21 @@ class Prefaulter {
   void Reserve() {
     for (uint64_t begin = 0; begin < size_ && !Stopping(); begin += kChunk) {
       const uint64_t length = std::min(kChunk, size_ - begin);
-      int rc;
-      do {
-        rc = ::fallocate(memfd_, 0, static_cast<off_t>(begin),
-                         static_cast<off_t>(length));
-      } while (rc != 0 && errno == EINTR);
+      int rc = -1;
+      if (by_faulting_) {
+        do {
+          rc = ::madvise(data_ + begin, length, MADV_POPULATE_WRITE);
+        } while (rc != 0 && errno == EINTR);
+        // Kernels before 5.14 lack it: reserve with fallocate (4 KiB
+        // pages there, unless the setting gives writes huge ones).
+        if (rc != 0 && errno == EINVAL) by_faulting_ = false;
+      }
+      if (!by_faulting_) {
+        do {
+          rc = ::fallocate(memfd_, 0, static_cast<off_t>(begin),
+                           static_cast<off_t>(length));
+        } while (rc != 0 && errno == EINTR);
+      }
       absl::MutexLock lock(&mutex_);
       if (rc != 0) {
         absl::Status status = ErrnoToStatus(
@@ -120,6 +138,7 @@ class Prefaulter {
   const int memfd_;
   char* const data_;
   const uint64_t size_;
+  bool by_faulting_;  // Only the reserving thread reads and writes it.
   const std::string label_;
   std::atomic<uint64_t> next_{0};
   absl::Mutex mutex_;
@@ -131,20 +150,45 @@ class Prefaulter {
 
 class HostAllocation : public DeviceAllocation {
  public:
-  // `write_through_fd`: reserves the pages in the background and has
-  // CopyFromHost write through the memfd (4 KiB shared memory); otherwise
-  // `prefault_threads` > 0 reserves and faults the pages in.
-  HostAllocation(ScopedFd memfd, char* data, uint64_t size,
-                 unsigned prefault_threads, bool write_through_fd,
-                 std::string label)
+  // How the pages are reserved and written.
+  enum class Fill {
+    // Already populated (hugetlb, MAP_POPULATE): memcpy, nothing to wait
+    // for.
+    kPopulated,
+    // Reserved by fallocate in the background; CopyFromHost writes
+    // through the memfd (4 KiB pages).
+    kThroughMemfd,
+    // Reserved by fallocate and faulted in by `prefault_threads` in the
+    // background; written through the mapping.
+    kThroughMapping,
+    // A MADV_HUGEPAGE mapping, reserved by faulting it in, in order, on
+    // one background thread (shmem transparent huge pages); written
+    // through the mapping.
+    kThroughAdvisedMapping,
+  };
+
+  HostAllocation(ScopedFd memfd, char* data, uint64_t size, Fill fill,
+                 unsigned prefault_threads, std::string label)
       : memfd_(std::move(memfd)),
         data_(data),
         size_(size),
-        write_through_fd_(write_through_fd) {
-    if (write_through_fd || prefault_threads > 0) {
-      prefaulter_ = std::make_unique<Prefaulter>(
-          memfd_.get(), data_, size_, write_through_fd ? 0 : prefault_threads,
-          std::move(label));
+        write_through_fd_(fill == Fill::kThroughMemfd) {
+    switch (fill) {
+      case Fill::kPopulated:
+        break;
+      case Fill::kThroughMemfd:
+        prefaulter_ = std::make_unique<Prefaulter>(memfd_.get(), data_, size_,
+                                                   0, false, std::move(label));
+        break;
+      case Fill::kThroughMapping:
+        prefaulter_ = std::make_unique<Prefaulter>(memfd_.get(), data_, size_,
+                                                   prefault_threads, false,
+                                                   std::move(label));
+        break;
+      case Fill::kThroughAdvisedMapping:
+        prefaulter_ = std::make_unique<Prefaulter>(memfd_.get(), data_, size_,
+                                                   0, true, std::move(label));
+        break;
     }
   }
   ~HostAllocation() override {
@@ -231,10 +275,8 @@ const char* HostPageKindName(HostPageKind kind) {
   switch (kind) {
     case HostPageKind::kHugetlb:
       return "hugetlb";
-    case HostPageKind::kShmemThpWrite:
+    case HostPageKind::kShmemThp:
       return "shmem_thp";
-    case HostPageKind::kShmemThpAdvised:
-      return "shmem_thp_advise";
     case HostPageKind::kSmall:
       return "4k";
   }
@@ -260,21 +302,16 @@ HostPageChoice ChooseShmemPages(const std::string& shmem_enabled_path) {
           ? ""
           : text.substr(open + 1, close - open - 1);
   const std::string is = absl::StrCat(shmem_enabled_path, " is ", setting);
-  // Writes to a memfd get huge folios under always, within_size and force
-  // (the file's size is set before anything is written), never under
-  // advise, which looks only at the mapping's MADV_HUGEPAGE (measured on
-  // Linux 6.18: pwrite under advise left ShmemHugePages unchanged).
-  if (setting == "always" || setting == "within_size" || setting == "force") {
-    return {HostPageKind::kShmemThpWrite,
-            absl::StrCat("2 MiB shmem transparent huge pages, filled through "
-                         "the memfd: ",
-                         is)};
-  }
-  if (setting == "advise") {
-    return {HostPageKind::kShmemThpAdvised,
+  // Every setting but never and deny gives huge pages to faults into a
+  // mapping advised with MADV_HUGEPAGE. (Writes to the memfd get them
+  // under always, within_size and force only: measured on Linux 6.18,
+  // pwrite under advise left ShmemHugePages unchanged.)
+  if (setting == "always" || setting == "within_size" || setting == "advise" ||
+      setting == "force") {
+    return {HostPageKind::kShmemThp,
             absl::StrCat("2 MiB shmem transparent huge pages through the "
-                         "daemon's MADV_HUGEPAGE mapping, filled through it: ",
-                         is, " (writes to the memfd would get 4 KiB pages)")};
+                         "daemon's MADV_HUGEPAGE mapping: ",
+                         is)};
   }
   if (setting == "never" || setting == "deny") {
     return {HostPageKind::kSmall,
@@ -382,8 +419,8 @@ absl::StatusOr<std::unique_ptr<DeviceAllocation>> HostDevice::Allocate(
   CountAllocation(HostPageKind::kHugetlb);
   // Huge pages are populated by mmap (MAP_POPULATE): no prefault threads.
   return std::unique_ptr<DeviceAllocation>(
-      new HostAllocation(std::move(memfd), data, size, 0,
-                         /*write_through_fd=*/false, label));
+      new HostAllocation(std::move(memfd), data, size,
+                         HostAllocation::Fill::kPopulated, 0, label));
 }
 
 absl::StatusOr<std::unique_ptr<DeviceAllocation>> HostDevice::AllocateFileImage(
@@ -397,8 +434,7 @@ absl::StatusOr<std::unique_ptr<DeviceAllocation>> HostDevice::AllocateFileImage(
 absl::StatusOr<std::unique_ptr<DeviceAllocation>> HostDevice::AllocateShmem(
     uint64_t size, const std::string& label, HostPageKind kind) {
   const std::string name = absl::StrCat("warmstart:", label);
-  const bool transparent_huge = kind == HostPageKind::kShmemThpWrite ||
-                                kind == HostPageKind::kShmemThpAdvised;
+  bool transparent_huge = kind == HostPageKind::kShmemThp;
   // Whole huge pages: under within_size a huge page is used only where the
   // file's size covers all of it, so a partial last one would be 4 KiB.
   if (transparent_huge) size = RoundUp(size, kHugePageBytes);
@@ -426,14 +462,19 @@ absl::StatusOr<std::unique_ptr<DeviceAllocation>> HostDevice::AllocateShmem(
   // after loading) get huge pages too. A kernel without THP refuses the
   // advice: the pages are then 4 KiB, written through the memfd.
   if (transparent_huge && ::madvise(mapped, size, MADV_HUGEPAGE) != 0) {
+    transparent_huge = false;
     kind = HostPageKind::kSmall;
   }
   CountAllocation(kind);
-  const bool through_fd =
-      options_.write_through_fd && kind != HostPageKind::kShmemThpAdvised;
-  return std::unique_ptr<DeviceAllocation>(new HostAllocation(
-      std::move(memfd), static_cast<char*>(mapped), size,
-      std::max(1u, options_.prefault_threads), through_fd, label));
+  HostAllocation::Fill fill = HostAllocation::Fill::kThroughMapping;
+  if (transparent_huge) {
+    fill = HostAllocation::Fill::kThroughAdvisedMapping;
+  } else if (options_.write_through_fd) {
+    fill = HostAllocation::Fill::kThroughMemfd;
+  }
+  return std::unique_ptr<DeviceAllocation>(
+      new HostAllocation(std::move(memfd), static_cast<char*>(mapped), size,
+                         fill, std::max(1u, options_.prefault_threads), label));
 }
 
 void HostDevice::CopyFromHost(DeviceAllocation& destination, uint64_t offset,

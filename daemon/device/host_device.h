@@ -29,20 +29,19 @@ enum class HostPageKind {
   // 2 MiB hugetlb pages, taken from those vm.nr_hugepages reserves
   // (MFD_HUGETLB); written through the mapping (memcpy).
   kHugetlb,
-  // 2 MiB shmem transparent huge pages for writes to the memfd
-  // (shmem_enabled always, within_size or force): filled through the memfd
-  // (pwrite), which allocates whole huge folios without zeroing them.
-  kShmemThpWrite,
-  // Shmem transparent huge pages for MADV_HUGEPAGE mappings only
-  // (shmem_enabled advise): writes to the memfd get 4 KiB pages there, so
-  // the daemon's mapping is advised and faulted in ahead, and filled
-  // through it (memcpy).
-  kShmemThpAdvised,
+  // 2 MiB shmem transparent huge pages (shmem_enabled always, within_size,
+  // advise or force): the daemon's mapping is advised (MADV_HUGEPAGE),
+  // faulted in ahead in ascending order (MADV_POPULATE_WRITE, which is
+  // also the reservation) and filled through it, reads landing in place.
+  // Writes to the memfd (pwrite) would get huge pages under within_size
+  // and always but not under advise, and even with huge pages they load
+  // slower than the mapping (README, "Huge pages", has the figures).
+  kShmemThp,
   // 4 KiB shmem pages, filled through the memfd (pwrite).
   kSmall,
 };
 
-// "hugetlb", "shmem_thp", "shmem_thp_advise" or "4k": the label value of
+// "hugetlb", "shmem_thp" or "4k": the label value of
 // warmstart_host_allocations_total and what warmstartctl bench prints.
 const char* HostPageKindName(HostPageKind kind);
 
@@ -80,8 +79,8 @@ struct HostDeviceOptions {
   // reads landing in place (DeviceAllocation::PrefersCopies): each page is
   // then allocated once and filled whole, with no page fault and no
   // zeroing, about twice as fast here. Their pages are reserved ahead but
-  // not faulted in. The same holds for kShmemThpWrite. hugetlb and
-  // kShmemThpAdvised allocations are always written by memcpy.
+  // not faulted in. Huge-page allocations (hugetlb and shmem THP) are
+  // always written through the mapping.
   bool write_through_fd = true;
 };
 

@@ -204,13 +204,13 @@ TEST(HostPageChoiceTest, EachShmemSettingGivesItsPages) {
       {"always within_size advise [never] deny force\n", HostPageKind::kSmall},
       {"always within_size advise never [deny] force\n", HostPageKind::kSmall},
       {"always within_size [advise] never deny force\n",
-       HostPageKind::kShmemThpAdvised},
+       HostPageKind::kShmemThp},
       {"always [within_size] advise never deny force\n",
-       HostPageKind::kShmemThpWrite},
+       HostPageKind::kShmemThp},
       {"[always] within_size advise never deny force\n",
-       HostPageKind::kShmemThpWrite},
+       HostPageKind::kShmemThp},
       {"always within_size advise never deny [force]\n",
-       HostPageKind::kShmemThpWrite},
+       HostPageKind::kShmemThp},
   };
   for (const auto& c : cases) {
     TempFile setting(c.sysfs);
@@ -277,47 +277,45 @@ bool KernelHasTransparentHugePages() {
   return ::access("/sys/kernel/mm/transparent_hugepage", F_OK) == 0;
 }
 
-TEST(HostDeviceTest, AdviseSettingAdvisesTheMappingAndFillsThroughIt) {
+// Both settings that allow huge pages for advised mappings but differ for
+// writes to the memfd get the same: an advised mapping, faulted in ahead as
+// the reservation, written through.
+TEST(HostDeviceTest, HugePageSettingsAdviseTheMappingAndFaultItInAhead) {
   if (!KernelHasTransparentHugePages()) {
     GTEST_SKIP() << "this kernel has no transparent huge pages";
   }
-  TempFile advise("always within_size [advise] never deny force\n");
-  HostDevice device(HostDeviceOptions{.huge_pages = false,
-                                      .shmem_thp_setting = advise.path()});
   CounterFamily* allocations = Metrics::Global().GetCounterFamily(
       "warmstart_host_allocations_total", "", {"pages"});
-  const uint64_t before =
-      allocations->WithLabels({"shmem_thp_advise"})->value();
-  ASSERT_OK_AND_ASSIGN(auto allocation, device.Allocate(3 << 20, "advised"));
-  EXPECT_EQ(allocation->size(), uint64_t{4} << 20);  // Whole huge pages.
-  EXPECT_FALSE(allocation->PrefersCopies());
-  EXPECT_THAT(VmFlagsOf(allocation->host_data()), HasSubstr(" hg"));
-  EXPECT_EQ(allocations->WithLabels({"shmem_thp_advise"})->value(), before + 1);
-  const std::string payload = "weights!";
-  bool done = false;
-  device.CopyFromHost(*allocation, (2 << 20) + 5, payload.data(),
-                      payload.size(), [&](absl::Status status) {
-                        EXPECT_OK(status);
-                        done = true;
-                      });
-  EXPECT_TRUE(done);
-  ASSERT_OK(allocation->Seal());
-  EXPECT_EQ(
-      std::string(allocation->host_data() + (2 << 20) + 5, payload.size()),
-      payload);
-}
-
-TEST(HostDeviceTest, WithinSizeSettingFillsWholeHugePagesThroughTheMemfd) {
-  if (!KernelHasTransparentHugePages()) {
-    GTEST_SKIP() << "this kernel has no transparent huge pages";
+  for (const char* sysfs : {"always within_size [advise] never deny force\n",
+                            "always [within_size] advise never deny force\n"}) {
+    TempFile setting(sysfs);
+    HostDevice device(HostDeviceOptions{.huge_pages = false,
+                                        .shmem_thp_setting = setting.path()});
+    const uint64_t counted = allocations->WithLabels({"shmem_thp"})->value();
+    const uint64_t resident = RssShmemKib();
+    constexpr uint64_t kAsked = (uint64_t{15} << 20) + 1;
+    ASSERT_OK_AND_ASSIGN(auto allocation, device.Allocate(kAsked, "huge"));
+    EXPECT_EQ(allocation->size(), uint64_t{16} << 20) << sysfs;  // 2 MiB.
+    EXPECT_FALSE(allocation->PrefersCopies()) << sysfs;
+    EXPECT_THAT(VmFlagsOf(allocation->host_data()), HasSubstr(" hg")) << sysfs;
+    EXPECT_EQ(allocations->WithLabels({"shmem_thp"})->value(), counted + 1);
+    // Reserved by faulting the pages into the daemon's mapping (fallocate
+    // would leave them unmapped here).
+    ASSERT_OK(allocation->WaitWritable(allocation->size()));
+    EXPECT_GE(RssShmemKib(), resident + (allocation->size() >> 10)) << sysfs;
+    const std::string payload = "weights!";
+    bool done = false;
+    device.CopyFromHost(*allocation, (2 << 20) + 5, payload.data(),
+                        payload.size(), [&](absl::Status status) {
+                          EXPECT_OK(status);
+                          done = true;
+                        });
+    EXPECT_TRUE(done);
+    ASSERT_OK(allocation->Seal());
+    EXPECT_EQ(
+        std::string(allocation->host_data() + (2 << 20) + 5, payload.size()),
+        payload);
   }
-  TempFile within("always [within_size] advise never deny force\n");
-  HostDevice device(HostDeviceOptions{.huge_pages = false,
-                                      .shmem_thp_setting = within.path()});
-  ASSERT_OK_AND_ASSIGN(auto allocation, device.Allocate(3 << 20, "within"));
-  EXPECT_EQ(allocation->size(), uint64_t{4} << 20);
-  EXPECT_TRUE(allocation->PrefersCopies());
-  EXPECT_THAT(VmFlagsOf(allocation->host_data()), HasSubstr(" hg"));
 }
 
 TEST(HostDeviceTest, NeverSettingKeepsFourKibPagesUnadvised) {
