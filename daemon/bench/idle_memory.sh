@@ -63,8 +63,15 @@ sample_peak() {
 touch "$work/loading"
 sample_peak &
 sampler=$!
-ctl load model "$checkpoint" >/dev/null 2>&1
+start=$(date +%s.%N)
+if ! ctl load model "$checkpoint" >"$work/load.out" 2>&1; then
+  rm "$work/loading"
+  cat "$work/load.out" >&2
+  exit 1
+fi
 rm "$work/loading"
+echo "first load: $(du -b "$checkpoint" | cut -f1) bytes in" \
+  "$(echo "$(date +%s.%N) - $start" | bc) s"
 wait "$sampler"
 awk -v peak="$(cat "$work/peak")" '/^VmHWM:/ {hwm = $2}
   END {printf "%-28s VmRSS-RssShmem %6.1f MiB  VmHWM %6.1f MiB\n",
