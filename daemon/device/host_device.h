@@ -22,9 +22,10 @@
 
 namespace warmstart {
 
-// The pages of a host arena, best first. Large pages make both the load
-// (one page allocation per 2 MiB instead of 512) and a worker's first touch
-// of every page (one PMD mapping per 2 MiB, no per-4 KiB fault) cheaper.
+// The pages of a host arena, best first. Large pages make a worker's first
+// touch of every page cheaper (one PMD mapping per 2 MiB, no per-4 KiB
+// fault), and the load too when free 2 MiB pages are at hand (one page
+// allocation per 2 MiB instead of 512); getting them can cost reclaim.
 enum class HostPageKind {
   // 2 MiB hugetlb pages, taken from those vm.nr_hugepages reserves
   // (MFD_HUGETLB); written through the mapping (memcpy).
@@ -34,8 +35,8 @@ enum class HostPageKind {
   // faulted in ahead in ascending order (MADV_POPULATE_WRITE, which is
   // also the reservation) and filled through it, reads landing in place.
   // Writes to the memfd (pwrite) would get huge pages under within_size
-  // and always but not under advise, and even with huge pages they load
-  // slower than the mapping (README, "Huge pages", has the figures).
+  // and always but not under advise, and loaded slower than the mapping
+  // where they did (README, "Huge pages").
   kShmemThp,
   // 4 KiB shmem pages, filled through the memfd (pwrite).
   kSmall,
