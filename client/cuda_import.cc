@@ -74,25 +74,9 @@ class CudaImportDriver {
   // -> FailedPrecondition (never Unavailable, which the client keeps for
   // an unreachable daemon), anything else -> Internal.
   absl::Status Check(CUresult result, absl::string_view what) const {
-    if (result == CUDA_SUCCESS) return absl::OkStatus();
-    const std::string message = CudaErrorMessage(
-        api_.get_error_name, api_.get_error_string, result, what);
-    switch (result) {
-      case CUDA_ERROR_OUT_OF_MEMORY:
-        return absl::ResourceExhaustedError(message);
-      case CUDA_ERROR_INVALID_VALUE:
-        return absl::InvalidArgumentError(message);
-      case CUDA_ERROR_NOT_SUPPORTED:
-        return absl::UnimplementedError(message);
-      case CUDA_ERROR_NO_DEVICE:
-      case CUDA_ERROR_NOT_INITIALIZED:
-      case CUDA_ERROR_DEINITIALIZED:
-      case CUDA_ERROR_DEVICE_UNAVAILABLE:
-      case CUDA_ERROR_SYSTEM_DRIVER_MISMATCH:
-        return absl::FailedPreconditionError(message);
-      default:
-        return absl::InternalError(message);
-    }
+    return CudaResultToStatus(api_.get_error_name, api_.get_error_string,
+                              result, what,
+                              absl::StatusCode::kFailedPrecondition);
   }
 
   // The ordinal and CUdevice of the GPU whose UUID is `uuid`.

@@ -74,4 +74,31 @@ std::string CudaErrorMessage(PFN_cuGetErrorName_v6000 get_error_name,
                       ")");
 }
 
+absl::Status CudaResultToStatus(PFN_cuGetErrorName_v6000 get_error_name,
+                                PFN_cuGetErrorString_v6000 get_error_string,
+                                CUresult result, absl::string_view what,
+                                absl::StatusCode no_gpu_code) {
+  if (result == CUDA_SUCCESS) return absl::OkStatus();
+  const std::string message =
+      CudaErrorMessage(get_error_name, get_error_string, result, what);
+  switch (result) {
+    case CUDA_ERROR_OUT_OF_MEMORY:
+      return absl::ResourceExhaustedError(message);
+    case CUDA_ERROR_INVALID_VALUE:
+      return absl::InvalidArgumentError(message);
+    case CUDA_ERROR_NOT_SUPPORTED:
+      return absl::UnimplementedError(message);
+    case CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED:
+      return absl::AlreadyExistsError(message);
+    case CUDA_ERROR_NO_DEVICE:
+    case CUDA_ERROR_NOT_INITIALIZED:
+    case CUDA_ERROR_DEINITIALIZED:
+    case CUDA_ERROR_DEVICE_UNAVAILABLE:
+    case CUDA_ERROR_SYSTEM_DRIVER_MISMATCH:
+      return absl::Status(no_gpu_code, message);
+    default:
+      return absl::InternalError(message);
+  }
+}
+
 }  // namespace warmstart

@@ -16,6 +16,7 @@
 
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
@@ -70,6 +71,18 @@ std::string FormatGpuUuid(const CUuuid& uuid);
 std::string CudaErrorMessage(PFN_cuGetErrorName_v6000 get_error_name,
                              PFN_cuGetErrorString_v6000 get_error_string,
                              CUresult result, absl::string_view what);
+
+// The status for a driver call's result: OK for CUDA_SUCCESS, else
+// CudaErrorMessage's text with a code: out of memory -> ResourceExhausted,
+// invalid value -> InvalidArgument, not supported -> Unimplemented, host
+// memory already registered -> AlreadyExists, no device, no or mismatched
+// driver, not initialised, deinitialised or device unavailable ->
+// `no_gpu_code` (each side says what that means to its callers), anything
+// else -> Internal.
+absl::Status CudaResultToStatus(PFN_cuGetErrorName_v6000 get_error_name,
+                                PFN_cuGetErrorString_v6000 get_error_string,
+                                CUresult result, absl::string_view what,
+                                absl::StatusCode no_gpu_code);
 
 }  // namespace warmstart
 

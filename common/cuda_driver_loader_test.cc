@@ -3,7 +3,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
+#include <vector>
 
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "common/testing/status_matchers.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -71,6 +75,33 @@ TEST(CudaErrorMessageTest, NamesTheCallTheErrorAndItsCode) {
   EXPECT_EQ(CudaErrorMessage(nullptr, nullptr, CUDA_ERROR_OUT_OF_MEMORY,
                              "cuMemCreate"),
             "cuMemCreate failed: CUDA error: unknown (2)");
+}
+
+TEST(CudaResultToStatusTest, EachResultHasItsCodeAndTheNoGpuCodeIsTheCallers) {
+  EXPECT_OK(CudaResultToStatus(FakeErrorName, FakeErrorString, CUDA_SUCCESS,
+                               "cuInit", absl::StatusCode::kUnavailable));
+  const std::vector<std::pair<CUresult, absl::StatusCode>> cases = {
+      {CUDA_ERROR_OUT_OF_MEMORY, absl::StatusCode::kResourceExhausted},
+      {CUDA_ERROR_INVALID_VALUE, absl::StatusCode::kInvalidArgument},
+      {CUDA_ERROR_NOT_SUPPORTED, absl::StatusCode::kUnimplemented},
+      {CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED,
+       absl::StatusCode::kAlreadyExists},
+      {CUDA_ERROR_NO_DEVICE, absl::StatusCode::kAborted},
+      {CUDA_ERROR_NOT_INITIALIZED, absl::StatusCode::kAborted},
+      {CUDA_ERROR_DEINITIALIZED, absl::StatusCode::kAborted},
+      {CUDA_ERROR_DEVICE_UNAVAILABLE, absl::StatusCode::kAborted},
+      {CUDA_ERROR_SYSTEM_DRIVER_MISMATCH, absl::StatusCode::kAborted},
+      {CUDA_ERROR_ILLEGAL_ADDRESS, absl::StatusCode::kInternal},
+  };
+  for (const auto& [result, code] : cases) {
+    const absl::Status status =
+        CudaResultToStatus(nullptr, nullptr, result, "cuCall",
+                           /*no_gpu_code=*/absl::StatusCode::kAborted);
+    EXPECT_EQ(status.code(), code) << result;
+    EXPECT_EQ(
+        status.message(),
+        absl::StrCat("cuCall failed: CUDA error: unknown (", result, ")"));
+  }
 }
 
 TEST(OpenCudaDriverTest, AMissingLibraryIsAClearStatus) {

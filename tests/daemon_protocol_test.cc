@@ -94,6 +94,16 @@ class DaemonProtocolTest : public ::testing::Test {
     return fd;
   }
 
+  // AcquireModel of "tiny" over raw gRPC with `session_id` as the session
+  // metadata; the lease goes to *lease.
+  grpc::Status AcquireTiny(const std::string& session_id, v1::Lease* lease) {
+    grpc::ClientContext context;
+    context.AddMetadata(kSessionMetadataKey, session_id);
+    v1::AcquireModelRequest request;
+    request.set_name("tiny");
+    return Stub()->AcquireModel(&context, request, lease);
+  }
+
   // Receives one descriptor bundle; returns its descriptors.
   std::vector<int> ReceiveFds(int socket, uint64_t* transfer_id) {
     char data[256];
@@ -129,12 +139,8 @@ class DaemonProtocolTest : public ::testing::Test {
 TEST_F(DaemonProtocolTest, SharedMemoryCannotBeWrittenOrResized) {
   std::string session;
   const int handles = OpenSession(&session);
-  grpc::ClientContext context;
-  context.AddMetadata(kSessionMetadataKey, session);
-  v1::AcquireModelRequest request;
-  request.set_name("tiny");
   v1::Lease lease;
-  grpc::Status status = Stub()->AcquireModel(&context, request, &lease);
+  grpc::Status status = AcquireTiny(session, &lease);
   ASSERT_TRUE(status.ok()) << status.error_message();
   ASSERT_EQ(lease.allocations_size(), 1);
   EXPECT_EQ(lease.allocations(0).kind(), v1::HOST_MEMFD);
@@ -317,12 +323,8 @@ TEST_F(DaemonProtocolTest, AnotherSessionCannotReleaseMyLease) {
   std::string mine, theirs;
   const int my_socket = OpenSession(&mine);
   const int their_socket = OpenSession(&theirs);
-  grpc::ClientContext acquire;
-  acquire.AddMetadata(kSessionMetadataKey, mine);
-  v1::AcquireModelRequest request;
-  request.set_name("tiny");
   v1::Lease lease;
-  ASSERT_TRUE(Stub()->AcquireModel(&acquire, request, &lease).ok());
+  ASSERT_TRUE(AcquireTiny(mine, &lease).ok());
   grpc::ClientContext release;
   release.AddMetadata(kSessionMetadataKey, theirs);
   v1::ReleaseModelRequest release_request;
@@ -361,12 +363,8 @@ TEST_F(DaemonProtocolTest, AStolenSessionIdIsRefused) {
   ASSERT_EQ(n, 32);
   const std::string stolen(buffer, static_cast<size_t>(n));
 
-  grpc::ClientContext acquire;
-  acquire.AddMetadata(kSessionMetadataKey, stolen);
-  v1::AcquireModelRequest request;
-  request.set_name("tiny");
   v1::Lease lease;
-  grpc::Status status = Stub()->AcquireModel(&acquire, request, &lease);
+  grpc::Status status = AcquireTiny(stolen, &lease);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
   EXPECT_THAT(status.error_message(),
               HasSubstr(absl::StrCat("belongs to pid ", owner)));
@@ -376,10 +374,8 @@ TEST_F(DaemonProtocolTest, AStolenSessionIdIsRefused) {
   // The owner's own session still works for the process that opened it.
   std::string mine;
   const int my_socket = OpenSession(&mine);
-  grpc::ClientContext own;
-  own.AddMetadata(kSessionMetadataKey, mine);
   v1::Lease own_lease;
-  EXPECT_TRUE(Stub()->AcquireModel(&own, request, &own_lease).ok());
+  EXPECT_TRUE(AcquireTiny(mine, &own_lease).ok());
   ::close(my_socket);
   ::close(hold_pipe[1]);
   int wait_status = 0;
@@ -525,12 +521,8 @@ TEST_F(DaemonProtocolTest, AnUnreadHandleSocketDoesNotBlockOthers) {
   grpc::Status refused;
   int granted = 0;
   for (int i = 0; i < 400; ++i) {
-    grpc::ClientContext context;
-    context.AddMetadata(kSessionMetadataKey, session);
-    v1::AcquireModelRequest request;
-    request.set_name("tiny");
     v1::Lease lease;
-    grpc::Status status = Stub()->AcquireModel(&context, request, &lease);
+    grpc::Status status = AcquireTiny(session, &lease);
     if (!status.ok()) {
       refused = status;
       break;
@@ -671,12 +663,8 @@ absl::string_view SimulatedDeviceBytes(const client::TensorView& tensor) {
 TEST_P(SimulatedGpuTest, LeasesDescribeDeviceMemoryByUuid) {
   std::string session;
   const int handles = OpenSession(&session);
-  grpc::ClientContext context;
-  context.AddMetadata(kSessionMetadataKey, session);
-  v1::AcquireModelRequest request;
-  request.set_name("tiny");
   v1::Lease lease;
-  grpc::Status status = Stub()->AcquireModel(&context, request, &lease);
+  grpc::Status status = AcquireTiny(session, &lease);
   ASSERT_TRUE(status.ok()) << status.error_message() << daemon_->Stderr();
   ASSERT_EQ(lease.allocations_size(), 1);
   const v1::Allocation& allocation = lease.allocations(0);

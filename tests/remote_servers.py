@@ -35,6 +35,18 @@ def wait_listening(port, process, what, timeout=30):
     raise RuntimeError(f"{what} did not listen on {port} in {timeout} s")
 
 
+
+def stop_server(process, log):
+    """Stops `process` (SIGTERM, SIGKILL after 10 s) and closes its log."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    log.close()
+
 class Nginx:
     """nginx serving `docroot` on http://127.0.0.1:{http_port}/ and
     https://127.0.0.1:{https_port}/ with a self-signed certificate for
@@ -158,14 +170,7 @@ http {{
             return log.read()
 
     def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
+        stop_server(self.process, self.log)
 
 
 class Moto:
@@ -220,11 +225,4 @@ class Moto:
                             aws_secret_access_key=secret or self.secret)
 
     def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
+        stop_server(self.process, self.log)

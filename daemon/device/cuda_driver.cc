@@ -92,27 +92,8 @@ CudaDriver::~CudaDriver() { ::dlclose(library_); }
 
 absl::Status CudaDriver::ToStatus(CUresult result,
                                   absl::string_view what) const {
-  if (result == CUDA_SUCCESS) return absl::OkStatus();
-  const std::string message = CudaErrorMessage(
-      api_.get_error_name, api_.get_error_string, result, what);
-  switch (result) {
-    case CUDA_ERROR_OUT_OF_MEMORY:
-      return absl::ResourceExhaustedError(message);
-    case CUDA_ERROR_NO_DEVICE:
-    case CUDA_ERROR_NOT_INITIALIZED:
-    case CUDA_ERROR_DEINITIALIZED:
-    case CUDA_ERROR_DEVICE_UNAVAILABLE:
-    case CUDA_ERROR_SYSTEM_DRIVER_MISMATCH:
-      return absl::UnavailableError(message);
-    case CUDA_ERROR_NOT_SUPPORTED:
-      return absl::UnimplementedError(message);
-    case CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED:
-      return absl::AlreadyExistsError(message);
-    case CUDA_ERROR_INVALID_VALUE:
-      return absl::InvalidArgumentError(message);
-    default:
-      return absl::InternalError(message);
-  }
+  return CudaResultToStatus(api_.get_error_name, api_.get_error_string, result,
+                            what, absl::StatusCode::kUnavailable);
 }
 
 absl::StatusOr<CudaDeviceInfo> CudaDriver::Device(int ordinal) const {

@@ -511,24 +511,20 @@ absl::StatusOr<FileManifest> ParseFile(const ByteSource& source,
 
 absl::StatusOr<Manifest> OpenCheckpoint(const std::string& path,
                                         const ParseOptions& options) {
-  Manifest manifest;
-  if (IsRemoteUrl(path)) {
+  const bool remote = IsRemoteUrl(path);
+  bool directory;
+  if (remote) {
     // An object store has no directories to stat: the name says what it is.
-    if (absl::EndsWith(path, "/")) {
-      WS_ASSIGN_OR_RETURN(manifest, OpenRemotePrefix(path, options));
-    } else if (absl::EndsWith(path, kIndexSuffix)) {
-      WS_ASSIGN_OR_RETURN(manifest, OpenIndex(path, options));
-    } else {
-      WS_ASSIGN_OR_RETURN(FileManifest file, OpenFile(path, options));
-      manifest.files.push_back(std::move(file));
-    }
-    WS_RETURN_IF_ERROR(CheckUniqueNames(manifest));
-    return manifest;
+    directory = absl::EndsWith(path, "/");
+  } else {
+    WS_ASSIGN_OR_RETURN(struct stat st, Stat(path, options));
+    directory = S_ISDIR(st.st_mode);
   }
-  WS_ASSIGN_OR_RETURN(struct stat st, Stat(path, options));
-  if (S_ISDIR(st.st_mode)) {
-    WS_ASSIGN_OR_RETURN(manifest,
-                        OpenDirectory(StripTrailingSlashes(path), options));
+  Manifest manifest;
+  if (directory) {
+    WS_ASSIGN_OR_RETURN(
+        manifest, remote ? OpenRemotePrefix(path, options)
+                         : OpenDirectory(StripTrailingSlashes(path), options));
   } else if (absl::EndsWith(path, kIndexSuffix)) {
     WS_ASSIGN_OR_RETURN(manifest, OpenIndex(path, options));
   } else {

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "common/status_macros.h"
+#include "common/utf8.h"
 #include "daemon/formats/dtype.h"
 
 namespace warmstart {
@@ -95,52 +96,6 @@ constexpr GgmlType kGgmlTypes[] = {
     {"Q2_0", false},
 };
 constexpr uint32_t kGgmlTypeCount = sizeof(kGgmlTypes) / sizeof(kGgmlTypes[0]);
-
-// Returns the index of the first byte of `s` that does not start a
-// well-formed UTF-8 sequence (overlong forms, surrogates and code points
-// above U+10FFFF are ill-formed), or s.size() when all of `s` is valid.
-size_t FirstInvalidUtf8(absl::string_view s) {
-  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-  const size_t n = s.size();
-  size_t i = 0;
-  while (i < n) {
-    const unsigned char c = p[i];
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    size_t length;
-    unsigned char low = 0x80;  // Allowed range of the second byte.
-    unsigned char high = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) {
-      length = 2;
-    } else if (c == 0xE0) {
-      length = 3;
-      low = 0xA0;
-    } else if (c == 0xED) {
-      length = 3;
-      high = 0x9F;
-    } else if (c >= 0xE1 && c <= 0xEF) {
-      length = 3;
-    } else if (c == 0xF0) {
-      length = 4;
-      low = 0x90;
-    } else if (c >= 0xF1 && c <= 0xF3) {
-      length = 4;
-    } else if (c == 0xF4) {
-      length = 4;
-      high = 0x8F;
-    } else {
-      return i;
-    }
-    if (n - i < length || p[i + 1] < low || p[i + 1] > high) return i;
-    for (size_t k = 2; k < length; ++k) {
-      if ((p[i + k] & 0xC0) != 0x80) return i;
-    }
-    i += length;
-  }
-  return n;
-}
 
 uint64_t Decode(absl::string_view bytes, bool big_endian) {
   uint64_t value = 0;
@@ -345,8 +300,8 @@ absl::StatusOr<absl::string_view> GgufParser::ReadString(
   }
   const uint64_t data_at = pos_;
   WS_ASSIGN_OR_RETURN(absl::string_view text, Take(length, what));
-  const size_t bad = FirstInvalidUtf8(text);
-  if (bad != text.size()) {
+  const size_t bad = FindInvalidUtf8(text);
+  if (bad != absl::string_view::npos) {
     return Error(data_at + bad, what,
                  absl::StrCat(label, " is not valid UTF-8 (byte 0x",
                               absl::Hex(static_cast<unsigned char>(text[bad]),

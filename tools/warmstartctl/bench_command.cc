@@ -23,12 +23,6 @@ namespace warmstart {
 namespace ctl {
 namespace {
 
-int Fail(int code, const std::string& message) {
-  // Messages carry file and tensor names, which may hold any byte.
-  std::fprintf(stderr, "warmstartctl: %s\n", Printable(message).c_str());
-  return code;
-}
-
 // Where peers.py and a Python with the peers are looked for when the flags
 // do not say: the repository's script (bench runs from the checkout) and
 // the test venv's Python, else python3 on PATH.

@@ -15,6 +15,7 @@
 #include "common/printable.h"
 #include "common/protocol.h"
 #include "nlohmann/json.hpp"
+#include "tools/warmstartctl/daemon_connection.h"
 #include "tools/warmstartctl/exit_codes.h"
 #include "tools/warmstartctl/progress.h"
 
@@ -23,16 +24,6 @@ namespace ctl {
 namespace {
 
 using Json = nlohmann::ordered_json;
-
-std::string SocketPath(const CommandLine& line) {
-  return ctl::SocketPath(line, kDefaultSocketPath);
-}
-
-int Fail(int code, const std::string& message) {
-  // Messages carry file and tensor names, which may hold any byte.
-  std::fprintf(stderr, "warmstartctl: %s\n", Printable(message).c_str());
-  return code;
-}
 
 const char* ReadinessName(v1::Readiness::State state) {
   switch (state) {
@@ -63,12 +54,9 @@ const char* BackendName(v1::Backend backend) {
 }  // namespace
 
 int RunInfo(const CommandLine& line) {
-  client::ConnectOptions options;
-  options.socket_path = SocketPath(line);
-  auto connected = client::Client::Connect(options);
+  auto connected = ConnectToDaemon(line);
   if (!connected.ok()) {
-    return Fail(ExitCodeForDaemonCall(connected.status()),
-                std::string(connected.status().message()));
+    return FailDaemonCall(connected.status());
   }
   const v1::ServerInfo info = (*connected)->server_info();
   if (line.Has("--json")) {
@@ -121,7 +109,7 @@ int RunWaitReady(const CommandLine& line) {
   std::string last_error = "not tried";
   do {
     client::ConnectOptions options;
-    options.socket_path = SocketPath(line);
+    options.socket_path = SocketPath(line, kDefaultSocketPath);
     options.timeout = std::max(absl::Milliseconds(100), deadline - absl::Now());
     options.wait_for_daemon = true;
     auto connected = client::Client::Connect(options);
@@ -187,17 +175,13 @@ int RunStats(const CommandLine& line) {
   if (!line.arguments.empty()) {
     return Fail(kExitUsage, "stats takes no arguments (see --help)");
   }
-  client::ConnectOptions options;
-  options.socket_path = SocketPath(line);
-  auto connected = client::Client::Connect(options);
+  auto connected = ConnectToDaemon(line);
   if (!connected.ok()) {
-    return Fail(ExitCodeForDaemonCall(connected.status()),
-                std::string(connected.status().message()));
+    return FailDaemonCall(connected.status());
   }
   absl::StatusOr<v1::Stats> stats = (*connected)->Stats();
   if (!stats.ok()) {
-    return Fail(ExitCodeForDaemonCall(stats.status()),
-                std::string(stats.status().message()));
+    return FailDaemonCall(stats.status());
   }
   // The proto map has no order; show it sorted by name.
   const std::map<std::string, double> metrics(stats->metrics().begin(),

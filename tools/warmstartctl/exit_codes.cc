@@ -1,7 +1,10 @@
 #include "tools/warmstartctl/exit_codes.h"
 
+#include <cstdio>
+
 #include "absl/strings/match.h"
 #include "common/errno_status.h"
+#include "common/printable.h"
 #include "daemon/formats/tensor_data.h"
 
 namespace warmstart {
@@ -39,6 +42,15 @@ int ExitCodeForDaemonCall(const absl::Status& status) {
     default:
       return ExitCodeFor(status);
   }
+}
+
+int Fail(int code, const std::string& message) {
+  std::fprintf(stderr, "warmstartctl: %s\n", Printable(message).c_str());
+  return code;
+}
+
+int FailDaemonCall(const absl::Status& status) {
+  return Fail(ExitCodeForDaemonCall(status), std::string(status.message()));
 }
 
 }  // namespace ctl

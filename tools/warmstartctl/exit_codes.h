@@ -1,7 +1,10 @@
-// warmstartctl's exit statuses, and the one mapping from a failed
-// command's status to its exit status. Pure functions; thread-safe.
+// warmstartctl's exit statuses, the one mapping from a failed command's
+// status to its exit status, and the one way a command reports its failure.
+// Thread-safe.
 #ifndef WARMSTART_TOOLS_WARMSTARTCTL_EXIT_CODES_H_
 #define WARMSTART_TOOLS_WARMSTARTCTL_EXIT_CODES_H_
+
+#include <string>
 
 #include "absl/status/status.h"
 
@@ -33,6 +36,14 @@ int ExitCodeFor(const absl::Status& status);
 // with the daemon's checksum mismatch message ("... mismatch: expected
 // ...") is 7.
 int ExitCodeForDaemonCall(const absl::Status& status);
+
+// Prints "warmstartctl: <message>" to stderr, with bytes that are not
+// printable escaped (messages carry file and tensor names, which may hold
+// any byte), and returns `code`.
+int Fail(int code, const std::string& message);
+
+// Fail(ExitCodeForDaemonCall(status), status.message()).
+int FailDaemonCall(const absl::Status& status);
 
 }  // namespace ctl
 }  // namespace warmstart

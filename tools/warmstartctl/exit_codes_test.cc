@@ -52,6 +52,22 @@ TEST(ExitCodeForTest, DaemonRefusalsAreExit5) {
             kExitChecksum);
 }
 
+TEST(FailTest, PrintsOneEscapedLineAndReturnsTheCode) {
+  ::testing::internal::CaptureStderr();
+  EXPECT_EQ(Fail(kExitNotFound, "model \"a\nb\x1b[2J\" not found"),
+            kExitNotFound);
+  EXPECT_EQ(::testing::internal::GetCapturedStderr(),
+            "warmstartctl: model \"a\\x0ab\\x1b[2J\" not found\n");
+}
+
+TEST(FailTest, ADaemonCallFailureTakesItsExitCodeFromTheStatus) {
+  ::testing::internal::CaptureStderr();
+  EXPECT_EQ(FailDaemonCall(absl::PermissionDeniedError("not yours")),
+            kExitRefused);
+  EXPECT_EQ(::testing::internal::GetCapturedStderr(),
+            "warmstartctl: not yours\n");
+}
+
 }  // namespace
 }  // namespace ctl
 }  // namespace warmstart

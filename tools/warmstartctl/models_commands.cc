@@ -20,6 +20,7 @@
 #include "common/printable.h"
 #include "common/protocol.h"
 #include "nlohmann/json.hpp"
+#include "tools/warmstartctl/daemon_connection.h"
 #include "tools/warmstartctl/exit_codes.h"
 #include "tools/warmstartctl/progress.h"
 
@@ -33,23 +34,6 @@ using client::ModelJson;
 using client::StateName;
 
 constexpr double kMiB = 1024.0 * 1024.0;
-
-int Fail(int code, const std::string& message) {
-  // Messages carry file and tensor names, which may hold any byte.
-  std::fprintf(stderr, "warmstartctl: %s\n", Printable(message).c_str());
-  return code;
-}
-
-int Fail(const absl::Status& status) {
-  return Fail(ExitCodeForDaemonCall(status), std::string(status.message()));
-}
-
-absl::StatusOr<std::unique_ptr<client::Client>> Connect(
-    const CommandLine& line) {
-  client::ConnectOptions options;
-  options.socket_path = SocketPath(line, kDefaultSocketPath);
-  return client::Client::Connect(options);
-}
 
 // "512 B", "1.5 KiB", "12.0 MiB", "3.25 GiB".
 std::string HumanBytes(uint64_t bytes) {
@@ -150,8 +134,8 @@ int RunLoad(const CommandLine& line) {
   absl::Duration timeout;
   if (!ParseTimeout(line, &timeout)) return kExitUsage;
   const absl::Time deadline = absl::Now() + timeout;
-  auto connected = Connect(line);
-  if (!connected.ok()) return Fail(connected.status());
+  auto connected = ConnectToDaemon(line);
+  if (!connected.ok()) return FailDaemonCall(connected.status());
   client::Client& daemon = **connected;
 
   client::LoadModelOptions options;
@@ -170,7 +154,7 @@ int RunLoad(const CommandLine& line) {
   options.no_wait = true;
   absl::StatusOr<v1::ModelStatus> started =
       daemon.Load(name, path, options, timeout);
-  if (!started.ok()) return Fail(started.status());
+  if (!started.ok()) return FailDaemonCall(started.status());
   v1::ModelStatus last = *started;
   if (line.Has("--no-wait")) {
     if (line.Has("--json")) {
@@ -207,7 +191,7 @@ int RunLoad(const CommandLine& line) {
                                     "goes on)",
                                     name, absl::FormatDuration(timeout)));
       }
-      return Fail(watched);
+      return FailDaemonCall(watched);
     }
   }
   if (line.Has("--json")) {
@@ -228,8 +212,8 @@ int RunWatch(const CommandLine& line) {
   absl::Duration timeout;
   if (!ParseTimeout(line, &timeout)) return kExitUsage;
   const absl::Time deadline = absl::Now() + timeout;
-  auto connected = Connect(line);
-  if (!connected.ok()) return Fail(connected.status());
+  auto connected = ConnectToDaemon(line);
+  if (!connected.ok()) return FailDaemonCall(connected.status());
   const bool json = line.Has("--json");
   // Human output on a terminal redraws a bar while the model loads.
   const bool terminal = !json && ::isatty(STDOUT_FILENO) == 1;
@@ -276,17 +260,17 @@ int RunWatch(const CommandLine& line) {
                                 seen ? StateName(last.state()) : "unreported",
                                 absl::FormatDuration(timeout)));
   }
-  return Fail(watched);
+  return FailDaemonCall(watched);
 }
 
 int RunList(const CommandLine& line) {
   if (!line.arguments.empty()) {
     return Fail(kExitUsage, "ls takes no arguments (see --help)");
   }
-  auto connected = Connect(line);
-  if (!connected.ok()) return Fail(connected.status());
+  auto connected = ConnectToDaemon(line);
+  if (!connected.ok()) return FailDaemonCall(connected.status());
   absl::StatusOr<std::vector<v1::ModelStatus>> models = (*connected)->List();
-  if (!models.ok()) return Fail(models.status());
+  if (!models.ok()) return FailDaemonCall(models.status());
   if (line.Has("--json")) {
     Json out = {{"models", Json::array()}};
     for (const v1::ModelStatus& model : *models) {
@@ -327,11 +311,11 @@ int RunStatus(const CommandLine& line) {
   if (line.arguments.size() != 1) {
     return Fail(kExitUsage, "status takes NAME (see --help)");
   }
-  auto connected = Connect(line);
-  if (!connected.ok()) return Fail(connected.status());
+  auto connected = ConnectToDaemon(line);
+  if (!connected.ok()) return FailDaemonCall(connected.status());
   absl::StatusOr<v1::ModelStatus> model =
       (*connected)->GetModel(line.arguments[0]);
-  if (!model.ok()) return Fail(model.status());
+  if (!model.ok()) return FailDaemonCall(model.status());
   if (line.Has("--json")) {
     PrintJson(ModelJson(*model));
     return kExitOk;
@@ -365,10 +349,10 @@ int RunUnload(const CommandLine& line) {
   }
   const std::string& name = line.arguments[0];
   const bool force = line.Has("--force");
-  auto connected = Connect(line);
-  if (!connected.ok()) return Fail(connected.status());
+  auto connected = ConnectToDaemon(line);
+  if (!connected.ok()) return FailDaemonCall(connected.status());
   absl::StatusOr<v1::ModelStatus> model = (*connected)->Unload(name, force);
-  if (!model.ok()) return Fail(model.status());
+  if (!model.ok()) return FailDaemonCall(model.status());
   if (line.Has("--json")) {
     PrintJson(ModelJson(*model));
   } else if (model->state() == v1::UNLOADING && model->leases() > 0) {
