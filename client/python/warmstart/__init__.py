@@ -593,7 +593,10 @@ class _LazyTensors(collections.abc.Mapping):
 # period-th one equally spaced.
 _MAX_PERIOD = 8
 # Groups smaller than this are split into runs without looking for a period.
-_PERIOD_SEARCH_MIN = 8
+_PERIOD_SEARCH_MIN = 16
+# Groups smaller than this are viewed one call per tensor, with no NumPy:
+# what runs save there, NumPy's per-call overhead costs.
+_RUN_MIN = 4
 
 
 def _spaced_runs(offsets):
@@ -605,7 +608,9 @@ def _spaced_runs(offsets):
     period = 1
     if count >= _PERIOD_SEARCH_MIN:
         fewest = None
-        for candidate in range(1, min(_MAX_PERIOD, count // 2) + 1):
+        # At least four offsets a residue: a group of irregular offsets
+        # costs a few NumPy calls, not _MAX_PERIOD squared.
+        for candidate in range(1, min(_MAX_PERIOD, count // 4) + 1):
             runs = 0
             for residue in range(candidate):
                 steps = _np.diff(offsets[residue::candidate])
@@ -679,12 +684,15 @@ def _host_views(torch, table, rows, span, low, out):
     key = _np.column_stack((code[positions], dims[order]))
     offsets = offsets[order]
     group_nbytes = nbytes[positions]
+    offsets_list = offsets.tolist()
+    nbytes_list = group_nbytes.tolist()
+    positions_list = positions.tolist()
     breaks = (_np.flatnonzero(_np.any(key[1:] != key[:-1], axis=1)) +
               1).tolist()
     typed = {}
     filled = 0
-    for start, end in zip([0] + breaks, breaks + [len(positions)]):
-        first = int(positions[start])
+    for start, end in zip([0] + breaks, breaks + [len(positions_list)]):
+        first = positions_list[start]
         shape = table.shape(int(rows[first]))
         dtype_code = int(code[first])
         torch_dtype = torch_dtypes[dtype_code]
@@ -693,12 +701,6 @@ def _host_views(torch, table, rows, span, low, out):
         for extent in shape:
             elements *= extent
         expected = elements * item_size
-        if expected >= 2**64:
-            continue
-        members = start + _np.flatnonzero(
-            group_nbytes[start:end] == _np.uint64(expected))
-        if not len(members):
-            continue
         base = typed.get(torch_dtype)
         if base is None:
             usable = span.numel() - span.numel() % item_size
@@ -710,6 +712,18 @@ def _host_views(torch, table, rows, span, low, out):
             strides.append(step)
             step *= extent
         strides = tuple(strides[::-1])
+        if end - start < _RUN_MIN:
+            # Too few to gain from runs: one call each, no NumPy.
+            for i in range(start, end):
+                if nbytes_list[i] == expected:
+                    out[positions_list[i]] = base.as_strided(
+                        shape, strides, offsets_list[i])
+                    filled += 1
+            continue
+        if expected >= 2**64:
+            continue
+        members = start + _np.flatnonzero(
+            group_nbytes[start:end] == _np.uint64(expected))
         member_offsets = offsets[members]
         member_positions = positions[members]
         for indices, spacing in _spaced_runs(member_offsets):
