@@ -13,10 +13,10 @@
 #include <vector>
 
 #include "absl/cleanup/cleanup.h"
-#include "client/testing/fake_daemon.h"
 #include "common/testing/status_matchers.h"
 #include "common/testing/test_env.h"
-#include "tests/subprocess.h"
+#include "tests/doubles/fake_daemon.h"
+#include "tests/doubles/subprocess.h"
 
 namespace warmstart {
 namespace client {
@@ -336,14 +336,14 @@ TEST_F(ClientTest, UnsafeDescriptorsAreRefused) {
 }
 
 TEST_F(ClientTest, GpuModelOnAGpuThisProcessCannotSeeIsNotFound) {
-  // The simulated CUDA driver (daemon/device/testing/cuda_sim.h) sees one
+  // The simulated CUDA driver (tests/doubles/cuda_sim.h) sees one
   // GPU, not this one. (CUDA import itself: cuda_import_test and
   // //tests:daemon_protocol_test.) The client keeps the driver it loads
   // first for the process's life, so this is the only test here that
   // reaches CUDA; the variable is cleared even when an assertion fails.
   ::setenv(
       "WARMSTART_LIBCUDA",
-      ::warmstart::testing::BinaryPath("daemon/device/libcuda_sim.so").c_str(),
+      ::warmstart::testing::BinaryPath("tests/doubles/libcuda_sim.so").c_str(),
       1);
   absl::Cleanup unset = [] { ::unsetenv("WARMSTART_LIBCUDA"); };
   SetBehavior([](FakeBehavior& b) {
@@ -529,7 +529,8 @@ class FakeDaemonProcess {
     ::mkdir(log_dir_.c_str(), 0755);
     child_ = std::make_unique<ChildProcess>(
         std::vector<std::string>{
-            ::warmstart::testing::BinaryPath("client/fake_daemon_main"), dir},
+            ::warmstart::testing::BinaryPath("tests/doubles/fake_daemon_main"),
+            dir},
         log_dir_);
     const absl::Time deadline = absl::Now() + absl::Seconds(20);
     while (child_->Stderr().find("ready") == std::string::npos &&

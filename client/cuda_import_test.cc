@@ -1,5 +1,5 @@
 // The client's CUDA import against the SIMULATED driver (libcuda_sim.so,
-// see daemon/device/testing/cuda_sim.h): it proves the logic (device
+// see tests/doubles/cuda_sim.h): it proves the logic (device
 // lookup by UUID, contexts, access flags, release order, error paths), not
 // a GPU; cuda_import_gpu_test is the proof on hardware. In the simulation a
 // device pointer is a host address, so these tests read "GPU memory"
@@ -22,10 +22,10 @@
 
 #include "common/testing/status_matchers.h"
 #include "common/testing/test_env.h"
-#include "daemon/device/testing/cuda_sim.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "tests/subprocess.h"
+#include "tests/doubles/cuda_sim.h"
+#include "tests/doubles/subprocess.h"
 
 namespace warmstart {
 namespace client {
@@ -91,7 +91,7 @@ std::ostream& operator<<(std::ostream& os, const Held& h) {
 class CudaImportTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    const std::string path = BinaryPath("daemon/device/libcuda_sim.so");
+    const std::string path = BinaryPath("tests/doubles/libcuda_sim.so");
     ::setenv("WARMSTART_LIBCUDA", path.c_str(), 1);
     // Loads the driver once for the process (its cuInit clears injected
     // errors, so it must come before any injection).

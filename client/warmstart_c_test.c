@@ -1,5 +1,5 @@
 /* The C interface (warmstart.h, libwarmstart.so) from plain C11, against
- * the fake daemon (client/fake_daemon_main) started as a child process.
+ * the fake daemon (tests/doubles/fake_daemon_main) started as a child process.
  * It serves one model, "tiny": 10000 pattern bytes (byte i is
  * (7 i + 3) mod 256) with tensors "a" (F32 [4, 4] at 0) and "b" (U8 [100]
  * at 256).
@@ -421,7 +421,7 @@ static void TestLoadAndUnload(warmstart_client* client) {
 }
 
 int main(int argc, char** argv) {
-  const char* fake = argc > 1 ? argv[1] : "client/fake_daemon_main";
+  const char* fake = argc > 1 ? argv[1] : "tests/doubles/fake_daemon_main";
   REQUIRE(mkdtemp(dir) != NULL);
 
   TestVersion();

@@ -5,7 +5,7 @@
 #include "common/testing/status_matchers.h"
 #include "common/testing/test_env.h"
 #include "nlohmann/json.hpp"
-#include "tests/subprocess.h"
+#include "tests/doubles/subprocess.h"
 
 namespace warmstart {
 namespace testing {
@@ -146,7 +146,7 @@ TEST(BenchCliTest, CudaBenchOnTheSimulatedDriverAddsTheCopyPeak) {
   const std::string fixture =
       FixturePath("safetensors/candle_whisper_mel_filters.safetensors");
   ::setenv("WARMSTART_LIBCUDA",
-           BinaryPath("daemon/device/libcuda_sim.so").c_str(), 1);
+           BinaryPath("tests/doubles/libcuda_sim.so").c_str(), 1);
   RunResult bench = RunProcess(
       {Ctl(), "bench", fixture, "--backend", "cuda", "--runs", "1", "--json"});
   ::unsetenv("WARMSTART_LIBCUDA");

@@ -617,7 +617,7 @@ def test_a_gpu_budget_is_what_was_free_at_start(workdir, root):
     write_safetensors(os.path.join(root, "a.safetensors"), 12, 1 << 20)
     write_safetensors(os.path.join(root, "b.safetensors"), 24, 1 << 20)
     write_safetensors(os.path.join(root, "c.safetensors"), 4, 1 << 20)
-    sim = os.path.join(harness.RUNFILES, "daemon/device/libcuda_sim.so")
+    sim = os.path.join(harness.RUNFILES, "tests/doubles/libcuda_sim.so")
     daemon = Daemon(workdir, "--model_root", root, "--preload",
                     "a=" + os.path.join(root, "a.safetensors"),
                     backend="cuda",

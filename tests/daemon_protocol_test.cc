@@ -24,13 +24,13 @@
 #include "common/protocol.h"
 #include "common/testing/status_matchers.h"
 #include "common/testing/test_env.h"
-#include "daemon/device/testing/cuda_sim.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "proto/warmstart.grpc.pb.h"
-#include "tests/subprocess.h"
+#include "tests/doubles/cuda_sim.h"
+#include "tests/doubles/subprocess.h"
 
 namespace warmstart {
 namespace {
@@ -587,7 +587,7 @@ class SimulatedGpuTest : public DaemonProtocolTest,
                          public ::testing::WithParamInterface<bool> {
  protected:
   void SetUp() override {
-    sim_path_ = BinaryPath("daemon/device/libcuda_sim.so");
+    sim_path_ = BinaryPath("tests/doubles/libcuda_sim.so");
     ::setenv("WARMSTART_LIBCUDA", sim_path_.c_str(), 1);
     // Read by the daemon's cuInit; the client's import does not depend on
     // it.

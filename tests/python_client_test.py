@@ -28,9 +28,9 @@ from harness import (CTL, DAEMON, FIXTURES, GGUF, GGUF_ALLTYPES, NATIVE_ENV,
 
 PACKAGE_DIR = os.path.join(RUNFILES, "client/python")
 LIBRARY = os.path.join(RUNFILES, "client/libwarmstart.so")
-# The simulated CUDA driver (daemon/device/testing/cuda_sim.h): "device
+# The simulated CUDA driver (tests/doubles/cuda_sim.h): "device
 # pointers" are host addresses, so tests can read GPU tensors' bytes.
-CUDA_SIM = os.path.join(RUNFILES, "daemon/device/libcuda_sim.so")
+CUDA_SIM = os.path.join(RUNFILES, "tests/doubles/libcuda_sim.so")
 
 os.environ["WARMSTART_LIBRARY"] = LIBRARY
 sys.path.insert(0, PACKAGE_DIR)

@@ -26,10 +26,10 @@ sys.path.insert(0, os.path.join(RUNFILES, "client/python"))
 warmstart = importlib.import_module("warmstart")
 devices = importlib.import_module("warmstart._devices")
 
-# The simulated CUDA driver (daemon/device/testing/cuda_sim.h): a model
+# The simulated CUDA driver (tests/doubles/cuda_sim.h): a model
 # "on a GPU" whose memory torch cannot use, to check the refusals end to
 # end through the real daemon and client.
-CUDA_SIM = os.path.join(RUNFILES, "daemon/device/libcuda_sim.so")
+CUDA_SIM = os.path.join(RUNFILES, "tests/doubles/libcuda_sim.so")
 WORKDIR_PREFIX = "wsdev-"
 
 LABEL = "model llama"

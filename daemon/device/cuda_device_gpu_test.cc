@@ -2,8 +2,8 @@
 // simulated tests (cuda_device_test.cc) cannot give. Each test skips with
 // the reason when there is no driver or no GPU (CI). On a GPU machine:
 //   bazel test //daemon/device:cuda_device_gpu_test
+// (the Loader over it: daemon/loader/loader_gpu_test.cc).
 #include <dlfcn.h>
-#include <openssl/sha.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 
@@ -13,62 +13,26 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/escaping.h"
 #include "common/testing/status_matchers.h"
 #include "common/testing/test_env.h"
 #include "daemon/device/cuda_device.h"
 #include "daemon/device/cuda_driver.h"
-#include "daemon/device/testing/pinned_buffer.h"
-#include "daemon/formats/byte_source.h"
-#include "daemon/formats/checkpoint.h"
-#include "daemon/formats/tensor_data.h"
-#include "daemon/io/read_engine.h"
-#include "daemon/loader/loader.h"
-#include "daemon/staging/staging_pool.h"
+#include "tests/doubles/pinned_buffer.h"
+#include "tests/doubles/real_gpu.h"
 
 namespace warmstart {
 namespace {
 
 using ::warmstart::testing::FillPattern;
+using ::warmstart::testing::GpuPathName;
 using ::warmstart::testing::PinnedBuffer;
-using ::warmstart::testing::Sha256Hex;
+using ::warmstart::testing::RealGpuPathsTest;
 
 using ::testing::StartsWith;
 
 constexpr uint64_t kMiB = uint64_t{1} << 20;
 
-// Parameter: whether VMM allocations are allowed (true) or legacy cuMemAlloc
-// with IPC handles is forced (false).
-class CudaGpuTest : public ::testing::TestWithParam<bool> {
- protected:
-  void SetUp() override {
-    auto driver = CudaDriver::Load();
-    if (!driver.ok()) GTEST_SKIP() << "no GPU here: " << driver.status();
-    driver_ = std::move(*driver);
-    ASSERT_OK_AND_ASSIGN(auto devices, driver_->Devices());
-    if (devices.empty()) GTEST_SKIP() << "CUDA driver present but no GPU";
-    CudaDeviceOptions options;
-    options.allow_vmm = GetParam();
-    ASSERT_OK_AND_ASSIGN(device_,
-                         CudaDevice::Create(driver_.get(), 0, options));
-    if (GetParam() && !device_->uses_vmm()) {
-      GTEST_SKIP() << device_->name()
-                   << " cannot export VMM memory as file descriptors";
-    }
-  }
-
-  void TearDown() override {
-    device_.reset();
-    driver_.reset();
-  }
-
-  std::unique_ptr<CudaDriver> driver_;
-  std::unique_ptr<CudaDevice> device_;
-};
-
-std::string PathName(const ::testing::TestParamInfo<bool>& info) {
-  return info.param ? "vmm" : "legacy";
-}
+class CudaGpuTest : public RealGpuPathsTest {};
 
 TEST_P(CudaGpuTest, AllocatesZeroedMemoryAndCopiesIntoIt) {
   EXPECT_THAT(device_->uuid(), StartsWith("GPU-"));
@@ -180,39 +144,8 @@ TEST_P(CudaGpuTest, ExportsTheAllocation) {
   EXPECT_EQ(api.device_primary_ctx_release(cu_device), CUDA_SUCCESS);
 }
 
-TEST_P(CudaGpuTest, LoaderLandsFixturesOnTheGpu) {
-  ASSERT_OK_AND_ASSIGN(auto engine, CreateReadEngine(ReadEngineOptions()));
-  ASSERT_OK_AND_ASSIGN(
-      auto pool,
-      StagingPool::Create({36 << 10, 12 << 10}, device_.get(), engine.get()));
-  Loader loader(engine.get(), pool.get(), device_.get());
-  for (const char* fixture :
-       {"safetensors/candle_whisper_mel_filters.safetensors",
-        "safetensors/golden_py_i32_f16_alignment.safetensors",
-        "tensorizer/module_mixed_v2.tensors",
-        "gguf/ollama-llama-2-tiny-random.gguf"}) {
-    SCOPED_TRACE(fixture);
-    const std::string path = testing::FixturePath(fixture);
-    ASSERT_OK_AND_ASSIGN(Manifest manifest, OpenCheckpoint(path, {}));
-    ASSERT_OK_AND_ASSIGN(LoadedModel model,
-                         loader.Load(manifest, "m", LoadOptions()));
-    ASSERT_OK_AND_ASSIGN(auto source, FileByteSource::Open(path));
-    for (size_t t = 0; t < model.tensors.size(); ++t) {
-      const LoadedTensor& loaded = model.tensors[t];
-      std::string bytes(loaded.nbytes, '\0');
-      ASSERT_OK(device_->CopyToHost(*model.arena, loaded.offset, bytes.data(),
-                                    bytes.size()));
-      ASSERT_OK_AND_ASSIGN(
-          std::string expected,
-          TensorSha256Hex(*source, manifest.files[0].tensors[t], nullptr));
-      EXPECT_EQ(Sha256Hex(bytes), expected) << loaded.name;
-    }
-  }
-  EXPECT_EQ(pool->free_slabs(), pool->slab_count());
-}
-
 INSTANTIATE_TEST_SUITE_P(AllocationPaths, CudaGpuTest, ::testing::Bool(),
-                         PathName);
+                         GpuPathName);
 
 }  // namespace
 }  // namespace warmstart

@@ -1,6 +1,8 @@
-// The CUDA backend against the SIMULATED driver (testing/cuda_sim.h):
+// The CUDA backend against the SIMULATED driver (tests/doubles/cuda_sim.h):
 // allocation on both paths, export, stream and event ordering, and every
-// error path (the Loader over it: daemon/loader/loader_cuda_sim_test.cc).
+// error path (the Loader over it: daemon/loader/loader_cuda_sim_test.cc;
+// the staging pool pinning through it: daemon/staging/
+// staging_pool_cuda_sim_test.cc).
 // Simulated device memory is host memory, so the tests read it directly through
 // device_pointer() or the exported memfd. What only a GPU can prove is in
 // cuda_device_gpu_test.cc.
@@ -8,7 +10,6 @@
 
 #include <dlfcn.h>
 #include <fcntl.h>
-#include <openssl/sha.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -30,14 +31,9 @@
 #include "common/testing/test_env.h"
 #include "daemon/base/metrics.h"
 #include "daemon/device/cuda_driver.h"
-#include "daemon/device/testing/cuda_sim.h"
-#include "daemon/device/testing/pinned_buffer.h"
-#include "daemon/device/testing/sim_driver.h"
-#include "daemon/formats/byte_source.h"
-#include "daemon/formats/checkpoint.h"
-#include "daemon/formats/tensor_data.h"
-#include "daemon/io/read_engine.h"
-#include "daemon/staging/staging_pool.h"
+#include "tests/doubles/cuda_sim.h"
+#include "tests/doubles/pinned_buffer.h"
+#include "tests/doubles/sim_driver.h"
 
 namespace warmstart {
 namespace {
@@ -47,7 +43,6 @@ using ::warmstart::testing::BindSim;
 using ::warmstart::testing::FillPattern;
 using ::warmstart::testing::LoadSimulatedDriver;
 using ::warmstart::testing::PinnedBuffer;
-using ::warmstart::testing::Sha256Hex;
 using ::warmstart::testing::SimControls;
 using ::warmstart::testing::SimulatedBytes;
 using ::warmstart::testing::SimulatedCudaPathsTest;
@@ -223,17 +218,6 @@ TEST_F(SimulatedCudaTest, AFailingMemGetInfoLeavesFreeMemoryUnknown) {
   sim_.inject("cuMemGetInfo", 1, CUDA_ERROR_UNKNOWN);
   EXPECT_FALSE(device_->Memory().free_bytes.has_value());
   EXPECT_TRUE(device_->Memory().free_bytes.has_value());
-}
-
-TEST_P(CudaDeviceTest, FailedPinningFailsThePoolAndUnpinsTheRest) {
-  sim_.inject("cuMemHostRegister", 3, CUDA_ERROR_OUT_OF_MEMORY);
-  ASSERT_OK_AND_ASSIGN(auto pool,
-                       StagingPool::Create({4 * 65536, 65536}, device_.get()));
-  EXPECT_THAT(pool->MakeResident(),
-              StatusIs(absl::StatusCode::kResourceExhausted,
-                       AllOf(HasSubstr("pin slab 2 of 4"),
-                             HasSubstr("cuMemHostRegister"))));
-  EXPECT_EQ(sim_.registered_host_regions(), 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(AllocationPaths, CudaDeviceTest, ::testing::Bool(),

@@ -4,7 +4,7 @@
 // libcuda.so.1: Load() dlopens it and resolves entry points through
 // cuGetProcAddress. A missing driver is a status ("no CUDA driver: ..."),
 // never a crash. The library can be overridden with $WARMSTART_LIBCUDA (the
-// tests point it at a simulated driver, testing/cuda_sim.cc).
+// tests point it at a simulated driver, tests/doubles/cuda_sim.cc).
 //
 // Thread safety: a loaded CudaDriver is immutable; the CUDA driver API itself
 // is thread-safe.

@@ -29,14 +29,16 @@
 #include "common/testing/status_matchers.h"
 #include "common/testing/test_env.h"
 #include "daemon/base/metrics.h"
-#include "daemon/io/fault_injecting_engine.h"
 #include "daemon/io/read_file.h"
 #include "daemon/io/uring_engine.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/doubles/fault_injecting_engine.h"
 
 namespace warmstart {
 namespace {
+
+using ::warmstart::testing::FaultInjectingEngine;
 
 using ::testing::HasSubstr;
 using Kind = ReadEngineOptions::Kind;

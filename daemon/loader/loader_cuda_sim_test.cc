@@ -1,5 +1,5 @@
 // The Loader over the CUDA backend against the SIMULATED driver
-// (daemon/device/testing/cuda_sim.h): slab recycling, concurrent loads,
+// (tests/doubles/cuda_sim.h): slab recycling, concurrent loads,
 // copy faults, and one load onto several simulated GPUs that reads each
 // file once. Simulated device memory is host memory, so the tests compare
 // it with the files directly.
@@ -16,22 +16,23 @@
 #include "common/testing/status_matchers.h"
 #include "common/testing/test_env.h"
 #include "daemon/device/cuda_device.h"
-#include "daemon/device/testing/cuda_sim.h"
-#include "daemon/device/testing/fault_injecting_device.h"
-#include "daemon/device/testing/sim_driver.h"
 #include "daemon/formats/byte_source.h"
 #include "daemon/formats/checkpoint.h"
 #include "daemon/formats/tensor_data.h"
-#include "daemon/io/fault_injecting_engine.h"
 #include "daemon/io/read_engine.h"
 #include "daemon/loader/load_job.h"
 #include "daemon/loader/loader.h"
 #include "daemon/staging/staging_pool.h"
+#include "tests/doubles/cuda_sim.h"
+#include "tests/doubles/fault_injecting_device.h"
+#include "tests/doubles/fault_injecting_engine.h"
+#include "tests/doubles/sim_driver.h"
 
 namespace warmstart {
 namespace {
 
 using ::warmstart::testing::AllocationPathName;
+using ::warmstart::testing::FaultInjectingEngine;
 using ::warmstart::testing::Sha256Hex;
 using ::warmstart::testing::SimulatedBytes;
 using ::warmstart::testing::SimulatedCudaPathsTest;

@@ -14,16 +14,17 @@
 #include "common/testing/test_env.h"
 #include "daemon/base/file_opener.h"
 #include "daemon/device/host_device.h"
-#include "daemon/device/testing/fault_injecting_device.h"
 #include "daemon/formats/byte_source.h"
 #include "daemon/formats/checkpoint.h"
 #include "daemon/formats/tensor_data.h"
-#include "daemon/io/fault_injecting_engine.h"
 #include "nlohmann/json.hpp"
+#include "tests/doubles/fault_injecting_device.h"
+#include "tests/doubles/fault_injecting_engine.h"
 
 namespace warmstart {
 namespace {
 
+using ::warmstart::testing::FaultInjectingEngine;
 using ::warmstart::testing::Sha256Hex;
 
 using ::testing::AllOf;

@@ -1,6 +1,5 @@
-// The registry over several simulated GPUs (daemon/device/testing/
-// cuda_sim.h): one request places a model on every device from one read of
-// its files.
+// The registry over several simulated GPUs (tests/doubles/cuda_sim.h): one
+// request places a model on every device from one read of its files.
 #include <memory>
 #include <string>
 #include <vector>
@@ -12,18 +11,19 @@
 #include "daemon/base/file_opener.h"
 #include "daemon/base/metrics.h"
 #include "daemon/device/cuda_device.h"
-#include "daemon/device/testing/sim_driver.h"
 #include "daemon/formats/checkpoint.h"
-#include "daemon/io/fault_injecting_engine.h"
 #include "daemon/io/read_engine.h"
 #include "daemon/loader/loader.h"
 #include "daemon/registry/registry.h"
 #include "daemon/staging/staging_pool.h"
 #include "gtest/gtest.h"
+#include "tests/doubles/fault_injecting_engine.h"
+#include "tests/doubles/sim_driver.h"
 
 namespace warmstart {
 namespace {
 
+using ::warmstart::testing::FaultInjectingEngine;
 using ::warmstart::testing::SimulatedCudaTest;
 
 absl::Time Soon() { return absl::Now() + absl::Seconds(30); }

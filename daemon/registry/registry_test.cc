@@ -17,11 +17,11 @@
 #include "common/testing/test_env.h"
 #include "daemon/base/file_opener.h"
 #include "daemon/device/host_device.h"
-#include "daemon/device/testing/fault_injecting_device.h"
 #include "daemon/io/read_engine.h"
 #include "daemon/staging/staging_pool.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/doubles/fault_injecting_device.h"
 
 namespace warmstart {
 namespace {

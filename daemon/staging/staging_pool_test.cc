@@ -16,8 +16,8 @@
 #include "common/testing/status_matchers.h"
 #include "common/testing/test_env.h"
 #include "daemon/device/host_device.h"
-#include "daemon/device/testing/fault_injecting_device.h"
 #include "daemon/io/read_engine.h"
+#include "tests/doubles/fault_injecting_device.h"
 
 namespace warmstart {
 namespace {

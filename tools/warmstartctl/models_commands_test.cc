@@ -7,10 +7,10 @@
 
 #include "absl/strings/str_split.h"
 #include "client/client.h"
-#include "client/testing/fake_daemon.h"
 #include "common/testing/status_matchers.h"
 #include "common/testing/test_env.h"
 #include "nlohmann/json.hpp"
+#include "tests/doubles/fake_daemon.h"
 #include "tools/warmstartctl/daemon_commands.h"
 #include "tools/warmstartctl/exit_codes.h"
 

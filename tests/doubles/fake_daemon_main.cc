@@ -6,7 +6,7 @@
 
 #include <cstdio>
 
-#include "client/testing/fake_daemon.h"
+#include "tests/doubles/fake_daemon.h"
 
 int main(int argc, char** argv) {
   if (argc != 2) {

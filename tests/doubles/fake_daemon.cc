@@ -1,4 +1,4 @@
-#include "client/testing/fake_daemon.h"
+#include "tests/doubles/fake_daemon.h"
 
 #include <fcntl.h>
 #include <poll.h>

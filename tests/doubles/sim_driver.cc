@@ -1,4 +1,4 @@
-#include "daemon/device/testing/sim_driver.h"
+#include "tests/doubles/sim_driver.h"
 
 #include <dlfcn.h>
 
@@ -24,7 +24,7 @@ std::string SimLibraryPath() {
   const char* workspace = std::getenv("TEST_WORKSPACE");
   return std::string(srcdir != nullptr ? srcdir : ".") + "/" +
          (workspace != nullptr ? workspace : "warmstart") +
-         "/daemon/device/libcuda_sim.so";
+         "/tests/doubles/libcuda_sim.so";
 }
 
 absl::StatusOr<std::unique_ptr<CudaDriver>> LoadSimulatedDriver(

@@ -1,10 +1,11 @@
-#include "daemon/io/fault_injecting_engine.h"
+#include "tests/doubles/fault_injecting_engine.h"
 
 #include <algorithm>
 #include <utility>
 #include <vector>
 
 namespace warmstart {
+namespace testing {
 
 // The pieces of one request, joined into one result when the last ends.
 struct FaultInjectingEngine::Join {
@@ -107,4 +108,5 @@ int64_t FaultInjectingEngine::max_in_flight() const {
   return max_in_flight_;
 }
 
+}  // namespace testing
 }  // namespace warmstart

@@ -3,9 +3,12 @@
 // N-th call), holds allocations back on request, and counts what is alive so
 // tests can check that everything was given back.
 //
+// Ownership: borrows the inner device (it must outlive this one); the
+// allocations it returns own the inner device's allocations and must not
+// outlive this device (they count themselves in it).
 // Thread safety: thread-safe.
-#ifndef WARMSTART_DAEMON_DEVICE_TESTING_FAULT_INJECTING_DEVICE_H_
-#define WARMSTART_DAEMON_DEVICE_TESTING_FAULT_INJECTING_DEVICE_H_
+#ifndef WARMSTART_TESTS_DOUBLES_FAULT_INJECTING_DEVICE_H_
+#define WARMSTART_TESTS_DOUBLES_FAULT_INJECTING_DEVICE_H_
 
 #include <atomic>
 #include <functional>
@@ -68,4 +71,4 @@ class FaultInjectingDevice : public Device {
 }  // namespace testing
 }  // namespace warmstart
 
-#endif  // WARMSTART_DAEMON_DEVICE_TESTING_FAULT_INJECTING_DEVICE_H_
+#endif  // WARMSTART_TESTS_DOUBLES_FAULT_INJECTING_DEVICE_H_

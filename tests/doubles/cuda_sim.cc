@@ -5,7 +5,7 @@
 // declares (cuda.h maps e.g. cuMemAlloc to cuMemAlloc_v2), so the compiler
 // checks every signature against the real API; cuGetProcAddress hands them
 // out by their base names.
-#include "daemon/device/testing/cuda_sim.h"
+#include "tests/doubles/cuda_sim.h"
 
 #include <cuda.h>
 #include <fcntl.h>

@@ -1,6 +1,11 @@
 // Test helpers that start the project's real binaries as child processes.
-#ifndef WARMSTART_TESTS_SUBPROCESS_H_
-#define WARMSTART_TESTS_SUBPROCESS_H_
+//
+// Ownership: a ChildProcess owns its child (it kills and reaps it when
+// destroyed); RunProcess waits for its child before returning.
+// Thread safety: BinaryPath and RunProcess may be called from any thread;
+// one ChildProcess is used by one thread at a time.
+#ifndef WARMSTART_TESTS_DOUBLES_SUBPROCESS_H_
+#define WARMSTART_TESTS_DOUBLES_SUBPROCESS_H_
 
 #include <sys/types.h>
 
@@ -54,4 +59,4 @@ class ChildProcess {
 }  // namespace testing
 }  // namespace warmstart
 
-#endif  // WARMSTART_TESTS_SUBPROCESS_H_
+#endif  // WARMSTART_TESTS_DOUBLES_SUBPROCESS_H_

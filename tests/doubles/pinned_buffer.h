@@ -1,8 +1,12 @@
 // PinnedBuffer: page-aligned host memory registered (pinned) with a Device
-// for its lifetime, as a copy source in device tests. Move-free: neither
-// copyable nor movable.
-#ifndef WARMSTART_DAEMON_DEVICE_TESTING_PINNED_BUFFER_H_
-#define WARMSTART_DAEMON_DEVICE_TESTING_PINNED_BUFFER_H_
+// for its lifetime, as a copy source in device tests.
+//
+// Ownership: owns the mapping and its registration (unregistered and
+// unmapped when destroyed); neither copyable nor movable.
+// Thread safety: not thread-safe; copies may read data() from any thread
+// while the buffer lives.
+#ifndef WARMSTART_TESTS_DOUBLES_PINNED_BUFFER_H_
+#define WARMSTART_TESTS_DOUBLES_PINNED_BUFFER_H_
 
 #include <sys/mman.h>
 
@@ -43,4 +47,4 @@ class PinnedBuffer {
 }  // namespace testing
 }  // namespace warmstart
 
-#endif  // WARMSTART_DAEMON_DEVICE_TESTING_PINNED_BUFFER_H_
+#endif  // WARMSTART_TESTS_DOUBLES_PINNED_BUFFER_H_

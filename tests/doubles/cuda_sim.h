@@ -51,8 +51,13 @@
 //
 // Test controls, exported as C functions (dlsym them from the library the
 // driver loaded: dlopen(path, RTLD_NOW | RTLD_NOLOAD)).
-#ifndef WARMSTART_DAEMON_DEVICE_TESTING_CUDA_SIM_H_
-#define WARMSTART_DAEMON_DEVICE_TESTING_CUDA_SIM_H_
+//
+// Ownership: the simulation is one per process, owned by the library (what
+// a test allocates through the driver API it gives back through it).
+// Thread safety: the entry points and the controls may be called from any
+// thread, as the real driver's may.
+#ifndef WARMSTART_TESTS_DOUBLES_CUDA_SIM_H_
+#define WARMSTART_TESTS_DOUBLES_CUDA_SIM_H_
 
 extern "C" {
 
@@ -81,4 +86,4 @@ int warmstart_sim_context_retains();
 int warmstart_sim_pageable_copies();
 }
 
-#endif  // WARMSTART_DAEMON_DEVICE_TESTING_CUDA_SIM_H_
+#endif  // WARMSTART_TESTS_DOUBLES_CUDA_SIM_H_

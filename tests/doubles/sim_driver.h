@@ -1,12 +1,15 @@
 // Test support for the SIMULATED CUDA driver (cuda_sim.h): loading it in
 // place of libcuda.so.1, binding its test controls, and reading simulated
-// device memory. For tests that carry ":libcuda_sim.so" (//daemon/device)
+// device memory. For tests that carry ":libcuda_sim.so" (//tests/doubles)
 // in their data.
 //
+// Ownership: LoadSimulatedDriver's caller owns the driver; a
+// SimulatedCudaTest owns its driver and devices and releases them in
+// TearDown, devices first.
 // Thread safety: LoadSimulatedDriver sets and unsets environment variables:
 // call it from the test's main thread only.
-#ifndef WARMSTART_DAEMON_DEVICE_TESTING_SIM_DRIVER_H_
-#define WARMSTART_DAEMON_DEVICE_TESTING_SIM_DRIVER_H_
+#ifndef WARMSTART_TESTS_DOUBLES_SIM_DRIVER_H_
+#define WARMSTART_TESTS_DOUBLES_SIM_DRIVER_H_
 
 #include <map>
 #include <memory>
@@ -19,8 +22,8 @@
 #include "daemon/device/cuda_device.h"
 #include "daemon/device/cuda_driver.h"
 #include "daemon/device/device.h"
-#include "daemon/device/testing/cuda_sim.h"
 #include "gtest/gtest.h"
+#include "tests/doubles/cuda_sim.h"
 
 namespace warmstart {
 namespace testing {
@@ -121,4 +124,4 @@ std::string AllocationPathName(const ::testing::TestParamInfo<bool>& info);
 }  // namespace testing
 }  // namespace warmstart
 
-#endif  // WARMSTART_DAEMON_DEVICE_TESTING_SIM_DRIVER_H_
+#endif  // WARMSTART_TESTS_DOUBLES_SIM_DRIVER_H_

@@ -2,8 +2,12 @@
 // warmstartctl: the Warmstart gRPC service on a unix socket plus the
 // SOCK_SEQPACKET handle socket that opens sessions and carries sealed
 // memfds. It serves models it is given; it loads nothing.
-#ifndef WARMSTART_CLIENT_TESTING_FAKE_DAEMON_H_
-#define WARMSTART_CLIENT_TESTING_FAKE_DAEMON_H_
+//
+// Ownership: a FakeDaemon owns its server, its sockets, its accept thread
+// and every session's descriptor; Stop() and the destructor close them all.
+// Thread safety: as stated on FakeDaemon (every method from any thread).
+#ifndef WARMSTART_TESTS_DOUBLES_FAKE_DAEMON_H_
+#define WARMSTART_TESTS_DOUBLES_FAKE_DAEMON_H_
 
 #include <atomic>
 #include <map>
@@ -142,4 +146,4 @@ class FakeDaemon {
 }  // namespace testing
 }  // namespace warmstart
 
-#endif  // WARMSTART_CLIENT_TESTING_FAKE_DAEMON_H_
+#endif  // WARMSTART_TESTS_DOUBLES_FAKE_DAEMON_H_

@@ -4,9 +4,11 @@
 // just before the N-th read. It counts the reads that reach the wrapped
 // engine and how many were in flight at once.
 //
+// Ownership: owns the wrapped engine; drains it before it is destroyed, so
+// no callback runs once the engine is gone.
 // Thread safety: as ReadEngine; the counters may be read at any time.
-#ifndef WARMSTART_DAEMON_IO_FAULT_INJECTING_ENGINE_H_
-#define WARMSTART_DAEMON_IO_FAULT_INJECTING_ENGINE_H_
+#ifndef WARMSTART_TESTS_DOUBLES_FAULT_INJECTING_ENGINE_H_
+#define WARMSTART_TESTS_DOUBLES_FAULT_INJECTING_ENGINE_H_
 
 #include <cerrno>
 #include <cstdint>
@@ -19,6 +21,7 @@
 #include "daemon/io/read_engine.h"
 
 namespace warmstart {
+namespace testing {
 
 class FaultInjectingEngine final : public ReadEngine {
  public:
@@ -77,6 +80,7 @@ class FaultInjectingEngine final : public ReadEngine {
   int64_t max_in_flight_ ABSL_GUARDED_BY(mutex_) = 0;
 };
 
+}  // namespace testing
 }  // namespace warmstart
 
-#endif  // WARMSTART_DAEMON_IO_FAULT_INJECTING_ENGINE_H_
+#endif  // WARMSTART_TESTS_DOUBLES_FAULT_INJECTING_ENGINE_H_

@@ -1,4 +1,4 @@
-#include "daemon/device/testing/fault_injecting_device.h"
+#include "tests/doubles/fault_injecting_device.h"
 
 #include "absl/strings/str_cat.h"
 
