@@ -7,7 +7,7 @@
 #   hugetlb      shmem_enabled never,       vm.nr_hugepages = the arena + 64 MiB
 # For each: `warmstartctl bench --no-peers` (the daemon's own load path,
 # cold and warm, with its baselines and CPU s/GB), then a warmstartd with the
-# host backend loads the checkpoint and tools/attach_bench.py --touch times
+# host backend loads the checkpoint and tools/attach_bench.py times
 # fresh Python workers reading every 4 KiB page of it.
 #
 # It changes host settings (root only) and puts the previous values back on
@@ -80,7 +80,7 @@ for setting in 4k thp_advise thp_within hugetlb; do
   ctl load model "$checkpoint" >/dev/null 2>&1
   "$python" tools/attach_bench.py --socket "$work/ws.sock" --model model \
     --client "$setting=client/python:$(realpath "$library")" \
-    --runs "$runs" --touch
+    --runs "$runs"
   ctl unload model >/dev/null
   stop_daemon
 done
