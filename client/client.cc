@@ -292,9 +292,10 @@ absl::StatusOr<ModelMapping> Client::Acquire(const std::string& name,
   grpc::ClientContext context;
   internal::Connection::Prepare(&context, deadline - absl::Now(),
                                 session->get());
-  v1::Lease lease;
+  LeaseOnArena reply = LeaseOnArena::Make();
+  const v1::Lease& lease = *reply.lease;
   grpc::Status status =
-      connection_->stub().AcquireModel(&context, request, &lease);
+      connection_->stub().AcquireModel(&context, request, reply.lease);
   if (!status.ok()) return connection_->FromGrpc(status);
 
   std::vector<ScopedFd> fds;
@@ -312,7 +313,7 @@ absl::StatusOr<ModelMapping> Client::Acquire(const std::string& name,
     fds = std::move(*received);
   }
   ReleaseOrphanedLeases(*connection_, **session);
-  return ModelMapping::Map(connection_, *std::move(session), std::move(lease),
+  return ModelMapping::Map(connection_, *std::move(session), std::move(reply),
                            std::move(fds));
 }
 

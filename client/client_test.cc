@@ -145,6 +145,78 @@ TEST_F(ClientTest, AcquireMapsTheBytesReadOnly) {
   EXPECT_THAT(fake_.released_leases(), ElementsAre(lease));
 }
 
+// The views are built on first use from the lease's records: every field
+// of every record agrees with its view, Find works before and after
+// tensors() and after a move (the name index views the lease's strings),
+// names need not be ASCII, a 0-byte tensor has no data, a repeated name
+// finds its first tensor, and nothing is left once released.
+TEST_F(ClientTest, RecordsViewsAndFindAgreeOnEveryTensor) {
+  FakeModel odd = ::warmstart::testing::PatternModel("odd", 4096);
+  v1::Tensor unicode;
+  unicode.set_name("layers.0/\xc3\xbc name \xe5\x90\x8d.weight");
+  unicode.set_dtype("F16");
+  unicode.add_shape(2);
+  unicode.add_shape(3);
+  unicode.set_offset(1024);
+  unicode.set_nbytes(12);
+  v1::Tensor empty;
+  empty.set_name("empty");
+  empty.set_dtype("F32");
+  empty.add_shape(0);
+  empty.add_shape(4);
+  empty.set_offset(2048);
+  empty.set_nbytes(0);
+  v1::Tensor repeated = odd.tensors[0];  // A second "a", later.
+  repeated.set_offset(3000);
+  odd.tensors.push_back(unicode);
+  odd.tensors.push_back(empty);
+  odd.tensors.push_back(repeated);
+  fake_.AddModel(odd);
+  auto client = Connect();
+  ASSERT_NE(client, nullptr);
+  ASSERT_OK_AND_ASSIGN(ModelMapping first, client->Acquire("odd"));
+  ASSERT_EQ(first.tensor_count(), 5u);
+  // Find before any view exists.
+  const TensorView* found = first.Find(unicode.name());
+  ASSERT_NE(found, nullptr);
+  ModelMapping mapping(std::move(first));
+  EXPECT_EQ(first.tensor_count(), 0u);
+  const std::vector<TensorView>& views = mapping.tensors();
+  ASSERT_EQ(views.size(), 5u);
+  EXPECT_EQ(found, &views[2]);
+  EXPECT_EQ(mapping.Find(unicode.name()), &views[2]);
+  const char* base = static_cast<const char*>(views[0].data);
+  for (size_t i = 0; i < views.size(); ++i) {
+    SCOPED_TRACE(views[i].name);
+    const TensorRecord record = mapping.tensor_record(i);
+    const v1::Tensor& sent = odd.tensors[i];
+    EXPECT_EQ(record.tensor->name(), sent.name());
+    EXPECT_EQ(views[i].name, sent.name());
+    EXPECT_EQ(views[i].dtype, sent.dtype());
+    EXPECT_EQ(views[i].shape,
+              std::vector<uint64_t>(sent.shape().begin(), sent.shape().end()));
+    EXPECT_EQ(views[i].nbytes, sent.nbytes());
+    EXPECT_EQ(views[i].role, sent.role());
+    EXPECT_EQ(views[i].device_uuid, "host");
+    EXPECT_EQ(*record.device_uuid, "host");
+    EXPECT_EQ(views[i].data, base + sent.offset());
+    EXPECT_EQ(record.data, views[i].data);
+    EXPECT_TRUE(views[i].read_only);
+    EXPECT_TRUE(record.read_only);
+  }
+  EXPECT_EQ(std::string(static_cast<const char*>(views[2].data), 12),
+            odd.bytes.substr(1024, 12));
+  EXPECT_EQ(mapping.Find("empty")->nbytes, 0u);
+  EXPECT_EQ(mapping.Find("a"), &views[0]);
+  EXPECT_EQ(mapping.Find("a", "host"), &views[0]);
+  EXPECT_EQ(mapping.Find("a", "GPU-0"), nullptr);
+  EXPECT_EQ(mapping.Find("layers.0"), nullptr);
+  EXPECT_OK(mapping.Release());
+  EXPECT_EQ(mapping.tensor_count(), 0u);
+  EXPECT_TRUE(mapping.tensors().empty());
+  EXPECT_EQ(mapping.Find("a"), nullptr);
+}
+
 TEST_F(ClientTest, DestructorAndMoveRelease) {
   auto client = Connect();
   ASSERT_NE(client, nullptr);

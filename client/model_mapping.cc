@@ -24,6 +24,19 @@ bool CarriesFd(v1::MemoryKind kind) {
 
 }  // namespace
 
+LeaseOnArena LeaseOnArena::Make() {
+  // The reply of a model with thousands of tensors is hundreds of KiB:
+  // blocks grow to 256 KiB instead of protobuf's default 8 KiB.
+  google::protobuf::ArenaOptions options;
+  options.start_block_size = 4096;
+  options.max_block_size = 256 << 10;
+  LeaseOnArena made;
+  made.arena = std::make_unique<google::protobuf::Arena>(options);
+  made.lease =
+      google::protobuf::Arena::CreateMessage<v1::Lease>(made.arena.get());
+  return made;
+}
+
 ModelMapping::ModelMapping() = default;
 
 ModelMapping::~ModelMapping() { Release().IgnoreError(); }
@@ -41,41 +54,107 @@ ModelMapping& ModelMapping::operator=(ModelMapping&& other) noexcept {
 void ModelMapping::Swap(ModelMapping& other) noexcept {
   std::swap(connection_, other.connection_);
   std::swap(session_, other.session_);
-  lease_.Swap(&other.lease_);
+  std::swap(arena_, other.arena_);
+  std::swap(lease_, other.lease_);
   std::swap(metadata_json_, other.metadata_json_);
   std::swap(fds_, other.fds_);
   std::swap(regions_, other.regions_);
   std::swap(imports_, other.imports_);
-  std::swap(tensors_, other.tensors_);
-  std::swap(index_, other.index_);
+  std::swap(allocations_, other.allocations_);
+  std::swap(lazy_, other.lazy_);
   std::swap(held_, other.held_);
+}
+
+size_t ModelMapping::tensor_count() const {
+  if (!held_) return 0;
+  return allocations_.size() * static_cast<size_t>(lease().tensors_size());
+}
+
+TensorRecord ModelMapping::tensor_record(size_t index) const {
+  // Every allocation holds the lease's whole tensor list, in one layout.
+  const size_t per_allocation = static_cast<size_t>(lease().tensors_size());
+  const size_t allocation = index / per_allocation;
+  const v1::Tensor& tensor =
+      lease().tensors(static_cast<int>(index % per_allocation));
+  const MappedAllocation& mapped = allocations_[allocation];
+  TensorRecord record;
+  record.tensor = &tensor;
+  record.device_uuid =
+      &lease().allocations(static_cast<int>(allocation)).device_uuid();
+  // For GPU memory this is pointer arithmetic on a device address, which
+  // the CPU never dereferences.
+  record.data =
+      mapped.base == nullptr ? nullptr : mapped.base + tensor.offset();
+  record.read_only = mapped.read_only;
+  return record;
+}
+
+const std::vector<TensorView>& ModelMapping::tensors() const {
+  static const std::vector<TensorView>* const kNone =
+      new std::vector<TensorView>();
+  if (!held_ || lazy_ == nullptr) return *kNone;
+  LazyViews& lazy = *lazy_;
+  absl::call_once(lazy.views_built, [this, &lazy] {
+    const size_t count = tensor_count();
+    lazy.views.reserve(count);
+    for (size_t i = 0; i < count; ++i) {
+      const TensorRecord record = tensor_record(i);
+      TensorView view;
+      view.name = record.tensor->name();
+      view.dtype = record.tensor->dtype();
+      view.shape.assign(record.tensor->shape().begin(),
+                        record.tensor->shape().end());
+      view.nbytes = record.tensor->nbytes();
+      view.role = record.tensor->role();
+      view.device_uuid = *record.device_uuid;
+      view.data = record.data;
+      view.read_only = record.read_only;
+      lazy.views.push_back(std::move(view));
+    }
+  });
+  return lazy.views;
 }
 
 const TensorView* ModelMapping::Find(absl::string_view name,
                                      absl::string_view device_uuid) const {
-  auto it = index_.find(std::string(name));
-  if (it == index_.end() || it->second.empty()) return nullptr;
-  if (device_uuid.empty()) return &tensors_[it->second.front()];
-  for (size_t i : it->second) {
-    if (tensors_[i].device_uuid == device_uuid) return &tensors_[i];
+  const std::vector<TensorView>& views = tensors();
+  if (views.empty()) return nullptr;
+  LazyViews& lazy = *lazy_;
+  absl::call_once(lazy.index_built, [this, &lazy] {
+    lazy.first_position.reserve(lease().tensors_size());
+    for (int t = 0; t < lease().tensors_size(); ++t) {
+      // try_emplace keeps the first of repeated names, as tensors() lists
+      // them first.
+      lazy.first_position.try_emplace(lease().tensors(t).name(),
+                                      static_cast<size_t>(t));
+    }
+  });
+  auto found = lazy.first_position.find(name);
+  if (found == lazy.first_position.end()) return nullptr;
+  const size_t per_allocation = static_cast<size_t>(lease().tensors_size());
+  for (size_t a = 0; a < allocations_.size(); ++a) {
+    if (device_uuid.empty() ||
+        lease().allocations(static_cast<int>(a)).device_uuid() == device_uuid) {
+      return &views[a * per_allocation + found->second];
+    }
   }
   return nullptr;
 }
 
 absl::StatusOr<std::string> ModelMapping::FilePath() const {
-  const std::string& name = lease_.model().name();
+  const std::string& name = lease().model().name();
   if (!held_) {
     return absl::FailedPreconditionError(
         absl::StrCat("model ", name, ": the lease was released"));
   }
-  if (lease_.model().layout() != v1::FILE_IMAGE) {
+  if (lease().model().layout() != v1::FILE_IMAGE) {
     return absl::FailedPreconditionError(absl::StrCat(
         "model ", name,
         " is held in the packed layout, which is not a file; load it with "
         "layout FILE_IMAGE (warmstartctl load --layout file_image) to open "
         "it as a file"));
   }
-  for (const v1::Allocation& allocation : lease_.allocations()) {
+  for (const v1::Allocation& allocation : lease().allocations()) {
     if (allocation.kind() == v1::HOST_MEMFD &&
         allocation.fd_index() < fds_.size() &&
         fds_[allocation.fd_index()] >= 0) {
@@ -89,8 +168,8 @@ absl::StatusOr<std::string> ModelMapping::FilePath() const {
 absl::Status ModelMapping::Release() {
   if (!held_) return absl::OkStatus();
   held_ = false;
-  tensors_.clear();
-  index_.clear();
+  lazy_.reset();
+  allocations_.clear();
   // GPU memory is unmapped while the lease still keeps it allocated in the
   // daemon. A failure leaves nothing to retry; the lease goes regardless.
   absl::Status unmapped;
@@ -105,7 +184,8 @@ absl::Status ModelMapping::Release() {
     if (fd >= 0) ::close(fd);
   }
   fds_.clear();
-  absl::Status status = connection_->ReleaseLease(*session_, lease_.lease_id());
+  absl::Status status =
+      connection_->ReleaseLease(*session_, lease().lease_id());
   if (status.ok()) status = std::move(unmapped);
   // Dropping the session lets its socket close once nothing else uses it.
   session_.reset();
@@ -115,14 +195,15 @@ absl::Status ModelMapping::Release() {
 
 absl::StatusOr<ModelMapping> ModelMapping::Map(
     std::shared_ptr<internal::Connection> connection,
-    std::shared_ptr<internal::Session> session, v1::Lease lease,
+    std::shared_ptr<internal::Session> session, LeaseOnArena lease,
     std::vector<ScopedFd> fds) {
   ModelMapping mapping;
   mapping.connection_ = std::move(connection);
   mapping.session_ = std::move(session);
-  mapping.lease_ = std::move(lease);
-  if (!mapping.lease_.metadata_json().empty()) {
-    mapping.metadata_json_ = mapping.lease_.metadata_json();
+  mapping.arena_ = std::move(lease.arena);
+  mapping.lease_ = lease.lease;
+  if (!mapping.lease().metadata_json().empty()) {
+    mapping.metadata_json_ = mapping.lease().metadata_json();
   }
   mapping.fds_.reserve(fds.size());
   for (ScopedFd& fd : fds) mapping.fds_.push_back(fd.release());
@@ -133,29 +214,30 @@ absl::StatusOr<ModelMapping> ModelMapping::Map(
     mapping.Release().IgnoreError();
     return mapped;
   }
+  mapping.lazy_ = std::make_unique<LazyViews>();
   return mapping;
 }
 
 absl::Status ModelMapping::MapAllocations() {
-  const std::string& model = lease_.model().name();
+  const std::string& model = lease().model().name();
   int fd_allocations = 0;
-  for (const v1::Allocation& allocation : lease_.allocations()) {
+  for (const v1::Allocation& allocation : lease().allocations()) {
     if (CarriesFd(allocation.kind())) ++fd_allocations;
   }
   if (static_cast<size_t>(fd_allocations) != fds_.size()) {
     return absl::DataLossError(
-        absl::StrCat("lease ", lease_.lease_id(), " on model ", model,
+        absl::StrCat("lease ", lease().lease_id(), " on model ", model,
                      ": the daemon sent ", fds_.size(), " descriptors for ",
                      fd_allocations, " allocations that need one"));
   }
-  if (lease_.allocations().empty() && lease_.tensors_size() > 0) {
+  if (lease().allocations().empty() && lease().tensors_size() > 0) {
     return absl::InvalidArgumentError(
-        absl::StrCat("lease ", lease_.lease_id(), " on model ", model, ": ",
-                     lease_.tensors_size(), " tensors but no allocations"));
+        absl::StrCat("lease ", lease().lease_id(), " on model ", model, ": ",
+                     lease().tensors_size(), " tensors but no allocations"));
   }
-  for (int a = 0; a < lease_.allocations_size(); ++a) {
-    const v1::Allocation& allocation = lease_.allocations(a);
-    for (const v1::Tensor& tensor : lease_.tensors()) {
+  for (int a = 0; a < lease().allocations_size(); ++a) {
+    const v1::Allocation& allocation = lease().allocations(a);
+    for (const v1::Tensor& tensor : lease().tensors()) {
       if (tensor.offset() > allocation.size() ||
           tensor.nbytes() > allocation.size() - tensor.offset()) {
         return absl::InvalidArgumentError(
@@ -167,7 +249,7 @@ absl::Status ModelMapping::MapAllocations() {
     }
     if (CarriesFd(allocation.kind()) && allocation.fd_index() >= fds_.size()) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "lease ", lease_.lease_id(), " on model ", model, ": allocation ", a,
+          "lease ", lease().lease_id(), " on model ", model, ": allocation ", a,
           " names descriptor ", allocation.fd_index(), " of ", fds_.size()));
     }
     switch (allocation.kind()) {
@@ -177,13 +259,14 @@ absl::Status ModelMapping::MapAllocations() {
         break;
       default:
         return absl::InvalidArgumentError(absl::StrCat(
-            "lease ", lease_.lease_id(), " on model ", model, ": allocation ",
+            "lease ", lease().lease_id(), " on model ", model, ": allocation ",
             a, " has unknown memory kind ", allocation.kind()));
     }
   }
   // Everything checked; now map.
-  for (int a = 0; a < lease_.allocations_size(); ++a) {
-    const v1::Allocation& allocation = lease_.allocations(a);
+  allocations_.reserve(lease().allocations_size());
+  for (int a = 0; a < lease().allocations_size(); ++a) {
+    const v1::Allocation& allocation = lease().allocations(a);
     if (allocation.kind() != v1::HOST_MEMFD) {
       if (absl::Status imported = ImportGpuAllocation(a); !imported.ok()) {
         return imported;
@@ -226,13 +309,13 @@ absl::Status ModelMapping::MapAllocations() {
       regions_.push_back({address, allocation.size()});
       base = static_cast<const char*>(address);
     }
-    AddViews(allocation, base, /*read_only=*/true);
+    allocations_.push_back({base, /*read_only=*/true});
   }
   return absl::OkStatus();
 }
 
 absl::Status ModelMapping::ImportGpuAllocation(int index) {
-  const v1::Allocation& allocation = lease_.allocations(index);
+  const v1::Allocation& allocation = lease().allocations(index);
   // The import holds the memory by itself: the descriptor would only count
   // against this process's limit until Release().
   ScopedFd fd;
@@ -240,7 +323,7 @@ absl::Status ModelMapping::ImportGpuAllocation(int index) {
     fd.reset(std::exchange(fds_[allocation.fd_index()], -1));
   }
   if (allocation.size() == 0) {
-    AddViews(allocation, nullptr, /*read_only=*/true);
+    allocations_.push_back({nullptr, /*read_only=*/true});
     return absl::OkStatus();
   }
   absl::StatusOr<internal::CudaImport> imported;
@@ -254,39 +337,15 @@ absl::Status ModelMapping::ImportGpuAllocation(int index) {
   if (!imported.ok()) {
     return absl::Status(
         imported.status().code(),
-        absl::StrCat("model ", lease_.model().name(), ", allocation ", index,
+        absl::StrCat("model ", lease().model().name(), ", allocation ", index,
                      ": ", imported.status().message()));
   }
   imports_.push_back(*std::move(imported));
   const internal::CudaImport& import = imports_.back();
-  AddViews(allocation,
-           reinterpret_cast<const char*>(
-               static_cast<uintptr_t>(import.device_pointer())),
-           import.read_only());
+  allocations_.push_back({reinterpret_cast<const char*>(
+                              static_cast<uintptr_t>(import.device_pointer())),
+                          import.read_only()});
   return absl::OkStatus();
-}
-
-void ModelMapping::AddViews(const v1::Allocation& allocation, const char* base,
-                            bool read_only) {
-  // Reserved up front: a table of thousands of tensors otherwise moves its
-  // views several times as it grows (measurable in a 5,000-tensor acquire).
-  tensors_.reserve(tensors_.size() + lease_.tensors_size());
-  index_.reserve(index_.size() + lease_.tensors_size());
-  for (const v1::Tensor& tensor : lease_.tensors()) {
-    TensorView view;
-    view.name = tensor.name();
-    view.dtype = tensor.dtype();
-    view.shape.assign(tensor.shape().begin(), tensor.shape().end());
-    view.nbytes = tensor.nbytes();
-    view.role = tensor.role();
-    view.device_uuid = allocation.device_uuid();
-    // For GPU memory this is pointer arithmetic on a device address, which
-    // the CPU never dereferences.
-    view.data = base == nullptr ? nullptr : base + tensor.offset();
-    view.read_only = read_only;
-    index_[view.name].push_back(tensors_.size());
-    tensors_.push_back(std::move(view));
-  }
 }
 
 }  // namespace client

@@ -7,11 +7,13 @@
 #include <cstdint>
 #include <memory>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
+#include "absl/base/call_once.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "google/protobuf/arena.h"
 #include "proto/warmstart.pb.h"
 
 namespace warmstart {
@@ -54,6 +56,30 @@ struct TensorView {
   bool read_only = true;
 };
 
+// Tensor `index` of ModelMapping::tensors() without a TensorView: the
+// lease's own record of it and where it lies in this process. References
+// into the ModelMapping, valid until its Release() (or destruction).
+struct TensorRecord {
+  // name, dtype, shape, nbytes, offset and role, as the daemon sent them.
+  const v1::Tensor* tensor = nullptr;
+  // "host", or the GPU's UUID ("GPU-...").
+  const std::string* device_uuid = nullptr;
+  // As TensorView::data and TensorView::read_only.
+  const void* data = nullptr;
+  bool read_only = true;
+};
+
+// A v1::Lease parsed on its own arena: every tensor record, string and
+// shape of a reply of thousands of tensors lands in a few large blocks
+// instead of an allocation each. Move-only; `lease` is owned by `arena`.
+struct LeaseOnArena {
+  // An empty lease on a new arena.
+  static LeaseOnArena Make();
+
+  std::unique_ptr<google::protobuf::Arena> arena;
+  v1::Lease* lease = nullptr;
+};
+
 // Owns a lease on a model and its mappings. Move-only. Holds the client's
 // connection and session, so it may outlive the Client it came from (the
 // session, and so the lease, stays open while any mapping uses it).
@@ -75,8 +101,8 @@ class ModelMapping {
   ModelMapping& operator=(const ModelMapping&) = delete;
 
   // The model as it was when the lease was granted.
-  const v1::ModelStatus& model() const { return lease_.model(); }
-  const std::string& lease_id() const { return lease_.lease_id(); }
+  const v1::ModelStatus& model() const { return lease().model(); }
+  const std::string& lease_id() const { return lease().lease_id(); }
   // The checkpoint's key-value metadata, a JSON object (v1::Lease's
   // metadata_json; "{}" from a daemon that sends none). Kept after
   // Release().
@@ -85,10 +111,22 @@ class ModelMapping {
   // Every tensor in every allocation, allocation by allocation, each in
   // the daemon's order. Empty once released. REQUIRES: the views' data
   // pointers are used only until Release() (or destruction).
-  const std::vector<TensorView>& tensors() const { return tensors_; }
+  // The views are built on the first call (or Find()), not at Acquire: a
+  // caller that reads tensor_count() and tensor_record() instead (the C
+  // interface) pays no allocation per tensor.
+  const std::vector<TensorView>& tensors() const;
+
+  // The number of entries tensors() has (0 once released), without
+  // building the views.
+  size_t tensor_count() const;
+
+  // Entry `index` of tensors() as references into the lease, without
+  // building the views. REQUIRES: index < tensor_count().
+  TensorRecord tensor_record(size_t index) const;
 
   // The tensor named `name` on `device_uuid`, or on the first allocation's
-  // device when `device_uuid` is empty; null when there is none.
+  // device when `device_uuid` is empty; null when there is none. The name
+  // index is built on the first call.
   const TensorView* Find(absl::string_view name,
                          absl::string_view device_uuid = "") const;
 
@@ -134,24 +172,47 @@ class ModelMapping {
   // driver's errors.
   static absl::StatusOr<ModelMapping> Map(
       std::shared_ptr<internal::Connection> connection,
-      std::shared_ptr<internal::Session> session, v1::Lease lease,
+      std::shared_ptr<internal::Session> session, LeaseOnArena lease,
       std::vector<ScopedFd> fds);
 
-  // Maps every allocation and fills tensors_/index_. REQUIRES: held_.
+  // The lease, or an empty one when this mapping holds none (moved from).
+  const v1::Lease& lease() const {
+    return lease_ == nullptr ? v1::Lease::default_instance() : *lease_;
+  }
+
+  // Where one allocation lies in this process.
+  struct MappedAllocation {
+    // The allocation's first byte (a device address for GPU memory); null
+    // for an empty allocation.
+    const char* base;
+    bool read_only;
+  };
+
+  // What tensors() and Find() build on first use. Held by pointer so that
+  // the once-flags move with the mapping.
+  struct LazyViews {
+    absl::once_flag views_built;
+    std::vector<TensorView> views;
+    absl::once_flag index_built;
+    // Tensor name (viewing the lease) to its first position in the lease's
+    // tensor list.
+    absl::flat_hash_map<absl::string_view, size_t> first_position;
+  };
+
+  // Maps every allocation and fills allocations_. REQUIRES: held_.
   absl::Status MapAllocations();
   // Imports GPU allocation `index` (checked by MapAllocations) into
-  // imports_ and adds its views; closes its descriptor either way.
+  // imports_ and records it in allocations_; closes its descriptor either
+  // way.
   absl::Status ImportGpuAllocation(int index);
-  // Adds a view of every tensor of the lease in `allocation`, whose first
-  // byte is at `base` (null for an empty allocation).
-  void AddViews(const v1::Allocation& allocation, const char* base,
-                bool read_only);
 
   void Swap(ModelMapping& other) noexcept;
 
   std::shared_ptr<internal::Connection> connection_;
   std::shared_ptr<internal::Session> session_;
-  v1::Lease lease_;
+  // Owns lease_ (kept after Release(): model() and lease_id() stay).
+  std::unique_ptr<google::protobuf::Arena> arena_;
+  v1::Lease* lease_ = nullptr;
   std::string metadata_json_ = "{}";
   // Owned descriptors, closed by Release().
   std::vector<int> fds_;
@@ -159,9 +220,10 @@ class ModelMapping {
   std::vector<Region> regions_;
   // Owned GPU imports, released by Release() before the lease.
   std::vector<internal::CudaImport> imports_;
-  std::vector<TensorView> tensors_;
-  // Tensor name to its indices in tensors_, one per allocation.
-  std::unordered_map<std::string, std::vector<size_t>> index_;
+  // One per lease allocation, in its order, once mapped.
+  std::vector<MappedAllocation> allocations_;
+  // Null once released (or moved from).
+  std::unique_ptr<LazyViews> lazy_;
   bool held_ = false;
 };
 

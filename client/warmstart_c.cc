@@ -70,7 +70,7 @@ using warmstart::client::Client;
 using warmstart::client::ConnectOptions;
 using warmstart::client::ModelJson;
 using warmstart::client::ModelMapping;
-using warmstart::client::TensorView;
+using warmstart::client::TensorRecord;
 using warmstart::v1::ModelStatus;
 
 // Stores `message` (made one line) in *errptr, freeing what was there, and
@@ -152,29 +152,49 @@ char* MallocCopy(const std::string& text) {
 
 namespace {
 
+// Straight from the lease's records: no TensorView, no allocation per
+// tensor (each column is sized once), which keeps a table of thousands of
+// tensors well under a millisecond.
 std::unique_ptr<TensorTableColumns> BuildTensorTable(
-    const std::vector<TensorView>& tensors) {
+    const ModelMapping& mapping) {
   auto columns = std::make_unique<TensorTableColumns>();
-  const size_t count = tensors.size();
+  const size_t count = mapping.tensor_count();
+  size_t names_bytes = 0;
+  size_t dtypes_bytes = 0;
+  size_t device_uuids_bytes = 0;
+  size_t dimensions = 0;
+  for (size_t i = 0; i < count; ++i) {
+    const TensorRecord record = mapping.tensor_record(i);
+    names_bytes += record.tensor->name().size() + 1;
+    dtypes_bytes += record.tensor->dtype().size() + 1;
+    device_uuids_bytes += record.device_uuid->size() + 1;
+    dimensions += record.tensor->shape_size();
+  }
+  columns->names.reserve(names_bytes);
+  columns->dtypes.reserve(dtypes_bytes);
+  columns->device_uuids.reserve(device_uuids_bytes);
   columns->nbytes.reserve(count);
   columns->data.reserve(count);
   columns->on_host.reserve(count);
   columns->read_only.reserve(count);
   columns->shape_starts.reserve(count + 1);
-  for (const TensorView& view : tensors) {
+  columns->shapes.reserve(dimensions);
+  for (size_t i = 0; i < count; ++i) {
+    const TensorRecord record = mapping.tensor_record(i);
+    const warmstart::v1::Tensor& tensor = *record.tensor;
     // append(data, size + 1) copies each string's terminating NUL too.
-    columns->names.append(view.name.c_str(), view.name.size() + 1);
-    columns->dtypes.append(view.dtype.c_str(), view.dtype.size() + 1);
-    columns->device_uuids.append(view.device_uuid.c_str(),
-                                 view.device_uuid.size() + 1);
-    columns->nbytes.push_back(view.nbytes);
+    columns->names.append(tensor.name().c_str(), tensor.name().size() + 1);
+    columns->dtypes.append(tensor.dtype().c_str(), tensor.dtype().size() + 1);
+    columns->device_uuids.append(record.device_uuid->c_str(),
+                                 record.device_uuid->size() + 1);
+    columns->nbytes.push_back(tensor.nbytes());
     columns->data.push_back(
-        view.nbytes == 0 ? 0 : reinterpret_cast<uintptr_t>(view.data));
-    columns->on_host.push_back(view.device_uuid == "host" ? 1 : 0);
-    columns->read_only.push_back(view.read_only ? 1 : 0);
+        tensor.nbytes() == 0 ? 0 : reinterpret_cast<uintptr_t>(record.data));
+    columns->on_host.push_back(*record.device_uuid == "host" ? 1 : 0);
+    columns->read_only.push_back(record.read_only ? 1 : 0);
     columns->shape_starts.push_back(columns->shapes.size());
-    columns->shapes.insert(columns->shapes.end(), view.shape.begin(),
-                           view.shape.end());
+    columns->shapes.insert(columns->shapes.end(), tensor.shape().begin(),
+                           tensor.shape().end());
   }
   columns->shape_starts.push_back(columns->shapes.size());
   return columns;
@@ -365,7 +385,7 @@ const char* warmstart_model_lease_id(const warmstart_model* model) {
 }
 
 size_t warmstart_model_tensor_count(const warmstart_model* model) {
-  return model == nullptr ? 0 : model->mapping.tensors().size();
+  return model == nullptr ? 0 : model->mapping.tensor_count();
 }
 
 int warmstart_model_tensor(const warmstart_model* model, size_t index,
@@ -373,18 +393,18 @@ int warmstart_model_tensor(const warmstart_model* model, size_t index,
   if (model == nullptr || tensor == nullptr) {
     return WARMSTART_INVALID_ARGUMENT;
   }
-  const std::vector<TensorView>& tensors = model->mapping.tensors();
-  if (index >= tensors.size()) return WARMSTART_OUT_OF_RANGE;
-  const TensorView& view = tensors[index];
-  tensor->name = view.name.c_str();
-  tensor->dtype = view.dtype.c_str();
-  tensor->device_uuid = view.device_uuid.c_str();
-  tensor->shape = view.shape.empty() ? nullptr : view.shape.data();
-  tensor->ndim = view.shape.size();
-  tensor->nbytes = view.nbytes;
-  tensor->data = view.nbytes == 0 ? nullptr : view.data;
-  tensor->on_host = view.device_uuid == "host" ? 1 : 0;
-  tensor->read_only = view.read_only ? 1 : 0;
+  if (index >= model->mapping.tensor_count()) return WARMSTART_OUT_OF_RANGE;
+  const TensorRecord record = model->mapping.tensor_record(index);
+  const warmstart::v1::Tensor& view = *record.tensor;
+  tensor->name = view.name().c_str();
+  tensor->dtype = view.dtype().c_str();
+  tensor->device_uuid = record.device_uuid->c_str();
+  tensor->shape = view.shape().empty() ? nullptr : view.shape().data();
+  tensor->ndim = static_cast<size_t>(view.shape_size());
+  tensor->nbytes = view.nbytes();
+  tensor->data = view.nbytes() == 0 ? nullptr : record.data;
+  tensor->on_host = *record.device_uuid == "host" ? 1 : 0;
+  tensor->read_only = record.read_only ? 1 : 0;
   return WARMSTART_OK;
 }
 
@@ -395,7 +415,7 @@ int warmstart_model_tensor_table(warmstart_model* model,
     if (table == nullptr) return NullArgument(errptr, "table");
     std::lock_guard<std::mutex> lock(model->table_mutex);
     if (model->table == nullptr) {
-      model->table = BuildTensorTable(model->mapping.tensors());
+      model->table = BuildTensorTable(model->mapping);
     }
     const TensorTableColumns& columns = *model->table;
     table->count = columns.nbytes.size();
@@ -436,9 +456,8 @@ int warmstart_model_file_path(warmstart_model* model, const char** path,
 const char* warmstart_model_tensor_role(const warmstart_model* model,
                                         size_t index) {
   if (model == nullptr) return nullptr;
-  const std::vector<TensorView>& tensors = model->mapping.tensors();
-  if (index >= tensors.size()) return nullptr;
-  return tensors[index].role.c_str();
+  if (index >= model->mapping.tensor_count()) return nullptr;
+  return model->mapping.tensor_record(index).tensor->role().c_str();
 }
 
 const char* warmstart_model_metadata_json(const warmstart_model* model) {

@@ -309,6 +309,148 @@ def test_tensor_table_comes_in_one_call_and_agrees_with_per_tensor_calls(
                 assert address == data, tensor_name
 
 
+def layered_checkpoint(layers=10):
+    """name -> torch tensor: a small layered model whose tensors of one
+    shape interleave (q_proj and o_proj, the two norms), with dtypes torch
+    and NumPy share and BF16, a scalar, 0-byte tensors, a 6-byte F16
+    tensor that leaves the next one unaligned in the file, and names that
+    are not ASCII."""
+    generator = torch.Generator().manual_seed(17)
+
+    def random(*shape, dtype=torch.float32):
+        return torch.randn(*shape, generator=generator).to(dtype)
+
+    tensors = {"model.embed_tokens.weight": random(32, 8)}
+    for layer in range(layers):
+        prefix = f"model.layers.{layer}."
+        tensors[prefix + "input_layernorm.weight"] = random(8)
+        tensors[prefix + "self_attn.q_proj.weight"] = random(8, 8)
+        tensors[prefix + "self_attn.k_proj.weight"] = random(
+            4, 8, dtype=torch.bfloat16)
+        tensors[prefix + "self_attn.o_proj.weight"] = random(8, 8)
+        tensors[prefix + "mlp.up_proj.weight"] = random(
+            16, 8, dtype=torch.float16)
+        tensors[prefix + "mlp.down_proj.weight"] = random(
+            8, 16, dtype=torch.float16)
+        tensors[prefix + "post_attention_layernorm.weight"] = random(8)
+    tensors["model.norm.weight"] = random(8)
+    tensors["scalar"] = torch.tensor(2.5)
+    tensors["empty"] = torch.zeros(0, 4)
+    tensors["empty.f16"] = torch.zeros(3, 0, dtype=torch.float16)
+    tensors["odd.f16"] = random(3, dtype=torch.float16)
+    tensors["z.i64"] = torch.arange(4, dtype=torch.int64).reshape(2, 2)
+    tensors["z.u8"] = torch.arange(5, dtype=torch.uint8)
+    tensors["z.bool"] = torch.tensor([True, False, True])
+    tensors["\u00fc name/\u540d \u00df.weight"] = random(2, 3)
+    tensors["tab\tand:colon"] = random(8, 8)
+    return tensors
+
+
+@pytest.mark.parametrize("layout", ["packed", "file_image"])
+def test_to_torch_of_a_layered_model_gives_each_tensor_its_own_bytes(
+        client, root, layout):
+    # to_torch builds views in bulk (tensors of one dtype and shape at
+    # equally spaced offsets from one as_strided and one unbind): each one
+    # must be the tensor the file holds (values, dtype, shape), at the
+    # address the table gives, with the per-tensor path's strides; in
+    # the model's order; 0-byte and unaligned tensors (file_image) too.
+    from safetensors.torch import save_file
+    written = layered_checkpoint()
+    path = os.path.join(root, f"layered-{layout}.safetensors")
+    save_file(written, path)
+    name = f"layered-{layout}"
+    client.load(name, path, timeout=60, layout=layout)
+    with client.acquire(name) as model:
+        names = list(model.tensors)
+        assert sorted(names) == sorted(written)
+        made = model.to_torch()
+        assert list(made) == names
+        for tensor_name in names:
+            got, want = made[tensor_name], written[tensor_name]
+            assert got.dtype == want.dtype, tensor_name
+            assert tuple(got.shape) == tuple(want.shape), tensor_name
+            assert got.is_contiguous(), tensor_name
+            assert torch.equal(got, want), tensor_name
+            array = model.tensors[tensor_name]
+            reference = warmstart._to_torch(
+                torch, tensor_name, model.dtypes[tensor_name],
+                model.shapes[tensor_name], array)
+            assert got.stride() == reference.stride(), tensor_name
+            if want.nelement():
+                assert got.data_ptr() == array.__array_interface__[
+                    "data"][0], tensor_name
+
+
+def test_to_torch_of_many_equally_spaced_tensors_makes_few_torch_calls(
+        client, root, monkeypatch):
+    # 2,000 tensors of one shape back to back: viewed through one
+    # as_strided and one unbind, not a call per tensor; every view at its
+    # own address with its own values.
+    from safetensors.torch import save_file
+    count = 2000
+    written = {f"w.{i}": torch.full((4, 8), float(i)) for i in range(count)}
+    path = os.path.join(root, "many.safetensors")
+    save_file(written, path)
+    client.load("many", path, timeout=60)
+    calls = []
+    as_strided = torch.Tensor.as_strided
+
+    def counted(self, *args):
+        calls.append(args[0])
+        return as_strided(self, *args)
+
+    monkeypatch.setattr(torch.Tensor, "as_strided", counted)
+    with client.acquire("many") as model:
+        made = model.to_torch()
+        assert len(calls) <= 2, len(calls)
+        assert len(made) == count
+        for i in range(count):
+            view = made[f"w.{i}"]
+            assert view.shape == (4, 8)
+            assert float(view[3, 7]) == float(i) == float(view[0, 0])
+            assert view.data_ptr() == model.tensors[f"w.{i}"].ctypes.data
+
+
+def test_an_empty_model_attaches_to_nothing(client, root):
+    from safetensors.torch import save_file
+    path = os.path.join(root, "nothing.safetensors")
+    save_file({}, path)
+    client.load("nothing", path, timeout=60)
+    with client.acquire("nothing") as model:
+        assert len(model.tensors) == 0
+        assert dict(model.dtypes) == {}
+        assert model.to_torch() == {}
+
+
+def test_spaced_runs_cover_every_offset_once_equally_spaced():
+    def check(offsets):
+        result = [(list(map(int, indices)), step) for indices, step in
+                  warmstart._spaced_runs(np.array(offsets, dtype=np.int64))]
+        seen = sorted(i for indices, _ in result for i in indices)
+        assert seen == list(range(len(offsets)))
+        for indices, step in result:
+            first = offsets[indices[0]]
+            assert [offsets[i] for i in indices] == [
+                first + k * step for k in range(len(indices))]
+        return result
+
+    assert check([]) == []
+    assert check([5]) == [([0], 0)]
+    assert check([5, 9]) == [([0, 1], 4)]
+    assert check([0, 4, 8, 20, 21]) == [([0, 1, 2], 4), ([3, 4], 1)]
+    # One layer after another: q at 100 i, o at 100 i + 40, then a last
+    # tensor of the same shape: three runs (period 2), not twenty.
+    layered = sorted([100 * i for i in range(10)] +
+                     [100 * i + 40 for i in range(10)] + [5000])
+    assert len(check(layered)) == 3
+    assert len(check(list(range(0, 64000, 64)))) == 1
+    generator = np.random.default_rng(17)
+    for _ in range(50):
+        offsets = sorted(generator.choice(
+            1000, size=generator.integers(0, 40), replace=False).tolist())
+        check(offsets)
+
+
 def test_arrays_are_read_only(client, root):
     name = load(client, root, SAFETENSORS)
     with client.acquire(name) as model:

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -72,6 +73,14 @@ class RssSampler {
   std::atomic<bool> stop_{false};
   std::thread thread_;
 };
+
+// User + system CPU seconds of every thread of this process so far.
+double ProcessCpuSeconds() {
+  struct rusage usage;
+  if (::getrusage(RUSAGE_SELF, &usage) != 0) return 0;
+  auto seconds = [](const timeval& t) { return t.tv_sec + t.tv_usec * 1e-6; };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+}
 
 double GigabytesPerSecond(uint64_t bytes, absl::Duration elapsed) {
   return static_cast<double>(bytes) / absl::ToDoubleSeconds(elapsed) / 1e9;
@@ -398,13 +407,18 @@ absl::StatusOr<BenchResult> RunBench(const BenchOptions& options,
       LoadOptions load_options;
       load_options.remote = remote.get();
       absl::Duration load_time;
+      double cpu_seconds;
       {
         RssSampler sampler(&peak);
+        const double cpu_start = ProcessCpuSeconds();
         const absl::Time start = absl::Now();
         WS_ASSIGN_OR_RETURN(LoadedModel model,
                             loader.Load(manifest, "bench", load_options));
         load_time = absl::Now() - start;
+        cpu_seconds = ProcessCpuSeconds() - cpu_start;
       }
+      mode.cpu_seconds_per_gb.push_back(cpu_seconds /
+                                        (result.file_bytes / 1e9));
       WS_ASSIGN_OR_RETURN(absl::Duration baseline_time,
                           ParallelRangedGetBaseline(manifest, *remote));
       const double load = GigabytesPerSecond(result.file_bytes, load_time);
@@ -421,6 +435,7 @@ absl::StatusOr<BenchResult> RunBench(const BenchOptions& options,
     mode.gbps_median = Median(mode.load_gbps);
     mode.baseline_gbps_median = Median(mode.baseline_gbps);
     mode.ratio_median = Median(mode.ratios);
+    mode.cpu_seconds_per_gb_median = Median(mode.cpu_seconds_per_gb);
     result.results.push_back(std::move(mode));
   }
   for (const bool cold : {true, false}) {
@@ -433,18 +448,23 @@ absl::StatusOr<BenchResult> RunBench(const BenchOptions& options,
       LoadOptions load_options;
       load_options.direct_io = cold;
       absl::Duration load_time;
+      double cpu_seconds;
       {
         RssSampler sampler(&peak);
+        const double cpu_start = ProcessCpuSeconds();
         const absl::Time start = absl::Now();
         WS_ASSIGN_OR_RETURN(LoadedModel model,
                             loader.Load(manifest, "bench", load_options));
         // Freeing the model is not part of loading it (the baselines do not
         // time their unmapping either), nor is checking it.
         load_time = absl::Now() - start;
+        cpu_seconds = ProcessCpuSeconds() - cpu_start;
         WS_RETURN_IF_ERROR(VerifyAgainstFiles(manifest, model));
         result.bytes_verified += model.tensor_bytes;
       }
       const double load = GigabytesPerSecond(result.file_bytes, load_time);
+      mode.cpu_seconds_per_gb.push_back(cpu_seconds /
+                                        (result.file_bytes / 1e9));
       WS_RETURN_IF_ERROR(set_cache(cold));
       absl::Duration baseline_time;
       if (cold) {
@@ -471,13 +491,16 @@ absl::StatusOr<BenchResult> RunBench(const BenchOptions& options,
                                  mode.second_baseline, many, load / many);
       }
       log(absl::StrFormat(
-          "%s run %d: load %.3f GB/s, %s %.3f GB/s, ratio %.3f%s", mode.mode,
-          run + 1, load, mode.baseline, baseline, load / baseline, second));
+          "%s run %d: load %.3f GB/s (cpu %.3f s/GB), %s %.3f GB/s, ratio "
+          "%.3f%s",
+          mode.mode, run + 1, load, mode.cpu_seconds_per_gb.back(),
+          mode.baseline, baseline, load / baseline, second));
       WS_RETURN_IF_ERROR(MeasurePeers(options, cold, load, run, mode, log));
     }
     mode.gbps_median = Median(mode.load_gbps);
     mode.baseline_gbps_median = Median(mode.baseline_gbps);
     mode.ratio_median = Median(mode.ratios);
+    mode.cpu_seconds_per_gb_median = Median(mode.cpu_seconds_per_gb);
     if (!mode.second_ratios.empty()) {
       mode.second_baseline_gbps_median = Median(mode.second_baseline_gbps);
       mode.second_ratio_median = Median(mode.second_ratios);

@@ -88,6 +88,11 @@ struct ModeResult {
     double ratio_median = 0;
   };
   std::vector<Peer> peers;
+  // CPU time (user + system, every thread of the process: the loader's,
+  // the read engine's, the page reservation's) spent in each load, per GB
+  // of file bytes; empty for h2d_peak.
+  std::vector<double> cpu_seconds_per_gb;
+  double cpu_seconds_per_gb_median = 0;
 };
 
 struct BenchResult {

@@ -1,5 +1,6 @@
 #include "daemon/bench/bench.h"
 
+#include <algorithm>
 #include <fstream>
 #include <string>
 
@@ -68,6 +69,13 @@ TEST(RunBenchTest, MeasuresBothModesAgainstTheirBaselines) {
     EXPECT_GT(mode.gbps_median, 0);
     EXPECT_GT(mode.baseline_gbps_median, 0);
     EXPECT_THAT(mode.ratio_median, DoubleEq(Median(mode.ratios)));
+    // Loading 16 MiB takes some CPU (copies at least), in every run.
+    ASSERT_EQ(mode.cpu_seconds_per_gb.size(), 2u);
+    EXPECT_GT(*std::min_element(mode.cpu_seconds_per_gb.begin(),
+                                mode.cpu_seconds_per_gb.end()),
+              0);
+    EXPECT_THAT(mode.cpu_seconds_per_gb_median,
+                DoubleEq(Median(mode.cpu_seconds_per_gb)));
   }
   EXPECT_GT(result.peak_rss_outside_arena, 0u);
   // Every load of both modes was compared with the file.

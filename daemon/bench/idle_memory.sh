@@ -2,6 +2,10 @@
 # Prints the daemon's resident memory (VmRSS and RssAnon, MiB) idle after
 # start, just after a load, and after staging_release_seconds of quiet: the
 # staging pool is resident only while loads use it (README, "Memory").
+# During the first load it samples the daemon's memory outside the arena
+# (VmRSS - RssShmem: anonymous and file pages; the arena is shared memory,
+# and hugetlb pages are in neither) every 10 ms and prints the peak, with
+# VmHWM.
 #
 #   daemon/bench/idle_memory.sh BIN_DIR CHECKPOINT [RELEASE_SECONDS]
 #
@@ -45,7 +49,34 @@ memory() {
 }
 sleep 1
 memory "idle after start"
-ctl load model "$checkpoint" >/dev/null 2>&1
+# The highest VmRSS - RssShmem seen while `ctl load` runs, in KiB.
+sample_peak() {
+  local peak=0 now
+  while [[ -e $work/loading ]]; do
+    now=$(awk '/^VmRSS:/ {rss = $2} /^RssShmem:/ {shmem = $2}
+      END {print rss - shmem}' "/proc/$daemon_pid/status")
+    ((now > peak)) && peak=$now
+    sleep 0.01
+  done
+  echo "$peak" >"$work/peak"
+}
+touch "$work/loading"
+sample_peak &
+sampler=$!
+start=$(date +%s.%N)
+if ! ctl load model "$checkpoint" >"$work/load.out" 2>&1; then
+  rm "$work/loading"
+  cat "$work/load.out" >&2
+  exit 1
+fi
+rm "$work/loading"
+echo "first load: $(du -b "$checkpoint" | cut -f1) bytes in" \
+  "$(echo "$(date +%s.%N) - $start" | bc) s"
+wait "$sampler"
+awk -v peak="$(cat "$work/peak")" '/^VmHWM:/ {hwm = $2}
+  END {printf "%-28s VmRSS-RssShmem %6.1f MiB  VmHWM %6.1f MiB\n",
+       "peak during the first load", peak / 1024, hwm / 1024}' \
+  "/proc/$daemon_pid/status"
 memory "after one load"
 ctl unload model >/dev/null
 sleep $((release + 2))

@@ -40,10 +40,18 @@ uint64_t RoundUp(uint64_t value, uint64_t multiple) {
 class Prefaulter {
  public:
   // `threads` > 0 also faults the pages into this process's mapping, for
-  // writers that write through it; 0 only reserves them.
+  // writers that write through it; 0 only reserves them. `by_faulting`
+  // reserves by faulting the pages in through the mapping (in ascending
+  // order, MADV_POPULATE_WRITE) instead of fallocate: for an advised
+  // mapping, whose faults get huge pages where fallocate would allocate
+  // 4 KiB ones (the memfd's own setting may not allow them).
   Prefaulter(int memfd, char* data, uint64_t size, unsigned threads,
-             std::string label)
-      : memfd_(memfd), data_(data), size_(size), label_(std::move(label)) {
+             bool by_faulting, std::string label)
+      : memfd_(memfd),
+        data_(data),
+        size_(size),
+        by_faulting_(by_faulting),
+        label_(std::move(label)) {
     // The reservation is cheap (about 10 GB/s here); its thread then helps
     // fault pages in.
     threads_.emplace_back([this, threads] {
@@ -85,11 +93,21 @@ class Prefaulter {
   void Reserve() {
     for (uint64_t begin = 0; begin < size_ && !Stopping(); begin += kChunk) {
       const uint64_t length = std::min(kChunk, size_ - begin);
-      int rc;
-      do {
-        rc = ::fallocate(memfd_, 0, static_cast<off_t>(begin),
-                         static_cast<off_t>(length));
-      } while (rc != 0 && errno == EINTR);
+      int rc = -1;
+      if (by_faulting_) {
+        do {
+          rc = ::madvise(data_ + begin, length, MADV_POPULATE_WRITE);
+        } while (rc != 0 && errno == EINTR);
+        // Kernels before 5.14 lack it: reserve with fallocate (4 KiB
+        // pages there, unless the setting gives writes huge ones).
+        if (rc != 0 && errno == EINVAL) by_faulting_ = false;
+      }
+      if (!by_faulting_) {
+        do {
+          rc = ::fallocate(memfd_, 0, static_cast<off_t>(begin),
+                           static_cast<off_t>(length));
+        } while (rc != 0 && errno == EINTR);
+      }
       absl::MutexLock lock(&mutex_);
       if (rc != 0) {
         absl::Status status = ErrnoToStatus(
@@ -120,6 +138,7 @@ class Prefaulter {
   const int memfd_;
   char* const data_;
   const uint64_t size_;
+  bool by_faulting_;  // Only the reserving thread reads and writes it.
   const std::string label_;
   std::atomic<uint64_t> next_{0};
   absl::Mutex mutex_;
@@ -131,20 +150,45 @@ class Prefaulter {
 
 class HostAllocation : public DeviceAllocation {
  public:
-  // `write_through_fd`: reserves the pages in the background and has
-  // CopyFromHost write through the memfd (4 KiB shared memory); otherwise
-  // `prefault_threads` > 0 reserves and faults the pages in.
-  HostAllocation(ScopedFd memfd, char* data, uint64_t size,
-                 unsigned prefault_threads, bool write_through_fd,
-                 std::string label)
+  // How the pages are reserved and written.
+  enum class Fill {
+    // Already populated (hugetlb, MAP_POPULATE): memcpy, nothing to wait
+    // for.
+    kPopulated,
+    // Reserved by fallocate in the background; CopyFromHost writes
+    // through the memfd (4 KiB pages).
+    kThroughMemfd,
+    // Reserved by fallocate and faulted in by `prefault_threads` in the
+    // background; written through the mapping.
+    kThroughMapping,
+    // A MADV_HUGEPAGE mapping, reserved by faulting it in, in order, on
+    // one background thread (shmem transparent huge pages); written
+    // through the mapping.
+    kThroughAdvisedMapping,
+  };
+
+  HostAllocation(ScopedFd memfd, char* data, uint64_t size, Fill fill,
+                 unsigned prefault_threads, std::string label)
       : memfd_(std::move(memfd)),
         data_(data),
         size_(size),
-        write_through_fd_(write_through_fd) {
-    if (write_through_fd || prefault_threads > 0) {
-      prefaulter_ = std::make_unique<Prefaulter>(
-          memfd_.get(), data_, size_, write_through_fd ? 0 : prefault_threads,
-          std::move(label));
+        write_through_fd_(fill == Fill::kThroughMemfd) {
+    switch (fill) {
+      case Fill::kPopulated:
+        break;
+      case Fill::kThroughMemfd:
+        prefaulter_ = std::make_unique<Prefaulter>(memfd_.get(), data_, size_,
+                                                   0, false, std::move(label));
+        break;
+      case Fill::kThroughMapping:
+        prefaulter_ = std::make_unique<Prefaulter>(memfd_.get(), data_, size_,
+                                                   prefault_threads, false,
+                                                   std::move(label));
+        break;
+      case Fill::kThroughAdvisedMapping:
+        prefaulter_ = std::make_unique<Prefaulter>(memfd_.get(), data_, size_,
+                                                   0, true, std::move(label));
+        break;
     }
   }
   ~HostAllocation() override {
@@ -197,22 +241,116 @@ class HostAllocation : public DeviceAllocation {
   std::unique_ptr<Prefaulter> prefaulter_;
 };
 
-// MemAvailable from `meminfo`, in bytes; 0 when unknown.
-uint64_t MemAvailableBytes(const std::string& meminfo) {
-  uint64_t available = 0;
+// The number after `format` (a scanf format such as "MemAvailable: %llu
+// kB") in `meminfo`; 0 when absent or unreadable.
+uint64_t MeminfoValue(const std::string& meminfo, const char* format) {
+  unsigned long long value = 0;
   if (std::FILE* file = std::fopen(meminfo.c_str(), "re")) {
     char line[256];
-    unsigned long long kib = 0;
     while (std::fgets(line, sizeof(line), file) != nullptr) {
-      if (std::sscanf(line, "MemAvailable: %llu kB", &kib) == 1) break;
+      if (std::sscanf(line, format, &value) == 1) break;
     }
     std::fclose(file);
-    available = static_cast<uint64_t>(kib) * 1024;
   }
-  return available;
+  return static_cast<uint64_t>(value);
+}
+
+// MemAvailable from `meminfo`, in bytes; 0 when unknown.
+uint64_t MemAvailableBytes(const std::string& meminfo) {
+  return MeminfoValue(meminfo, "MemAvailable: %llu kB") * 1024;
+}
+
+// Null `metrics`: not counted.
+void CountAllocation(Metrics* metrics, HostPageKind kind) {
+  if (metrics == nullptr) return;
+  metrics
+      ->GetCounterFamily("warmstart_host_allocations_total",
+                         "Host arenas allocated, by the pages they got.",
+                         {"pages"})
+      ->WithLabels({HostPageKindName(kind)})
+      ->Add();
 }
 
 }  // namespace
+
+const char* HostPageKindName(HostPageKind kind) {
+  switch (kind) {
+    case HostPageKind::kHugetlb:
+      return "hugetlb";
+    case HostPageKind::kShmemThp:
+      return "shmem_thp";
+    case HostPageKind::kSmall:
+      return "4k";
+  }
+  return "4k";
+}
+
+HostPageChoice ChooseShmemPages(const std::string& shmem_enabled_path) {
+  std::string text;
+  if (std::FILE* file = std::fopen(shmem_enabled_path.c_str(), "re")) {
+    char buffer[256];
+    const size_t n = std::fread(buffer, 1, sizeof(buffer) - 1, file);
+    std::fclose(file);
+    text.assign(buffer, n);
+  } else {
+    return {HostPageKind::kSmall,
+            absl::StrCat("4 KiB pages: cannot read ", shmem_enabled_path, ": ",
+                         std::strerror(errno))};
+  }
+  const size_t open = text.find('[');
+  const size_t close = text.find(']', open);
+  const std::string setting =
+      open == std::string::npos || close == std::string::npos
+          ? ""
+          : text.substr(open + 1, close - open - 1);
+  const std::string is = absl::StrCat(shmem_enabled_path, " is ", setting);
+  // Every setting but never and deny gives huge pages to faults into a
+  // mapping advised with MADV_HUGEPAGE. (Writes to the memfd get them
+  // under always, within_size and force only: measured on Linux 6.18,
+  // pwrite under advise left ShmemHugePages unchanged.)
+  if (setting == "always" || setting == "within_size" || setting == "advise" ||
+      setting == "force") {
+    return {HostPageKind::kShmemThp,
+            absl::StrCat("2 MiB shmem transparent huge pages through the "
+                         "daemon's MADV_HUGEPAGE mapping: ",
+                         is)};
+  }
+  if (setting == "never" || setting == "deny") {
+    return {HostPageKind::kSmall,
+            absl::StrCat("4 KiB pages: ", is,
+                         " (within_size or advise there, or vm.nr_hugepages, "
+                         "give 2 MiB pages)")};
+  }
+  return {HostPageKind::kSmall,
+          absl::StrCat("4 KiB pages: ", shmem_enabled_path,
+                       " names no known setting in brackets: \"", text, "\"")};
+}
+
+HostPageChoice HostDevice::ShmemChoice() const {
+  if (!options_.transparent_huge_pages) {
+    return {HostPageKind::kSmall,
+            "4 KiB pages: transparent huge pages turned off"};
+  }
+  return ChooseShmemPages(options_.shmem_thp_setting);
+}
+
+HostPageChoice HostDevice::PagesForNextAllocation() const {
+  if (options_.huge_pages) {
+    const uint64_t free_pages =
+        MeminfoValue(options_.meminfo, "HugePages_Free: %llu");
+    if (free_pages > 0 &&
+        MeminfoValue(options_.meminfo, "Hugepagesize: %llu kB") == 2048) {
+      return {HostPageKind::kHugetlb,
+              absl::StrCat("2 MiB hugetlb pages: ", free_pages,
+                           " free of those vm.nr_hugepages reserves")};
+    }
+  }
+  HostPageChoice choice = ShmemChoice();
+  if (options_.huge_pages) {
+    choice.reason += "; no hugetlb pages free (vm.nr_hugepages)";
+  }
+  return choice;
+}
 
 DeviceMemory HostDevice::Memory() const {
   DeviceMemory memory;
@@ -264,37 +402,46 @@ absl::StatusOr<std::unique_ptr<DeviceAllocation>> HostDevice::Allocate(
     }
     if (data == nullptr) {
       memfd.reset();
+      const HostPageChoice instead = ShmemChoice();
       static std::atomic<bool> warned{false};
       if (!warned.exchange(true)) {
         Logger("device")->warn(
-            "no huge pages reserved (vm.nr_hugepages): host memory uses 4 KiB "
-            "pages, which load more slowly");
+            "no hugetlb pages free (vm.nr_hugepages): host memory uses {}",
+            instead.reason);
       }
       if (options_.metrics != nullptr) {
         options_.metrics
             ->GetCounter("warmstart_host_hugepage_fallback_total",
-                         "Host allocations that fell back to 4 KiB pages.")
+                         "Host allocations that fell back from hugetlb pages "
+                         "to shmem pages.")
             ->Add();
       }
+      return AllocateShmem(size, label, instead.kind);
     }
   }
-  if (data == nullptr) return AllocateSmallPages(size, label);
+  if (data == nullptr) return AllocateShmem(size, label, ShmemChoice().kind);
+  CountAllocation(options_.metrics, HostPageKind::kHugetlb);
   // Huge pages are populated by mmap (MAP_POPULATE): no prefault threads.
   return std::unique_ptr<DeviceAllocation>(
-      new HostAllocation(std::move(memfd), data, size, 0,
-                         /*write_through_fd=*/false, label));
+      new HostAllocation(std::move(memfd), data, size,
+                         HostAllocation::Fill::kPopulated, 0, label));
 }
 
 absl::StatusOr<std::unique_ptr<DeviceAllocation>> HostDevice::AllocateFileImage(
     uint64_t bytes, const std::string& label) {
   // A memfd needs no page-multiple size: the last page is partly beyond
   // the end, and readers of the file see exactly `bytes`.
-  return AllocateSmallPages(std::max<uint64_t>(bytes, 1), label);
+  return AllocateShmem(std::max<uint64_t>(bytes, 1), label,
+                       HostPageKind::kSmall);
 }
 
-absl::StatusOr<std::unique_ptr<DeviceAllocation>>
-HostDevice::AllocateSmallPages(uint64_t size, const std::string& label) {
+absl::StatusOr<std::unique_ptr<DeviceAllocation>> HostDevice::AllocateShmem(
+    uint64_t size, const std::string& label, HostPageKind kind) {
   const std::string name = absl::StrCat("warmstart:", label);
+  bool transparent_huge = kind == HostPageKind::kShmemThp;
+  // Whole huge pages: under within_size a huge page is used only where the
+  // file's size covers all of it, so a partial last one would be 4 KiB.
+  if (transparent_huge) size = RoundUp(size, kHugePageBytes);
   // Shared memory has no limit of its own (and MemAvailable leaves out the
   // huge-page pool): check before reserving.
   if (const DeviceMemory memory = Memory();
@@ -315,10 +462,23 @@ HostDevice::AllocateSmallPages(uint64_t size, const std::string& label) {
     return ErrnoToStatus(
         errno, absl::StrCat("map ", size, " bytes of host memory for ", label));
   }
+  // The daemon's own faults into the mapping (the advised fill, checks
+  // after loading) get huge pages too. A kernel without THP refuses the
+  // advice: the pages are then 4 KiB, written through the memfd.
+  if (transparent_huge && ::madvise(mapped, size, MADV_HUGEPAGE) != 0) {
+    transparent_huge = false;
+    kind = HostPageKind::kSmall;
+  }
+  CountAllocation(options_.metrics, kind);
+  HostAllocation::Fill fill = HostAllocation::Fill::kThroughMapping;
+  if (transparent_huge) {
+    fill = HostAllocation::Fill::kThroughAdvisedMapping;
+  } else if (options_.write_through_fd) {
+    fill = HostAllocation::Fill::kThroughMemfd;
+  }
   return std::unique_ptr<DeviceAllocation>(
       new HostAllocation(std::move(memfd), static_cast<char*>(mapped), size,
-                         std::max(1u, options_.prefault_threads),
-                         options_.write_through_fd, label));
+                         fill, std::max(1u, options_.prefault_threads), label));
 }
 
 void HostDevice::CopyFromHost(DeviceAllocation& destination, uint64_t offset,

@@ -1,15 +1,15 @@
 // HostDevice: "device memory" in host shared memory, for machines without a
 // GPU (CPU inference) and for every test.
 //
-// An allocation is a memfd (huge pages where the system has them reserved),
-// mapped read-write in the daemon. Its pages are reserved (fallocate) and
-// faulted in on background threads, ahead of the copies, because the first
-// write into fresh pages is the slow part of loading (about 1.1-1.4 GB/s
-// here, below the page cache). Writers wait for the reservation
-// (WaitWritable), so a shortage is ResourceExhausted, never the OOM killer;
-// Allocate refuses up front what is over MemAvailable or the cgroup limit.
-// Exported as the memfd itself; Seal() adds F_SEAL_SHRINK, F_SEAL_GROW and
-// F_SEAL_FUTURE_WRITE so no client can resize it or map it writable.
+// An allocation is a memfd in the largest pages the system allows (see
+// HostPageKind), mapped read-write in the daemon. Its pages are reserved
+// (fallocate) and faulted in on background threads, ahead of the copies,
+// because the first write into fresh pages is the slow part of loading
+// (about 1.1-1.4 GB/s here, below the page cache). Writers wait for the
+// reservation (WaitWritable), so a shortage is ResourceExhausted, never the OOM
+// killer; Allocate refuses up front what is over MemAvailable or the cgroup
+// limit. Exported as the memfd itself; Seal() adds F_SEAL_SHRINK, F_SEAL_GROW
+// and F_SEAL_FUTURE_WRITE so no client can resize it or map it writable.
 //
 // Thread safety: thread-safe.
 #ifndef WARMSTART_DAEMON_DEVICE_HOST_DEVICE_H_
@@ -23,11 +23,51 @@
 
 namespace warmstart {
 
+// The pages of a host arena, best first. Large pages make a worker's first
+// touch of every page cheaper (one PMD mapping per 2 MiB, no per-4 KiB
+// fault), and the load too when free 2 MiB pages are at hand (one page
+// allocation per 2 MiB instead of 512); getting them can cost reclaim.
+enum class HostPageKind {
+  // 2 MiB hugetlb pages, taken from those vm.nr_hugepages reserves
+  // (MFD_HUGETLB); written through the mapping (memcpy).
+  kHugetlb,
+  // 2 MiB shmem transparent huge pages (shmem_enabled always, within_size,
+  // advise or force): the daemon's mapping is advised (MADV_HUGEPAGE),
+  // faulted in ahead in ascending order (MADV_POPULATE_WRITE, which is
+  // also the reservation) and filled through it, reads landing in place.
+  // Writes to the memfd (pwrite) would get huge pages under within_size
+  // and always but not under advise, and loaded slower than the mapping
+  // where they did (README, "Huge pages").
+  kShmemThp,
+  // 4 KiB shmem pages, filled through the memfd (pwrite).
+  kSmall,
+};
+
+// "hugetlb", "shmem_thp" or "4k": the label value of
+// warmstart_host_allocations_total and what warmstartctl bench prints.
+const char* HostPageKindName(HostPageKind kind);
+
+struct HostPageChoice {
+  HostPageKind kind;
+  std::string reason;  // Names the setting and its value.
+};
+
+// The pages a shmem (non-hugetlb) arena gets under the shmem THP setting
+// in `shmem_enabled_path` (sysfs's form, the setting in brackets: "always
+// within_size [advise] never deny force"). An unreadable or unknown file is
+// kSmall, with the reason saying so. Reads the file on every call (the
+// setting may change while the daemon runs).
+HostPageChoice ChooseShmemPages(const std::string& shmem_enabled_path);
+
 struct HostDeviceOptions {
-  // Try MFD_HUGETLB first (falls back to normal pages when the system has no
-  // huge pages reserved: one warning, counter
+  // Try MFD_HUGETLB first (falls back to shmem pages, see ChooseShmemPages,
+  // when the system has no huge pages reserved: one warning, counter
   // warmstart_host_hugepage_fallback_total in `metrics`).
   bool huge_pages = true;
+  // Use shmem transparent huge pages where shmem_thp_setting allows them.
+  bool transparent_huge_pages = true;
+  std::string shmem_thp_setting =
+      "/sys/kernel/mm/transparent_hugepage/shmem_enabled";
   // Threads that fault the pages of a new allocation in.
   unsigned prefault_threads = 2;
   // Where the memory figures are read (tests give fake files): the cgroup
@@ -41,17 +81,24 @@ struct HostDeviceOptions {
   // reads landing in place (DeviceAllocation::PrefersCopies): each page is
   // then allocated once and filled whole, with no page fault and no
   // zeroing, about twice as fast here. Their pages are reserved ahead but
-  // not faulted in. Huge-page allocations are always written by memcpy.
+  // not faulted in. Huge-page allocations (hugetlb and shmem THP) are
+  // always written through the mapping.
   bool write_through_fd = true;
 
-  // Where the huge-page fallbacks are counted. Not owned; must outlive the
-  // device. Null: not counted.
+  // Where the huge-page fallbacks and the allocations by page kind are
+  // counted. Not owned; must outlive the device. Null: not counted.
   Metrics* metrics = nullptr;
 };
 
 class HostDevice : public Device {
  public:
   explicit HostDevice(HostDeviceOptions options) : options_(options) {}
+
+  // The pages the next Allocate gets and why ("2 MiB hugetlb pages: 512 of
+  // vm.nr_hugepages free"), for the daemon's start-up log and the bench.
+  // hugetlb is predicted from HugePages_Free in `meminfo`; Allocate may
+  // still fall back if they are taken meanwhile.
+  HostPageChoice PagesForNextAllocation() const;
 
   const std::string& uuid() const override { return uuid_; }
   absl::StatusOr<std::unique_ptr<DeviceAllocation>> Allocate(
@@ -74,10 +121,12 @@ class HostDevice : public Device {
   DeviceMemory Memory() const override;
 
  private:
-  // A memfd of `size` bytes in normal pages, reserved and faulted in by
-  // background threads.
-  absl::StatusOr<std::unique_ptr<DeviceAllocation>> AllocateSmallPages(
-      uint64_t size, const std::string& label);
+  // A shmem memfd of `size` bytes (rounded up to 2 MiB for the THP kinds)
+  // in pages of `kind` (not kHugetlb), reserved by a background thread and,
+  // when written through the mapping, faulted in by others.
+  absl::StatusOr<std::unique_ptr<DeviceAllocation>> AllocateShmem(
+      uint64_t size, const std::string& label, HostPageKind kind);
+  HostPageChoice ShmemChoice() const;
 
   const HostDeviceOptions options_;
   const std::string uuid_ = "host";

@@ -133,7 +133,8 @@ uint64_t RssShmemKib() {
 }
 
 TEST(HostDeviceTest, SmallPagesAreWrittenThroughTheMemfdNotTheMapping) {
-  HostDevice device(HostDeviceOptions{.huge_pages = false});
+  HostDevice device(
+      HostDeviceOptions{.huge_pages = false, .transparent_huge_pages = false});
   constexpr uint64_t kBytes = uint64_t{64} << 20;
   ASSERT_OK_AND_ASSIGN(auto allocation, device.Allocate(kBytes, "through"));
   EXPECT_TRUE(allocation->PrefersCopies());
@@ -159,8 +160,9 @@ TEST(HostDeviceTest, SmallPagesAreWrittenThroughTheMemfdNotTheMapping) {
 }
 
 TEST(HostDeviceTest, WritingThroughTheMappingStaysAvailable) {
-  HostDevice device(
-      HostDeviceOptions{.huge_pages = false, .write_through_fd = false});
+  HostDevice device(HostDeviceOptions{.huge_pages = false,
+                                      .transparent_huge_pages = false,
+                                      .write_through_fd = false});
   ASSERT_OK_AND_ASSIGN(auto allocation, device.Allocate(1 << 20, "mapped"));
   EXPECT_FALSE(allocation->PrefersCopies());
   const std::string payload = "weights!";
@@ -173,6 +175,161 @@ TEST(HostDeviceTest, WritingThroughTheMappingStaysAvailable) {
   EXPECT_TRUE(done);
   EXPECT_EQ(std::string(allocation->host_data() + 5000, payload.size()),
             payload);
+}
+
+// A file under /tmp holding `text`, removed when the test ends.
+class TempFile {
+ public:
+  explicit TempFile(const std::string& text) {
+    char path[] = "/tmp/host_device_test.XXXXXX";
+    const int fd = ::mkstemp(path);
+    EXPECT_GE(fd, 0);
+    EXPECT_EQ(::write(fd, text.data(), text.size()),
+              static_cast<ssize_t>(text.size()));
+    ::close(fd);
+    path_ = path;
+  }
+  ~TempFile() { ::unlink(path_.c_str()); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+TEST(HostPageChoiceTest, EachShmemSettingGivesItsPages) {
+  const struct {
+    const char* sysfs;
+    HostPageKind kind;
+  } cases[] = {
+      {"always within_size advise [never] deny force\n", HostPageKind::kSmall},
+      {"always within_size advise never [deny] force\n", HostPageKind::kSmall},
+      {"always within_size [advise] never deny force\n",
+       HostPageKind::kShmemThp},
+      {"always [within_size] advise never deny force\n",
+       HostPageKind::kShmemThp},
+      {"[always] within_size advise never deny force\n",
+       HostPageKind::kShmemThp},
+      {"always within_size advise never deny [force]\n",
+       HostPageKind::kShmemThp},
+  };
+  for (const auto& c : cases) {
+    TempFile setting(c.sysfs);
+    const HostPageChoice choice = ChooseShmemPages(setting.path());
+    EXPECT_EQ(choice.kind, c.kind) << c.sysfs;
+    EXPECT_THAT(choice.reason, HasSubstr(setting.path())) << c.sysfs;
+  }
+}
+
+TEST(HostPageChoiceTest, UnreadableOrUnknownSettingIsSmallPagesWithTheReason) {
+  HostPageChoice missing = ChooseShmemPages("/tmp/no-such-dir/shmem_enabled");
+  EXPECT_EQ(missing.kind, HostPageKind::kSmall);
+  EXPECT_THAT(missing.reason, HasSubstr("cannot read /tmp/no-such-dir"));
+  TempFile garbage("sometimes\n");
+  HostPageChoice unknown = ChooseShmemPages(garbage.path());
+  EXPECT_EQ(unknown.kind, HostPageKind::kSmall);
+  EXPECT_THAT(unknown.reason, HasSubstr("no known setting"));
+}
+
+TEST(HostPageChoiceTest, HugetlbIsPredictedFromFreeReservedPages) {
+  TempFile never("always within_size advise [never] deny force\n");
+  TempFile reserved(
+      "MemAvailable: 1000000 kB\nHugePages_Total:      64\n"
+      "HugePages_Free:       40\nHugepagesize:       2048 kB\n");
+  TempFile none(
+      "MemAvailable: 1000000 kB\nHugePages_Total:       0\n"
+      "HugePages_Free:        0\nHugepagesize:       2048 kB\n");
+  HostDevice with_pages(HostDeviceOptions{.shmem_thp_setting = never.path(),
+                                          .meminfo = reserved.path()});
+  HostPageChoice hugetlb = with_pages.PagesForNextAllocation();
+  EXPECT_EQ(hugetlb.kind, HostPageKind::kHugetlb);
+  EXPECT_THAT(hugetlb.reason, HasSubstr("40 free"));
+  HostDevice without(HostDeviceOptions{.shmem_thp_setting = never.path(),
+                                       .meminfo = none.path()});
+  HostPageChoice small = without.PagesForNextAllocation();
+  EXPECT_EQ(small.kind, HostPageKind::kSmall);
+  EXPECT_THAT(small.reason, HasSubstr("no hugetlb pages free"));
+}
+
+// The VmFlags line of the mapping of this process that holds `address`.
+std::string VmFlagsOf(const void* address) {
+  std::FILE* smaps = std::fopen("/proc/self/smaps", "re");
+  if (smaps == nullptr) return "";
+  const auto at = reinterpret_cast<uintptr_t>(address);
+  char line[512];
+  bool inside = false;
+  std::string flags;
+  while (std::fgets(line, sizeof(line), smaps) != nullptr) {
+    unsigned long long begin, end;
+    char dash;
+    if (std::sscanf(line, "%llx%c%llx ", &begin, &dash, &end) == 3 &&
+        dash == '-') {
+      inside = at >= begin && at < end;
+    } else if (inside && std::strncmp(line, "VmFlags:", 8) == 0) {
+      flags = line;
+      break;
+    }
+  }
+  std::fclose(smaps);
+  return flags;
+}
+
+bool KernelHasTransparentHugePages() {
+  return ::access("/sys/kernel/mm/transparent_hugepage", F_OK) == 0;
+}
+
+// Both settings that allow huge pages for advised mappings but differ for
+// writes to the memfd get the same: an advised mapping, faulted in ahead as
+// the reservation, written through.
+TEST(HostDeviceTest, HugePageSettingsAdviseTheMappingAndFaultItInAhead) {
+  if (!KernelHasTransparentHugePages()) {
+    GTEST_SKIP() << "this kernel has no transparent huge pages";
+  }
+  Metrics metrics;  // Outlives the devices, which count into it.
+  CounterFamily* allocations = metrics.GetCounterFamily(
+      "warmstart_host_allocations_total", "", {"pages"});
+  for (const char* sysfs : {"always within_size [advise] never deny force\n",
+                            "always [within_size] advise never deny force\n"}) {
+    TempFile setting(sysfs);
+    HostDevice device(HostDeviceOptions{.huge_pages = false,
+                                        .shmem_thp_setting = setting.path(),
+                                        .metrics = &metrics});
+    const uint64_t counted = allocations->WithLabels({"shmem_thp"})->value();
+    const uint64_t resident = RssShmemKib();
+    constexpr uint64_t kAsked = (uint64_t{15} << 20) + 1;
+    ASSERT_OK_AND_ASSIGN(auto allocation, device.Allocate(kAsked, "huge"));
+    EXPECT_EQ(allocation->size(), uint64_t{16} << 20) << sysfs;  // 2 MiB.
+    EXPECT_FALSE(allocation->PrefersCopies()) << sysfs;
+    EXPECT_THAT(VmFlagsOf(allocation->host_data()), HasSubstr(" hg")) << sysfs;
+    EXPECT_EQ(allocations->WithLabels({"shmem_thp"})->value(), counted + 1);
+    // Reserved by faulting the pages into the daemon's mapping (fallocate
+    // would leave them unmapped here).
+    ASSERT_OK(allocation->WaitWritable(allocation->size()));
+    EXPECT_GE(RssShmemKib(), resident + (allocation->size() >> 10)) << sysfs;
+    const std::string payload = "weights!";
+    bool done = false;
+    device.CopyFromHost(*allocation, (2 << 20) + 5, payload.data(),
+                        payload.size(), [&](absl::Status status) {
+                          EXPECT_OK(status);
+                          done = true;
+                        });
+    EXPECT_TRUE(done);
+    ASSERT_OK(allocation->Seal());
+    EXPECT_EQ(
+        std::string(allocation->host_data() + (2 << 20) + 5, payload.size()),
+        payload);
+  }
+}
+
+TEST(HostDeviceTest, NeverSettingKeepsFourKibPagesUnadvised) {
+  TempFile never("always within_size advise [never] deny force\n");
+  HostDevice device(HostDeviceOptions{.huge_pages = false,
+                                      .shmem_thp_setting = never.path()});
+  ASSERT_OK_AND_ASSIGN(auto allocation, device.Allocate(3 << 20, "never"));
+  EXPECT_EQ(allocation->size(), uint64_t{3} << 20);
+  EXPECT_TRUE(allocation->PrefersCopies());
+  const std::string flags = VmFlagsOf(allocation->host_data());
+  EXPECT_THAT(flags, HasSubstr("VmFlags:"));
+  EXPECT_THAT(flags, ::testing::Not(HasSubstr(" hg")));
 }
 
 }  // namespace

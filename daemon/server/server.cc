@@ -221,8 +221,13 @@ absl::Status Server::SetUpTargets(const v1::DaemonConfig& config,
       described->set_total_bytes(gpu.total_bytes);
     }
   } else {
-    devices.push_back(
-        std::make_unique<HostDevice>(HostDeviceOptions{.metrics = &metrics_}));
+    auto host =
+        std::make_unique<HostDevice>(HostDeviceOptions{.metrics = &metrics_});
+    // Which pages arenas get decides load speed and a worker's first touch
+    // of every page; say it once, with the setting that decided it.
+    Logger("device")->info("host arenas: {}",
+                           host->PagesForNextAllocation().reason);
+    devices.push_back(std::move(host));
     info.add_devices()->set_uuid("host");
   }
 

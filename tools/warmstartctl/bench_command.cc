@@ -109,8 +109,13 @@ int RunBenchCommand(const CommandLine& line) {
 
   std::unique_ptr<CudaDriver> driver;  // Outlives the device.
   std::unique_ptr<Device> device;
+  std::string host_pages, host_pages_reason;  // Empty for GPUs.
   if (backend == "host") {
-    device = std::make_unique<HostDevice>(HostDeviceOptions{});
+    auto host = std::make_unique<HostDevice>(HostDeviceOptions{});
+    const HostPageChoice pages = host->PagesForNextAllocation();
+    host_pages = HostPageKindName(pages.kind);
+    host_pages_reason = pages.reason;
+    device = std::move(host);
   } else if (backend == "cuda") {
     auto loaded = CudaDriver::Load();
     if (!loaded.ok()) {
@@ -149,6 +154,11 @@ int RunBenchCommand(const CommandLine& line) {
         {"peak_rss_outside_arena_bytes", result->peak_rss_outside_arena},
         {"staging_bytes", result->staging_bytes},
         {"bytes_verified", result->bytes_verified},
+        {"host_pages", host_pages.empty() ? nlohmann::ordered_json(nullptr)
+                                          : nlohmann::ordered_json(host_pages)},
+        {"host_pages_reason", host_pages.empty()
+                                  ? nlohmann::ordered_json(nullptr)
+                                  : nlohmann::ordered_json(host_pages_reason)},
         {"peers_not_run", no_peers.empty() ? nlohmann::ordered_json(nullptr)
                                            : nlohmann::ordered_json(no_peers)},
         {"peers_missing", peers_missing},
@@ -164,6 +174,7 @@ int RunBenchCommand(const CommandLine& line) {
         entry["baseline"] = mode.baseline;
         entry["baseline_gbps_median"] = mode.baseline_gbps_median;
         entry["ratio_median"] = mode.ratio_median;
+        entry["cpu_seconds_per_gb_median"] = mode.cpu_seconds_per_gb_median;
       }
       if (!mode.second_baseline.empty()) {
         entry["second_baseline"] = mode.second_baseline;
@@ -184,15 +195,22 @@ int RunBenchCommand(const CommandLine& line) {
   std::printf("%.3f GB in %zu file(s), %d runs per mode, backend %s, io %s\n",
               result->file_bytes / 1e9, result->files, result->runs,
               backend.c_str(), result->io.c_str());
+  if (!host_pages.empty()) {
+    std::printf("host pages: %s (%s)\n", host_pages.c_str(),
+                host_pages_reason.c_str());
+  }
   for (const ModeResult& mode : result->results) {
     if (mode.baseline.empty()) {
       std::printf("%-8s %.3f GB/s (median)\n", mode.mode.c_str(),
                   mode.gbps_median);
       continue;
     }
-    std::printf("%-8s load %.3f GB/s   %s %.3f GB/s   ratio %.3f (medians)\n",
-                mode.mode.c_str(), mode.gbps_median, mode.baseline.c_str(),
-                mode.baseline_gbps_median, mode.ratio_median);
+    std::printf(
+        "%-8s load %.3f GB/s   %s %.3f GB/s   ratio %.3f   cpu %.3f s/GB "
+        "(medians)\n",
+        mode.mode.c_str(), mode.gbps_median, mode.baseline.c_str(),
+        mode.baseline_gbps_median, mode.ratio_median,
+        mode.cpu_seconds_per_gb_median);
     if (!mode.second_baseline.empty()) {
       std::printf("%-8s load %.3f GB/s   %s %.3f GB/s   ratio %.3f (medians)\n",
                   mode.mode.c_str(), mode.gbps_median,

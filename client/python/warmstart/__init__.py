@@ -345,13 +345,16 @@ def _to_torch(torch, name, dtype, shape, array):
 
 
 class _Table:
-    """A model's tensor table, column by column (lists indexed by row, the
-    C library's tensor index), read in one call
-    (warmstart_model_tensor_table). Per-tensor Python objects (shape
-    tuples, records) are made only when asked for."""
+    """A model's tensor table, column by column (indexed by row, the C
+    library's tensor index), read in one call
+    (warmstart_model_tensor_table). The numbers are kept both as lists
+    (per-row access) and as NumPy arrays (whole-table work: `to_torch`);
+    per-tensor Python objects (shape tuples, records) are made only when
+    asked for."""
 
     __slots__ = ("names", "dtypes", "devices", "nbytes", "data", "on_host",
-                 "read_only", "shape_starts", "shapes")
+                 "read_only", "shape_starts", "shapes", "columns",
+                 "_dtype_codes", "_dims")
 
     def __init__(self, handle):
         table = _lib.TensorTable()
@@ -366,29 +369,47 @@ class _Table:
                 "utf-8", "surrogateescape").split("\0")[:-1]
 
         def column(pointer, ctype, length):
+            """A NumPy copy: the C table is freed with the handle."""
             if not length:
-                return []
+                return _np.zeros(0, dtype=_np.dtype(ctype))
             address = ctypes.cast(pointer, ctypes.c_void_p).value
-            return _np.frombuffer((ctype * length).from_address(address),
-                                  dtype=_np.dtype(ctype)).tolist()
+            return _np.array(_np.frombuffer(
+                (ctype * length).from_address(address),
+                dtype=_np.dtype(ctype)))
 
         self.names = strings(table.names, table.names_bytes)
         self.dtypes = strings(table.dtypes, table.dtypes_bytes)
         self.devices = strings(table.device_uuids, table.device_uuids_bytes)
-        self.nbytes = column(table.nbytes, ctypes.c_uint64, count)
-        self.data = column(table.data, ctypes.c_uint64, count)
-        self.on_host = column(table.on_host, ctypes.c_uint8, count)
-        self.read_only = column(table.read_only, ctypes.c_uint8, count)
-        self.shape_starts = column(table.shape_starts, ctypes.c_uint64,
-                                   count + 1 if count else 0)
-        self.shapes = column(table.shapes, ctypes.c_uint64,
-                             self.shape_starts[-1] if count else 0)
+        nbytes = column(table.nbytes, ctypes.c_uint64, count)
+        data = column(table.data, ctypes.c_uint64, count)
+        on_host = column(table.on_host, ctypes.c_uint8, count)
+        shape_starts = column(table.shape_starts, ctypes.c_uint64,
+                              count + 1 if count else 0)
+        shapes = column(table.shapes, ctypes.c_uint64,
+                        int(shape_starts[-1]) if count else 0)
         if not (len(self.names) == len(self.dtypes) == len(self.devices) ==
                 count):
             raise DataLoss(f"warmstart: the tensor table lists {count} "
                            f"tensors but {len(self.names)} names, "
                            f"{len(self.dtypes)} dtypes and "
                            f"{len(self.devices)} devices")
+        if count and (_np.any(shape_starts[1:] < shape_starts[:-1]) or
+                      shape_starts[0] != 0):
+            raise DataLoss("warmstart: the tensor table's shape_starts "
+                           "decrease")
+        # The NumPy columns, for whole-table work.
+        self.columns = types.SimpleNamespace(
+            nbytes=nbytes, data=data, on_host=on_host,
+            shape_starts=shape_starts, shapes=shapes)
+        self.nbytes = nbytes.tolist()
+        self.data = data.tolist()
+        self.on_host = on_host.tolist()
+        self.read_only = column(table.read_only, ctypes.c_uint8,
+                                count).tolist()
+        self.shape_starts = shape_starts.tolist()
+        self.shapes = shapes.tolist()
+        self._dtype_codes = None
+        self._dims = None
 
     def shape(self, row):
         return tuple(self.shapes[self.shape_starts[row]:
@@ -399,6 +420,39 @@ class _Table:
         return (self.dtypes[row], self.shape(row), self.on_host[row],
                 self.data[row] or None, self.nbytes[row], self.devices[row],
                 self.read_only[row])
+
+    def dtype_codes(self):
+        """(every distinct dtype name, in order of first use; each row's
+        index into it as a NumPy array). Made on first use."""
+        if self._dtype_codes is None:
+            names = {}
+            codes = [names.setdefault(name, len(names))
+                     for name in self.dtypes]
+            self._dtype_codes = (list(names),
+                                 _np.array(codes, dtype=_np.int64))
+        return self._dtype_codes
+
+    def dims(self):
+        """Every row's shape as a NumPy matrix: (rows, most dimensions),
+        ndim first, then the dimensions, padded with zeros."""
+        if self._dims is None:
+            starts = self.columns.shape_starts.astype(_np.int64)
+            count = len(self.names)
+            ndim = _np.diff(starts) if count else _np.zeros(0, _np.int64)
+            widest = int(ndim.max()) if count else 0
+            dims = _np.zeros((count, 1 + widest), dtype=_np.int64)
+            dims[:, 0] = ndim
+            if widest:
+                row = _np.repeat(_np.arange(count), ndim)
+                within = _np.arange(len(self.shapes)) - _np.repeat(
+                    starts[:-1], ndim)
+                # Dimensions past 2**63 do not fit: such a shape cannot
+                # match its byte count, and its tensor is not grouped.
+                dims[row, 1 + within] = _np.minimum(
+                    self.columns.shapes, _np.uint64(2**63 - 1)).astype(
+                        _np.int64)
+            self._dims = dims
+        return self._dims
 
 
 def _first_rows(names, rows=None):
@@ -483,23 +537,26 @@ class _LazyTensors(collections.abc.Mapping):
     def __repr__(self):
         return f"<warmstart tensors: {len(self._rows)}>"
 
+    def _row_array(self):
+        """The rows of `_rows`, in its order, as a NumPy array."""
+        return _np.fromiter(self._rows.values(), dtype=_np.int64,
+                            count=len(self._rows))
+
     def _host_span(self, torch):
         """One torch uint8 tensor over every host tensor's bytes (and what
         lies between them, never read), and its address; None when there
         are no host bytes."""
         if self._span is None:
-            low = high = None
-            table = self._table
-            for row in self._rows.values():
-                data = table.data[row]
-                nbytes = table.nbytes[row]
-                if table.on_host[row] and data and nbytes:
-                    low = data if low is None else min(low, data)
-                    end = data + nbytes
-                    high = end if high is None else max(high, end)
-            if low is None:
+            columns = self._table.columns
+            rows = self._row_array()
+            data = columns.data[rows]
+            nbytes = columns.nbytes[rows]
+            mapped = (columns.on_host[rows] != 0) & (data != 0) & (nbytes != 0)
+            if not mapped.any():
                 self._span = (None, 0)
             else:
+                low = int(data[mapped].min())
+                high = int((data[mapped] + nbytes[mapped]).max())
                 memory = _np.asarray(_HostMemory(self._lease, low, "|u1",
                                                  (high - low,)))
                 with warnings.catch_warnings():
@@ -508,46 +565,181 @@ class _LazyTensors(collections.abc.Mapping):
         return self._span
 
     def _to_torch(self, torch):
-        """name -> torch tensor, no copy. Host tensors are strided views of
-        one tensor over the mapping, one call each, where their address is
-        a multiple of their element size from its start (always, for packed
-        models); others go through their NumPy array."""
+        """name -> torch tensor, no copy. Host tensors are views of one
+        tensor over the mapping (see `_host_views`: a few calls for a whole
+        layered model, not one per tensor); the others (GPU tensors, a host
+        tensor whose address is not a multiple of its element size from
+        the span's start, dtypes torch lacks) go through their array."""
+        names = list(self._rows)
+        out = [None] * len(names)
         span, low = self._host_span(torch)
-        typed = {}
-        result = {}
-        table = self._table
-        for name, row in self._rows.items():
-            dtype = table.dtypes[row]
-            on_host = table.on_host[row]
-            data = table.data[row]
-            nbytes = table.nbytes[row]
-            shape = table.shape(row)
-            attribute = _dtypes.TORCH.get(dtype)
-            torch_dtype = getattr(torch, attribute, None) if attribute else None
-            if span is not None and on_host and data and nbytes and \
-                    torch_dtype is not None:
-                view = typed.get(torch_dtype)
+        filled = 0
+        if span is not None:
+            filled = _host_views(torch, self._table, self._row_array(), span,
+                                 low, out)
+        if filled < len(out):
+            table = self._table
+            for position, view in enumerate(out):
                 if view is None:
-                    item = torch.empty((), dtype=torch_dtype).element_size()
-                    usable = span.numel() - span.numel() % item
-                    view = (span[:usable].view(torch_dtype), item)
-                    typed[torch_dtype] = view
-                base, item = view
-                offset, rest = divmod(data - low, item)
-                count = 1
-                for extent in shape:
-                    count *= extent
-                if rest == 0 and count * item == nbytes:
-                    strides = []
-                    step = 1
-                    for extent in reversed(shape):
-                        strides.append(step)
-                        step *= extent
-                    result[name] = base.as_strided(shape, strides[::-1],
-                                                   offset)
-                    continue
-            result[name] = _to_torch(torch, name, dtype, shape, self[name])
-        return result
+                    name = names[position]
+                    row = self._rows[name]
+                    out[position] = _to_torch(torch, name, table.dtypes[row],
+                                              table.shape(row), self[name])
+        return dict(zip(names, out))
+
+
+# The longest period looked for among the offsets of tensors of one shape:
+# a layered model interleaves them (q_proj and o_proj of each layer), every
+# period-th one equally spaced.
+_MAX_PERIOD = 8
+# Groups smaller than this are split into runs without looking for a period.
+_PERIOD_SEARCH_MIN = 16
+# Groups smaller than this are viewed one call per tensor, with no NumPy:
+# what runs save there, NumPy's per-call overhead costs.
+_RUN_MIN = 4
+
+
+def _spaced_runs(offsets):
+    """Splits `offsets` (ascending ints, a NumPy int64 array) into runs of
+    equally spaced ones, as few as it finds: a list of (indices into
+    `offsets` as a NumPy array, step). Looks for the period (every c-th
+    offset equally spaced) that gives the fewest runs."""
+    count = len(offsets)
+    period = 1
+    if count >= _PERIOD_SEARCH_MIN:
+        fewest = None
+        # At least four offsets a residue: a group of irregular offsets
+        # costs a few NumPy calls, not _MAX_PERIOD squared.
+        for candidate in range(1, min(_MAX_PERIOD, count // 4) + 1):
+            runs = 0
+            for residue in range(candidate):
+                steps = _np.diff(offsets[residue::candidate])
+                runs += 1 + int(_np.count_nonzero(steps[1:] != steps[:-1]))
+            if fewest is None or runs < fewest:
+                fewest, period = runs, candidate
+            if runs == candidate:
+                break  # Each residue is one run: nothing does better.
+    result = []
+    for residue in range(period):
+        indices = _np.arange(residue, count, period)
+        chosen = offsets[residue::period]
+        steps = _np.diff(chosen)
+        if len(steps) and (steps == steps[0]).all():
+            result.append((indices, int(steps[0])))  # One run: no loop.
+            continue
+        chosen = chosen.tolist()
+        length = len(chosen)
+        i = 0
+        while i < length:
+            if i + 1 == length:
+                result.append((indices[i:i + 1], 0))
+                break
+            step = chosen[i + 1] - chosen[i]
+            j = i + 2
+            while j < length and chosen[j] - chosen[j - 1] == step:
+                j += 1
+            result.append((indices[i:j], step))
+            i = j
+    return result
+
+
+def _host_views(torch, table, rows, span, low, out):
+    """Sets out[i] to a view of `span` (torch uint8 over the host bytes from
+    address `low`) for every rows[i] that torch can view in place: a host
+    tensor of a dtype torch has, whose address is a whole number of
+    elements from `low` and whose shape matches its byte count. Tensors of
+    one dtype and shape are grouped and their offsets split into equally
+    spaced runs (`_spaced_runs`); a run is one `as_strided` over all of it
+    and one `unbind`, so the per-tensor work is torch's, in C++. Leaves
+    the others None; returns how many it set."""
+    dtype_names, codes = table.dtype_codes()
+    torch_dtypes = []
+    items = _np.zeros(len(dtype_names), dtype=_np.int64)
+    for code, name in enumerate(dtype_names):
+        attribute = _dtypes.TORCH.get(name)
+        torch_dtype = getattr(torch, attribute, None) if attribute else None
+        torch_dtypes.append(torch_dtype)
+        if torch_dtype is not None:
+            items[code] = torch.empty((), dtype=torch_dtype).element_size()
+    columns = table.columns
+    code = codes[rows]
+    item = items[code]
+    data = columns.data[rows]
+    nbytes = columns.nbytes[rows]
+    on_host = columns.on_host[rows] != 0
+    viewable = on_host & (data != 0) & (nbytes != 0) & (item > 0)
+    viewable &= data >= _np.uint64(low)
+    # Rows outside `viewable` may wrap here; they are dropped below.
+    relative = (data - _np.uint64(low)).astype(_np.int64)
+    viewable &= relative % _np.maximum(item, 1) == 0
+    positions = _np.flatnonzero(viewable)
+    if not len(positions):
+        return 0
+    dims = table.dims()[rows[positions]]
+    offsets = relative[positions] // item[positions]
+    # Sorted by dtype, then shape, then offset (lexsort's last key first).
+    order = _np.lexsort((offsets,) + tuple(dims.T[::-1]) +
+                        (code[positions],))
+    positions = positions[order]
+    key = _np.column_stack((code[positions], dims[order]))
+    offsets = offsets[order]
+    group_nbytes = nbytes[positions]
+    offsets_list = offsets.tolist()
+    nbytes_list = group_nbytes.tolist()
+    positions_list = positions.tolist()
+    breaks = (_np.flatnonzero(_np.any(key[1:] != key[:-1], axis=1)) +
+              1).tolist()
+    typed = {}
+    filled = 0
+    for start, end in zip([0] + breaks, breaks + [len(positions_list)]):
+        first = positions_list[start]
+        shape = table.shape(int(rows[first]))
+        dtype_code = int(code[first])
+        torch_dtype = torch_dtypes[dtype_code]
+        item_size = int(items[dtype_code])
+        elements = 1
+        for extent in shape:
+            elements *= extent
+        expected = elements * item_size
+        base = typed.get(torch_dtype)
+        if base is None:
+            usable = span.numel() - span.numel() % item_size
+            base = span[:usable].view(torch_dtype)
+            typed[torch_dtype] = base
+        strides = []
+        step = 1
+        for extent in reversed(shape):
+            strides.append(step)
+            step *= extent
+        strides = tuple(strides[::-1])
+        if end - start < _RUN_MIN:
+            # Too few to gain from runs: one call each, no NumPy.
+            for i in range(start, end):
+                if nbytes_list[i] == expected:
+                    out[positions_list[i]] = base.as_strided(
+                        shape, strides, offsets_list[i])
+                    filled += 1
+            continue
+        if expected >= 2**64:
+            continue
+        members = start + _np.flatnonzero(
+            group_nbytes[start:end] == _np.uint64(expected))
+        member_offsets = offsets[members]
+        member_positions = positions[members]
+        for indices, spacing in _spaced_runs(member_offsets):
+            first_offset = int(member_offsets[indices[0]])
+            targets = member_positions[indices].tolist()
+            filled += len(targets)
+            if len(targets) == 1:
+                out[targets[0]] = base.as_strided(shape, strides,
+                                                  first_offset)
+                continue
+            views = base.as_strided((len(targets),) + shape,
+                                    (spacing,) + strides,
+                                    first_offset).unbind(0)
+            for target, view in zip(targets, views):
+                out[target] = view
+    return filled
 
 
 class Model:
@@ -702,6 +894,8 @@ class Model:
         import torch  # Only here: NumPy users need not have torch.
 
         tensors = self.tensors if device is None else self.tensors_on(device)
+        if not tensors:
+            return {}  # A model without tensors (and so without devices).
         return tensors._to_torch(torch)
 
     def release(self):
