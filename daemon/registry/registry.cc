@@ -14,6 +14,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
+#include "common/tensor_table.h"
 #include "daemon/base/logging.h"
 #include "daemon/base/metrics.h"
 #include "daemon/formats/checkpoint.h"
@@ -23,6 +24,19 @@
 #include "daemon/registry/random_id.h"
 
 namespace warmstart {
+namespace {
+
+// `tensors` as v1::Lease.tensor_table.
+absl::StatusOr<std::string> PackTensorTable(
+    const std::vector<LoadedTensor>& tensors) {
+  return EncodeTensorTable(tensors.size(), [&tensors](size_t i) {
+    const LoadedTensor& tensor = tensors[i];
+    return TensorTableEntry{tensor.name,  tensor.dtype,  tensor.role,
+                            tensor.shape, tensor.nbytes, tensor.offset};
+  });
+}
+
+}  // namespace
 
 // What Load learns before it takes the lock: the devices, the parsed
 // manifest and its plan (which points into it, so both stay together on
@@ -56,6 +70,9 @@ struct Registry::Model {
   std::set<std::string> reserved_on;
   // One per device once loaded, in `devices` order; read only when READY.
   std::vector<LoadedModel> replicas;
+  // The replicas' tensor list packed for leases (v1::Lease.tensor_table),
+  // set with them; shared with grants, so never changed once set.
+  std::shared_ptr<const std::string> tensor_table;
   int leases = 0;
   absl::Time started;
   absl::Time last_used;
@@ -504,10 +521,20 @@ absl::Status Registry::LoadReplicas(Model& model, const LoadPlan& plan,
           ->Observe(static_cast<double>(per_device) / seconds);
     }
   }
+  // Packed once here, outside the lock, so that an acquire sends these
+  // bytes instead of building a message per tensor.
+  absl::StatusOr<std::string> table = PackTensorTable(loaded->front().tensors);
+  if (!table.ok()) {
+    return absl::Status(
+        table.status().code(),
+        absl::StrCat("model ", model.name, ": ", table.status().message()));
+  }
+  auto shared_table = std::make_shared<const std::string>(*std::move(table));
   {
     // The job has sealed the arenas: clients can only map them read-only.
     absl::MutexLock lock(&mutex_);
     model.replicas = *std::move(loaded);
+    model.tensor_table = std::move(shared_table);
   }
   // The files were read through the descriptors fingerprinted when the
   // load was asked for; make sure nothing rewrote them meanwhile.
@@ -786,7 +813,8 @@ absl::StatusOr<v1::ModelStatus> Registry::WaitForChange(const std::string& name,
 
 absl::StatusOr<LeaseGrant> Registry::Acquire(const std::string& name,
                                              const std::string& session,
-                                             absl::Time deadline) {
+                                             absl::Time deadline,
+                                             TensorListing listing) {
   WS_RETURN_IF_ERROR(CheckName(name));
   const absl::Time requested = Now();
   absl::MutexLock lock(&mutex_);
@@ -830,7 +858,10 @@ absl::StatusOr<LeaseGrant> Registry::Acquire(const std::string& name,
   metrics_->acquire_latency->WithLabels({name})->Observe(
       absl::ToDoubleSeconds(Now() - requested));
   grant.model = StatusLocked(*model);
-  grant.tensors = model->replicas.front().tensors;
+  if (listing == TensorListing::kTensors) {
+    grant.tensors = model->replicas.front().tensors;
+  }
+  grant.tensor_table = model->tensor_table;
   grant.metadata_json = model->replicas.front().metadata_json;
   for (size_t i = 0; i < model->devices.size(); ++i) {
     grant.memory.push_back(

@@ -97,13 +97,26 @@ struct ModelRequest {
 struct LeaseGrant {
   std::string lease_id;
   v1::ModelStatus model;
+  // TensorListing::kTensors only: a copy of the model's tensors.
   std::vector<LoadedTensor> tensors;
+  // The model's packed tensor table (common/tensor_table.h, the bytes of
+  // v1::Lease.tensor_table), built once when the model became READY and
+  // shared by every grant; never null.
+  std::shared_ptr<const std::string> tensor_table;
   std::string metadata_json;  // LoadedModel::metadata_json.
   struct Memory {
     std::string device_uuid;
     ExportedMemory exported;
   };
   std::vector<Memory> memory;  // One per device, in ModelStatus.devices order.
+};
+
+// How a LeaseGrant lists the model's tensors.
+enum class TensorListing {
+  // LeaseGrant::tensors, copied for the grant (v1::Lease.tensors).
+  kTensors,
+  // LeaseGrant::tensor_table alone: nothing is copied per tensor.
+  kPackedTable,
 };
 
 struct RegistryStats {
@@ -156,11 +169,13 @@ class Registry {
                                                 absl::Time deadline);
 
   // Takes a lease for `session`, waiting for a load in progress until
-  // `deadline` (DeadlineExceeded). Errors: NotFound; FailedPrecondition for
-  // a FAILED or UNLOADING model; Unavailable after StopLeasing.
-  absl::StatusOr<LeaseGrant> Acquire(const std::string& name,
-                                     const std::string& session,
-                                     absl::Time deadline);
+  // `deadline` (DeadlineExceeded). `listing` says whether the grant copies
+  // the tensor list (the packed table is in every grant). Errors:
+  // NotFound; FailedPrecondition for a FAILED or UNLOADING model;
+  // Unavailable after StopLeasing.
+  absl::StatusOr<LeaseGrant> Acquire(
+      const std::string& name, const std::string& session, absl::Time deadline,
+      TensorListing listing = TensorListing::kTensors);
 
   // Releases a lease of `session`. NotFound for an unknown lease,
   // PermissionDenied for another session's.

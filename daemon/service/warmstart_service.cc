@@ -339,7 +339,10 @@ grpc::Status WarmstartService::AcquireModel(
                               fits.message());
       return ToGrpc(fits);
     }
-    grant = registry_->Acquire(request->name(), *session, Now());
+    grant = registry_->Acquire(request->name(), *session, Now(),
+                               request->packed_tensor_table()
+                                   ? TensorListing::kPackedTable
+                                   : TensorListing::kTensors);
   }
   if (!grant.ok()) return ToGrpc(grant.status());
 
@@ -357,6 +360,10 @@ grpc::Status WarmstartService::AcquireModel(
       allocation->set_fd_index(static_cast<uint32_t>(fds.size()));
       fds.push_back(memory.exported.fd);
     }
+  }
+  if (request->packed_tensor_table()) {
+    // Built once per model: one copy of its bytes, no message per tensor.
+    response->set_tensor_table(*grant->tensor_table);
   }
   for (const LoadedTensor& tensor : grant->tensors) {
     v1::Tensor* out = response->add_tensors();
