@@ -289,6 +289,9 @@ absl::StatusOr<ModelMapping> Client::Acquire(const std::string& name,
 
   v1::AcquireModelRequest request;
   request.set_name(name);
+  // One packed table instead of a message per tensor (a daemon that
+  // predates it sends Lease.tensors, which ModelMapping reads too).
+  request.set_packed_tensor_table(true);
   grpc::ClientContext context;
   internal::Connection::Prepare(&context, deadline - absl::Now(),
                                 session->get());

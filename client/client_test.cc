@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/cleanup/cleanup.h"
+#include "common/tensor_table.h"
 #include "common/testing/status_matchers.h"
 #include "common/testing/test_env.h"
 #include "tests/doubles/fake_daemon.h"
@@ -145,12 +146,9 @@ TEST_F(ClientTest, AcquireMapsTheBytesReadOnly) {
   EXPECT_THAT(fake_.released_leases(), ElementsAre(lease));
 }
 
-// The views are built on first use from the lease's records: every field
-// of every record agrees with its view, Find works before and after
-// tensors() and after a move (the name index views the lease's strings),
-// names need not be ASCII, a 0-byte tensor has no data, a repeated name
-// finds its first tensor, and nothing is left once released.
-TEST_F(ClientTest, RecordsViewsAndFindAgreeOnEveryTensor) {
+// A model of odd tensors (non-ASCII name, 0-byte, 0-dim, repeated name)
+// next to PatternModel's "a" and "b".
+FakeModel OddModel() {
   FakeModel odd = ::warmstart::testing::PatternModel("odd", 4096);
   v1::Tensor unicode;
   unicode.set_name("layers.0/\xc3\xbc name \xe5\x90\x8d.weight");
@@ -168,21 +166,49 @@ TEST_F(ClientTest, RecordsViewsAndFindAgreeOnEveryTensor) {
   empty.set_nbytes(0);
   v1::Tensor repeated = odd.tensors[0];  // A second "a", later.
   repeated.set_offset(3000);
+  v1::Tensor scalar;
+  scalar.set_name("scalar");
+  scalar.set_dtype("F64");
+  scalar.set_offset(3008);
+  scalar.set_nbytes(8);
+  scalar.set_role("buffer");
   odd.tensors.push_back(unicode);
   odd.tensors.push_back(empty);
   odd.tensors.push_back(repeated);
-  fake_.AddModel(odd);
-  auto client = Connect();
-  ASSERT_NE(client, nullptr);
+  odd.tensors.push_back(scalar);
+  return odd;
+}
+
+// The views are built on first use from the lease's records: every field
+// of every record agrees with its view, Find works before and after
+// tensors() and after a move (the name index views the table's strings),
+// names need not be ASCII, a 0-byte tensor has no data, a repeated name
+// finds its first tensor, and nothing is left once released.
+// Read from the packed table (`packed`) or from the repeated tensors of a
+// daemon that predates it, the records and views are the same.
+void ExpectRecordsViewsAndFindAgree(FakeDaemon& fake, bool packed) {
+  FakeBehavior behavior;
+  behavior.packed_tensor_table = packed;
+  fake.set_behavior(behavior);
+  const FakeModel odd = OddModel();
+  const v1::Tensor& unicode = odd.tensors[2];
+  fake.AddModel(odd);
+  ConnectOptions options;
+  options.socket_path = fake.socket_path();
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Client> client,
+                       Client::Connect(options));
   ASSERT_OK_AND_ASSIGN(ModelMapping first, client->Acquire("odd"));
-  ASSERT_EQ(first.tensor_count(), 5u);
+  // The client asks for the table; it gets one when the daemon has it.
+  ASSERT_FALSE(fake.acquire_requests().empty());
+  EXPECT_TRUE(fake.acquire_requests().back().packed_tensor_table());
+  ASSERT_EQ(first.tensor_count(), 6u);
   // Find before any view exists.
   const TensorView* found = first.Find(unicode.name());
   ASSERT_NE(found, nullptr);
   ModelMapping mapping(std::move(first));
   EXPECT_EQ(first.tensor_count(), 0u);
   const std::vector<TensorView>& views = mapping.tensors();
-  ASSERT_EQ(views.size(), 5u);
+  ASSERT_EQ(views.size(), 6u);
   EXPECT_EQ(found, &views[2]);
   EXPECT_EQ(mapping.Find(unicode.name()), &views[2]);
   const char* base = static_cast<const char*>(views[0].data);
@@ -190,7 +216,14 @@ TEST_F(ClientTest, RecordsViewsAndFindAgreeOnEveryTensor) {
     SCOPED_TRACE(views[i].name);
     const TensorRecord record = mapping.tensor_record(i);
     const v1::Tensor& sent = odd.tensors[i];
-    EXPECT_EQ(record.tensor->name(), sent.name());
+    EXPECT_EQ(record.name, sent.name());
+    EXPECT_EQ(record.name.data()[record.name.size()], '\0');
+    EXPECT_EQ(record.dtype, sent.dtype());
+    EXPECT_EQ(record.role, sent.role());
+    EXPECT_EQ(std::vector<uint64_t>(record.shape.begin(), record.shape.end()),
+              std::vector<uint64_t>(sent.shape().begin(), sent.shape().end()));
+    EXPECT_EQ(record.nbytes, sent.nbytes());
+    EXPECT_EQ(record.offset, sent.offset());
     EXPECT_EQ(views[i].name, sent.name());
     EXPECT_EQ(views[i].dtype, sent.dtype());
     EXPECT_EQ(views[i].shape,
@@ -211,10 +244,88 @@ TEST_F(ClientTest, RecordsViewsAndFindAgreeOnEveryTensor) {
   EXPECT_EQ(mapping.Find("a", "host"), &views[0]);
   EXPECT_EQ(mapping.Find("a", "GPU-0"), nullptr);
   EXPECT_EQ(mapping.Find("layers.0"), nullptr);
+  EXPECT_TRUE(mapping.Find("scalar")->shape.empty());
+  EXPECT_EQ(mapping.Find("scalar")->role, "buffer");
   EXPECT_OK(mapping.Release());
   EXPECT_EQ(mapping.tensor_count(), 0u);
   EXPECT_TRUE(mapping.tensors().empty());
   EXPECT_EQ(mapping.Find("a"), nullptr);
+}
+
+TEST_F(ClientTest, RecordsViewsAndFindAgreeOnEveryTensorFromThePackedTable) {
+  ExpectRecordsViewsAndFindAgree(fake_, /*packed=*/true);
+}
+
+TEST_F(ClientTest, RecordsViewsAndFindAgreeOnEveryTensorFromAnOlderDaemon) {
+  ExpectRecordsViewsAndFindAgree(fake_, /*packed=*/false);
+}
+
+// A table that is not what Lease.tensor_table describes is refused, naming
+// the model, the field and the flaw; the lease is given back and nothing
+// stays open.
+TEST_F(ClientTest, AMalformedTensorTableIsRefusedNamingModelAndField) {
+  const FakeModel odd = OddModel();
+  fake_.AddModel(odd);
+  absl::StatusOr<std::string> good =
+      EncodeTensorTable(odd.tensors.size(), [&odd](size_t i) {
+        const v1::Tensor& t = odd.tensors[i];
+        return TensorTableEntry{
+            t.name(),   t.dtype(),
+            t.role(),   absl::MakeConstSpan(t.shape().data(), t.shape_size()),
+            t.nbytes(), t.offset()};
+      });
+  ASSERT_OK(good);
+  std::string past_end = *good;
+  const uint32_t far = 1u << 30;  // Tensor 1's name_offset.
+  std::memcpy(&past_end[40 + 48 + 16], &far, sizeof(far));
+  std::string bad_magic = *good;
+  bad_magic[0] = 'X';
+  std::string too_many = *good;
+  const uint64_t count = uint64_t{1} << 62;
+  std::memcpy(&too_many[16], &count, sizeof(count));
+  struct Case {
+    std::string bytes;
+    std::string why;
+  };
+  auto client = Connect();
+  ASSERT_NE(client, nullptr);
+  int released = 0;
+  for (const Case& c :
+       {Case{good->substr(0, good->size() - 1), "string_bytes: "},
+        Case{good->substr(0, 12), "12 bytes, fewer than the 40"},
+        Case{past_end, "tensor 1: name (offset 1073741824"},
+        Case{bad_magic, "magic: 0x54545358"},
+        Case{too_many, "tensor_count: 4611686018427387904"}}) {
+    SCOPED_TRACE(c.why);
+    FakeBehavior behavior;
+    behavior.tensor_table_bytes = c.bytes;
+    fake_.set_behavior(behavior);
+    absl::StatusOr<ModelMapping> mapping = client->Acquire("odd");
+    EXPECT_THAT(mapping,
+                StatusIs(absl::StatusCode::kInvalidArgument,
+                         HasSubstr("model odd: lease lease-" +
+                                   std::to_string(released + 1) +
+                                   ": the daemon's Lease.tensor_table (")));
+    EXPECT_THAT(mapping.status().message(), HasSubstr(c.why));
+    ++released;
+    EXPECT_EQ(fake_.released_leases().size(), static_cast<size_t>(released));
+    EXPECT_TRUE(OpenWeightMemfds().empty());
+  }
+  // A table next to repeated tensors: a daemon that is neither old nor new.
+  FakeBehavior both;
+  both.packed_tensor_table = false;
+  both.tensor_table_bytes = *good;
+  fake_.set_behavior(both);
+  EXPECT_THAT(client->Acquire("odd"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("sent both Lease.tensor_table and 6 "
+                                 "Lease.tensors")));
+  // And the good table is read.
+  FakeBehavior served;
+  served.tensor_table_bytes = *good;
+  fake_.set_behavior(served);
+  ASSERT_OK_AND_ASSIGN(ModelMapping mapping, client->Acquire("odd"));
+  EXPECT_EQ(mapping.tensor_count(), 6u);
 }
 
 TEST_F(ClientTest, DestructorAndMoveRelease) {

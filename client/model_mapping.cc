@@ -22,6 +22,21 @@ bool CarriesFd(v1::MemoryKind kind) {
   return kind == v1::HOST_MEMFD || kind == v1::CUDA_VMM_FD;
 }
 
+// The repeated tensors of a daemon that sends no packed table, packed here
+// so that everything after reads one form.
+absl::StatusOr<std::string> PackRepeatedTensors(const v1::Lease& lease) {
+  return EncodeTensorTable(lease.tensors_size(), [&lease](size_t i) {
+    const v1::Tensor& tensor = lease.tensors(static_cast<int>(i));
+    return TensorTableEntry{
+        tensor.name(),
+        tensor.dtype(),
+        tensor.role(),
+        absl::MakeConstSpan(tensor.shape().data(), tensor.shape_size()),
+        tensor.nbytes(),
+        tensor.offset()};
+  });
+}
+
 }  // namespace
 
 LeaseOnArena LeaseOnArena::Make() {
@@ -57,6 +72,7 @@ void ModelMapping::Swap(ModelMapping& other) noexcept {
   std::swap(arena_, other.arena_);
   std::swap(lease_, other.lease_);
   std::swap(metadata_json_, other.metadata_json_);
+  std::swap(table_, other.table_);
   std::swap(fds_, other.fds_);
   std::swap(regions_, other.regions_);
   std::swap(imports_, other.imports_);
@@ -67,24 +83,27 @@ void ModelMapping::Swap(ModelMapping& other) noexcept {
 
 size_t ModelMapping::tensor_count() const {
   if (!held_) return 0;
-  return allocations_.size() * static_cast<size_t>(lease().tensors_size());
+  return allocations_.size() * table_.view().size();
 }
 
 TensorRecord ModelMapping::tensor_record(size_t index) const {
   // Every allocation holds the lease's whole tensor list, in one layout.
-  const size_t per_allocation = static_cast<size_t>(lease().tensors_size());
-  const size_t allocation = index / per_allocation;
-  const v1::Tensor& tensor =
-      lease().tensors(static_cast<int>(index % per_allocation));
+  const TensorTableView& table = table_.view();
+  const size_t allocation = index / table.size();
+  const size_t t = index % table.size();
   const MappedAllocation& mapped = allocations_[allocation];
   TensorRecord record;
-  record.tensor = &tensor;
+  record.name = table.name(t);
+  record.dtype = table.dtype(t);
+  record.role = table.role(t);
+  record.shape = table.shape(t);
+  record.nbytes = table.nbytes(t);
+  record.offset = table.offset(t);
   record.device_uuid =
       &lease().allocations(static_cast<int>(allocation)).device_uuid();
   // For GPU memory this is pointer arithmetic on a device address, which
   // the CPU never dereferences.
-  record.data =
-      mapped.base == nullptr ? nullptr : mapped.base + tensor.offset();
+  record.data = mapped.base == nullptr ? nullptr : mapped.base + record.offset;
   record.read_only = mapped.read_only;
   return record;
 }
@@ -100,12 +119,11 @@ const std::vector<TensorView>& ModelMapping::tensors() const {
     for (size_t i = 0; i < count; ++i) {
       const TensorRecord record = tensor_record(i);
       TensorView view;
-      view.name = record.tensor->name();
-      view.dtype = record.tensor->dtype();
-      view.shape.assign(record.tensor->shape().begin(),
-                        record.tensor->shape().end());
-      view.nbytes = record.tensor->nbytes();
-      view.role = record.tensor->role();
+      view.name = std::string(record.name);
+      view.dtype = std::string(record.dtype);
+      view.shape.assign(record.shape.begin(), record.shape.end());
+      view.nbytes = record.nbytes;
+      view.role = std::string(record.role);
       view.device_uuid = *record.device_uuid;
       view.data = record.data;
       view.read_only = record.read_only;
@@ -120,18 +138,18 @@ const TensorView* ModelMapping::Find(absl::string_view name,
   const std::vector<TensorView>& views = tensors();
   if (views.empty()) return nullptr;
   LazyViews& lazy = *lazy_;
-  absl::call_once(lazy.index_built, [this, &lazy] {
-    lazy.first_position.reserve(lease().tensors_size());
-    for (int t = 0; t < lease().tensors_size(); ++t) {
+  const TensorTableView& table = table_.view();
+  absl::call_once(lazy.index_built, [&table, &lazy] {
+    lazy.first_position.reserve(table.size());
+    for (size_t t = 0; t < table.size(); ++t) {
       // try_emplace keeps the first of repeated names, as tensors() lists
       // them first.
-      lazy.first_position.try_emplace(lease().tensors(t).name(),
-                                      static_cast<size_t>(t));
+      lazy.first_position.try_emplace(table.name(t), t);
     }
   });
   auto found = lazy.first_position.find(name);
   if (found == lazy.first_position.end()) return nullptr;
-  const size_t per_allocation = static_cast<size_t>(lease().tensors_size());
+  const size_t per_allocation = table.size();
   for (size_t a = 0; a < allocations_.size(); ++a) {
     if (device_uuid.empty() ||
         lease().allocations(static_cast<int>(a)).device_uuid() == device_uuid) {
@@ -169,6 +187,7 @@ absl::Status ModelMapping::Release() {
   if (!held_) return absl::OkStatus();
   held_ = false;
   lazy_.reset();
+  table_ = TensorTable();
   allocations_.clear();
   // GPU memory is unmapped while the lease still keeps it allocated in the
   // daemon. A failure leaves nothing to retry; the lease goes regardless.
@@ -210,12 +229,46 @@ absl::StatusOr<ModelMapping> ModelMapping::Map(
   mapping.held_ = true;
   // From here on the mapping owns everything: on error, Release() unmaps,
   // closes the descriptors and ends the lease.
+  if (absl::Status read = mapping.ReadTensorTable(); !read.ok()) {
+    mapping.Release().IgnoreError();
+    return read;
+  }
   if (absl::Status mapped = mapping.MapAllocations(); !mapped.ok()) {
     mapping.Release().IgnoreError();
     return mapped;
   }
   mapping.lazy_ = std::make_unique<LazyViews>();
   return mapping;
+}
+
+absl::Status ModelMapping::ReadTensorTable() {
+  const v1::Lease& lease = this->lease();
+  const auto malformed = [&lease](absl::string_view field,
+                                  const absl::Status& status) {
+    return absl::Status(status.code(),
+                        absl::StrCat("model ", lease.model().name(), ": lease ",
+                                     lease.lease_id(), ": the daemon's ", field,
+                                     " (", status.message(), ")"));
+  };
+  if (lease.tensor_table().empty()) {
+    // A daemon that predates the packed table.
+    absl::StatusOr<std::string> packed = PackRepeatedTensors(lease);
+    if (!packed.ok()) return malformed("Lease.tensors", packed.status());
+    absl::StatusOr<TensorTable> table = TensorTable::Parse(*packed);
+    if (!table.ok()) return malformed("Lease.tensors", table.status());
+    table_ = *std::move(table);
+    return absl::OkStatus();
+  }
+  if (lease.tensors_size() > 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model ", lease.model().name(), ": lease ", lease.lease_id(),
+        ": the daemon sent both Lease.tensor_table and ", lease.tensors_size(),
+        " Lease.tensors"));
+  }
+  absl::StatusOr<TensorTable> table = TensorTable::Parse(lease.tensor_table());
+  if (!table.ok()) return malformed("Lease.tensor_table", table.status());
+  table_ = *std::move(table);
+  return absl::OkStatus();
 }
 
 absl::Status ModelMapping::MapAllocations() {
@@ -230,21 +283,22 @@ absl::Status ModelMapping::MapAllocations() {
                      ": the daemon sent ", fds_.size(), " descriptors for ",
                      fd_allocations, " allocations that need one"));
   }
-  if (lease().allocations().empty() && lease().tensors_size() > 0) {
+  const TensorTableView& table = table_.view();
+  if (lease().allocations().empty() && table.size() > 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("lease ", lease().lease_id(), " on model ", model, ": ",
-                     lease().tensors_size(), " tensors but no allocations"));
+                     table.size(), " tensors but no allocations"));
   }
   for (int a = 0; a < lease().allocations_size(); ++a) {
     const v1::Allocation& allocation = lease().allocations(a);
-    for (const v1::Tensor& tensor : lease().tensors()) {
-      if (tensor.offset() > allocation.size() ||
-          tensor.nbytes() > allocation.size() - tensor.offset()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("model ", model, ": tensor ", tensor.name(),
-                         " (bytes ", tensor.offset(), " + ", tensor.nbytes(),
-                         ") lies outside its allocation of ", allocation.size(),
-                         " bytes on ", allocation.device_uuid()));
+    for (size_t t = 0; t < table.size(); ++t) {
+      const uint64_t offset = table.offset(t);
+      const uint64_t nbytes = table.nbytes(t);
+      if (offset > allocation.size() || nbytes > allocation.size() - offset) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "model ", model, ": tensor ", table.name(t), " (bytes ", offset,
+            " + ", nbytes, ") lies outside its allocation of ",
+            allocation.size(), " bytes on ", allocation.device_uuid()));
       }
     }
     if (CarriesFd(allocation.kind()) && allocation.fd_index() >= fds_.size()) {

@@ -13,6 +13,8 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "common/tensor_table.h"
 #include "google/protobuf/arena.h"
 #include "proto/warmstart.pb.h"
 
@@ -60,8 +62,14 @@ struct TensorView {
 // lease's own record of it and where it lies in this process. References
 // into the ModelMapping, valid until its Release() (or destruction).
 struct TensorRecord {
-  // name, dtype, shape, nbytes, offset and role, as the daemon sent them.
-  const v1::Tensor* tensor = nullptr;
+  // As the daemon sent them (v1::Tensor's fields). Each string's data is
+  // followed by a NUL, so .data() is also a C string.
+  absl::string_view name;
+  absl::string_view dtype;
+  absl::string_view role;
+  absl::Span<const uint64_t> shape;
+  uint64_t nbytes = 0;
+  uint64_t offset = 0;
   // "host", or the GPU's UUID ("GPU-...").
   const std::string* device_uuid = nullptr;
   // As TensorView::data and TensorView::read_only.
@@ -160,13 +168,16 @@ class ModelMapping {
   };
 
   // Takes ownership of `lease` and `fds` (the bundle the daemon sent with
-  // it, in fd_index order) and maps the lease's allocations: host memfds
-  // with mmap, GPU memory through the CUDA driver (cuda_import.h). On any
-  // error the descriptors are closed, nothing stays mapped or imported and
-  // the lease is released. Errors: DataLoss when the descriptors do not
-  // match the allocations (count, size) or a memfd is not sealed;
-  // InvalidArgument when a tensor lies outside its allocation or an
-  // allocation is of an unknown kind; ResourceExhausted when mmap fails;
+  // it, in fd_index order), reads its tensors (the packed
+  // Lease.tensor_table, or Lease.tensors from a daemon that sends no table)
+  // and maps the lease's allocations: host memfds with mmap, GPU memory
+  // through the CUDA driver (cuda_import.h). On any error the descriptors
+  // are closed, nothing stays mapped or imported and the lease is
+  // released. Errors: DataLoss when the descriptors do not match the
+  // allocations (count, size) or a memfd is not sealed; InvalidArgument
+  // when the tensor table is malformed (naming the model and the field), a
+  // tensor lies outside its allocation or an allocation is of an unknown
+  // kind; ResourceExhausted when mmap fails;
   // for GPU allocations FailedPrecondition when this process has no usable
   // CUDA driver, NotFound when it cannot see the allocation's GPU, and the
   // driver's errors.
@@ -194,11 +205,13 @@ class ModelMapping {
     absl::once_flag views_built;
     std::vector<TensorView> views;
     absl::once_flag index_built;
-    // Tensor name (viewing the lease) to its first position in the lease's
-    // tensor list.
+    // Tensor name (viewing table_) to its first position in the tensor
+    // list.
     absl::flat_hash_map<absl::string_view, size_t> first_position;
   };
 
+  // Reads the lease's tensors into table_ (checking them).
+  absl::Status ReadTensorTable();
   // Maps every allocation and fills allocations_. REQUIRES: held_.
   absl::Status MapAllocations();
   // Imports GPU allocation `index` (checked by MapAllocations) into
@@ -214,6 +227,8 @@ class ModelMapping {
   std::unique_ptr<google::protobuf::Arena> arena_;
   v1::Lease* lease_ = nullptr;
   std::string metadata_json_ = "{}";
+  // The lease's tensors, in the daemon's order, checked; read in place.
+  TensorTable table_;
   // Owned descriptors, closed by Release().
   std::vector<int> fds_;
   // Owned mappings, unmapped by Release().

@@ -165,10 +165,10 @@ std::unique_ptr<TensorTableColumns> BuildTensorTable(
   size_t dimensions = 0;
   for (size_t i = 0; i < count; ++i) {
     const TensorRecord record = mapping.tensor_record(i);
-    names_bytes += record.tensor->name().size() + 1;
-    dtypes_bytes += record.tensor->dtype().size() + 1;
+    names_bytes += record.name.size() + 1;
+    dtypes_bytes += record.dtype.size() + 1;
     device_uuids_bytes += record.device_uuid->size() + 1;
-    dimensions += record.tensor->shape_size();
+    dimensions += record.shape.size();
   }
   columns->names.reserve(names_bytes);
   columns->dtypes.reserve(dtypes_bytes);
@@ -181,20 +181,20 @@ std::unique_ptr<TensorTableColumns> BuildTensorTable(
   columns->shapes.reserve(dimensions);
   for (size_t i = 0; i < count; ++i) {
     const TensorRecord record = mapping.tensor_record(i);
-    const warmstart::v1::Tensor& tensor = *record.tensor;
-    // append(data, size + 1) copies each string's terminating NUL too.
-    columns->names.append(tensor.name().c_str(), tensor.name().size() + 1);
-    columns->dtypes.append(tensor.dtype().c_str(), tensor.dtype().size() + 1);
+    // append(data, size + 1) copies each string's terminating NUL too (the
+    // record's strings are followed by one).
+    columns->names.append(record.name.data(), record.name.size() + 1);
+    columns->dtypes.append(record.dtype.data(), record.dtype.size() + 1);
     columns->device_uuids.append(record.device_uuid->c_str(),
                                  record.device_uuid->size() + 1);
-    columns->nbytes.push_back(tensor.nbytes());
+    columns->nbytes.push_back(record.nbytes);
     columns->data.push_back(
-        tensor.nbytes() == 0 ? 0 : reinterpret_cast<uintptr_t>(record.data));
+        record.nbytes == 0 ? 0 : reinterpret_cast<uintptr_t>(record.data));
     columns->on_host.push_back(*record.device_uuid == "host" ? 1 : 0);
     columns->read_only.push_back(record.read_only ? 1 : 0);
     columns->shape_starts.push_back(columns->shapes.size());
-    columns->shapes.insert(columns->shapes.end(), tensor.shape().begin(),
-                           tensor.shape().end());
+    columns->shapes.insert(columns->shapes.end(), record.shape.begin(),
+                           record.shape.end());
   }
   columns->shape_starts.push_back(columns->shapes.size());
   return columns;
@@ -395,14 +395,14 @@ int warmstart_model_tensor(const warmstart_model* model, size_t index,
   }
   if (index >= model->mapping.tensor_count()) return WARMSTART_OUT_OF_RANGE;
   const TensorRecord record = model->mapping.tensor_record(index);
-  const warmstart::v1::Tensor& view = *record.tensor;
-  tensor->name = view.name().c_str();
-  tensor->dtype = view.dtype().c_str();
+  // The record's strings are followed by a NUL: C strings in place.
+  tensor->name = record.name.data();
+  tensor->dtype = record.dtype.data();
   tensor->device_uuid = record.device_uuid->c_str();
-  tensor->shape = view.shape().empty() ? nullptr : view.shape().data();
-  tensor->ndim = static_cast<size_t>(view.shape_size());
-  tensor->nbytes = view.nbytes();
-  tensor->data = view.nbytes() == 0 ? nullptr : record.data;
+  tensor->shape = record.shape.empty() ? nullptr : record.shape.data();
+  tensor->ndim = record.shape.size();
+  tensor->nbytes = record.nbytes;
+  tensor->data = record.nbytes == 0 ? nullptr : record.data;
   tensor->on_host = *record.device_uuid == "host" ? 1 : 0;
   tensor->read_only = record.read_only ? 1 : 0;
   return WARMSTART_OK;
@@ -457,7 +457,8 @@ const char* warmstart_model_tensor_role(const warmstart_model* model,
                                         size_t index) {
   if (model == nullptr) return nullptr;
   if (index >= model->mapping.tensor_count()) return nullptr;
-  return model->mapping.tensor_record(index).tensor->role().c_str();
+  // Followed by a NUL in place (TensorRecord).
+  return model->mapping.tensor_record(index).role.data();
 }
 
 const char* warmstart_model_metadata_json(const warmstart_model* model) {

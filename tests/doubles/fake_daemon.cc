@@ -14,6 +14,7 @@
 #include "absl/strings/str_format.h"
 #include "common/fd_passing.h"
 #include "common/protocol.h"
+#include "common/tensor_table.h"
 
 namespace warmstart {
 namespace testing {
@@ -338,6 +339,7 @@ grpc::Status FakeDaemon::Acquire(grpc::ServerContext* context,
                                  v1::Lease* lease) {
   const std::string session = Record(context, "AcquireModel");
   absl::MutexLock lock(&mu_);
+  acquires_.push_back(request);
   auto socket = sessions_.find(session);
   if (socket == sessions_.end()) {
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
@@ -388,7 +390,31 @@ grpc::Status FakeDaemon::Acquire(grpc::ServerContext* context,
   allocation->set_size(behavior.allocation_size != 0 ? behavior.allocation_size
                                                      : model.bytes.size());
   allocation->set_fd_index(0);
-  for (const v1::Tensor& tensor : model.tensors) *lease->add_tensors() = tensor;
+  if (request.packed_tensor_table() && behavior.packed_tensor_table) {
+    absl::StatusOr<std::string> table =
+        EncodeTensorTable(model.tensors.size(), [&model](size_t i) {
+          const v1::Tensor& tensor = model.tensors[i];
+          return TensorTableEntry{
+              tensor.name(),
+              tensor.dtype(),
+              tensor.role(),
+              absl::MakeConstSpan(tensor.shape().data(), tensor.shape_size()),
+              tensor.nbytes(),
+              tensor.offset()};
+        });
+    if (!table.ok()) {
+      return grpc::Status(grpc::StatusCode::INTERNAL,
+                          std::string(table.status().message()));
+    }
+    lease->set_tensor_table(*std::move(table));
+  } else {
+    for (const v1::Tensor& tensor : model.tensors) {
+      *lease->add_tensors() = tensor;
+    }
+  }
+  if (behavior.tensor_table_bytes.has_value()) {
+    lease->set_tensor_table(*behavior.tensor_table_bytes);
+  }
   if (!model.metadata_json.empty()) {
     lease->set_metadata_json(model.metadata_json);
   }
@@ -425,6 +451,11 @@ std::vector<std::string> FakeDaemon::released_leases() const {
 std::vector<v1::LoadModelRequest> FakeDaemon::load_requests() const {
   absl::MutexLock lock(&mu_);
   return loads_;
+}
+
+std::vector<v1::AcquireModelRequest> FakeDaemon::acquire_requests() const {
+  absl::MutexLock lock(&mu_);
+  return acquires_;
 }
 
 std::vector<v1::UnloadModelRequest> FakeDaemon::unload_requests() const {

@@ -12,6 +12,7 @@
 #include <atomic>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -64,6 +65,13 @@ struct FakeBehavior {
   bool seal = true;
   // AcquireModel: the allocation's size (0: the model's byte count).
   uint64_t allocation_size = 0;
+  // AcquireModel: answer a request for packed_tensor_table with
+  // Lease.tensor_table, as warmstartd does; false answers every request
+  // with Lease.tensors, as a daemon that predates the table.
+  bool packed_tensor_table = true;
+  // AcquireModel: when set, sent as Lease.tensor_table whatever the
+  // request asked (a malformed table, or one next to Lease.tensors).
+  std::optional<std::string> tensor_table_bytes;
   // Returned by LoadModel / UnloadModel when not OK.
   grpc::Status load_error = grpc::Status::OK;
   grpc::Status unload_error = grpc::Status::OK;
@@ -104,6 +112,7 @@ class FakeDaemon {
   std::vector<std::string> released_leases() const;
   std::vector<v1::LoadModelRequest> load_requests() const;
   std::vector<v1::UnloadModelRequest> unload_requests() const;
+  std::vector<v1::AcquireModelRequest> acquire_requests() const;
   // Every session id handed out, in order.
   std::vector<std::string> session_ids() const;
   // The leases granted and not released.
@@ -140,6 +149,7 @@ class FakeDaemon {
   std::vector<std::string> released_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::LoadModelRequest> loads_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::UnloadModelRequest> unloads_ ABSL_GUARDED_BY(mu_);
+  std::vector<v1::AcquireModelRequest> acquires_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> session_ids_ ABSL_GUARDED_BY(mu_);
 };
 
