@@ -22,6 +22,7 @@
 #include "absl/strings/string_view.h"
 #include "client/client.h"
 #include "common/protocol.h"
+#include "common/tensor_table.h"
 #include "common/testing/status_matchers.h"
 #include "common/testing/test_env.h"
 #include "gmock/gmock.h"
@@ -544,6 +545,87 @@ TEST_F(DaemonProtocolTest, AnUnreadHandleSocketDoesNotBlockOthers) {
   EXPECT_EQ(other.exit_code, 0) << other.out << other.err << daemon_->Stderr();
   EXPECT_THAT(other.out, HasSubstr("\"event\":\"cycles\""));
   ::close(never_read);
+}
+
+// A client that asks for the packed tensor table gets it and no repeated
+// tensors; one that does not (every client before the table) gets the
+// repeated tensors and no table. Both list the same tensors, and so does
+// the client library (which asks), tensor by tensor: a GGUF model and a
+// tensorizer one (which records roles).
+TEST_F(DaemonProtocolTest, PackedTableAndRepeatedTensorsListTheSameTensors) {
+  const std::string roles_path = root_ + "/roles.tensors";
+  std::filesystem::copy_file(
+      testing::FixturePath("tensorizer/module_simple_v1.tensors"), roles_path);
+  {
+    grpc::ClientContext context;
+    v1::LoadModelRequest load;
+    load.set_name("roles");
+    load.set_path(roles_path);
+    v1::ModelStatus loaded;
+    grpc::Status status = Stub()->LoadModel(&context, load, &loaded);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    ASSERT_EQ(loaded.state(), v1::READY) << loaded.error();
+  }
+  std::string session;
+  const int handles = OpenSession(&session);
+  client::ConnectOptions options;
+  options.socket_path = socket_;
+  ASSERT_OK_AND_ASSIGN(auto client, client::Client::Connect(options));
+  bool saw_role = false;
+  for (const std::string model : {"tiny", "roles"}) {
+    SCOPED_TRACE(model);
+    v1::Lease repeated;
+    v1::Lease packed;
+    for (bool ask : {false, true}) {
+      grpc::ClientContext context;
+      context.AddMetadata(kSessionMetadataKey, session);
+      v1::AcquireModelRequest request;
+      request.set_name(model);
+      request.set_packed_tensor_table(ask);
+      grpc::Status status =
+          Stub()->AcquireModel(&context, request, ask ? &packed : &repeated);
+      ASSERT_TRUE(status.ok()) << status.error_message();
+      // The daemon closes a session that leaves bundles unread.
+      uint64_t transfer_id = 0;
+      for (int fd : ReceiveFds(handles, &transfer_id)) ::close(fd);
+    }
+    ASSERT_GT(repeated.tensors_size(), 0);
+    EXPECT_TRUE(repeated.tensor_table().empty());
+    EXPECT_EQ(packed.tensors_size(), 0);
+    ASSERT_FALSE(packed.tensor_table().empty());
+    ASSERT_OK_AND_ASSIGN(TensorTable table,
+                         TensorTable::Parse(packed.tensor_table()));
+    ASSERT_OK_AND_ASSIGN(client::ModelMapping mapping,
+                         client->Acquire(model, absl::Seconds(30)));
+    const TensorTableView& view = table.view();
+    ASSERT_EQ(view.size(), static_cast<size_t>(repeated.tensors_size()));
+    ASSERT_EQ(mapping.tensor_count(), view.size());
+    for (size_t i = 0; i < view.size(); ++i) {
+      const v1::Tensor& want = repeated.tensors(static_cast<int>(i));
+      SCOPED_TRACE(want.name());
+      const std::vector<uint64_t> shape(want.shape().begin(),
+                                        want.shape().end());
+      const client::TensorRecord record = mapping.tensor_record(i);
+      EXPECT_EQ(view.name(i), want.name());
+      EXPECT_EQ(record.name, want.name());
+      EXPECT_EQ(view.dtype(i), want.dtype());
+      EXPECT_EQ(record.dtype, want.dtype());
+      EXPECT_EQ(view.role(i), want.role());
+      EXPECT_EQ(record.role, want.role());
+      EXPECT_EQ(
+          std::vector<uint64_t>(view.shape(i).begin(), view.shape(i).end()),
+          shape);
+      EXPECT_EQ(std::vector<uint64_t>(record.shape.begin(), record.shape.end()),
+                shape);
+      EXPECT_EQ(view.nbytes(i), want.nbytes());
+      EXPECT_EQ(record.nbytes, want.nbytes());
+      EXPECT_EQ(view.offset(i), want.offset());
+      EXPECT_EQ(record.offset, want.offset());
+      saw_role = saw_role || !want.role().empty();
+    }
+  }
+  EXPECT_TRUE(saw_role);
+  ::close(handles);
 }
 
 TEST_F(DaemonProtocolTest, ClientReconnectsAfterADaemonRestart) {

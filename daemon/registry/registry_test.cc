@@ -13,6 +13,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "common/tensor_table.h"
 #include "common/testing/status_matchers.h"
 #include "common/testing/test_env.h"
 #include "daemon/base/file_opener.h"
@@ -234,6 +235,38 @@ TEST_F(RegistryTest, LoadsAndLeasesReadOnlySealedMemory) {
   ASSERT_OK(registry_->Release(grant.lease_id, "session-1"));
   ASSERT_OK_AND_ASSIGN(v1::ModelStatus after, registry_->Get("m"));
   EXPECT_EQ(after.leases(), 0u);
+}
+
+// The packed table is built once, when the model is ready: every grant
+// shares the same bytes, which list the same tensors as a copied list; a
+// grant that asks for the table copies no tensor.
+TEST_F(RegistryTest, GrantsShareOnePackedTableOfTheModelsTensors) {
+  LoadReady("m", WriteModel("m.safetensors", 7));
+  ASSERT_OK_AND_ASSIGN(LeaseGrant listed, registry_->Acquire("m", "s", Soon()));
+  ASSERT_OK_AND_ASSIGN(
+      LeaseGrant packed,
+      registry_->Acquire("m", "s", Soon(), TensorListing::kPackedTable));
+  ASSERT_NE(packed.tensor_table, nullptr);
+  EXPECT_TRUE(packed.tensors.empty());
+  EXPECT_EQ(packed.tensor_table, listed.tensor_table);
+  ASSERT_EQ(listed.tensors.size(), 7u);
+  ASSERT_OK_AND_ASSIGN(TensorTable table,
+                       TensorTable::Parse(*packed.tensor_table));
+  const TensorTableView& view = table.view();
+  ASSERT_EQ(view.size(), listed.tensors.size());
+  for (size_t i = 0; i < view.size(); ++i) {
+    const LoadedTensor& tensor = listed.tensors[i];
+    SCOPED_TRACE(tensor.name);
+    EXPECT_EQ(view.name(i), tensor.name);
+    EXPECT_EQ(view.dtype(i), tensor.dtype);
+    EXPECT_EQ(view.role(i), tensor.role);
+    EXPECT_EQ(std::vector<uint64_t>(view.shape(i).begin(), view.shape(i).end()),
+              tensor.shape);
+    EXPECT_EQ(view.nbytes(i), tensor.nbytes);
+    EXPECT_EQ(view.offset(i), tensor.offset);
+  }
+  ASSERT_OK(registry_->Release(listed.lease_id, "s"));
+  ASSERT_OK(registry_->Release(packed.lease_id, "s"));
 }
 
 TEST_F(RegistryTest, ConcurrentLoadsOfTheSameFilesLoadOnce) {
