@@ -14,7 +14,10 @@ connects, and times, on a model already loaded in a running daemon:
     kernel mapped with 2 MiB entries (hugetlb or shmem transparent huge
     pages: README "Huge pages");
   - c_acquire: the C library's warmstart_acquire alone (the second of two,
-    on the warm session), and attach_warm: the Python attach again, warm.
+    on the warm session), and attach_warm: the Python attach again, warm;
+  - with --daemon-pid: the daemon's CPU time (utime + stime of
+    /proc/PID/stat, 10 ms ticks) over 100 more C acquires and releases,
+    summed over the runs and reported per acquire + release.
 Clients given as LABEL=PYTHONPATH alternate run by run; medians, the load
 average, and each one's attach ratio to the first.
 
@@ -41,14 +44,14 @@ import time
 CHILD = r"""
 import time
 started = time.monotonic()
-import ctypes, json, sys
+import ctypes, json, os, sys
 import numpy
 import torch
 imported_torch = time.monotonic()
 import warmstart
 from warmstart import _lib
 imported = time.monotonic()
-socket, name = sys.argv[1], sys.argv[2]
+socket, name, daemon_pid = sys.argv[1], sys.argv[2], int(sys.argv[3])
 client = warmstart.connect(socket)
 connected = time.monotonic()
 
@@ -96,6 +99,24 @@ for _ in range(2):
     c_seconds = time.perf_counter() - start
     assert code == 0, code
     lib.warmstart_model_destroy(handle_model)
+
+def daemon_ticks():
+    with open(f"/proc/{daemon_pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime
+
+# The daemon's CPU time for acquires and releases on a warm session.
+daemon_cycles = daemon_ticks_used = 0
+if daemon_pid:
+    before = daemon_ticks()
+    for _ in range(100):
+        handle_model = ctypes.c_void_p()
+        code = lib.warmstart_acquire(handle, name.encode(), 60.0,
+                                     ctypes.byref(handle_model), None)
+        assert code == 0, code
+        lib.warmstart_model_destroy(handle_model)  # Releases the lease.
+    daemon_ticks_used = daemon_ticks() - before
+    daemon_cycles = 100
 # The Python attach again, warm (as the C figure).
 warm_model, warm_tensors, warm_acquire, warm_to_torch = attach()
 print(json.dumps({
@@ -106,18 +127,21 @@ print(json.dumps({
     "c_acquire": c_seconds, "attach_warm": warm_acquire + warm_to_torch,
     "touch": touch, "touched_bytes": touched_bytes,
     "pmd_mapped_bytes": pmd_mapped,
+    "daemon_seconds": daemon_ticks_used / os.sysconf("SC_CLK_TCK"),
+    "daemon_cycles": daemon_cycles,
     "tensors": len(warm_tensors)}))
 """
 
 
-def run_child(python, pythonpath, library, socket, model):
+def run_child(python, pythonpath, library, socket, model, daemon_pid):
     env = dict(os.environ, PYTHONPATH=pythonpath)
     if library:
         env["WARMSTART_LIBRARY"] = library
     else:
         env.pop("WARMSTART_LIBRARY", None)
     spawned = time.monotonic()
-    out = subprocess.run([python, "-c", CHILD, socket, model], env=env,
+    out = subprocess.run([python, "-c", CHILD, socket, model,
+                          str(daemon_pid or 0)], env=env,
                          check=True, capture_output=True, text=True).stdout
     sample = json.loads(out.strip().splitlines()[-1])
     # CLOCK_MONOTONIC is the machine's: the child's reading compares.
@@ -144,6 +168,9 @@ def main():
                         help="LABEL=PYTHONPATH[:LIBRARY]; repeatable")
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--python", default=sys.executable)
+    parser.add_argument("--daemon-pid", type=int,
+                        help="the daemon's pid: also report its CPU time "
+                        "per acquire + release")
     args = parser.parse_args()
     if args.write_model:
         write_model(args.write_model)
@@ -160,7 +187,8 @@ def main():
     for _ in range(args.runs):
         for label, path, library in clients:
             samples[label].append(run_child(args.python, path, library,
-                                            args.socket, args.model))
+                                            args.socket, args.model,
+                                            args.daemon_pid))
     load_after = os.getloadavg()
     first = samples[clients[0][0]][0]
     print(f"{args.runs} fresh processes each, alternating; medians in ms; "
@@ -190,6 +218,16 @@ def main():
               f"{min(r['pmd_mapped_bytes'] for r in runs) / 2**20:.0f} MiB "
               "mapped with 2 MiB entries (fewest over the runs); touch ms "
               "per run: " + " ".join(f"{r['touch'] * 1e3:.1f}" for r in runs))
+    if args.daemon_pid:
+        first_cpu = None
+        for label, _, _ in clients:
+            runs = samples[label]
+            cycles = sum(r["daemon_cycles"] for r in runs)
+            cpu = sum(r["daemon_seconds"] for r in runs) / cycles * 1e3
+            first_cpu = first_cpu or cpu
+            print(f"{label}: daemon CPU per C acquire + release "
+                  f"{cpu:.2f} ms ({cycles} of them, all runs; "
+                  f"{cpu / first_cpu:.2f}x the first client's)")
 
 
 if __name__ == "__main__":
