@@ -59,8 +59,9 @@ struct TensorView {
 };
 
 // Tensor `index` of ModelMapping::tensors() without a TensorView: the
-// lease's own record of it and where it lies in this process. References
-// into the ModelMapping, valid until its Release() (or destruction).
+// lease's own record of it (read in place from the mapping's packed tensor
+// table) and where it lies in this process. References into the
+// ModelMapping, valid until its Release() (or destruction).
 struct TensorRecord {
   // As the daemon sent them (v1::Tensor's fields). Each string's data is
   // followed by a NUL, so .data() is also a C string.
@@ -128,8 +129,9 @@ class ModelMapping {
   // building the views.
   size_t tensor_count() const;
 
-  // Entry `index` of tensors() as references into the lease, without
-  // building the views. REQUIRES: index < tensor_count().
+  // Entry `index` of tensors() as references into the mapping's tensor
+  // table, without building the views or allocating. REQUIRES: index <
+  // tensor_count().
   TensorRecord tensor_record(size_t index) const;
 
   // The tensor named `name` on `device_uuid`, or on the first allocation's

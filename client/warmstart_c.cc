@@ -152,7 +152,7 @@ char* MallocCopy(const std::string& text) {
 
 namespace {
 
-// Straight from the lease's records: no TensorView, no allocation per
+// Straight from the mapping's tensor table: no TensorView, no allocation per
 // tensor (each column is sized once), which keeps a table of thousands of
 // tensors well under a millisecond.
 std::unique_ptr<TensorTableColumns> BuildTensorTable(
