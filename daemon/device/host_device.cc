@@ -27,6 +27,8 @@ namespace {
 
 constexpr uint64_t kHugePageBytes = uint64_t{2} << 20;
 constexpr uint64_t kPageBytes = 4096;
+// Copies below this run on the caller's thread (HostDevice::CopyFromHost).
+constexpr uint64_t kSmallestQueuedCopy = uint64_t{256} << 10;
 
 uint64_t RoundUp(uint64_t value, uint64_t multiple) {
   return (value + multiple - 1) / multiple * multiple;
@@ -562,7 +564,9 @@ void HostDevice::CopyFromHost(DeviceAllocation& destination, uint64_t offset,
   // One thread copies at about 2.4 GB/s into 4 KiB pages (pwrite) here,
   // below what the disk delivers with 4 MiB reads in flight (3 GB/s): the
   // load's copies run on several threads while its thread issues reads.
-  if (copy_workers_ == nullptr) {
+  // Small copies (a model of many small tensors) cost less than handing
+  // them over would, and queued one by one they would hold a closure each.
+  if (copy_workers_ == nullptr || bytes < kSmallestQueuedCopy) {
     Copy(destination, offset, source, bytes, done);
     return;
   }

@@ -122,8 +122,8 @@ class HostDevice : public Device {
   void UnregisterHostMemory(void*) override {}
   // A memcpy (or a pwrite into the memfd, see write_through_fd) on one of
   // `copy_threads` threads, which also call `done`; on the caller's thread
-  // before returning when copy_threads is 0. `source` must stay valid until
-  // `done` is called.
+  // before returning when copy_threads is 0 or the copy is under 256 KiB.
+  // `source` must stay valid until `done` is called.
   void CopyFromHost(DeviceAllocation& destination, uint64_t offset,
                     const char* source, uint64_t bytes,
                     std::function<void(absl::Status)> done) override;
