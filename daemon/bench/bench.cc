@@ -452,8 +452,9 @@ absl::StatusOr<BenchResult> RunBench(const BenchOptions& options,
     mode.baseline = cold ? "odirect_read" : "pagecache_to_fresh_shm";
     for (int run = 0; run < options.runs; ++run) {
       WS_RETURN_IF_ERROR(set_cache(cold));
+      // The daemon's own choice: O_DIRECT, except for files the page
+      // cache holds mostly (OpenFileForLoad), which the warm runs are.
       LoadOptions load_options;
-      load_options.direct_io = cold;
       absl::Duration load_time;
       double cpu_seconds;
       {
