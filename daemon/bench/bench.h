@@ -29,6 +29,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -105,6 +106,10 @@ struct BenchResult {
   // arena) while loading: VmRSS - RssShmem, sampled every few ms.
   uint64_t peak_rss_outside_arena = 0;
   uint64_t staging_bytes = 0;
+  // Bytes of the staging pool in transparent huge pages after the first
+  // load (nullopt when /proc/self/smaps cannot be read): 2 MiB pages make
+  // larger O_DIRECT requests (daemon/io/read_memory.h).
+  std::optional<uint64_t> staging_huge_page_bytes;
   // Tensor bytes of every load compared with the files after it (untimed);
   // a difference fails the benchmark with DataLoss.
   uint64_t bytes_verified = 0;

@@ -1,7 +1,6 @@
 #include "daemon/bench/page_cache.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -11,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/errno_status.h"
 #include "common/scoped_fd.h"
+#include "daemon/io/cached_fraction.h"
 
 namespace warmstart {
 namespace {
@@ -38,19 +38,13 @@ absl::StatusOr<double> ResidentFraction(const std::string& path) {
   if (!fd.ok()) return fd.status();
   struct stat st;
   if (::fstat(fd->get(), &st) != 0) return ErrnoToStatus(errno, "stat " + path);
-  if (st.st_size == 0) return 1.0;
-  const size_t size = static_cast<size_t>(st.st_size);
-  void* mapped = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd->get(), 0);
-  if (mapped == MAP_FAILED) return ErrnoToStatus(errno, "mmap " + path);
-  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
-  std::vector<unsigned char> resident((size + page - 1) / page);
-  const int rc = ::mincore(mapped, size, resident.data());
-  const int error = errno;
-  ::munmap(mapped, size);
-  if (rc != 0) return ErrnoToStatus(error, "mincore " + path);
-  size_t count = 0;
-  for (unsigned char bits : resident) count += bits & 1;
-  return static_cast<double>(count) / static_cast<double>(resident.size());
+  absl::StatusOr<double> cached =
+      CachedFraction(fd->get(), static_cast<uint64_t>(st.st_size));
+  if (!cached.ok()) {
+    return absl::Status(cached.status().code(),
+                        absl::StrCat(path, ": ", cached.status().message()));
+  }
+  return *cached;
 }
 
 absl::Status WarmPageCache(const std::string& path) {

@@ -13,7 +13,7 @@ namespace warmstart {
 absl::Status EvictFromPageCache(const std::string& path);
 
 // The fraction (0 to 1) of the file's pages resident in the page cache
-// (mincore over a read-only mapping). An empty file counts as resident.
+// (CachedFraction). An empty file counts as resident.
 absl::StatusOr<double> ResidentFraction(const std::string& path);
 
 // Reads the whole file through the page cache so it is resident.

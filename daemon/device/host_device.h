@@ -23,6 +23,8 @@
 
 namespace warmstart {
 
+class CopyWorkers;  // host_device.cc
+
 // The pages of a host arena, best first. Large pages make a worker's first
 // touch of every page cheaper (one PMD mapping per 2 MiB, no per-4 KiB
 // fault), and the load too when free 2 MiB pages are at hand (one page
@@ -70,6 +72,10 @@ struct HostDeviceOptions {
       "/sys/kernel/mm/transparent_hugepage/shmem_enabled";
   // Threads that fault the pages of a new allocation in.
   unsigned prefault_threads = 2;
+  // Threads that run CopyFromHost's copies, so that a load's copies run in
+  // parallel with each other and with the thread that issues reads; 0 runs
+  // each copy on the caller's thread before CopyFromHost returns.
+  unsigned copy_threads = 2;
   // Where the memory figures are read (tests give fake files): the cgroup
   // file systems' root, this process's cgroup list and meminfo.
   std::string cgroup_root = "/sys/fs/cgroup";
@@ -92,7 +98,9 @@ struct HostDeviceOptions {
 
 class HostDevice : public Device {
  public:
-  explicit HostDevice(HostDeviceOptions options) : options_(options) {}
+  explicit HostDevice(HostDeviceOptions options);
+  // Waits for every copy still queued.
+  ~HostDevice() override;
 
   // The pages the next Allocate gets and why ("2 MiB hugetlb pages: 512 of
   // vm.nr_hugepages free"), for the daemon's start-up log and the bench.
@@ -112,11 +120,16 @@ class HostDevice : public Device {
     return absl::OkStatus();
   }
   void UnregisterHostMemory(void*) override {}
-  // A memcpy, done before returning.
+  // A memcpy (or a pwrite into the memfd, see write_through_fd) on one of
+  // `copy_threads` threads, which also call `done`; on the caller's thread
+  // before returning when copy_threads is 0 or the copy is under 256 KiB.
+  // `source` must stay valid until `done` is called.
   void CopyFromHost(DeviceAllocation& destination, uint64_t offset,
                     const char* source, uint64_t bytes,
                     std::function<void(absl::Status)> done) override;
-  absl::Status Synchronize() override { return absl::OkStatus(); }
+  // Waits until every copy issued so far (by any caller) has completed and
+  // its `done` has returned.
+  absl::Status Synchronize() override;
   // MemAvailable and the memory cgroups' limits (v1 and v2).
   DeviceMemory Memory() const override;
 
@@ -127,9 +140,14 @@ class HostDevice : public Device {
   absl::StatusOr<std::unique_ptr<DeviceAllocation>> AllocateShmem(
       uint64_t size, const std::string& label, HostPageKind kind);
   HostPageChoice ShmemChoice() const;
+  // The copy itself, on whichever thread runs it.
+  static void Copy(DeviceAllocation& destination, uint64_t offset,
+                   const char* source, uint64_t bytes,
+                   const std::function<void(absl::Status)>& done);
 
   const HostDeviceOptions options_;
   const std::string uuid_ = "host";
+  std::unique_ptr<CopyWorkers> copy_workers_;  // Null when copy_threads is 0.
 };
 
 }  // namespace warmstart

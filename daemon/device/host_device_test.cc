@@ -5,10 +5,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <thread>
 
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
 #include "common/testing/status_matchers.h"
 #include "daemon/base/metrics.h"
 
@@ -26,12 +30,13 @@ TEST(HostDeviceTest, AllocationIsZeroedWritableAndExportedAsMemfd) {
   for (uint64_t i = 0; i < allocation->size(); ++i) ASSERT_EQ(data[i], 0) << i;
 
   const std::string payload = "weights!";
-  bool done = false;
+  std::atomic<bool> done{false};
   device.CopyFromHost(*allocation, 4096, payload.data(), payload.size(),
                       [&](absl::Status status) {
                         EXPECT_OK(status);
                         done = true;
                       });
+  ASSERT_OK(device.Synchronize());
   EXPECT_TRUE(done);
   EXPECT_EQ(std::string(data + 4096, payload.size()), payload);
 
@@ -46,6 +51,98 @@ TEST(HostDeviceTest, AllocationIsZeroedWritableAndExportedAsMemfd) {
                         payload.size()),
             0);
   ::munmap(view, exported.size);
+}
+
+TEST(HostDeviceTest, CopiesRunOnSeveralCopyThreadsAtOnce) {
+  HostDevice device(HostDeviceOptions{.copy_threads = 2});
+  constexpr uint64_t kCopy = 1 << 20;  // Large enough to be queued.
+  ASSERT_OK_AND_ASSIGN(auto allocation, device.Allocate(2 * kCopy, "model-a"));
+  const std::string first(kCopy, '1');
+  const std::string second(kCopy, '2');
+  absl::Notification second_copied;
+  std::atomic<bool> first_saw_second{false};
+  // The first copy's completion waits for the second copy's: with one
+  // thread (or copies on the caller's thread) the second never runs while
+  // the first waits, and the wait times out.
+  device.CopyFromHost(
+      *allocation, 0, first.data(), first.size(), [&](absl::Status status) {
+        EXPECT_OK(status);
+        first_saw_second =
+            second_copied.WaitForNotificationWithTimeout(absl::Seconds(30));
+      });
+  device.CopyFromHost(*allocation, kCopy, second.data(), second.size(),
+                      [&](absl::Status status) {
+                        EXPECT_OK(status);
+                        second_copied.Notify();
+                      });
+  ASSERT_OK(device.Synchronize());
+  EXPECT_TRUE(first_saw_second);
+  // Compared as booleans: a failure would print a megabyte otherwise.
+  EXPECT_TRUE(std::string(allocation->host_data(), kCopy) == first);
+  EXPECT_TRUE(std::string(allocation->host_data() + kCopy, kCopy) == second);
+}
+
+TEST(HostDeviceTest, SynchronizeWaitsForEveryQueuedCopyOffTheCallersThread) {
+  HostDevice device(HostDeviceOptions{.copy_threads = 2});
+  constexpr uint64_t kPiece = 1 << 20;
+  constexpr int kPieces = 16;
+  ASSERT_OK_AND_ASSIGN(auto allocation,
+                       device.Allocate(kPiece * kPieces, "model-a"));
+  std::string source(kPiece * kPieces, '\0');
+  for (size_t i = 0; i < source.size(); ++i)
+    source[i] = static_cast<char>(i * 7);
+  std::atomic<int> completed{0};
+  std::atomic<int> on_callers_thread{0};
+  const std::thread::id caller = std::this_thread::get_id();
+  for (int i = 0; i < kPieces; ++i) {
+    device.CopyFromHost(*allocation, i * kPiece, source.data() + i * kPiece,
+                        kPiece, [&](absl::Status status) {
+                          EXPECT_OK(status);
+                          if (std::this_thread::get_id() == caller) {
+                            ++on_callers_thread;
+                          }
+                          ++completed;
+                        });
+  }
+  ASSERT_OK(device.Synchronize());
+  EXPECT_EQ(completed, kPieces);
+  EXPECT_EQ(on_callers_thread, 0);
+  EXPECT_EQ(std::memcmp(allocation->host_data(), source.data(), source.size()),
+            0);
+}
+
+TEST(HostDeviceTest, SmallCopiesAreDoneOnTheCallersThread) {
+  HostDevice device(HostDeviceOptions{.copy_threads = 2});
+  ASSERT_OK_AND_ASSIGN(auto allocation, device.Allocate(1 << 20, "model-a"));
+  const std::string payload(200 << 10, 'w');
+  bool done = false;
+  std::thread::id ran_on;
+  device.CopyFromHost(*allocation, 0, payload.data(), payload.size(),
+                      [&](absl::Status status) {
+                        EXPECT_OK(status);
+                        ran_on = std::this_thread::get_id();
+                        done = true;
+                      });
+  EXPECT_TRUE(done);
+  EXPECT_EQ(ran_on, std::this_thread::get_id());
+  EXPECT_TRUE(std::string(allocation->host_data(), payload.size()) == payload);
+}
+
+TEST(HostDeviceTest, WithoutCopyThreadsACopyIsDoneWhenCopyFromHostReturns) {
+  HostDevice device(HostDeviceOptions{.copy_threads = 0});
+  ASSERT_OK_AND_ASSIGN(auto allocation, device.Allocate(4096, "model-a"));
+  const std::string payload = "weights!";
+  bool done = false;
+  std::thread::id ran_on;
+  device.CopyFromHost(*allocation, 0, payload.data(), payload.size(),
+                      [&](absl::Status status) {
+                        EXPECT_OK(status);
+                        ran_on = std::this_thread::get_id();
+                        done = true;
+                      });
+  EXPECT_TRUE(done);
+  EXPECT_EQ(ran_on, std::this_thread::get_id());
+  EXPECT_EQ(std::string(allocation->host_data(), payload.size()), payload);
 }
 
 TEST(HostDeviceTest, SealedMemoryCannotBeWrittenOrResizedThroughTheExport) {
@@ -145,12 +242,13 @@ TEST(HostDeviceTest, SmallPagesAreWrittenThroughTheMemfdNotTheMapping) {
   constexpr uint64_t kPiece = (uint64_t{3} << 20) + 17;
   for (uint64_t offset = 0; offset < kBytes; offset += kPiece) {
     const uint64_t bytes = std::min(kPiece, kBytes - offset);
-    bool done = false;
+    std::atomic<bool> done{false};
     device.CopyFromHost(*allocation, offset, source.data() + offset, bytes,
                         [&](absl::Status status) {
                           EXPECT_OK(status);
                           done = true;
                         });
+    ASSERT_OK(device.Synchronize());
     EXPECT_TRUE(done);
   }
   // The pages were filled without being mapped into this process.
@@ -166,12 +264,13 @@ TEST(HostDeviceTest, WritingThroughTheMappingStaysAvailable) {
   ASSERT_OK_AND_ASSIGN(auto allocation, device.Allocate(1 << 20, "mapped"));
   EXPECT_FALSE(allocation->PrefersCopies());
   const std::string payload = "weights!";
-  bool done = false;
+  std::atomic<bool> done{false};
   device.CopyFromHost(*allocation, 5000, payload.data(), payload.size(),
                       [&](absl::Status status) {
                         EXPECT_OK(status);
                         done = true;
                       });
+  ASSERT_OK(device.Synchronize());
   EXPECT_TRUE(done);
   EXPECT_EQ(std::string(allocation->host_data() + 5000, payload.size()),
             payload);
@@ -306,12 +405,13 @@ TEST(HostDeviceTest, HugePageSettingsAdviseTheMappingAndFaultItInAhead) {
     ASSERT_OK(allocation->WaitWritable(allocation->size()));
     EXPECT_GE(RssShmemKib(), resident + (allocation->size() >> 10)) << sysfs;
     const std::string payload = "weights!";
-    bool done = false;
+    std::atomic<bool> done{false};
     device.CopyFromHost(*allocation, (2 << 20) + 5, payload.data(),
                         payload.size(), [&](absl::Status status) {
                           EXPECT_OK(status);
                           done = true;
                         });
+    ASSERT_OK(device.Synchronize());
     EXPECT_TRUE(done);
     ASSERT_OK(allocation->Seal());
     EXPECT_EQ(

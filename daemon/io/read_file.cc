@@ -10,8 +10,10 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "common/errno_status.h"
+#include "common/status_macros.h"
 #include "daemon/base/logging.h"
 #include "daemon/base/metrics.h"
+#include "daemon/io/cached_fraction.h"
 
 namespace warmstart {
 namespace {
@@ -64,6 +66,39 @@ absl::StatusOr<ReadFile> OpenReadFile(const std::string& path, bool want_direct,
   // Counted only now, so a path that is no file at all is not reported as a
   // filesystem without direct I/O.
   if (refused) NoteDirectRefused(path, metrics);
+  return file;
+}
+
+absl::StatusOr<ReadFile> OpenFileForLoad(const std::string& path,
+                                         bool want_direct,
+                                         const FileOpener& opener,
+                                         Metrics* metrics) {
+  if (!want_direct) return OpenReadFile(path, false, opener, metrics);
+  // Opened buffered first to look at the cache through the descriptor that
+  // will read (the path may be replaced meanwhile); O_DIRECT is then set on
+  // that same descriptor, so the file checked is the file read.
+  WS_ASSIGN_OR_RETURN(ReadFile file,
+                      OpenReadFile(path, false, opener, metrics));
+  absl::StatusOr<double> cached = CachedFraction(file.fd.get(), file.size);
+  if (cached.ok() && *cached >= kMostlyCached) {
+    file.cached = true;
+    if (metrics != nullptr) {
+      metrics
+          ->GetCounter("warmstart_io_cached_files_total",
+                       "Files read through the page cache instead of with "
+                       "O_DIRECT because the cache held most of them.")
+          ->Add();
+    }
+    return file;
+  }
+  const int flags = ::fcntl(file.fd.get(), F_GETFL);
+  if (flags >= 0 && ::fcntl(file.fd.get(), F_SETFL, flags | O_DIRECT) == 0) {
+    file.direct = true;
+  } else if (errno == EINVAL) {
+    NoteDirectRefused(path, metrics);
+  } else {
+    return ErrnoToStatus(errno, absl::StrCat("set O_DIRECT on ", path));
+  }
   return file;
 }
 

@@ -29,6 +29,9 @@ struct ReadFile {
   // Whether `fd` was opened with O_DIRECT (reads must then be aligned to
   // kDirectAlignment in offset, length and destination address).
   bool direct = false;
+  // Whether O_DIRECT was wanted but the file is read through the page cache
+  // because the cache held most of it (OpenFileForLoad).
+  bool cached = false;
 };
 
 // Opens the regular file at `path` read-only through `opener` (not kept),
@@ -41,6 +44,19 @@ struct ReadFile {
 // the opener's refusals (PermissionDenied for a path outside its roots);
 // InvalidArgument when `path` is not a regular file.
 absl::StatusOr<ReadFile> OpenReadFile(
+    const std::string& path, bool want_direct,
+    const FileOpener& opener = PlainFileOpener(), Metrics* metrics = nullptr);
+
+// Files at least this much in the page cache are read through it.
+inline constexpr double kMostlyCached = 0.5;
+
+// As OpenReadFile, for a load: with `want_direct`, a file whose pages are at
+// least kMostlyCached in the page cache (CachedFraction) is read buffered
+// (cached == true), at memory speed rather than at the disk's; the others
+// O_DIRECT. Each file read through the cache counts in
+// warmstart_io_cached_files_total of `metrics` (null: not counted). A
+// failure to count the cached pages only means O_DIRECT.
+absl::StatusOr<ReadFile> OpenFileForLoad(
     const std::string& path, bool want_direct,
     const FileOpener& opener = PlainFileOpener(), Metrics* metrics = nullptr);
 

@@ -247,9 +247,9 @@ absl::Status LoadPlan::OpenFiles(const LoadOptions& options) {
     if (!IsRemoteUrl(file.path)) {
       // Every local file, read or not: the registry fingerprints them all
       // through these descriptors.
-      WS_ASSIGN_OR_RETURN(
-          ReadFile opened,
-          OpenReadFile(file.path, options.direct_io, opener, options.metrics));
+      WS_ASSIGN_OR_RETURN(ReadFile opened,
+                          OpenFileForLoad(file.path, options.direct_io, opener,
+                                          options.metrics));
       local_.emplace(i, std::move(opened));
     } else if (has_reads[i]) {
       WS_ASSIGN_OR_RETURN(remote_[i], OpenRemote(file, options));

@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
@@ -15,10 +16,6 @@ namespace warmstart {
 namespace {
 
 constexpr uint64_t kPageBytes = 4096;
-
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23  // Linux 5.14; older C libraries lack it.
-#endif
 
 }  // namespace
 
@@ -74,22 +71,24 @@ absl::StatusOr<std::unique_ptr<StagingPool>> StagingPool::Create(
   const uint64_t bytes = count * options.slab_bytes;
   // Address space only: the pages are touched when a load needs them, so
   // an idle daemon holds no staging memory.
-  void* base = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
-                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (base == MAP_FAILED) {
-    absl::Status status = ErrnoToStatus(
-        errno, absl::StrCat("staging pool: map ", bytes, " bytes"));
-    return absl::ResourceExhaustedError(status.message());
+  // In huge pages where the system allows them: O_DIRECT reads into them
+  // become larger block requests (ReadMemory).
+  absl::StatusOr<ReadMemory> memory = ReadMemory::Map(bytes);
+  if (!memory.ok()) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("staging pool: ", memory.status().message()));
   }
-  return std::unique_ptr<StagingPool>(new StagingPool(
-      options, device, engine, static_cast<char*>(base), count));
+  return std::unique_ptr<StagingPool>(
+      new StagingPool(options, device, engine, *std::move(memory), count));
 }
 
 StagingPool::StagingPool(const StagingPoolOptions& options, Device* device,
-                         ReadEngine* engine, char* base, uint64_t slab_count)
+                         ReadEngine* engine, ReadMemory memory,
+                         uint64_t slab_count)
     : device_(device),
       engine_(engine),
-      base_(base),
+      memory_(std::move(memory)),
+      base_(memory_.data()),
       slab_bytes_(options.slab_bytes),
       slab_count_(slab_count),
       release_after_(options.release_after),
@@ -109,7 +108,6 @@ StagingPool::~StagingPool() {
       << " residencies live";
   if (resident_ && engine_ != nullptr) engine_->UnregisterBuffers();
   UnpinLocked();
-  ::munmap(base_, slab_bytes_ * slab_count_);
 }
 
 absl::StatusOr<StagingPool::Residency> StagingPool::MakeResident() {
@@ -127,10 +125,7 @@ absl::Status StagingPool::BecomeResidentLocked() {
   // start (their stacks are mappings), so it is not held for the whole
   // pool at once. Older kernels get a write per page.
   for (uint64_t i = 0; i < slab_count_; ++i) {
-    char* const slab = base_ + i * slab_bytes_;
-    if (::madvise(slab, slab_bytes_, MADV_POPULATE_WRITE) != 0) {
-      for (uint64_t at = 0; at < slab_bytes_; at += kPageBytes) slab[at] = 0;
-    }
+    memory_.Populate(i * slab_bytes_, slab_bytes_);
   }
   for (uint64_t i = 0; i < slab_count_; ++i) {
     absl::Status status =

@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -31,6 +32,7 @@
 #include "absl/time/time.h"
 #include "daemon/device/device.h"
 #include "daemon/io/read_engine.h"
+#include "daemon/io/read_memory.h"
 
 namespace warmstart {
 
@@ -133,13 +135,20 @@ class StagingPool {
 
   int slab_count() const { return static_cast<int>(slab_count_); }
   uint64_t slab_bytes() const { return slab_bytes_; }
+  // The slabs' memory (ReadMemory): whether it is advised for transparent
+  // huge pages, and how many of its bytes are in them now (nullopt when
+  // /proc/self/smaps cannot be read). For the benchmark's report.
+  bool huge_page_advised() const { return memory_.advised(); }
+  std::optional<uint64_t> HugePageBytes() const {
+    return memory_.HugePageBytes();
+  }
   int free_slabs() const;
   // slab_count() * slab_bytes() while resident, else 0.
   uint64_t resident_bytes() const;
 
  private:
   StagingPool(const StagingPoolOptions& options, Device* device,
-              ReadEngine* engine, char* base, uint64_t slab_count);
+              ReadEngine* engine, ReadMemory memory, uint64_t slab_count);
   absl::Status BecomeResidentLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void UnpinLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void CheckResidentLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
@@ -149,7 +158,8 @@ class StagingPool {
 
   Device* const device_;
   ReadEngine* const engine_;  // May be null.
-  char* const base_;
+  ReadMemory memory_;         // Never reassigned: base_ points into it.
+  char* const base_;          // memory_.data()
   const uint64_t slab_bytes_;
   const uint64_t slab_count_;
   const absl::Duration release_after_;

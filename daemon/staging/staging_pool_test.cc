@@ -83,6 +83,23 @@ TEST(StagingPoolTest, SlabsArePageAlignedDistinctAndRegistered) {
   EXPECT_EQ(device.registered_regions(), 0);
 }
 
+TEST(StagingPoolTest, SlabsLieInHugePageAlignedAdvisedMemory) {
+  // 2 MiB pages make O_DIRECT reads into the slabs larger block requests
+  // (ReadMemory); the advice is taken wherever the kernel has THP.
+  HostDevice device(HostDeviceOptions{});
+  ASSERT_OK_AND_ASSIGN(auto pool,
+                       StagingPool::Create({4 * kSlab, kSlab}, &device));
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(pool->Regions()[0].iov_base) %
+                ReadMemory::kHugePageBytes,
+            0u);
+  EXPECT_EQ(pool->huge_page_advised(),
+            ::access("/sys/kernel/mm/transparent_hugepage/enabled", F_OK) == 0);
+  ASSERT_OK_AND_ASSIGN(StagingPool::Residency residency, pool->MakeResident());
+  const std::optional<uint64_t> huge = pool->HugePageBytes();
+  ASSERT_TRUE(huge.has_value());
+  EXPECT_LE(*huge, 4 * kSlab);
+}
+
 TEST(StagingPoolTest, SlabsComeBackWhenDestroyedOrMoved) {
   HostDevice device(HostDeviceOptions{});
   ASSERT_OK_AND_ASSIGN(auto pool,

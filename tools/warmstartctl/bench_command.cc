@@ -153,6 +153,10 @@ int RunBenchCommand(const CommandLine& line) {
         {"runs", result->runs},
         {"peak_rss_outside_arena_bytes", result->peak_rss_outside_arena},
         {"staging_bytes", result->staging_bytes},
+        {"staging_huge_page_bytes",
+         result->staging_huge_page_bytes.has_value()
+             ? nlohmann::ordered_json(*result->staging_huge_page_bytes)
+             : nlohmann::ordered_json(nullptr)},
         {"bytes_verified", result->bytes_verified},
         {"host_pages", host_pages.empty() ? nlohmann::ordered_json(nullptr)
                                           : nlohmann::ordered_json(host_pages)},
@@ -198,6 +202,14 @@ int RunBenchCommand(const CommandLine& line) {
   if (!host_pages.empty()) {
     std::printf("host pages: %s (%s)\n", host_pages.c_str(),
                 host_pages_reason.c_str());
+  }
+  if (result->staging_huge_page_bytes.has_value()) {
+    std::printf(
+        "staging pages: %.0f of %.0f MiB in 2 MiB pages (larger O_DIRECT "
+        "requests; /sys/kernel/mm/transparent_hugepage/enabled always or "
+        "madvise gives them)\n",
+        *result->staging_huge_page_bytes / 1048576.0,
+        result->staging_bytes / 1048576.0);
   }
   for (const ModeResult& mode : result->results) {
     if (mode.baseline.empty()) {
