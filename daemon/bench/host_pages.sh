@@ -15,6 +15,11 @@
 #
 #   daemon/bench/host_pages.sh BIN_DIR CHECKPOINT [RUNS] [PYTHON] [LIBRARY]
 #
+# Environment: SETTINGS picks settings from the list above (default: all
+# four, in that order); BENCH_FLAGS replaces `--no-peers` (give "" to run
+# the installed peers, fio and Run:ai's streamer among them, in the same
+# runs).
+#
 # BIN_DIR holds warmstartd and warmstartctl (build them with -c opt);
 # CHECKPOINT is a model file or directory; RUNS defaults to 5; PYTHON (the
 # test venv's) has numpy and torch; LIBRARY is libwarmstart.so for
@@ -62,16 +67,21 @@ backend: BACKEND_CHOICE_HOST
 CONFIG
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB," \
   "$(uname -r); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-for setting in 4k thp_advise thp_within hugetlb; do
+for setting in ${SETTINGS:-4k thp_advise thp_within hugetlb}; do
   echo "== $setting"
   case $setting in
     4k) set_pages never 0 ;;
     thp_advise) set_pages advise 0 ;;
     thp_within) set_pages within_size 0 ;;
     hugetlb) set_pages never "$huge_pages" ;;
+    *)
+      echo "unknown setting \"$setting\" in SETTINGS" >&2
+      exit 2
+      ;;
   esac
-  "$bin/warmstartctl" bench "$checkpoint" --runs "$runs" --no-peers 2>&1 |
-    grep -v warning
+  # shellcheck disable=SC2086  # BENCH_FLAGS is a list of flags.
+  "$bin/warmstartctl" bench "$checkpoint" --runs "$runs" \
+    ${BENCH_FLAGS---no-peers} 2>&1 | grep -v -e warning -e Warning -e dsa\\.
   "$bin/warmstartd" --config "$work/config.textproto" >"$work/log" 2>&1 &
   daemon_pid=$!
   ctl() { "$bin/warmstartctl" --socket "$work/ws.sock" "$@"; }
