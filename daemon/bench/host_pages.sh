@@ -4,7 +4,7 @@
 #   4k           shmem_enabled never,       vm.nr_hugepages 0
 #   thp_advise   shmem_enabled advise,      vm.nr_hugepages 0
 #   thp_within   shmem_enabled within_size, vm.nr_hugepages 0
-#   hugetlb      shmem_enabled never,       vm.nr_hugepages = the arena + 64 MiB
+#   hugetlb      shmem_enabled never,       vm.nr_hugepages = 1.25 x the arena
 # For each: `warmstartctl bench --no-peers` (the daemon's own load path,
 # cold and warm, with its baselines and CPU s/GB), then a warmstartd with the
 # host backend loads the checkpoint and tools/attach_bench.py times
@@ -59,7 +59,9 @@ set_pages() {  # SHMEM_ENABLED NR_HUGEPAGES
 }
 
 bytes=$(du -sb "$checkpoint" | cut -f1)
-huge_pages=$(((bytes >> 21) + 32))
+# The arena and a quarter more: other processes on the machine may take
+# some (a load that finds too few falls back, and bench says so).
+huge_pages=$(((bytes >> 21) * 5 / 4 + 32))
 cat >"$work/config.textproto" <<CONFIG
 listen { unix_socket: "$work/ws.sock" }
 model_roots: "$(dirname "$checkpoint")"
