@@ -342,3 +342,28 @@ def test_wait_ready_retries_until_the_socket_exists(workdir, root):
         assert json.loads(out) == {"state": "ready", "socket": socket}
     finally:
         d.stop(signal.SIGKILL)
+
+
+def test_bench_reports_the_pages_every_arena_and_the_staging_pool_got(
+        workdir):
+    # A local checkpoint: one cold and one warm load; each arena's pages
+    # are counted as allocated (a hugetlb prediction can fall back).
+    path = os.path.join(workdir, "bench.safetensors")
+    shutil.copy(os.path.join(FIXTURES, SAFETENSORS), path)
+    result = ctl("bench", "--json", "--runs", "1", "--no-peers",
+                 "--staging-mib", "16", path)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert set(out["arena_pages"]) <= {"hugetlb", "shmem_thp", "4k"}
+    assert sum(out["arena_pages"].values()) == 2
+    assert out["host_pages"] in out["arena_pages"] or \
+        out["host_pages"] == "hugetlb"  # Predicted, then taken meanwhile.
+    assert 0 <= out["staging_huge_page_bytes"] <= out["staging_bytes"]
+    assert out["staging_huge_page_bytes"] % (2 << 20) == 0
+    text = ctl("bench", "--runs", "1", "--no-peers", "--staging-mib", "16",
+               path)
+    assert text.returncode == 0, text.stderr
+    assert re.search(r"^arenas got: (hugetlb|shmem_thp|4k) 2", text.stdout,
+                     re.M), text.stdout
+    assert re.search(r"^staging pages: \d+ of 16 MiB in 2 MiB pages",
+                     text.stdout, re.M), text.stdout

@@ -4,7 +4,7 @@
 #   4k           shmem_enabled never,       vm.nr_hugepages 0
 #   thp_advise   shmem_enabled advise,      vm.nr_hugepages 0
 #   thp_within   shmem_enabled within_size, vm.nr_hugepages 0
-#   hugetlb      shmem_enabled never,       vm.nr_hugepages = the arena + 64 MiB
+#   hugetlb      shmem_enabled never,       vm.nr_hugepages = 1.25 x the arena
 # For each: `warmstartctl bench --no-peers` (the daemon's own load path,
 # cold and warm, with its baselines and CPU s/GB), then a warmstartd with the
 # host backend loads the checkpoint and tools/attach_bench.py times
@@ -14,6 +14,11 @@
 # exit, whatever happens; it prints each value it sets.
 #
 #   daemon/bench/host_pages.sh BIN_DIR CHECKPOINT [RUNS] [PYTHON] [LIBRARY]
+#
+# Environment: SETTINGS picks settings from the list above (default: all
+# four, in that order); BENCH_FLAGS replaces `--no-peers` (give "" to run
+# the installed peers, fio and Run:ai's streamer among them, in the same
+# runs).
 #
 # BIN_DIR holds warmstartd and warmstartctl (build them with -c opt);
 # CHECKPOINT is a model file or directory; RUNS defaults to 5; PYTHON (the
@@ -54,7 +59,9 @@ set_pages() {  # SHMEM_ENABLED NR_HUGEPAGES
 }
 
 bytes=$(du -sb "$checkpoint" | cut -f1)
-huge_pages=$(((bytes >> 21) + 32))
+# The arena and a quarter more: other processes on the machine may take
+# some (a load that finds too few falls back, and bench says so).
+huge_pages=$(((bytes >> 21) * 5 / 4 + 32))
 cat >"$work/config.textproto" <<CONFIG
 listen { unix_socket: "$work/ws.sock" }
 model_roots: "$(dirname "$checkpoint")"
@@ -62,16 +69,21 @@ backend: BACKEND_CHOICE_HOST
 CONFIG
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB," \
   "$(uname -r); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-for setting in 4k thp_advise thp_within hugetlb; do
+for setting in ${SETTINGS:-4k thp_advise thp_within hugetlb}; do
   echo "== $setting"
   case $setting in
     4k) set_pages never 0 ;;
     thp_advise) set_pages advise 0 ;;
     thp_within) set_pages within_size 0 ;;
     hugetlb) set_pages never "$huge_pages" ;;
+    *)
+      echo "unknown setting \"$setting\" in SETTINGS" >&2
+      exit 2
+      ;;
   esac
-  "$bin/warmstartctl" bench "$checkpoint" --runs "$runs" --no-peers 2>&1 |
-    grep -v warning
+  # shellcheck disable=SC2086  # BENCH_FLAGS is a list of flags.
+  "$bin/warmstartctl" bench "$checkpoint" --runs "$runs" \
+    ${BENCH_FLAGS---no-peers} 2>&1 | grep -v -e warning -e Warning -e dsa\\.
   "$bin/warmstartd" --config "$work/config.textproto" >"$work/log" 2>&1 &
   daemon_pid=$!
   ctl() { "$bin/warmstartctl" --socket "$work/ws.sock" "$@"; }

@@ -9,7 +9,6 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <deque>
 #include <functional>
 #include <thread>
 #include <vector>
@@ -21,6 +20,7 @@
 #include "daemon/base/logging.h"
 #include "daemon/base/metrics.h"
 #include "daemon/device/cgroup_memory.h"
+#include "daemon/device/copy_workers.h"
 
 namespace warmstart {
 namespace {
@@ -485,64 +485,6 @@ absl::StatusOr<std::unique_ptr<DeviceAllocation>> HostDevice::AllocateShmem(
       new HostAllocation(std::move(memfd), static_cast<char*>(mapped), size,
                          fill, std::max(1u, options_.prefault_threads), label));
 }
-
-// Threads that run queued copies in issue order, several at once.
-// Thread-safe. The destructor waits for every queued copy.
-class CopyWorkers {
- public:
-  explicit CopyWorkers(unsigned threads) : threads_wanted_(threads) {}
-  ~CopyWorkers() {
-    {
-      absl::MutexLock lock(&mutex_);
-      stopping_ = true;
-    }
-    for (std::thread& thread : threads_) thread.join();
-  }
-
-  void Run(std::function<void()> copy) {
-    absl::MutexLock lock(&mutex_);
-    // Started on the first copy: a daemon that loads nothing runs none.
-    while (threads_.size() < threads_wanted_) {
-      threads_.emplace_back([this] { Work(); });
-    }
-    queue_.push_back(std::move(copy));
-    ++unfinished_;
-  }
-
-  void WaitIdle() {
-    absl::MutexLock lock(&mutex_);
-    mutex_.Await(absl::Condition(
-        +[](int* unfinished) { return *unfinished == 0; }, &unfinished_));
-  }
-
- private:
-  void Work() {
-    for (;;) {
-      std::function<void()> copy;
-      {
-        absl::MutexLock lock(&mutex_);
-        mutex_.Await(absl::Condition(
-            +[](CopyWorkers* self) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-              return self->stopping_ || !self->queue_.empty();
-            },
-            this));
-        if (queue_.empty()) return;  // Stopping, and nothing left.
-        copy = std::move(queue_.front());
-        queue_.pop_front();
-      }
-      copy();
-      absl::MutexLock lock(&mutex_);
-      --unfinished_;
-    }
-  }
-
-  const unsigned threads_wanted_;
-  absl::Mutex mutex_;
-  std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mutex_);
-  int unfinished_ ABSL_GUARDED_BY(mutex_) = 0;  // Queued or running.
-  bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
-  std::vector<std::thread> threads_ ABSL_GUARDED_BY(mutex_);
-};
 
 HostDevice::HostDevice(HostDeviceOptions options)
     : options_(std::move(options)) {

@@ -23,7 +23,7 @@
 
 namespace warmstart {
 
-class CopyWorkers;  // host_device.cc
+class CopyWorkers;  // copy_workers.h
 
 // The pages of a host arena, best first. Large pages make a worker's first
 // touch of every page cheaper (one PMD mapping per 2 MiB, no per-4 KiB

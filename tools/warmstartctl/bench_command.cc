@@ -11,6 +11,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "common/printable.h"
+#include "daemon/base/metrics.h"
 #include "daemon/bench/bench.h"
 #include "daemon/bench/peer_tools.h"
 #include "daemon/device/cuda_device.h"
@@ -110,8 +111,12 @@ int RunBenchCommand(const CommandLine& line) {
   std::unique_ptr<CudaDriver> driver;  // Outlives the device.
   std::unique_ptr<Device> device;
   std::string host_pages, host_pages_reason;  // Empty for GPUs.
+  // Counts the pages each arena actually got (a hugetlb prediction can
+  // fall back when other processes took the reserved pages meanwhile).
+  Metrics host_metrics;
   if (backend == "host") {
-    auto host = std::make_unique<HostDevice>(HostDeviceOptions{});
+    auto host = std::make_unique<HostDevice>(
+        HostDeviceOptions{.metrics = &host_metrics});
     const HostPageChoice pages = host->PagesForNextAllocation();
     host_pages = HostPageKindName(pages.kind);
     host_pages_reason = pages.reason;
@@ -147,6 +152,17 @@ int RunBenchCommand(const CommandLine& line) {
     return Fail(ExitCodeFor(result.status()),
                 std::string(result.status().message()));
   }
+  // "hugetlb" -> arenas that got them, from warmstart_host_allocations_total.
+  std::map<std::string, int> arena_pages;
+  for (const auto& [series, value] : host_metrics.Snapshot()) {
+    constexpr absl::string_view kPrefix =
+        "warmstart_host_allocations_total{pages=\"";
+    if (absl::StartsWith(series, kPrefix) && absl::EndsWith(series, "\"}")) {
+      arena_pages[series.substr(kPrefix.size(),
+                                series.size() - kPrefix.size() - 2)] =
+          static_cast<int>(value);
+    }
+  }
   if (json) {
     nlohmann::ordered_json out = {
         {"file_bytes", result->file_bytes},
@@ -160,6 +176,7 @@ int RunBenchCommand(const CommandLine& line) {
         {"bytes_verified", result->bytes_verified},
         {"host_pages", host_pages.empty() ? nlohmann::ordered_json(nullptr)
                                           : nlohmann::ordered_json(host_pages)},
+        {"arena_pages", arena_pages},
         {"host_pages_reason", host_pages.empty()
                                   ? nlohmann::ordered_json(nullptr)
                                   : nlohmann::ordered_json(host_pages_reason)},
@@ -202,6 +219,13 @@ int RunBenchCommand(const CommandLine& line) {
   if (!host_pages.empty()) {
     std::printf("host pages: %s (%s)\n", host_pages.c_str(),
                 host_pages_reason.c_str());
+  }
+  if (!arena_pages.empty()) {
+    std::string got;
+    for (const auto& [pages, count] : arena_pages) {
+      got += (got.empty() ? "" : ", ") + pages + " " + std::to_string(count);
+    }
+    std::printf("arenas got: %s (allocations by pages)\n", got.c_str());
   }
   if (result->staging_huge_page_bytes.has_value()) {
     std::printf(
