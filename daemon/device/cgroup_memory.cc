@@ -92,7 +92,8 @@ std::vector<std::string> Levels(const std::string& hierarchy_root,
 }
 
 // Lowers `out` to the tightest limit among `levels`, reading `limit_name`
-// and `usage_name` in each.
+// and `usage_name` in each; usage less the `inactive_file_key` of
+// memory.stat (none when null).
 absl::Status Tighten(const std::vector<std::string>& levels,
                      const char* limit_name, const char* usage_name,
                      const char* inactive_file_key, uint64_t unlimited_from,
@@ -111,15 +112,19 @@ absl::Status Tighten(const std::vector<std::string>& levels,
     // part of it is reclaimed before the limit bites (what the kubelet
     // calls the working set).
     const uint64_t inactive =
-        ReadStat(absl::StrCat(level, "/memory.stat"), inactive_file_key);
+        inactive_file_key == nullptr
+            ? 0
+            : ReadStat(absl::StrCat(level, "/memory.stat"), inactive_file_key);
     usage = usage > inactive ? usage - inactive : 0;
     CgroupMemory candidate;
     candidate.limit = limit;
     candidate.usage = usage;
-    if (out.limit == 0 || candidate.free() < out.free()) {
+    candidate.has_limit = true;
+    if (!out.has_limit || candidate.free() < out.free()) {
       out.limit = limit;
       out.usage = usage;
       out.limit_file = limit_file;
+      out.has_limit = true;
     }
   }
   return absl::OkStatus();
@@ -173,6 +178,51 @@ absl::StatusOr<CgroupMemory> ReadCgroupMemory(
           ReadStat(levels.front() + "/memory.stat", "total_shmem");
       if (shmem > out.shmem) out.shmem = shmem;
     }
+  }
+  return out;
+}
+
+absl::StatusOr<CgroupMemory> ReadCgroupHugetlb(
+    const std::string& cgroup_root, const std::string& self_cgroup_file) {
+  std::ifstream self(self_cgroup_file);
+  if (!self.is_open()) return ErrnoToStatus(errno, self_cgroup_file);
+  CgroupMemory out;
+  std::string line;
+  while (std::getline(self, line)) {
+    std::vector<std::string> fields =
+        absl::StrSplit(line, absl::MaxSplits(':', 2));
+    if (fields.size() != 3) continue;
+    const std::string& path = fields[2];
+    // Both counters: pages charged when taken (max) and when reserved at
+    // mmap (rsvd.max, Linux 5.7); a limit on either refuses the arena.
+    if (fields[0] == "0" && fields[1].empty()) {
+      for (const std::string& mount :
+           {cgroup_root, absl::StrCat(cgroup_root, "/unified")}) {
+        if (!IsDirectory(mount)) continue;
+        const std::vector<std::string> levels = Levels(mount, path);
+        WS_RETURN_IF_ERROR(Tighten(levels, "hugetlb.2MB.max",
+                                   "hugetlb.2MB.current", nullptr,
+                                   std::numeric_limits<uint64_t>::max(), out));
+        WS_RETURN_IF_ERROR(Tighten(levels, "hugetlb.2MB.rsvd.max",
+                                   "hugetlb.2MB.rsvd.current", nullptr,
+                                   std::numeric_limits<uint64_t>::max(), out));
+      }
+      continue;
+    }
+    const std::vector<absl::string_view> controllers =
+        absl::StrSplit(fields[1], ',');
+    bool hugetlb = false;
+    for (absl::string_view c : controllers) hugetlb = hugetlb || c == "hugetlb";
+    if (!hugetlb) continue;
+    const std::string mount = absl::StrCat(cgroup_root, "/hugetlb");
+    if (!IsDirectory(mount)) continue;
+    const std::vector<std::string> levels = Levels(mount, path);
+    WS_RETURN_IF_ERROR(Tighten(levels, "hugetlb.2MB.limit_in_bytes",
+                               "hugetlb.2MB.usage_in_bytes", nullptr,
+                               kV1Unlimited, out));
+    WS_RETURN_IF_ERROR(Tighten(levels, "hugetlb.2MB.rsvd.limit_in_bytes",
+                               "hugetlb.2MB.rsvd.usage_in_bytes", nullptr,
+                               kV1Unlimited, out));
   }
   return out;
 }

@@ -38,9 +38,13 @@ struct CgroupMemory {
   // the daemon alone.
   uint64_t shmem = 0;
 
+  // Whether any limit was found (a limit of 0 bytes is one: a pod that
+  // requests no hugepages-2Mi).
+  bool has_limit = false;
+
   // What may still be charged before the limit: unlimited when none.
   uint64_t free() const {
-    if (limit == 0) return std::numeric_limits<uint64_t>::max();
+    if (!has_limit) return std::numeric_limits<uint64_t>::max();
     return limit > usage ? limit - usage : 0;
   }
 };
@@ -56,6 +60,14 @@ struct CgroupMemory {
 // Errors: the errno status of `self_cgroup_file`, naming it; a limit file
 // that exists but does not hold a number is InvalidArgument naming it.
 absl::StatusOr<CgroupMemory> ReadCgroupMemory(
+    const std::string& cgroup_root, const std::string& self_cgroup_file);
+
+// As ReadCgroupMemory, for 2 MiB hugetlb pages: the tightest of the
+// hugetlb controller's limits on pages taken (v2 hugetlb.2MB.max, v1
+// hugetlb.2MB.limit_in_bytes) and on pages reserved at mmap (the .rsvd
+// files), with the matching usage; limit 0 when none. A Kubernetes pod
+// that requests no hugepages-2Mi is held to 0 bytes. `shmem` is unused.
+absl::StatusOr<CgroupMemory> ReadCgroupHugetlb(
     const std::string& cgroup_root, const std::string& self_cgroup_file);
 
 }  // namespace warmstart

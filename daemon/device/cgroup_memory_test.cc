@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <fstream>
+#include <limits>
 #include <string>
 
 #include "common/testing/status_matchers.h"
@@ -164,6 +165,61 @@ TEST(CgroupMemoryTest, BadFilesGetErrorsNamingThem) {
   EXPECT_THAT(ReadCgroupMemory(tree.root(), tree.self()),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("x/memory.max: expected a number")));
+}
+
+TEST(CgroupHugetlbTest, AV2PodWithoutHugepagesIsHeldToNone) {
+  // Kubernetes sets hugetlb.2MB.max to the pod's hugepages-2Mi request:
+  // 0 when it requests none, which is a limit, not its absence.
+  CgroupTree tree;
+  tree.Self("0::/pod/daemon\n");
+  tree.Set("pod/daemon", "hugetlb.2MB.max", "max");
+  tree.Set("pod/daemon", "hugetlb.2MB.current", "0");
+  tree.Set("pod", "hugetlb.2MB.max", "0");
+  tree.Set("pod", "hugetlb.2MB.current", "0");
+  ASSERT_OK_AND_ASSIGN(CgroupMemory pages,
+                       ReadCgroupHugetlb(tree.root(), tree.self()));
+  EXPECT_TRUE(pages.has_limit);
+  EXPECT_EQ(pages.free(), 0u);
+  EXPECT_EQ(pages.limit_file, tree.root() + "/pod/hugetlb.2MB.max");
+}
+
+TEST(CgroupHugetlbTest, TheReservationLimitCountsAndTheTighterWins) {
+  CgroupTree tree;
+  tree.Self("0::/pod\n");
+  tree.Set("pod", "hugetlb.2MB.max", std::to_string(8 * kGiB));
+  tree.Set("pod", "hugetlb.2MB.current", std::to_string(kGiB));
+  tree.Set("pod", "hugetlb.2MB.rsvd.max", std::to_string(4 * kGiB));
+  tree.Set("pod", "hugetlb.2MB.rsvd.current", std::to_string(3 * kGiB));
+  ASSERT_OK_AND_ASSIGN(CgroupMemory pages,
+                       ReadCgroupHugetlb(tree.root(), tree.self()));
+  EXPECT_EQ(pages.free(), kGiB);
+  EXPECT_EQ(pages.limit_file, tree.root() + "/pod/hugetlb.2MB.rsvd.max");
+}
+
+TEST(CgroupHugetlbTest, ReadsAV1HugetlbControllerAndIgnoresMemory) {
+  CgroupTree tree;
+  tree.Self("7:hugetlb:/pod\n4:memory:/pod\n");
+  tree.Set("hugetlb/pod", "hugetlb.2MB.limit_in_bytes",
+           std::to_string(2 * kGiB));
+  tree.Set("hugetlb/pod", "hugetlb.2MB.usage_in_bytes",
+           std::to_string(kGiB / 2));
+  tree.Set("memory/pod", "memory.limit_in_bytes", std::to_string(kGiB));
+  tree.Set("memory/pod", "memory.usage_in_bytes", "0");
+  ASSERT_OK_AND_ASSIGN(CgroupMemory pages,
+                       ReadCgroupHugetlb(tree.root(), tree.self()));
+  EXPECT_EQ(pages.free(), 2 * kGiB - kGiB / 2);
+  EXPECT_EQ(pages.limit_file,
+            tree.root() + "/hugetlb/pod/hugetlb.2MB.limit_in_bytes");
+}
+
+TEST(CgroupHugetlbTest, NoHugetlbControllerIsUnlimited) {
+  CgroupTree tree;
+  tree.Self("4:memory:/pod\n0::/\n");
+  tree.Set("memory/pod", "memory.limit_in_bytes", std::to_string(kGiB));
+  ASSERT_OK_AND_ASSIGN(CgroupMemory pages,
+                       ReadCgroupHugetlb(tree.root(), tree.self()));
+  EXPECT_FALSE(pages.has_limit);
+  EXPECT_EQ(pages.free(), std::numeric_limits<uint64_t>::max());
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -334,21 +335,35 @@ HostPageChoice HostDevice::ShmemChoice() const {
   return ChooseShmemPages(options_.shmem_thp_setting);
 }
 
+std::optional<std::string> HostDevice::HugetlbCgroupRefuses(
+    uint64_t bytes) const {
+  absl::StatusOr<CgroupMemory> cgroup =
+      ReadCgroupHugetlb(options_.cgroup_root, options_.self_cgroup);
+  if (!cgroup.ok() || cgroup->free() >= bytes) return std::nullopt;
+  return absl::StrCat("the hugetlb cgroup limit ", cgroup->limit_file, " (",
+                      cgroup->limit, " bytes, ", cgroup->usage,
+                      " used) leaves no room for ", bytes,
+                      " bytes (on Kubernetes: request hugepages-2Mi)");
+}
+
 HostPageChoice HostDevice::PagesForNextAllocation() const {
+  std::string no_hugetlb = "no hugetlb pages free (vm.nr_hugepages)";
   if (options_.huge_pages) {
     const uint64_t free_pages =
         MeminfoValue(options_.meminfo, "HugePages_Free: %llu");
     if (free_pages > 0 &&
         MeminfoValue(options_.meminfo, "Hugepagesize: %llu kB") == 2048) {
-      return {HostPageKind::kHugetlb,
-              absl::StrCat("2 MiB hugetlb pages: ", free_pages,
-                           " free of those vm.nr_hugepages reserves")};
+      std::optional<std::string> refused = HugetlbCgroupRefuses(kHugePageBytes);
+      if (!refused.has_value()) {
+        return {HostPageKind::kHugetlb,
+                absl::StrCat("2 MiB hugetlb pages: ", free_pages,
+                             " free of those vm.nr_hugepages reserves")};
+      }
+      no_hugetlb = *std::move(refused);
     }
   }
   HostPageChoice choice = ShmemChoice();
-  if (options_.huge_pages) {
-    choice.reason += "; no hugetlb pages free (vm.nr_hugepages)";
-  }
+  if (options_.huge_pages) absl::StrAppend(&choice.reason, "; ", no_hugetlb);
   return choice;
 }
 
@@ -390,8 +405,14 @@ absl::StatusOr<std::unique_ptr<DeviceAllocation>> HostDevice::Allocate(
   char* data = nullptr;
   if (options_.huge_pages) {
     const uint64_t huge_size = RoundUp(size, kHugePageBytes);
-    memfd.reset(::memfd_create(name.c_str(),
-                               MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_HUGETLB));
+    // A hugetlb cgroup limit charged when pages are taken (not at mmap)
+    // would let the mapping succeed and fail the reservation later: such a
+    // limit is checked here, so the arena falls back instead.
+    std::optional<std::string> refused = HugetlbCgroupRefuses(huge_size);
+    if (!refused.has_value()) {
+      memfd.reset(::memfd_create(
+          name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_HUGETLB));
+    }
     if (memfd.valid() && ::ftruncate(memfd.get(), huge_size) == 0) {
       // A shared hugetlb mapping reserves its pages when it is made (mmap
       // fails with ENOMEM when too few are free), so writes into it cannot
@@ -412,7 +433,8 @@ absl::StatusOr<std::unique_ptr<DeviceAllocation>> HostDevice::Allocate(
       static std::atomic<bool> warned{false};
       if (!warned.exchange(true)) {
         Logger("device")->warn(
-            "no hugetlb pages free (vm.nr_hugepages): host memory uses {}",
+            "{}: host memory uses {}",
+            refused.value_or("no hugetlb pages free (vm.nr_hugepages)"),
             instead.reason);
       }
       if (options_.metrics != nullptr) {

@@ -16,6 +16,7 @@
 #define WARMSTART_DAEMON_DEVICE_HOST_DEVICE_H_
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "daemon/base/metrics.h"
@@ -140,6 +141,10 @@ class HostDevice : public Device {
   absl::StatusOr<std::unique_ptr<DeviceAllocation>> AllocateShmem(
       uint64_t size, const std::string& label, HostPageKind kind);
   HostPageChoice ShmemChoice() const;
+  // Why the hugetlb cgroup limits of this process (ReadCgroupHugetlb) leave
+  // no room for `bytes` of hugetlb pages; nullopt when they do (or cannot
+  // be read: the reservation then decides).
+  std::optional<std::string> HugetlbCgroupRefuses(uint64_t bytes) const;
   // The copy itself, on whichever thread runs it.
   static void Copy(DeviceAllocation& destination, uint64_t offset,
                    const char* source, uint64_t bytes,

@@ -2,18 +2,21 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <string>
 #include <thread>
 
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "common/testing/status_matchers.h"
+#include "common/testing/test_env.h"
 #include "daemon/base/metrics.h"
 
 namespace warmstart {
@@ -347,6 +350,47 @@ TEST(HostPageChoiceTest, HugetlbIsPredictedFromFreeReservedPages) {
   HostPageChoice small = without.PagesForNextAllocation();
   EXPECT_EQ(small.kind, HostPageKind::kSmall);
   EXPECT_THAT(small.reason, HasSubstr("no hugetlb pages free"));
+}
+
+TEST(HostPageChoiceTest, AHugetlbCgroupLimitTurnsHugetlbPagesDown) {
+  // Pages reserved on the node, but a cgroup (a pod that requests no
+  // hugepages-2Mi) allows none: taking them would fail the load, so the
+  // arena is shmem, and the reason names the limit.
+  TempFile never("always within_size advise [never] deny force\n");
+  TempFile reserved(
+      "MemAvailable: 1000000 kB\nHugePages_Total:      64\n"
+      "HugePages_Free:       40\nHugepagesize:       2048 kB\n");
+  testing::ShortTempDir dir;
+  const std::string root = dir.Join("cgroup");
+  ASSERT_EQ(::mkdir(root.c_str(), 0755), 0);
+  ASSERT_EQ(::mkdir((root + "/pod").c_str(), 0755), 0);
+  std::ofstream(root + "/pod/hugetlb.2MB.max") << "0\n";
+  std::ofstream(root + "/pod/hugetlb.2MB.current") << "0\n";
+  std::ofstream(dir.Join("self_cgroup")) << "0::/pod\n";
+  HostDevice held(HostDeviceOptions{.shmem_thp_setting = never.path(),
+                                    .cgroup_root = root,
+                                    .self_cgroup = dir.Join("self_cgroup"),
+                                    .meminfo = reserved.path()});
+  HostPageChoice choice = held.PagesForNextAllocation();
+  EXPECT_EQ(choice.kind, HostPageKind::kSmall);
+  EXPECT_THAT(choice.reason, HasSubstr(root + "/pod/hugetlb.2MB.max"));
+  EXPECT_THAT(choice.reason, HasSubstr("hugepages-2Mi"));
+  // Allocations fall back too, and are counted as such (this half cannot
+  // tell the cgroup from a machine without reserved pages, which also
+  // falls back; the prediction above can).
+  Metrics metrics;
+  HostDevice counted(HostDeviceOptions{.shmem_thp_setting = never.path(),
+                                       .cgroup_root = root,
+                                       .self_cgroup = dir.Join("self_cgroup"),
+                                       .meminfo = reserved.path(),
+                                       .metrics = &metrics});
+  ASSERT_OK_AND_ASSIGN(auto allocation, counted.Allocate(1 << 20, "model-a"));
+  EXPECT_EQ(
+      metrics.Snapshot()["warmstart_host_allocations_total{pages=\"4k\"}"], 1);
+  EXPECT_EQ(metrics.Snapshot()["warmstart_host_hugepage_fallback_total"], 1);
+  // With room under the limit, the reserved pages are predicted again.
+  std::ofstream(root + "/pod/hugetlb.2MB.max") << (1 << 30) << "\n";
+  EXPECT_EQ(held.PagesForNextAllocation().kind, HostPageKind::kHugetlb);
 }
 
 // The VmFlags line of the mapping of this process that holds `address`.
