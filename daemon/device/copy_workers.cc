@@ -21,19 +21,35 @@ void CopyWorkers::Run(std::function<void()> work) {
   while (threads_.size() < threads_wanted_) {
     threads_.emplace_back([this] { Work(); });
   }
-  queue_.push_back(std::move(work));
-  ++unfinished_;
+  queue_.push_back(Item{next_ticket_++, std::move(work)});
 }
 
-void CopyWorkers::WaitIdle() {
+bool CopyWorkers::DoneBefore(uint64_t ticket) const {
+  // Items start in ticket order, so the unfinished ones are those running
+  // and those still queued.
+  return (queue_.empty() || queue_.front().ticket >= ticket) &&
+         (running_.empty() || *running_.begin() >= ticket);
+}
+
+uint64_t CopyWorkers::Mark() const {
   absl::MutexLock lock(&mutex_);
+  return next_ticket_;
+}
+
+void CopyWorkers::WaitFor(uint64_t mark) {
+  absl::MutexLock lock(&mutex_);
+  std::pair<const CopyWorkers*, uint64_t> wait{this, mark};
   mutex_.Await(absl::Condition(
-      +[](int* unfinished) { return *unfinished == 0; }, &unfinished_));
+      +[](std::pair<const CopyWorkers*, uint64_t>* wait)
+           ABSL_NO_THREAD_SAFETY_ANALYSIS {
+             return wait->first->DoneBefore(wait->second);
+           },
+      &wait));
 }
 
 void CopyWorkers::Work() {
   for (;;) {
-    std::function<void()> work;
+    Item item;
     {
       absl::MutexLock lock(&mutex_);
       mutex_.Await(absl::Condition(
@@ -42,12 +58,16 @@ void CopyWorkers::Work() {
           },
           this));
       if (queue_.empty()) return;  // Stopping, and nothing is left.
-      work = std::move(queue_.front());
+      item = std::move(queue_.front());
       queue_.pop_front();
+      running_.insert(item.ticket);
     }
-    work();
+    item.work();
+    // Destroyed before it stops counting: what it captured (a slab, a
+    // callback) must be gone once WaitIdle returns.
+    item.work = nullptr;
     absl::MutexLock lock(&mutex_);
-    --unfinished_;
+    running_.erase(item.ticket);
   }
 }
 

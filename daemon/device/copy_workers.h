@@ -4,8 +4,10 @@
 #ifndef WARMSTART_DAEMON_DEVICE_COPY_WORKERS_H_
 #define WARMSTART_DAEMON_DEVICE_COPY_WORKERS_H_
 
+#include <cstdint>
 #include <deque>
 #include <functional>
+#include <set>
 #include <thread>
 #include <vector>
 
@@ -29,16 +31,31 @@ class CopyWorkers {
   // Queues `work`, which runs on one of the threads.
   void Run(std::function<void()> work);
 
-  // Blocks until every item queued so far (by any caller) has returned.
-  void WaitIdle();
+  // Blocks until every item queued before the call has returned and what
+  // it captured is destroyed; items queued later (another load's) are not
+  // waited for. WaitIdle() is WaitFor(Mark()).
+  void WaitIdle() { WaitFor(Mark()); }
+  // The position of the next item to be queued.
+  uint64_t Mark() const;
+  // Blocks until every item queued before Mark() returned `mark` is done.
+  void WaitFor(uint64_t mark);
 
  private:
+  struct Item {
+    uint64_t ticket;  // The order it was queued in.
+    std::function<void()> work;
+  };
+
   void Work();
+  // Whether every item with a ticket below `ticket` has finished.
+  bool DoneBefore(uint64_t ticket) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
   const unsigned threads_wanted_;
-  absl::Mutex mutex_;
-  std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mutex_);
-  int unfinished_ ABSL_GUARDED_BY(mutex_) = 0;  // Queued or running.
+  mutable absl::Mutex mutex_;
+  std::deque<Item> queue_ ABSL_GUARDED_BY(mutex_);
+  uint64_t next_ticket_ ABSL_GUARDED_BY(mutex_) = 0;
+  // Tickets of the items being run now.
+  std::set<uint64_t> running_ ABSL_GUARDED_BY(mutex_);
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
   std::vector<std::thread> threads_ ABSL_GUARDED_BY(mutex_);
 };

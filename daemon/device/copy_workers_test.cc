@@ -80,6 +80,40 @@ TEST(CopyWorkersTest, DestructionFinishesWhatWasQueued) {
   EXPECT_EQ(done, 20);
 }
 
+TEST(CopyWorkersTest, WaitingDoesNotWaitForItemsQueuedAfterTheMark) {
+  // Another load's copy, queued after this load's mark, holds a thread
+  // until the test releases it, which it does only once the wait returned:
+  // a wait that included it would leave it to time out instead.
+  CopyWorkers workers(2);
+  std::atomic<bool> early_done{false};
+  workers.Run([&] { early_done = true; });
+  const uint64_t mark = workers.Mark();
+  absl::Notification release_late;
+  std::atomic<bool> released_in_time{false};
+  workers.Run([&] {
+    released_in_time =
+        release_late.WaitForNotificationWithTimeout(absl::Seconds(30));
+  });
+  workers.WaitFor(mark);
+  EXPECT_TRUE(early_done);
+  release_late.Notify();
+  workers.WaitIdle();
+  EXPECT_TRUE(released_in_time);
+}
+
+TEST(CopyWorkersTest, WaitingForAMarkWaitsForEveryItemBeforeIt) {
+  CopyWorkers workers(2);
+  std::atomic<int> done{0};
+  for (int i = 0; i < 40; ++i) {
+    workers.Run([&] {
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+      ++done;
+    });
+  }
+  workers.WaitFor(workers.Mark());
+  EXPECT_EQ(done, 40);
+}
+
 TEST(CopyWorkersTest, WaitIdleWithNothingQueuedReturns) {
   CopyWorkers workers(2);
   workers.WaitIdle();

@@ -77,6 +77,13 @@ class Prefaulter {
 
   // Blocks until [0, end) is reserved; the reservation's error otherwise.
   absl::Status WaitReserved(uint64_t end) {
+    // Past the end nothing would ever be reserved: a caller's bug, not a
+    // wait (which would hold a copy thread, and every Synchronize, for
+    // good).
+    if (end > size_) {
+      return absl::OutOfRangeError(absl::StrCat(
+          "write up to byte ", end, " of host memory of ", size_, " bytes"));
+    }
     absl::MutexLock lock(&mutex_);
     auto ready = [this, end]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
       return reserved_ >= end || !error_.ok() || stopping_;
@@ -209,8 +216,15 @@ class HostAllocation : public DeviceAllocation {
   int memfd() const { return memfd_.get(); }
 
   absl::Status Seal() override {
-    // Everything was written, so everything was reserved.
-    prefaulter_.reset();
+    // Pages nothing wrote (padding, meta tensors, a model's zero tail) are
+    // reserved too before the reservation stops: otherwise a client's read
+    // would allocate them, charged to its own cgroup (which, for hugetlb
+    // pages a pod did not request, is a SIGBUS).
+    if (prefaulter_ != nullptr) {
+      absl::Status reserved = prefaulter_->WaitReserved(size_);
+      prefaulter_.reset();
+      if (!reserved.ok()) return reserved;
+    }
     // F_SEAL_FUTURE_WRITE keeps this writable mapping but refuses new
     // writable ones and write(2), so clients can only map it read-only.
     if (::fcntl(memfd_.get(), F_ADD_SEALS,

@@ -23,6 +23,7 @@ namespace warmstart {
 namespace {
 
 using ::testing::HasSubstr;
+using ::warmstart::StatusIs;
 
 TEST(HostDeviceTest, AllocationIsZeroedWritableAndExportedAsMemfd) {
   HostDevice device(HostDeviceOptions{});
@@ -146,6 +147,35 @@ TEST(HostDeviceTest, WithoutCopyThreadsACopyIsDoneWhenCopyFromHostReturns) {
   EXPECT_TRUE(done);
   EXPECT_EQ(ran_on, std::this_thread::get_id());
   EXPECT_EQ(std::string(allocation->host_data(), payload.size()), payload);
+}
+
+TEST(HostDeviceTest, ACopyPastTheEndIsAnErrorNotAWait) {
+  HostDevice device(HostDeviceOptions{});
+  ASSERT_OK_AND_ASSIGN(auto allocation, device.Allocate(8192, "model-a"));
+  const std::string payload(1 << 20, 'x');  // Large enough to be queued.
+  absl::Status status;
+  device.CopyFromHost(*allocation, allocation->size() - 4096, payload.data(),
+                      payload.size(),
+                      [&](absl::Status copied) { status = copied; });
+  ASSERT_OK(device.Synchronize());
+  EXPECT_THAT(status, StatusIs(absl::StatusCode::kOutOfRange));
+}
+
+TEST(HostDeviceTest, SealingReservesThePagesNothingWrote) {
+  // Only the first page is written; the rest (padding, meta tensors) must
+  // still be the daemon's, not allocated later by a client's read.
+  HostDevice device(HostDeviceOptions{});
+  constexpr uint64_t kBytes = uint64_t{256} << 20;
+  ASSERT_OK_AND_ASSIGN(auto allocation, device.Allocate(kBytes, "model-a"));
+  const std::string payload(4096, 'w');
+  device.CopyFromHost(*allocation, 0, payload.data(), payload.size(),
+                      [](absl::Status status) { EXPECT_OK(status); });
+  ASSERT_OK(device.Synchronize());
+  ASSERT_OK(allocation->Seal());
+  const ExportedMemory exported = allocation->Export();
+  struct stat st;
+  ASSERT_EQ(::fstat(exported.fd, &st), 0);
+  EXPECT_GE(static_cast<uint64_t>(st.st_blocks) * 512, allocation->size());
 }
 
 TEST(HostDeviceTest, SealedMemoryCannotBeWrittenOrResizedThroughTheExport) {

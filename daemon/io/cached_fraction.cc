@@ -1,6 +1,8 @@
 #include "daemon/io/cached_fraction.h"
 
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -70,6 +72,18 @@ static double Fraction(uint64_t cached, uint64_t size) {
 
 absl::StatusOr<double> CachedFractionByMincore(int fd, uint64_t size) {
   if (size == 0) return 1.0;
+  // Linux (5.2 on) answers mincore on a file mapping truthfully only to
+  // the file's owner, a writer or CAP_FOWNER; anyone else is told every
+  // page is resident, which would read a cold file as cached.
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return ErrnoToStatus(errno, "fstat");
+  if (st.st_uid != ::geteuid() && ::geteuid() != 0 &&
+      ::faccessat(AT_FDCWD, absl::StrCat("/proc/self/fd/", fd).c_str(), W_OK,
+                  AT_EACCESS) != 0) {
+    return absl::PermissionDeniedError(
+        "mincore reports every page of a file this process neither owns nor "
+        "may write as resident");
+  }
   absl::StatusOr<uint64_t> cached = CachedPagesByMincore(fd, size, PageBytes());
   if (!cached.ok()) return cached.status();
   return Fraction(*cached, size);

@@ -14,7 +14,9 @@ namespace warmstart {
 // whose pages are in the page cache; 1 for an empty file. Uses cachestat(2)
 // (Linux 6.5) and, where that is missing, mincore(2) over read-only
 // mappings of at most 1 GiB at a time. Touches no page of the file. Errors:
-// those of mmap and mincore (naming the call).
+// those of mmap and mincore (naming the call); PermissionDenied where only
+// mincore is left and this process neither owns the file nor may write it
+// (the kernel then reports every page as resident).
 absl::StatusOr<double> CachedFraction(int fd, uint64_t size);
 
 // CachedFraction's fallback, by mincore(2) alone (for kernels before 6.5);

@@ -22,6 +22,8 @@ constexpr uint64_t kPageBytes = 4096;
 }  // namespace
 
 absl::StatusOr<ReadMemory> ReadMemory::Map(uint64_t bytes) {
+  // Whole pages, so that the trimming munmaps below are page-aligned.
+  bytes = (bytes + kPageBytes - 1) / kPageBytes * kPageBytes;
   // Over-map by one huge page and trim, so the start is on a 2 MiB
   // boundary (a huge page can only back an aligned 2 MiB of address space).
   const uint64_t padded = bytes + kHugePageBytes;

@@ -29,8 +29,9 @@ class ReadMemory {
  public:
   static constexpr uint64_t kHugePageBytes = uint64_t{2} << 20;
 
-  // Maps `bytes` (> 0) of address space at a 2 MiB boundary, advised for
-  // huge pages; touches nothing, so nothing is resident yet (MAP_NORESERVE).
+  // Maps `bytes` (> 0; rounded up to whole 4 KiB pages) of address space
+  // at a 2 MiB boundary, advised for huge pages; touches nothing, so
+  // nothing is resident yet (MAP_NORESERVE).
   // Errors: ResourceExhausted naming the size when mmap fails.
   static absl::StatusOr<ReadMemory> Map(uint64_t bytes);
 

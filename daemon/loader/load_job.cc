@@ -248,8 +248,11 @@ absl::Status LoadPlan::OpenFiles(const LoadOptions& options) {
       // Every local file, read or not: the registry fingerprints them all
       // through these descriptors.
       WS_ASSIGN_OR_RETURN(ReadFile opened,
-                          OpenFileForLoad(file.path, options.direct_io, opener,
-                                          options.metrics));
+                          options.cached_files_buffered
+                              ? OpenFileForLoad(file.path, options.direct_io,
+                                                opener, options.metrics)
+                              : OpenReadFile(file.path, options.direct_io,
+                                             opener, options.metrics));
       local_.emplace(i, std::move(opened));
     } else if (has_reads[i]) {
       WS_ASSIGN_OR_RETURN(remote_[i], OpenRemote(file, options));
@@ -522,10 +525,14 @@ absl::Status LoadJob::SubmitInPlace(size_t i) {
   DeviceAllocation& arena = *arenas_[0];
   const std::vector<TensorPlacement>& placements = plan_.arena().placements;
   // The reads write the arena directly: its memory must be there first.
-  const Piece& last = chunk.pieces.back();
-  WS_RETURN_IF_ERROR(MarkedDeviceFull(
-      arena.WaitWritable(placements[last.placement].arena_offset +
-                         last.tensor_offset + last.length)));
+  // Pieces follow the file's order, the arena the layout's, so the end is
+  // the furthest of them, not the last.
+  uint64_t end = 0;
+  for (const Piece& piece : chunk.pieces) {
+    end = std::max(end, placements[piece.placement].arena_offset +
+                            piece.tensor_offset + piece.length);
+  }
+  WS_RETURN_IF_ERROR(MarkedDeviceFull(arena.WaitWritable(end)));
   {
     absl::MutexLock lock(&mutex_);
     slots_[i].pending_reads = static_cast<int>(chunk.pieces.size());

@@ -105,6 +105,10 @@ struct LoadOptions {
   // the page cache holds mostly (kMostlyCached), which are read through it:
   // from memory they load several times faster than O_DIRECT from the disk.
   bool direct_io = true;
+  // With direct_io, read files the page cache mostly holds through the
+  // cache (OpenFileForLoad). False: O_DIRECT whatever is cached (tests
+  // that exercise the O_DIRECT path on files they just wrote).
+  bool cached_files_buffered = true;
   // The most bytes one read of a staged chunk asks for: a slab is filled by
   // several reads in flight at once, which a disk serves faster than one
   // long read. REQUIRES: a non-zero multiple of 4096 (kDirectAlignment).

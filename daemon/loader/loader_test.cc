@@ -121,6 +121,7 @@ TEST_P(LoaderFixtureTest, EveryTensorOfEveryFixtureLandsIntact) {
     Loader loader(engine_.get(), pool_.get(), &device_);
     LoadOptions options;
     options.direct_io = GetParam().direct;
+    options.cached_files_buffered = false;  // O_DIRECT as asked.
     options.keys = keys.get();
     options.verify_checksums = true;
     uint64_t last_done = 0;
@@ -213,6 +214,7 @@ class LoaderFaultTest : public ::testing::Test {
     LoadOptions options;
     options.cancel = cancel;
     options.direct_io = direct_io;
+    options.cached_files_buffered = false;  // O_DIRECT as asked.
     if (read_bytes != 0) options.read_bytes = read_bytes;
     absl::StatusOr<LoadedModel> result =
         loader.Load(manifest_, "faulty", options);
@@ -515,6 +517,7 @@ TEST_F(LoaderTest, OpenerConfinesTheFilesItReads) {
   options.opener = opener.get();
   for (bool direct : {true, false}) {
     options.direct_io = direct;
+    options.cached_files_buffered = false;  // O_DIRECT as asked.
     absl::StatusOr<LoadedModel> loaded = loader.Load(inside, "in", options);
     EXPECT_OK(loaded.status()) << direct;
     EXPECT_THAT(loader.Load(beyond, "out", options),
@@ -560,6 +563,7 @@ TEST_P(LoaderFixtureTest, FileImageHoldsTheFileByteForByte) {
     LoadOptions options;
     options.layout = ModelLayout::kFileImage;
     options.direct_io = GetParam().direct;
+    options.cached_files_buffered = false;  // O_DIRECT as asked.
     options.verify_checksums = true;
     uint64_t reported_total = 0;
     options.on_progress = [&](const LoadProgress& progress) {
