@@ -4,6 +4,7 @@
 
 #include <cerrno>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <vector>
 
@@ -130,13 +131,17 @@ absl::Status Tighten(const std::vector<std::string>& levels,
   return absl::OkStatus();
 }
 
-}  // namespace
-
-absl::StatusOr<CgroupMemory> ReadCgroupMemory(
-    const std::string& cgroup_root, const std::string& self_cgroup_file) {
+// Calls `visit(levels, v2)` with the directories from this process's cgroup
+// up to the hierarchy's root (Levels), for the v2 hierarchy (mounted at the
+// root on unified hosts, at "unified" on hybrid ones) and for v1's
+// `controller` hierarchy, as named in `self_cgroup_file`.
+absl::Status VisitCgroups(
+    const std::string& cgroup_root, const std::string& self_cgroup_file,
+    absl::string_view controller,
+    const std::function<absl::Status(const std::vector<std::string>& levels,
+                                     bool v2)>& visit) {
   std::ifstream self(self_cgroup_file);
   if (!self.is_open()) return ErrnoToStatus(errno, self_cgroup_file);
-  CgroupMemory out;
   std::string line;
   while (std::getline(self, line)) {
     // hierarchy-ID:controller-list:path; the path may hold ':'.
@@ -145,85 +150,81 @@ absl::StatusOr<CgroupMemory> ReadCgroupMemory(
     if (fields.size() != 3) continue;
     const std::string& path = fields[2];
     if (fields[0] == "0" && fields[1].empty()) {
-      // v2: mounted at the root on unified hosts, at "unified" on hybrid
-      // ones.
       for (const std::string& mount :
            {cgroup_root, absl::StrCat(cgroup_root, "/unified")}) {
-        if (!IsDirectory(mount)) continue;
-        const std::vector<std::string> levels = Levels(mount, path);
-        WS_RETURN_IF_ERROR(Tighten(levels, "memory.max", "memory.current",
-                                   "inactive_file",
-                                   std::numeric_limits<uint64_t>::max(), out));
-        if (out.shmem == 0 && HoldsOneProcess(levels.front())) {
-          out.shmem = ReadStat(levels.front() + "/memory.stat", "shmem");
+        if (IsDirectory(mount)) {
+          WS_RETURN_IF_ERROR(visit(Levels(mount, path), /*v2=*/true));
         }
       }
       continue;
     }
-    const std::vector<absl::string_view> controllers =
-        absl::StrSplit(fields[1], ',');
-    bool memory = false;
-    for (absl::string_view c : controllers) memory = memory || c == "memory";
-    if (!memory) continue;
-    const std::string mount = absl::StrCat(cgroup_root, "/memory");
-    if (!IsDirectory(mount)) continue;
-    const std::vector<std::string> levels = Levels(mount, path);
-    WS_RETURN_IF_ERROR(Tighten(levels, "memory.limit_in_bytes",
-                               "memory.usage_in_bytes", "total_inactive_file",
-                               kV1Unlimited, out));
-    // v1 counts a cgroup's own shmem as "shmem", with its children's as
-    // "total_shmem".
-    if (HoldsOneProcess(levels.front())) {
-      const uint64_t shmem =
-          ReadStat(levels.front() + "/memory.stat", "total_shmem");
-      if (shmem > out.shmem) out.shmem = shmem;
+    bool listed = false;
+    for (absl::string_view c : absl::StrSplit(fields[1], ',')) {
+      listed = listed || c == controller;
+    }
+    const std::string mount = absl::StrCat(cgroup_root, "/", controller);
+    if (listed && IsDirectory(mount)) {
+      WS_RETURN_IF_ERROR(visit(Levels(mount, path), /*v2=*/false));
     }
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<CgroupMemory> ReadCgroupMemory(
+    const std::string& cgroup_root, const std::string& self_cgroup_file) {
+  CgroupMemory out;
+  WS_RETURN_IF_ERROR(VisitCgroups(
+      cgroup_root, self_cgroup_file, "memory",
+      [&out](const std::vector<std::string>& levels, bool v2) -> absl::Status {
+        if (v2) {
+          WS_RETURN_IF_ERROR(
+              Tighten(levels, "memory.max", "memory.current", "inactive_file",
+                      std::numeric_limits<uint64_t>::max(), out));
+          if (out.shmem == 0 && HoldsOneProcess(levels.front())) {
+            out.shmem = ReadStat(levels.front() + "/memory.stat", "shmem");
+          }
+          return absl::OkStatus();
+        }
+        WS_RETURN_IF_ERROR(Tighten(levels, "memory.limit_in_bytes",
+                                   "memory.usage_in_bytes",
+                                   "total_inactive_file", kV1Unlimited, out));
+        // v1 counts a cgroup's own shmem as "shmem", with its children's as
+        // "total_shmem".
+        if (HoldsOneProcess(levels.front())) {
+          const uint64_t shmem =
+              ReadStat(levels.front() + "/memory.stat", "total_shmem");
+          if (shmem > out.shmem) out.shmem = shmem;
+        }
+        return absl::OkStatus();
+      }));
   return out;
 }
 
 absl::StatusOr<CgroupMemory> ReadCgroupHugetlb(
     const std::string& cgroup_root, const std::string& self_cgroup_file) {
-  std::ifstream self(self_cgroup_file);
-  if (!self.is_open()) return ErrnoToStatus(errno, self_cgroup_file);
   CgroupMemory out;
-  std::string line;
-  while (std::getline(self, line)) {
-    std::vector<std::string> fields =
-        absl::StrSplit(line, absl::MaxSplits(':', 2));
-    if (fields.size() != 3) continue;
-    const std::string& path = fields[2];
-    // Both counters: pages charged when taken (max) and when reserved at
-    // mmap (rsvd.max, Linux 5.7); a limit on either refuses the arena.
-    if (fields[0] == "0" && fields[1].empty()) {
-      for (const std::string& mount :
-           {cgroup_root, absl::StrCat(cgroup_root, "/unified")}) {
-        if (!IsDirectory(mount)) continue;
-        const std::vector<std::string> levels = Levels(mount, path);
-        WS_RETURN_IF_ERROR(Tighten(levels, "hugetlb.2MB.max",
-                                   "hugetlb.2MB.current", nullptr,
-                                   std::numeric_limits<uint64_t>::max(), out));
-        WS_RETURN_IF_ERROR(Tighten(levels, "hugetlb.2MB.rsvd.max",
-                                   "hugetlb.2MB.rsvd.current", nullptr,
-                                   std::numeric_limits<uint64_t>::max(), out));
-      }
-      continue;
-    }
-    const std::vector<absl::string_view> controllers =
-        absl::StrSplit(fields[1], ',');
-    bool hugetlb = false;
-    for (absl::string_view c : controllers) hugetlb = hugetlb || c == "hugetlb";
-    if (!hugetlb) continue;
-    const std::string mount = absl::StrCat(cgroup_root, "/hugetlb");
-    if (!IsDirectory(mount)) continue;
-    const std::vector<std::string> levels = Levels(mount, path);
-    WS_RETURN_IF_ERROR(Tighten(levels, "hugetlb.2MB.limit_in_bytes",
-                               "hugetlb.2MB.usage_in_bytes", nullptr,
-                               kV1Unlimited, out));
-    WS_RETURN_IF_ERROR(Tighten(levels, "hugetlb.2MB.rsvd.limit_in_bytes",
-                               "hugetlb.2MB.rsvd.usage_in_bytes", nullptr,
-                               kV1Unlimited, out));
-  }
+  // Both counters: pages charged when taken and when reserved at mmap
+  // (the rsvd files, Linux 5.7); a limit on either refuses the arena.
+  WS_RETURN_IF_ERROR(VisitCgroups(
+      cgroup_root, self_cgroup_file, "hugetlb",
+      [&out](const std::vector<std::string>& levels, bool v2) -> absl::Status {
+        if (v2) {
+          constexpr uint64_t kNone = std::numeric_limits<uint64_t>::max();
+          WS_RETURN_IF_ERROR(Tighten(levels, "hugetlb.2MB.max",
+                                     "hugetlb.2MB.current", nullptr, kNone,
+                                     out));
+          return Tighten(levels, "hugetlb.2MB.rsvd.max",
+                         "hugetlb.2MB.rsvd.current", nullptr, kNone, out);
+        }
+        WS_RETURN_IF_ERROR(Tighten(levels, "hugetlb.2MB.limit_in_bytes",
+                                   "hugetlb.2MB.usage_in_bytes", nullptr,
+                                   kV1Unlimited, out));
+        return Tighten(levels, "hugetlb.2MB.rsvd.limit_in_bytes",
+                       "hugetlb.2MB.rsvd.usage_in_bytes", nullptr, kV1Unlimited,
+                       out);
+      }));
   return out;
 }
 
